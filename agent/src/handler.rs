@@ -1,0 +1,385 @@
+//! The russh handler for one client connection. It stays thin: it answers each
+//! request at once (clients hang on unanswered ones) and hands the work to
+//! [`SessionChannel`] and the forwarding module.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use russh::keys::ssh_key::HashAlg;
+use russh::server::{
+    Auth, ChannelOpenHandle, Handle, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
+};
+use russh::{Channel, ChannelId, MethodKind, MethodSet, Pty, Sig};
+
+use crate::auth::Credential;
+use crate::forward::{self, AgentSocket, RemoteForward};
+use crate::process::Program;
+use crate::pty::{self, PtyRequest};
+use crate::server::Agent;
+use crate::session::SessionChannel;
+
+pub struct Connection {
+    agent: Arc<Agent>,
+    peer: Option<SocketAddr>,
+    credential: Option<Credential>,
+    sessions: HashMap<ChannelId, SessionChannel>,
+    remote_forwards: HashMap<(String, u32), RemoteForward>,
+    agent_socket: Option<AgentSocket>,
+}
+
+impl Connection {
+    pub fn new(agent: Arc<Agent>, peer: Option<SocketAddr>) -> Connection {
+        Connection {
+            agent,
+            peer,
+            credential: None,
+            sessions: HashMap::new(),
+            remote_forwards: HashMap::new(),
+            agent_socket: None,
+        }
+    }
+
+    fn accepted(&mut self, credential: Credential, user: &str) -> Auth {
+        tracing::info!(peer = ?self.peer, ssh_user = user, ?credential, "authenticated");
+        self.credential = Some(credential);
+        Auth::Accept
+    }
+
+    fn rejected(&self) -> Auth {
+        let mut methods = MethodSet::empty();
+        methods.push(MethodKind::PublicKey);
+        if self.agent.auth.tokens.is_some() {
+            methods.push(MethodKind::Password);
+        }
+        Auth::Reject {
+            proceed_with_methods: Some(methods),
+            partial_success: false,
+        }
+    }
+
+    /// Variables every session of this connection gets.
+    fn connection_env(&self) -> Vec<(String, String)> {
+        let mut env = Vec::new();
+        if let Some(peer) = self.peer {
+            env.push((
+                "SSH_CLIENT".to_owned(),
+                format!("{} {} 0", peer.ip(), peer.port()),
+            ));
+            env.push((
+                "SSH_CONNECTION".to_owned(),
+                format!("{} {} 0 0", peer.ip(), peer.port()),
+            ));
+        }
+        if let Some(socket) = &self.agent_socket {
+            env.push((
+                "SSH_AUTH_SOCK".to_owned(),
+                socket.path().to_string_lossy().into_owned(),
+            ));
+        }
+        env.extend(self.agent.session_env.iter().cloned());
+        env
+    }
+
+    fn start(&mut self, channel: ChannelId, program: Program, session: &mut Session) {
+        let extra_env = self.connection_env();
+        let launch = self.agent.launch();
+        let handle = session.handle();
+        let started = match self.sessions.get_mut(&channel) {
+            Some(s) if !s.is_running() => s.start(program.clone(), &launch, &extra_env, handle),
+            _ => Err(std::io::Error::other("no idle session on this channel")),
+        };
+        let reply = match started {
+            Ok(()) => {
+                tracing::debug!(?channel, ?program, "session started");
+                session.channel_success(channel)
+            }
+            Err(e) => {
+                tracing::warn!(?channel, error = %e, "cannot start the session's program");
+                session.channel_failure(channel)
+            }
+        };
+        if let Err(e) = reply {
+            tracing::debug!(error = %e, "reply failed");
+        }
+    }
+
+    fn reply(session: &mut Session, channel: ChannelId, ok: bool) -> Result<(), russh::Error> {
+        if ok {
+            session.channel_success(channel)
+        } else {
+            session.channel_failure(channel)
+        }
+    }
+}
+
+impl russh::server::Handler for Connection {
+    type Error = russh::Error;
+
+    async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
+        // `<sandbox-id>#<token>` logs in without a prompt (scripts, VS Code).
+        if let Some(token) = self.agent.auth.token_in_user_name(user)
+            && self.agent.auth.check_token(token)
+        {
+            return Ok(self.accepted(Credential::Token, "<id>#<token>"));
+        }
+        Ok(self.rejected())
+    }
+
+    async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
+        if self.agent.auth.check_token(password) {
+            return Ok(self.accepted(Credential::Token, user));
+        }
+        tracing::info!(peer = ?self.peer, "password login refused");
+        Ok(self.rejected())
+    }
+
+    async fn auth_publickey_offered(
+        &mut self,
+        _user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        if self.agent.auth.is_authorized_key(offer.public_key) {
+            Ok(Auth::Accept)
+        } else {
+            Ok(self.rejected())
+        }
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        if self.agent.auth.is_authorized_key(key.public_key) {
+            tracing::debug!(fingerprint = %key.public_key.fingerprint(HashAlg::Sha256), "key accepted");
+            return Ok(self.accepted(Credential::PublicKey, user));
+        }
+        tracing::info!(peer = ?self.peer, fingerprint = %key.public_key.fingerprint(HashAlg::Sha256), "key refused");
+        Ok(self.rejected())
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.sessions.insert(
+            channel.id(),
+            SessionChannel::open(channel, session.handle()),
+        );
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        forward::open_direct_tcpip(
+            channel,
+            session.handle(),
+            host_to_connect.to_owned(),
+            port_to_connect,
+            reply,
+        );
+        Ok(())
+    }
+
+    // X11 channels and unix-socket forwarding are not offered: dropping the reply
+    // handle (the default) refuses them cleanly.
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.sessions.remove(&channel);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        term: &str,
+        col_width: u32,
+        row_height: u32,
+        pix_width: u32,
+        pix_height: u32,
+        modes: &[(Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let request = PtyRequest {
+            term: term.to_owned(),
+            size: pty::size(col_width, row_height, pix_width, pix_height),
+            modes: modes.to_vec(),
+        };
+        let ok = self
+            .sessions
+            .get_mut(&channel)
+            .is_some_and(|s| s.set_pty(request));
+        Self::reply(session, channel, ok)
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // Refused on purpose: sandboxes have no X server to forward to.
+        session.channel_failure(channel)
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        variable_name: &str,
+        variable_value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let allowed = self.agent.env_policy.allows(variable_name);
+        let ok = allowed
+            && match self.sessions.get_mut(&channel) {
+                Some(s) => {
+                    s.set_env(variable_name, variable_value);
+                    true
+                }
+                None => false,
+            };
+        if !allowed {
+            tracing::debug!(name = variable_name, "env request refused");
+        }
+        Self::reply(session, channel, ok)
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.start(channel, Program::LoginShell, session);
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let command = String::from_utf8_lossy(data).into_owned();
+        self.start(channel, Program::Command(command), session);
+        Ok(())
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if name == "sftp" {
+            self.start(channel, Program::SftpServer, session);
+            Ok(())
+        } else {
+            tracing::debug!(name, "unknown subsystem refused");
+            session.channel_failure(channel)
+        }
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        col_width: u32,
+        row_height: u32,
+        pix_width: u32,
+        pix_height: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let ok = match self.sessions.get_mut(&channel) {
+            Some(s) => {
+                s.resize(pty::size(col_width, row_height, pix_width, pix_height));
+                true
+            }
+            None => false,
+        };
+        Self::reply(session, channel, ok)
+    }
+
+    async fn agent_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        if self.agent_socket.is_none() {
+            let owner = self.agent.owner();
+            match AgentSocket::create(session.handle(), owner) {
+                Ok(socket) => self.agent_socket = Some(socket),
+                Err(e) => {
+                    tracing::warn!(?channel, error = %e, "cannot create the agent socket");
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    async fn signal(
+        &mut self,
+        channel: ChannelId,
+        signal: Sig,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(s) = self.sessions.get(&channel) {
+            s.signal(&signal);
+        }
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let handle: Handle = session.handle();
+        match forward::listen_remote(handle, address, *port, self.agent.may_bind_privileged()).await
+        {
+            Ok((bound, forward)) => {
+                tracing::debug!(address, port = bound, "remote forward listening");
+                *port = bound;
+                self.remote_forwards
+                    .insert((address.to_owned(), bound), forward);
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::info!(address, port = *port, error = %e, "remote forward refused");
+                Ok(false)
+            }
+        }
+    }
+
+    async fn cancel_tcpip_forward(
+        &mut self,
+        address: &str,
+        port: u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        Ok(self
+            .remote_forwards
+            .remove(&(address.to_owned(), port))
+            .is_some())
+    }
+}

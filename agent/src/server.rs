@@ -1,0 +1,327 @@
+//! The listening side: russh's configuration, the TCP or unix-socket listener, one
+//! task per connection, and a graceful stop on SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use russh::server::Config;
+use russh::{MethodKind, MethodSet};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::task::JoinSet;
+
+use crate::auth::Authenticator;
+use crate::handler::Connection;
+use crate::process::Launch;
+use crate::user::SandboxUser;
+
+/// Where the agent listens: a TCP address, or a unix socket the runner reaches.
+#[derive(Debug, Clone)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for ListenAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            return Ok(ListenAddr::Unix(path.into()));
+        }
+        if s.starts_with('/') {
+            return Ok(ListenAddr::Unix(s.into()));
+        }
+        s.parse()
+            .map(ListenAddr::Tcp)
+            .map_err(|_| format!("{s:?} is neither HOST:PORT nor unix:/path"))
+    }
+}
+
+/// Which variables a client may set with `env` requests: LANG, LC_*, TERM, COLORTERM and what the
+/// operator allows (exact names, or prefixes ending in `*`, like sshd's AcceptEnv).
+#[derive(Debug, Clone)]
+pub struct EnvPolicy {
+    patterns: Vec<String>,
+}
+
+impl EnvPolicy {
+    pub fn new(extra: &[String]) -> EnvPolicy {
+        let mut patterns: Vec<String> = ["LANG", "LC_*", "TERM", "COLORTERM"]
+            .map(String::from)
+            .into();
+        patterns.extend(extra.iter().filter(|p| !p.is_empty()).cloned());
+        EnvPolicy { patterns }
+    }
+
+    pub fn allows(&self, name: &str) -> bool {
+        self.patterns.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => p == name,
+        })
+    }
+}
+
+/// What every connection shares.
+pub struct Agent {
+    pub auth: Authenticator,
+    pub user: SandboxUser,
+    /// True when the agent is root and sessions must switch to the sandbox user.
+    pub switch_user: bool,
+    pub workdir: PathBuf,
+    pub env_policy: EnvPolicy,
+    /// Variables every session gets (the sandbox's environment).
+    pub session_env: Vec<(String, String)>,
+}
+
+impl Agent {
+    pub fn launch(&self) -> Launch<'_> {
+        Launch {
+            user: &self.user,
+            switch_user: self.switch_user,
+            workdir: &self.workdir,
+            env: &[],
+        }
+    }
+
+    /// Owner for files the agent makes on the user's behalf (terminals, sockets).
+    pub fn owner(&self) -> Option<(u32, u32)> {
+        self.switch_user.then_some((self.user.uid, self.user.gid))
+    }
+
+    /// Ports below 1024 only for root sessions, as sshd does.
+    pub fn may_bind_privileged(&self) -> bool {
+        self.user.uid == 0
+    }
+}
+
+/// russh settings, tuned: no inactivity cut (keepalives instead), larger windows for
+/// throughput, TCP_NODELAY for keystrokes, a delay on every refused login.
+pub fn ssh_config(host_key: russh::keys::PrivateKey) -> Config {
+    let mut methods = MethodSet::empty();
+    methods.push(MethodKind::PublicKey);
+    methods.push(MethodKind::Password);
+    methods.push(MethodKind::None);
+    Config {
+        server_id: russh::SshId::Standard(
+            format!("SSH-2.0-Warren_{}", env!("CARGO_PKG_VERSION")).into(),
+        ),
+        methods,
+        auth_rejection_time: Duration::from_secs(1),
+        // OpenSSH probes with "none" first; that probe need not be slowed.
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys: vec![host_key],
+        inactivity_timeout: None,
+        keepalive_interval: Some(Duration::from_secs(15)),
+        keepalive_max: 4,
+        window_size: 2 * 1024 * 1024,
+        maximum_packet_size: 65536,
+        channel_buffer_size: 64,
+        max_auth_attempts: 6,
+        nodelay: true,
+        // Our russh patch: windows re-open as programs consume input (see pump.rs).
+        window_adjust_on_consume: true,
+        ..Config::default()
+    }
+}
+
+/// Accepts connections until SIGTERM or SIGINT, then asks open connections to close
+/// and waits a moment for them.
+pub async fn serve(listen: ListenAddr, config: Config, agent: Agent) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let agent = Arc::new(agent);
+    let mut connections = JoinSet::new();
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+
+    let listener = Listener::bind(&listen).await?;
+    // The one line on stdout: tests and the runner read the bound address from it.
+    println!("listening on {}", listener.describe());
+    tracing::info!(address = %listener.describe(), sandbox = %agent.auth.sandbox, "agent ready");
+
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let handler = Connection::new(agent.clone(), peer);
+                    connections.spawn(run_connection(config.clone(), stream, handler, stop_tx.subscribe()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+
+    tracing::info!(open = connections.len(), "shutting down");
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    listener.cleanup();
+    Ok(())
+}
+
+/// Runs one connection; on shutdown tells the client why it is being dropped.
+async fn run_connection(
+    config: Arc<Config>,
+    stream: Box<dyn StreamBox>,
+    handler: Connection,
+    mut stop: tokio::sync::broadcast::Receiver<()>,
+) {
+    // The version exchange happens here, off the accept loop, so a silent client
+    // cannot hold up others.
+    let running = match tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        russh::server::run_stream(config, stream, handler),
+    )
+    .await
+    {
+        Ok(Ok(running)) => running,
+        Ok(Err(e)) => return tracing::debug!(error = %e, "handshake failed"),
+        Err(_) => return tracing::debug!("handshake timed out"),
+    };
+    let handle = running.handle();
+    tokio::pin!(running);
+    tokio::select! {
+        result = &mut running => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
+        _ = stop.recv() => {
+            let _ = handle
+                .disconnect(
+                    russh::Disconnect::ByApplication,
+                    "the sandbox agent is shutting down".into(),
+                    String::new(),
+                )
+                .await;
+            let _ = tokio::time::timeout(Duration::from_secs(3), running).await;
+        }
+    }
+}
+
+/// How long a client may take to send its SSH version line.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
+
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+impl Listener {
+    async fn bind(listen: &ListenAddr) -> anyhow::Result<Listener> {
+        Ok(match listen {
+            ListenAddr::Tcp(addr) => Listener::Tcp(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr}"))?,
+            ),
+            ListenAddr::Unix(path) => {
+                // A socket left by an earlier run would make bind fail.
+                if std::fs::symlink_metadata(path)
+                    .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+                {
+                    let _ = std::fs::remove_file(path);
+                }
+                let listener = UnixListener::bind(path)
+                    .with_context(|| format!("cannot listen on {}", path.display()))?;
+                Listener::Unix(listener, path.clone())
+            }
+        })
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l
+                .local_addr()
+                .map_or_else(|_| "tcp".into(), |a| a.to_string()),
+            Listener::Unix(_, path) => format!("unix:{}", path.display()),
+        }
+    }
+
+    async fn accept(&self) -> std::io::Result<(Box<dyn StreamBox>, Option<SocketAddr>)> {
+        match self {
+            Listener::Tcp(l) => {
+                let (stream, peer) = l.accept().await?;
+                stream.set_nodelay(true)?;
+                Ok((Box::new(stream), Some(peer)))
+            }
+            Listener::Unix(l, _) => {
+                let (stream, _) = l.accept().await?;
+                Ok((Box::new(stream), None))
+            }
+        }
+    }
+
+    fn cleanup(&self) {
+        if let Listener::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// A boxed connection stream of either kind.
+pub trait StreamBox: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: Stream> StreamBox for T {}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers we simply run until killed.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_policy_takes_exact_names_and_prefixes() {
+        let policy = EnvPolicy::new(&["FOO".into(), "GIT_*".into()]);
+        assert!(policy.allows("LANG"));
+        assert!(policy.allows("LC_ALL"));
+        assert!(policy.allows("FOO"));
+        assert!(policy.allows("GIT_AUTHOR_NAME"));
+        assert!(!policy.allows("FOOBAR"));
+        assert!(!policy.allows("LD_PRELOAD"));
+        assert!(!policy.allows("PATH"));
+    }
+
+    #[test]
+    fn listen_addresses_parse() {
+        assert!(matches!(
+            "127.0.0.1:0".parse::<ListenAddr>(),
+            Ok(ListenAddr::Tcp(_))
+        ));
+        assert!(matches!(
+            "unix:/run/a.sock".parse::<ListenAddr>(),
+            Ok(ListenAddr::Unix(_))
+        ));
+        assert!(matches!(
+            "/run/a.sock".parse::<ListenAddr>(),
+            Ok(ListenAddr::Unix(_))
+        ));
+        assert!("nonsense".parse::<ListenAddr>().is_err());
+    }
+}

@@ -1,0 +1,29 @@
+//! All of Warren's cryptography, in one place.
+//!
+//! For: sandbox ids, SSH host keys (ed25519, persisted 0600), sandbox tokens (Ed25519
+//! signed by the gateway, verified offline by the agent), and API-key / join-token
+//! secrets (generated, hashed at rest, compared in constant time).
+//!
+//! Not for: the SSH protocol itself (russh does that), user authorization policy, or
+//! storage. Callers get typed values (`SandboxId`, `SandboxToken`, `Secret`) whose
+//! `Debug`/`Display` never print secret material.
+
+mod host_key;
+mod ids;
+mod private_file;
+mod random;
+mod secret;
+#[cfg(test)]
+mod test_dir;
+mod token;
+
+pub use host_key::{HostKeyError, fingerprint, load_host_key, load_or_generate_host_key};
+pub use ids::{IdError, SandboxId};
+pub use secret::{
+    Secret, SecretError, SecretHash, constant_time_eq, generate_secret, hash_secret, secret_prefix,
+    verify_secret,
+};
+pub use token::{
+    Claims, MAX_TOKEN_LEN, SandboxToken, Scope, TOKEN_PREFIX, TokenError, TokenSigner,
+    TokenVerifier,
+};
