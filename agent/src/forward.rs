@@ -157,8 +157,10 @@ impl AgentSocket {
         let path = dir.join("agent.sock");
         let listener = UnixListener::bind(&path)?;
         if let Some((uid, gid)) = owner {
+            // The socket first, without following links, then the directory: once
+            // the user owns the directory, they could swap the socket for a link.
+            std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?;
             std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
-            std::os::unix::fs::chown(&path, Some(uid), Some(gid))?;
         }
         let task = tokio::spawn(async move {
             loop {

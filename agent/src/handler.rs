@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use russh::keys::ssh_key::HashAlg;
 use russh::server::{
@@ -12,7 +14,7 @@ use russh::server::{
 };
 use russh::{Channel, ChannelId, MethodKind, MethodSet, Pty, Sig};
 
-use crate::auth::Credential;
+use crate::auth::{Credential, loggable_user};
 use crate::forward::{self, AgentSocket, RemoteForward};
 use crate::process::Program;
 use crate::pty::{self, PtyRequest};
@@ -21,15 +23,31 @@ use crate::session::SessionChannel;
 
 pub struct Connection {
     agent: Arc<Agent>,
-    peer: Option<SocketAddr>,
+    /// Client and server address of a TCP connection (none over a unix socket).
+    peer: Option<(SocketAddr, SocketAddr)>,
     credential: Option<Credential>,
     sessions: HashMap<ChannelId, SessionChannel>,
     remote_forwards: HashMap<(String, u32), RemoteForward>,
     agent_socket: Option<AgentSocket>,
+    /// Set on login; the server cuts connections that stay anonymous too long.
+    authenticated: Arc<AtomicBool>,
+    /// Held until login: a place among the few unauthenticated connections allowed.
+    unauthenticated_slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
+/// Session channels one connection may have open at once (sshd's MaxSessions is
+/// 10; VS Code opens several).
+const MAX_SESSIONS: usize = 64;
+/// How long a refused `<id>#<token>` user name waits, like any refused login.
+const REFUSAL_DELAY: Duration = Duration::from_secs(1);
+
 impl Connection {
-    pub fn new(agent: Arc<Agent>, peer: Option<SocketAddr>) -> Connection {
+    pub fn new(
+        agent: Arc<Agent>,
+        peer: Option<(SocketAddr, SocketAddr)>,
+        authenticated: Arc<AtomicBool>,
+        unauthenticated_slot: tokio::sync::OwnedSemaphorePermit,
+    ) -> Connection {
         Connection {
             agent,
             peer,
@@ -37,12 +55,21 @@ impl Connection {
             sessions: HashMap::new(),
             remote_forwards: HashMap::new(),
             agent_socket: None,
+            authenticated,
+            unauthenticated_slot: Some(unauthenticated_slot),
         }
     }
 
     fn accepted(&mut self, credential: Credential, user: &str) -> Auth {
-        tracing::info!(peer = ?self.peer, ssh_user = user, ?credential, "authenticated");
+        tracing::info!(
+            peer = ?self.peer.map(|p| p.0),
+            ssh_user = loggable_user(user),
+            ?credential,
+            "authenticated"
+        );
         self.credential = Some(credential);
+        self.authenticated.store(true, Ordering::Release);
+        self.unauthenticated_slot = None;
         Auth::Accept
     }
 
@@ -61,14 +88,20 @@ impl Connection {
     /// Variables every session of this connection gets.
     fn connection_env(&self) -> Vec<(String, String)> {
         let mut env = Vec::new();
-        if let Some(peer) = self.peer {
+        if let Some((client, server)) = self.peer {
             env.push((
                 "SSH_CLIENT".to_owned(),
-                format!("{} {} 0", peer.ip(), peer.port()),
+                format!("{} {} {}", client.ip(), client.port(), server.port()),
             ));
             env.push((
                 "SSH_CONNECTION".to_owned(),
-                format!("{} {} 0 0", peer.ip(), peer.port()),
+                format!(
+                    "{} {} {} {}",
+                    client.ip(),
+                    client.port(),
+                    server.ip(),
+                    server.port()
+                ),
             ));
         }
         if let Some(socket) = &self.agent_socket {
@@ -118,10 +151,13 @@ impl russh::server::Handler for Connection {
 
     async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
         // `<sandbox-id>#<token>` logs in without a prompt (scripts, VS Code).
-        if let Some(token) = self.agent.auth.token_in_user_name(user)
-            && self.agent.auth.check_token(token)
-        {
-            return Ok(self.accepted(Credential::Token, "<id>#<token>"));
+        if let Some(token) = self.agent.auth.token_in_user_name(user) {
+            if self.agent.auth.check_token(token) {
+                return Ok(self.accepted(Credential::Token, user));
+            }
+            // A guessed token waits like any refused login (russh does not slow the
+            // first "none" attempt, which OpenSSH sends to probe).
+            tokio::time::sleep(REFUSAL_DELAY).await;
         }
         Ok(self.rejected())
     }
@@ -130,7 +166,7 @@ impl russh::server::Handler for Connection {
         if self.agent.auth.check_token(password) {
             return Ok(self.accepted(Credential::Token, user));
         }
-        tracing::info!(peer = ?self.peer, "password login refused");
+        tracing::info!(peer = ?self.peer.map(|p| p.0), "password login refused");
         Ok(self.rejected())
     }
 
@@ -155,7 +191,7 @@ impl russh::server::Handler for Connection {
             tracing::debug!(fingerprint = %key.public_key.fingerprint(HashAlg::Sha256), "key accepted");
             return Ok(self.accepted(Credential::PublicKey, user));
         }
-        tracing::info!(peer = ?self.peer, fingerprint = %key.public_key.fingerprint(HashAlg::Sha256), "key refused");
+        tracing::info!(peer = ?self.peer.map(|p| p.0), fingerprint = %key.public_key.fingerprint(HashAlg::Sha256), "key refused");
         Ok(self.rejected())
     }
 
@@ -165,6 +201,13 @@ impl russh::server::Handler for Connection {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if self.sessions.len() >= MAX_SESSIONS {
+            tracing::info!("too many sessions on one connection; refused");
+            reply
+                .reject(russh::ChannelOpenFailure::ResourceShortage)
+                .await;
+            return Ok(());
+        }
         self.sessions.insert(
             channel.id(),
             SessionChannel::open(channel, session.handle()),
@@ -251,13 +294,10 @@ impl russh::server::Handler for Connection {
     ) -> Result<(), Self::Error> {
         let allowed = self.agent.env_policy.allows(variable_name);
         let ok = allowed
-            && match self.sessions.get_mut(&channel) {
-                Some(s) => {
-                    s.set_env(variable_name, variable_value);
-                    true
-                }
-                None => false,
-            };
+            && self
+                .sessions
+                .get_mut(&channel)
+                .is_some_and(|s| s.set_env(variable_name, variable_value));
         if !allowed {
             tracing::debug!(name = variable_name, "env request refused");
         }
@@ -279,8 +319,8 @@ impl russh::server::Handler for Connection {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let command = String::from_utf8_lossy(data).into_owned();
-        self.start(channel, Program::Command(command), session);
+        // Bytes, not text: a command line may name files in any encoding.
+        self.start(channel, Program::Command(data.to_vec()), session);
         Ok(())
     }
 

@@ -4,9 +4,10 @@
 //! (HOME, USER, LOGNAME, SHELL, PATH, plus what the client was allowed to set) and,
 //! when the agent runs as root, the sandbox user's uid, gid and groups.
 
-use std::ffi::OsString;
+use std::ffi::{CString, OsString};
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::process::Stdio;
 
 use tokio::process::Command;
@@ -14,14 +15,25 @@ use tokio::process::Command;
 use crate::user::SandboxUser;
 
 /// What a session runs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Program {
     /// The user's login shell, interactive (`ssh host`).
     LoginShell,
-    /// A command line handed to `$SHELL -c` (`ssh host cmd`).
-    Command(String),
+    /// A command line handed to `$SHELL -c` (`ssh host cmd`), as the client's bytes.
+    Command(Vec<u8>),
     /// The agent's own SFTP server mode, run as the user.
     SftpServer,
+}
+
+impl std::fmt::Debug for Program {
+    /// Command lines can carry secrets, so logs only say what kind of program ran.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Program::LoginShell => "login shell",
+            Program::Command(_) => "command",
+            Program::SftpServer => "sftp",
+        })
+    }
 }
 
 /// Credentials to switch to in the child, when the agent may.
@@ -81,7 +93,7 @@ impl Launch<'_> {
             }
             Program::Command(line) => {
                 let mut cmd = Command::new(shell);
-                cmd.arg("-c").arg(line);
+                cmd.arg("-c").arg(std::ffi::OsStr::from_bytes(line));
                 cmd
             }
             Program::SftpServer => {
@@ -91,32 +103,29 @@ impl Launch<'_> {
                 cmd
             }
         };
-        cmd.env_clear()
-            .envs(self.login_env())
-            .current_dir(self.working_dir())
-            .kill_on_drop(false);
+        cmd.env_clear().envs(self.login_env()).kill_on_drop(false);
         let creds = self.switch_user.then(|| Credentials {
             uid: self.user.uid,
             gid: self.user.gid,
             groups: self.user.groups.clone(),
         });
+        let dirs = self.working_dirs()?;
         // SAFETY: the closure runs between fork and exec and only calls
         // async-signal-safe functions on memory allocated before the fork.
         unsafe {
-            cmd.pre_exec(move || enter_session(creds.as_ref()));
+            cmd.pre_exec(move || enter_session(creds.as_ref(), &dirs));
         }
         Ok(cmd)
     }
 
-    /// The configured workdir when the user can be there, else the home directory.
-    fn working_dir(&self) -> PathBuf {
-        if self.workdir.is_dir() {
-            self.workdir.to_owned()
-        } else if self.user.home.is_dir() {
-            self.user.home.clone()
-        } else {
-            PathBuf::from("/")
-        }
+    /// Where the session starts, in order of preference: the workdir, the home
+    /// directory, `/`. Tried after the switch to the user, as sshd does, so the
+    /// user's own permissions decide.
+    fn working_dirs(&self) -> std::io::Result<Vec<CString>> {
+        [self.workdir, self.user.home.as_path(), Path::new("/")]
+            .iter()
+            .map(|dir| CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other))
+            .collect()
     }
 
     /// Spawns `program` with pipes for stdin, stdout and stderr.
@@ -163,8 +172,8 @@ fn login_argv0(shell: &Path) -> OsString {
 
 /// Runs in the child between fork and exec: a new process session, then the
 /// user's groups, gid and uid, in that order (the uid last, while we may still
-/// change the others).
-fn enter_session(creds: Option<&Credentials>) -> std::io::Result<()> {
+/// change the others), then the first working directory the user may enter.
+fn enter_session(creds: Option<&Credentials>, dirs: &[CString]) -> std::io::Result<()> {
     // SAFETY: plain syscalls on values owned by the caller, valid across fork.
     unsafe {
         if libc::setsid() < 0 {
@@ -176,6 +185,11 @@ fn enter_session(creds: Option<&Credentials>) -> std::io::Result<()> {
                 || libc::setuid(creds.uid) < 0)
         {
             return Err(std::io::Error::last_os_error());
+        }
+        for dir in dirs {
+            if libc::chdir(dir.as_ptr()) == 0 {
+                break;
+            }
         }
     }
     Ok(())

@@ -91,10 +91,14 @@ fn apply_mode(t: &mut libc::termios, mode: Pty, value: u32) {
     let set = |flags: &mut libc::tcflag_t, bit: libc::tcflag_t| {
         if on { *flags |= bit } else { *flags &= !bit }
     };
-    // Special characters take the byte value; 255 means "disabled" in both worlds.
+    // Special characters take the byte value. OpenSSH sends 255 for "disabled",
+    // which Linux spells 0 (_POSIX_VDISABLE), as sshd translates it.
     let cc = |t: &mut libc::termios, index: usize| {
         if let Some(slot) = t.c_cc.get_mut(index) {
-            *slot = u8::try_from(value).unwrap_or(0xff);
+            *slot = match u8::try_from(value) {
+                Ok(0xff) | Err(_) => 0,
+                Ok(byte) => byte,
+            };
         }
     };
     match mode {

@@ -11,10 +11,13 @@ use bytes::{Bytes, BytesMut};
 use russh::server::{Handle, Msg};
 use russh::{Channel, ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// Bytes read from a program or socket in one go.
 pub const READ_CHUNK: usize = 64 * 1024;
+
+/// How long input that arrived before a close may take to reach a slow local peer.
+const FLUSH_AFTER_CLOSE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Consumed bytes are granted back to the client in batches of this size (or when
 /// the queue runs dry), so small writes don't each cost a window-adjust packet.
@@ -44,6 +47,20 @@ impl Backlog {
     }
 }
 
+impl Drop for Backlog {
+    /// Input nobody will read is given back as window, so a client writing to a
+    /// program that closed its stdin is never left waiting.
+    fn drop(&mut self) {
+        self.queue.close();
+        while let Ok(input) = self.queue.try_recv() {
+            if let Input::Data(data) = input {
+                self.window.consumed(data.len(), false);
+            }
+        }
+        self.window.consumed(0, true);
+    }
+}
+
 /// Re-opens a channel's receive window as its data is consumed.
 struct WindowGrant {
     handle: Handle,
@@ -64,11 +81,28 @@ impl WindowGrant {
     }
 }
 
+/// Fires once the client has closed the channel or the connection is gone: the
+/// signal for relays to stop waiting on a peer that will never answer.
+#[derive(Clone)]
+pub struct Closed(watch::Receiver<bool>);
+
+impl Closed {
+    pub async fn wait(&mut self) {
+        // An error means the sender is gone, which also means closed.
+        let _ = self.0.wait_for(|closed| *closed).await;
+    }
+}
+
 /// Queues a channel's incoming messages as they arrive; the queue ends when the
 /// client closes the channel. Once the consumer is gone, input is read, dropped and
 /// its window given back, so the client is never left waiting.
-pub fn drain_input(mut read: ChannelReadHalf, channel: ChannelId, handle: Handle) -> Backlog {
+pub fn drain_input(
+    mut read: ChannelReadHalf,
+    channel: ChannelId,
+    handle: Handle,
+) -> (Backlog, Closed) {
     let (tx, queue) = mpsc::unbounded_channel();
+    let (closed_tx, closed_rx) = watch::channel(false);
     let mut discarded = WindowGrant {
         handle: handle.clone(),
         channel,
@@ -80,21 +114,29 @@ pub fn drain_input(mut read: ChannelReadHalf, channel: ChannelId, handle: Handle
                 ChannelMsg::Data { data } => Input::Data(data),
                 ChannelMsg::Eof => Input::Eof,
                 ChannelMsg::Close => break,
+                // Extended data from a client means nothing to a program, but it
+                // used window, which is given back.
+                ChannelMsg::ExtendedData { data, .. } => {
+                    discarded.consumed(data.len(), true);
+                    continue;
+                }
                 _ => continue,
             };
             if let Err(mpsc::error::SendError(Input::Data(data))) = tx.send(input) {
                 discarded.consumed(data.len(), true);
             }
         }
+        let _ = closed_tx.send(true);
     });
-    Backlog {
+    let backlog = Backlog {
         queue,
         window: WindowGrant {
             handle,
             channel,
             owed: 0,
         },
-    }
+    };
+    (backlog, Closed(closed_rx))
 }
 
 /// Sends everything `reader` yields as channel data (`ext` = Some(1) for stderr),
@@ -123,8 +165,9 @@ pub async fn send_output(
     }
 }
 
-/// Joins a channel and a socket both ways, passing EOF on in each direction, and
-/// closes the channel when both directions are done.
+/// Joins a channel and a socket both ways. EOF is passed on in each direction
+/// (half-close); the channel is closed once both directions are done, and
+/// everything stops at once when the client closes the channel.
 pub async fn splice(
     channel: Channel<Msg>,
     handle: Handle,
@@ -132,20 +175,42 @@ pub async fn splice(
 ) {
     let id = channel.id();
     let (read, write) = channel.split();
-    let mut input = drain_input(read, id, handle);
+    let (mut input, mut closed) = drain_input(read, id, handle);
     let (mut sock_read, mut sock_write) = tokio::io::split(stream);
     let inbound = async {
-        while let Some(Input::Data(data)) = input.recv().await {
-            if sock_write.write_all(&data).await.is_err() {
-                return;
+        while let Some(item) = input.recv().await {
+            match item {
+                Input::Data(data) => {
+                    if sock_write.write_all(&data).await.is_err() {
+                        return;
+                    }
+                }
+                Input::Eof => {
+                    let _ = sock_write.shutdown().await;
+                }
             }
         }
-        // EOF or close from the client: half-close the socket.
-        let _ = sock_write.shutdown().await;
     };
+    // Output stops as soon as the client closes the channel; input still queued is
+    // delivered (it came before the close), with a bound for a peer that never reads.
+    let mut closed_out = closed.clone();
     let outbound = async {
-        if send_output(&mut sock_read, &write, None).await {
-            let _ = write.eof().await;
+        tokio::select! {
+            done = send_output(&mut sock_read, &write, None) => {
+                if done {
+                    let _ = write.eof().await;
+                }
+            }
+            () = closed_out.wait() => {}
+        }
+    };
+    let inbound = async {
+        tokio::select! {
+            () = inbound => {}
+            () = async {
+                closed.wait().await;
+                tokio::time::sleep(FLUSH_AFTER_CLOSE).await;
+            } => {}
         }
     };
     tokio::join!(inbound, outbound);

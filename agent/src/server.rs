@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -11,6 +12,7 @@ use russh::server::Config;
 use russh::{MethodKind, MethodSet};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::auth::Authenticator;
@@ -133,6 +135,7 @@ pub async fn serve(listen: ListenAddr, config: Config, agent: Agent) -> anyhow::
     let config = Arc::new(config);
     let agent = Arc::new(agent);
     let mut connections = JoinSet::new();
+    let unauthenticated = Arc::new(Semaphore::new(MAX_UNAUTHENTICATED));
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let stop = shutdown_signal();
     tokio::pin!(stop);
@@ -147,8 +150,20 @@ pub async fn serve(listen: ListenAddr, config: Config, agent: Agent) -> anyhow::
             () = &mut stop => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let handler = Connection::new(agent.clone(), peer);
-                    connections.spawn(run_connection(config.clone(), stream, handler, stop_tx.subscribe()));
+                    // Like sshd's MaxStartups: a flood of logins cannot pile up.
+                    let Ok(slot) = unauthenticated.clone().try_acquire_owned() else {
+                        tracing::warn!(peer = ?peer.map(|p| p.0), "too many unauthenticated connections; dropped");
+                        continue;
+                    };
+                    let authenticated = Arc::new(AtomicBool::new(false));
+                    let handler = Connection::new(agent.clone(), peer, authenticated.clone(), slot);
+                    connections.spawn(run_connection(
+                        config.clone(),
+                        stream,
+                        handler,
+                        authenticated,
+                        stop_tx.subscribe(),
+                    ));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -174,6 +189,7 @@ async fn run_connection(
     config: Arc<Config>,
     stream: Box<dyn StreamBox>,
     handler: Connection,
+    authenticated: Arc<AtomicBool>,
     mut stop: tokio::sync::broadcast::Receiver<()>,
 ) {
     // The version exchange happens here, off the accept loop, so a silent client
@@ -190,24 +206,38 @@ async fn run_connection(
     };
     let handle = running.handle();
     tokio::pin!(running);
-    tokio::select! {
-        result = &mut running => {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "connection ended with an error");
+    let grace = tokio::time::sleep(LOGIN_GRACE);
+    tokio::pin!(grace);
+    let reason = loop {
+        tokio::select! {
+            result = &mut running => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
             }
+            () = &mut grace, if !grace.is_elapsed() => {
+                if !authenticated.load(Ordering::Acquire) {
+                    break "no login within the grace time";
+                }
+            }
+            _ = stop.recv() => break "the sandbox agent is shutting down",
         }
-        _ = stop.recv() => {
-            let _ = handle
-                .disconnect(
-                    russh::Disconnect::ByApplication,
-                    "the sandbox agent is shutting down".into(),
-                    String::new(),
-                )
-                .await;
-            let _ = tokio::time::timeout(Duration::from_secs(3), running).await;
-        }
-    }
+    };
+    let _ = handle
+        .disconnect(
+            russh::Disconnect::ByApplication,
+            reason.into(),
+            String::new(),
+        )
+        .await;
+    let _ = tokio::time::timeout(Duration::from_secs(3), running).await;
 }
+
+/// How long a connection may take to log in (sshd's LoginGraceTime).
+const LOGIN_GRACE: Duration = Duration::from_secs(120);
+/// Connections that have not logged in yet, at most (sshd's MaxStartups).
+const MAX_UNAUTHENTICATED: usize = 32;
 
 /// How long a client may take to send its SSH version line.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -251,12 +281,16 @@ impl Listener {
         }
     }
 
-    async fn accept(&self) -> std::io::Result<(Box<dyn StreamBox>, Option<SocketAddr>)> {
+    /// A connection, with its client and server addresses when it is TCP.
+    async fn accept(
+        &self,
+    ) -> std::io::Result<(Box<dyn StreamBox>, Option<(SocketAddr, SocketAddr)>)> {
         match self {
             Listener::Tcp(l) => {
                 let (stream, peer) = l.accept().await?;
                 stream.set_nodelay(true)?;
-                Ok((Box::new(stream), Some(peer)))
+                let local = stream.local_addr()?;
+                Ok((Box::new(stream), Some((peer, local))))
             }
             Listener::Unix(l, _) => {
                 let (stream, _) = l.accept().await?;

@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 
 use crate::process::{Launch, Program};
 use crate::pty::{self, PtyIo, PtyRequest};
-use crate::pump::{Backlog, Input, READ_CHUNK, drain_input, send_output};
+use crate::pump::{Backlog, Closed, Input, READ_CHUNK, drain_input, send_output};
 
 /// Where a session's input goes once its program runs.
 enum Stdin {
@@ -48,7 +48,12 @@ pub struct SessionChannel {
     env: Vec<(String, String)>,
     pty: Option<PtyRequest>,
     running: Option<Running>,
+    closed: Closed,
 }
+
+/// Variables one session may set; sshd has no such limit, but it has no reason to
+/// let a client grow its memory one `env` request at a time either.
+const MAX_ENV_VARS: usize = 256;
 
 impl SessionChannel {
     /// Takes over a freshly opened session channel.
@@ -56,7 +61,8 @@ impl SessionChannel {
         let id = channel.id();
         let (read, write) = channel.split();
         let (stdin_tx, stdin_rx) = oneshot::channel();
-        tokio::spawn(forward_input(drain_input(read, id, handle), stdin_rx));
+        let (input, closed) = drain_input(read, id, handle);
+        tokio::spawn(forward_input(input, stdin_rx));
         SessionChannel {
             id,
             write: Some(write),
@@ -64,6 +70,7 @@ impl SessionChannel {
             env: Vec::new(),
             pty: None,
             running: None,
+            closed,
         }
     }
 
@@ -80,9 +87,14 @@ impl SessionChannel {
         true
     }
 
-    pub fn set_env(&mut self, name: &str, value: &str) {
+    /// Records a variable for the program; false when the session has too many.
+    pub fn set_env(&mut self, name: &str, value: &str) -> bool {
         self.env.retain(|(n, _)| n != name);
+        if self.env.len() >= MAX_ENV_VARS {
+            return false;
+        }
         self.env.push((name.to_owned(), value.to_owned()));
+        true
     }
 
     /// Starts `program`; the session's output and exit status then flow to the client.
@@ -121,7 +133,15 @@ impl SessionChannel {
                     pid: child.id(),
                     master: Some(terminal.master),
                 });
-                tokio::spawn(relay_terminal(id, write, terminal.io, child, handle));
+                let closed = self.closed.clone();
+                tokio::spawn(relay_terminal(
+                    id,
+                    write,
+                    terminal.io,
+                    child,
+                    handle,
+                    closed,
+                ));
             }
             None => {
                 let launch = Launch {
@@ -136,7 +156,7 @@ impl SessionChannel {
                     pid: child.id(),
                     master: None,
                 });
-                tokio::spawn(relay_pipes(id, write, child, handle));
+                tokio::spawn(relay_pipes(id, write, child, handle, self.closed.clone()));
             }
         }
         Ok(())
@@ -195,6 +215,7 @@ async fn relay_pipes(
     write: ChannelWriteHalf<Msg>,
     mut child: Child,
     handle: Handle,
+    mut closed: Closed,
 ) {
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
@@ -208,9 +229,15 @@ async fn relay_pipes(
             send_output(stderr, &write, Some(1)).await;
         }
     };
-    // Like sshd: the session ends when the program has exited and its output is drained.
-    let ((), (), status) = tokio::join!(out, err, child.wait());
-    finish(id, &write, &handle, status).await;
+    // Like sshd: the session ends when the program has exited and its output is
+    // drained. If the client goes first, the pipes close and the program carries on
+    // (it sees EOF and EPIPE, as under sshd); tokio reaps it when it exits.
+    tokio::select! {
+        ((), (), status) = async { tokio::join!(out, err, child.wait()) } => {
+            finish(id, &write, &handle, status).await;
+        }
+        () = closed.wait() => {}
+    }
 }
 
 async fn relay_terminal(
@@ -219,8 +246,10 @@ async fn relay_terminal(
     io: PtyIo,
     mut child: Child,
     handle: Handle,
+    mut closed: Closed,
 ) {
     let mut buf = vec![0u8; READ_CHUNK];
+    let pid = child.id();
     let exited = child.wait();
     tokio::pin!(exited);
     let mut status = None;
@@ -250,13 +279,31 @@ async fn relay_terminal(
                 }
                 break;
             }
+            () = closed.wait() => {
+                // The client is gone: hang up the terminal, as sshd does by closing
+                // the master; the shell and its jobs get SIGHUP.
+                drop(io);
+                hang_up(pid);
+                return;
+            }
         }
     }
     let status = match status {
         Some(status) => status,
-        None => exited.await,
+        None => tokio::select! {
+            status = exited => status,
+            () = closed.wait() => return,
+        },
     };
     finish(id, &write, &handle, status).await;
+}
+
+/// SIGHUP to a session's process group (its leader's pid, after setsid).
+fn hang_up(pid: Option<u32>) {
+    if let Some(pid) = pid.and_then(|p| libc::pid_t::try_from(p).ok()) {
+        // SAFETY: kill has no memory effects.
+        unsafe { libc::kill(-pid, libc::SIGHUP) };
+    }
 }
 
 /// exit-status (or exit-signal), EOF, CLOSE: the order OpenSSH clients expect.

@@ -769,3 +769,33 @@ pub fn background_survives_channel_close(c: &Client, dir: &str) -> Result<()> {
     );
     Ok(())
 }
+
+/// SSH_CLIENT and SSH_CONNECTION name both ends as sshd does: `client-ip client-port
+/// server-port` and `client-ip client-port server-ip server-port` (tools such as VS
+/// Code and shell prompts read them). Assumes a direct connection to `c.target()`.
+pub fn ssh_connection_env(c: &Client) -> Result<()> {
+    let out = c
+        .exec(r#"printf '%s\n' "$SSH_CLIENT" "$SSH_CONNECTION""#)
+        .run()?
+        .success()?;
+    let text = out.stdout_str();
+    let mut lines = text.lines();
+    let client: Vec<&str> = lines.next().unwrap_or("").split(' ').collect();
+    let conn: Vec<&str> = lines.next().unwrap_or("").split(' ').collect();
+    let port = c.target().port.to_string();
+    ensure!(
+        client.len() == 3 && client[0] == "127.0.0.1" && client[2] == port,
+        "SSH_CLIENT should be `127.0.0.1 <client port> {port}`:\n{out}"
+    );
+    ensure!(
+        conn.len() == 4
+            && conn[0] == "127.0.0.1"
+            && conn[1] == client[1]
+            && conn[2] == c.target().host
+            && conn[3] == port,
+        "SSH_CONNECTION should be `127.0.0.1 {} {} {port}`:\n{out}",
+        client[1],
+        c.target().host
+    );
+    Ok(())
+}

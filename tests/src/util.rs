@@ -219,6 +219,19 @@ pub fn running_as_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
+/// Whether a test whose `need` is unmet may run: on a developer's machine it is
+/// skipped with a note; in CI (`CI` set) it fails, because CI must not skip silently.
+pub fn prerequisite(met: bool, need: &str) -> anyhow::Result<bool> {
+    if met {
+        return Ok(true);
+    }
+    if std::env::var_os("CI").is_some() {
+        anyhow::bail!("CI must provide this: {need}");
+    }
+    eprintln!("skipped: needs {need}");
+    Ok(false)
+}
+
 /// One line of /etc/passwd.
 #[derive(Clone, Debug)]
 pub struct PasswdEntry {

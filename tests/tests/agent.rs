@@ -114,6 +114,12 @@ fn login_environment_is_the_sandbox_users() -> Result<()> {
     scenarios::login_environment(&c, &me.name, &me.home, &me.shell)
 }
 
+#[test]
+fn ssh_client_and_connection_name_both_ends() -> Result<()> {
+    let (_agent, c, _) = agent_and_client()?;
+    scenarios::ssh_connection_env(&c)
+}
+
 // ---------------------------------------------------------------- files
 
 #[test]
@@ -288,8 +294,7 @@ fn refuses_an_unknown_key() -> Result<()> {
 
 #[test]
 fn privilege_drop_to_the_sandbox_user() -> Result<()> {
-    if !util::running_as_root() {
-        eprintln!("skipped: needs root to start the agent as root");
+    if !util::prerequisite(util::running_as_root(), "root, to start the agent as root")? {
         return Ok(());
     }
     let files = tempfile::Builder::new()
@@ -405,8 +410,7 @@ fn listens_on_a_unix_socket() -> Result<()> {
 
 #[test]
 fn reaps_orphans_as_pid_1() -> Result<()> {
-    if !util::running_as_root() {
-        eprintln!("skipped: needs root for a PID namespace");
+    if !util::prerequisite(util::running_as_root(), "root, for a PID namespace")? {
         return Ok(());
     }
     let agent = Agent::builder()

@@ -1,6 +1,7 @@
 //! The shared scenarios against OpenSSH's own sshd: proof that each scenario describes
 //! what a real SSH server does, so a scenario failing against the agent points at the
-//! agent. Skipped (with a note) when sshd is not installed or the tests are not root.
+//! agent. Skipped (with a note) when sshd is not installed or the tests are not root,
+//! except in CI, where that is a failure.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,8 +12,10 @@ use warren_tests::{Client, Sshd, scenarios};
 
 /// sshd, a client it authorizes, and a scratch directory; `None` when unavailable.
 fn sshd_and_client() -> Result<Option<(Sshd, Client, TempDir, String)>> {
-    if !Sshd::available() {
-        eprintln!("skipped: needs root and /usr/sbin/sshd (openssh-server)");
+    if !warren_tests::util::prerequisite(
+        Sshd::available(),
+        "root and /usr/sbin/sshd (openssh-server)",
+    )? {
         return Ok(None);
     }
     let sshd = Sshd::start()?;
@@ -60,6 +63,9 @@ reference!(login_environment, |c, dir| {
     let me = current_user()?;
     scenarios::login_environment(&c, &me.name, &me.home, &me.shell)
 });
+reference!(ssh_connection_env, |c, dir| scenarios::ssh_connection_env(
+    &c
+));
 reference!(scp_both_ways, |c, dir| scenarios::scp_both_ways(
     &c,
     &dir,

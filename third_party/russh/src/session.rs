@@ -302,14 +302,18 @@ impl Encrypted {
         }
     }
 
-    /// Warren patch: debit the receive window without topping it up.
-    pub fn record_received_data(&mut self, channel: ChannelId, data: &[u8]) {
+    /// Warren patch: debit the receive window without topping it up. Returns
+    /// false for data beyond the window, which the caller drops (as OpenSSH
+    /// does), so a peer that ignores flow control cannot grow our queues.
+    pub fn record_received_data(&mut self, channel: ChannelId, data: &[u8]) -> bool {
         if let Some(channel) = self.channels.get_mut(&channel) {
-            // Extra data beyond the window is ignored, as in adjust_window_size.
             if data.len() as u32 <= channel.sender_window_size {
                 channel.sender_window_size -= data.len() as u32;
+                return true;
             }
+            return false;
         }
+        true
     }
 
     /// Warren patch: give the peer `amount` more bytes of receive window.

@@ -1494,7 +1494,10 @@ impl Session {
                 if let Some(ref mut enc) = self.common.encrypted {
                     if on_consume {
                         // Warren patch: the application re-opens the window.
-                        enc.record_received_data(channel_num, &data);
+                        if !enc.record_received_data(channel_num, &data) {
+                            debug!("channel {channel_num:?}: data beyond the window dropped");
+                            return Ok(());
+                        }
                     } else if enc.adjust_window_size(channel_num, &data, target)? {
                         let window = handler.adjust_window(channel_num, self.target_window_size);
                         if window > 0 {
