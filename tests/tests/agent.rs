@@ -430,3 +430,57 @@ fn reaps_orphans_as_pid_1() -> Result<()> {
     );
     Ok(())
 }
+
+// ---------------------------------------------------------------- found in review
+
+#[test]
+fn exec_command_line_is_passed_as_bytes() -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let (_agent, c, _) = agent_and_client()?;
+    // Latin-1 'é' is not UTF-8: a lossy decode would turn it into ef bf bd.
+    let out = c
+        .ssh(&[], "")
+        .arg(std::ffi::OsStr::from_bytes(b"printf %s \xe9 | od -An -tx1"))
+        .run()?
+        .success()?;
+    ensure!(
+        out.stdout_str().trim() == "e9",
+        "the byte changed on its way:\n{out}"
+    );
+    Ok(())
+}
+
+#[test]
+fn terminal_modes_disabled_characters_stay_disabled() -> Result<()> {
+    let (_agent, c, _) = agent_and_client()?;
+    // OpenSSH sends 255 for an unset special character; Linux spells that 0.
+    let pty = c.ssh_on_pty(&["-tt"], "stty -a", "xterm", 24, 80)?;
+    let screen = pty.expect("swtch", Duration::from_secs(20))?;
+    ensure!(
+        screen.contains("eol = <undef>") && screen.contains("eol2 = <undef>"),
+        "unset characters came out set:\n{screen}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_dropped_client_hangs_up_its_terminal() -> Result<()> {
+    let (_agent, c, dir) = agent_and_client()?;
+    let pidfile = format!("{dir}/shell.pid");
+    let ssh = c
+        .ssh(&["-tt"], &format!("echo $$ > {pidfile}; exec sleep 1000"))
+        .spawn()?;
+    let started = util::wait_until(Duration::from_secs(20), || {
+        fs::read_to_string(&pidfile).is_ok_and(|s| s.trim().parse::<u32>().is_ok())
+    });
+    ensure!(started, "the session never started");
+    let pid: u32 = fs::read_to_string(&pidfile)?.trim().parse()?;
+    // SIGKILL: the client vanishes without closing anything, like a lost network.
+    let _ = ssh.kill();
+    let hung_up = util::wait_until(Duration::from_secs(15), || !util::process_alive(pid));
+    ensure!(
+        hung_up,
+        "the session's program outlived its client (pid {pid})"
+    );
+    Ok(())
+}
