@@ -596,9 +596,16 @@ impl Session {
                     return Ok(());
                 }
                 let target = self.common.config.window_size;
+                let on_consume = self.common.config.window_adjust_on_consume;
                 #[allow(clippy::collapsible_if)]
                 if let Some(ref mut enc) = self.common.encrypted {
-                    if enc.adjust_window_size(channel_num, &data, target)? {
+                    if on_consume {
+                        // Warren patch: the application re-opens the window.
+                        if !enc.record_received_data(channel_num, &data) {
+                            debug!("channel {channel_num:?}: data beyond the window dropped");
+                            return Ok(());
+                        }
+                    } else if enc.adjust_window_size(channel_num, &data, target)? {
                         let next_window =
                             client.adjust_window(channel_num, self.target_window_size);
                         if next_window > 0 {
@@ -623,9 +630,16 @@ impl Session {
                     return Ok(());
                 }
                 let target = self.common.config.window_size;
+                let on_consume = self.common.config.window_adjust_on_consume;
                 #[allow(clippy::collapsible_if)]
                 if let Some(ref mut enc) = self.common.encrypted {
-                    if enc.adjust_window_size(channel_num, &data, target)? {
+                    if on_consume {
+                        // Warren patch: the application re-opens the window.
+                        if !enc.record_received_data(channel_num, &data) {
+                            debug!("channel {channel_num:?}: data beyond the window dropped");
+                            return Ok(());
+                        }
+                    } else if enc.adjust_window_size(channel_num, &data, target)? {
                         let next_window =
                             client.adjust_window(channel_num, self.target_window_size);
                         if next_window > 0 {

@@ -150,6 +150,11 @@ enum Reply {
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)]
 pub enum Msg {
+    /// Warren patch: re-open a channel's receive window.
+    AdjustWindow {
+        id: ChannelId,
+        amount: u32,
+    },
     Authenticate {
         user: String,
         method: auth::Method,
@@ -315,6 +320,8 @@ pub enum DisconnectReason<E: From<crate::Error> + Send> {
 /// the request/response cycle.
 pub struct Handle<H: Handler> {
     sender: Sender<Msg>,
+    /// Warren patch: for window adjusts, which must not wait behind data.
+    priority_sender: UnboundedSender<Msg>,
     receiver: UnboundedReceiver<Reply>,
     join: russh_util::runtime::JoinHandle<Result<(), H::Error>>,
     channel_buffer_size: usize,
@@ -328,6 +335,15 @@ impl<H: Handler> Drop for Handle<H> {
 }
 
 impl<H: Handler> Handle<H> {
+    /// Warren patch: tells the server it may send `amount` more bytes on `id`.
+    /// Used with `Config::window_adjust_on_consume`, once the application has
+    /// consumed that much.
+    pub fn adjust_window(&self, id: ChannelId, amount: u32) -> Result<(), crate::Error> {
+        self.priority_sender
+            .send(Msg::AdjustWindow { id, amount })
+            .map_err(|_| crate::Error::SendError)
+    }
+
     pub fn is_closed(&self) -> bool {
         self.sender.is_closed()
     }
@@ -1257,6 +1273,7 @@ where
         session_sender,
     );
     session.begin_rekey()?;
+    let priority_sender = session.priority_sender.clone();
     let (kex_done_signal, kex_done_signal_rx) = oneshot::channel();
     let join = russh_util::runtime::spawn(session.run(stream, handler, Some(kex_done_signal)));
 
@@ -1273,6 +1290,7 @@ where
 
     Ok(Handle {
         sender: handle_sender,
+        priority_sender,
         receiver: handle_receiver,
         join,
         channel_buffer_size,
@@ -1622,6 +1640,11 @@ impl Session {
 
     fn handle_msg(&mut self, msg: Msg) -> Result<(), crate::Error> {
         match msg {
+            Msg::AdjustWindow { id, amount } => {
+                if let Some(enc) = self.common.encrypted.as_mut() {
+                    enc.grant_window(id, amount)?;
+                }
+            }
             Msg::Authenticate { user, method } => {
                 self.write_auth_request_if_needed(&user, method)?;
             }
@@ -2746,6 +2769,10 @@ pub struct Config {
     pub gex: GexParams,
     /// If active, invoke `set_nodelay(true)` on the ssh socket; disabled by default (i.e. Nagle's algorithm is active).
     pub nodelay: bool,
+    /// Warren patch: when true, incoming channel data only debits the receive
+    /// window; the application re-opens it with [`Handle::adjust_window`] as it
+    /// consumes the data. When false (the default), russh tops it up on receipt.
+    pub window_adjust_on_consume: bool,
 }
 
 impl Default for Config {
@@ -2768,6 +2795,7 @@ impl Default for Config {
             anonymous: false,
             gex: Default::default(),
             nodelay: false,
+            window_adjust_on_consume: false,
         }
     }
 }
