@@ -10,4 +10,5 @@
 //! audit trail, in SQLite by default or PostgreSQL. The SSH front door, the runner
 //! tunnel and the HTTP API come next, as further modules of this crate.
 
+pub mod ssh;
 pub mod store;

@@ -41,9 +41,17 @@ pub struct AgentBuilder {
     dir_mode: Option<u32>,
     wrapper: Vec<String>,
     quiet: bool,
+    signer_file: Option<PathBuf>,
 }
 
 impl AgentBuilder {
+    /// Use the token signer persisted in this file (made if missing), so that another
+    /// process under test (the gateway) mints tokens this agent accepts.
+    pub fn signer_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.signer_file = Some(path.into());
+        self
+    }
+
     /// Run this binary instead of the debug build of `warren-agent`.
     pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {
         self.binary = Some(path.into());
@@ -169,7 +177,12 @@ impl Agent {
             fs::set_permissions(dir.path(), fs::Permissions::from_mode(mode))?;
         }
         let sandbox_id = opts.sandbox_id.unwrap_or_else(SandboxId::generate);
-        let signer = TokenSigner::generate().context("generating a token signer")?;
+        let signer = match &opts.signer_file {
+            Some(path) => {
+                TokenSigner::load_or_generate(path).context("loading the token signer")?
+            }
+            None => TokenSigner::generate().context("generating a token signer")?,
+        };
         let host_key = dir.path().join("host_key");
         let authorized_keys = dir.path().join("authorized_keys");
         fs::write(&authorized_keys, "")?;

@@ -19,6 +19,7 @@
 mod agent;
 mod binaries;
 mod client;
+pub mod gateway;
 mod process;
 mod pty;
 pub mod scenarios;

@@ -334,7 +334,38 @@ impl<H: Handler> Drop for Handle<H> {
     }
 }
 
+/// Warren patch: a cloneable way to re-open channel windows on a client session
+/// (see `Config::window_adjust_on_consume`), for tasks that don't own the `Handle`.
+#[derive(Clone)]
+pub struct WindowSender {
+    priority_sender: UnboundedSender<Msg>,
+}
+
+impl WindowSender {
+    pub fn adjust_window(&self, id: ChannelId, amount: u32) -> Result<(), crate::Error> {
+        self.priority_sender
+            .send(Msg::AdjustWindow { id, amount })
+            .map_err(|_| crate::Error::SendError)
+    }
+}
+
+impl Session {
+    /// Warren patch: see [`WindowSender`].
+    pub fn window_sender(&self) -> WindowSender {
+        WindowSender {
+            priority_sender: self.priority_sender.clone(),
+        }
+    }
+}
+
 impl<H: Handler> Handle<H> {
+    /// Warren patch: see [`WindowSender`].
+    pub fn window_sender(&self) -> WindowSender {
+        WindowSender {
+            priority_sender: self.priority_sender.clone(),
+        }
+    }
+
     /// Warren patch: tells the server it may send `amount` more bytes on `id`.
     /// Used with `Config::window_adjust_on_consume`, once the application has
     /// consumed that much.

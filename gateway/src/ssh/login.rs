@@ -1,0 +1,104 @@
+//! Who is logging in, and to what: the SSH user name names a sandbox (relay mode,
+//! optionally `<sandbox-id>#<token>` for clients that cannot prompt) or an account
+//! (a jump host for `ssh -J`, reaching that account's sandboxes).
+
+use std::time::SystemTime;
+
+use warren_keys::{SandboxId, TokenVerifier};
+
+use crate::store::{Sandbox, SandboxState, User};
+
+/// What the SSH user name asks for.
+#[derive(Debug, Clone)]
+pub enum LoginName {
+    Sandbox {
+        id: SandboxId,
+        token: Option<String>,
+    },
+    Account(String),
+}
+
+impl LoginName {
+    pub fn parse(user: &str) -> LoginName {
+        let (name, token) = match user.split_once('#') {
+            Some((name, token)) => (name, Some(token.to_owned())),
+            None => (user, None),
+        };
+        match SandboxId::parse(name) {
+            Ok(id) if name.starts_with("sbx-") => LoginName::Sandbox { id, token },
+            _ => LoginName::Account(name.to_owned()),
+        }
+    }
+
+    /// The user name as it may appear in logs (never a token).
+    pub fn loggable(&self) -> &str {
+        match self {
+            LoginName::Sandbox { id, .. } => id.as_str(),
+            LoginName::Account(name) => name,
+        }
+    }
+}
+
+/// Who got in.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// An account, by key or API key.
+    User(User),
+    /// A bearer of a sandbox token: that sandbox and nothing else.
+    Token(SandboxId),
+}
+
+impl Principal {
+    pub fn user(&self) -> Option<&User> {
+        match self {
+            Principal::User(user) => Some(user),
+            Principal::Token(_) => None,
+        }
+    }
+
+    /// Explicit authorization for every sandbox access: the owner, or a token for
+    /// exactly this sandbox; and never a deleted sandbox. (Sharing comes later.)
+    pub fn may_use(&self, sandbox: &Sandbox) -> bool {
+        if sandbox.state == SandboxState::Deleted {
+            return false;
+        }
+        match self {
+            Principal::User(user) => user.id == sandbox.owner_id,
+            Principal::Token(id) => *id == sandbox.id,
+        }
+    }
+}
+
+/// Whether `token` is a valid sandbox token for `sandbox`.
+pub fn token_opens(verifier: &TokenVerifier, token: &str, sandbox: &SandboxId) -> bool {
+    match verifier.verify(token, sandbox, SystemTime::now()) {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::info!(reason = %e, "sandbox token refused");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_names_parse() {
+        assert!(matches!(
+            LoginName::parse("sbx-abc123"),
+            LoginName::Sandbox { token: None, .. }
+        ));
+        let LoginName::Sandbox { token: Some(t), .. } = LoginName::parse("sbx-abc123#wst1.x")
+        else {
+            panic!("token not found");
+        };
+        assert_eq!(t, "wst1.x");
+        assert!(matches!(LoginName::parse("alice"), LoginName::Account(n) if n == "alice"));
+        assert_eq!(
+            LoginName::parse("sbx-abc123#secret").loggable(),
+            "sbx-abc123"
+        );
+    }
+}

@@ -1,0 +1,214 @@
+//! Moving bytes between two SSH channels (the user's and the agent's), or between a
+//! channel and a raw stream, with flow control end to end.
+//!
+//! Both of our russh connections run with consumption-based windows (our russh
+//! patch): each side's window is re-opened only once its bytes have been written to
+//! the other side. A slow user therefore slows the agent's output down to its pace,
+//! and the gateway holds at most one window per direction per channel.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use russh::{Channel, ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// Re-opens a channel's receive window by this many bytes.
+pub type Grant = Arc<dyn Fn(ChannelId, u32) + Send + Sync>;
+
+/// Requests' replies (success or failure) from one channel's peer, in order.
+pub type Replies = mpsc::UnboundedReceiver<bool>;
+
+/// Bytes read from a stream in one go.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Reads a channel's messages as they come, so the connection's read loop never
+/// waits on us: replies to requests go to `replies`, everything else (in order) to
+/// the returned queue. The queue is bounded by the channel's window.
+pub fn drain(
+    mut read: ChannelReadHalf,
+    replies: Option<mpsc::UnboundedSender<bool>>,
+) -> mpsc::UnboundedReceiver<ChannelMsg> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(msg) = read.wait().await {
+            match msg {
+                ChannelMsg::Success => {
+                    if let Some(r) = &replies {
+                        let _ = r.send(true);
+                    }
+                }
+                ChannelMsg::Failure => {
+                    if let Some(r) = &replies {
+                        let _ = r.send(false);
+                    }
+                }
+                ChannelMsg::WindowAdjusted { .. } => {}
+                ChannelMsg::Close => {
+                    let _ = tx.send(ChannelMsg::Close);
+                    break;
+                }
+                other => {
+                    if tx.send(other).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
+fn len_u32(data: &Bytes) -> u32 {
+    u32::try_from(data.len()).unwrap_or(u32::MAX)
+}
+
+/// What happened to a channel's peer, for the audit trail.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Exit {
+    pub status: Option<u32>,
+    pub signal: bool,
+}
+
+/// Copies `from` (read side of one channel) into `to` (write side of the other),
+/// granting `from`'s window as bytes are written. EOF and CLOSE are passed on;
+/// exit-status and exit-signal too, the latter through `exit_signal` because only
+/// a connection handle can send it. Returns the bytes copied and the exit seen.
+pub async fn channel_to_channel<S>(
+    mut from: mpsc::UnboundedReceiver<ChannelMsg>,
+    from_id: ChannelId,
+    grant: Grant,
+    to: &ChannelWriteHalf<S>,
+    exit_signal: impl Fn(ChannelMsg) -> Option<tokio::task::JoinHandle<()>>,
+) -> (u64, Exit)
+where
+    S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static,
+{
+    let mut bytes = 0u64;
+    let mut exit = Exit::default();
+    while let Some(msg) = from.recv().await {
+        let ok = match msg {
+            ChannelMsg::Data { data } => {
+                let n = len_u32(&data);
+                bytes += u64::from(n);
+                let sent = to.data_bytes(data).await.is_ok();
+                grant(from_id, n);
+                sent
+            }
+            ChannelMsg::ExtendedData { data, ext } => {
+                let n = len_u32(&data);
+                bytes += u64::from(n);
+                let sent = to.extended_data_bytes(ext, data).await.is_ok();
+                grant(from_id, n);
+                sent
+            }
+            ChannelMsg::Eof => to.eof().await.is_ok(),
+            ChannelMsg::ExitStatus { exit_status } => {
+                exit.status = Some(exit_status);
+                to.exit_status(exit_status).await.is_ok()
+            }
+            msg @ ChannelMsg::ExitSignal { .. } => {
+                exit.signal = true;
+                if let Some(task) = exit_signal(msg) {
+                    let _ = task.await;
+                }
+                true
+            }
+            ChannelMsg::Close => {
+                let _ = to.close().await;
+                return (bytes, exit);
+            }
+            _ => true,
+        };
+        if !ok {
+            break;
+        }
+    }
+    let _ = to.close().await;
+    (bytes, exit)
+}
+
+/// Joins a channel and a raw stream (the jump mode's pipe to an agent): both ways,
+/// EOF as a half-close, until both directions are done or the channel closes.
+pub async fn channel_to_stream<S>(
+    from: mpsc::UnboundedReceiver<ChannelMsg>,
+    from_id: ChannelId,
+    grant: Grant,
+    write: ChannelWriteHalf<S>,
+    stream: impl AsyncRead + AsyncWrite + Unpin,
+) -> (u64, u64)
+where
+    S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static,
+{
+    let (mut sock_read, mut sock_write) = tokio::io::split(stream);
+    let mut from = from;
+    let closed = tokio::sync::Notify::new();
+    let inbound = async {
+        let mut n_in = 0u64;
+        while let Some(msg) = from.recv().await {
+            match msg {
+                ChannelMsg::Data { data } => {
+                    let n = len_u32(&data);
+                    n_in += u64::from(n);
+                    let ok = sock_write.write_all(&data).await.is_ok();
+                    grant(from_id, n);
+                    if !ok {
+                        break;
+                    }
+                }
+                ChannelMsg::Eof => {
+                    let _ = sock_write.shutdown().await;
+                }
+                ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+        // The channel is gone: nobody will read the stream's output any more.
+        closed.notify_one();
+        n_in
+    };
+    let outbound = async {
+        let mut n_out = 0u64;
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        loop {
+            buf.reserve(READ_CHUNK);
+            let read = tokio::select! {
+                read = sock_read.read_buf(&mut buf) => read,
+                () = closed.notified() => break,
+            };
+            match read {
+                Ok(0) | Err(_) => {
+                    let _ = write.eof().await;
+                    break;
+                }
+                Ok(n) => {
+                    n_out += n as u64;
+                    if write.data_bytes(buf.split().freeze()).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        n_out
+    };
+    let result = tokio::join!(inbound, outbound);
+    let _ = write.close().await;
+    result
+}
+
+/// Joins two channels both ways (`ssh -L`, `ssh -R` and agent channels), each side's
+/// window re-opened as its bytes reach the other.
+pub async fn relay_channels<A, B>(a: Channel<A>, a_grant: Grant, b: Channel<B>, b_grant: Grant)
+where
+    A: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static,
+    B: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static,
+{
+    let (a_id, b_id) = (a.id(), b.id());
+    let (a_read, a_write) = a.split();
+    let (b_read, b_write) = b.split();
+    let (a_in, b_in) = (drain(a_read, None), drain(b_read, None));
+    tokio::join!(
+        channel_to_channel(a_in, a_id, a_grant, &b_write, |_| None),
+        channel_to_channel(b_in, b_id, b_grant, &a_write, |_| None),
+    );
+}

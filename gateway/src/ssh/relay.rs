@@ -1,0 +1,707 @@
+//! One user connection: authentication, authorization, and the relay of every
+//! channel and request to the sandbox's agent over one upstream connection.
+//!
+//! Requests are answered only after the agent answered them (clients hang on
+//! unanswered requests, and a refusal must reach the user); data flows through
+//! [`pipe`] with windows re-opened as bytes are delivered.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::keys::ssh_key::HashAlg;
+use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::{
+    Channel, ChannelId, ChannelMsg, ChannelOpenFailure, ChannelWriteHalf, MethodKind, MethodSet,
+    Pty, Sig,
+};
+use tokio::sync::mpsc;
+use warren_keys::{SandboxId, Scope};
+
+use super::FrontDoor;
+use super::login::{LoginName, Principal, token_opens};
+use super::pipe::{self, Exit, Grant, Replies};
+use super::upstream::{self, AgentEvents, Upstream};
+use crate::store::{NewSshSession, Sandbox, SessionEnd, SessionExit, SshSessionId, StoreError};
+
+/// How long the agent may take to answer a request before the user gets a refusal.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Lifetime of the token the gateway mints to log in to an agent.
+const UPSTREAM_TOKEN_TTL: Duration = Duration::from_secs(120);
+
+type UpstreamWrite = Arc<ChannelWriteHalf<russh::client::Msg>>;
+
+/// A session channel's upstream half: where requests go, and their answers.
+struct SessionPair {
+    upstream: UpstreamWrite,
+    replies: Replies,
+}
+
+/// Byte counts and the last exit, shared with the relay tasks, for the audit trail.
+#[derive(Default)]
+struct Tally {
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    exit: Mutex<Option<Exit>>,
+}
+
+pub struct Connection {
+    door: Arc<FrontDoor>,
+    peer: SocketAddr,
+    name: Option<LoginName>,
+    principal: Option<Principal>,
+    /// The sandbox of a relay-mode login (none for a jump-host login).
+    sandbox: Option<Sandbox>,
+    upstream: Option<Arc<Upstream>>,
+    sessions: HashMap<ChannelId, SessionPair>,
+    audit: Option<SshSessionId>,
+    tally: Arc<Tally>,
+}
+
+impl Connection {
+    pub fn new(door: Arc<FrontDoor>, peer: SocketAddr) -> Connection {
+        Connection {
+            door,
+            peer,
+            name: None,
+            principal: None,
+            sandbox: None,
+            upstream: None,
+            sessions: HashMap::new(),
+            audit: None,
+            tally: Arc::new(Tally::default()),
+        }
+    }
+
+    fn refused(&self) -> Auth {
+        self.door.limiter.failed(self.peer.ip());
+        let mut methods = MethodSet::empty();
+        methods.push(MethodKind::PublicKey);
+        methods.push(MethodKind::Password);
+        Auth::Reject {
+            proceed_with_methods: Some(methods),
+            partial_success: false,
+        }
+    }
+
+    /// The sandbox a relay-mode login names, if it exists; `None` otherwise (an
+    /// unknown sandbox and someone else's look the same from outside).
+    async fn named_sandbox(&mut self, user: &str) -> Option<(LoginName, Option<Sandbox>)> {
+        let name = LoginName::parse(user);
+        let sandbox = match &name {
+            LoginName::Sandbox { id, .. } => match self.door.store.get_sandbox(id).await {
+                Ok(sandbox) => Some(sandbox),
+                Err(StoreError::NotFound(_)) => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "store unavailable during login");
+                    None
+                }
+            },
+            LoginName::Account(_) => None,
+        };
+        Some((name, sandbox))
+    }
+
+    /// Accepts `principal` if it may log in as `name`.
+    fn admit(&mut self, name: LoginName, sandbox: Option<Sandbox>, principal: Principal) -> Auth {
+        let allowed = match (&name, &sandbox, &principal) {
+            (LoginName::Sandbox { .. }, Some(sandbox), p) => p.may_use(sandbox),
+            (LoginName::Account(account), None, Principal::User(user)) => user.name == *account,
+            _ => false,
+        };
+        if !allowed {
+            return self.refused();
+        }
+        tracing::info!(
+            peer = %self.peer,
+            login = name.loggable(),
+            user = principal.user().map(|u| u.name.as_str()),
+            "authenticated"
+        );
+        self.name = Some(name);
+        self.sandbox = sandbox;
+        self.principal = Some(principal);
+        Auth::Accept
+    }
+
+    /// The agent connection, made on first need (an sftp-only session needs it too).
+    async fn upstream(&mut self, session: &mut Session) -> Result<Arc<Upstream>, String> {
+        if let Some(up) = &self.upstream {
+            return Ok(up.clone());
+        }
+        let sandbox = self
+            .sandbox
+            .clone()
+            .ok_or_else(|| "log in as <sandbox-id>@ to use a sandbox".to_owned())?;
+        let up = self
+            .connect_upstream(&sandbox, session)
+            .await
+            .map_err(|e| format!("sandbox {} is unavailable: {e}", sandbox.id))?;
+        let up = Arc::new(up);
+        self.upstream = Some(up.clone());
+        self.open_audit(&sandbox.id).await;
+        Ok(up)
+    }
+
+    async fn connect_upstream(
+        &self,
+        sandbox: &Sandbox,
+        session: &mut Session,
+    ) -> Result<Upstream, upstream::UpstreamError> {
+        let stream = self.door.dialer.dial(sandbox, self.peer).await?;
+        let token = self
+            .door
+            .signer
+            .mint(&sandbox.id, Scope::Ssh, UPSTREAM_TOKEN_TTL);
+        let events = AgentEvents::new(session.handle(), user_grant(session));
+        upstream::connect(stream, &sandbox.id, &token, events).await
+    }
+
+    async fn open_audit(&mut self, sandbox: &SandboxId) {
+        let record = NewSshSession {
+            user_id: self
+                .principal
+                .as_ref()
+                .and_then(|p| p.user())
+                .map(|u| u.id.clone()),
+            sandbox_id: sandbox.clone(),
+            source_addr: self.peer,
+        };
+        match self.door.store.open_ssh_session(&record).await {
+            Ok(row) => self.audit = Some(row.id),
+            Err(e) => tracing::warn!(error = %e, "cannot record the session for audit"),
+        }
+    }
+
+    /// Sends a request upstream and waits for the agent's answer; false when the
+    /// agent refused, did not answer in time, or the channel is unknown.
+    async fn forward_request<F, Fut>(&mut self, channel: ChannelId, send: F) -> bool
+    where
+        F: FnOnce(UpstreamWrite) -> Fut,
+        Fut: std::future::Future<Output = Result<(), russh::Error>>,
+    {
+        let Some(pair) = self.sessions.get_mut(&channel) else {
+            return false;
+        };
+        if send(pair.upstream.clone()).await.is_err() {
+            return false;
+        }
+        matches!(
+            tokio::time::timeout(REQUEST_TIMEOUT, pair.replies.recv()).await,
+            Ok(Some(true))
+        )
+    }
+
+    fn reply(session: &mut Session, channel: ChannelId, ok: bool) -> Result<(), russh::Error> {
+        if ok {
+            session.channel_success(channel)
+        } else {
+            session.channel_failure(channel)
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let Some(id) = self.audit.take() else {
+            return;
+        };
+        let end = SessionEnd {
+            bytes_in: self.tally.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.tally.bytes_out.load(Ordering::Relaxed),
+            exit: self
+                .tally
+                .exit
+                .lock()
+                .ok()
+                .and_then(|e| *e)
+                .and_then(|e| match e {
+                    Exit {
+                        status: Some(s), ..
+                    } => Some(SessionExit::Status(s)),
+                    Exit { signal: true, .. } => Some(SessionExit::Signal("signal".into())),
+                    _ => None,
+                }),
+        };
+        let store = self.door.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.close_ssh_session(&id, &end).await {
+                tracing::warn!(error = %e, "cannot close the session's audit record");
+            }
+        });
+    }
+}
+
+/// Grants window on the user's connection.
+fn user_grant(session: &mut Session) -> Grant {
+    let handle = session.handle();
+    Arc::new(move |id: ChannelId, n: u32| {
+        let _ = handle.adjust_window(id, n);
+    })
+}
+
+impl russh::server::Handler for Connection {
+    type Error = russh::Error;
+
+    async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
+        // `<sandbox-id>#<token>`: a login without a prompt.
+        if let Some((name, sandbox)) = self.named_sandbox(user).await
+            && let (
+                LoginName::Sandbox {
+                    id,
+                    token: Some(token),
+                },
+                Some(_),
+            ) = (&name, &sandbox)
+        {
+            if token_opens(&self.door.signer.verifier(), token, id) {
+                let principal = Principal::Token(id.clone());
+                return Ok(self.admit(name, sandbox, principal));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        Ok(self.refused())
+    }
+
+    async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
+        let Some((name, sandbox)) = self.named_sandbox(user).await else {
+            return Ok(self.refused());
+        };
+        // A sandbox token for this very sandbox...
+        if let LoginName::Sandbox { id, .. } = &name
+            && sandbox.is_some()
+            && password.starts_with(warren_keys::TOKEN_PREFIX)
+        {
+            if token_opens(&self.door.signer.verifier(), password, id) {
+                let principal = Principal::Token(id.clone());
+                return Ok(self.admit(name, sandbox, principal));
+            }
+            return Ok(self.refused());
+        }
+        // ...or an API key of an account.
+        match self.door.store.find_user_by_api_key(password).await {
+            Ok(Some(owner)) => Ok(self.admit(name, sandbox, Principal::User(owner.user))),
+            _ => Ok(self.refused()),
+        }
+    }
+
+    async fn auth_publickey_offered(
+        &mut self,
+        _user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        // Say yes only to keys someone registered; ownership is checked after the
+        // signature, in auth_publickey.
+        match self
+            .door
+            .store
+            .find_users_by_ssh_key(offer.public_key)
+            .await
+        {
+            Ok(users) if !users.is_empty() => Ok(Auth::Accept),
+            _ => Ok(self.refused()),
+        }
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let Some((name, sandbox)) = self.named_sandbox(user).await else {
+            return Ok(self.refused());
+        };
+        let users = self
+            .door
+            .store
+            .find_users_by_ssh_key(key.public_key)
+            .await
+            .unwrap_or_default();
+        // The key may be registered to several accounts; any that may use it will do.
+        for candidate in users {
+            let principal = Principal::User(candidate);
+            let fits = match (&name, &sandbox) {
+                (LoginName::Sandbox { .. }, Some(s)) => principal.may_use(s),
+                (LoginName::Account(account), None) => {
+                    principal.user().is_some_and(|u| u.name == *account)
+                }
+                _ => false,
+            };
+            if fits {
+                return Ok(self.admit(name, sandbox, principal));
+            }
+        }
+        tracing::info!(
+            peer = %self.peer,
+            fingerprint = %key.public_key.fingerprint(HashAlg::Sha256),
+            "key refused"
+        );
+        Ok(self.refused())
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let up = match self.upstream(session).await {
+            Ok(up) => up,
+            Err(message) => {
+                reply_unavailable(reply, session, &message).await;
+                return Ok(());
+            }
+        };
+        let up_channel = match up.handle.channel_open_session().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(error = %e, "agent refused a session channel");
+                reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                return Ok(());
+            }
+        };
+        let (user_id, up_id) = (channel.id(), up_channel.id());
+        let (user_read, user_write) = channel.split();
+        let (up_read, up_write) = up_channel.split();
+        let up_write = Arc::new(up_write);
+        let (replies_tx, replies) = mpsc::unbounded_channel();
+        let from_user = pipe::drain(user_read, None);
+        let from_agent = pipe::drain(up_read, Some(replies_tx));
+        let (user_g, up_g) = (user_grant(session), up.grant());
+        let handle = session.handle();
+        let tally = self.tally.clone();
+        // The user's bytes to the agent.
+        let to_agent = up_write.clone();
+        let tally_in = tally.clone();
+        tokio::spawn(async move {
+            let (n, _) =
+                pipe::channel_to_channel(from_user, user_id, user_g, &to_agent, |_| None).await;
+            tally_in.bytes_in.fetch_add(n, Ordering::Relaxed);
+        });
+        // The agent's bytes, exit status and close to the user.
+        tokio::spawn(async move {
+            let exit_signal = |msg: ChannelMsg| {
+                let ChannelMsg::ExitSignal {
+                    signal_name,
+                    core_dumped,
+                    error_message,
+                    lang_tag,
+                } = msg
+                else {
+                    return None;
+                };
+                let handle = handle.clone();
+                Some(tokio::spawn(async move {
+                    let _ = handle
+                        .exit_signal_request(
+                            user_id,
+                            signal_name,
+                            core_dumped,
+                            error_message,
+                            lang_tag,
+                        )
+                        .await;
+                }))
+            };
+            let (n, exit) =
+                pipe::channel_to_channel(from_agent, up_id, up_g, &user_write, exit_signal).await;
+            tally.bytes_out.fetch_add(n, Ordering::Relaxed);
+            if (exit.status.is_some() || exit.signal)
+                && let Ok(mut last) = tally.exit.lock()
+            {
+                *last = Some(exit);
+            }
+        });
+        self.sessions.insert(
+            user_id,
+            SessionPair {
+                upstream: up_write,
+                replies,
+            },
+        );
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.sessions.remove(&channel);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        term: &str,
+        col_width: u32,
+        row_height: u32,
+        pix_width: u32,
+        pix_height: u32,
+        modes: &[(Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let (term, modes) = (term.to_owned(), modes.to_vec());
+        let ok = self
+            .forward_request(channel, |up| async move {
+                up.request_pty(
+                    true, &term, col_width, row_height, pix_width, pix_height, &modes,
+                )
+                .await
+            })
+            .await;
+        Self::reply(session, channel, ok)
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        variable_name: &str,
+        variable_value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let (name, value) = (variable_name.to_owned(), variable_value.to_owned());
+        let ok = self
+            .forward_request(
+                channel,
+                |up| async move { up.set_env(true, name, value).await },
+            )
+            .await;
+        Self::reply(session, channel, ok)
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let ok = self
+            .forward_request(channel, |up| async move { up.request_shell(true).await })
+            .await;
+        Self::reply(session, channel, ok)
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let command = data.to_vec();
+        let ok = self
+            .forward_request(channel, |up| async move { up.exec(true, command).await })
+            .await;
+        Self::reply(session, channel, ok)
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let name = name.to_owned();
+        let ok = self
+            .forward_request(channel, |up| async move {
+                up.request_subsystem(true, name).await
+            })
+            .await;
+        Self::reply(session, channel, ok)
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // Refused on purpose, as the agent would: sandboxes have no X server.
+        session.channel_failure(channel)
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        col_width: u32,
+        row_height: u32,
+        pix_width: u32,
+        pix_height: u32,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // Clients send window-change without asking for a reply.
+        if let Some(pair) = self.sessions.get(&channel) {
+            let _ = pair
+                .upstream
+                .window_change(col_width, row_height, pix_width, pix_height)
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn signal(
+        &mut self,
+        channel: ChannelId,
+        signal: Sig,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(pair) = self.sessions.get(&channel) {
+            let _ = pair.upstream.signal(signal).await;
+        }
+        Ok(())
+    }
+
+    async fn agent_request(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        Ok(self
+            .forward_request(channel, |up| async move { up.agent_forward(true).await })
+            .await)
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // Jump mode: the host is a sandbox id; the user's client speaks SSH end to end
+        // with the agent, which authenticates it again.
+        if let Ok(target) = SandboxId::parse(host_to_connect)
+            && host_to_connect.starts_with("sbx-")
+        {
+            self.open_jump(channel, &target, reply, session).await;
+            return Ok(());
+        }
+        // Relay mode `ssh -L`: the agent connects from inside the sandbox.
+        let up = match self.upstream(session).await {
+            Ok(up) => up,
+            Err(message) => {
+                reply_unavailable(reply, session, &message).await;
+                return Ok(());
+            }
+        };
+        let opened = up
+            .handle
+            .channel_open_direct_tcpip(
+                host_to_connect,
+                port_to_connect,
+                originator_address,
+                originator_port,
+            )
+            .await;
+        match opened {
+            Ok(up_channel) => {
+                let (user_g, up_g) = (user_grant(session), up.grant());
+                reply.accept().await;
+                tokio::spawn(pipe::relay_channels(channel, user_g, up_channel, up_g));
+            }
+            Err(_) => reply.reject(ChannelOpenFailure::ConnectFailed).await,
+        }
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let Ok(up) = self.upstream(session).await else {
+            return Ok(false);
+        };
+        match up.handle.tcpip_forward(address, *port).await {
+            Ok(bound) => {
+                if *port == 0 {
+                    *port = bound;
+                }
+                Ok(true)
+            }
+            Err(_) => Ok(false),
+        }
+    }
+
+    async fn cancel_tcpip_forward(
+        &mut self,
+        address: &str,
+        port: u32,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let Ok(up) = self.upstream(session).await else {
+            return Ok(false);
+        };
+        Ok(up.handle.cancel_tcpip_forward(address, port).await.is_ok())
+    }
+}
+
+impl Connection {
+    /// Jump mode: pipes the channel's bytes to the agent of `target`, if this
+    /// principal may use it.
+    async fn open_jump(
+        &mut self,
+        channel: Channel<Msg>,
+        target: &SandboxId,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) {
+        let sandbox = match self.door.store.get_sandbox(target).await {
+            Ok(s) if self.principal.as_ref().is_some_and(|p| p.may_use(&s)) => s,
+            // Unknown and not yours look the same.
+            _ => {
+                reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                return;
+            }
+        };
+        let stream = match self.door.dialer.dial(&sandbox, self.peer).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::info!(sandbox = %sandbox.id, error = %e, "jump target unavailable");
+                reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                return;
+            }
+        };
+        if self.audit.is_none() {
+            self.open_audit(&sandbox.id).await;
+        }
+        let id = channel.id();
+        let (read, write) = channel.split();
+        let from_user = pipe::drain(read, None);
+        let grant = user_grant(session);
+        let tally = self.tally.clone();
+        reply.accept().await;
+        tokio::spawn(async move {
+            let (n_in, n_out) = pipe::channel_to_stream(from_user, id, grant, write, stream).await;
+            tally.bytes_in.fetch_add(n_in, Ordering::Relaxed);
+            tally.bytes_out.fetch_add(n_out, Ordering::Relaxed);
+        });
+    }
+}
+
+/// Refuses a channel because the sandbox cannot be reached, and says why: OpenSSH
+/// shows the disconnect message to the user ("runner offline"), where a bare
+/// refusal would leave them guessing.
+async fn reply_unavailable(reply: ChannelOpenHandle, session: &mut Session, message: &str) {
+    tracing::info!(%message, "sandbox unavailable");
+    reply.reject(ChannelOpenFailure::ConnectFailed).await;
+    let _ = session
+        .handle()
+        .disconnect(
+            russh::Disconnect::ServiceNotAvailable,
+            message.to_owned(),
+            String::new(),
+        )
+        .await;
+}

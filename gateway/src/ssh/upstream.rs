@@ -1,0 +1,208 @@
+//! The gateway's SSH connection to a sandbox's agent: one per user connection, over a
+//! byte stream the [`AgentDialer`] provides (the runner's tunnel), logged in with a
+//! short-lived sandbox token the gateway mints.
+//!
+//! Channels the agent opens towards the user (`ssh -R` connections, `ssh -A` agent
+//! requests) arrive here and are relayed to the user's connection.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::client::{self, Msg};
+use russh::{Channel, ChannelId};
+use tokio::io::{AsyncRead, AsyncWrite};
+use warren_keys::{SandboxId, SandboxToken};
+
+use super::pipe::{self, Grant};
+use crate::store::Sandbox;
+
+/// A byte stream to an agent.
+pub trait AgentStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AgentStream for T {}
+
+/// Why no stream to a sandbox's agent could be had; the text is shown to the user.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("runner offline")]
+    RunnerOffline,
+    #[error("the sandbox is not placed on any runner")]
+    Unplaced,
+    #[error("the sandbox's agent is not running")]
+    NotRunning,
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What [`AgentDialer::dial`] returns: a stream to the agent, once it is open.
+pub type Dialing<'a> =
+    Pin<Box<dyn Future<Output = Result<Box<dyn AgentStream>, DialError>> + Send + 'a>>;
+
+/// Opens byte streams to agents: through runners' tunnels in production, straight
+/// to a local agent in some tests.
+pub trait AgentDialer: Send + Sync + 'static {
+    fn dial<'a>(&'a self, sandbox: &'a Sandbox, originator: SocketAddr) -> Dialing<'a>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("{0}")]
+    Dial(#[from] DialError),
+    #[error("the sandbox's agent did not answer: {0}")]
+    Ssh(#[from] russh::Error),
+    #[error("the sandbox's agent refused the gateway's token")]
+    Refused,
+    #[error("the sandbox's agent did not answer in time")]
+    Timeout,
+}
+
+/// An open, logged-in connection to an agent.
+pub struct Upstream {
+    pub handle: client::Handle<AgentEvents>,
+}
+
+impl Upstream {
+    /// Grants window on this connection's channels (see `pipe`).
+    pub fn grant(&self) -> Grant {
+        let sender = self.handle.window_sender();
+        Arc::new(move |id: ChannelId, n: u32| {
+            let _ = sender.adjust_window(id, n);
+        })
+    }
+}
+
+/// How long logging in to an agent may take.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn client_config() -> Arc<client::Config> {
+    Arc::new(client::Config {
+        // The user's own keepalives cross the relay; these keep the tunnel leg honest.
+        keepalive_interval: Some(Duration::from_secs(15)),
+        keepalive_max: 4,
+        inactivity_timeout: None,
+        window_size: 2 * 1024 * 1024,
+        maximum_packet_size: 32768,
+        nodelay: true,
+        window_adjust_on_consume: true,
+        ..client::Config::default()
+    })
+}
+
+/// Logs in to the agent at the end of `stream` with `token`.
+pub async fn connect(
+    stream: Box<dyn AgentStream>,
+    sandbox: &SandboxId,
+    token: &SandboxToken,
+    events: AgentEvents,
+) -> Result<Upstream, UpstreamError> {
+    let login = async {
+        let mut handle = client::connect_stream(client_config(), stream, events).await?;
+        let auth = handle
+            .authenticate_password(sandbox.as_str(), token.expose())
+            .await?;
+        if !auth.success() {
+            return Err(UpstreamError::Refused);
+        }
+        Ok(Upstream { handle })
+    };
+    tokio::time::timeout(LOGIN_TIMEOUT, login)
+        .await
+        .map_err(|_| UpstreamError::Timeout)?
+}
+
+/// Handles what the agent starts: forwarded ports and agent-forwarding channels,
+/// each relayed to the user's connection.
+pub struct AgentEvents {
+    pub user: russh::server::Handle,
+    pub user_grant: Grant,
+    upstream_grant: Option<Grant>,
+}
+
+impl AgentEvents {
+    pub fn new(user: russh::server::Handle, user_grant: Grant) -> AgentEvents {
+        AgentEvents {
+            user,
+            user_grant,
+            upstream_grant: None,
+        }
+    }
+}
+
+impl client::Handler for AgentEvents {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        // The stream reaches this sandbox's agent through the runner's authenticated
+        // tunnel; the agent's own key is made fresh per sandbox and vouches for nothing
+        // more. The user's end-to-end pinning is jump mode's job.
+        Ok(true)
+    }
+
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        connected_address: &str,
+        connected_port: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: client::ChannelOpenHandle,
+        session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        let user = self.user.clone();
+        let user_grant = self.user_grant.clone();
+        let up_grant = self.upstream_grant(session);
+        let (address, originator) = (connected_address.to_owned(), originator_address.to_owned());
+        tokio::spawn(async move {
+            match user
+                .channel_open_forwarded_tcpip(address, connected_port, originator, originator_port)
+                .await
+            {
+                Ok(user_channel) => {
+                    reply.accept().await;
+                    pipe::relay_channels(user_channel, user_grant, channel, up_grant).await;
+                }
+                Err(_) => reply.reject(russh::ChannelOpenFailure::ConnectFailed).await,
+            }
+        });
+        Ok(())
+    }
+
+    async fn server_channel_open_agent_forward(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: client::ChannelOpenHandle,
+        session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        let user = self.user.clone();
+        let user_grant = self.user_grant.clone();
+        let up_grant = self.upstream_grant(session);
+        tokio::spawn(async move {
+            match user.channel_open_agent().await {
+                Ok(user_channel) => {
+                    reply.accept().await;
+                    pipe::relay_channels(user_channel, user_grant, channel, up_grant).await;
+                }
+                Err(_) => reply.reject(russh::ChannelOpenFailure::ConnectFailed).await,
+            }
+        });
+        Ok(())
+    }
+}
+
+impl AgentEvents {
+    fn upstream_grant(&mut self, session: &mut client::Session) -> Grant {
+        self.upstream_grant
+            .get_or_insert_with(|| {
+                let sender = session.window_sender();
+                Arc::new(move |id: ChannelId, n: u32| {
+                    let _ = sender.adjust_window(id, n);
+                })
+            })
+            .clone()
+    }
+}

@@ -1,0 +1,141 @@
+//! A gateway front door for tests, run in-process on its own tokio runtime: a fresh
+//! SQLite store, one account with a registered key, and sandboxes that route to
+//! agents the test started (or to nowhere, to see "runner offline").
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use tempfile::TempDir;
+use warren_gateway::ssh::{
+    self, AgentDialer, AgentStream, DialError, Dialing, FailureLimiter, FrontDoor,
+};
+use warren_gateway::store::{NewSandbox, Sandbox, SandboxState, Store, User};
+use warren_keys::{SandboxId, TokenSigner};
+
+use crate::client::{Client, Target};
+
+/// Where each sandbox's agent listens; a sandbox without one has an "offline" runner.
+#[derive(Default, Clone)]
+pub struct DirectDialer {
+    agents: Arc<Mutex<HashMap<SandboxId, SocketAddr>>>,
+}
+
+impl AgentDialer for DirectDialer {
+    fn dial<'a>(&'a self, sandbox: &'a Sandbox, _originator: SocketAddr) -> Dialing<'a> {
+        let addr = self
+            .agents
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&sandbox.id).copied());
+        Box::pin(async move {
+            let addr = addr.ok_or(DialError::RunnerOffline)?;
+            let stream = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| DialError::Other(e.to_string()))?;
+            let _ = stream.set_nodelay(true);
+            Ok(Box::new(stream) as Box<dyn AgentStream>)
+        })
+    }
+}
+
+pub struct Gateway {
+    runtime: tokio::runtime::Runtime,
+    pub store: Store,
+    pub port: u16,
+    dialer: DirectDialer,
+    dir: TempDir,
+}
+
+impl Gateway {
+    /// Starts a front door on 127.0.0.1 with an empty store.
+    pub fn start() -> Result<Gateway> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let dir = tempfile::Builder::new()
+            .prefix("warren-gateway-")
+            .tempdir()?;
+        let dialer = DirectDialer::default();
+        let signer_path = dir.path().join("token_signer");
+        let (store, port) = runtime.block_on(async {
+            let store = Store::open_in_data_dir(dir.path()).await?;
+            let host_key = warren_keys::load_or_generate_host_key(&dir.path().join("host_key"))?;
+            let door = Arc::new(FrontDoor {
+                store: store.clone(),
+                signer: TokenSigner::load_or_generate(&signer_path)?,
+                dialer: Arc::new(dialer.clone()),
+                limiter: FailureLimiter::default(),
+            });
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let port = listener.local_addr()?.port();
+            tokio::spawn(ssh::serve(listener, ssh::ssh_config(host_key), door));
+            anyhow::Ok((store, port))
+        })?;
+        Ok(Gateway {
+            runtime,
+            store,
+            port,
+            dialer,
+            dir,
+        })
+    }
+
+    /// The file holding the gateway's token signer, for agents to trust.
+    pub fn signer_file(&self) -> PathBuf {
+        self.dir.path().join("token_signer")
+    }
+
+    pub fn block_on<F: Future>(&self, f: F) -> F::Output {
+        self.runtime.block_on(f)
+    }
+
+    /// An account with `client`'s key registered.
+    pub fn user_with_key(&self, name: &str, client: &Client) -> Result<User> {
+        let key = russh::keys::PublicKey::from_openssh(client.public_key().trim())
+            .context("parsing the client's key")?;
+        self.block_on(async {
+            let user = self.store.create_user(name, false).await?;
+            self.store.add_ssh_key(&user.id, "test", &key).await?;
+            anyhow::Ok(user)
+        })
+    }
+
+    /// A running sandbox owned by `owner`, routed to the agent at `agent` (none: its
+    /// runner is offline).
+    pub fn sandbox(&self, id: &SandboxId, owner: &User, agent: Option<SocketAddr>) -> Result<()> {
+        self.block_on(async {
+            self.store
+                .create_sandbox(&NewSandbox {
+                    id: id.clone(),
+                    owner_id: owner.id.clone(),
+                    runner_id: None,
+                    image: "test".into(),
+                    repo: None,
+                    branch: None,
+                    cpus: 1.0,
+                    memory_mb: 512,
+                    idle_timeout_s: None,
+                    ttl_s: None,
+                })
+                .await?;
+            self.store
+                .set_sandbox_state(id, SandboxState::Running, "test")
+                .await?;
+            anyhow::Ok(())
+        })?;
+        if let (Some(addr), Ok(mut agents)) = (agent, self.dialer.agents.lock()) {
+            agents.insert(id.clone(), addr);
+        }
+        Ok(())
+    }
+
+    /// Where to point an SSH client to reach `sandbox` through this gateway.
+    pub fn target(&self, login: &str) -> Target {
+        Target::new("127.0.0.1", self.port, login)
+    }
+}
