@@ -10,5 +10,7 @@
 //! audit trail, in SQLite by default or PostgreSQL. The SSH front door, the runner
 //! tunnel and the HTTP API come next, as further modules of this crate.
 
+pub mod dial;
 pub mod ssh;
 pub mod store;
+pub mod tunnel;

@@ -42,9 +42,11 @@ enum Auth {
     Password { askpass: PathBuf },
 }
 
-/// A throwaway OpenSSH client identity and the commands that use it.
+/// A throwaway OpenSSH client identity and the commands that use it. Clones share
+/// the identity (and its directory, removed with the last clone).
+#[derive(Clone)]
 pub struct Client {
-    dir: TempDir,
+    dir: std::sync::Arc<TempDir>,
     key: PathBuf,
     public_key: String,
     target: Target,
@@ -69,7 +71,7 @@ impl Client {
             .trim()
             .to_owned();
         Ok(Client {
-            dir,
+            dir: std::sync::Arc::new(dir),
             key,
             public_key,
             target,

@@ -75,8 +75,14 @@ impl Connection {
         }
     }
 
-    fn refused(&self) -> Auth {
+    /// A refusal that counts against the source address (a wrong password, token
+    /// or key); OpenSSH's "none" probe and key offers are not failures.
+    fn failed(&self) -> Auth {
         self.door.limiter.failed(self.peer.ip());
+        self.refused()
+    }
+
+    fn refused(&self) -> Auth {
         let mut methods = MethodSet::empty();
         methods.push(MethodKind::PublicKey);
         methods.push(MethodKind::Password);
@@ -112,7 +118,7 @@ impl Connection {
             _ => false,
         };
         if !allowed {
-            return self.refused();
+            return self.failed();
         }
         tracing::info!(
             peer = %self.peer,
@@ -261,6 +267,7 @@ impl russh::server::Handler for Connection {
                 return Ok(self.admit(name, sandbox, principal));
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
+            return Ok(self.failed());
         }
         Ok(self.refused())
     }
@@ -278,12 +285,12 @@ impl russh::server::Handler for Connection {
                 let principal = Principal::Token(id.clone());
                 return Ok(self.admit(name, sandbox, principal));
             }
-            return Ok(self.refused());
+            return Ok(self.failed());
         }
         // ...or an API key of an account.
         match self.door.store.find_user_by_api_key(password).await {
             Ok(Some(owner)) => Ok(self.admit(name, sandbox, Principal::User(owner.user))),
-            _ => Ok(self.refused()),
+            _ => Ok(self.failed()),
         }
     }
 
@@ -338,7 +345,7 @@ impl russh::server::Handler for Connection {
             fingerprint = %key.public_key.fingerprint(HashAlg::Sha256),
             "key refused"
         );
-        Ok(self.refused())
+        Ok(self.failed())
     }
 
     async fn channel_open_session(

@@ -1,0 +1,234 @@
+//! The `process` backend: a sandbox is a `warren-agent serve` child process with its
+//! own work directory on the runner host. NO ISOLATION: sessions run as the runner's
+//! user, with its files and network. It exists so the whole gateway → tunnel →
+//! agent path runs and is tested without Docker.
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tokio::process::{Child, Command};
+use tokio::sync::Mutex;
+use warren_keys::SandboxId;
+
+use crate::protocol::SandboxStatus;
+use crate::state::write_file;
+
+/// How long a stopped agent gets between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long a new agent may take to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub struct ProcessBackend {
+    sandboxes_dir: PathBuf,
+    listen_dir: PathBuf,
+    agent_bin: PathBuf,
+    running: Mutex<HashMap<SandboxId, Child>>,
+}
+
+impl ProcessBackend {
+    /// Sandboxes get work directories under `sandboxes_dir` and agent sockets in
+    /// `listen_dir` (both created 0700).
+    pub fn new(sandboxes_dir: PathBuf, listen_dir: PathBuf, agent_bin: PathBuf) -> Result<Self> {
+        for dir in [&sandboxes_dir, &listen_dir] {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
+        }
+        tracing::warn!(
+            "the process backend gives sandboxes NO ISOLATION: every sandbox runs as this \
+             runner's user, with its files and network; use it for development and tests only"
+        );
+        Ok(ProcessBackend {
+            sandboxes_dir,
+            listen_dir,
+            agent_bin,
+            running: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn sandbox_dir(&self, id: &SandboxId) -> PathBuf {
+        self.sandboxes_dir.join(id.as_str())
+    }
+
+    fn socket(&self, id: &SandboxId) -> PathBuf {
+        self.listen_dir.join(format!("{}.sock", id.as_str()))
+    }
+
+    /// The agent socket of a running sandbox.
+    pub async fn agent_socket(&self, id: &SandboxId) -> Option<PathBuf> {
+        let mut running = self.running.lock().await;
+        let alive = match running.get_mut(id) {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => return None,
+        };
+        if !alive {
+            running.remove(id);
+            return None;
+        }
+        Some(self.socket(id))
+    }
+
+    /// Starts the sandbox's agent (creating its directory), or, if it is running,
+    /// updates its authorized keys. Returns once the agent accepts connections.
+    pub async fn create(
+        &self,
+        id: &SandboxId,
+        token_key: &str,
+        authorized_keys: &[String],
+    ) -> Result<()> {
+        warren_keys::TokenVerifier::from_base64(token_key).context("invalid token_key")?;
+        let dir = self.sandbox_dir(id);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        let keys_file = dir.join("authorized_keys");
+        let mut keys = authorized_keys.join("\n");
+        keys.push('\n');
+        write_file(&keys_file, keys.as_bytes())?;
+        let mut running = self.running.lock().await;
+        if let Some(child) = running.get_mut(id) {
+            if matches!(child.try_wait(), Ok(None)) {
+                return Ok(());
+            }
+            running.remove(id);
+        }
+        let socket = self.socket(id);
+        let _ = fs::remove_file(&socket);
+        let mut child = Command::new(&self.agent_bin)
+            .arg("serve")
+            .arg("--sandbox-id")
+            .arg(id.as_str())
+            .arg("--listen")
+            .arg(format!("unix:{}", socket.display()))
+            .arg("--token-key")
+            .arg(token_key)
+            .arg("--authorized-keys")
+            .arg(&keys_file)
+            .arg("--host-key")
+            .arg(dir.join("host_key"))
+            .arg("--workdir")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", self.agent_bin.display()))?;
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            if tokio::net::UnixStream::connect(&socket).await.is_ok() {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                bail!("the agent exited at start ({status})");
+            }
+            if tokio::time::Instant::now() > deadline {
+                let _ = child.kill().await;
+                bail!("the agent did not start listening within {START_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::info!(sandbox = %id, pid = child.id(), "sandbox started");
+        running.insert(id.clone(), child);
+        Ok(())
+    }
+
+    /// Stops the sandbox's agent (SIGTERM, SIGKILL after 5 s), keeping its work
+    /// directory. Stopping a stopped sandbox is fine; an unknown one is an error.
+    pub async fn stop(&self, id: &SandboxId) -> Result<()> {
+        let child = self.running.lock().await.remove(id);
+        match child {
+            Some(child) => stop_child(child).await,
+            None if self.sandbox_dir(id).is_dir() => {}
+            None => bail!("unknown sandbox {id}"),
+        }
+        let _ = fs::remove_file(self.socket(id));
+        tracing::info!(sandbox = %id, "sandbox stopped");
+        Ok(())
+    }
+
+    /// Stops the sandbox and removes its work directory.
+    pub async fn delete(&self, id: &SandboxId) -> Result<()> {
+        self.stop(id).await?;
+        let dir = self.sandbox_dir(id);
+        fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        tracing::info!(sandbox = %id, "sandbox deleted");
+        Ok(())
+    }
+
+    /// Every sandbox with a work directory, running or not.
+    pub async fn list(&self) -> Result<Vec<SandboxStatus>> {
+        let mut running = self.running.lock().await;
+        running.retain(|_, child| matches!(child.try_wait(), Ok(None)));
+        let mut out = Vec::new();
+        let entries = match fs::read_dir(&self.sandboxes_dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e.into()),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| SandboxId::parse(n).ok())
+            else {
+                continue;
+            };
+            out.push(SandboxStatus {
+                running: running.contains_key(&id),
+                sandbox: id,
+            });
+        }
+        out.sort_by(|a, b| a.sandbox.cmp(&b.sandbox));
+        Ok(out)
+    }
+
+    /// Stops every running sandbox (at runner shutdown).
+    pub async fn stop_all(&self) {
+        let children: Vec<_> = self.running.lock().await.drain().collect();
+        for (id, child) in children {
+            stop_child(child).await;
+            let _ = fs::remove_file(self.socket(&id));
+        }
+    }
+}
+
+async fn stop_child(mut child: Child) {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        // SAFETY: kill(2) with a pid we own and a valid signal has no memory effects.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+    if tokio::time::timeout(STOP_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+}
+
+/// The agent binary: `explicit` (from --agent-bin / WARREN_AGENT_BIN) or
+/// `warren-agent` next to this executable.
+pub fn find_agent_bin(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(path) = explicit {
+        return Ok(path.to_owned());
+    }
+    let exe = std::env::current_exe().context("finding this executable")?;
+    let path = exe.with_file_name("warren-agent");
+    if !path.is_file() {
+        bail!(
+            "no warren-agent next to {} (give --agent-bin or WARREN_AGENT_BIN)",
+            exe.display()
+        );
+    }
+    Ok(path)
+}

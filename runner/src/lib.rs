@@ -1,0 +1,15 @@
+//! Warren's runner: one per sandbox host, possibly behind NAT. It dials the gateway
+//! as an SSH client, keeps that reverse tunnel up, and connects the channels the
+//! gateway opens over it to sandboxes' agents; control channels create, stop, delete
+//! and list sandboxes.
+//!
+//! - [`protocol`]: the tunnel's names and control messages (shared with the gateway).
+//! - [`tunnel`]: `join` and the reconnecting tunnel loop.
+//! - [`backend`]: where sandboxes run (the `process` backend for now).
+//! - [`stream`]: tunnel channels as byte streams with consumption-based windows.
+
+pub mod backend;
+pub mod protocol;
+pub mod state;
+pub mod stream;
+pub mod tunnel;

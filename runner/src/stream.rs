@@ -1,0 +1,97 @@
+//! A tunnel channel as a byte stream whose receive window re-opens as the reader
+//! consumes bytes (our russh patch, `window_adjust_on_consume`), used on both ends
+//! of the tunnel. The peer can never have more than one window in flight, so a slow
+//! reader bounds the sender instead of making anyone buffer without limit.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use russh::{ChannelId, ChannelMsg, ChannelStream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Channel windows on both sides of the tunnel.
+pub const WINDOW_SIZE: u32 = 2 * 1024 * 1024;
+/// Largest packet on the tunnel.
+pub const MAX_PACKET: u32 = 64 * 1024;
+/// Consumed bytes are granted back in batches this size: with a 2 MiB window the
+/// peer always has most of it open, and grants cost few packets.
+const GRANT_BATCH: u32 = 256 * 1024;
+
+/// Tells the peer it may send `n` more bytes on a channel.
+pub type Grant = Box<dyn Fn(ChannelId, u32) + Send + Sync>;
+
+/// A channel's byte stream that grants window as it is read.
+pub struct GrantingStream<S>
+where
+    S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static,
+{
+    inner: ChannelStream<S>,
+    id: ChannelId,
+    grant: Grant,
+    owed: u32,
+}
+
+impl<S> GrantingStream<S>
+where
+    S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static,
+{
+    pub fn new(inner: ChannelStream<S>, id: ChannelId, grant: Grant) -> Self {
+        GrantingStream {
+            inner,
+            id,
+            grant,
+            owed: 0,
+        }
+    }
+
+    pub fn channel_id(&self) -> ChannelId {
+        self.id
+    }
+}
+
+impl<S> AsyncRead for GrantingStream<S>
+where
+    S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static,
+{
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = buf.filled().len().saturating_sub(before);
+        if read > 0 {
+            let this = &mut *self;
+            this.owed = this
+                .owed
+                .saturating_add(u32::try_from(read).unwrap_or(u32::MAX));
+            if this.owed >= GRANT_BATCH {
+                (this.grant)(this.id, this.owed);
+                this.owed = 0;
+            }
+        }
+        res
+    }
+}
+
+impl<S> AsyncWrite for GrantingStream<S>
+where
+    S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static,
+{
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
