@@ -1,14 +1,14 @@
 //! Warren's gateway: the public side of a Warren installation.
 //!
-//! The gateway will be the SSH front door (users log in with a sandbox id as the user
-//! name and are relayed to that sandbox's agent through its runner's reverse tunnel),
-//! the endpoint runners dial into, and a thin HTTP API for what SSH cannot express
-//! (sandbox lifecycle, pull requests). It owns the database.
+//! - [`ssh`]: the SSH front door. Users log in with a sandbox id as the user name and
+//!   are relayed to that sandbox's agent (or, as a jump host, piped to it raw).
+//! - [`tunnel`]: the endpoint runners dial; their reverse tunnels carry the bytes to
+//!   agents and the sandbox lifecycle requests.
+//! - [`dial`]: the glue that routes the front door through a sandbox's runner.
+//! - [`store`]: users, keys, runners, sandboxes and the audit trail, in SQLite by
+//!   default or PostgreSQL.
 //!
-//! So far only the state store is here: [`store`] keeps users, their SSH and API keys,
-//! runners and join tokens, sandboxes with their state history, and the SSH session
-//! audit trail, in SQLite by default or PostgreSQL. The SSH front door, the runner
-//! tunnel and the HTTP API come next, as further modules of this crate.
+//! The HTTP API (sandbox lifecycle, pull requests) comes next.
 
 pub mod dial;
 pub mod ssh;
