@@ -1,0 +1,885 @@
+//! bench-gateway: OpenSSH's sshd, warren-agent direct, and the same agent through the
+//! gateway's front door and a runner's reverse tunnel, side by side in one run.
+//!
+//! ```text
+//! cargo run --release -p warren-tests --bin bench-gateway [-- --size-mib 1024 --sessions 1000 --runs 20]
+//! ```
+//!
+//! The gateway path is the real thing, as separate processes: `warren-gateway serve`
+//! (release), one `warren-runner run` (release, process backend) joined to it, and the
+//! sandbox agent that runner started. The benchmark sets the stack up through the
+//! gateway's data directory: an in-process `RunnerHub` on the runner port takes the
+//! runner's join and the sandbox's `Create`, then shuts down, and the real gateway
+//! binary takes over the port; the runner reconnects by itself and its agent keeps
+//! running. So the gateway's memory is that process's own.
+//!
+//! Measures with the real OpenSSH clients, cipher aes256-gcm: scp and sftp throughput
+//! both ways (checksums verified), `cat` over exec both ways, `ssh host true`, the
+//! keystroke echo on a PTY, and memory with 1 and N idle sessions. Prints a Markdown
+//! table (stdout) with the ratios to direct sshd and the issue's targets; progress goes
+//! to stderr. Needs root (sshd logs in the current user) and a tmpfs at /dev/shm.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use warren_gateway::store::{NewSandbox, SandboxState, Store};
+use warren_gateway::tunnel::RunnerHub;
+use warren_keys::{SandboxId, TokenSigner};
+use warren_runner::protocol::{Request, Response};
+use warren_tests::util::{self, sha256sum, wait_until};
+use warren_tests::{Agent, Client, Cmd, Profile, Running, Sshd, Target, build_bin, shell_quote};
+
+const CIPHER: &str = "aes256-gcm@openssh.com";
+const BULK: Duration = Duration::from_secs(900);
+/// Long enough for any run; the processes are killed when the benchmark ends.
+const FOREVER: Duration = Duration::from_secs(24 * 3600);
+
+struct Options {
+    size_mib: u64,
+    sessions: usize,
+    runs: usize,
+    dir: PathBuf,
+}
+
+impl Options {
+    fn parse() -> Result<Options> {
+        let mut o = Options {
+            size_mib: 1024,
+            sessions: 1000,
+            runs: 20,
+            dir: PathBuf::from("/dev/shm"),
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
+            match arg.as_str() {
+                "--size-mib" => o.size_mib = value()?.parse()?,
+                "--sessions" => o.sessions = value()?.parse()?,
+                "--runs" => o.runs = value()?.parse()?,
+                "--dir" => o.dir = value()?.into(),
+                "-h" | "--help" => {
+                    println!(
+                        "bench-gateway [--size-mib N (1024)] [--sessions N (1000)] [--runs N (20)] \
+                         [--dir DIR (/dev/shm)]"
+                    );
+                    std::process::exit(0);
+                }
+                other => bail!("unknown argument {other:?} (try --help)"),
+            }
+        }
+        ensure!(
+            o.size_mib > 0 && o.runs > 0 && o.sessions > 0,
+            "sizes and counts must be positive"
+        );
+        Ok(o)
+    }
+}
+
+/// One server under test: how to reach it and how to weigh it.
+struct Server<'a> {
+    name: &'static str,
+    /// Tells this server's idle-session `sleep`s from the others'.
+    id: usize,
+    client: Client,
+    memory: Box<dyn Fn() -> Memory + 'a>,
+    /// Scratch directory on the server side (same machine).
+    dir: PathBuf,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Memory {
+    rss_kib: u64,
+    pss_kib: u64,
+    /// Through the gateway: the runner and its sandbox agent (not the gateway).
+    path_rss_kib: u64,
+}
+
+fn memory_of(pids: &[u32]) -> Memory {
+    let mut m = Memory::default();
+    for &pid in pids {
+        m.rss_kib += util::rss_kib(pid).unwrap_or(0);
+        m.pss_kib += util::pss_kib(pid).unwrap_or(0);
+    }
+    m
+}
+
+/// The runner and the agents it started (not the sessions' own processes).
+fn runner_rss_kib(runner: u32) -> u64 {
+    let agents = util::descendants(runner)
+        .into_iter()
+        .filter(|(_, comm)| comm.starts_with("warren-"))
+        .map(|(pid, _)| pid);
+    std::iter::once(runner)
+        .chain(agents)
+        .map(|pid| util::rss_kib(pid).unwrap_or(0))
+        .sum()
+}
+
+/// What one server scored.
+#[derive(Default)]
+struct Scores {
+    scp_up: f64,
+    scp_down: f64,
+    sftp_up: f64,
+    sftp_down: f64,
+    cat_up: f64,
+    cat_down: f64,
+    true_mean_ms: f64,
+    true_p50_ms: f64,
+    key_p50_ms: f64,
+    idle: Memory,
+    one: Option<Memory>,
+    many: Option<Memory>,
+}
+
+/// Raise the soft open-files limit to the hard one: 1,000 sessions hold thousands
+/// of pipes and sockets here, in the gateway, the runner and the agent (which
+/// inherit the limit).
+fn raise_nofile() -> Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    ensure!(rc == 0, "getrlimit: {}", std::io::Error::last_os_error());
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: as above.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    ensure!(rc == 0, "setrlimit: {}", std::io::Error::last_os_error());
+    Ok(lim.rlim_cur)
+}
+
+/// The gateway path: `warren-gateway serve` and one `warren-runner run` as processes.
+struct GatewayStack {
+    // Killed (process groups and all) when dropped, runner first.
+    runner: Running,
+    gateway: Running,
+    ssh_port: u16,
+    sandbox: SandboxId,
+}
+
+impl Drop for GatewayStack {
+    fn drop(&mut self) {
+        // The sandbox agents are in the runner's process group, but make sure.
+        util::kill_descendants(self.runner.pid());
+    }
+}
+
+impl GatewayStack {
+    fn start(work: &Path, client: &Client) -> Result<GatewayStack> {
+        eprintln!("building warren-gateway and warren-runner (release)…");
+        let gateway_bin = build_bin("warren-gateway", "warren-gateway", Profile::Release)?;
+        let runner_bin = build_bin("warren-runner", "warren-runner", Profile::Release)?;
+        let agent_bin = build_bin("warren-agent", "warren-agent", Profile::Release)?;
+        let data = work.join("gateway-data");
+        let runner_data = work.join("runner-data");
+        let runner_sockets = work.join("runner-sockets");
+        for d in [&data, &runner_data, &runner_sockets] {
+            std::fs::create_dir(d)?;
+        }
+        let runner_port = util::free_port()?;
+        let ssh_port = util::free_port()?;
+        let runner_addr = format!("127.0.0.1:{runner_port}");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+
+        // Phase 1: an in-process hub on the gateway's data dir and runner port.
+        let key = russh::keys::PublicKey::from_openssh(client.public_key().trim())?;
+        let (store, hub, verifier, user, token) = rt.block_on(async {
+            let store = Store::open_in_data_dir(&data).await?;
+            let host_key = warren_keys::load_or_generate_host_key(&data.join("host_key"))?;
+            let signer = TokenSigner::load_or_generate(&data.join("token_signer"))?;
+            let verifier = signer.verifier().to_base64();
+            let hub = RunnerHub::bind(store.clone(), host_key, runner_addr.parse()?).await?;
+            let user = store.create_user("bench", false).await?;
+            store.add_ssh_key(&user.id, "bench", &key).await?;
+            let token = store.create_join_token(Duration::from_secs(600)).await?;
+            anyhow::Ok((store, hub, verifier, user, token))
+        })?;
+        Cmd::new(&runner_bin)
+            .args(["join", "--gateway", &runner_addr, "--token"])
+            .arg(token.secret.expose())
+            .args(["--fingerprint", hub.fingerprint(), "--name", "bench"])
+            .arg("--data-dir")
+            .arg(&runner_data)
+            .timeout(Duration::from_secs(60))
+            .run()?
+            .success()
+            .context("warren-runner join")?;
+        let runner = Cmd::new(&runner_bin)
+            .arg("run")
+            .arg("--data-dir")
+            .arg(&runner_data)
+            .arg("--listen-dir")
+            .arg(&runner_sockets)
+            .env("WARREN_AGENT_BIN", &agent_bin)
+            .env("RUST_LOG", "warn")
+            .timeout(FOREVER)
+            .spawn()?;
+        let runner_id = rt
+            .block_on(store.list_runners())?
+            .into_iter()
+            .find(|r| r.name == "bench")
+            .context("the joined runner is not in the store")?
+            .id;
+        ensure!(
+            wait_until(Duration::from_secs(30), || hub.is_online(&runner_id)),
+            "the runner never came online:\n{}",
+            runner.stderr().contents_str()
+        );
+        let sandbox = SandboxId::generate();
+        rt.block_on(async {
+            store
+                .create_sandbox(&NewSandbox {
+                    id: sandbox.clone(),
+                    owner_id: user.id.clone(),
+                    runner_id: Some(runner_id.clone()),
+                    image: "process".into(),
+                    repo: None,
+                    branch: None,
+                    cpus: 1.0,
+                    memory_mb: 512,
+                    idle_timeout_s: None,
+                    ttl_s: None,
+                })
+                .await?;
+            let created = hub
+                .control(
+                    &runner_id,
+                    &Request::Create {
+                        sandbox: sandbox.clone(),
+                        token_key: verifier.clone(),
+                        authorized_keys: vec![],
+                    },
+                )
+                .await?;
+            ensure!(created == Response::Ok, "create: {created:?}");
+            store
+                .set_sandbox_state(&sandbox, SandboxState::Running, "bench")
+                .await?;
+            hub.shutdown().await;
+            store.close().await;
+            anyhow::Ok(())
+        })?;
+        drop(rt);
+
+        // Phase 2: the real gateway on the same data dir and ports.
+        let gateway = Cmd::new(&gateway_bin)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["serve", "--ssh-listen", &format!("127.0.0.1:{ssh_port}")])
+            .args(["--runner-listen", &runner_addr])
+            .env("RUST_LOG", "warn")
+            .timeout(FOREVER)
+            .spawn()?;
+        let mut stack = GatewayStack {
+            runner,
+            gateway,
+            ssh_port,
+            sandbox,
+        };
+        let probe = stack.client(client);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = probe.exec("true").timeout(Duration::from_secs(20)).run()?;
+            if out.status.success() {
+                break;
+            }
+            if let Some(status) = stack.gateway.try_wait() {
+                bail!(
+                    "warren-gateway exited ({status}):\n{}",
+                    stack.gateway.stderr().contents_str()
+                );
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "no session through the gateway within 60 s:\n{out}\ngateway: {}\nrunner: {}",
+                stack.gateway.stderr().contents_str(),
+                stack.runner.stderr().contents_str()
+            );
+            thread::sleep(Duration::from_millis(250));
+        }
+        Ok(stack)
+    }
+
+    fn client(&self, client: &Client) -> Client {
+        client.clone().with_target(Target::new(
+            "127.0.0.1",
+            self.ssh_port,
+            self.sandbox.as_str(),
+        ))
+    }
+}
+
+fn main() -> Result<()> {
+    let opts = Options::parse()?;
+    ensure!(
+        util::running_as_root(),
+        "run as root: sshd must log in the current user"
+    );
+    let nofile = raise_nofile()?;
+    if (nofile as usize) < opts.sessions * 6 {
+        eprintln!(
+            "warning: the open-files limit is {nofile}; {} sessions may not fit",
+            opts.sessions
+        );
+    }
+    eprintln!("building warren-agent (release)…");
+    let agent_bin = build_bin("warren-agent", "warren-agent", Profile::Release)?;
+    let work = tempfile::Builder::new()
+        .prefix("warren-bench-")
+        .tempdir_in(&opts.dir)
+        .with_context(|| format!("creating a scratch dir in {}", opts.dir.display()))?;
+    let bytes = opts.size_mib << 20;
+    let source = work.path().join("source.bin");
+    eprintln!("writing {} MiB of random data…", opts.size_mib);
+    util::random_file(&source, bytes)?;
+    let source_sum = sha256sum(&source)?;
+
+    let sshd = Sshd::start()?;
+    let sshd_client = sshd.client()?.with_option(format!("Ciphers={CIPHER}"));
+    let agent = Agent::builder()
+        .binary(&agent_bin)
+        .env("RUST_LOG", "warn")
+        .quiet()
+        .start()?;
+    let agent_client = agent.client()?.with_option(format!("Ciphers={CIPHER}"));
+    eprintln!("starting the gateway stack…");
+    let stack = GatewayStack::start(work.path(), &agent_client)?;
+    let gateway_client = stack.client(&agent_client);
+    let (gateway_pid, runner_pid) = (stack.gateway.pid(), stack.runner.pid());
+
+    let mut servers = Vec::new();
+    for (id, (name, client)) in [
+        ("sshd", sshd_client),
+        ("warren-agent", agent_client),
+        ("gateway", gateway_client),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let dir = work.path().join(name);
+        std::fs::create_dir(&dir)?;
+        let memory: Box<dyn Fn() -> Memory> = match name {
+            "sshd" => Box::new(|| memory_of(&sshd.server_pids())),
+            "warren-agent" => Box::new(|| memory_of(&[agent.pid()])),
+            _ => Box::new(move || Memory {
+                path_rss_kib: runner_rss_kib(runner_pid),
+                ..memory_of(&[gateway_pid])
+            }),
+        };
+        servers.push(Server {
+            name,
+            id,
+            client,
+            dir,
+            memory,
+        });
+    }
+
+    let mut scores: Vec<Scores> = servers.iter().map(|_| Scores::default()).collect();
+    // Idle memory first (the gateway has served only its readiness probe).
+    for (s, score) in servers.iter().zip(&mut scores) {
+        score.idle = (s.memory)();
+    }
+    // Interleave the servers per measurement so drift (thermal, page cache) hits all.
+    // A measurement that fails is reported on stderr and shown as n/a.
+    for (s, score) in servers.iter().zip(&mut scores) {
+        eprintln!("{}: ssh host true × {}", s.name, opts.runs);
+        (score.true_mean_ms, score.true_p50_ms) =
+            attempt(s, "ssh host true", || connect_times(s, opts.runs))
+                .unwrap_or((f64::NAN, f64::NAN));
+    }
+    for (s, score) in servers.iter().zip(&mut scores) {
+        eprintln!("{}: keystroke echo on a PTY", s.name);
+        score.key_p50_ms =
+            attempt(s, "keystroke echo", || keystroke_p50(s, 200)).unwrap_or(f64::NAN);
+    }
+    for (s, score) in servers.iter().zip(&mut scores) {
+        eprintln!("{}: scp", s.name);
+        score.scp_up = rate(s, "scp upload", bytes, || scp_up(s, &source, &source_sum));
+        score.scp_down = rate(s, "scp download", bytes, || {
+            scp_down(s, &source, &source_sum, &work)
+        });
+    }
+    for (s, score) in servers.iter().zip(&mut scores) {
+        eprintln!("{}: sftp", s.name);
+        score.sftp_up = rate(s, "sftp upload", bytes, || sftp_up(s, &source, &source_sum));
+        score.sftp_down = rate(s, "sftp download", bytes, || {
+            sftp_down(s, &source, &source_sum, &work)
+        });
+    }
+    for (s, score) in servers.iter().zip(&mut scores) {
+        eprintln!("{}: cat over exec", s.name);
+        score.cat_up = rate(s, "cat upload", bytes, || cat_up(s, bytes));
+        score.cat_down = rate(s, "cat download", bytes, || cat_down(s, &source, bytes));
+    }
+    for (s, score) in servers.iter().zip(&mut scores) {
+        eprintln!(
+            "{}: memory with 1 and {} idle sessions",
+            s.name, opts.sessions
+        );
+        if let Some((one, many)) = attempt(s, "idle sessions", || idle_sessions(s, opts.sessions)) {
+            (score.one, score.many) = (Some(one), Some(many));
+        }
+    }
+
+    print_table(&opts, &scores);
+    drop(servers);
+    drop(stack);
+    Ok(())
+}
+
+/// Run one measurement; on failure say why on stderr and carry on.
+fn attempt<T>(s: &Server, what: &str, f: impl FnOnce() -> Result<T>) -> Option<T> {
+    match f() {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let text = format!("{e:#}");
+            let short: String = text.lines().take(12).collect::<Vec<_>>().join("\n  ");
+            eprintln!("  {} {what} FAILED: {short}", s.name);
+            None
+        }
+    }
+}
+
+fn rate(s: &Server, what: &str, bytes: u64, f: impl FnOnce() -> Result<Duration>) -> f64 {
+    attempt(s, what, f).map_or(f64::NAN, |elapsed| mib_per_s(bytes, elapsed))
+}
+
+fn mib_per_s(bytes: u64, elapsed: Duration) -> f64 {
+    bytes as f64 / (1 << 20) as f64 / elapsed.as_secs_f64()
+}
+
+fn check_file(path: &Path, want_sum: &str, what: &str) -> Result<()> {
+    let got = sha256sum(path)?;
+    ensure!(
+        got == want_sum,
+        "{what}: checksum mismatch ({got} != {want_sum})"
+    );
+    std::fs::remove_file(path)?;
+    Ok(())
+}
+
+fn connect_times(s: &Server, runs: usize) -> Result<(f64, f64)> {
+    // One warm-up connection (page cache, key loading) that does not count.
+    s.client.exec("true").run()?.success()?;
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let out = s.client.exec("true").run()?.success()?;
+        times.push(out.elapsed.as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    let p50 = times[times.len() / 2];
+    Ok((mean, p50))
+}
+
+/// Median time from typing a key to seeing its echo, on `ssh -tt host cat`.
+fn keystroke_p50(s: &Server, keys: usize) -> Result<f64> {
+    // The remote prints READY once the session runs, by which time ssh has put the
+    // local terminal in raw mode: from then on every echo comes from the server's PTY.
+    let mut pty = s
+        .client
+        .ssh_on_pty(&["-tt"], "echo RE''ADY; exec cat", "xterm", 24, 80)?;
+    let t = Duration::from_secs(10);
+    pty.expect("READY", t)?;
+    let mut times = Vec::with_capacity(keys);
+    for i in 0..keys + 10 {
+        let key = [b'a' + (i % 26) as u8];
+        let started = Instant::now();
+        pty.send(key)?;
+        pty.expect(std::str::from_utf8(&key)?, t)?;
+        if i >= 10 {
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    pty.send("\x04")?;
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+fn scp_up(s: &Server, source: &Path, sum: &str) -> Result<Duration> {
+    let dest = s.dir.join("scp-up.bin");
+    let out = s
+        .client
+        .scp(&[], &[&source.to_string_lossy(), &s.client.remote(&dest)])
+        .timeout(BULK)
+        .run()?
+        .success()?;
+    check_file(&dest, sum, "scp upload")?;
+    Ok(out.elapsed)
+}
+
+fn scp_down(s: &Server, source: &Path, sum: &str, work: &tempfile::TempDir) -> Result<Duration> {
+    let dest = work.path().join("scp-down.bin");
+    let out = s
+        .client
+        .scp(&[], &[&s.client.remote(source), &dest.to_string_lossy()])
+        .timeout(BULK)
+        .run()?
+        .success()?;
+    check_file(&dest, sum, "scp download")?;
+    Ok(out.elapsed)
+}
+
+fn sftp_up(s: &Server, source: &Path, sum: &str) -> Result<Duration> {
+    let dest = s.dir.join("sftp-up.bin");
+    let batch = format!(
+        "put {} {}\n",
+        shell_quote(&source.to_string_lossy()),
+        shell_quote(&dest.to_string_lossy())
+    );
+    let out = s
+        .client
+        .sftp(&["-b", "-"])
+        .stdin(batch)
+        .timeout(BULK)
+        .run()?
+        .success()?;
+    check_file(&dest, sum, "sftp upload")?;
+    Ok(out.elapsed)
+}
+
+fn sftp_down(s: &Server, source: &Path, sum: &str, work: &tempfile::TempDir) -> Result<Duration> {
+    let dest = work.path().join("sftp-down.bin");
+    let batch = format!(
+        "get {} {}\n",
+        shell_quote(&source.to_string_lossy()),
+        shell_quote(&dest.to_string_lossy())
+    );
+    let out = s
+        .client
+        .sftp(&["-b", "-"])
+        .stdin(batch)
+        .timeout(BULK)
+        .run()?
+        .success()?;
+    check_file(&dest, sum, "sftp download")?;
+    Ok(out.elapsed)
+}
+
+/// `ssh host 'cat > file'` fed `bytes` from memory.
+fn cat_up(s: &Server, bytes: u64) -> Result<Duration> {
+    let dest = s.dir.join("cat-up.bin");
+    let block = util::random_bytes(1 << 20)?;
+    let started = Instant::now();
+    let mut ssh = s
+        .client
+        .exec(&format!("cat > {}", shell_quote(&dest.to_string_lossy())))
+        .stdin_piped()
+        .timeout(BULK)
+        .spawn()?;
+    let mut stdin = ssh.take_stdin().context("stdin")?;
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        stdin.write_all(&block[..n])?;
+        left -= n as u64;
+    }
+    drop(stdin);
+    ssh.wait()?.success()?;
+    let elapsed = started.elapsed();
+    let len = std::fs::metadata(&dest)?.len();
+    ensure!(len == bytes, "cat upload wrote {len} bytes, not {bytes}");
+    std::fs::remove_file(&dest)?;
+    Ok(elapsed)
+}
+
+/// `ssh host 'cat file'` read to the end.
+fn cat_down(s: &Server, source: &Path, bytes: u64) -> Result<Duration> {
+    let started = Instant::now();
+    let mut ssh = s
+        .client
+        .exec(&format!("cat {}", shell_quote(&source.to_string_lossy())))
+        .stream_stdout()
+        .timeout(BULK)
+        .spawn()?;
+    let mut stdout = ssh.take_stdout().context("stdout")?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = stdout.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    ssh.wait()?.success()?;
+    let elapsed = started.elapsed();
+    ensure!(
+        total == bytes,
+        "cat download read {total} bytes, not {bytes}"
+    );
+    Ok(elapsed)
+}
+
+/// Memory with 1, then `n`, sessions that each run `sleep 600` and sit idle.
+fn idle_sessions(s: &Server, n: usize) -> Result<(Memory, Memory)> {
+    // A marker of this server's own: a server's leftover `sleep`s (sshd does not
+    // kill them when the client goes) must not count for the next one.
+    let marker = format!("sleep {}", 600 + n + s.id);
+    let held = |sessions: &Vec<Running>| -> usize {
+        let _ = sessions;
+        count_processes(&marker)
+    };
+    let mut sessions: Vec<Running> = Vec::new();
+    let open = |sessions: &mut Vec<Running>| -> Result<()> {
+        sessions.push(
+            s.client
+                .ssh(&["-T", "-n"], &marker)
+                .timeout(Duration::from_secs(3600))
+                .spawn()?,
+        );
+        Ok(())
+    };
+    open(&mut sessions)?;
+    ensure!(
+        wait_until(Duration::from_secs(30), || held(&sessions) >= 1),
+        "the first session did not start"
+    );
+    thread::sleep(Duration::from_secs(1));
+    let one = (s.memory)();
+    while sessions.len() < n {
+        // Batches of 10, so neither server sees a connection storm.
+        let batch = (n - sessions.len()).min(10);
+        for _ in 0..batch {
+            open(&mut sessions)?;
+        }
+        let want = sessions.len();
+        if !wait_until(Duration::from_secs(60), || held(&sessions) >= want) {
+            bail!(
+                "{}: only {} of {want} sessions came up",
+                s.name,
+                held(&sessions)
+            );
+        }
+    }
+    thread::sleep(Duration::from_secs(2));
+    let many = (s.memory)();
+    for session in sessions {
+        session.kill();
+    }
+    if !wait_until(Duration::from_secs(30), || count_processes(&marker) == 0) {
+        eprintln!(
+            "  {}: {} `{marker}` outlived their sessions",
+            s.name,
+            count_processes(&marker)
+        );
+    }
+    Ok((one, many))
+}
+
+/// How many processes run exactly this command line.
+fn count_processes(cmdline: &str) -> usize {
+    let want: Vec<u8> = cmdline.replace(' ', "\0").into_bytes();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| c.strip_suffix(b"\0").unwrap_or(&c) == want.as_slice())
+        })
+        .count()
+}
+
+fn print_table(opts: &Options, scores: &[Scores]) {
+    let (sshd, agent, gw) = (&scores[0], &scores[1], &scores[2]);
+    let size = opts.size_mib;
+    let cores = thread::available_parallelism().map_or(0, |n| n.get());
+    let openssh = Cmd::new("ssh")
+        .arg("-V")
+        .run()
+        .map(|o| o.stderr_str().trim().to_owned())
+        .unwrap_or_default();
+    println!(
+        "Loopback, {cores} cores, {openssh}, cipher {CIPHER}, files on {}. \
+         Throughput includes connection setup. Gateway path: `warren-gateway serve` → \
+         runner tunnel → `warren-runner` → sandbox agent (all release builds).\n",
+        opts.dir.display()
+    );
+    println!(
+        "| Measure | OpenSSH sshd | warren-agent direct | via gateway + runner | agent / sshd | \
+         gateway / sshd | target (via gateway) |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---|");
+    let fmt = |v: f64, unit: &str, decimals: usize| {
+        if v.is_finite() {
+            format!("{v:.decimals$} {unit}")
+        } else {
+            "n/a".to_owned()
+        }
+    };
+    let ratio = |a: f64, b: f64| {
+        let r = b / a;
+        if r.is_finite() {
+            format!("{r:.2}")
+        } else {
+            "n/a".to_owned()
+        }
+    };
+    let verdict = |met: Option<bool>| match met {
+        Some(true) => "✅",
+        Some(false) => "❌",
+        None => "?",
+    };
+    let known = |v: f64| v.is_finite().then_some(v);
+    let row =
+        |name: String, s: f64, a: f64, g: f64, unit: &str, decimals: usize, target: String| {
+            println!(
+                "| {name} | {} | {} | {} | {} | {} | {target} |",
+                fmt(s, unit, decimals),
+                fmt(a, unit, decimals),
+                fmt(g, unit, decimals),
+                ratio(s, a),
+                ratio(s, g),
+            );
+        };
+    let rate = |name: &str, s: f64, a: f64, g: f64| {
+        let met = known(s).zip(known(g)).map(|(s, g)| g >= 0.7 * s);
+        row(
+            format!("{name} ({size} MiB)"),
+            s,
+            a,
+            g,
+            "MiB/s",
+            0,
+            format!("≥ 0.70 × sshd {}", verdict(met)),
+        );
+    };
+    rate("scp upload", sshd.scp_up, agent.scp_up, gw.scp_up);
+    rate("scp download", sshd.scp_down, agent.scp_down, gw.scp_down);
+    rate("sftp upload", sshd.sftp_up, agent.sftp_up, gw.sftp_up);
+    rate(
+        "sftp download",
+        sshd.sftp_down,
+        agent.sftp_down,
+        gw.sftp_down,
+    );
+    rate(
+        "`cat` over exec, upload",
+        sshd.cat_up,
+        agent.cat_up,
+        gw.cat_up,
+    );
+    rate(
+        "`cat` over exec, download",
+        sshd.cat_down,
+        agent.cat_down,
+        gw.cat_down,
+    );
+    let runs = opts.runs;
+    let connect = |name: String, s: f64, a: f64, g: f64| {
+        let met = known(s).zip(known(g)).map(|(s, g)| g <= 2.0 * s);
+        row(
+            name,
+            s,
+            a,
+            g,
+            "ms",
+            1,
+            format!("≤ 2 × sshd {}", verdict(met)),
+        );
+    };
+    connect(
+        format!("`ssh host true`, mean of {runs}"),
+        sshd.true_mean_ms,
+        agent.true_mean_ms,
+        gw.true_mean_ms,
+    );
+    connect(
+        format!("`ssh host true`, p50 of {runs}"),
+        sshd.true_p50_ms,
+        agent.true_p50_ms,
+        gw.true_p50_ms,
+    );
+    let added = |base: f64| {
+        known(base)
+            .zip(known(gw.key_p50_ms))
+            .map_or("n/a".to_owned(), |(b, g)| format!("{:+.2} ms", g - b))
+    };
+    let met = known(sshd.key_p50_ms)
+        .zip(known(gw.key_p50_ms))
+        .map(|(s, g)| g - s < 1.0);
+    row(
+        "keystroke echo on a PTY, p50 of 200".to_owned(),
+        sshd.key_p50_ms,
+        agent.key_p50_ms,
+        gw.key_p50_ms,
+        "ms",
+        2,
+        format!(
+            "added < 1 ms {} ({} vs sshd, {} vs agent)",
+            verdict(met),
+            added(sshd.key_p50_ms),
+            added(agent.key_p50_ms)
+        ),
+    );
+    let mib = |k: Option<u64>| k.map_or(f64::NAN, |k| k as f64 / 1024.0);
+    let n = opts.sessions;
+    type Pick = fn(&Scores) -> Option<u64>;
+    let rows: [(String, Pick); 4] = [
+        ("RSS, idle (no session)".into(), |m| Some(m.idle.rss_kib)),
+        ("RSS, 1 idle session".into(), |m| m.one.map(|m| m.rss_kib)),
+        (format!("RSS, {n} idle sessions"), |m| {
+            m.many.map(|m| m.rss_kib)
+        }),
+        (format!("PSS, {n} idle sessions"), |m| {
+            m.many.map(|m| m.pss_kib)
+        }),
+    ];
+    for (i, (label, pick)) in rows.into_iter().enumerate() {
+        let target = if i == 2 {
+            let met = pick(gw).map(|k| k < 200 * 1024 && n >= 1000);
+            let met = if n < 1000 { None } else { met };
+            format!(
+                "gateway < 200 MB at 1,000 sessions {}",
+                if n < 1000 {
+                    "(not measured at 1,000)"
+                } else {
+                    verdict(met)
+                }
+            )
+        } else {
+            String::new()
+        };
+        row(
+            label,
+            mib(pick(sshd)),
+            mib(pick(agent)),
+            mib(pick(gw)),
+            "MiB",
+            1,
+            target,
+        );
+    }
+    row(
+        format!("runner + sandbox agent RSS, {n} idle sessions"),
+        f64::NAN,
+        f64::NAN,
+        mib(gw.many.map(|m| m.path_rss_kib)),
+        "MiB",
+        1,
+        "(not the gateway's)".to_owned(),
+    );
+    println!(
+        "\nsshd's memory is the sum over the listener and its per-connection processes \
+         (not the sessions' own `sleep`); the direct agent's is its one process; the \
+         gateway column's is the `warren-gateway` process alone (the runner and the \
+         sandbox agent behind it are the last row). PSS splits shared pages among the \
+         processes that map them."
+    );
+}
