@@ -17,6 +17,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod agent;
+pub mod bench;
 mod binaries;
 mod client;
 pub mod gateway;
