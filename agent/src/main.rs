@@ -5,6 +5,7 @@
 //! sandbox's unprivileged user. It is built as a static binary so that it runs in any
 //! image, even one with nothing but busybox.
 
+mod activity;
 mod auth;
 mod forward;
 mod handler;
@@ -40,6 +41,10 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Serve SFTP on stdin/stdout (started by the agent for the sftp subsystem).
     SftpServer,
+    /// A `GIT_ASKPASS` helper: answers git's username prompt with
+    /// `$WARREN_GIT_USERNAME` (default `x-access-token`) and its password prompt with
+    /// `$WARREN_GIT_PASSWORD`, so a clone's credentials live only in its environment.
+    Askpass { prompt: Option<String> },
 }
 
 #[derive(clap::Args)]
@@ -65,7 +70,8 @@ struct ServeArgs {
     )]
     host_key: PathBuf,
     /// The sandbox user sessions run as (default: the agent's own user). When the
-    /// agent runs as root, each session switches to this user.
+    /// agent runs as root, each session switches to this user. `auto` picks the
+    /// image's `sandbox` user or first ordinary user, or creates `sandbox` (uid 1000).
     #[arg(long, env = "WARREN_SANDBOX_USER")]
     user: Option<String>,
     /// Working directory of sessions (default: the user's home).
@@ -80,9 +86,37 @@ struct ServeArgs {
     passwd_file: PathBuf,
     #[arg(long, env = "WARREN_GROUP_FILE", default_value = "/etc/group")]
     group_file: PathBuf,
+    /// Names of variables in the agent's own environment that every session gets
+    /// (the sandbox's environment, e.g. API keys given at create time).
+    #[arg(long = "pass-env", env = "WARREN_PASS_ENV", value_delimiter = ',')]
+    pass_env: Vec<String>,
+    /// Give the working directory to the sandbox user when it is root's (a fresh
+    /// volume mounted over it).
+    #[arg(long, env = "WARREN_OWN_WORKDIR")]
+    own_workdir: bool,
+    /// Write `uid:gid` of the sandbox user here once chosen (for the runner, which
+    /// runs setup commands such as a git clone as that user).
+    #[arg(long, env = "WARREN_USER_FILE")]
+    user_file: Option<PathBuf>,
+    /// Touch this file (every 5 s at most) while sessions pass data or commands
+    /// run, for the runner's idle reaper.
+    #[arg(long, env = "WARREN_ACTIVITY_FILE")]
+    activity_file: Option<PathBuf>,
+    /// Also accept the `none` cipher, listed last (OpenSSH clients never offer it).
+    /// Only for a unix socket reached through the runner's encrypted tunnel: the
+    /// gateway's inner connection then skips a second layer of encryption.
+    #[arg(long, env = "WARREN_AGENT_ALLOW_UNENCRYPTED")]
+    allow_unencrypted: bool,
 }
 
 fn main() -> anyhow::Result<()> {
+    // Mounted a second time as `askpass`, the binary is git's GIT_ASKPASS helper
+    // (git passes the prompt as the only argument).
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&argv0).file_name() == Some(std::ffi::OsStr::new("askpass")) {
+        askpass(&std::env::args().nth(1).unwrap_or_default());
+        return Ok(());
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
@@ -91,7 +125,45 @@ fn main() -> anyhow::Result<()> {
             runtime()?.block_on(serve(*args))
         }
         Command::SftpServer => runtime()?.block_on(sftp::serve_stdio()),
+        Command::Askpass { prompt } => {
+            askpass(prompt.as_deref().unwrap_or(""));
+            Ok(())
+        }
     }
+}
+
+fn askpass(prompt: &str) {
+    let answer = if prompt.to_ascii_lowercase().starts_with("username") {
+        std::env::var("WARREN_GIT_USERNAME").unwrap_or_else(|_| "x-access-token".into())
+    } else {
+        std::env::var("WARREN_GIT_PASSWORD").unwrap_or_default()
+    };
+    println!("{answer}");
+}
+
+/// The variables named in `names`, read from this process's environment. A name
+/// that is not set is skipped with a warning (never its value).
+fn passed_env(names: &[String]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for name in names.iter().filter(|n| !n.is_empty()) {
+        match std::env::var(name) {
+            Ok(value) => out.push((name.clone(), value)),
+            Err(_) => tracing::warn!(name, "--pass-env names a variable that is not set"),
+        }
+    }
+    out
+}
+
+/// Gives `dir` to `user` if root owns it (a new volume's root), so the workspace is
+/// writable in any image.
+fn own_workdir(dir: &std::path::Path, user: &user::SandboxUser) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir).with_context(|| format!("workdir {}", dir.display()))?;
+    if meta.uid() == 0 && user.uid != 0 {
+        std::os::unix::fs::chown(dir, Some(user.uid), Some(user.gid))
+            .with_context(|| format!("giving {} to {}", dir.display(), user.name))?;
+    }
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -130,6 +202,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let running_as = user::current_user(&db)?;
     let (user, switch_user) = match args.user {
+        Some(name) if name == "auto" && running_as.uid == 0 => {
+            let home = args.workdir.clone().unwrap_or_else(|| "/".into());
+            (db.auto_user(&home)?, true)
+        }
         Some(name) if name != running_as.name => {
             if running_as.uid != 0 {
                 bail!(
@@ -147,6 +223,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let host_key = warren_keys::load_or_generate_host_key(&args.host_key)
         .with_context(|| format!("host key {}", args.host_key.display()))?;
     let workdir = args.workdir.unwrap_or_else(|| user.home.clone());
+    if args.own_workdir {
+        own_workdir(&workdir, &user)?;
+    }
+    if let Some(path) = &args.user_file {
+        std::fs::write(path, format!("{}:{}\n", user.uid, user.gid))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     tracing::info!(user = %user.name, uid = user.uid, switch_user, workdir = %workdir.display(), "sandbox user");
     let agent = Agent {
         auth: Authenticator {
@@ -158,7 +241,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         switch_user,
         workdir,
         env_policy: EnvPolicy::new(&args.allow_env),
-        session_env: Vec::new(),
+        session_env: passed_env(&args.pass_env),
     };
-    server::serve(args.listen, server::ssh_config(host_key), agent).await
+    if let Some(path) = args.activity_file {
+        activity::spawn_publisher(path);
+    }
+    if args.allow_unencrypted && !matches!(args.listen, ListenAddr::Unix(_)) {
+        bail!("--allow-unencrypted needs a unix: --listen address");
+    }
+    let config = server::ssh_config_with(host_key, args.allow_unencrypted);
+    server::serve(args.listen, config, agent).await
 }

@@ -152,6 +152,7 @@ pub async fn send_output(
         match reader.read_buf(&mut buf).await {
             Ok(0) | Err(_) => return true,
             Ok(_) => {
+                crate::activity::touch();
                 let chunk = buf.split().freeze();
                 let sent = match ext {
                     None => write.data_bytes(chunk).await,
@@ -181,6 +182,7 @@ pub async fn splice(
         while let Some(item) = input.recv().await {
             match item {
                 Input::Data(data) => {
+                    crate::activity::touch();
                     if sock_write.write_all(&data).await.is_err() {
                         return;
                     }

@@ -129,6 +129,28 @@ pub fn ssh_config(host_key: russh::keys::PrivateKey) -> Config {
     }
 }
 
+/// [`ssh_config`], and with `allow_unencrypted` the `none` cipher and MAC are
+/// accepted too, listed last. Only for the unix socket the runner gives the agent:
+/// the gateway's connection arrives there through the runner's encrypted,
+/// authenticated tunnel, so the gateway offers `none` first and the bytes are not
+/// encrypted a second time (one encryption at the gateway and one decryption here,
+/// per byte). The client's preference decides, and OpenSSH (a user's own client in
+/// jump mode) never offers `none`, so it still gets a real cipher; the algorithm
+/// lists are signed with the host key in the exchange, so no one in between can
+/// strip them down to `none`.
+pub fn ssh_config_with(host_key: russh::keys::PrivateKey, allow_unencrypted: bool) -> Config {
+    let mut config = ssh_config(host_key);
+    if allow_unencrypted {
+        let mut ciphers = config.preferred.cipher.to_vec();
+        ciphers.push(russh::cipher::NONE);
+        let mut macs = config.preferred.mac.to_vec();
+        macs.push(russh::mac::NONE);
+        config.preferred.cipher = ciphers.into();
+        config.preferred.mac = macs.into();
+    }
+    config
+}
+
 /// Accepts connections until SIGTERM or SIGINT, then asks open connections to close
 /// and waits a moment for them.
 pub async fn serve(listen: ListenAddr, config: Config, agent: Agent) -> anyhow::Result<()> {
@@ -340,6 +362,28 @@ mod tests {
         assert!(!policy.allows("FOOBAR"));
         assert!(!policy.allows("LD_PRELOAD"));
         assert!(!policy.allows("PATH"));
+    }
+
+    #[test]
+    #[allow(clippy::expect_used)]
+    fn unencrypted_only_when_allowed_and_last() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key =
+            warren_keys::load_or_generate_host_key(&dir.path().join("host_key")).expect("host key");
+        let plain = ssh_config_with(key.clone(), false);
+        assert!(!plain.preferred.cipher.contains(&russh::cipher::NONE));
+        assert!(!plain.preferred.mac.contains(&russh::mac::NONE));
+        let open = ssh_config_with(key, true);
+        assert_eq!(open.preferred.cipher.last(), Some(&russh::cipher::NONE));
+        assert_eq!(open.preferred.mac.last(), Some(&russh::mac::NONE));
+        assert_eq!(
+            open.preferred.cipher.first(),
+            plain.preferred.cipher.first()
+        );
+        assert_eq!(
+            open.preferred.cipher.len(),
+            plain.preferred.cipher.len() + 1
+        );
     }
 
     #[test]

@@ -196,6 +196,7 @@ async fn forward_input(mut input: Backlog, stdin: oneshot::Receiver<Stdin>) {
     while let Some(item) = input.recv().await {
         match item {
             Input::Data(data) => {
+                crate::activity::touch();
                 if sink.write_all(&data).await.is_err() {
                     return; // the program stopped reading; later input is discarded
                 }

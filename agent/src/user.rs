@@ -148,6 +148,57 @@ fn usable_shell(shell: &str) -> PathBuf {
     }
 }
 
+/// Name, uid and gid of the user `--user auto` creates when an image has none.
+const AUTO_USER: (&str, u32, u32) = ("sandbox", 1000, 1000);
+
+impl UserDb {
+    /// The unprivileged user for `--user auto`: one named `sandbox`, else the first
+    /// ordinary account (uid 1000–59999), else a `sandbox` user (uid 1000) added to
+    /// the image's passwd and group files — or, when those are read-only, one that
+    /// exists only in the agent, with the workspace as its home.
+    pub fn auto_user(&self, home_if_created: &Path) -> Result<SandboxUser, UserError> {
+        if let Some(user) = self.find(|e| e.name == AUTO_USER.0)? {
+            return Ok(user);
+        }
+        if let Some(user) = self.find(|e| (1000..60000).contains(&e.uid))? {
+            return Ok(user);
+        }
+        let (name, uid, gid) = AUTO_USER;
+        let shell = usable_shell("/bin/bash");
+        let line = format!(
+            "{name}:x:{uid}:{gid}::{}:{}\n",
+            home_if_created.display(),
+            shell.display()
+        );
+        let added = append_line(&self.passwd, &line).is_ok();
+        if added {
+            let _ = append_line(&self.group, &format!("{name}:x:{gid}:\n"));
+        }
+        tracing::info!(
+            added_to_passwd = added,
+            "created the sandbox user {name} ({uid})"
+        );
+        Ok(SandboxUser {
+            name: name.into(),
+            uid,
+            gid,
+            groups: vec![gid],
+            home: home_if_created.to_owned(),
+            shell,
+        })
+    }
+}
+
+fn append_line(path: &Path, line: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().append(true).open(path)?;
+    let existing = std::fs::read(path)?;
+    if !existing.is_empty() && !existing.ends_with(b"\n") {
+        file.write_all(b"\n")?;
+    }
+    file.write_all(line.as_bytes())
+}
+
 /// The user the agent itself runs as, for when no sandbox user is configured.
 pub fn current_user(db: &UserDb) -> Result<SandboxUser, UserError> {
     // SAFETY: getuid/getgid cannot fail and touch no memory.

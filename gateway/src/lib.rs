@@ -8,9 +8,14 @@
 //! - [`store`]: users, keys, runners, sandboxes and the audit trail, in SQLite by
 //!   default or PostgreSQL.
 //!
-//! The HTTP API (sandbox lifecycle, pull requests) comes next.
+//! - [`api`]: the thin HTTP API (sandbox lifecycle, accounts and keys).
+//! - [`github`]: the GitHub REST calls behind the API's pull requests.
+//! - [`server`]: all of it bound and served together (`serve`, `warren up`).
 
+pub mod api;
 pub mod dial;
+pub mod github;
+pub mod server;
 pub mod ssh;
 pub mod store;
 pub mod tunnel;

@@ -1,21 +1,17 @@
 //! warren-gateway: the SSH front door users log in to, and the endpoint runners dial.
 //!
-//! `serve` runs it; the other commands are the operator's, working on the same data
+//! `serve` runs it (SSH, the runners' endpoint and the HTTP API); the other commands are the operator's, working on the same data
 //! directory (join tokens for runners, accounts and their keys) until the HTTP API
 //! covers them.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
-use warren_gateway::dial::TunnelDialer;
-use warren_gateway::ssh::{self, FailureLimiter, FrontDoor};
+use warren_gateway::server::{Gateway, Listen};
 use warren_gateway::store::Store;
-use warren_gateway::tunnel::RunnerHub;
-use warren_keys::TokenSigner;
 
 #[derive(Parser)]
 #[command(version, about = "Warren's gateway")]
@@ -32,12 +28,33 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve users' SSH and runners' tunnels.
+    /// Serve users' SSH, runners' tunnels and the HTTP API.
     Serve {
         #[arg(long, env = "WARREN_SSH_LISTEN", default_value = "127.0.0.1:2222")]
         ssh_listen: SocketAddr,
         #[arg(long, env = "WARREN_RUNNER_LISTEN", default_value = "127.0.0.1:2223")]
         runner_listen: SocketAddr,
+        /// The HTTP API. Plain HTTP on loopback; on any other address HTTPS (a
+        /// self-signed certificate made on first start unless --tls-cert/--tls-key).
+        #[arg(long, env = "WARREN_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
+        http_listen: SocketAddr,
+        /// HTTPS with a self-signed certificate (kept in the data directory) even on
+        /// loopback.
+        #[arg(long)]
+        tls: bool,
+        /// HTTPS with this certificate chain (PEM) and --tls-key.
+        #[arg(long, env = "WARREN_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        #[arg(long, env = "WARREN_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Plain HTTP on a non-loopback address (behind a TLS-terminating proxy).
+        #[arg(long, conflicts_with_all = ["tls", "tls_cert"])]
+        insecure_http: bool,
+        /// The SSH front door's host name as users reach it, for the `ssh` details,
+        /// `Host` blocks and known_hosts lines the API hands out (default: the SSH
+        /// listen address, or `localhost` if that is a wildcard).
+        #[arg(long, env = "WARREN_PUBLIC_HOST")]
+        public_host: Option<String>,
     },
     /// Print a one-time token for `warren-runner join`.
     JoinToken {
@@ -68,20 +85,15 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    let data_dir = cli.data_dir.clone().unwrap_or_else(default_data_dir);
+    let data_dir = cli
+        .data_dir
+        .clone()
+        .unwrap_or_else(warren_gateway::server::default_data_dir);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?
         .block_on(run(cli, data_dir))
-}
-
-fn default_data_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("/var/lib"));
-    base.join("warren")
 }
 
 async fn open_store(cli: &Cli, data_dir: &Path) -> anyhow::Result<Store> {
@@ -99,7 +111,34 @@ async fn run(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
         Command::Serve {
             ssh_listen,
             runner_listen,
-        } => serve(store, &data_dir, ssh_listen, runner_listen).await,
+            http_listen,
+            tls,
+            tls_cert,
+            tls_key,
+            insecure_http,
+            public_host,
+        } => {
+            let tls = match (tls_cert, tls_key) {
+                (Some(cert), Some(key)) => Some(warren_keys::tls::load_tls_identity(&cert, &key)?),
+                _ if tls || (!http_listen.ip().is_loopback() && !insecure_http) => {
+                    let mut names: Vec<String> = public_host.iter().cloned().collect();
+                    if !http_listen.ip().is_unspecified() {
+                        names.push(http_listen.ip().to_string());
+                    }
+                    Some(warren_keys::tls::load_or_generate_tls_identity(
+                        &data_dir, &names,
+                    )?)
+                }
+                _ => None,
+            };
+            let listen = Listen {
+                ssh: ssh_listen,
+                runners: runner_listen,
+                http: http_listen,
+                public_host,
+            };
+            serve(store, &data_dir, listen, tls).await
+        }
         Command::JoinToken { ttl, gateway } => {
             let host_key = warren_keys::load_or_generate_host_key(&data_dir.join("host_key"))?;
             let created = store.create_join_token(Duration::from_secs(ttl)).await?;
@@ -135,38 +174,33 @@ async fn run(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
 async fn serve(
     store: Store,
     data_dir: &Path,
-    ssh_listen: SocketAddr,
-    runner_listen: SocketAddr,
+    listen: Listen,
+    tls: Option<warren_keys::tls::TlsIdentity>,
 ) -> anyhow::Result<()> {
-    let host_key = warren_keys::load_or_generate_host_key(&data_dir.join("host_key"))
-        .context("the gateway's host key")?;
-    let signer = TokenSigner::load_or_generate(&data_dir.join("token_signer"))
-        .context("the gateway's token signer")?;
-    let hub = RunnerHub::bind(store.clone(), host_key.clone(), runner_listen)
-        .await
-        .with_context(|| format!("cannot listen for runners on {runner_listen}"))?;
-    let hub = Arc::new(hub);
-    let listener = tokio::net::TcpListener::bind(ssh_listen)
-        .await
-        .with_context(|| format!("cannot listen on {ssh_listen}"))?;
-    let Some(ssh_addr) = ssh::bound(&listener) else {
-        bail!("the SSH listener has no address");
-    };
+    let mut gateway = Gateway::bind(store, data_dir, listen).await?;
+    let (runners, fingerprint) = gateway.runner_endpoint();
+    let scheme = if tls.is_some() { "https" } else { "http" };
     println!(
-        "gateway ssh on {ssh_addr}, runners on {}, host key {}",
-        hub.local_addr(),
-        hub.fingerprint()
+        "gateway ssh on {}, runners on {runners}, {scheme} on {}, host key {fingerprint}",
+        gateway.ssh_addr, gateway.http_addr
     );
-    let door = Arc::new(FrontDoor {
-        store,
-        signer,
-        dialer: Arc::new(TunnelDialer::new(hub.clone())),
-        limiter: FailureLimiter::default(),
-    });
-    tokio::select! {
-        result = ssh::serve(listener, ssh::ssh_config(host_key), door) => {
-            result.context("the SSH front door stopped")
-        }
-        _ = tokio::signal::ctrl_c() => Ok(()),
+    if let Some(identity) = tls {
+        println!(
+            "tls certificate {} ({}), sha256 fingerprint {}; clients: curl --cacert {} https://…",
+            identity.cert_path().display(),
+            if identity.generated() {
+                "self-signed"
+            } else {
+                "given"
+            },
+            identity.fingerprint(),
+            identity.cert_path().display()
+        );
+        gateway = gateway.with_tls(identity);
     }
+    gateway
+        .serve(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
 }

@@ -15,6 +15,7 @@ mod random;
 mod secret;
 #[cfg(test)]
 mod test_dir;
+pub mod tls;
 mod token;
 
 pub use host_key::{HostKeyError, fingerprint, load_host_key, load_or_generate_host_key};

@@ -5,10 +5,14 @@
 //!
 //! - [`protocol`]: the tunnel's names and control messages (shared with the gateway).
 //! - [`tunnel`]: `join` and the reconnecting tunnel loop.
-//! - [`backend`]: where sandboxes run (the `process` backend for now).
+//! - [`backend`]: where sandboxes run: the `process` backend (no isolation) or
+//!   the `docker` backend; [`netpolicy`]: a Docker sandbox's firewall rules.
+//! - [`git`]: git in a sandbox's workspace (clone, the API's commit-and-push).
 //! - [`stream`]: tunnel channels as byte streams with consumption-based windows.
 
 pub mod backend;
+pub mod git;
+pub mod netpolicy;
 pub mod protocol;
 pub mod state;
 pub mod stream;

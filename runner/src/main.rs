@@ -5,7 +5,12 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
+use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
+
+use anyhow::Context;
+use warren_runner::backend::Backend as SandboxBackend;
+use warren_runner::backend::docker::{DockerBackend, DockerDefaults};
 use warren_runner::backend::process::{ProcessBackend, find_agent_bin};
 use warren_runner::state::DataDir;
 use warren_runner::tunnel;
@@ -21,6 +26,8 @@ struct Cli {
 enum Backend {
     /// Sandboxes are agent processes on this host. NO ISOLATION.
     Process,
+    /// Sandboxes are hardened Docker containers (needs root and a Docker engine).
+    Docker,
 }
 
 #[derive(Subcommand)]
@@ -51,9 +58,27 @@ enum Command {
         /// Where agent sockets go (default: <data-dir>/sockets).
         #[arg(long)]
         listen_dir: Option<PathBuf>,
-        /// The warren-agent binary (default: next to this executable).
+        /// The warren-agent binary (default: next to this executable). The docker
+        /// backend needs a static build (scripts/build-static-agent).
         #[arg(long, env = "WARREN_AGENT_BIN")]
         agent_bin: Option<PathBuf>,
+        /// Docker: the image of sandboxes whose create request names none.
+        #[arg(long, default_value = "warren-base:latest")]
+        default_image: String,
+        /// Docker: an OCI runtime for every sandbox (e.g. `runsc` for gVisor).
+        #[arg(long)]
+        runtime: Option<String>,
+        /// Docker: stop sandboxes idle for this many seconds (0: never), unless their
+        /// create request says otherwise.
+        #[arg(long, default_value_t = 1800)]
+        idle_timeout_s: u64,
+        /// Docker: the IPv4 block each sandbox's own network gets a /28 of (4,096
+        /// sandboxes in a /16); pick one no host network uses.
+        #[arg(long, default_value = "10.213.0.0/16")]
+        network_pool: String,
+        /// Docker: how often the idle reaper looks.
+        #[arg(long, default_value_t = 10)]
+        reap_interval_s: u64,
     },
 }
 
@@ -82,18 +107,62 @@ async fn main() -> Result<()> {
         }
         Command::Run {
             data_dir,
-            backend: Backend::Process,
+            backend,
             listen_dir,
             agent_bin,
+            default_image,
+            runtime,
+            idle_timeout_s,
+            network_pool,
+            reap_interval_s,
         } => {
             let data = DataDir::open(&data_dir)?;
-            let listen_dir = listen_dir.unwrap_or_else(|| data.root().join("sockets"));
             let agent_bin = find_agent_bin(agent_bin.as_deref())?;
-            let backend = Arc::new(ProcessBackend::new(
-                data.sandboxes(),
-                listen_dir,
-                agent_bin,
-            )?);
+            let backend = Arc::new(match backend {
+                Backend::Process => {
+                    let listen_dir = listen_dir.unwrap_or_else(|| data.root().join("sockets"));
+                    SandboxBackend::Process(ProcessBackend::new(
+                        data.sandboxes(),
+                        listen_dir,
+                        agent_bin,
+                    )?)
+                }
+                Backend::Docker => {
+                    let (identity, _) = data.load_identity()?;
+                    let defaults = DockerDefaults {
+                        image: default_image,
+                        runtime,
+                        idle_timeout: Duration::from_secs(idle_timeout_s),
+                        network_pool: network_pool_arg(&network_pool)?,
+                        ..DockerDefaults::default()
+                    };
+                    let docker = DockerBackend::connect(
+                        listen_dir.unwrap_or_else(|| data.sandboxes()),
+                        agent_bin,
+                        identity.runner_id.clone(),
+                        defaults,
+                    )
+                    .await?;
+                    let adopted = docker.adopt().await.context("adopting sandboxes")?;
+                    tracing::info!(adopted = adopted.len(), "docker backend ready");
+                    SandboxBackend::Docker(docker)
+                }
+            });
+            if let SandboxBackend::Docker(_) = &*backend {
+                let reaper = backend.clone();
+                let every = Duration::from_secs(reap_interval_s.max(1));
+                tokio::spawn(async move {
+                    let SandboxBackend::Docker(docker) = &*reaper else {
+                        return;
+                    };
+                    loop {
+                        tokio::time::sleep(every).await;
+                        if let Err(e) = docker.reap_idle().await {
+                            tracing::warn!(error = %format!("{e:#}"), "idle reaper");
+                        }
+                    }
+                });
+            }
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             let mut term = signal(SignalKind::terminate())?;
             let mut int = signal(SignalKind::interrupt())?;
@@ -107,4 +176,10 @@ async fn main() -> Result<()> {
             tunnel::run(&data, backend, stop_rx).await
         }
     }
+}
+
+fn network_pool_arg(text: &str) -> Result<(std::net::Ipv4Addr, u8)> {
+    let (addr, bits) = warren_runner::netpolicy::parse_cidr(text)?;
+    anyhow::ensure!(bits <= 28, "--network-pool must be a /28 or larger");
+    Ok((addr, bits))
 }

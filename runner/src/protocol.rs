@@ -14,6 +14,9 @@
 //!   [`CONTROL_ADDRESS`] for one control exchange: a JSON [`Request`] line from the
 //!   gateway, a JSON [`Response`] line back.
 
+use std::collections::BTreeMap;
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 use warren_keys::SandboxId;
 
@@ -52,6 +55,8 @@ pub fn parse_join_command(command: &str) -> Option<(&str, &str)> {
 /// What the gateway asks a runner to do, one per control channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
+// One request per control channel, never stored in bulk: boxing buys nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Request {
     /// Create (or, if it exists stopped, restart) a sandbox whose agent accepts
     /// tokens verified with `token_key` (a `TokenVerifier` in URL-safe base64) and
@@ -61,6 +66,15 @@ pub enum Request {
         sandbox: SandboxId,
         token_key: String,
         authorized_keys: Vec<String>,
+        /// What to run: image, limits, repository, environment. Older gateways send
+        /// none, which means the runner's defaults.
+        #[serde(default)]
+        spec: SandboxSpec,
+    },
+    /// Counts as activity for the idle reaper (the API's keepalive).
+    Keepalive {
+        #[serde(with = "sandbox_id")]
+        sandbox: SandboxId,
     },
     /// Stop the sandbox's agent, keeping its work directory.
     Stop {
@@ -74,6 +88,133 @@ pub enum Request {
     },
     /// The sandboxes this runner has.
     List,
+    /// In the sandbox's workspace (as the sandbox user): switch to `branch`
+    /// (created from the current HEAD if missing), `git add -A`, commit as
+    /// `author_name <author_email>` with `message` if anything is staged, then push
+    /// HEAD to `refs/heads/<branch>` of `remote_url` (default: `origin`). `token`, if
+    /// any, reaches git only through the exec's environment and the askpass helper.
+    /// Answers [`Response::Pushed`], or [`Response::Refused`] with code
+    /// `nothing_to_commit` (a clean tree and no commits beyond `base`),
+    /// `push_refused` (git's message, token redacted) or `no_repo`.
+    CommitAndPush {
+        #[serde(with = "sandbox_id")]
+        sandbox: SandboxId,
+        message: String,
+        branch: String,
+        author_name: String,
+        author_email: String,
+        /// The branch the work is compared with for "nothing to commit" (default:
+        /// the remote's HEAD).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        base: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        remote_url: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<Secret>,
+    },
+}
+
+/// A secret string: serialized as itself, never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// How a sandbox is made. Every field is optional; the runner fills in defaults.
+/// `env` values and the repository token are secrets: `Debug` never shows them.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSpec {
+    /// An image reference (Docker backend); none means the runner's default image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Environment every session gets (e.g. `ANTHROPIC_API_KEY`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// A repository cloned into the workspace at create time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<RepoSpec>,
+    /// CPU limit in thousandths of a CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub millicpus: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_limit: Option<u32>,
+    /// Outbound network.
+    #[serde(default)]
+    pub network: NetworkPolicy,
+    /// A read-only root filesystem (with a tmpfs /tmp); the workspace stays writable.
+    #[serde(default)]
+    pub read_only_root: bool,
+    /// Stopped after this long without activity; none means the runner's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_s: Option<u64>,
+}
+
+impl fmt::Debug for SandboxSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SandboxSpec")
+            .field("image", &self.image)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("repo", &self.repo)
+            .field("millicpus", &self.millicpus)
+            .field("memory_mb", &self.memory_mb)
+            .field("pids_limit", &self.pids_limit)
+            .field("network", &self.network)
+            .field("read_only_root", &self.read_only_root)
+            .field("idle_timeout_s", &self.idle_timeout_s)
+            .finish()
+    }
+}
+
+/// A repository to clone: `url` at `base` (default: the remote's HEAD), then a new
+/// branch `branch` is checked out. `token`, if any, is offered as the password over
+/// HTTPS through an askpass helper and never written to disk.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoSpec {
+    pub url: String,
+    pub branch: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for RepoSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RepoSpec")
+            .field("url", &self.url)
+            .field("branch", &self.branch)
+            .field("base", &self.base)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// Where a sandbox may connect to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum NetworkPolicy {
+    /// Anywhere but other sandboxes and the cloud metadata address.
+    #[default]
+    All,
+    /// No network at all (loopback only).
+    None,
+    /// Only these IPv4 CIDR blocks (e.g. `10.0.0.0/8`).
+    Allow { cidrs: Vec<String> },
 }
 
 /// A sandbox as a runner reports it.
@@ -82,6 +223,9 @@ pub struct SandboxStatus {
     #[serde(with = "sandbox_id")]
     pub sandbox: SandboxId,
     pub running: bool,
+    /// Why the runner stopped it on its own (`idle`, `oom`, `exited`), if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_reason: Option<String>,
 }
 
 /// A runner's answer to a [`Request`].
@@ -94,6 +238,18 @@ pub enum Response {
     Sandboxes { sandboxes: Vec<SandboxStatus> },
     /// Refused or failed; the message is safe to show an operator.
     Error { message: String },
+    /// The answer to `commit_and_push`: the pushed commit, and the remote's default
+    /// branch if the workspace knows it.
+    Pushed {
+        commit: String,
+        /// Whether a new commit was made (false: only earlier commits were pushed).
+        committed: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        default_branch: Option<String>,
+    },
+    /// Refused with a machine-readable `code` (e.g. `nothing_to_commit`,
+    /// `push_refused`); the message is safe to show the sandbox's owner.
+    Refused { code: String, message: String },
 }
 
 /// Sandbox ids travel as their text and are checked on the way in.
@@ -137,6 +293,46 @@ mod tests {
             r#"{"result":"ok"}"#
         );
         assert!(serde_json::from_str::<Request>(r#"{"op":"stop","sandbox":"../x"}"#).is_err());
+    }
+
+    #[test]
+    fn commit_and_push_wire_format() {
+        let id = SandboxId::generate();
+        let req = Request::CommitAndPush {
+            sandbox: id.clone(),
+            message: "m".into(),
+            branch: "warren/x".into(),
+            author_name: "a".into(),
+            author_email: "a@x".into(),
+            base: None,
+            remote_url: None,
+            token: Some(Secret("s3cret".into())),
+        };
+        let line = serde_json::to_string(&req).unwrap();
+        assert_eq!(
+            line,
+            format!(
+                r#"{{"op":"commit_and_push","sandbox":"{}","message":"m","branch":"warren/x","author_name":"a","author_email":"a@x","token":"s3cret"}}"#,
+                id.as_str()
+            )
+        );
+        assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), req);
+        assert!(!format!("{req:?}").contains("s3cret"));
+        let refused = Response::Refused {
+            code: "nothing_to_commit".into(),
+            message: "x".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&refused).unwrap(),
+            r#"{"result":"refused","code":"nothing_to_commit","message":"x"}"#
+        );
+        // Errors keep their old shape.
+        assert_eq!(
+            serde_json::from_str::<Response>(r#"{"result":"error","message":"m"}"#).unwrap(),
+            Response::Error {
+                message: "m".into()
+            }
+        );
     }
 
     #[test]

@@ -13,6 +13,32 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub const WINDOW_SIZE: u32 = 2 * 1024 * 1024;
 /// Largest packet on the tunnel.
 pub const MAX_PACKET: u32 = 64 * 1024;
+/// Buffer for copying between a tunnel stream and an agent's socket, each way
+/// (`tokio::io::copy_bidirectional_with_sizes`). Each read from the agent's socket
+/// becomes one tunnel packet, so tokio's default (8 KiB) would cut the agent's output
+/// into 8 KiB packets: eight times the packets, wake-ups and grants of
+/// [`MAX_PACKET`]-sized ones.
+pub const COPY_BUFFER: usize = MAX_PACKET as usize;
+
+/// Ciphers for the tunnel, both ends: AES-GCM first. Every byte to and from every
+/// sandbox crosses the tunnel, and with AES-NI and carry-less multiply (any x86-64
+/// server of the last decade) AES-GCM costs a fraction of ChaCha20-Poly1305, russh's
+/// first choice (Poly1305 alone was a fifth of the gateway's and the runner's CPU
+/// time in bulk transfers). The client's (runner's) order decides.
+pub const TUNNEL_CIPHERS: &[russh::cipher::Name] = &[
+    russh::cipher::AES_256_GCM,
+    russh::cipher::AES_128_GCM,
+    russh::cipher::CHACHA20_POLY1305,
+];
+
+/// russh's algorithm preferences for the tunnel: its defaults, with [`TUNNEL_CIPHERS`].
+pub fn tunnel_preferred() -> russh::Preferred {
+    russh::Preferred {
+        cipher: TUNNEL_CIPHERS.into(),
+        ..russh::Preferred::default()
+    }
+}
+
 /// Consumed bytes are granted back in batches this size: with a 2 MiB window the
 /// peer always has most of it open, and grants cost few packets.
 const GRANT_BATCH: u32 = 256 * 1024;

@@ -201,6 +201,26 @@ async fn join_refuses_reused_expired_tokens_and_wrong_fingerprints() {
     assert_eq!(gw.store.list_runners().await.unwrap().len(), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_join_tokens_gets_the_source_refused() {
+    let gw = Gateway::start().await;
+    let fp = gw.hub().fingerprint().to_owned();
+    let dirs: Vec<TempDir> = (0..31).map(|_| TempDir::new().unwrap()).collect();
+    // 30 wrong guesses at once (each refusal is held back a second)…
+    let guesses = dirs[..30]
+        .iter()
+        .map(|d| join(&gw, d.path(), "wj_guess", &fp, "g"));
+    for (ok, _, err) in futures_util::future::join_all(guesses).await {
+        assert!(!ok && err.contains("join token unknown"), "{err}");
+    }
+    // …and then even a valid token from that address is turned away for a while.
+    let token = gw.token(Duration::from_secs(600)).await;
+    let (ok, _, err) = join(&gw, dirs[30].path(), &token, &fp, "late").await;
+    assert!(!ok, "joined from an address that kept guessing");
+    assert!(!err.contains("joined as runner"), "{err}");
+    assert!(gw.store.list_runners().await.unwrap().is_empty());
+}
+
 /// Accepts one TCP connection and pipes it into an agent stream through the tunnel.
 fn pipe_once(listener: Arc<TcpListener>, hub_stream: warren_gateway::tunnel::TunnelStream) {
     tokio::spawn(async move {
@@ -291,6 +311,7 @@ async fn tunnel_carries_ssh_survives_gateway_restart_and_notices_a_dead_runner()
                 sandbox: sandbox.clone(),
                 token_key: signer.verifier().to_base64(),
                 authorized_keys: vec![client.public_key().trim().to_owned()],
+                spec: Default::default(),
             },
         )
         .await

@@ -11,6 +11,15 @@ const MAX_FAILURES: u32 = 30;
 /// Addresses remembered at most, so a scan cannot grow the table without bound.
 const MAX_ADDRESSES: usize = 10_000;
 
+/// Failed logins counted by every limiter of this process (SSH front door, runner
+/// joins, API keys), for `/metrics`.
+static FAILURES_TOTAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many logins failed in this process so far.
+pub fn failures_total() -> u64 {
+    FAILURES_TOTAL.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 #[derive(Default)]
 pub struct FailureLimiter {
     failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
@@ -18,6 +27,7 @@ pub struct FailureLimiter {
 
 impl FailureLimiter {
     pub fn failed(&self, ip: IpAddr) {
+        FAILURES_TOTAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let Ok(mut map) = self.failures.lock() else {
             return;
         };

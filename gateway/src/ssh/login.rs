@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use warren_keys::{SandboxId, TokenVerifier};
 
-use crate::store::{Sandbox, SandboxState, User};
+use crate::store::{Sandbox, SandboxState, User, UserId};
 
 /// What the SSH user name asks for.
 #[derive(Debug, Clone)]
@@ -56,14 +56,14 @@ impl Principal {
         }
     }
 
-    /// Explicit authorization for every sandbox access: the owner, or a token for
-    /// exactly this sandbox; and never a deleted sandbox. (Sharing comes later.)
-    pub fn may_use(&self, sandbox: &Sandbox) -> bool {
+    /// Explicit authorization for every sandbox access: the owner, a user it is
+    /// `shared_with`, or a token for exactly this sandbox; never a deleted sandbox.
+    pub fn may_use(&self, sandbox: &Sandbox, shared_with: &[UserId]) -> bool {
         if sandbox.state == SandboxState::Deleted {
             return false;
         }
         match self {
-            Principal::User(user) => user.id == sandbox.owner_id,
+            Principal::User(user) => user.id == sandbox.owner_id || shared_with.contains(&user.id),
             Principal::Token(id) => *id == sandbox.id,
         }
     }

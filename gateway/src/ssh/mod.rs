@@ -19,7 +19,7 @@ use russh::{MethodKind, MethodSet};
 use tokio::net::TcpListener;
 use warren_keys::TokenSigner;
 
-pub use limiter::FailureLimiter;
+pub use limiter::{FailureLimiter, failures_total as limiter_failures_total};
 pub use upstream::{AgentDialer, AgentStream, DialError, Dialing};
 
 use crate::store::Store;

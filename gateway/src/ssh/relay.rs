@@ -54,6 +54,8 @@ pub struct Connection {
     principal: Option<Principal>,
     /// The sandbox of a relay-mode login (none for a jump-host login).
     sandbox: Option<Sandbox>,
+    /// Who else the named sandbox is shared with (read with it at login).
+    shared_with: Vec<crate::store::UserId>,
     upstream: Option<Arc<Upstream>>,
     sessions: HashMap<ChannelId, SessionPair>,
     audit: Option<SshSessionId>,
@@ -68,6 +70,7 @@ impl Connection {
             name: None,
             principal: None,
             sandbox: None,
+            shared_with: Vec::new(),
             upstream: None,
             sessions: HashMap::new(),
             audit: None,
@@ -98,7 +101,15 @@ impl Connection {
         let name = LoginName::parse(user);
         let sandbox = match &name {
             LoginName::Sandbox { id, .. } => match self.door.store.get_sandbox(id).await {
-                Ok(sandbox) => Some(sandbox),
+                Ok(sandbox) => {
+                    self.shared_with = self
+                        .door
+                        .store
+                        .sandbox_shared_with(id)
+                        .await
+                        .unwrap_or_default();
+                    Some(sandbox)
+                }
                 Err(StoreError::NotFound(_)) => None,
                 Err(e) => {
                     tracing::warn!(error = %e, "store unavailable during login");
@@ -113,7 +124,7 @@ impl Connection {
     /// Accepts `principal` if it may log in as `name`.
     fn admit(&mut self, name: LoginName, sandbox: Option<Sandbox>, principal: Principal) -> Auth {
         let allowed = match (&name, &sandbox, &principal) {
-            (LoginName::Sandbox { .. }, Some(sandbox), p) => p.may_use(sandbox),
+            (LoginName::Sandbox { .. }, Some(sandbox), p) => p.may_use(sandbox, &self.shared_with),
             (LoginName::Account(account), None, Principal::User(user)) => user.name == *account,
             _ => false,
         };
@@ -330,7 +341,7 @@ impl russh::server::Handler for Connection {
         for candidate in users {
             let principal = Principal::User(candidate);
             let fits = match (&name, &sandbox) {
-                (LoginName::Sandbox { .. }, Some(s)) => principal.may_use(s),
+                (LoginName::Sandbox { .. }, Some(s)) => principal.may_use(s, &self.shared_with),
                 (LoginName::Account(account), None) => {
                     principal.user().is_some_and(|u| u.name == *account)
                 }
@@ -664,8 +675,21 @@ impl Connection {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) {
+        let shared_with = self
+            .door
+            .store
+            .sandbox_shared_with(target)
+            .await
+            .unwrap_or_default();
         let sandbox = match self.door.store.get_sandbox(target).await {
-            Ok(s) if self.principal.as_ref().is_some_and(|p| p.may_use(&s)) => s,
+            Ok(s)
+                if self
+                    .principal
+                    .as_ref()
+                    .is_some_and(|p| p.may_use(&s, &shared_with)) =>
+            {
+                s
+            }
             // Unknown and not yours look the same.
             _ => {
                 reply.reject(ChannelOpenFailure::ConnectFailed).await;

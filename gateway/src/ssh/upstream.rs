@@ -76,14 +76,47 @@ impl Upstream {
 /// How long logging in to an agent may take.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Ciphers offered to the agent, `none` first: this connection already travels
+/// inside the runner's encrypted, authenticated tunnel, and from the runner to the
+/// agent over a unix socket on the runner's host, so a second layer of encryption
+/// only costs CPU (one encryption here, one decryption in the agent, per byte).
+/// Agents accept `none` only on the runner's socket (`ssh_config_with` in the
+/// agent); any other agent picks the next, a real cipher (AES-GCM first: AES-NI).
+const UPSTREAM_CIPHERS: &[russh::cipher::Name] = &[
+    russh::cipher::NONE,
+    russh::cipher::AES_256_GCM,
+    russh::cipher::CHACHA20_POLY1305,
+    russh::cipher::AES_256_CTR,
+    russh::cipher::AES_192_CTR,
+    russh::cipher::AES_128_CTR,
+];
+
+/// MACs offered to the agent: `none` goes with the `none` cipher (AEAD ciphers use
+/// no MAC either). russh refuses `none` next to a cipher that needs a MAC (the CTR
+/// ones), which agents never reach: they all offer AES-GCM.
+const UPSTREAM_MACS: &[russh::mac::Name] = &[
+    russh::mac::NONE,
+    russh::mac::HMAC_SHA512_ETM,
+    russh::mac::HMAC_SHA256_ETM,
+    russh::mac::HMAC_SHA512,
+    russh::mac::HMAC_SHA256,
+];
+
 fn client_config() -> Arc<client::Config> {
     Arc::new(client::Config {
+        preferred: russh::Preferred {
+            cipher: UPSTREAM_CIPHERS.into(),
+            mac: UPSTREAM_MACS.into(),
+            ..russh::Preferred::default()
+        },
         // The user's own keepalives cross the relay; these keep the tunnel leg honest.
         keepalive_interval: Some(Duration::from_secs(15)),
         keepalive_max: 4,
         inactivity_timeout: None,
         window_size: 2 * 1024 * 1024,
-        maximum_packet_size: 32768,
+        // As large as the agent's: half the packets (and per-packet work in the agent
+        // and here) for output; russh cuts them to the user's packet size for free.
+        maximum_packet_size: 65536,
         nodelay: true,
         window_adjust_on_consume: true,
         ..client::Config::default()

@@ -15,11 +15,18 @@ use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 
 /// `(version, description, sql)`, in version order. Never edit a released entry:
 /// add a new file and a new line.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../../migrations/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../../migrations/0001_initial.sql"),
+    ),
+    (
+        2,
+        "sandbox_shares",
+        include_str!("../../migrations/0002_sandbox_shares.sql"),
+    ),
+];
 
 #[derive(Debug)]
 struct Embedded;

@@ -42,6 +42,7 @@
 //! exactly one wins. Sandbox state changes are compare-and-set on the old state, with
 //! the event row in the same transaction, retried on a lost race.
 
+pub mod api_queries;
 mod error;
 mod ids;
 mod keys;
@@ -51,6 +52,7 @@ mod row;
 mod runners;
 mod sandboxes;
 mod sessions;
+mod shares;
 mod users;
 
 use std::fs::{DirBuilder, OpenOptions};

@@ -9,7 +9,7 @@ use super::model::{
     NewSandbox, Sandbox, SandboxCursor, SandboxEvent, SandboxPage, SandboxQuery, SandboxState,
     Timestamp,
 };
-use super::{Store, StoreError, row};
+use super::{Backend, Store, StoreError, row};
 
 const SANDBOX_COLUMNS: &str = "id, owner_id, runner_id, image, repo, branch, state, cpus, \
      memory_mb, idle_timeout_s, ttl_s, created_at, updated_at";
@@ -34,6 +34,96 @@ fn sandbox_from_row(r: &AnyRow) -> Result<Sandbox, sqlx::Error> {
         created_at: row::time(r, "created_at")?,
         updated_at: row::time(r, "updated_at")?,
     })
+}
+
+/// On SQLite, a page of sandboxes comes back as one JSON text value (an array of
+/// arrays, in [`sandboxes_from_json`]'s order) rather than one row per sandbox: sqlx's
+/// SQLite driver copies every column of every row (`sqlite3_value_dup`, through
+/// SQLite's global allocator lock) on its worker thread and hands rows over one at a
+/// time through a channel, which made a page of 50 cost some 650 locked allocations
+/// and as many frees and many thread wake-ups. `cpus` is passed as text with 17
+/// significant digits, which parses back to the same `f64` (SQLite's JSON would round
+/// it to 15). The aggregate's order is not guaranteed, so the page is sorted again.
+/// `owner_id` is left out: it is the owner asked for.
+const SQLITE_PAGE_JSON: &str = "json_group_array(json_array(id, runner_id, image, repo, \
+     branch, state, printf('%!.17g', cpus), memory_mb, idle_timeout_s, ttl_s, created_at, \
+     updated_at))";
+
+/// One sandbox of [`SQLITE_PAGE_JSON`].
+type SandboxJson = (
+    String,
+    Option<String>,
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    String,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    i64,
+    i64,
+);
+
+/// The sandboxes of a [`SQLITE_PAGE_JSON`] value, all owned by `owner`, newest first.
+fn sandboxes_from_json(owner: &UserId, json: &str) -> Result<Vec<Sandbox>, sqlx::Error> {
+    fn invalid(col: &str, e: impl Into<sqlx::error::BoxDynError>) -> sqlx::Error {
+        sqlx::Error::ColumnDecode {
+            index: col.to_owned(),
+            source: e.into(),
+        }
+    }
+    fn parse<T>(col: &str, s: &str) -> Result<T, sqlx::Error>
+    where
+        T: std::str::FromStr,
+        T::Err: std::error::Error + Send + Sync + 'static,
+    {
+        s.parse().map_err(|e| invalid(col, Box::new(e)))
+    }
+    fn unsigned(col: &str, v: i64) -> Result<u32, sqlx::Error> {
+        u32::try_from(v).map_err(|_| invalid(col, "value out of range"))
+    }
+    let items: Vec<SandboxJson> = serde_json::from_str(json).map_err(|e| invalid("page", e))?;
+    let mut out =
+        items
+            .into_iter()
+            .map(|item| {
+                let (
+                    id,
+                    runner,
+                    image,
+                    repo,
+                    branch,
+                    state,
+                    cpus,
+                    memory,
+                    idle,
+                    ttl,
+                    created,
+                    updated,
+                ) = item;
+                Ok(Sandbox {
+                    id: parse("id", &id)?,
+                    owner_id: owner.clone(),
+                    runner_id: runner.map(|r| parse("runner_id", &r)).transpose()?,
+                    image,
+                    repo,
+                    branch,
+                    state: parse("state", &state)?,
+                    cpus: parse("cpus", &cpus)?,
+                    memory_mb: unsigned("memory_mb", memory)?,
+                    idle_timeout_s: idle.map(|v| unsigned("idle_timeout_s", v)).transpose()?,
+                    ttl_s: ttl.map(|v| unsigned("ttl_s", v)).transpose()?,
+                    created_at: Timestamp::from_unix_seconds(created),
+                    updated_at: Timestamp::from_unix_seconds(updated),
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    out.sort_by(|a, b| {
+        (b.created_at.unix_seconds(), b.id.as_str())
+            .cmp(&(a.created_at.unix_seconds(), a.id.as_str()))
+    });
+    Ok(out)
 }
 
 fn event_from_row(r: &AnyRow) -> Result<SandboxEvent, sqlx::Error> {
@@ -164,24 +254,34 @@ impl Store {
             Some(c) => (c.created_at.unix_seconds(), c.id.as_str()),
             None => (i64::MAX, ""),
         };
-        let sql = format!(
+        let page = format!(
             "SELECT {SANDBOX_COLUMNS} FROM sandboxes \
              WHERE owner_id = $1 AND ($2 OR state <> 'deleted') \
              AND (created_at < $3 OR (created_at = $3 AND id < $4)) \
              ORDER BY created_at DESC, id DESC LIMIT $5"
         );
-        let rows = sqlx::query(&sql)
+        let sql = match self.backend {
+            Backend::Sqlite => format!("SELECT {SQLITE_PAGE_JSON} AS page FROM ({page}) AS p"),
+            _ => page,
+        };
+        let query_rows = sqlx::query(&sql)
             .bind(owner.as_str())
             .bind(query.include_deleted)
             .bind(after_time)
             .bind(after_id)
-            .bind(i64::from(limit) + 1)
-            .fetch_all(&self.pool)
-            .await?;
-        let mut sandboxes = rows
-            .iter()
-            .map(sandbox_from_row)
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            .bind(i64::from(limit) + 1);
+        let mut sandboxes = match self.backend {
+            Backend::Sqlite => {
+                let r = query_rows.fetch_one(&self.pool).await?;
+                sandboxes_from_json(owner, &row::text(&r, "page")?)?
+            }
+            _ => query_rows
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(sandbox_from_row)
+                .collect::<Result<Vec<_>, sqlx::Error>>()?,
+        };
         let more = sandboxes.len() > limit as usize;
         sandboxes.truncate(limit as usize);
         let next = if more {
@@ -278,5 +378,63 @@ impl Store {
             .iter()
             .map(event_from_row)
             .collect::<Result<_, sqlx::Error>>()?)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// A SQLite page (one JSON value) reads back exactly what `get_sandbox` reads,
+    /// CPU limits to the last bit included.
+    #[tokio::test]
+    async fn sqlite_pages_match_single_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_in_data_dir(dir.path()).await.unwrap();
+        let owner = store.create_user("alice", false).await.unwrap();
+        let cpus = [
+            0.1,
+            1.0 / 3.0,
+            0.300_000_000_000_000_04,
+            15.999_999_999_999_998,
+            2.0,
+        ];
+        for (i, cpus) in cpus.into_iter().enumerate() {
+            store
+                .create_sandbox(&NewSandbox {
+                    id: SandboxId::generate(),
+                    owner_id: owner.id.clone(),
+                    runner_id: None,
+                    image: format!("img \"{i}\"\n\\é"),
+                    repo: (i % 2 == 0).then(|| format!("https://example.com/{i}.git")),
+                    branch: (i == 2).then(|| "main".to_owned()),
+                    cpus,
+                    memory_mb: 512 + u32::try_from(i).unwrap(),
+                    idle_timeout_s: (i == 1).then_some(60),
+                    ttl_s: (i == 3).then_some(u32::MAX),
+                })
+                .await
+                .unwrap();
+        }
+        let page = store
+            .list_sandboxes(&owner.id, &SandboxQuery::default())
+            .await
+            .unwrap();
+        assert_eq!(page.sandboxes.len(), cpus.len());
+        assert!(page.next.is_none());
+        for s in &page.sandboxes {
+            let single = store.get_sandbox(&s.id).await.unwrap();
+            assert_eq!(format!("{s:?}"), format!("{single:?}"));
+            assert_eq!(s.cpus.to_bits(), single.cpus.to_bits());
+        }
+        let empty = store
+            .list_sandboxes(
+                &store.create_user("bob", false).await.unwrap().id,
+                &SandboxQuery::default(),
+            )
+            .await
+            .unwrap();
+        assert!(empty.sandboxes.is_empty() && empty.next.is_none());
     }
 }

@@ -64,6 +64,9 @@ struct Inner {
     local_addr: SocketAddr,
     live: Mutex<HashMap<RunnerId, Live>>,
     generation: AtomicU64,
+    /// Failed joins and runner logins per source address: guessing join tokens or
+    /// runner keys is slowed, then refused for a while.
+    limiter: crate::ssh::FailureLimiter,
 }
 
 impl Inner {
@@ -110,6 +113,7 @@ impl RunnerHub {
             local_addr,
             live: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
+            limiter: crate::ssh::FailureLimiter::default(),
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(accept_loop(listener, inner.clone()));
@@ -275,6 +279,7 @@ fn ssh_config(host_key: PrivateKey) -> server::Config {
         auth_rejection_time: Duration::from_secs(1),
         auth_rejection_time_initial: Some(Duration::ZERO),
         keys: vec![host_key],
+        preferred: warren_runner::stream::tunnel_preferred(),
         inactivity_timeout: None,
         keepalive_interval: Some(Duration::from_secs(10)),
         keepalive_max: 3,
@@ -297,6 +302,10 @@ async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 };
+                if !inner.limiter.allows(peer.ip()) {
+                    tracing::debug!(%peer, "refusing a runner connection: too many failures");
+                    continue;
+                }
                 let _ = stream.set_nodelay(true);
                 connections.spawn(run_connection(inner.clone(), stream, peer));
             }
@@ -361,6 +370,9 @@ fn lock(state: &Mutex<ConnState>) -> std::sync::MutexGuard<'_, ConnState> {
     }
 }
 
+/// How long a refused join waits before it is answered.
+const FAILED_JOIN_DELAY: Duration = Duration::from_secs(1);
+
 struct RunnerConn {
     inner: Arc<Inner>,
     state: Arc<Mutex<ConnState>>,
@@ -389,7 +401,13 @@ impl RunnerConn {
             labels: Vec::new(),
             capacity: DEFAULT_RUNNER_CAPACITY,
         };
-        match self.inner.store.join_runner(&token, &new).await {
+        let result = self.inner.store.join_runner(&token, &new).await;
+        if result.is_err() {
+            self.inner.limiter.failed(self.peer.ip());
+            // Slows guessing; a real operator's typo costs a second.
+            tokio::time::sleep(FAILED_JOIN_DELAY).await;
+        }
+        match result {
             Ok(runner) => {
                 tracing::info!(runner = %runner.id.as_str(), name, peer = %self.peer, "runner joined");
                 Ok(runner.id.as_str().to_owned())
@@ -440,7 +458,10 @@ impl server::Handler for RunnerConn {
                 lock(&self.state).runner = Some(id);
                 Ok(Auth::Accept)
             }
-            None => Ok(Auth::reject()),
+            None => {
+                self.inner.limiter.failed(self.peer.ip());
+                Ok(Auth::reject())
+            }
         }
     }
 

@@ -15,13 +15,17 @@ use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 use warren_keys::SandboxId;
 
-use crate::protocol::SandboxStatus;
+use crate::git;
+use crate::protocol::{RepoSpec, SandboxSpec, SandboxStatus};
 use crate::state::write_file;
 
 /// How long a stopped agent gets between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How long a new agent may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// The repository's checkout inside a sandbox's directory (sandboxes without a
+/// repository start in the directory itself).
+const WORKSPACE_DIR: &str = "workspace";
 
 pub struct ProcessBackend {
     sandboxes_dir: PathBuf,
@@ -82,6 +86,7 @@ impl ProcessBackend {
         id: &SandboxId,
         token_key: &str,
         authorized_keys: &[String],
+        spec: &SandboxSpec,
     ) -> Result<()> {
         warren_keys::TokenVerifier::from_base64(token_key).context("invalid token_key")?;
         let dir = self.sandbox_dir(id);
@@ -90,6 +95,11 @@ impl ProcessBackend {
             .mode(0o700)
             .create(&dir)
             .with_context(|| format!("creating {}", dir.display()))?;
+        let workdir = match &spec.repo {
+            Some(repo) => self.clone_repo(id, repo).await?,
+            None if self.workspace(id).is_dir() => self.workspace(id),
+            None => dir.clone(),
+        };
         let keys_file = dir.join("authorized_keys");
         let mut keys = authorized_keys.join("\n");
         keys.push('\n');
@@ -109,6 +119,8 @@ impl ProcessBackend {
             .arg(id.as_str())
             .arg("--listen")
             .arg(format!("unix:{}", socket.display()))
+            // Reached only through the encrypted tunnel: see the agent's flag.
+            .arg("--allow-unencrypted")
             .arg("--token-key")
             .arg(token_key)
             .arg("--authorized-keys")
@@ -116,7 +128,12 @@ impl ProcessBackend {
             .arg("--host-key")
             .arg(dir.join("host_key"))
             .arg("--workdir")
-            .arg(&dir)
+            .arg(&workdir)
+            .env(
+                "WARREN_PASS_ENV",
+                spec.env.keys().cloned().collect::<Vec<_>>().join(","),
+            )
+            .envs(&spec.env)
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .spawn()
@@ -138,6 +155,78 @@ impl ProcessBackend {
         tracing::info!(sandbox = %id, pid = child.id(), "sandbox started");
         running.insert(id.clone(), child);
         Ok(())
+    }
+
+    /// Where a sandbox's repository is cloned (and its sessions start).
+    fn workspace(&self, id: &SandboxId) -> PathBuf {
+        self.sandbox_dir(id).join(WORKSPACE_DIR)
+    }
+
+    /// The askpass helper: a symlink named `askpass` to the agent binary (which
+    /// answers git's prompts from `WARREN_GIT_PASSWORD` when called by that name),
+    /// in the sandbox's directory.
+    fn askpass(&self, id: &SandboxId) -> Result<PathBuf> {
+        let link = self.sandbox_dir(id).join("askpass");
+        let target = fs::canonicalize(&self.agent_bin)
+            .with_context(|| format!("finding {}", self.agent_bin.display()))?;
+        if fs::read_link(&link).ok().as_deref() != Some(target.as_path()) {
+            let _ = fs::remove_file(&link);
+            std::os::unix::fs::symlink(&target, &link)
+                .with_context(|| format!("creating {}", link.display()))?;
+        }
+        Ok(link)
+    }
+
+    /// Clones `repo` into the sandbox's workspace (once: a restart keeps the
+    /// workspace as it is) as the runner's user; returns the workspace.
+    async fn clone_repo(&self, id: &SandboxId, repo: &RepoSpec) -> Result<PathBuf> {
+        let workspace = self.workspace(id);
+        if workspace.is_dir() {
+            return Ok(workspace);
+        }
+        let exec = HostGit {
+            cwd: self.sandbox_dir(id),
+            askpass: self.askpass(id)?,
+        };
+        let dest = workspace.to_string_lossy().into_owned();
+        let cloned = git::clone(
+            &exec,
+            &repo.url,
+            &dest,
+            repo.base.as_deref(),
+            &repo.branch,
+            repo.token.as_deref(),
+        )
+        .await;
+        if let Err(e) = cloned {
+            let _ = fs::remove_dir_all(&workspace);
+            return Err(e.context(format!("cloning {}", git::redact(&repo.url, None))));
+        }
+        Ok(workspace)
+    }
+
+    /// Commits the workspace's changes and pushes them (see [`git::commit_and_push`]).
+    pub async fn commit_and_push(
+        &self,
+        id: &SandboxId,
+        req: &git::CommitPush<'_>,
+    ) -> Result<git::Pushed> {
+        if !self.sandbox_dir(id).is_dir() {
+            bail!("unknown sandbox {id}");
+        }
+        let workspace = self.workspace(id);
+        if !workspace.is_dir() {
+            return Err(git::Refusal {
+                code: "no_repo",
+                message: "the sandbox has no repository".into(),
+            }
+            .into());
+        }
+        let exec = HostGit {
+            cwd: workspace,
+            askpass: self.askpass(id)?,
+        };
+        git::commit_and_push(&exec, req).await
     }
 
     /// Stops the sandbox's agent (SIGTERM, SIGKILL after 5 s), keeping its work
@@ -185,6 +274,7 @@ impl ProcessBackend {
             out.push(SandboxStatus {
                 running: running.contains_key(&id),
                 sandbox: id,
+                stopped_reason: None,
             });
         }
         out.sort_by(|a, b| a.sandbox.cmp(&b.sandbox));
@@ -198,6 +288,38 @@ impl ProcessBackend {
             stop_child(child).await;
             let _ = fs::remove_file(self.socket(&id));
         }
+    }
+}
+
+/// Git on the runner host, as the runner's user, in `cwd`.
+struct HostGit {
+    cwd: PathBuf,
+    askpass: PathBuf,
+}
+
+impl git::GitExec for HostGit {
+    async fn git(&self, args: &[&str], password: Option<&str>) -> Result<git::GitOutput> {
+        let mut cmd = Command::new("git");
+        cmd.args(args)
+            .current_dir(&self.cwd)
+            .env("GIT_ASKPASS", &self.askpass)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env_remove("WARREN_GIT_PASSWORD")
+            .env_remove("SSH_ASKPASS")
+            .env_remove("GIT_DIR")
+            .env_remove("GIT_WORK_TREE")
+            .env_remove("GIT_INDEX_FILE")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        if let Some(password) = password {
+            cmd.env("WARREN_GIT_PASSWORD", password);
+        }
+        let out = cmd.output().await.context("running git")?;
+        Ok(git::GitOutput {
+            code: out.status.code().map_or(-1, i64::from),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
     }
 }
 

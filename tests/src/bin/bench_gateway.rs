@@ -43,6 +43,8 @@ struct Options {
     sessions: usize,
     runs: usize,
     dir: PathBuf,
+    /// Only these measurements (`--only scp,cat`); all when empty.
+    only: Vec<String>,
 }
 
 impl Options {
@@ -52,6 +54,7 @@ impl Options {
             sessions: 1000,
             runs: 20,
             dir: PathBuf::from("/dev/shm"),
+            only: Vec::new(),
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -61,10 +64,20 @@ impl Options {
                 "--sessions" => o.sessions = value()?.parse()?,
                 "--runs" => o.runs = value()?.parse()?,
                 "--dir" => o.dir = value()?.into(),
+                "--only" => {
+                    o.only = value()?.split(',').map(str::to_owned).collect();
+                    if let Some(bad) = o.only.iter().find(|m| !MEASUREMENTS.contains(&m.as_str())) {
+                        bail!(
+                            "unknown measurement {bad:?} (one of {})",
+                            MEASUREMENTS.join(",")
+                        );
+                    }
+                }
                 "-h" | "--help" => {
                     println!(
                         "bench-gateway [--size-mib N (1024)] [--sessions N (1000)] [--runs N (20)] \
-                         [--dir DIR (/dev/shm)]"
+                         [--dir DIR (/dev/shm)] [--only {} (all)]",
+                        MEASUREMENTS.join(",")
                     );
                     std::process::exit(0);
                 }
@@ -77,7 +90,15 @@ impl Options {
         );
         Ok(o)
     }
+
+    /// Whether measurement `name` (one of [`MEASUREMENTS`]) is to run.
+    fn wants(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|m| m == name)
+    }
 }
+
+/// What `--only` can pick.
+const MEASUREMENTS: &[&str] = &["true", "keys", "scp", "sftp", "cat", "memory"];
 
 /// One server under test: how to reach it and how to weigh it.
 struct Server<'a> {
@@ -131,8 +152,7 @@ fn runner_rss_kib(runner: u32) -> u64 {
         .sum()
 }
 
-/// What one server scored.
-#[derive(Default)]
+/// What one server scored (NaN, shown as n/a: not measured).
 struct Scores {
     scp_up: f64,
     scp_down: f64,
@@ -146,6 +166,25 @@ struct Scores {
     idle: Memory,
     one: Option<Memory>,
     many: Option<Memory>,
+}
+
+impl Default for Scores {
+    fn default() -> Scores {
+        Scores {
+            scp_up: f64::NAN,
+            scp_down: f64::NAN,
+            sftp_up: f64::NAN,
+            sftp_down: f64::NAN,
+            cat_up: f64::NAN,
+            cat_down: f64::NAN,
+            true_mean_ms: f64::NAN,
+            true_p50_ms: f64::NAN,
+            key_p50_ms: f64::NAN,
+            idle: Memory::default(),
+            one: None,
+            many: None,
+        }
+    }
 }
 
 /// Raise the soft open-files limit to the hard one: 1,000 sessions hold thousands
@@ -269,6 +308,7 @@ impl GatewayStack {
                         sandbox: sandbox.clone(),
                         token_key: verifier.clone(),
                         authorized_keys: vec![],
+                        spec: Default::default(),
                     },
                 )
                 .await?;
@@ -403,37 +443,61 @@ fn main() -> Result<()> {
     }
     // Interleave the servers per measurement so drift (thermal, page cache) hits all.
     // A measurement that fails is reported on stderr and shown as n/a.
-    for (s, score) in servers.iter().zip(&mut scores) {
+    for (s, score) in servers
+        .iter()
+        .zip(&mut scores)
+        .filter(|_| opts.wants("true"))
+    {
         eprintln!("{}: ssh host true × {}", s.name, opts.runs);
         (score.true_mean_ms, score.true_p50_ms) =
             attempt(s, "ssh host true", || connect_times(s, opts.runs))
                 .unwrap_or((f64::NAN, f64::NAN));
     }
-    for (s, score) in servers.iter().zip(&mut scores) {
+    for (s, score) in servers
+        .iter()
+        .zip(&mut scores)
+        .filter(|_| opts.wants("keys"))
+    {
         eprintln!("{}: keystroke echo on a PTY", s.name);
         score.key_p50_ms =
             attempt(s, "keystroke echo", || keystroke_p50(s, 200)).unwrap_or(f64::NAN);
     }
-    for (s, score) in servers.iter().zip(&mut scores) {
+    for (s, score) in servers
+        .iter()
+        .zip(&mut scores)
+        .filter(|_| opts.wants("scp"))
+    {
         eprintln!("{}: scp", s.name);
         score.scp_up = rate(s, "scp upload", bytes, || scp_up(s, &source, &source_sum));
         score.scp_down = rate(s, "scp download", bytes, || {
             scp_down(s, &source, &source_sum, &work)
         });
     }
-    for (s, score) in servers.iter().zip(&mut scores) {
+    for (s, score) in servers
+        .iter()
+        .zip(&mut scores)
+        .filter(|_| opts.wants("sftp"))
+    {
         eprintln!("{}: sftp", s.name);
         score.sftp_up = rate(s, "sftp upload", bytes, || sftp_up(s, &source, &source_sum));
         score.sftp_down = rate(s, "sftp download", bytes, || {
             sftp_down(s, &source, &source_sum, &work)
         });
     }
-    for (s, score) in servers.iter().zip(&mut scores) {
+    for (s, score) in servers
+        .iter()
+        .zip(&mut scores)
+        .filter(|_| opts.wants("cat"))
+    {
         eprintln!("{}: cat over exec", s.name);
         score.cat_up = rate(s, "cat upload", bytes, || cat_up(s, bytes));
         score.cat_down = rate(s, "cat download", bytes, || cat_down(s, &source, bytes));
     }
-    for (s, score) in servers.iter().zip(&mut scores) {
+    for (s, score) in servers
+        .iter()
+        .zip(&mut scores)
+        .filter(|_| opts.wants("memory"))
+    {
         eprintln!(
             "{}: memory with 1 and {} idle sessions",
             s.name, opts.sessions

@@ -1,0 +1,244 @@
+//! Accounts and keys: `/v1/users` (admins), `/v1/ssh-keys`, `/v1/api-keys`,
+//! `/v1/runners` (admins), `/v1/host-keys`, and `/healthz`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use russh::keys::PublicKey;
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::auth::Caller;
+use super::error::{ApiError, ApiJson, IdPath, OptionalJson};
+use super::views::{
+    self, ApiKeyList, ApiKeyView, CreatedApiKey, CreatedUser, ErrorBody, Health, RunnerList,
+    SshKeyList, SshKeyView,
+};
+use super::{ApiState, validate};
+use crate::store::{ApiKeyId, SshKeyId};
+
+/// Longest public key line accepted (RSA 16384-bit keys fit).
+const MAX_PUBLIC_KEY: usize = 16 * 1024;
+
+/// Whether the gateway is up.
+#[utoipa::path(get, path = "/healthz", tag = "meta", security(()),
+    responses((status = 200, description = "up", body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    /// 1 to 64 ASCII letters, digits, `.`, `_`, `-`, starting with a letter or digit.
+    name: String,
+    #[serde(default)]
+    admin: bool,
+}
+
+/// Creates an account (admins only); its first API key is shown once.
+#[utoipa::path(post, path = "/v1/users", tag = "accounts", request_body = NewUser,
+    responses(
+        (status = 201, description = "created", body = CreatedUser),
+        (status = 403, description = "not an admin", body = ErrorBody),
+        (status = 409, description = "the name is taken", body = ErrorBody),
+        (status = 422, description = "invalid name", body = ErrorBody),
+    ))]
+pub async fn create_user(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    ApiJson(body): ApiJson<NewUser>,
+) -> Result<(StatusCode, Json<CreatedUser>), ApiError> {
+    caller.require_admin()?;
+    let user = state.store.create_user(&body.name, body.admin).await?;
+    let key = state
+        .store
+        .create_api_key(&user.id, "created with the account")
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedUser {
+            id: user.id.as_str().to_owned(),
+            name: user.name,
+            admin: user.is_admin,
+            api_key: key.secret.expose().to_owned(),
+        }),
+    ))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewSshKey {
+    /// A label; defaults to the key's comment.
+    name: Option<String>,
+    /// An OpenSSH public key line (`ssh-ed25519 AAAA… comment`).
+    public_key: String,
+}
+
+/// Registers an SSH public key for logging in to your sandboxes.
+#[utoipa::path(post, path = "/v1/ssh-keys", tag = "keys", request_body = NewSshKey,
+    responses(
+        (status = 201, description = "registered", body = SshKeyView),
+        (status = 409, description = "already registered", body = ErrorBody),
+        (status = 422, description = "not a public key", body = ErrorBody),
+    ))]
+pub async fn add_ssh_key(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    ApiJson(body): ApiJson<NewSshKey>,
+) -> Result<(StatusCode, Json<SshKeyView>), ApiError> {
+    let line = body.public_key.trim();
+    if line.len() > MAX_PUBLIC_KEY {
+        return Err(ApiError::invalid("public_key is too long"));
+    }
+    let key = PublicKey::from_openssh(line)
+        .map_err(|_| ApiError::invalid("public_key is not an OpenSSH public key line"))?;
+    let comment: &str = key.comment().as_ref();
+    let name = match body.name {
+        Some(name) => name,
+        None if !comment.is_empty() => comment.to_owned(),
+        None => "key".to_owned(),
+    };
+    validate::name("name", &name)?;
+    let added = state
+        .store
+        .add_ssh_key(&caller.user.id, &name, &key)
+        .await?;
+    Ok((StatusCode::CREATED, Json(SshKeyView::from(&added))))
+}
+
+/// Your SSH keys.
+#[utoipa::path(get, path = "/v1/ssh-keys", tag = "keys",
+    responses((status = 200, description = "your keys", body = SshKeyList)))]
+pub async fn list_ssh_keys(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+) -> Result<Json<SshKeyList>, ApiError> {
+    let keys = state.store.list_ssh_keys(&caller.user.id).await?;
+    Ok(Json(SshKeyList {
+        ssh_keys: keys.iter().map(SshKeyView::from).collect(),
+    }))
+}
+
+/// Removes one of your SSH keys.
+#[utoipa::path(delete, path = "/v1/ssh-keys/{id}", tag = "keys",
+    params(("id" = String, Path, description = "SSH key id (`ssk-…`)")),
+    responses(
+        (status = 204, description = "removed"),
+        (status = 404, description = "no such key of yours", body = ErrorBody),
+    ))]
+pub async fn delete_ssh_key(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    IdPath(id): IdPath,
+) -> Result<StatusCode, ApiError> {
+    let id = SshKeyId::parse(&id).map_err(|_| ApiError::not_found("SSH key"))?;
+    state.store.delete_ssh_key(&caller.user.id, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewApiKey {
+    /// A label (default `api key`).
+    name: Option<String>,
+}
+
+/// Creates an API key; the key is shown once. The body is optional.
+#[utoipa::path(post, path = "/v1/api-keys", tag = "keys", request_body = Option<NewApiKey>,
+    responses(
+        (status = 201, description = "created", body = CreatedApiKey),
+        (status = 422, description = "invalid name", body = ErrorBody),
+    ))]
+pub async fn create_api_key(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    OptionalJson(body): OptionalJson<NewApiKey>,
+) -> Result<(StatusCode, Json<CreatedApiKey>), ApiError> {
+    let name = body.name.unwrap_or_else(|| "api key".to_owned());
+    validate::name("name", &name)?;
+    let created = state.store.create_api_key(&caller.user.id, &name).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedApiKey {
+            key: ApiKeyView::from(&created.key),
+            api_key: created.secret.expose().to_owned(),
+        }),
+    ))
+}
+
+/// Your API keys, revoked ones included, by prefix (never the keys themselves).
+#[utoipa::path(get, path = "/v1/api-keys", tag = "keys",
+    responses((status = 200, description = "your keys", body = ApiKeyList)))]
+pub async fn list_api_keys(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+) -> Result<Json<ApiKeyList>, ApiError> {
+    let keys = state.store.list_api_keys(&caller.user.id).await?;
+    Ok(Json(ApiKeyList {
+        api_keys: keys.iter().map(ApiKeyView::from).collect(),
+    }))
+}
+
+/// Revokes one of your API keys (the one in use included).
+#[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "keys",
+    params(("id" = String, Path, description = "API key id (`apk-…`)")),
+    responses(
+        (status = 204, description = "revoked"),
+        (status = 404, description = "no such key of yours", body = ErrorBody),
+    ))]
+pub async fn revoke_api_key(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    IdPath(id): IdPath,
+) -> Result<StatusCode, ApiError> {
+    let id = ApiKeyId::parse(&id).map_err(|_| ApiError::not_found("API key"))?;
+    state.store.revoke_api_key(&caller.user.id, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Every runner (admins only).
+#[utoipa::path(get, path = "/v1/runners", tag = "accounts",
+    responses(
+        (status = 200, description = "the runners", body = RunnerList),
+        (status = 403, description = "not an admin", body = ErrorBody),
+    ))]
+pub async fn list_runners(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+) -> Result<Json<RunnerList>, ApiError> {
+    caller.require_admin()?;
+    let runners = state.store.list_runners().await?;
+    let counts: std::collections::HashMap<_, _> = state
+        .store
+        .count_sandboxes_by_runner()
+        .await?
+        .into_iter()
+        .collect();
+    Ok(Json(RunnerList {
+        runners: runners
+            .iter()
+            .map(|r| {
+                views::runner_view(
+                    r,
+                    state.hub.is_online(&r.id),
+                    counts.get(&r.id).copied().unwrap_or(0),
+                )
+            })
+            .collect(),
+    }))
+}
+
+/// The gateway's SSH host key as known_hosts lines (`[host]:port ssh-ed25519 …`).
+#[utoipa::path(get, path = "/v1/host-keys", tag = "ssh",
+    responses((status = 200, description = "known_hosts lines", body = String,
+        content_type = "text/plain")))]
+pub async fn host_keys(State(state): State<Arc<ApiState>>, _caller: Caller) -> Response {
+    let text = format!("{} {}\n", state.known_hosts_host(), state.host_key_line);
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
+}

@@ -1,0 +1,344 @@
+//! The API's one error shape, request ids, and JSON bodies that fail into that shape.
+//!
+//! Every error response is `{"error": {"code", "message", "request_id"}}` with the
+//! matching status; every response (errors or not) carries `x-request-id`. The id is
+//! made by [`request_id_layer`] and kept in a task-local for the request's future, so
+//! an error built anywhere while handling the request can name it.
+
+use std::time::Instant;
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::de::DeserializeOwned;
+
+use crate::store::StoreError;
+use crate::tunnel::TunnelError;
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// The response header naming the request.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The current request's id (empty outside a request).
+pub fn current_request_id() -> String {
+    REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
+}
+
+fn new_request_id() -> String {
+    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let mut bytes = [0u8; 16];
+    if SystemRandom::new().fill(&mut bytes).is_err() {
+        // Not a secret: a clock-based id is good enough to correlate logs.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        return format!("req-t{nanos}");
+    }
+    let mut id = String::from("req-");
+    id.extend(
+        bytes
+            .iter()
+            .map(|b| char::from(ALPHABET[usize::from(b & 31)])),
+    );
+    id
+}
+
+/// Gives the request an id (task-local and `x-request-id`), and logs one line per
+/// request: method, path (never the query string or headers, which may hold
+/// secrets), status and time taken.
+pub async fn request_id_layer(
+    axum::extract::State(state): axum::extract::State<std::sync::Arc<super::ApiState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let id = new_request_id();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let started = Instant::now();
+    let mut response = REQUEST_ID.scope(id.clone(), next.run(request)).await;
+    let status = response.status();
+    state
+        .metrics
+        .record(method.as_str(), status.as_u16(), started.elapsed());
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    tracing::info!(
+        request_id = %id,
+        %method,
+        path = %truncate(&path, 200),
+        status = status.as_u16(),
+        ms = started.elapsed().as_millis() as u64,
+        "api request"
+    );
+    response
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((end, _)) => &s[..end],
+        None => s,
+    }
+}
+
+/// An API error: a status, a stable machine-readable code and a message for people.
+/// Messages never contain secrets.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 422: a well-formed request whose content is refused.
+    pub fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
+    }
+
+    /// 400: a request that could not be read at all.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    pub fn not_found(what: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
+    }
+
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
+    pub fn unauthorized() -> ApiError {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid API key is required (Authorization: Bearer wk_...)",
+        )
+    }
+
+    pub fn forbidden() -> ApiError {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this needs an admin account",
+        )
+    }
+
+    pub fn internal() -> ApiError {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; the gateway's log has the details",
+        )
+    }
+
+    /// A runner refused or failed a request; its message is safe to show.
+    pub fn runner(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_GATEWAY, "runner_error", message)
+    }
+
+    pub fn from_json_rejection(rejection: &JsonRejection) -> ApiError {
+        let status = rejection.status();
+        match status {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+                status,
+                "payload_too_large",
+                format!("the request body is larger than {} bytes", super::MAX_BODY),
+            ),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
+                status,
+                "unsupported_media_type",
+                "the request body must be JSON (Content-Type: application/json)",
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY => ApiError::invalid(rejection.body_text()),
+            _ => ApiError::new(
+                if status.is_client_error() {
+                    status
+                } else {
+                    StatusCode::BAD_REQUEST
+                },
+                "invalid_request",
+                rejection.body_text(),
+            ),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::NotFound(what) => ApiError::not_found(what),
+            StoreError::Conflict(message) => ApiError::conflict(message),
+            e @ StoreError::InvalidTransition { .. } => ApiError::conflict(e.to_string()),
+            e @ StoreError::Invalid(_) => ApiError::invalid(e.to_string()),
+            e @ StoreError::Database(_) => {
+                tracing::error!(request_id = %current_request_id(), "store: {e}");
+                ApiError::internal()
+            }
+        }
+    }
+}
+
+impl From<TunnelError> for ApiError {
+    fn from(e: TunnelError) -> ApiError {
+        match e {
+            TunnelError::RunnerOffline => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "runner_offline",
+                "the sandbox's runner is offline; try again later",
+            ),
+            e => ApiError::runner(e.to_string()),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> ApiError {
+        ApiError::bad_request(e.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(e: PathRejection) -> ApiError {
+        ApiError::bad_request(e.body_text())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = super::views::ErrorBody {
+            error: super::views::ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+                request_id: current_request_id(),
+            },
+        };
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// `axum::Json`, failing into [`ApiError`].
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(ApiError::from_json_rejection(&rejection)),
+        }
+    }
+}
+
+/// Like [`ApiJson`], but an empty body (no content type needed) reads as `{}`.
+pub struct OptionalJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for OptionalJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let has_body = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_none_or(|len| len.as_bytes() != b"0")
+            && (req.headers().contains_key(header::CONTENT_TYPE)
+                || req.headers().contains_key(header::CONTENT_LENGTH)
+                || req.headers().contains_key(header::TRANSFER_ENCODING));
+        if !has_body {
+            return serde_json::from_str("{}")
+                .map(OptionalJson)
+                .map_err(|e| ApiError::invalid(e.to_string()));
+        }
+        let ApiJson(value) = ApiJson::<T>::from_request(req, state).await?;
+        Ok(OptionalJson(value))
+    }
+}
+
+/// Answers routes that do not exist.
+pub async fn not_found_fallback() -> ApiError {
+    ApiError::not_found("route")
+}
+
+/// Answers known routes called with the wrong method.
+pub async fn method_not_allowed_fallback() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}
+
+/// `axum::extract::Query`, failing into [`ApiError`] (400).
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(ApiQuery(value)),
+            Err(rejection) => Err(rejection.into()),
+        }
+    }
+}
+
+/// The `{id}` of a route, as text (each handler parses it into its kind of id).
+pub struct IdPath(pub String);
+
+impl<S> axum::extract::FromRequestParts<S> for IdPath
+where
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<String>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(id)) => Ok(IdPath(id)),
+            Err(rejection) => Err(rejection.into()),
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! Keeping the store in step with the runners, and the TTL reaper.
+//!
+//! Every [`RECONCILE_EVERY`], for each online runner: `List`, and a sandbox the
+//! store has `running` that the runner reports stopped becomes `stopped`, with the
+//! runner's reason (`idle`, `oom`, `exited`) as the event's reason (`lost` if the
+//! runner no longer has it at all). A sandbox changed since the list was asked for
+//! is left for the next round, so a start racing the list is never undone. Then
+//! every sandbox past its `ttl_s` is deleted (reason `ttl`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use warren_runner::protocol::{Request, Response};
+
+use super::ApiState;
+use super::sandboxes::delete_sandbox;
+use crate::store::{RunnerId, SandboxState, Timestamp};
+
+/// How often the reconciler runs.
+pub const RECONCILE_EVERY: Duration = Duration::from_secs(10);
+
+/// Runs [`reconcile_once`] every `every`, until the task is aborted.
+pub fn spawn_reconciler(state: Arc<ApiState>, every: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            reconcile_once(&state).await;
+        }
+    })
+}
+
+/// One round: every online runner, then the TTL reaper. Errors are logged and the
+/// rest carries on.
+pub async fn reconcile_once(state: &ApiState) {
+    for runner in state.hub.online_runners() {
+        if let Err(e) = reconcile_runner(state, &runner).await {
+            tracing::warn!(runner = %runner, "reconciling: {e}");
+        }
+    }
+    reap_expired(state).await;
+}
+
+async fn reconcile_runner(state: &ApiState, runner: &RunnerId) -> anyhow::Result<()> {
+    // Whole seconds, rounded down: anything updated in this second or later is newer
+    // than the list, or may be.
+    let asked_at = Timestamp::now();
+    let reported = match state.hub.control(runner, &Request::List).await? {
+        Response::Sandboxes { sandboxes } => sandboxes,
+        other => anyhow::bail!("unexpected answer to list: {other:?}"),
+    };
+    let reported: HashMap<_, _> = reported
+        .into_iter()
+        .map(|s| (s.sandbox.clone(), s))
+        .collect();
+    for sandbox in state.store.list_runner_sandboxes(runner).await? {
+        if sandbox.state != SandboxState::Running || sandbox.updated_at >= asked_at {
+            continue;
+        }
+        let reason = match reported.get(&sandbox.id) {
+            Some(status) if status.running => continue,
+            Some(status) => status
+                .stopped_reason
+                .clone()
+                .unwrap_or_else(|| "exited".to_owned()),
+            None => "lost".to_owned(),
+        };
+        let _guard = state.lock(&sandbox.id).await;
+        // Re-read under the lock: an API call may have moved it meanwhile.
+        let now = state.store.get_sandbox(&sandbox.id).await?;
+        if now.state != SandboxState::Running || now.updated_at >= asked_at {
+            continue;
+        }
+        state
+            .store
+            .set_sandbox_state(&sandbox.id, SandboxState::Stopped, &reason)
+            .await?;
+        tracing::info!(sandbox = %sandbox.id, %reason, "sandbox stopped by its runner");
+    }
+    Ok(())
+}
+
+async fn reap_expired(state: &ApiState) {
+    let expired = match state.store.list_expired_sandboxes(Timestamp::now()).await {
+        Ok(expired) => expired,
+        Err(e) => {
+            tracing::warn!("listing expired sandboxes: {e}");
+            return;
+        }
+    };
+    for sandbox in expired {
+        if sandbox.state == SandboxState::Creating {
+            continue;
+        }
+        match delete_sandbox(state, &sandbox.id, "ttl").await {
+            Ok(()) => tracing::info!(sandbox = %sandbox.id, "sandbox deleted: ttl"),
+            Err(e) => tracing::warn!(sandbox = %sandbox.id, "deleting after ttl: {}", e.message),
+        }
+    }
+}

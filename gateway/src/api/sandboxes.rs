@@ -1,0 +1,702 @@
+//! `/v1/sandboxes`: create, list, get, stop, start, delete, keepalive, events and
+//! the OpenSSH `Host` block.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+use warren_keys::{SandboxId, Scope};
+use warren_runner::protocol::{NetworkPolicy, RepoSpec, Request, SandboxSpec};
+
+use super::auth::Caller;
+use super::error::{ApiError, ApiJson, ApiQuery, IdPath};
+use super::views::{CreatedSandbox, ErrorBody, EventList, EventView, SandboxList, SandboxView};
+use super::{ApiState, SANDBOX_TOKEN_TTL, validate};
+use crate::store::{
+    NewSandbox, RunnerId, Sandbox, SandboxCursor, SandboxQuery, SandboxState, StoreError, User,
+};
+
+/// What the store records as the image when the request names none: the runner's
+/// default image.
+pub const DEFAULT_IMAGE: &str = "default";
+const DEFAULT_CPUS: f64 = 1.0;
+const DEFAULT_MEMORY_MB: u32 = 1024;
+/// The env variable whose value, if given, is offered to git when cloning `repo`.
+const REPO_TOKEN_ENV: &str = "GITHUB_TOKEN";
+
+/// What to create. Every field is optional.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSandbox {
+    /// An image reference (default: the runner's base image).
+    image: Option<String>,
+    /// A repository cloned into the workspace: an https/http/ssh/git/file URL,
+    /// `user@host:path`, or an absolute path on the runner.
+    repo: Option<String>,
+    /// The branch made for the sandbox's work (default `warren/<sandbox-id>`); needs
+    /// `repo`.
+    branch: Option<String>,
+    /// Environment for every session (at most 64; names `[A-Za-z_][A-Za-z0-9_]*`, not
+    /// `WARREN_*`; values up to 32 KiB). Kept in memory only. `GITHUB_TOKEN`, if
+    /// given, is also offered to git for cloning `repo`.
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    /// CPUs, 0.1 to 16 (default 1).
+    cpus: Option<f64>,
+    /// Memory in MiB, 128 to 65536 (default 1024).
+    memory_mb: Option<u32>,
+    /// Stopped after this many seconds without activity, 60 to 604800 (default: the
+    /// runner's).
+    idle_timeout_s: Option<u32>,
+    /// Deleted this many seconds after creation, 60 to 31536000 (default: never).
+    ttl_s: Option<u32>,
+    /// Outbound network: `{"mode":"all"}` (default), `{"mode":"none"}`, or
+    /// `{"mode":"allow","cidrs":["10.0.0.0/8"]}`.
+    #[schema(value_type = Option<Object>)]
+    network: Option<NetworkPolicy>,
+}
+
+/// Checks every field of a create request; nothing is touched before this passes.
+fn check_create(body: &CreateSandbox) -> Result<(), ApiError> {
+    if let Some(image) = &body.image {
+        validate::image(image)?;
+    }
+    if let Some(repo) = &body.repo {
+        validate::repo(repo)?;
+    }
+    if let Some(branch) = &body.branch {
+        if body.repo.is_none() {
+            return Err(ApiError::invalid("branch needs repo"));
+        }
+        validate::branch(branch)?;
+    }
+    validate::env(&body.env)?;
+    if let Some(cpus) = body.cpus {
+        validate::range("cpus", cpus, validate::CPUS)?;
+    }
+    if let Some(memory) = body.memory_mb {
+        validate::range("memory_mb", memory, validate::MEMORY_MB)?;
+    }
+    if let Some(idle) = body.idle_timeout_s {
+        validate::range("idle_timeout_s", idle, validate::IDLE_TIMEOUT_S)?;
+    }
+    if let Some(ttl) = body.ttl_s {
+        validate::range("ttl_s", ttl, validate::TTL_S)?;
+    }
+    if let Some(network) = &body.network {
+        validate::network(network)?;
+    }
+    Ok(())
+}
+
+/// The runner's view of a stored sandbox, when the create-time spec is not in
+/// memory (no env, no repository token).
+fn spec_from_store(sandbox: &Sandbox) -> SandboxSpec {
+    SandboxSpec {
+        image: (sandbox.image != DEFAULT_IMAGE).then(|| sandbox.image.clone()),
+        repo: sandbox.repo.as_ref().map(|url| RepoSpec {
+            url: url.clone(),
+            branch: sandbox
+                .branch
+                .clone()
+                .unwrap_or_else(|| default_branch(&sandbox.id)),
+            base: None,
+            token: None,
+        }),
+        millicpus: Some(millicpus(sandbox.cpus)),
+        memory_mb: Some(u64::from(sandbox.memory_mb)),
+        idle_timeout_s: sandbox.idle_timeout_s.map(u64::from),
+        ..SandboxSpec::default()
+    }
+}
+
+fn millicpus(cpus: f64) -> u32 {
+    // In range (0.1..=16 checked at create), so the cast cannot truncate.
+    (cpus * 1000.0).round() as u32
+}
+
+fn default_branch(id: &SandboxId) -> String {
+    format!("warren/{id}")
+}
+
+fn view(state: &ApiState, s: &Sandbox) -> Json<SandboxView> {
+    Json(SandboxView::new(state, s))
+}
+
+/// `caller`'s sandbox `id`. A malformed id, an unknown one and someone else's all
+/// give the same 404.
+/// The caller's sandbox `id`; an unknown id and someone else's are the same 404.
+pub(super) async fn owned(state: &ApiState, caller: &User, id: &str) -> Result<Sandbox, ApiError> {
+    let not_found = || ApiError::not_found("sandbox");
+    let id = SandboxId::parse(id).map_err(|_| not_found())?;
+    match state.store.get_sandbox(&id).await {
+        Ok(s) if s.owner_id == caller.id => Ok(s),
+        Ok(_) | Err(StoreError::NotFound(_)) => Err(not_found()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Runs `work` in its own task, so a client that hangs up mid-request does not
+/// leave a lifecycle change half done.
+async fn detached<T: Send + 'static>(
+    work: impl Future<Output = Result<T, ApiError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::spawn(work).await {
+        Ok(result) => result,
+        Err(e) => {
+            tracing::error!("an API task failed: {e}");
+            Err(ApiError::internal())
+        }
+    }
+}
+
+/// The owner's registered keys as OpenSSH lines, for the agent's authorized_keys.
+async fn authorized_keys(state: &ApiState, owner: &crate::store::UserId) -> Vec<String> {
+    match state.store.list_ssh_keys(owner).await {
+        Ok(keys) => keys
+            .iter()
+            .filter_map(|k| k.public_key.to_openssh().ok())
+            .collect(),
+        Err(e) => {
+            tracing::warn!("listing SSH keys for a sandbox: {e}");
+            Vec::new()
+        }
+    }
+}
+
+/// The online runner with room that holds the fewest sandboxes.
+async fn pick_runner(state: &ApiState) -> Result<RunnerId, ApiError> {
+    let no_runner = || {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_runner",
+            "no runner is online with room for another sandbox",
+        )
+    };
+    let mut online = state.hub.online_runners();
+    if online.is_empty() {
+        return Err(no_runner());
+    }
+    online.sort();
+    let counts: std::collections::HashMap<RunnerId, u64> = state
+        .store
+        .count_sandboxes_by_runner()
+        .await?
+        .into_iter()
+        .collect();
+    let mut best: Option<(u64, RunnerId)> = None;
+    for id in online {
+        let Ok(runner) = state.store.get_runner(&id).await else {
+            continue;
+        };
+        let n = counts.get(&id).copied().unwrap_or(0);
+        if n >= u64::from(runner.capacity) {
+            continue;
+        }
+        if best.as_ref().is_none_or(|(m, _)| n < *m) {
+            best = Some((n, id));
+        }
+    }
+    best.map(|(_, id)| id).ok_or_else(no_runner)
+}
+
+/// Asks the sandbox's runner to create (or restart) it; on success the sandbox goes
+/// to `running` with `reason`. A runner's refusal moves a `creating` sandbox to
+/// `failed` and is a 502 carrying the runner's message.
+async fn run_on_runner(
+    state: &ApiState,
+    sandbox: &Sandbox,
+    spec: SandboxSpec,
+    reason: &str,
+) -> Result<Sandbox, ApiError> {
+    let Some(runner) = &sandbox.runner_id else {
+        return Err(ApiError::conflict("the sandbox has no runner"));
+    };
+    let request = Request::Create {
+        sandbox: sandbox.id.clone(),
+        token_key: state.signer.verifier().to_base64(),
+        authorized_keys: authorized_keys(state, &sandbox.owner_id).await,
+        spec,
+    };
+    let failure = match state.hub.control(runner, &request).await {
+        Ok(warren_runner::protocol::Response::Ok) => {
+            return Ok(state
+                .store
+                .set_sandbox_state(&sandbox.id, SandboxState::Running, reason)
+                .await?);
+        }
+        Ok(warren_runner::protocol::Response::Error { message }) => ApiError::runner(message),
+        Ok(other) => ApiError::runner(format!("unexpected answer from the runner: {other:?}")),
+        Err(e) => ApiError::from(e),
+    };
+    if sandbox.state == SandboxState::Creating {
+        let reason = format!("create failed: {}", failure.message);
+        if let Err(e) = state
+            .store
+            .set_sandbox_state(&sandbox.id, SandboxState::Failed, &reason)
+            .await
+        {
+            tracing::warn!(sandbox = %sandbox.id, "recording a failed create: {e}");
+        }
+    }
+    Err(failure)
+}
+
+/// One control request that must answer `ok`.
+async fn expect_ok(state: &ApiState, runner: &RunnerId, request: Request) -> Result<(), ApiError> {
+    match state.hub.control(runner, &request).await? {
+        warren_runner::protocol::Response::Ok => Ok(()),
+        warren_runner::protocol::Response::Error { message } => Err(ApiError::runner(message)),
+        other => Err(ApiError::runner(format!(
+            "unexpected answer from the runner: {other:?}"
+        ))),
+    }
+}
+
+/// Creates a sandbox on the online runner holding the fewest; the answer carries a
+/// sandbox token, shown once.
+#[utoipa::path(post, path = "/v1/sandboxes", operation_id = "create_sandbox", tag = "sandboxes", request_body = CreateSandbox,
+    responses(
+        (status = 201, description = "created and running", body = CreatedSandbox),
+        (status = 400, description = "unreadable body", body = ErrorBody),
+        (status = 413, description = "body over 64 KiB", body = ErrorBody),
+        (status = 415, description = "not JSON", body = ErrorBody),
+        (status = 422, description = "a field is refused", body = ErrorBody),
+        (status = 502, description = "the runner failed to create it (it is `failed`)",
+            body = ErrorBody),
+        (status = 503, description = "no runner online with room", body = ErrorBody),
+    ))]
+pub async fn create(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CreateSandbox>,
+) -> Result<(StatusCode, Json<CreatedSandbox>), ApiError> {
+    check_create(&body)?;
+    let runner = pick_runner(&state).await?;
+    let id = SandboxId::generate();
+    let cpus = body.cpus.unwrap_or(DEFAULT_CPUS);
+    let memory_mb = body.memory_mb.unwrap_or(DEFAULT_MEMORY_MB);
+    let branch = body
+        .repo
+        .as_ref()
+        .map(|_| body.branch.clone().unwrap_or_else(|| default_branch(&id)));
+    let spec = SandboxSpec {
+        image: body.image.clone(),
+        repo: body.repo.as_ref().map(|url| RepoSpec {
+            url: url.clone(),
+            branch: branch.clone().unwrap_or_else(|| default_branch(&id)),
+            base: None,
+            token: body.env.get(REPO_TOKEN_ENV).cloned(),
+        }),
+        env: body.env,
+        millicpus: Some(millicpus(cpus)),
+        memory_mb: Some(u64::from(memory_mb)),
+        idle_timeout_s: body.idle_timeout_s.map(u64::from),
+        network: body.network.unwrap_or_default(),
+        ..SandboxSpec::default()
+    };
+    let new = NewSandbox {
+        id: id.clone(),
+        owner_id: caller.user.id.clone(),
+        runner_id: Some(runner),
+        image: body.image.unwrap_or_else(|| DEFAULT_IMAGE.to_owned()),
+        repo: body.repo,
+        branch,
+        cpus,
+        memory_mb,
+        idle_timeout_s: body.idle_timeout_s,
+        ttl_s: body.ttl_s,
+    };
+    let task_state = state.clone();
+    let sandbox = detached(async move {
+        let state = task_state;
+        let _guard = state.lock(&new.id).await;
+        let sandbox = state.store.create_sandbox(&new).await?;
+        state.specs().insert(sandbox.id.clone(), spec.clone());
+        run_on_runner(&state, &sandbox, spec, "created").await
+    })
+    .await?;
+    let token = state
+        .signer
+        .mint(&sandbox.id, Scope::Ssh, SANDBOX_TOKEN_TTL);
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedSandbox {
+            sandbox: SandboxView::new(&state, &sandbox),
+            token: token.expose().to_owned(),
+        }),
+    ))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Page size, 1 to 500 (default 50).
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Also list deleted sandboxes.
+    #[serde(default)]
+    include_deleted: bool,
+}
+
+/// Your sandboxes, newest first, a page at a time.
+#[utoipa::path(get, path = "/v1/sandboxes", operation_id = "list_sandboxes", tag = "sandboxes", params(ListParams),
+    responses(
+        (status = 200, description = "a page", body = SandboxList),
+        (status = 400, description = "bad limit or cursor", body = ErrorBody),
+    ))]
+pub async fn list(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<SandboxList>, ApiError> {
+    let limit = match params.limit {
+        Some(l) => validate::range("limit", l, (1, SandboxQuery::MAX_LIMIT))
+            .map_err(|e| ApiError::bad_request(e.message))?,
+        None => SandboxQuery::default().limit,
+    };
+    let after = match params.cursor.as_deref() {
+        Some(c) => Some(
+            c.parse::<SandboxCursor>()
+                .map_err(|_| ApiError::bad_request("cursor is not a valid page cursor"))?,
+        ),
+        None => None,
+    };
+    let page = state
+        .store
+        .list_sandboxes(
+            &caller.user.id,
+            &SandboxQuery {
+                limit,
+                after,
+                include_deleted: params.include_deleted,
+            },
+        )
+        .await?;
+    Ok(Json(SandboxList {
+        sandboxes: page
+            .sandboxes
+            .iter()
+            .map(|s| SandboxView::new(&state, s))
+            .collect(),
+        next_cursor: page.next.map(|c| c.to_string()),
+    }))
+}
+
+/// One of your sandboxes.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}", operation_id = "get_sandbox", tag = "sandboxes", params(("id" = String, Path, description = "sandbox id (`sbx-…`)")),
+    responses(
+        (status = 200, description = "the sandbox", body = SandboxView),
+        (status = 404, description = "no such sandbox of yours", body = ErrorBody),
+    ))]
+pub async fn get(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    IdPath(id): IdPath,
+) -> Result<Json<SandboxView>, ApiError> {
+    let sandbox = owned(&state, &caller.user, &id).await?;
+    Ok(view(&state, &sandbox))
+}
+
+/// Stops a running sandbox, keeping its workspace (stopping a stopped one is fine).
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/stop", operation_id = "stop_sandbox", tag = "sandboxes", params(("id" = String, Path, description = "sandbox id (`sbx-…`)")),
+    responses(
+        (status = 200, description = "stopped", body = SandboxView),
+        (status = 404, description = "no such sandbox of yours", body = ErrorBody),
+        (status = 409, description = "neither running nor stopped", body = ErrorBody),
+        (status = 502, description = "the runner failed", body = ErrorBody),
+        (status = 503, description = "the runner is offline", body = ErrorBody),
+    ))]
+pub async fn stop(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    IdPath(id): IdPath,
+) -> Result<Json<SandboxView>, ApiError> {
+    let sandbox = owned(&state, &caller.user, &id).await?;
+    let task_state = state.clone();
+    let sandbox = detached(async move {
+        let state = task_state;
+        let _guard = state.lock(&sandbox.id).await;
+        let sandbox = state.store.get_sandbox(&sandbox.id).await?;
+        match sandbox.state {
+            SandboxState::Stopped => return Ok(sandbox),
+            SandboxState::Running => {}
+            other => {
+                return Err(ApiError::conflict(format!(
+                    "a sandbox in state {other} cannot be stopped"
+                )));
+            }
+        }
+        let runner = sandbox
+            .runner_id
+            .clone()
+            .ok_or_else(|| ApiError::conflict("the sandbox has no runner"))?;
+        expect_ok(
+            &state,
+            &runner,
+            Request::Stop {
+                sandbox: sandbox.id.clone(),
+            },
+        )
+        .await?;
+        Ok(state
+            .store
+            .set_sandbox_state(&sandbox.id, SandboxState::Stopped, "stopped by user")
+            .await?)
+    })
+    .await?;
+    Ok(view(&state, &sandbox))
+}
+
+/// Starts a stopped sandbox again (starting a running one is fine).
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/start", operation_id = "start_sandbox", tag = "sandboxes", params(("id" = String, Path, description = "sandbox id (`sbx-…`)")),
+    responses(
+        (status = 200, description = "running", body = SandboxView),
+        (status = 404, description = "no such sandbox of yours", body = ErrorBody),
+        (status = 409, description = "neither stopped nor running", body = ErrorBody),
+        (status = 502, description = "the runner failed", body = ErrorBody),
+        (status = 503, description = "the runner is offline", body = ErrorBody),
+    ))]
+pub async fn start(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    IdPath(id): IdPath,
+) -> Result<Json<SandboxView>, ApiError> {
+    let sandbox = owned(&state, &caller.user, &id).await?;
+    let task_state = state.clone();
+    let sandbox = detached(async move {
+        let state = task_state;
+        let _guard = state.lock(&sandbox.id).await;
+        let sandbox = state.store.get_sandbox(&sandbox.id).await?;
+        match sandbox.state {
+            SandboxState::Running => return Ok(sandbox),
+            SandboxState::Stopped => {}
+            other => {
+                return Err(ApiError::conflict(format!(
+                    "a sandbox in state {other} cannot be started"
+                )));
+            }
+        }
+        let spec = state
+            .specs()
+            .get(&sandbox.id)
+            .cloned()
+            .unwrap_or_else(|| spec_from_store(&sandbox));
+        run_on_runner(&state, &sandbox, spec, "started by user").await
+    })
+    .await?;
+    Ok(view(&state, &sandbox))
+}
+
+/// Deletes a sandbox (on its runner, then in the store) with `reason`; a deleted
+/// sandbox is left as it is. Shared with the TTL reaper.
+pub(super) async fn delete_sandbox(
+    state: &ApiState,
+    id: &SandboxId,
+    reason: &str,
+) -> Result<(), ApiError> {
+    let _guard = state.lock(id).await;
+    let sandbox = state.store.get_sandbox(id).await?;
+    match sandbox.state {
+        SandboxState::Deleted => return Ok(()),
+        SandboxState::Creating => {
+            return Err(ApiError::conflict(
+                "the sandbox is still being created; try again in a moment",
+            ));
+        }
+        SandboxState::Running | SandboxState::Stopped | SandboxState::Failed => {}
+    }
+    let removed = match &sandbox.runner_id {
+        Some(runner) => {
+            expect_ok(
+                state,
+                runner,
+                Request::Delete {
+                    sandbox: sandbox.id.clone(),
+                },
+            )
+            .await
+        }
+        None => Ok(()),
+    };
+    match removed {
+        Ok(()) => {}
+        // A failed create may have left nothing to remove, or its runner may be gone.
+        Err(e) if sandbox.state == SandboxState::Failed => {
+            tracing::info!(sandbox = %id, "deleting a failed sandbox: {}", e.message);
+        }
+        Err(e) => return Err(e),
+    }
+    if sandbox.state == SandboxState::Running {
+        state
+            .store
+            .set_sandbox_state(id, SandboxState::Stopped, reason)
+            .await?;
+    }
+    state
+        .store
+        .set_sandbox_state(id, SandboxState::Deleted, reason)
+        .await?;
+    drop(_guard);
+    state.forget(id);
+    Ok(())
+}
+
+/// Deletes a sandbox and its workspace (deleting a deleted one is fine).
+#[utoipa::path(delete, path = "/v1/sandboxes/{id}", operation_id = "delete_sandbox", tag = "sandboxes", params(("id" = String, Path, description = "sandbox id (`sbx-…`)")),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 404, description = "no such sandbox of yours", body = ErrorBody),
+        (status = 409, description = "still being created", body = ErrorBody),
+        (status = 502, description = "the runner failed", body = ErrorBody),
+        (status = 503, description = "the runner is offline", body = ErrorBody),
+    ))]
+pub async fn delete(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    IdPath(id): IdPath,
+) -> Result<StatusCode, ApiError> {
+    let sandbox = owned(&state, &caller.user, &id).await?;
+    let task_state = state.clone();
+    detached(async move { delete_sandbox(&task_state, &sandbox.id, "deleted by user").await })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Counts as activity for the idle reaper.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/keepalive", operation_id = "keep_sandbox_alive", tag = "sandboxes", params(("id" = String, Path, description = "sandbox id (`sbx-…`)")),
+    responses(
+        (status = 204, description = "noted"),
+        (status = 404, description = "no such sandbox of yours", body = ErrorBody),
+        (status = 409, description = "not running", body = ErrorBody),
+        (status = 502, description = "the runner failed", body = ErrorBody),
+        (status = 503, description = "the runner is offline", body = ErrorBody),
+    ))]
+pub async fn keepalive(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    IdPath(id): IdPath,
+) -> Result<StatusCode, ApiError> {
+    let sandbox = owned(&state, &caller.user, &id).await?;
+    if sandbox.state != SandboxState::Running {
+        return Err(ApiError::conflict(format!(
+            "a sandbox in state {} cannot be kept alive",
+            sandbox.state
+        )));
+    }
+    let runner = sandbox
+        .runner_id
+        .clone()
+        .ok_or_else(|| ApiError::conflict("the sandbox has no runner"))?;
+    expect_ok(
+        &state,
+        &runner,
+        Request::Keepalive {
+            sandbox: sandbox.id.clone(),
+        },
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The sandbox's lifecycle changes with their reasons, oldest first.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/events", operation_id = "list_sandbox_events", tag = "sandboxes", params(("id" = String, Path, description = "sandbox id (`sbx-…`)")),
+    responses(
+        (status = 200, description = "its history", body = EventList),
+        (status = 404, description = "no such sandbox of yours", body = ErrorBody),
+    ))]
+pub async fn events(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    IdPath(id): IdPath,
+) -> Result<Json<EventList>, ApiError> {
+    let sandbox = owned(&state, &caller.user, &id).await?;
+    let events = state.store.list_sandbox_events(&sandbox.id).await?;
+    Ok(Json(EventList {
+        events: events.iter().map(EventView::from).collect(),
+    }))
+}
+
+/// An OpenSSH `Host` block for the sandbox (for `~/.ssh/config`, VS Code
+/// Remote-SSH).
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/ssh-config", operation_id = "get_ssh_config", tag = "ssh", params(("id" = String, Path, description = "sandbox id (`sbx-…`)")),
+    responses(
+        (status = 200, description = "a Host block", body = String,
+            content_type = "text/plain"),
+        (status = 404, description = "no such sandbox of yours", body = ErrorBody),
+    ))]
+pub async fn ssh_config(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    IdPath(id): IdPath,
+) -> Result<Response, ApiError> {
+    let sandbox = owned(&state, &caller.user, &id).await?;
+    let id = sandbox.id.as_str();
+    let text = format!(
+        "# Warren sandbox {id} (account {owner})\n\
+         # Logs in with an SSH key registered to {owner} (add `IdentityFile <path>` if\n\
+         # ssh does not offer that key by default), or with the sandbox's token as the\n\
+         # password. Pin the gateway's host key: save GET /v1/host-keys to a file and\n\
+         # add `UserKnownHostsFile <that file>`.\n\
+         Host {id}\n\
+         \x20   HostName {host}\n\
+         \x20   Port {port}\n\
+         \x20   User {id}\n",
+        owner = caller.user.name,
+        host = state.ssh_host,
+        port = state.ssh_port,
+    );
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(json: &str) -> CreateSandbox {
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}"))
+    }
+
+    #[test]
+    fn create_checks() {
+        assert!(check_create(&body("{}")).is_ok());
+        assert!(
+            check_create(&body(
+                r#"{"image":"debian:12","repo":"https://github.com/o/r","branch":"x",
+                    "env":{"A":"1"},"cpus":0.5,"memory_mb":512,"idle_timeout_s":60,
+                    "ttl_s":3600,"network":{"mode":"none"}}"#
+            ))
+            .is_ok()
+        );
+        for bad in [
+            r#"{"cpus":0}"#,
+            r#"{"cpus":16.5}"#,
+            r#"{"memory_mb":64}"#,
+            r#"{"idle_timeout_s":59}"#,
+            r#"{"ttl_s":1}"#,
+            r#"{"branch":"x"}"#,
+            r#"{"image":"'; DROP TABLE sandboxes; --"}"#,
+            r#"{"repo":"../../etc"}"#,
+            r#"{"env":{"WARREN_SANDBOX_ID":"x"}}"#,
+            r#"{"network":{"mode":"allow","cidrs":["nope"]}}"#,
+        ] {
+            assert!(check_create(&body(bad)).is_err(), "{bad}");
+        }
+        assert!(serde_json::from_str::<CreateSandbox>(r#"{"imag":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn millicpus_round() {
+        assert_eq!(millicpus(0.1), 100);
+        assert_eq!(millicpus(1.0), 1000);
+        assert_eq!(millicpus(16.0), 16000);
+    }
+}

@@ -1,0 +1,108 @@
+//! Sharing a sandbox: its owner lets other users ssh into it (relay and jump mode).
+//! Lifecycle, events and pull requests stay the owner's.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use super::ApiState;
+use super::auth::Caller;
+use super::error::{ApiError, ApiJson, IdPath};
+use super::sandboxes::owned;
+use super::views::ErrorBody;
+use crate::store::StoreError;
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewShare {
+    /// The account name to share with.
+    pub user: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ShareList {
+    /// Account names the sandbox is shared with.
+    pub users: Vec<String>,
+}
+
+/// Lets another user ssh into your sandbox.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/shares", operation_id = "share_sandbox", tag = "sandboxes", params(("id" = String, Path, description = "sandbox id (`sbx-…`)")),
+    request_body = NewShare,
+    responses(
+        (status = 201, description = "shared", body = ShareList),
+        (status = 404, description = "no such sandbox of yours, or no such user", body = ErrorBody),
+        (status = 422, description = "sharing with yourself", body = ErrorBody),
+    ))]
+pub async fn share(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    IdPath(id): IdPath,
+    ApiJson(body): ApiJson<NewShare>,
+) -> Result<(StatusCode, Json<ShareList>), ApiError> {
+    let sandbox = owned(&state, &caller.user, &id).await?;
+    let user = match state.store.get_user_by_name(&body.user).await {
+        Ok(user) => user,
+        Err(StoreError::NotFound(_)) | Err(StoreError::Invalid(_)) => {
+            return Err(ApiError::not_found("user"));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if user.id == caller.user.id {
+        return Err(ApiError::invalid("a sandbox is always its owner's"));
+    }
+    state.store.share_sandbox(&sandbox.id, &user.id).await?;
+    Ok((StatusCode::CREATED, Json(names(&state, &sandbox.id).await?)))
+}
+
+/// Who your sandbox is shared with.
+#[utoipa::path(get, path = "/v1/sandboxes/{id}/shares", operation_id = "list_shares", tag = "sandboxes", params(("id" = String, Path, description = "sandbox id (`sbx-…`)")),
+    responses(
+        (status = 200, description = "the users", body = ShareList),
+        (status = 404, description = "no such sandbox of yours", body = ErrorBody),
+    ))]
+pub async fn list(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    IdPath(id): IdPath,
+) -> Result<Json<ShareList>, ApiError> {
+    let sandbox = owned(&state, &caller.user, &id).await?;
+    Ok(Json(names(&state, &sandbox.id).await?))
+}
+
+/// Takes a share back; that user's next login is refused.
+#[utoipa::path(delete, path = "/v1/sandboxes/{id}/shares/{user}", operation_id = "unshare_sandbox", tag = "sandboxes",
+    params(("id" = String, Path, description = "sandbox id (`sbx-…`)"), ("user" = String, Path, description = "account name")),
+    responses(
+        (status = 204, description = "no longer shared"),
+        (status = 404, description = "no such sandbox of yours, or not shared with that user", body = ErrorBody),
+    ))]
+pub async fn unshare(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    Path((id, name)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let sandbox = owned(&state, &caller.user, &id).await?;
+    let user = match state.store.get_user_by_name(&name).await {
+        Ok(user) => user,
+        Err(StoreError::NotFound(_)) | Err(StoreError::Invalid(_)) => {
+            return Err(ApiError::not_found("share"));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if state.store.unshare_sandbox(&sandbox.id, &user.id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("share"))
+    }
+}
+
+async fn names(state: &ApiState, sandbox: &warren_keys::SandboxId) -> Result<ShareList, ApiError> {
+    let mut users = Vec::new();
+    for id in state.store.sandbox_shared_with(sandbox).await? {
+        users.push(state.store.get_user(&id).await?.name);
+    }
+    Ok(ShareList { users })
+}

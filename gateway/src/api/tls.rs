@@ -1,0 +1,91 @@
+//! The HTTP API over TLS: rustls (ring) in front of the same axum router that
+//! [`super::serve`] serves in plain HTTP.
+//!
+//! One task per connection: the TLS handshake (at most [`HANDSHAKE_TIMEOUT`]), then
+//! HTTP/1.1 through hyper, with the peer's address handed to the handlers as
+//! `ConnectInfo<SocketAddr>` like the plain listener does. A client that never
+//! finishes its handshake, sends garbage or hangs up costs its own task only; the
+//! accept loop never waits on a client and nothing here panics on what a peer sends.
+//!
+//! The identity (certificate and key) comes from `warren_keys::tls`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use warren_keys::tls::TlsIdentity;
+
+/// How long a client has from connecting to finishing the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client has to send a request's headers once it starts one (and, on a
+/// kept-alive connection, to start the next).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves `router` over TLS with `identity` on `listener`. Returns only if the
+/// listener cannot go on; failed accepts (a peer gone before it was accepted, too
+/// many open files) are logged and retried.
+pub async fn serve_tls(
+    listener: TcpListener,
+    router: Router,
+    identity: TlsIdentity,
+) -> io::Result<()> {
+    let acceptor = TlsAcceptor::from(identity.server_config());
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                accept_failed(e).await;
+                continue;
+            }
+        };
+        tokio::spawn(connection(acceptor.clone(), router.clone(), tcp, peer));
+    }
+}
+
+async fn accept_failed(e: io::Error) {
+    use io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    // EMFILE and the like: give connections time to close instead of spinning.
+    tracing::error!("HTTPS accept failed: {e}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+async fn connection(acceptor: TlsAcceptor, router: Router, tcp: TcpStream, peer: SocketAddr) {
+    // Small JSON replies: send each TLS record as soon as it is written.
+    let _ = tcp.set_nodelay(true);
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, "TLS handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let service = hyper::service::service_fn(move |mut request: axum::http::Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        // A router clone is a reference count; its future owns what it needs.
+        tower_service::Service::call(&mut router.clone(), request)
+    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(tls), service)
+        .await;
+    if let Err(e) = served {
+        tracing::debug!(%peer, "HTTPS connection ended: {e}");
+    }
+}

@@ -1,0 +1,344 @@
+//! `warren up`: everything on one machine — the gateway (SSH, runners' endpoint,
+//! HTTP API), a local runner (Docker when an engine answers, else processes), SQLite
+//! in the data directory, a first admin and a first sandbox.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use warren_gateway::server::{Gateway, Listen};
+use warren_gateway::store::{SandboxState, Store, StoreError, User};
+use warren_runner::backend::Backend;
+use warren_runner::backend::docker::{DockerBackend, DockerDefaults};
+use warren_runner::backend::process::{ProcessBackend, find_agent_bin};
+use warren_runner::state::DataDir;
+
+use crate::client::{Api, Config};
+
+pub struct UpOptions {
+    pub data_dir: PathBuf,
+    pub ssh: SocketAddr,
+    pub http: SocketAddr,
+    pub runners: SocketAddr,
+    pub agent_bin: Option<PathBuf>,
+    pub process_backend: bool,
+}
+
+const ADMIN: &str = "admin";
+
+pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&opts.data_dir)
+        .with_context(|| format!("creating {}", opts.data_dir.display()))?;
+    let data = &opts.data_dir;
+    eprintln!("warren: data in {}", data.display());
+    let store = Store::open_in_data_dir(data)
+        .await
+        .with_context(|| format!("opening the store in {}", data.display()))?;
+    let gateway = Gateway::bind(
+        store.clone(),
+        data,
+        Listen {
+            ssh: opts.ssh,
+            runners: opts.runners,
+            http: opts.http,
+            public_host: None,
+        },
+    )
+    .await?;
+    let (runner_addr, fingerprint) = gateway.runner_endpoint();
+    let http_url = format!("http://{}", gateway.http_addr);
+    let ssh_addr = gateway.ssh_addr;
+    let hub = gateway.hub.clone();
+    let signer = gateway.signer.clone();
+
+    let (admin, api_key) = admin_account(&store, data).await?;
+    let keys = register_local_keys(&store, &admin).await;
+
+    // The local runner, joined once and remembered in <data>/runner.
+    let runner_data = DataDir::open(&data.join("runner"))?;
+    if runner_data.load_identity().is_err() {
+        let token = store.create_join_token(Duration::from_secs(300)).await?;
+        warren_runner::tunnel::join(
+            &runner_data,
+            &runner_addr.to_string(),
+            token.secret.expose(),
+            &fingerprint,
+            "local",
+        )
+        .await
+        .context("joining the local runner")?;
+    }
+    let backend = Arc::new(local_backend(&opts, &runner_data).await?);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let runner_task = {
+        let backend = backend.clone();
+        let runner_data = runner_data.clone();
+        tokio::spawn(
+            async move { warren_runner::tunnel::run(&runner_data, backend, stop_rx).await },
+        )
+    };
+    let mut stop_gateway = stop_tx.subscribe();
+    let gateway_task = tokio::spawn(gateway.serve(async move {
+        let _ = stop_gateway.changed().await;
+    }));
+    let (identity, _) = runner_data.load_identity()?;
+    let runner_id = warren_gateway::store::RunnerId::parse(&identity.runner_id)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !hub.is_online(&runner_id) {
+        if tokio::time::Instant::now() > deadline {
+            bail!("the local runner did not come online");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let config = Config {
+        url: http_url.clone(),
+        api_key: api_key.clone(),
+    };
+    let saved = save_cli_config(&config);
+    let api = Api::new(&config)?;
+    eprintln!("warren: preparing a first sandbox…");
+    let (sandbox, mut token) = first_sandbox(&api, &store).await?;
+    if token.is_none() && keys.is_empty() {
+        // A later start with no key to log in with: a fresh token for the line below.
+        let id = warren_keys::SandboxId::parse(&sandbox)?;
+        let minted = signer.mint(&id, warren_keys::Scope::Ssh, Duration::from_secs(24 * 3600));
+        token = Some(minted.expose().to_owned());
+    }
+
+    println!("Warren is up.");
+    println!(
+        "  HTTP API      {http_url}   (admin API key in {})",
+        data.join("admin-api-key").display()
+    );
+    println!("  SSH gateway   {ssh_addr}   host key {fingerprint}");
+    println!("  runner        local ({})", backend_name(&backend));
+    if let Some(path) = saved {
+        println!(
+            "  CLI           logged in ({}); try `warren list`",
+            path.display()
+        );
+    }
+    if keys.is_empty() {
+        println!("  SSH keys      none found in ~/.ssh; the line below carries a sandbox token");
+    } else {
+        println!("  SSH keys      {} registered for {ADMIN}", keys.join(", "));
+    }
+    println!("First sandbox {sandbox}; reach it with:");
+    let port = ssh_addr.port();
+    let host = ssh_addr.ip();
+    match (&token, keys.is_empty()) {
+        (Some(token), true) => println!("ssh -p {port} '{sandbox}#{token}@{host}'"),
+        _ => println!("ssh -p {port} {sandbox}@{host}"),
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    wait_for_stop().await;
+    eprintln!("warren: stopping");
+    let _ = stop_tx.send(true);
+    let _ = runner_task.await;
+    let _ = gateway_task.await;
+    Ok(())
+}
+
+fn backend_name(backend: &Backend) -> &'static str {
+    match backend {
+        Backend::Docker(_) => "Docker containers",
+        Backend::Process(_) => "processes, NO ISOLATION",
+    }
+}
+
+async fn wait_for_stop() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// The admin account and its API key: made on the first start (key printed to
+/// `<data>/admin-api-key`, 0600), read back on later ones.
+async fn admin_account(store: &Store, data: &Path) -> anyhow::Result<(User, String)> {
+    let key_file = data.join("admin-api-key");
+    let admin = match store.get_user_by_name(ADMIN).await {
+        Ok(user) => user,
+        Err(StoreError::NotFound(_)) => store.create_user(ADMIN, true).await?,
+        Err(e) => return Err(e.into()),
+    };
+    if let Ok(key) = std::fs::read_to_string(&key_file) {
+        return Ok((admin, key.trim().to_owned()));
+    }
+    let created = store.create_api_key(&admin.id, "warren up").await?;
+    let key = created.secret.expose().to_owned();
+    write_secret(&key_file, &key)?;
+    eprintln!(
+        "warren: admin API key (also in {}): {key}",
+        key_file.display()
+    );
+    Ok((admin, key))
+}
+
+fn write_secret(path: &Path, value: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(format!("{value}\n").as_bytes())?;
+    Ok(())
+}
+
+/// Registers the public keys in ~/.ssh for the admin (once each), so the printed
+/// `ssh` line works with the keys ssh offers by default. Returns their file names.
+async fn register_local_keys(store: &Store, admin: &User) -> Vec<String> {
+    let Some(home) = std::env::var_os("HOME").map(PathBuf::from) else {
+        return Vec::new();
+    };
+    let mut names = Vec::new();
+    for name in ["id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub"] {
+        let path = home.join(".ssh").join(name);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let Ok(key) = russh::keys::PublicKey::from_openssh(text.trim()) else {
+            continue;
+        };
+        match store.add_ssh_key(&admin.id, name, &key).await {
+            Ok(_) | Err(StoreError::Conflict(_)) => names.push(name.to_owned()),
+            Err(e) => eprintln!("warren: could not register {}: {e}", path.display()),
+        }
+    }
+    names
+}
+
+async fn local_backend(opts: &UpOptions, data: &DataDir) -> anyhow::Result<Backend> {
+    let agent = find_agent_bin(opts.agent_bin.as_deref())?;
+    if !opts.process_backend {
+        // SAFETY: geteuid cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        let (identity, _) = data.load_identity()?;
+        let docker = if root {
+            DockerBackend::connect(
+                data.sandboxes(),
+                agent.clone(),
+                identity.runner_id.clone(),
+                DockerDefaults::default(),
+            )
+            .await
+        } else {
+            Err(anyhow::anyhow!("not running as root"))
+        };
+        match docker {
+            Ok(docker) => {
+                ensure_base_image(&docker).await;
+                docker.adopt().await.context("adopting sandboxes")?;
+                return Ok(Backend::Docker(docker));
+            }
+            Err(e) => eprintln!(
+                "warren: WARNING: no Docker backend ({e:#}); sandboxes will be local \
+                 processes with NO ISOLATION"
+            ),
+        }
+    }
+    Ok(Backend::Process(ProcessBackend::new(
+        data.sandboxes(),
+        data.root().join("sockets"),
+        agent,
+    )?))
+}
+
+/// Builds the default image offline (images/build-base, with its progress) when it
+/// is missing and the script is at hand.
+async fn ensure_base_image(docker: &DockerBackend) {
+    let image = DockerDefaults::default().image;
+    if docker.docker().inspect_image(&image).await.is_ok() {
+        return;
+    }
+    let script = [std::env::current_dir().ok(), std::env::current_exe().ok()]
+        .into_iter()
+        .flatten()
+        .flat_map(|p| p.ancestors().map(Path::to_path_buf).collect::<Vec<_>>())
+        .map(|p| p.join("images/build-base"))
+        .find(|p| p.is_file());
+    let Some(script) = script else {
+        eprintln!("warren: WARNING: {image} is missing and images/build-base was not found");
+        return;
+    };
+    eprintln!("warren: building {image} offline (a few minutes, once)…");
+    let status = tokio::process::Command::new(&script)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .await;
+    if !matches!(status, Ok(s) if s.success()) {
+        eprintln!(
+            "warren: WARNING: {} failed; sandboxes need an image",
+            script.display()
+        );
+    }
+}
+
+/// Saves the CLI's login unless one for another installation exists.
+fn save_cli_config(config: &Config) -> Option<PathBuf> {
+    match Config::load() {
+        Ok(existing) if existing.url != config.url => None,
+        _ => config.save().ok(),
+    }
+}
+
+/// The admin's first sandbox: made on the first start, started again if stopped.
+/// Returns its id and, when just made, its token.
+async fn first_sandbox(api: &Api, store: &Store) -> anyhow::Result<(String, Option<String>)> {
+    let list = api
+        .json(reqwest::Method::GET, "/v1/sandboxes", None)
+        .await?;
+    let existing = list["sandboxes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["state"] != "deleted" && s["state"] != "failed");
+    if let Some(sandbox) = existing {
+        let id = sandbox["id"].as_str().unwrap_or_default().to_owned();
+        let path = format!("/v1/sandboxes/{id}/keepalive");
+        if sandbox["state"] == "running"
+            && api.call(reqwest::Method::POST, &path, None).await.is_err()
+        {
+            // Recorded as running, but the runner no longer has it (process
+            // sandboxes end with `warren up`): record that, then start it again.
+            let sid = warren_keys::SandboxId::parse(&id)?;
+            store
+                .set_sandbox_state(&sid, SandboxState::Stopped, "runner restarted")
+                .await?;
+            api.call(
+                reqwest::Method::POST,
+                &format!("/v1/sandboxes/{id}/start"),
+                None,
+            )
+            .await?;
+        } else if sandbox["state"] == "stopped" {
+            api.call(
+                reqwest::Method::POST,
+                &format!("/v1/sandboxes/{id}/start"),
+                None,
+            )
+            .await?;
+        }
+        return Ok((id, None));
+    }
+    let created: Value = api
+        .json(reqwest::Method::POST, "/v1/sandboxes", Some(&json!({})))
+        .await
+        .context("creating the first sandbox")?;
+    let id = created["id"].as_str().context("no sandbox id")?.to_owned();
+    Ok((id, created["token"].as_str().map(str::to_owned)))
+}

@@ -1,0 +1,159 @@
+//! A whole gateway in one call: the SSH front door, the runners' endpoint and the
+//! HTTP API on one store, as `warren-gateway serve` and `warren up` run it.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use tokio::net::TcpListener;
+use warren_keys::TokenSigner;
+
+use crate::api::{self, ApiState};
+use crate::dial::TunnelDialer;
+use crate::ssh::{self, FailureLimiter, FrontDoor};
+use crate::store::Store;
+use crate::tunnel::RunnerHub;
+
+/// `$XDG_DATA_HOME/warren`, else `~/.local/share/warren`, else `/var/lib/warren`.
+pub fn default_data_dir() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("/var/lib"));
+    base.join("warren")
+}
+
+/// Where the gateway listens, and the name users reach the SSH front door by.
+#[derive(Debug, Clone)]
+pub struct Listen {
+    pub ssh: SocketAddr,
+    pub runners: SocketAddr,
+    pub http: SocketAddr,
+    /// The SSH host name the API hands out (default: the SSH listen address, or
+    /// `localhost` for a wildcard address).
+    pub public_host: Option<String>,
+}
+
+/// A bound gateway, ready to [`serve`](Gateway::serve).
+pub struct Gateway {
+    pub store: Store,
+    pub hub: Arc<RunnerHub>,
+    pub api: Arc<ApiState>,
+    pub signer: Arc<TokenSigner>,
+    pub ssh_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    ssh_listener: TcpListener,
+    http_listener: TcpListener,
+    door: Arc<FrontDoor>,
+    host_key: russh::keys::PrivateKey,
+    tls: Option<warren_keys::tls::TlsIdentity>,
+}
+
+impl Gateway {
+    /// Loads (or makes) the gateway's keys in `data_dir` and binds every listener.
+    pub async fn bind(store: Store, data_dir: &Path, listen: Listen) -> anyhow::Result<Gateway> {
+        let host_key = warren_keys::load_or_generate_host_key(&data_dir.join("host_key"))
+            .context("the gateway's host key")?;
+        let signer = Arc::new(
+            TokenSigner::load_or_generate(&data_dir.join("token_signer"))
+                .context("the gateway's token signer")?,
+        );
+        let hub = RunnerHub::bind(store.clone(), host_key.clone(), listen.runners)
+            .await
+            .with_context(|| format!("cannot listen for runners on {}", listen.runners))?;
+        let hub = Arc::new(hub);
+        let ssh_listener = TcpListener::bind(listen.ssh)
+            .await
+            .with_context(|| format!("cannot listen for SSH on {}", listen.ssh))?;
+        let Some(ssh_addr) = ssh::bound(&ssh_listener) else {
+            bail!("the SSH listener has no address");
+        };
+        let http_listener = TcpListener::bind(listen.http)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {}", listen.http))?;
+        let http_addr = http_listener.local_addr()?;
+        let ssh_host = listen.public_host.unwrap_or_else(|| {
+            if ssh_addr.ip().is_unspecified() {
+                "localhost".to_owned()
+            } else {
+                ssh_addr.ip().to_string()
+            }
+        });
+        let host_key_line =
+            russh::keys::PublicKey::new(host_key.public_key().key_data().clone(), "")
+                .to_openssh()
+                .context("encoding the host key")?;
+        let api = Arc::new(ApiState::new(
+            store.clone(),
+            hub.clone(),
+            signer.clone(),
+            ssh_host,
+            ssh_addr.port(),
+            host_key_line,
+        ));
+        let door = Arc::new(FrontDoor {
+            store: store.clone(),
+            signer: TokenSigner::load_or_generate(&data_dir.join("token_signer"))
+                .context("the gateway's token signer")?,
+            dialer: Arc::new(TunnelDialer::new(hub.clone())),
+            limiter: FailureLimiter::default(),
+        });
+        Ok(Gateway {
+            store,
+            hub,
+            api,
+            signer,
+            ssh_addr,
+            http_addr,
+            ssh_listener,
+            http_listener,
+            door,
+            host_key,
+            tls: None,
+        })
+    }
+
+    /// Serve the HTTP API over TLS with `identity`.
+    pub fn with_tls(mut self, identity: warren_keys::tls::TlsIdentity) -> Gateway {
+        self.tls = Some(identity);
+        self
+    }
+
+    /// The runners' endpoint address and the host key fingerprint runners pin.
+    pub fn runner_endpoint(&self) -> (SocketAddr, String) {
+        (self.hub.local_addr(), self.hub.fingerprint().to_owned())
+    }
+
+    /// Serves SSH and HTTP (and reconciles runners' sandboxes) until `shutdown`
+    /// completes or a listener fails.
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let reconciler = api::spawn_reconciler(self.api.clone(), api::RECONCILE_EVERY);
+        let result = tokio::select! {
+            result = ssh::serve(self.ssh_listener, ssh::ssh_config(self.host_key), self.door) => {
+                result.context("the SSH front door stopped")
+            }
+            result = serve_http(self.http_listener, api::router(self.api.clone()), self.tls) => {
+                result.context("the HTTP API stopped")
+            }
+            () = shutdown => Ok(()),
+        };
+        reconciler.abort();
+        result
+    }
+}
+
+async fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    tls: Option<warren_keys::tls::TlsIdentity>,
+) -> std::io::Result<()> {
+    match tls {
+        Some(identity) => api::tls::serve_tls(listener, router, identity).await,
+        None => api::serve(listener, router).await,
+    }
+}

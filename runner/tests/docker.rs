@@ -1,0 +1,669 @@
+//! The Docker backend end to end: a gateway, a `warren-runner run --backend docker`
+//! against the machine's real Docker engine, images built offline by `images/`, and
+//! the real OpenSSH clients. In CI a missing engine is a failure, not a skip.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use common::{RunnerProc, Stack};
+use warren_gateway::store::User;
+use warren_keys::SandboxId;
+use warren_runner::protocol::{NetworkPolicy, RepoSpec, Request, Response, SandboxSpec};
+use warren_tests::util::{self, free_port, prerequisite, wait_until};
+use warren_tests::{Client, Cmd, scenarios, workspace_root};
+
+const BASE: &str = "warren-base:latest";
+const BUSYBOX: &str = "warren-busybox:latest";
+
+fn docker(args: &[&str]) -> Result<warren_tests::Output> {
+    Cmd::new("docker")
+        .args(args.iter().copied())
+        .timeout(Duration::from_secs(120))
+        .run()
+}
+
+fn docker_ok(args: &[&str]) -> Result<String> {
+    Ok(docker(args)?.success()?.stdout_trimmed().to_owned())
+}
+
+fn docker_available() -> bool {
+    docker(&["version", "--format", "{{.Server.APIVersion}}"]).is_ok_and(|o| o.code() == Some(0))
+}
+
+/// Builds an image with its `images/` script (a no-op when it exists).
+fn image(script: &str) -> Result<()> {
+    Cmd::new(workspace_root().join("images").join(script))
+        .timeout(Duration::from_secs(1800))
+        .run()?
+        .success()
+        .with_context(|| format!("images/{script}"))?;
+    Ok(())
+}
+
+fn static_agent() -> Result<PathBuf> {
+    let out = Cmd::new(workspace_root().join("scripts/build-static-agent"))
+        .timeout(Duration::from_secs(900))
+        .run()?
+        .success()
+        .context("scripts/build-static-agent")?;
+    Ok(workspace_root()
+        .join(out.stdout_str().trim())
+        .canonicalize()?)
+}
+
+/// A gateway, one Docker runner, a user with a key. Removes every Docker object of
+/// the runner when dropped.
+struct DockerStack {
+    stack: Stack,
+    runner: RunnerProc,
+    client: Client,
+    owner: User,
+    args: Vec<String>,
+}
+
+impl DockerStack {
+    /// `None` when Docker is missing outside CI (the test is then skipped).
+    fn start(extra: &[&str]) -> Result<Option<DockerStack>> {
+        if !prerequisite(docker_available(), "a Docker engine")? {
+            return Ok(None);
+        }
+        if !prerequisite(
+            util::running_as_root(),
+            "root (the docker backend needs it)",
+        )? {
+            return Ok(None);
+        }
+        let agent = static_agent()?;
+        image("build-busybox")?;
+        let stack = Stack::start()?;
+        let mut args = vec![
+            "--backend".to_owned(),
+            "docker".to_owned(),
+            "--agent-bin".to_owned(),
+            agent.to_string_lossy().into_owned(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let runner = stack.runner_with("docker", &argv)?;
+        let client = Client::new(stack.target(&SandboxId::generate()))?;
+        let owner = stack.user("alice", &client)?;
+        Ok(Some(DockerStack {
+            stack,
+            runner,
+            client,
+            owner,
+            args,
+        }))
+    }
+
+    fn sandbox(&self, spec: SandboxSpec) -> Result<(SandboxId, Client)> {
+        let id = self.stack.sandbox_with(&self.runner, &self.owner, spec)?;
+        let c = self.client.clone().with_target(self.stack.target(&id));
+        Ok((id, c))
+    }
+
+    fn control(&self, request: Request) -> Result<Response> {
+        self.stack
+            .rt
+            .block_on(self.stack.hub.control(&self.runner.id, &request))
+            .map_err(Into::into)
+    }
+
+    fn status(&self, id: &SandboxId) -> Result<Option<warren_runner::protocol::SandboxStatus>> {
+        match self.control(Request::List)? {
+            Response::Sandboxes { sandboxes } => {
+                Ok(sandboxes.into_iter().find(|s| &s.sandbox == id))
+            }
+            other => bail!("list: {other:?}"),
+        }
+    }
+
+    fn restart_runner(&mut self) -> Result<()> {
+        let argv: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.stack.restart(&mut self.runner, &argv)
+    }
+
+    fn runner_log(&self) -> String {
+        std::fs::read_to_string(&self.runner.log).unwrap_or_default()
+    }
+}
+
+impl Drop for DockerStack {
+    fn drop(&mut self) {
+        self.runner.kill();
+        let label = format!("label=org.warren.runner={}", self.runner.id);
+        for (list, rm) in [
+            (
+                vec!["ps", "-aq", "--filter", &label],
+                vec!["rm", "-f", "-v"],
+            ),
+            (
+                vec!["volume", "ls", "-q", "--filter", &label],
+                vec!["volume", "rm", "-f"],
+            ),
+            (
+                vec!["network", "ls", "-q", "--filter", &label],
+                vec!["network", "rm"],
+            ),
+        ] {
+            let Ok(ids) = docker_ok(&list) else { continue };
+            for id in ids.split_whitespace() {
+                let mut argv = rm.clone();
+                argv.push(id);
+                let _ = docker(&argv);
+            }
+        }
+    }
+}
+
+fn base_spec() -> SandboxSpec {
+    SandboxSpec {
+        image: Some(BASE.into()),
+        ..SandboxSpec::default()
+    }
+}
+
+/// `ssh -L` to a web server inside the sandbox (on its own loopback).
+fn forward_to_sandbox_server(c: &Client, server: &str) -> Result<()> {
+    let bg = c.exec(server).spawn()?;
+    let port = free_port()?;
+    let spec = format!("{port}:127.0.0.1:8000");
+    let ssh = c
+        .ssh(&["-N", "-o", "ExitOnForwardFailure=yes", "-L", &spec], "")
+        .spawn()?;
+    let mut body = String::new();
+    let ok = wait_until(Duration::from_secs(20), || {
+        let Ok(out) = Cmd::new("curl")
+            .args(["-sf", "--max-time", "3"])
+            .arg(format!("http://127.0.0.1:{port}/hello.txt"))
+            .run()
+        else {
+            return false;
+        };
+        body = out.stdout_trimmed().to_owned();
+        out.code() == Some(0)
+    });
+    let _ = ssh.kill();
+    let _ = bg.kill();
+    ensure!(
+        ok && body == "hello",
+        "nothing came through -L (got {body:?})"
+    );
+    Ok(())
+}
+
+#[test]
+fn busybox_and_base_sandboxes_take_ssh_scp_sftp_and_forwarding() -> Result<()> {
+    let Some(d) = DockerStack::start(&[])? else {
+        return Ok(());
+    };
+    image("build-base")?;
+    for (image, server) in [
+        (
+            BUSYBOX,
+            "cd /workspace && echo hello > hello.txt && exec httpd -f -p 127.0.0.1:8000",
+        ),
+        (
+            BASE,
+            "cd /workspace && echo hello > hello.txt && exec python3 -m http.server -b 127.0.0.1 8000",
+        ),
+    ] {
+        let started = Instant::now();
+        let (_, c) = d.sandbox(SandboxSpec {
+            image: Some(image.into()),
+            ..SandboxSpec::default()
+        })?;
+        eprintln!("{image}: created in {:?}", started.elapsed());
+        scenarios::exec_exit_codes(&c)?;
+        let out = c.exec("id -un; id -u; pwd").run()?.success()?;
+        ensure!(
+            out.stdout_str()
+                .split_whitespace()
+                .skip(1)
+                .collect::<Vec<_>>()
+                == ["1000", "/workspace"],
+            "{image}: sessions should run as uid 1000 in /workspace:\n{out}"
+        );
+        scenarios::scp_both_ways(&c, "/workspace", 10 << 20)?;
+        scenarios::sftp_both_ways(&c, "/workspace", 10 << 20)?;
+        forward_to_sandbox_server(&c, server)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn containers_are_hardened() -> Result<()> {
+    let Some(d) = DockerStack::start(&[])? else {
+        return Ok(());
+    };
+    let (id, c) = d.sandbox(SandboxSpec {
+        image: Some(BUSYBOX.into()),
+        memory_mb: Some(256),
+        pids_limit: Some(128),
+        ..SandboxSpec::default()
+    })?;
+    let name = format!("warren-{id}");
+    let inspect = docker_ok(&[
+        "inspect",
+        "--format",
+        "{{.HostConfig.Privileged}}|{{.HostConfig.CapDrop}}|{{.HostConfig.CapAdd}}|\
+         {{.HostConfig.SecurityOpt}}|{{.HostConfig.PidsLimit}}|{{.HostConfig.Memory}}|\
+         {{.HostConfig.MemorySwap}}|{{.HostConfig.NetworkMode}}|{{.HostConfig.Ulimits}}|\
+         {{range .Mounts}}{{.Source}}->{{.Destination}};{{end}}",
+        &name,
+    ])?;
+    let fields: Vec<&str> = inspect.split('|').collect();
+    ensure!(fields[0] == "false", "privileged: {inspect}");
+    ensure!(fields[1] == "[ALL]", "cap drop: {inspect}");
+    ensure!(
+        fields[2] == "[CHOWN SETUID SETGID KILL]",
+        "cap add: {inspect}"
+    );
+    ensure!(fields[3].contains("no-new-privileges"), "{inspect}");
+    ensure!(
+        !fields[3].contains("seccomp"),
+        "the default seccomp profile must stay: {inspect}"
+    );
+    ensure!(fields[4] == "128", "pids: {inspect}");
+    ensure!(
+        fields[5] == (256u64 << 20).to_string() && fields[5] == fields[6],
+        "memory: {inspect}"
+    );
+    ensure!(fields[7] == name, "network: {inspect}");
+    ensure!(fields[8].contains("nofile"), "ulimits: {inspect}");
+    ensure!(
+        !inspect.contains("docker.sock"),
+        "the Docker socket is mounted: {inspect}"
+    );
+    ensure!(
+        inspect.contains("->/workspace"),
+        "no workspace volume: {inspect}"
+    );
+    let ports = docker_ok(&["port", &name])?;
+    ensure!(ports.is_empty(), "published ports: {ports}");
+
+    let status = c.exec("cat /proc/self/status").run()?.success()?;
+    let field = |key: &str| {
+        status
+            .stdout_str()
+            .lines()
+            .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_owned()))
+            .unwrap_or_default()
+    };
+    ensure!(field("CapEff:") == "0000000000000000", "CapEff:\n{status}");
+    ensure!(field("CapPrm:") == "0000000000000000", "CapPrm:\n{status}");
+    ensure!(field("NoNewPrivs:") == "1", "NoNewPrivs:\n{status}");
+    ensure!(field("Seccomp:") == "2", "seccomp filter:\n{status}");
+    ensure!(field("Uid:").starts_with("1000"), "uid:\n{status}");
+    // The agent's own files are not the user's to read.
+    let out = c.exec("cat /.warren/run/host_key").run()?;
+    ensure!(
+        out.code() != Some(0),
+        "the user read the agent's host key:\n{out}"
+    );
+    Ok(())
+}
+
+#[test]
+fn sandboxes_cannot_reach_each_other_and_memory_limits_kill_only_the_process() -> Result<()> {
+    let Some(d) = DockerStack::start(&[])? else {
+        return Ok(());
+    };
+    image("build-base")?;
+    let (a_id, a) = d.sandbox(base_spec())?;
+    let (_, b) = d.sandbox(SandboxSpec {
+        memory_mb: Some(128),
+        ..base_spec()
+    })?;
+    let a_ip = docker_ok(&[
+        "inspect",
+        "--format",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        &format!("warren-{a_id}"),
+    ])?;
+    ensure!(!a_ip.is_empty(), "sandbox A has no address");
+    let server = a
+        .exec("cd /workspace && echo hi > x && exec python3 -m http.server 8000")
+        .spawn()?;
+    ensure!(
+        wait_until(Duration::from_secs(20), || a
+            .exec("curl -sf --max-time 2 http://127.0.0.1:8000/x")
+            .run()
+            .is_ok_and(|o| o.code() == Some(0))),
+        "A's own server never answered"
+    );
+    let out = b
+        .exec(&format!(
+            "curl -s --max-time 5 http://{a_ip}:8000/x; echo rc=$?"
+        ))
+        .run()?;
+    let _ = server.kill();
+    ensure!(
+        !out.stdout_str().contains("hi") && !out.stdout_str().contains("rc=0"),
+        "sandbox B reached sandbox A at {a_ip}:\n{out}"
+    );
+    // The metadata address is dropped by the sandbox's own chain.
+    let rules = Cmd::new("iptables").args(["-S"]).run()?.success()?;
+    ensure!(
+        rules.stdout_str().contains("-d 169.254.169.254/32 -j DROP"),
+        "no metadata rule:\n{rules}"
+    );
+
+    // Over the memory limit: the kernel kills the process, the session says so, and
+    // the sandbox carries on.
+    let out = b
+        .exec("python3 -c 'b = bytearray(512 * 1024 * 1024); print(len(b))'")
+        .run()?;
+    ensure!(
+        out.code() != Some(0) && !out.stdout_str().contains("536870912"),
+        "allocating past the limit succeeded:\n{out}"
+    );
+    let out = b.exec("echo alive").run()?.success()?;
+    ensure!(out.stdout_trimmed() == "alive", "{out}");
+    Ok(())
+}
+
+#[test]
+fn workspace_survives_stop_and_start_and_delete_removes_everything() -> Result<()> {
+    let Some(mut d) = DockerStack::start(&[])? else {
+        return Ok(());
+    };
+    let (id, c) = d.sandbox(SandboxSpec {
+        image: Some(BUSYBOX.into()),
+        ..SandboxSpec::default()
+    })?;
+    c.exec("echo kept > /workspace/note; echo lost > /tmp/note")
+        .run()?
+        .success()?;
+    ensure!(
+        d.control(Request::Stop {
+            sandbox: id.clone()
+        })? == Response::Ok
+    );
+    let status = d
+        .status(&id)?
+        .context("the stopped sandbox is not listed")?;
+    ensure!(
+        !status.running && status.stopped_reason.is_none(),
+        "{status:?}"
+    );
+    let out = c.exec("true").run()?;
+    ensure!(
+        out.code() == Some(255),
+        "a stopped sandbox answered:\n{out}"
+    );
+
+    // A runner restart adopts what runs and keeps what is stopped.
+    d.restart_runner()?;
+    let restart = Request::Create {
+        sandbox: id.clone(),
+        token_key: d.stack.verifier.clone(),
+        authorized_keys: vec![],
+        spec: SandboxSpec::default(),
+    };
+    ensure!(d.control(restart)? == Response::Ok);
+    let out = c.exec("cat /workspace/note").run()?.success()?;
+    ensure!(out.stdout_trimmed() == "kept", "{out}");
+
+    ensure!(
+        d.control(Request::Delete {
+            sandbox: id.clone()
+        })? == Response::Ok
+    );
+    let name = format!("warren-{id}");
+    ensure!(
+        docker(&["inspect", &name])?.code() != Some(0),
+        "container left"
+    );
+    ensure!(
+        docker(&["volume", "inspect", &format!("{name}-workspace")])?.code() != Some(0),
+        "volume left"
+    );
+    ensure!(
+        docker(&["network", "inspect", &name])?.code() != Some(0),
+        "network left"
+    );
+    ensure!(d.status(&id)?.is_none(), "a deleted sandbox is listed");
+    let out = d.control(Request::Stop { sandbox: id })?;
+    ensure!(
+        matches!(&out, Response::Error { message } if message.contains("unknown sandbox")),
+        "{out:?}"
+    );
+    // A missing image is a clear error, and leaves nothing behind.
+    let missing = SandboxId::generate();
+    let out = d.control(Request::Create {
+        sandbox: missing.clone(),
+        token_key: d.stack.verifier.clone(),
+        authorized_keys: vec![],
+        spec: SandboxSpec {
+            image: Some("warren-no-such-image:1".into()),
+            ..SandboxSpec::default()
+        },
+    })?;
+    ensure!(
+        matches!(&out, Response::Error { message } if message.contains("is not on this runner")),
+        "{out:?}"
+    );
+    ensure!(docker(&["inspect", &format!("warren-{missing}")])?.code() != Some(0));
+    Ok(())
+}
+
+#[test]
+fn a_runner_restart_adopts_running_sandboxes() -> Result<()> {
+    let Some(mut d) = DockerStack::start(&[])? else {
+        return Ok(());
+    };
+    let (id, c) = d.sandbox(SandboxSpec {
+        image: Some(BUSYBOX.into()),
+        ..SandboxSpec::default()
+    })?;
+    let name = format!("warren-{id}");
+    let before = docker_ok(&["inspect", "--format", "{{.Id}} {{.State.StartedAt}}", &name])?;
+    // An orphan: objects of a sandbox whose delete never finished.
+    let orphan = d.sandbox(SandboxSpec {
+        image: Some(BUSYBOX.into()),
+        ..SandboxSpec::default()
+    })?;
+    std::fs::write(
+        d.runner
+            .listen_dir()
+            .join(orphan.0.as_str())
+            .join("deleting"),
+        b"",
+    )?;
+    d.restart_runner()?;
+    let out = c.exec("echo adopted").run()?.success()?;
+    ensure!(out.stdout_trimmed() == "adopted", "{out}");
+    let after = docker_ok(&["inspect", "--format", "{{.Id}} {{.State.StartedAt}}", &name])?;
+    ensure!(
+        before == after,
+        "the container was replaced or restarted: {before} → {after}"
+    );
+    ensure!(
+        docker(&["inspect", &format!("warren-{}", orphan.0)])?.code() != Some(0),
+        "the orphan survived the restart"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_idle_reaper_stops_idle_sandboxes_and_spares_busy_ones() -> Result<()> {
+    let Some(d) = DockerStack::start(&["--reap-interval-s", "1"])? else {
+        return Ok(());
+    };
+    let spec = SandboxSpec {
+        image: Some(BUSYBOX.into()),
+        idle_timeout_s: Some(8),
+        ..SandboxSpec::default()
+    };
+    let (idle, idle_c) = d.sandbox(spec.clone())?;
+    let (busy, busy_c) = d.sandbox(spec)?;
+    // A connected client with nothing running must not keep the idle one awake.
+    let connected = idle_c
+        .ssh(&["-N", "-o", "ServerAliveInterval=1"], "")
+        .spawn()?;
+    // A long, silent command keeps the busy one awake.
+    let long = busy_c.exec("sleep 40; echo finished").spawn()?;
+    let stopped = wait_until(Duration::from_secs(40), || {
+        d.status(&idle).ok().flatten().is_some_and(|s| !s.running)
+    });
+    let _ = connected.kill();
+    ensure!(
+        stopped,
+        "the idle sandbox was never stopped:\n{}",
+        d.runner_log()
+    );
+    let status = d.status(&idle)?.unwrap();
+    ensure!(
+        status.stopped_reason.as_deref() == Some("idle"),
+        "{status:?}"
+    );
+    let out = long.wait_timeout(Duration::from_secs(60))?;
+    ensure!(
+        out.code() == Some(0) && out.stdout_trimmed() == "finished",
+        "the long command was cut short:\n{out}"
+    );
+    ensure!(
+        d.status(&busy)?.unwrap().running,
+        "the busy sandbox was stopped"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_repository_is_cloned_onto_its_branch_and_secrets_stay_out_of_logs() -> Result<()> {
+    let Some(d) = DockerStack::start(&[])? else {
+        return Ok(());
+    };
+    image("build-base")?;
+    // A real git server on the host, reachable from the sandbox's bridge.
+    let scratch = tempfile::TempDir::new()?;
+    let repo = scratch.path().join("project.git");
+    let work = scratch.path().join("work");
+    let git = |args: &[&str]| -> Result<()> {
+        Cmd::new("git")
+            .args(args.iter().copied())
+            .run()?
+            .success()?;
+        Ok(())
+    };
+    git(&["init", "-q", "-b", "main", &work.to_string_lossy()])?;
+    std::fs::write(work.join("README"), "hello from git\n")?;
+    let w = work.to_string_lossy().into_owned();
+    git(&["-C", &w, "add", "README"])?;
+    git(&[
+        "-C",
+        &w,
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@e",
+        "commit",
+        "-qm",
+        "first",
+    ])?;
+    git(&["clone", "-q", "--bare", &w, &repo.to_string_lossy()])?;
+    let port = free_port()?;
+    let mut daemon = std::process::Command::new("git")
+        .args(["daemon", "--reuseaddr", "--export-all", "--listen=0.0.0.0"])
+        .arg(format!("--port={port}"))
+        .arg(format!("--base-path={}", scratch.path().display()))
+        .arg(scratch.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    // The host as containers see it: docker0's address.
+    let addr = Cmd::new("ip")
+        .args(["-4", "-o", "addr", "show", "docker0"])
+        .run()?
+        .success()?;
+    let host_ip = addr
+        .stdout_str()
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .context("docker0 has no IPv4 address")?
+        .to_owned();
+    let secret = "sk-warren-test-secret-3f9a1c";
+    let mut spec = base_spec();
+    spec.env.insert("ANTHROPIC_API_KEY".into(), secret.into());
+    spec.repo = Some(RepoSpec {
+        url: format!("git://{host_ip}:{port}/project.git"),
+        branch: "warren/feature".into(),
+        base: None,
+        token: Some("ghp_warrentesttoken123".into()),
+    });
+    let result = d.sandbox(spec);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let (id, c) = result?;
+    let out = c
+        .exec("cd /workspace && git branch --show-current && cat README && git config --list --show-origin")
+        .run()?
+        .success()?;
+    ensure!(
+        out.stdout_str()
+            .starts_with("warren/feature\nhello from git\n"),
+        "wrong checkout:\n{out}"
+    );
+    ensure!(
+        !out.stdout_str().contains("ghp_"),
+        "the token is in git config:\n{out}"
+    );
+    let out = c.exec("echo $ANTHROPIC_API_KEY").run()?.success()?;
+    ensure!(
+        out.stdout_trimmed() == secret,
+        "the environment did not reach the session"
+    );
+    // Nothing Warren logged holds a secret: the runner's log and the agent's.
+    let logs = docker_ok(&["logs", &format!("warren-{id}")])? + &d.runner_log();
+    ensure!(
+        !logs.contains(secret) && !logs.contains("ghp_warrentesttoken123"),
+        "a secret is in the logs"
+    );
+    let grep = Cmd::new("grep")
+        .args(["-rl", "ghp_warrentesttoken123"])
+        .arg(d.runner.data.path())
+        .run()?;
+    ensure!(
+        grep.code() == Some(1),
+        "the token is on the runner's disk:\n{grep}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_network_policy_of_none_leaves_only_loopback() -> Result<()> {
+    let Some(d) = DockerStack::start(&[])? else {
+        return Ok(());
+    };
+    let (id, c) = d.sandbox(SandboxSpec {
+        image: Some(BUSYBOX.into()),
+        network: NetworkPolicy::None,
+        read_only_root: true,
+        ..SandboxSpec::default()
+    })?;
+    let out = c.exec("ls /sys/class/net").run()?.success()?;
+    ensure!(out.stdout_trimmed() == "lo", "interfaces:\n{out}");
+    let out = c
+        .exec("touch /etc/x; echo rc=$?; touch /tmp/x /workspace/x && echo ok")
+        .run()?;
+    ensure!(
+        out.stdout_str().contains("rc=1") && out.stdout_str().contains("ok"),
+        "read-only root with writable /tmp and /workspace:\n{out}"
+    );
+    let mode = docker_ok(&[
+        "inspect",
+        "--format",
+        "{{.HostConfig.NetworkMode}}",
+        &format!("warren-{id}"),
+    ])?;
+    ensure!(mode == "none", "network mode {mode}");
+    Ok(())
+}

@@ -1,0 +1,181 @@
+//! A gateway restart as an operator does it: the real `warren-gateway serve` process
+//! is killed and started again on the same data directory; the runner reconnects by
+//! itself and `ssh <sandbox>@gateway` works again within seconds, through the front
+//! door, with the sandbox made through the HTTP API before the restart.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use warren_tests::util::free_port;
+use warren_tests::{Client, Target, bin_path};
+
+const RUNNER: &str = env!("CARGO_BIN_EXE_warren-runner");
+
+/// A child in its own process group, killed (group and all) on drop.
+struct Proc(Child);
+
+impl Proc {
+    fn kill(&mut self) {
+        // SAFETY: kill(2) on our own child's process group.
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn gateway_cmd(data: &Path) -> Command {
+    let mut cmd = Command::new(bin_path("warren-gateway"));
+    cmd.arg("--data-dir").arg(data).stdin(Stdio::null());
+    cmd
+}
+
+fn output_of(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output()?;
+    ensure!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn serve(data: &Path, ports: [u16; 3]) -> Result<Proc> {
+    let child = gateway_cmd(data)
+        .args(["serve", "--ssh-listen", &format!("127.0.0.1:{}", ports[0])])
+        .args(["--runner-listen", &format!("127.0.0.1:{}", ports[1])])
+        .args(["--http-listen", &format!("127.0.0.1:{}", ports[2])])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()?;
+    Ok(Proc(child))
+}
+
+/// Retries `ssh … echo ok` until it works or `limit` passes; returns how long it took.
+fn ssh_works_within(c: &Client, limit: Duration) -> Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let out = c.exec("echo ok").timeout(Duration::from_secs(15)).run()?;
+        if out.status.success() && out.stdout_trimmed() == "ok" {
+            return Ok(started.elapsed());
+        }
+        ensure!(
+            started.elapsed() < limit,
+            "no session within {limit:?}:\n{out}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn after_a_gateway_restart_runners_reconnect_and_sessions_work_within_seconds() -> Result<()> {
+    let data = tempfile::TempDir::new()?;
+    let runner_data = tempfile::TempDir::new()?;
+    let ports = [free_port()?, free_port()?, free_port()?];
+    let client = Client::new(Target::new("127.0.0.1", ports[0], "x"))?;
+    let public_key = data.path().join("alice.pub");
+    std::fs::write(&public_key, client.public_key())?;
+
+    // The operator's commands on the data directory.
+    let added = output_of(gateway_cmd(data.path()).args(["add-user", "alice", "--admin"]))?;
+    let api_key = added
+        .split_whitespace()
+        .find(|w| w.starts_with("wk_"))
+        .context("no API key printed")?
+        .to_owned();
+    output_of(
+        gateway_cmd(data.path())
+            .args(["add-ssh-key", "alice"])
+            .arg(&public_key),
+    )?;
+    let join = output_of(gateway_cmd(data.path()).args([
+        "join-token",
+        "--gateway",
+        &format!("127.0.0.1:{}", ports[1]),
+    ]))?;
+    let words: Vec<&str> = join.split_whitespace().collect();
+    let after = |flag: &str| {
+        words
+            .iter()
+            .position(|w| *w == flag)
+            .and_then(|i| words.get(i + 1))
+            .map(|s| (*s).to_owned())
+            .with_context(|| format!("no {flag} in {join}"))
+    };
+    let (token, fingerprint) = (after("--token")?, after("--fingerprint")?);
+
+    let mut gateway = serve(data.path(), ports)?;
+    std::thread::sleep(Duration::from_millis(500));
+    output_of(
+        Command::new(RUNNER)
+            .args(["join", "--gateway", &format!("127.0.0.1:{}", ports[1])])
+            .args(["--token", &token, "--fingerprint", &fingerprint])
+            .args(["--name", "r1", "--data-dir"])
+            .arg(runner_data.path()),
+    )?;
+    let _runner = Proc(
+        Command::new(RUNNER)
+            .args(["run", "--data-dir"])
+            .arg(runner_data.path())
+            .env("WARREN_AGENT_BIN", bin_path("warren-agent"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()?,
+    );
+
+    // A sandbox through the HTTP API, once the runner is online.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{}/v1/sandboxes", ports[2]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let created: serde_json::Value = loop {
+        let reply = rt.block_on(async {
+            let r = http
+                .post(&url)
+                .bearer_auth(&api_key)
+                .json(&serde_json::json!({}))
+                .send()
+                .await?;
+            let status = r.status();
+            anyhow::Ok((status, r.json::<serde_json::Value>().await?))
+        });
+        match reply {
+            Ok((status, body)) if status.as_u16() == 201 => break body,
+            other => ensure!(
+                Instant::now() < deadline,
+                "could not create a sandbox: {other:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let id = created["id"].as_str().context("no id")?.to_owned();
+    let c = client.with_target(Target::new("127.0.0.1", ports[0], &id));
+    ssh_works_within(&c, Duration::from_secs(20))?;
+
+    // Kill the gateway outright and start it again on the same data and ports.
+    gateway.kill();
+    let out = c.exec("true").timeout(Duration::from_secs(15)).run()?;
+    ensure!(!out.status.success(), "a session without a gateway:\n{out}");
+    let _gateway = serve(data.path(), ports)?;
+    let took = ssh_works_within(&c, Duration::from_secs(30))?;
+    eprintln!("sessions worked again {took:?} after the gateway restarted");
+    ensure!(
+        took < Duration::from_secs(15),
+        "the runner took {took:?} to come back"
+    );
+    Ok(())
+}

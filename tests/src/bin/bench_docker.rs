@@ -1,0 +1,316 @@
+//! bench-docker: how fast a Docker sandbox is ready, and what idle sandboxes cost.
+//!
+//! One gateway (in-process: store, runner hub, SSH front door), one `warren-runner
+//! run --backend docker` (release) with the static agent, the real `ssh` client.
+//! Prints:
+//! - create → first successful `ssh <id>@gateway true`, p50 and p95 over N sandboxes
+//!   (from an image already on the runner);
+//! - with M idle sandboxes: the runner's RSS and each container's memory (cgroup
+//!   usage and its anonymous part, read from cgroup v1 or v2).
+//!
+//! `cargo run --release -p warren-tests --bin bench-docker [-- --creates 20 --idle 50
+//! --image warren-busybox:latest]` (as root, with a Docker engine).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use warren_gateway::dial::TunnelDialer;
+use warren_gateway::ssh::{self, FailureLimiter, FrontDoor};
+use warren_gateway::store::{NewSandbox, SandboxState, Store};
+use warren_gateway::tunnel::RunnerHub;
+use warren_keys::{SandboxId, TokenSigner};
+use warren_runner::protocol::{Request, Response, SandboxSpec};
+use warren_tests::util::{self, wait_until};
+use warren_tests::{Client, Cmd, Profile, Target, build_bin, workspace_root};
+
+const FOREVER: Duration = Duration::from_secs(24 * 3600);
+
+struct Options {
+    creates: usize,
+    idle: usize,
+    image: String,
+}
+
+fn options() -> Result<Options> {
+    let mut o = Options {
+        creates: 20,
+        idle: 50,
+        image: "warren-busybox:latest".into(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().context("a flag needs a value");
+        match arg.as_str() {
+            "--creates" => o.creates = value()?.parse()?,
+            "--idle" => o.idle = value()?.parse()?,
+            "--image" => o.image = value()?,
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    Ok(o)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// A container's memory from its cgroup: (usage, anonymous) in KiB. cgroup v1
+/// (`memory.usage_in_bytes`, `rss` in memory.stat) or v2 (`memory.current`, `anon`).
+fn container_memory_kib(container_id: &str) -> Option<(u64, u64)> {
+    let v1 = PathBuf::from(format!("/sys/fs/cgroup/memory/docker/{container_id}"));
+    let v2 = [
+        format!("/sys/fs/cgroup/system.slice/docker-{container_id}.scope"),
+        format!("/sys/fs/cgroup/docker/{container_id}"),
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_dir());
+    let (usage_file, stat_file, anon_key) = if v1.is_dir() {
+        (
+            v1.join("memory.usage_in_bytes"),
+            v1.join("memory.stat"),
+            "rss",
+        )
+    } else {
+        let v2 = v2?;
+        (v2.join("memory.current"), v2.join("memory.stat"), "anon")
+    };
+    let usage: u64 = std::fs::read_to_string(usage_file)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let stat = std::fs::read_to_string(stat_file).ok()?;
+    let anon = stat.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == anon_key).then(|| v.trim().parse::<u64>().ok())?
+    })?;
+    Some((usage / 1024, anon / 1024))
+}
+
+fn main() -> Result<()> {
+    let opts = options()?;
+    ensure!(
+        util::running_as_root(),
+        "bench-docker needs root (the docker backend does)"
+    );
+    eprintln!("building the runner (release) and the static agent…");
+    let runner_bin = build_bin("warren-runner", "warren-runner", Profile::Release)?;
+    let agent = Cmd::new(workspace_root().join("scripts/build-static-agent"))
+        .timeout(Duration::from_secs(1800))
+        .run()?
+        .success()?;
+    let agent = workspace_root().join(agent.stdout_str().trim());
+    if opts.image.starts_with("warren-busybox") {
+        Cmd::new(workspace_root().join("images/build-busybox"))
+            .run()?
+            .success()?;
+    } else if opts.image.starts_with("warren-base") {
+        Cmd::new(workspace_root().join("images/build-base"))
+            .timeout(Duration::from_secs(1800))
+            .run()?
+            .success()?;
+    }
+
+    let work = tempfile::TempDir::new()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let client = Client::new(Target::new("127.0.0.1", 1, "x"))?;
+    let key = russh::keys::PublicKey::from_openssh(client.public_key().trim())?;
+    let (store, hub, verifier, user, ssh_port) = rt.block_on(async {
+        let data = work.path().join("gateway");
+        std::fs::create_dir(&data)?;
+        let store = Store::open_in_data_dir(&data).await?;
+        let host_key = warren_keys::load_or_generate_host_key(&data.join("host_key"))?;
+        let signer = TokenSigner::load_or_generate(&data.join("token_signer"))?;
+        let verifier = signer.verifier().to_base64();
+        let hub = Arc::new(
+            RunnerHub::bind(store.clone(), host_key.clone(), "127.0.0.1:0".parse()?).await?,
+        );
+        let door = Arc::new(FrontDoor {
+            store: store.clone(),
+            signer,
+            dialer: Arc::new(TunnelDialer::new(hub.clone())),
+            limiter: FailureLimiter::default(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        tokio::spawn(ssh::serve(listener, ssh::ssh_config(host_key), door));
+        let user = store.create_user("bench", false).await?;
+        store.add_ssh_key(&user.id, "bench", &key).await?;
+        anyhow::Ok((store, hub, verifier, user, port))
+    })?;
+    let token = rt.block_on(store.create_join_token(Duration::from_secs(600)))?;
+    let runner_data = work.path().join("runner");
+    Cmd::new(&runner_bin)
+        .args([
+            "join",
+            "--gateway",
+            &hub.local_addr().to_string(),
+            "--token",
+        ])
+        .arg(token.secret.expose())
+        .args(["--fingerprint", hub.fingerprint(), "--name", "bench"])
+        .arg("--data-dir")
+        .arg(&runner_data)
+        .run()?
+        .success()?;
+    let runner = Cmd::new(&runner_bin)
+        .args(["run", "--backend", "docker", "--data-dir"])
+        .arg(&runner_data)
+        .arg("--agent-bin")
+        .arg(&agent)
+        .env("RUST_LOG", "warn")
+        .timeout(FOREVER)
+        .spawn()?;
+    let runner_id = rt
+        .block_on(store.list_runners())?
+        .into_iter()
+        .find(|r| r.name == "bench")
+        .context("the runner did not join")?
+        .id;
+    ensure!(
+        wait_until(Duration::from_secs(60), || hub.is_online(&runner_id)),
+        "the runner never came online:\n{}",
+        runner.stderr().contents_str()
+    );
+
+    let mut made = Vec::new();
+    let create = |id: &SandboxId| -> Result<()> {
+        rt.block_on(async {
+            store
+                .create_sandbox(&NewSandbox {
+                    id: id.clone(),
+                    owner_id: user.id.clone(),
+                    runner_id: Some(runner_id.clone()),
+                    image: opts.image.clone(),
+                    repo: None,
+                    branch: None,
+                    cpus: 1.0,
+                    memory_mb: 512,
+                    idle_timeout_s: None,
+                    ttl_s: None,
+                })
+                .await?;
+            let spec = SandboxSpec {
+                image: Some(opts.image.clone()),
+                ..SandboxSpec::default()
+            };
+            let out = hub
+                .control(
+                    &runner_id,
+                    &Request::Create {
+                        sandbox: id.clone(),
+                        token_key: verifier.clone(),
+                        authorized_keys: vec![],
+                        spec,
+                    },
+                )
+                .await?;
+            ensure!(out == Response::Ok, "create: {out:?}");
+            store
+                .set_sandbox_state(id, SandboxState::Running, "bench")
+                .await?;
+            anyhow::Ok(())
+        })
+    };
+
+    let result = (|| -> Result<()> {
+        // Create → first `ssh true`, one sandbox at a time.
+        let mut latencies = Vec::new();
+        for _ in 0..opts.creates {
+            let id = SandboxId::generate();
+            let c = client
+                .clone()
+                .with_target(Target::new("127.0.0.1", ssh_port, id.as_str()));
+            let started = Instant::now();
+            create(&id)?;
+            made.push(id);
+            loop {
+                let out = c.exec("true").timeout(Duration::from_secs(20)).run()?;
+                if out.status.success() {
+                    break;
+                }
+                ensure!(started.elapsed() < Duration::from_secs(60), "no ssh: {out}");
+            }
+            latencies.push(started.elapsed());
+        }
+        latencies.sort();
+        // Up to M idle sandboxes in all.
+        while made.len() < opts.idle {
+            let id = SandboxId::generate();
+            create(&id)?;
+            made.push(id);
+        }
+        std::thread::sleep(Duration::from_secs(5));
+        let runner_rss = util::rss_kib(runner.pid()).unwrap_or(0);
+        let mut usages = Vec::new();
+        let mut anons = Vec::new();
+        for id in &made {
+            let cid = Cmd::new("docker")
+                .args(["inspect", "--format", "{{.Id}}", &format!("warren-{id}")])
+                .run()?
+                .success()?
+                .stdout_trimmed()
+                .to_owned();
+            if let Some((usage, anon)) = container_memory_kib(&cid) {
+                usages.push(usage);
+                anons.push(anon);
+            }
+        }
+        ensure!(!usages.is_empty(), "no container cgroup memory found");
+        usages.sort_unstable();
+        anons.sort_unstable();
+        let mean = |v: &[u64]| v.iter().sum::<u64>() as f64 / v.len() as f64 / 1024.0;
+        let max = |v: &[u64]| *v.last().unwrap_or(&0) as f64 / 1024.0;
+        println!(
+            "\n## bench-docker ({}, Docker backend through the gateway)\n",
+            opts.image
+        );
+        println!("| measure | value | target |");
+        println!("|---|---|---|");
+        println!(
+            "| create → first `ssh true`, p50 ({} sandboxes) | {} ms | < 1000 ms |",
+            latencies.len(),
+            percentile(&latencies, 0.5).as_millis()
+        );
+        println!(
+            "| create → first `ssh true`, p95 | {} ms | < 2000 ms |",
+            percentile(&latencies, 0.95).as_millis()
+        );
+        println!(
+            "| idle container memory, mean / max (cgroup usage, {} sandboxes) | {:.1} / {:.1} MiB | < 30 MB |",
+            usages.len(),
+            mean(&usages),
+            max(&usages)
+        );
+        println!(
+            "| idle container memory, anonymous part, mean / max | {:.1} / {:.1} MiB | |",
+            mean(&anons),
+            max(&anons)
+        );
+        println!(
+            "| runner RSS with {} sandboxes | {:.1} MiB | |",
+            made.len(),
+            runner_rss as f64 / 1024.0
+        );
+        Ok(())
+    })();
+
+    eprintln!("removing {} sandboxes…", made.len());
+    for id in &made {
+        let _ = rt.block_on(hub.control(
+            &runner_id,
+            &Request::Delete {
+                sandbox: id.clone(),
+            },
+        ));
+    }
+    drop(runner);
+    result
+}
