@@ -88,6 +88,18 @@ pub enum Request {
     },
     /// The sandboxes this runner has.
     List,
+    /// Replaces the keys each listed sandbox's agent accepts (jump mode: the owner's
+    /// and the users it is shared with). Sandboxes the runner does not have are
+    /// skipped; the answer is `ok`.
+    AuthorizedKeys { sandboxes: Vec<SandboxKeys> },
+    /// The environment `sandbox` was created with, secrets included. The gateway
+    /// keeps create-time env in memory only; after it restarts it asks the runner,
+    /// which holds it where the sandbox runs (the container's config, or the
+    /// agent process's spec).
+    Env {
+        #[serde(with = "sandbox_id")]
+        sandbox: SandboxId,
+    },
     /// In the sandbox's workspace (as the sandbox user): switch to `branch`
     /// (created from the current HEAD if missing), `git add -A`, commit as
     /// `author_name <author_email>` with `message` if anything is staged, then push
@@ -112,6 +124,14 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         token: Option<Secret>,
     },
+}
+
+/// One sandbox's authorized keys, OpenSSH lines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxKeys {
+    #[serde(with = "sandbox_id")]
+    pub sandbox: SandboxId,
+    pub keys: Vec<String>,
 }
 
 /// A secret string: serialized as itself, never shown by `Debug`.
@@ -250,6 +270,8 @@ pub enum Response {
     /// Refused with a machine-readable `code` (e.g. `nothing_to_commit`,
     /// `push_refused`); the message is safe to show the sandbox's owner.
     Refused { code: String, message: String },
+    /// The answer to `env`.
+    Env { env: BTreeMap<String, Secret> },
 }
 
 /// Sandbox ids travel as their text and are checked on the way in.

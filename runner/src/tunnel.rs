@@ -304,6 +304,20 @@ async fn handle_control(request: Request, backend: &Backend) -> Response {
         Request::Keepalive { sandbox } => backend.keepalive(&sandbox).await.map(|()| Response::Ok),
         Request::Stop { sandbox } => backend.stop(&sandbox).await.map(|()| Response::Ok),
         Request::Delete { sandbox } => backend.delete(&sandbox).await.map(|()| Response::Ok),
+        Request::AuthorizedKeys { sandboxes } => {
+            for s in &sandboxes {
+                if let Err(e) = backend.set_authorized_keys(&s.sandbox, &s.keys).await {
+                    tracing::warn!(sandbox = %s.sandbox, "updating authorized keys: {e:#}");
+                }
+            }
+            Ok(Response::Ok)
+        }
+        Request::Env { sandbox } => backend.env(&sandbox).await.map(|env| Response::Env {
+            env: env
+                .into_iter()
+                .map(|(k, v)| (k, protocol::Secret(v)))
+                .collect(),
+        }),
         Request::List => backend
             .list()
             .await

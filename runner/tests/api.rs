@@ -1119,3 +1119,106 @@ fn an_address_guessing_api_keys_is_slowed_down() -> Result<()> {
     ensure!(health.status == 200, "{health:?}");
     Ok(())
 }
+
+/// `ssh -J <hop_user>@gateway <sandbox>`, spelled as a ProxyCommand: the hop logs in
+/// to the gateway with `hop_key`, the agent behind it checks `client`'s own key.
+fn jump(
+    stack: &Stack,
+    client: &Client,
+    hop_user: &str,
+    hop_key: &Client,
+    sandbox: &str,
+) -> Result<warren_tests::Output> {
+    let hop = format!(
+        "ProxyCommand=ssh -F /dev/null -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no \
+         -o LogLevel=ERROR -o BatchMode=yes -o IdentitiesOnly=yes -i {} -p {} -W %h:%p {hop_user}@127.0.0.1",
+        hop_key.key_path().display(),
+        stack.ssh_port
+    );
+    client
+        .clone()
+        .with_target(Target::new(sandbox, 22, sandbox))
+        .ssh(&["-o", &hop], "echo jumped")
+        .run()
+}
+
+#[test]
+fn jump_mode_follows_ssh_keys_and_shares() -> Result<()> {
+    let stack = Stack::start()?;
+    let _runner = stack.runner("r1")?;
+    // Slow rounds: what is checked below must hold when the API answers.
+    let api = stack.api(Duration::from_secs(3600))?;
+    let admin = stack.admin("root")?;
+    let alice = account(&stack, &api, &admin, "alice")?;
+    let bob = account(&stack, &api, &admin, "bob")?;
+    let made = create_sandbox(&stack, &api, &alice.key, json!({}))?;
+    let id = made["id"].as_str().context("id")?.to_owned();
+    let got_in =
+        |out: &warren_tests::Output| out.code() == Some(0) && out.stdout_trimmed() == "jumped";
+
+    let out = jump(&stack, &alice.client, "alice", &alice.client, &id)?;
+    ensure!(got_in(&out), "alice's own key:\n{out}");
+
+    // A key added after the sandbox was made works at the agent at once...
+    let laptop = Client::new(Target::new("127.0.0.1", stack.ssh_port, "x"))?;
+    let added = stack.call(
+        &api,
+        "POST",
+        "/v1/ssh-keys",
+        Some(&alice.key),
+        Some(json!({"name": "second", "public_key": laptop.public_key()})),
+    )?;
+    ensure!(added.status == 201, "{added:?}");
+    let out = jump(&stack, &laptop, "alice", &alice.client, &id)?;
+    ensure!(got_in(&out), "a key added later:\n{out}");
+    // ...and once removed, the agent refuses it, though the hop still logs in.
+    let key_id = added.json()["id"].as_str().context("key id")?.to_owned();
+    let removed = stack.call(
+        &api,
+        "DELETE",
+        &format!("/v1/ssh-keys/{key_id}"),
+        Some(&alice.key),
+        None,
+    )?;
+    ensure!(removed.status == 204, "{removed:?}");
+    let out = jump(&stack, &laptop, "alice", &alice.client, &id)?;
+    ensure!(
+        out.code() == Some(255) && !got_in(&out),
+        "a removed key got in:\n{out}"
+    );
+
+    // Bob: refused; shared with him, in; unshared, refused again.
+    let out = jump(&stack, &bob.client, "bob", &bob.client, &id)?;
+    ensure!(out.code() == Some(255), "bob got in:\n{out}");
+    let shared = stack.call(
+        &api,
+        "POST",
+        &format!("/v1/sandboxes/{id}/shares"),
+        Some(&alice.key),
+        Some(json!({"user": "bob"})),
+    )?;
+    ensure!(shared.status == 201, "{shared:?}");
+    let out = jump(&stack, &bob.client, "bob", &bob.client, &id)?;
+    ensure!(got_in(&out), "bob, shared:\n{out}");
+    let unshared = stack.call(
+        &api,
+        "DELETE",
+        &format!("/v1/sandboxes/{id}/shares/bob"),
+        Some(&alice.key),
+        None,
+    )?;
+    ensure!(unshared.status == 204, "{unshared:?}");
+    // The front door refuses him now; and the agent, reached through alice's hop,
+    // no longer takes his key either.
+    let out = jump(&stack, &bob.client, "bob", &bob.client, &id)?;
+    ensure!(
+        out.code() == Some(255),
+        "bob got in after the unshare:\n{out}"
+    );
+    let out = jump(&stack, &bob.client, "alice", &alice.client, &id)?;
+    ensure!(
+        out.code() == Some(255),
+        "the agent still takes bob's key:\n{out}"
+    );
+    Ok(())
+}

@@ -537,7 +537,7 @@ fn the_idle_reaper_stops_idle_sandboxes_and_spares_busy_ones() -> Result<()> {
 
 #[test]
 fn a_repository_is_cloned_onto_its_branch_and_secrets_stay_out_of_logs() -> Result<()> {
-    let Some(d) = DockerStack::start(&[])? else {
+    let Some(mut d) = DockerStack::start(&[])? else {
         return Ok(());
     };
     image("build-base")?;
@@ -621,6 +621,19 @@ fn a_repository_is_cloned_onto_its_branch_and_secrets_stay_out_of_logs() -> Resu
         out.stdout_trimmed() == secret,
         "the environment did not reach the session"
     );
+    // The runner gives the create-time env back (a restarted gateway asks for it),
+    // just that env, from the container, across a runner restart.
+    d.restart_runner()?;
+    match d.control(Request::Env {
+        sandbox: id.clone(),
+    })? {
+        Response::Env { env } => {
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.expose())).collect();
+            ensure!(env == [("ANTHROPIC_API_KEY", secret)], "env: {env:?}");
+        }
+        other => bail!("env: {other:?}"),
+    }
     // Nothing Warren logged holds a secret: the runner's log and the agent's.
     let logs = docker_ok(&["logs", &format!("warren-{id}")])? + &d.runner_log();
     ensure!(

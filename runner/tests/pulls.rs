@@ -438,6 +438,45 @@ fn a_pull_request_is_committed_pushed_opened_and_merged() -> Result<()> {
 }
 
 #[test]
+fn after_a_gateway_restart_env_and_token_come_back_from_the_runner() -> Result<()> {
+    let s = setup()?;
+    let tmp = TempDir::new()?;
+    let remote = bare_remote(&tmp)?;
+    let (id, client) = s.sandbox(&remote, "warren/restart")?;
+    // The gateway's memory after a restart: a fresh API state on the same store,
+    // runner and keys, knowing nothing of the create request's env.
+    let restarted = s.stack.api(Duration::from_secs(30))?;
+    restarted.state.set_github_api(&s.github.base);
+    let call = |method: &str, path: &str, body: Option<Value>| {
+        s.stack.call(&restarted, method, path, Some(&s.key), body)
+    };
+    for step in ["stop", "start"] {
+        let reply = call("POST", &format!("/v1/sandboxes/{id}/{step}"), None)?;
+        ensure!(reply.status == 200, "{step}: {reply:?}");
+    }
+    let out = client
+        .exec(&format!("test \"$GITHUB_TOKEN\" = '{TOKEN}' && echo same"))
+        .run()?;
+    ensure!(
+        out.stdout_trimmed() == "same",
+        "the restarted sandbox lost its env"
+    );
+    client.exec("echo again > again.txt").run()?.success()?;
+    let reply = call(
+        "POST",
+        &format!("/v1/sandboxes/{id}/pull-requests"),
+        Some(json!({"title": "After a restart"})),
+    )?;
+    ensure!(reply.status == 201, "{reply:?}");
+    let create = s.github.requests().pop().context("GitHub was not asked")?;
+    ensure!(
+        create.authorization == format!("Bearer {TOKEN}"),
+        "the pull request was not opened with the create-time token"
+    );
+    Ok(())
+}
+
+#[test]
 fn a_refused_push_is_a_502_with_the_remotes_message() -> Result<()> {
     let s = setup()?;
     let tmp = TempDir::new()?;

@@ -20,6 +20,7 @@
 //! stopped sandbox with them) and in the runner's; the store never sees them.
 
 mod accounts;
+mod agent_keys;
 pub mod auth;
 pub mod error;
 mod metrics;
@@ -70,9 +71,11 @@ pub struct ApiState {
     /// The gateway's host key, `ssh-ed25519 AAAA…` (no host part, no comment).
     pub host_key_line: String,
     /// The spec each sandbox was created with (env secrets included), to start it
-    /// again with the same; memory only, so after a gateway restart a start sends
-    /// what the store has (no env).
+    /// again with the same; memory only: after a gateway restart it is rebuilt from
+    /// the store and the runner's answer to `env` (`sandboxes::remembered_spec`).
     specs: Mutex<HashMap<SandboxId, SandboxSpec>>,
+    /// The authorized keys last sent for each sandbox ([`agent_keys`]).
+    sent_keys: Mutex<agent_keys::SentKeys>,
     /// One lifecycle change at a time per sandbox (API calls and the reconciler).
     locks: Mutex<HashMap<SandboxId, Arc<tokio::sync::Mutex<()>>>>,
     metrics: metrics::Metrics,
@@ -99,6 +102,7 @@ impl ApiState {
             ssh_port,
             host_key_line,
             specs: Mutex::new(HashMap::new()),
+            sent_keys: Mutex::default(),
             locks: Mutex::new(HashMap::new()),
             metrics: metrics::Metrics::default(),
             limiter: crate::ssh::FailureLimiter::default(),
@@ -129,6 +133,13 @@ impl ApiState {
         }
     }
 
+    fn sent_keys(&self) -> MutexGuard<'_, agent_keys::SentKeys> {
+        match self.sent_keys.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
     /// Holds `sandbox`'s lifecycle lock until the guard drops.
     async fn lock(&self, sandbox: &SandboxId) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = {
@@ -143,6 +154,7 @@ impl ApiState {
 
     fn forget(&self, sandbox: &SandboxId) {
         self.specs().remove(sandbox);
+        self.sent_keys().remove(sandbox);
         if let Ok(mut locks) = self.locks.lock() {
             locks.remove(sandbox);
         }

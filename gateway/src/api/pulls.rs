@@ -3,7 +3,8 @@
 //! merge one.
 //!
 //! The push token is the create request's `GITHUB_TOKEN`, kept in the gateway's
-//! memory only; it travels to the runner in the control request and from there to
+//! memory only (after a gateway restart it is asked of the runner, which holds the
+//! sandbox's env where the sandbox runs); it travels to the runner in the control request and from there to
 //! git only through the environment of the git run (an askpass helper answers
 //! git's prompt), never into git config, the workspace or a log.
 
@@ -19,7 +20,7 @@ use warren_runner::protocol::{Request, Response, Secret};
 
 use super::auth::Caller;
 use super::error::{ApiError, ApiJson, IdPath, OptionalJson};
-use super::sandboxes::owned;
+use super::sandboxes::{owned, remembered_spec};
 use super::views::ErrorBody;
 use super::{ApiState, validate};
 use crate::github::{GitHubError, MergeMethod, RepoRef};
@@ -103,19 +104,20 @@ fn repo_of(sandbox: &Sandbox) -> Result<(String, RepoRef), ApiError> {
     Ok((url.to_owned(), repo))
 }
 
-/// The token given at create time (`env.GITHUB_TOKEN`), from memory.
-fn token_of(state: &ApiState, sandbox: &Sandbox) -> Result<String, ApiError> {
-    let specs = state.specs();
-    let spec = specs.get(&sandbox.id);
-    spec.and_then(|s| s.repo.as_ref().and_then(|r| r.token.clone()))
-        .or_else(|| spec.and_then(|s| s.env.get(TOKEN_ENV).cloned()))
+/// The token given at create time (the repo's token, else `env.GITHUB_TOKEN`):
+/// from the gateway's memory or, after a gateway restart, from the runner.
+async fn token_of(state: &ApiState, sandbox: &Sandbox) -> Result<String, ApiError> {
+    let spec = remembered_spec(state, sandbox).await;
+    spec.repo
+        .and_then(|r| r.token)
+        .or_else(|| spec.env.get(TOKEN_ENV).cloned())
         .filter(|t| !t.is_empty())
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::CONFLICT,
                 "no_credentials",
-                "no GITHUB_TOKEN is known for this sandbox (none was given in env at \
-                 create, or the gateway restarted since; the gateway keeps it in memory only)",
+                "no GITHUB_TOKEN is known for this sandbox: none was given in env at \
+                 create, or its runner no longer holds it",
             )
         })
 }
@@ -157,7 +159,7 @@ fn check_create(body: &CreatePullRequest) -> Result<(), ApiError> {
         (status = 201, description = "pushed and opened", body = PullRequestView),
         (status = 404, description = "no such sandbox of yours", body = ErrorBody),
         (status = 409, description = "nothing to commit (`nothing_to_commit`), no repo \
-            (`no_repo`), no token in memory (`no_credentials`), or not running",
+            (`no_repo`), no token known (`no_credentials`), or not running",
             body = ErrorBody),
         (status = 422, description = "a field is refused", body = ErrorBody),
         (status = 502, description = "the remote refused the push or GitHub refused the \
@@ -174,7 +176,7 @@ pub async fn create(
     check_create(&body)?;
     let sandbox = owned(&state, &caller.user, &id).await?;
     let (_, repo) = repo_of(&sandbox)?;
-    let token = token_of(&state, &sandbox)?;
+    let token = token_of(&state, &sandbox).await?;
     let github = state.github();
     let author = caller.user.name.clone();
     let task_state = state.clone();
@@ -302,7 +304,7 @@ pub async fn merge(
         .filter(|n| (1..=u64::from(u32::MAX)).contains(n))
         .ok_or_else(|| ApiError::not_found("pull request"))?;
     let (_, repo) = repo_of(&sandbox)?;
-    let token = token_of(&state, &sandbox)?;
+    let token = token_of(&state, &sandbox).await?;
     let merged = state
         .github()
         .merge_pull(&token, &repo, number, body.method)

@@ -5,7 +5,8 @@
 //! runner's reason (`idle`, `oom`, `exited`) as the event's reason (`lost` if the
 //! runner no longer has it at all). A sandbox changed since the list was asked for
 //! is left for the next round, so a start racing the list is never undone. Then
-//! every sandbox past its `ttl_s` is deleted (reason `ttl`).
+//! every sandbox past its `ttl_s` is deleted (reason `ttl`). Each round also sends
+//! runners the authorized keys that changed ([`super::agent_keys`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,6 +39,9 @@ pub async fn reconcile_once(state: &ApiState) {
     for runner in state.hub.online_runners() {
         if let Err(e) = reconcile_runner(state, &runner).await {
             tracing::warn!(runner = %runner, "reconciling: {e}");
+        }
+        if let Err(e) = super::agent_keys::sync_runner(state, &runner).await {
+            tracing::warn!(runner = %runner, "sending authorized keys: {e:#}");
         }
     }
     reap_expired(state).await;

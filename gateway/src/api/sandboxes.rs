@@ -43,7 +43,8 @@ pub struct CreateSandbox {
     /// `repo`.
     branch: Option<String>,
     /// Environment for every session (at most 64; names `[A-Za-z_][A-Za-z0-9_]*`, not
-    /// `WARREN_*`; values up to 32 KiB). Kept in memory only. `GITHUB_TOKEN`, if
+    /// `WARREN_*`; values up to 32 KiB). Never stored by the gateway: it keeps it in
+    /// memory, the runner in the sandbox (its container's config). `GITHUB_TOKEN`, if
     /// given, is also offered to git for cloning `repo`.
     #[serde(default)]
     env: BTreeMap<String, String>,
@@ -116,6 +117,40 @@ fn spec_from_store(sandbox: &Sandbox) -> SandboxSpec {
     }
 }
 
+/// The spec `sandbox` was created with. The gateway keeps create-time env (secrets
+/// included) in memory only; after a restart it rebuilds the spec from the store and
+/// asks the runner for the env, which it holds where the sandbox runs. A runner
+/// that cannot say leaves the env empty (logged; the caller decides what that means).
+pub(super) async fn remembered_spec(state: &ApiState, sandbox: &Sandbox) -> SandboxSpec {
+    let known = state.specs().get(&sandbox.id).cloned();
+    if let Some(spec) = known {
+        return spec;
+    }
+    let mut spec = spec_from_store(sandbox);
+    let Some(runner) = &sandbox.runner_id else {
+        return spec;
+    };
+    let request = Request::Env {
+        sandbox: sandbox.id.clone(),
+    };
+    match state.hub.control(runner, &request).await {
+        Ok(warren_runner::protocol::Response::Env { env }) => {
+            spec.env = env.into_iter().map(|(k, v)| (k, v.0)).collect();
+            state.specs().insert(sandbox.id.clone(), spec.clone());
+        }
+        Ok(warren_runner::protocol::Response::Error { message }) => {
+            tracing::warn!(sandbox = %sandbox.id, %message, "the runner does not know the sandbox's env");
+        }
+        Ok(other) => {
+            tracing::warn!(sandbox = %sandbox.id, answer = ?other, "unexpected answer to env");
+        }
+        Err(e) => {
+            tracing::warn!(sandbox = %sandbox.id, error = %e, "could not ask the runner for the sandbox's env");
+        }
+    }
+    spec
+}
+
 fn millicpus(cpus: f64) -> u32 {
     // In range (0.1..=16 checked at create), so the cast cannot truncate.
     (cpus * 1000.0).round() as u32
@@ -152,20 +187,6 @@ async fn detached<T: Send + 'static>(
         Err(e) => {
             tracing::error!("an API task failed: {e}");
             Err(ApiError::internal())
-        }
-    }
-}
-
-/// The owner's registered keys as OpenSSH lines, for the agent's authorized_keys.
-async fn authorized_keys(state: &ApiState, owner: &crate::store::UserId) -> Vec<String> {
-    match state.store.list_ssh_keys(owner).await {
-        Ok(keys) => keys
-            .iter()
-            .filter_map(|k| k.public_key.to_openssh().ok())
-            .collect(),
-        Err(e) => {
-            tracing::warn!("listing SSH keys for a sandbox: {e}");
-            Vec::new()
         }
     }
 }
@@ -221,7 +242,7 @@ async fn run_on_runner(
     let request = Request::Create {
         sandbox: sandbox.id.clone(),
         token_key: state.signer.verifier().to_base64(),
-        authorized_keys: authorized_keys(state, &sandbox.owner_id).await,
+        authorized_keys: super::agent_keys::for_sandbox(state, &sandbox.id).await,
         spec,
     };
     let failure = match state.hub.control(runner, &request).await {
@@ -485,11 +506,7 @@ pub async fn start(
                 )));
             }
         }
-        let spec = state
-            .specs()
-            .get(&sandbox.id)
-            .cloned()
-            .unwrap_or_else(|| spec_from_store(&sandbox));
+        let spec = remembered_spec(&state, &sandbox).await;
         run_on_runner(&state, &sandbox, spec, "started by user").await
     })
     .await?;

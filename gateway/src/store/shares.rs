@@ -1,8 +1,11 @@
-//! Sharing a sandbox: users other than its owner who may ssh into it.
+//! Sharing a sandbox: users other than its owner who may ssh into it; and the keys
+//! that follow from that for the agents' own checks (jump mode).
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use warren_keys::SandboxId;
 
-use super::ids::UserId;
+use super::ids::{RunnerId, UserId};
 use super::model::Timestamp;
 use super::{Store, StoreError, row};
 
@@ -57,5 +60,64 @@ impl Store {
             .map(|r| row::parsed(r, "user_id"))
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
+    }
+
+    /// The OpenSSH key lines that may log in to each of `runner`'s sandboxes (not
+    /// deleted) at its agent, as in jump mode: its owner's keys and those of the
+    /// users it is shared with. Every such sandbox is in the map, with no keys if
+    /// none of them has one.
+    pub async fn runner_authorized_keys(
+        &self,
+        runner: &RunnerId,
+    ) -> Result<BTreeMap<SandboxId, BTreeSet<String>>, StoreError> {
+        self.authorized_keys_where("s.runner_id = $1", runner.as_str())
+            .await
+    }
+
+    /// The same for one sandbox (an empty map if it is deleted or unknown).
+    pub async fn sandbox_authorized_keys(
+        &self,
+        sandbox: &SandboxId,
+    ) -> Result<BTreeSet<String>, StoreError> {
+        let mut all = self
+            .authorized_keys_where("s.id = $1", sandbox.as_str())
+            .await?;
+        Ok(all.remove(sandbox).unwrap_or_default())
+    }
+
+    /// `filter` is a fixed condition on `sandboxes s` with one parameter, `value`.
+    async fn authorized_keys_where(
+        &self,
+        filter: &str,
+        value: &str,
+    ) -> Result<BTreeMap<SandboxId, BTreeSet<String>>, StoreError> {
+        let live = format!("{filter} AND s.state <> 'deleted'");
+        let mut keys: BTreeMap<SandboxId, BTreeSet<String>> = BTreeMap::new();
+        let sql = format!("SELECT s.id AS sandbox_id FROM sandboxes s WHERE {live}");
+        for r in &sqlx::query(&sql).bind(value).fetch_all(&self.pool).await? {
+            keys.insert(row::parsed(r, "sandbox_id")?, BTreeSet::new());
+        }
+        let with_keys = [
+            // The owner's keys.
+            format!(
+                "SELECT s.id AS sandbox_id, k.public_key FROM sandboxes s \
+                 JOIN ssh_keys k ON k.user_id = s.owner_id WHERE {live}"
+            ),
+            // The keys of the users it is shared with.
+            format!(
+                "SELECT s.id AS sandbox_id, k.public_key FROM sandboxes s \
+                 JOIN sandbox_shares sh ON sh.sandbox_id = s.id \
+                 JOIN ssh_keys k ON k.user_id = sh.user_id WHERE {live}"
+            ),
+        ];
+        for sql in &with_keys {
+            for r in &sqlx::query(sql).bind(value).fetch_all(&self.pool).await? {
+                let sandbox: SandboxId = row::parsed(r, "sandbox_id")?;
+                keys.entry(sandbox)
+                    .or_default()
+                    .insert(row::text(r, "public_key")?);
+            }
+        }
+        Ok(keys)
     }
 }

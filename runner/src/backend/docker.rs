@@ -12,7 +12,7 @@
 //! Docker's labels are the backend's state: after a restart the runner adopts what
 //! runs and removes what belongs to deleted sandboxes (see [`DockerBackend::adopt`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
@@ -185,7 +185,7 @@ impl DockerBackend {
         &self.docker
     }
 
-    fn sandbox_run_dir(&self, id: &SandboxId) -> PathBuf {
+    pub(crate) fn sandbox_run_dir(&self, id: &SandboxId) -> PathBuf {
         self.run_dir.join(id.as_str())
     }
 
@@ -218,9 +218,7 @@ impl DockerBackend {
             .mode(0o700)
             .create(&dir)
             .with_context(|| format!("creating {}", dir.display()))?;
-        let mut keys = authorized_keys.join("\n");
-        keys.push('\n');
-        write_file(&dir.join("authorized_keys"), keys.as_bytes())?;
+        super::write_authorized_keys(&dir, authorized_keys)?;
         let _ = fs::remove_file(dir.join(STOPPED_MARKER));
 
         let name = container_name(id);
@@ -844,6 +842,31 @@ impl DockerBackend {
         (state.started_at.is_some()).then(|| "exited".into())
     }
 
+    /// The environment given at create: the entries of the container's config that
+    /// `WARREN_PASS_ENV` names (Docker keeps the config across stops and runner
+    /// restarts).
+    pub async fn env(&self, id: &SandboxId) -> Result<BTreeMap<String, String>> {
+        let info = match self
+            .docker
+            .inspect_container(&container_name(id), None)
+            .await
+        {
+            Ok(info) => info,
+            Err(e) if is_not_found(&e) => bail!("unknown sandbox {id}"),
+            Err(e) => return Err(e).context("asking the Docker engine"),
+        };
+        let config = info.config.unwrap_or_default();
+        let ours = config
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_RUNNER))
+            .is_some_and(|r| *r == self.runner);
+        if !ours {
+            bail!("unknown sandbox {id}");
+        }
+        Ok(passed_env(&config.env.unwrap_or_default()))
+    }
+
     /// Counts as activity (the API's keepalive).
     pub async fn keepalive(&self, id: &SandboxId) -> Result<()> {
         let dir = self.sandbox_run_dir(id);
@@ -952,6 +975,20 @@ impl DockerBackend {
 
 /// The agent runs in images without a libc: it must be a static executable (an ELF
 /// file without a PT_INTERP program header).
+/// The `NAME=value` entries of a container's environment that its
+/// `WARREN_PASS_ENV` list names: the create request's env, without Warren's own.
+fn passed_env(entries: &[String]) -> BTreeMap<String, String> {
+    let pairs = entries.iter().filter_map(|e| e.split_once('='));
+    let Some((_, names)) = pairs.clone().find(|(k, _)| *k == "WARREN_PASS_ENV") else {
+        return BTreeMap::new();
+    };
+    let names: Vec<&str> = names.split(',').filter(|n| !n.is_empty()).collect();
+    pairs
+        .filter(|(k, _)| names.contains(k))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
 fn ensure_static(agent: &std::path::Path) -> Result<()> {
     let elf = fs::read(agent).with_context(|| format!("reading {}", agent.display()))?;
     let u16_at = |at: usize| {
@@ -1073,6 +1110,27 @@ fn redact_url(url: &str) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passed_env_is_the_named_entries_only() {
+        let entries: Vec<String> = [
+            "WARREN_TOKEN_KEY=k",
+            "WARREN_PASS_ENV=GITHUB_TOKEN,EMPTY,URL",
+            "GITHUB_TOKEN=ghp_x",
+            "EMPTY=",
+            "URL=a=b",
+            "PATH=/bin",
+        ]
+        .map(String::from)
+        .into();
+        let env = passed_env(&entries);
+        assert_eq!(
+            env.into_iter().collect::<Vec<_>>(),
+            [("EMPTY", ""), ("GITHUB_TOKEN", "ghp_x"), ("URL", "a=b")]
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
+        assert!(passed_env(&["A=b".to_owned()]).is_empty());
+    }
 
     #[test]
     fn urls_lose_their_credentials() {

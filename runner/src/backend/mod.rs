@@ -5,7 +5,8 @@
 pub mod docker;
 pub mod process;
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use warren_keys::SandboxId;
@@ -60,6 +61,27 @@ impl Backend {
         }
     }
 
+    /// Replaces the keys the sandbox's agent accepts (it reads the file at every
+    /// login). A sandbox this runner does not have is left alone.
+    pub async fn set_authorized_keys(&self, id: &SandboxId, keys: &[String]) -> Result<()> {
+        let dir = match self {
+            Backend::Process(b) => b.sandbox_dir(id),
+            Backend::Docker(b) => b.sandbox_run_dir(id),
+        };
+        if dir.is_dir() {
+            write_authorized_keys(&dir, keys)?;
+        }
+        Ok(())
+    }
+
+    /// The environment the sandbox was created with (its secrets included).
+    pub async fn env(&self, id: &SandboxId) -> Result<BTreeMap<String, String>> {
+        match self {
+            Backend::Process(b) => b.env(id).await,
+            Backend::Docker(b) => b.env(id).await,
+        }
+    }
+
     /// Commits the sandbox's workspace and pushes it (the API's pull requests).
     pub async fn commit_and_push(
         &self,
@@ -92,4 +114,14 @@ impl Backend {
             Backend::Docker(_) => {}
         }
     }
+}
+
+/// Writes `keys` (OpenSSH lines) as `dir/authorized_keys`, atomically: the agent may
+/// be reading it for a login.
+pub(crate) fn write_authorized_keys(dir: &Path, keys: &[String]) -> Result<std::path::PathBuf> {
+    let path = dir.join("authorized_keys");
+    let mut text = keys.join("\n");
+    text.push('\n');
+    crate::state::write_file(&path, text.as_bytes())?;
+    Ok(path)
 }

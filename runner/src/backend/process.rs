@@ -3,7 +3,7 @@
 //! user, with its files and network. It exists so the whole gateway → tunnel →
 //! agent path runs and is tested without Docker.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -17,7 +17,6 @@ use warren_keys::SandboxId;
 
 use crate::git;
 use crate::protocol::{RepoSpec, SandboxSpec, SandboxStatus};
-use crate::state::write_file;
 
 /// How long a stopped agent gets between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -32,6 +31,9 @@ pub struct ProcessBackend {
     listen_dir: PathBuf,
     agent_bin: PathBuf,
     running: Mutex<HashMap<SandboxId, Child>>,
+    /// Each sandbox's create-time environment, for [`Self::env`]; kept while the
+    /// sandbox exists (stopped too), in memory only.
+    envs: std::sync::Mutex<HashMap<SandboxId, BTreeMap<String, String>>>,
 }
 
 impl ProcessBackend {
@@ -54,10 +56,11 @@ impl ProcessBackend {
             listen_dir,
             agent_bin,
             running: Mutex::new(HashMap::new()),
+            envs: std::sync::Mutex::default(),
         })
     }
 
-    fn sandbox_dir(&self, id: &SandboxId) -> PathBuf {
+    pub(crate) fn sandbox_dir(&self, id: &SandboxId) -> PathBuf {
         self.sandboxes_dir.join(id.as_str())
     }
 
@@ -100,10 +103,7 @@ impl ProcessBackend {
             None if self.workspace(id).is_dir() => self.workspace(id),
             None => dir.clone(),
         };
-        let keys_file = dir.join("authorized_keys");
-        let mut keys = authorized_keys.join("\n");
-        keys.push('\n');
-        write_file(&keys_file, keys.as_bytes())?;
+        let keys_file = super::write_authorized_keys(&dir, authorized_keys)?;
         let mut running = self.running.lock().await;
         if let Some(child) = running.get_mut(id) {
             if matches!(child.try_wait(), Ok(None)) {
@@ -154,7 +154,27 @@ impl ProcessBackend {
         }
         tracing::info!(sandbox = %id, pid = child.id(), "sandbox started");
         running.insert(id.clone(), child);
+        self.envs().insert(id.clone(), spec.env.clone());
         Ok(())
+    }
+
+    fn envs(&self) -> std::sync::MutexGuard<'_, HashMap<SandboxId, BTreeMap<String, String>>> {
+        match self.envs.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// The environment the sandbox's agent was last started with; empty for a
+    /// sandbox this runner process has not started (its memory is all there is).
+    pub async fn env(&self, id: &SandboxId) -> Result<BTreeMap<String, String>> {
+        if let Some(env) = self.envs().get(id) {
+            return Ok(env.clone());
+        }
+        if !self.sandbox_dir(id).is_dir() {
+            bail!("unknown sandbox {id}");
+        }
+        Ok(BTreeMap::new())
     }
 
     /// Where a sandbox's repository is cloned (and its sessions start).
@@ -248,6 +268,7 @@ impl ProcessBackend {
         self.stop(id).await?;
         let dir = self.sandbox_dir(id);
         fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        self.envs().remove(id);
         tracing::info!(sandbox = %id, "sandbox deleted");
         Ok(())
     }

@@ -1,0 +1,77 @@
+//! Keeping each agent's authorized keys in step with the store.
+//!
+//! In jump mode (`ssh -J user@gateway <sandbox-id>`) the agent checks the user's
+//! key itself, against the file its runner keeps: the owner's SSH keys and those
+//! of the users the sandbox is shared with. A key removed or a share taken back
+//! must stop working there too, so changes are pushed to the runners: at once when
+//! made through the API, and on every reconciler round for the rest (operator
+//! commands, a gateway restart, a runner that was offline). The gateway remembers
+//! what it sent, so a round without changes sends nothing.
+
+use std::collections::BTreeSet;
+
+use anyhow::bail;
+use warren_runner::protocol::{Request, Response, SandboxKeys};
+
+use super::ApiState;
+use crate::store::{RunnerId, SandboxId};
+
+/// Sends `runner` the keys of its sandboxes whose keys changed since last sent.
+pub(super) async fn sync_runner(state: &ApiState, runner: &RunnerId) -> anyhow::Result<()> {
+    let wanted = state.store.runner_authorized_keys(runner).await?;
+    let changed: Vec<SandboxKeys> = {
+        let sent = state.sent_keys();
+        wanted
+            .into_iter()
+            .filter(|(id, keys)| sent.get(id) != Some(keys))
+            .map(|(sandbox, keys)| SandboxKeys {
+                sandbox,
+                keys: keys.into_iter().collect(),
+            })
+            .collect()
+    };
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let request = Request::AuthorizedKeys {
+        sandboxes: changed.clone(),
+    };
+    match state.hub.control(runner, &request).await? {
+        Response::Ok => {}
+        other => bail!("unexpected answer to authorized_keys: {other:?}"),
+    }
+    tracing::debug!(runner = %runner, sandboxes = changed.len(), "authorized keys sent");
+    let mut sent = state.sent_keys();
+    for s in changed {
+        sent.insert(s.sandbox, s.keys.into_iter().collect());
+    }
+    Ok(())
+}
+
+/// [`sync_runner`] for every online runner: after a change through the API, so it
+/// holds before the API answers. Failures are logged; the reconciler retries.
+pub(super) async fn sync_all(state: &ApiState) {
+    for runner in state.hub.online_runners() {
+        if let Err(e) = sync_runner(state, &runner).await {
+            tracing::warn!(runner = %runner, "sending authorized keys: {e:#}");
+        }
+    }
+}
+
+/// The keys `sandbox`'s agent should accept now, for a create or start.
+pub(super) async fn for_sandbox(state: &ApiState, sandbox: &SandboxId) -> Vec<String> {
+    match state.store.sandbox_authorized_keys(sandbox).await {
+        Ok(keys) => {
+            let lines = keys.iter().cloned().collect();
+            state.sent_keys().insert(sandbox.clone(), keys);
+            lines
+        }
+        Err(e) => {
+            tracing::warn!(sandbox = %sandbox, "listing authorized keys: {e}");
+            state.sent_keys().remove(sandbox);
+            Vec::new()
+        }
+    }
+}
+
+pub(super) type SentKeys = std::collections::HashMap<SandboxId, BTreeSet<String>>;
