@@ -186,7 +186,8 @@ async fn serve(
     );
     if let Some(identity) = tls {
         println!(
-            "tls certificate {} ({}), sha256 fingerprint {}; clients: curl --cacert {} https://…",
+            "tls certificate {} ({}), sha256 fingerprint {}; clients: \
+             `warren login --cacert {} --url https://…` or `curl --cacert …`",
             identity.cert_path().display(),
             if identity.generated() {
                 "self-signed"

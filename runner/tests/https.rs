@@ -19,7 +19,7 @@ use tempfile::TempDir;
 use warren_gateway::api::{self, ApiState};
 use warren_keys::TokenSigner;
 use warren_keys::tls::{TlsIdentity, load_or_generate_tls_identity};
-use warren_tests::{Cmd, Output};
+use warren_tests::{Cmd, Output, Profile, build_bin};
 
 /// The API served over TLS on 127.0.0.1 (a free port) with a fresh self-signed
 /// identity in `dir`.
@@ -150,6 +150,52 @@ fn https_verifies_with_the_certificate_and_not_without() -> Result<()> {
         "openssl: {printed}, ours: {}",
         identity.fingerprint()
     );
+    Ok(())
+}
+
+#[test]
+fn the_cli_trusts_a_self_signed_gateway_given_its_certificate() -> Result<()> {
+    let stack = Stack::start()?;
+    let dir = TempDir::new()?;
+    let (addr, identity) = serve(&stack, &dir)?;
+    let api_key = stack.admin("alice")?;
+    let home = TempDir::new()?;
+    let warren = build_bin("warren-gateway", "warren", Profile::Debug)?;
+    let url = format!("https://127.0.0.1:{}", addr.port());
+    let cli = |args: &[&str]| {
+        Cmd::new(&warren)
+            .args(args)
+            .env("XDG_CONFIG_HOME", home.path())
+            .env_remove("WARREN_URL")
+            .env_remove("WARREN_CACERT")
+            .timeout(Duration::from_secs(30))
+    };
+    let saved = home.path().join("warren").join("config.json");
+
+    // Not trusted: refused, with what to do about it; nothing saved.
+    let out = cli(&["login", "--url", &url])
+        .env("WARREN_API_KEY", &api_key)
+        .run()?;
+    ensure!(
+        out.code() == Some(1) && out.stderr_str().contains("--cacert"),
+        "{out}"
+    );
+    ensure!(!saved.exists(), "a refused login saved a config");
+
+    // Trusted: logged in, and later commands trust it from the saved config.
+    cli(&["login", "--url", &url, "--cacert"])
+        .arg(identity.cert_path())
+        .env("WARREN_API_KEY", &api_key)
+        .run()?
+        .success()?;
+    ensure!(
+        std::fs::read_to_string(&saved)?.contains("ca_cert"),
+        "the certificate is not in the saved config"
+    );
+    cli(&["list"])
+        .env_remove("WARREN_API_KEY")
+        .run()?
+        .success()?;
     Ok(())
 }
 

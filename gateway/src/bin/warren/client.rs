@@ -11,6 +11,10 @@ use serde_json::Value;
 pub struct Config {
     pub url: String,
     pub api_key: String,
+    /// A PEM certificate to trust for the API's HTTPS (a gateway's self-signed
+    /// one), besides the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 pub fn config_path() -> PathBuf {
@@ -22,12 +26,16 @@ pub fn config_path() -> PathBuf {
 }
 
 impl Config {
-    /// `WARREN_URL`/`WARREN_API_KEY` win over the saved file.
+    /// `WARREN_URL`/`WARREN_API_KEY` (with `WARREN_CACERT`) win over the saved file.
     pub fn load() -> anyhow::Result<Config> {
         if let (Ok(url), Ok(api_key)) =
             (std::env::var("WARREN_URL"), std::env::var("WARREN_API_KEY"))
         {
-            return Ok(Config { url, api_key });
+            return Ok(Config {
+                url,
+                api_key,
+                ca_cert: std::env::var_os("WARREN_CACERT").map(PathBuf::from),
+            });
         }
         let path = config_path();
         let text = std::fs::read_to_string(&path).with_context(|| {
@@ -68,10 +76,16 @@ pub struct Api {
 
 impl Api {
     pub fn new(config: &Config) -> anyhow::Result<Api> {
+        let mut http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(600));
+        if let Some(path) = &config.ca_cert {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading the CA certificate {}", path.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .with_context(|| format!("{} is not a PEM certificate", path.display()))?;
+            http = http.add_root_certificate(cert);
+        }
         Ok(Api {
-            http: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(600))
-                .build()?,
+            http: http.build()?,
             url: config.url.trim_end_matches('/').to_owned(),
             key: config.api_key.clone(),
         })
@@ -91,10 +105,20 @@ impl Api {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the Warren API at {}", self.url))?;
+        let response = request.send().await.map_err(|e| {
+            // reqwest names the URL (never the key); the cause says what failed.
+            let untrusted =
+                std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+                    .any(|cause| cause.to_string().contains("certificate"));
+            let hint = if untrusted {
+                " (a gateway with a self-signed certificate: `warren login --cacert \
+                 <its cert.pem>`, or WARREN_CACERT)"
+            } else {
+                ""
+            };
+            anyhow::Error::new(e)
+                .context(format!("cannot reach the Warren API at {}{hint}", self.url))
+        })?;
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
         if !status.is_success() {

@@ -49,6 +49,10 @@ enum Command {
     Login {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         url: String,
+        /// A PEM certificate to trust for HTTPS: the gateway's self-signed one
+        /// (`warren-gateway serve` prints where it is and its fingerprint).
+        #[arg(long, value_name = "PEM")]
+        cacert: Option<PathBuf>,
     },
     /// Create a sandbox and print how to reach it.
     Create {
@@ -146,7 +150,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             })
             .await
         }
-        Command::Login { url } => {
+        Command::Login { url, cacert } => {
             let api_key = match std::env::var("WARREN_API_KEY") {
                 Ok(key) => key,
                 Err(_) => {
@@ -156,11 +160,22 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     line.trim().to_owned()
                 }
             };
-            let config = Config { url, api_key };
+            let ca_cert = match cacert {
+                Some(path) => Some(
+                    std::fs::canonicalize(&path)
+                        .with_context(|| format!("finding {}", path.display()))?,
+                ),
+                None => None,
+            };
+            let config = Config {
+                url,
+                api_key,
+                ca_cert,
+            };
             Api::new(&config)?
                 .call(Method::GET, "/v1/sandboxes?limit=1", None)
                 .await
-                .context("the key was not accepted")?;
+                .context("logging in")?;
             let path = config.save()?;
             println!("logged in; saved to {}", path.display());
             Ok(())

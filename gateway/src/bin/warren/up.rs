@@ -97,6 +97,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     let config = Config {
         url: http_url.clone(),
         api_key: api_key.clone(),
+        ca_cert: None,
     };
     let saved = save_cli_config(&config);
     let api = Api::new(&config)?;
