@@ -152,6 +152,94 @@ fn rsync_over_ssh_both_ways() -> Result<()> {
     scenarios::rsync_both_ways(&c, &dir)
 }
 
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Result<SmallDisk> {
+        let dir = tempfile::TempDir::new()?;
+        warren_tests::Cmd::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "warren-test-full",
+            ])
+            .arg(dir.path())
+            .run()?
+            .success()?;
+        Ok(SmallDisk { dir })
+    }
+
+    fn path(&self) -> String {
+        self.dir.path().to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = warren_tests::Cmd::new("umount").arg(self.dir.path()).run();
+    }
+}
+
+/// A full disk: sftp, scp and a command writing to it fail with the reason, and
+/// the agent goes on serving (the space freed is usable again).
+#[test]
+fn a_full_disk_fails_writes_clearly_and_the_agent_lives_on() -> Result<()> {
+    if !util::prerequisite(util::running_as_root(), "root (to mount a small tmpfs)")? {
+        return Ok(());
+    }
+    let (_agent, c, dir) = agent_and_client()?;
+    let disk = SmallDisk::mount("1m")?;
+    let full = disk.path();
+    let big = format!("{dir}/big");
+    fs::write(&big, vec![7u8; 4 << 20])?;
+
+    let out = c
+        .sftp(&["-b", "-"])
+        .stdin(format!("put {big} {full}/by-sftp\n"))
+        .run()?;
+    ensure!(
+        out.code() != Some(0) && out.stderr_str().contains("by-sftp"),
+        "sftp into a full disk:\n{out}"
+    );
+    let out = c
+        .scp(&[], &[&big, &format!("{}:{full}/by-scp", c.target().host)])
+        .run()?;
+    // scp speaks SFTP: OpenSSH's client prints the status code only ("Failure"),
+    // the same as against its own sftp-server.
+    ensure!(
+        out.code() != Some(0) && out.stderr_str().contains("by-scp"),
+        "scp into a full disk:\n{out}"
+    );
+    let out = c
+        .exec(&format!("head -c 4194304 /dev/zero > {full}/by-exec"))
+        .run()?;
+    ensure!(
+        out.code() == Some(1) && out.stderr_str().contains("No space left on device"),
+        "a command writing to a full disk:\n{out}"
+    );
+
+    let out = c
+        .exec(&format!(
+            "rm -f {full}/*; echo small > {full}/small; cat {full}/small"
+        ))
+        .run()?
+        .success()?;
+    ensure!(out.stdout_trimmed() == "small", "{out}");
+    fs::write(format!("{dir}/small"), b"fits\n")?;
+    c.sftp(&["-b", "-"])
+        .stdin(format!("put {dir}/small {full}/by-sftp\n"))
+        .run()?
+        .success()
+        .context("sftp after the disk was freed")?;
+    ensure!(fs::read(format!("{full}/by-sftp"))? == b"fits\n");
+    Ok(())
+}
+
 // ---------------------------------------------------------------- forwarding
 
 #[test]
