@@ -8,6 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -155,6 +156,7 @@ store_tests!(
     concurrent_transitions_have_one_winner,
     sandboxes_are_paginated_per_owner,
     ssh_session_audit,
+    authorized_keys_are_the_owners_and_the_shared_users,
 );
 
 fn public_key(seed: u8) -> PublicKey {
@@ -961,4 +963,103 @@ async fn data_dir_paths_with_url_characters_work() {
     assert!(data.join("gateway.db").is_file());
     let store = Store::open_in_data_dir(&data).await.unwrap();
     assert_eq!(store.list_users().await.unwrap().len(), 1);
+}
+
+/// What each agent on a runner should accept: its owner's keys and those of the
+/// users it is shared with; and which runners a user's key change must reach.
+async fn authorized_keys_are_the_owners_and_the_shared_users(db: &TestDb) {
+    let store = db.open().await;
+    let token = store
+        .create_join_token(Duration::from_secs(600))
+        .await
+        .unwrap();
+    let east = store
+        .join_runner(token.secret.expose(), &new_runner("east", 1))
+        .await
+        .unwrap();
+    let alice = store.create_user("alice", false).await.unwrap();
+    let bob = store.create_user("bob", false).await.unwrap();
+    let carol = store.create_user("carol", false).await.unwrap();
+    store
+        .add_ssh_key(&alice.id, "a", &public_key(10))
+        .await
+        .unwrap();
+    store
+        .add_ssh_key(&bob.id, "b1", &public_key(11))
+        .await
+        .unwrap();
+    store
+        .add_ssh_key(&bob.id, "b2", &public_key(12))
+        .await
+        .unwrap();
+    let line = |seed| {
+        PublicKey::new(public_key(seed).key_data().clone(), "")
+            .to_openssh()
+            .unwrap()
+    };
+    let place = |owner: &UserId, id: &str| {
+        let mut new = new_sandbox(owner, id);
+        new.runner_id = Some(east.id.clone());
+        new
+    };
+    let shared = store
+        .create_sandbox(&place(&alice.id, "sbx-aaaaaaaaaaaa"))
+        .await
+        .unwrap();
+    let keyless = store
+        .create_sandbox(&place(&carol.id, "sbx-cccccccccccc"))
+        .await
+        .unwrap();
+    // Bob's own sandbox, not placed yet: no runner to reach.
+    store
+        .create_sandbox(&new_sandbox(&bob.id, "sbx-bbbbbbbbbbbb"))
+        .await
+        .unwrap();
+    store.share_sandbox(&shared.id, &bob.id).await.unwrap();
+
+    let keys = store.runner_authorized_keys(&east.id).await.unwrap();
+    let want_shared: BTreeSet<String> = [line(10), line(11), line(12)].into();
+    assert_eq!(keys.get(&shared.id), Some(&want_shared));
+    assert_eq!(
+        keys.get(&keyless.id),
+        Some(&BTreeSet::new()),
+        "carol has no keys"
+    );
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert_eq!(
+        store.sandbox_authorized_keys(&shared.id).await.unwrap(),
+        want_shared
+    );
+    assert_eq!(
+        store.runners_of_user_sandboxes(&bob.id).await.unwrap(),
+        vec![east.id.clone()],
+        "bob's own sandbox has no runner; the one shared with him does"
+    );
+    assert!(
+        store
+            .runners_of_user_sandboxes(&UserId::generate())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Unshared: bob's keys go; deleted: the sandbox goes.
+    store.unshare_sandbox(&shared.id, &bob.id).await.unwrap();
+    let keys = store.runner_authorized_keys(&east.id).await.unwrap();
+    assert_eq!(keys.get(&shared.id), Some(&[line(10)].into()));
+    assert!(
+        store
+            .runners_of_user_sandboxes(&bob.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    for to in [SandboxState::Failed, SandboxState::Deleted] {
+        store
+            .set_sandbox_state(&keyless.id, to, "test")
+            .await
+            .unwrap();
+    }
+    let keys = store.runner_authorized_keys(&east.id).await.unwrap();
+    assert_eq!(keys.keys().collect::<Vec<_>>(), [&shared.id]);
 }

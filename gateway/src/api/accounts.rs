@@ -109,7 +109,7 @@ pub async fn add_ssh_key(
         .store
         .add_ssh_key(&caller.user.id, &name, &key)
         .await?;
-    super::agent_keys::sync_all(&state).await;
+    super::agent_keys::sync_user(&state, &caller.user.id).await;
     Ok((StatusCode::CREATED, Json(SshKeyView::from(&added))))
 }
 
@@ -140,7 +140,7 @@ pub async fn delete_ssh_key(
 ) -> Result<StatusCode, ApiError> {
     let id = SshKeyId::parse(&id).map_err(|_| ApiError::not_found("SSH key"))?;
     state.store.delete_ssh_key(&caller.user.id, &id).await?;
-    super::agent_keys::sync_all(&state).await;
+    super::agent_keys::sync_user(&state, &caller.user.id).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

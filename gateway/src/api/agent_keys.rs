@@ -14,7 +14,7 @@ use anyhow::bail;
 use warren_runner::protocol::{Request, Response, SandboxKeys};
 
 use super::ApiState;
-use crate::store::{RunnerId, SandboxId};
+use crate::store::{RunnerId, Sandbox, SandboxId, UserId};
 
 /// Sends `runner` the keys of its sandboxes whose keys changed since last sent.
 pub(super) async fn sync_runner(state: &ApiState, runner: &RunnerId) -> anyhow::Result<()> {
@@ -48,11 +48,26 @@ pub(super) async fn sync_runner(state: &ApiState, runner: &RunnerId) -> anyhow::
     Ok(())
 }
 
-/// [`sync_runner`] for every online runner: after a change through the API, so it
-/// holds before the API answers. Failures are logged; the reconciler retries.
-pub(super) async fn sync_all(state: &ApiState) {
-    for runner in state.hub.online_runners() {
-        if let Err(e) = sync_runner(state, &runner).await {
+/// After `user`'s keys changed through the API: [`sync_runner`] for the runners of
+/// the sandboxes they own or share, so it holds before the API answers. Failures
+/// are logged; the reconciler retries.
+pub(super) async fn sync_user(state: &ApiState, user: &UserId) {
+    match state.store.runners_of_user_sandboxes(user).await {
+        Ok(runners) => sync_runners(state, &runners).await,
+        Err(e) => tracing::warn!("listing the runners of a user's sandboxes: {e}"),
+    }
+}
+
+/// After a share changed: [`sync_runner`] for the sandbox's runner.
+pub(super) async fn sync_sandbox(state: &ApiState, sandbox: &Sandbox) {
+    if let Some(runner) = &sandbox.runner_id {
+        sync_runners(state, std::slice::from_ref(runner)).await;
+    }
+}
+
+async fn sync_runners(state: &ApiState, runners: &[RunnerId]) {
+    for runner in runners.iter().filter(|r| state.hub.is_online(r)) {
+        if let Err(e) = sync_runner(state, runner).await {
             tracing::warn!(runner = %runner, "sending authorized keys: {e:#}");
         }
     }

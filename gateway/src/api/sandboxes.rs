@@ -441,37 +441,67 @@ pub async fn stop(
     caller: Caller,
     IdPath(id): IdPath,
 ) -> Result<Json<SandboxView>, ApiError> {
-    let sandbox = owned(&state, &caller.user, &id).await?;
+    let step = Step {
+        from: SandboxState::Running,
+        to: SandboxState::Stopped,
+        done: "stopped",
+    };
+    change_state(state, &caller, &id, step, |state, sandbox| async move {
+        let runner = sandbox
+            .runner_id
+            .clone()
+            .ok_or_else(|| ApiError::conflict("the sandbox has no runner"))?;
+        let request = Request::Stop {
+            sandbox: sandbox.id.clone(),
+        };
+        expect_ok(&state, &runner, request).await?;
+        Ok(state
+            .store
+            .set_sandbox_state(&sandbox.id, SandboxState::Stopped, "stopped by user")
+            .await?)
+    })
+    .await
+}
+
+/// A user's stop or start: from one state to the other.
+struct Step {
+    from: SandboxState,
+    to: SandboxState,
+    /// The past participle for messages ("stopped").
+    done: &'static str,
+}
+
+/// The shape stop and start share: under the sandbox's lifecycle lock, in a task
+/// of its own (a client hanging up must not leave it half done), re-read the
+/// sandbox; one already in `step.to` is answered as it is, one in any state but
+/// `step.from` is a 409, and `act` makes the change.
+async fn change_state<F, Fut>(
+    state: Arc<ApiState>,
+    caller: &Caller,
+    id: &str,
+    step: Step,
+    act: F,
+) -> Result<Json<SandboxView>, ApiError>
+where
+    F: FnOnce(Arc<ApiState>, Sandbox) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Sandbox, ApiError>> + Send,
+{
+    let sandbox = owned(&state, &caller.user, id).await?;
     let task_state = state.clone();
     let sandbox = detached(async move {
         let state = task_state;
         let _guard = state.lock(&sandbox.id).await;
         let sandbox = state.store.get_sandbox(&sandbox.id).await?;
-        match sandbox.state {
-            SandboxState::Stopped => return Ok(sandbox),
-            SandboxState::Running => {}
-            other => {
-                return Err(ApiError::conflict(format!(
-                    "a sandbox in state {other} cannot be stopped"
-                )));
-            }
+        if sandbox.state == step.to {
+            return Ok(sandbox);
         }
-        let runner = sandbox
-            .runner_id
-            .clone()
-            .ok_or_else(|| ApiError::conflict("the sandbox has no runner"))?;
-        expect_ok(
-            &state,
-            &runner,
-            Request::Stop {
-                sandbox: sandbox.id.clone(),
-            },
-        )
-        .await?;
-        Ok(state
-            .store
-            .set_sandbox_state(&sandbox.id, SandboxState::Stopped, "stopped by user")
-            .await?)
+        if sandbox.state != step.from {
+            return Err(ApiError::conflict(format!(
+                "a sandbox in state {} cannot be {}",
+                sandbox.state, step.done
+            )));
+        }
+        act(state.clone(), sandbox).await
     })
     .await?;
     Ok(view(&state, &sandbox))
@@ -491,26 +521,16 @@ pub async fn start(
     caller: Caller,
     IdPath(id): IdPath,
 ) -> Result<Json<SandboxView>, ApiError> {
-    let sandbox = owned(&state, &caller.user, &id).await?;
-    let task_state = state.clone();
-    let sandbox = detached(async move {
-        let state = task_state;
-        let _guard = state.lock(&sandbox.id).await;
-        let sandbox = state.store.get_sandbox(&sandbox.id).await?;
-        match sandbox.state {
-            SandboxState::Running => return Ok(sandbox),
-            SandboxState::Stopped => {}
-            other => {
-                return Err(ApiError::conflict(format!(
-                    "a sandbox in state {other} cannot be started"
-                )));
-            }
-        }
+    let step = Step {
+        from: SandboxState::Stopped,
+        to: SandboxState::Running,
+        done: "started",
+    };
+    change_state(state, &caller, &id, step, |state, sandbox| async move {
         let spec = remembered_spec(&state, &sandbox).await;
         run_on_runner(&state, &sandbox, spec, "started by user").await
     })
-    .await?;
-    Ok(view(&state, &sandbox))
+    .await
 }
 
 /// Deletes a sandbox (on its runner, then in the store) with `reason`; a deleted

@@ -54,7 +54,7 @@ pub async fn share(
         return Err(ApiError::invalid("a sandbox is always its owner's"));
     }
     state.store.share_sandbox(&sandbox.id, &user.id).await?;
-    super::agent_keys::sync_all(&state).await;
+    super::agent_keys::sync_sandbox(&state, &sandbox).await;
     Ok((StatusCode::CREATED, Json(names(&state, &sandbox.id).await?)))
 }
 
@@ -94,7 +94,7 @@ pub async fn unshare(
         Err(e) => return Err(e.into()),
     };
     if state.store.unshare_sandbox(&sandbox.id, &user.id).await? {
-        super::agent_keys::sync_all(&state).await;
+        super::agent_keys::sync_sandbox(&state, &sandbox).await;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("share"))

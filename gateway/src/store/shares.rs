@@ -85,6 +85,27 @@ impl Store {
         Ok(all.remove(sandbox).unwrap_or_default())
     }
 
+    /// The runners holding sandboxes (not deleted) that `user` owns or that are
+    /// shared with them: where a change to the user's keys must reach.
+    pub async fn runners_of_user_sandboxes(
+        &self,
+        user: &UserId,
+    ) -> Result<Vec<RunnerId>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT runner_id FROM sandboxes \
+             WHERE runner_id IS NOT NULL AND state <> 'deleted' AND (owner_id = $1 \
+             OR id IN (SELECT sandbox_id FROM sandbox_shares WHERE user_id = $1)) \
+             ORDER BY runner_id",
+        )
+        .bind(user.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| row::parsed(r, "runner_id"))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
     /// `filter` is a fixed condition on `sandboxes s` with one parameter, `value`.
     async fn authorized_keys_where(
         &self,
