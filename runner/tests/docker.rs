@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail, ensure};
 use common::{RunnerProc, Stack};
 use warren_gateway::store::User;
 use warren_keys::SandboxId;
-use warren_runner::protocol::{NetworkPolicy, RepoSpec, Request, Response, SandboxSpec};
+use warren_runner::protocol::{NetworkPolicy, RepoSpec, Request, Response, SandboxSpec, Secret};
 use warren_tests::util::{self, free_port, prerequisite, wait_until};
 use warren_tests::{Client, Cmd, scenarios, workspace_root};
 
@@ -536,7 +536,7 @@ fn the_idle_reaper_stops_idle_sandboxes_and_spares_busy_ones() -> Result<()> {
 }
 
 #[test]
-fn a_repository_is_cloned_onto_its_branch_and_secrets_stay_out_of_logs() -> Result<()> {
+fn a_repository_is_cloned_onto_its_branch_pushed_back_and_secrets_stay_out_of_logs() -> Result<()> {
     let Some(mut d) = DockerStack::start(&[])? else {
         return Ok(());
     };
@@ -569,14 +569,21 @@ fn a_repository_is_cloned_onto_its_branch_and_secrets_stay_out_of_logs() -> Resu
     ])?;
     git(&["clone", "-q", "--bare", &w, &repo.to_string_lossy()])?;
     let port = free_port()?;
-    let mut daemon = std::process::Command::new("git")
-        .args(["daemon", "--reuseaddr", "--export-all", "--listen=0.0.0.0"])
+    let daemon = std::process::Command::new("git")
+        .args([
+            "daemon",
+            "--reuseaddr",
+            "--export-all",
+            "--enable=receive-pack",
+            "--listen=0.0.0.0",
+        ])
         .arg(format!("--port={port}"))
         .arg(format!("--base-path={}", scratch.path().display()))
         .arg(scratch.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()?;
+    let _daemon = KillOnDrop(daemon);
     // The host as containers see it: docker0's address.
     let addr = Cmd::new("ip")
         .args(["-4", "-o", "addr", "show", "docker0"])
@@ -599,10 +606,7 @@ fn a_repository_is_cloned_onto_its_branch_and_secrets_stay_out_of_logs() -> Resu
         base: None,
         token: Some("ghp_warrentesttoken123".into()),
     });
-    let result = d.sandbox(spec);
-    let _ = daemon.kill();
-    let _ = daemon.wait();
-    let (id, c) = result?;
+    let (id, c) = d.sandbox(spec)?;
     let out = c
         .exec("cd /workspace && git branch --show-current && cat README && git config --list --show-origin")
         .run()?
@@ -621,6 +625,50 @@ fn a_repository_is_cloned_onto_its_branch_and_secrets_stay_out_of_logs() -> Resu
         out.stdout_trimmed() == secret,
         "the environment did not reach the session"
     );
+    // A pull request's push, from inside the container as the sandbox user: a
+    // commit by the requesting user on the sandbox's branch, in the remote.
+    c.exec("cd /workspace && echo change > change.txt")
+        .run()?
+        .success()?;
+    let push = |token: &str| {
+        d.control(Request::CommitAndPush {
+            sandbox: id.clone(),
+            message: "Change things\n\nFrom the sandbox.".into(),
+            branch: "warren/feature".into(),
+            author_name: "alice".into(),
+            author_email: "alice@example.test".into(),
+            base: None,
+            remote_url: None,
+            token: Some(Secret(token.into())),
+        })
+    };
+    let commit = match push("ghp_warrentesttoken123")? {
+        Response::Pushed {
+            commit,
+            committed: true,
+            ..
+        } => commit,
+        other => bail!("commit and push: {other:?}"),
+    };
+    let remote = Cmd::new("git")
+        .arg("--git-dir")
+        .arg(&repo)
+        .args(["log", "-1", "--format=%H %an <%ae> %s", "warren/feature"])
+        .run()?
+        .success()?;
+    ensure!(
+        remote.stdout_trimmed() == format!("{commit} alice <alice@example.test> Change things"),
+        "the remote's branch: {remote}"
+    );
+    // Again with nothing new: no second commit, the same one pushed.
+    match push("ghp_warrentesttoken123")? {
+        Response::Pushed {
+            commit: again,
+            committed: false,
+            ..
+        } if again == commit => {}
+        other => bail!("a second push with nothing new: {other:?}"),
+    }
     // The runner gives the create-time env back (a restarted gateway asks for it),
     // just that env, from the container, across a runner restart.
     d.restart_runner()?;
@@ -679,4 +727,14 @@ fn a_network_policy_of_none_leaves_only_loopback() -> Result<()> {
     ])?;
     ensure!(mode == "none", "network mode {mode}");
     Ok(())
+}
+
+/// A child process killed (and reaped) when the test is done with it.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
