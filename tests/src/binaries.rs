@@ -85,6 +85,9 @@ fn cargo_build(package: &str, bin: &str, profile: Profile) -> Result<PathBuf> {
         .args(["-p", package, "--bin", bin])
         // A cold build of the agent with russh takes a while on two cores.
         .timeout(Duration::from_secs(1800));
+    for name in cargo_set_vars() {
+        cmd = cmd.env_remove(name);
+    }
     if profile == Profile::Release {
         cmd = cmd.arg("--release");
     }
@@ -99,6 +102,28 @@ fn cargo_build(package: &str, bin: &str, profile: Profile) -> Result<PathBuf> {
         .filter(|l| l.contains(&format!(r#""name":"{bin}""#)))
         .find_map(json_executable)
         .with_context(|| format!("cargo did not report an executable for {bin}"))
+}
+
+/// The variables cargo sets for the test (or build script) running us. A cargo run
+/// from here must not inherit them: build scripts that watch one (ring watches
+/// `CARGO_MANIFEST_DIR`) would see it changed and rebuild half the workspace, then
+/// again for the next caller. `scripts/build-static-agent` and `scripts/up` drop
+/// the same ones.
+fn cargo_set_vars() -> Vec<std::ffi::OsString> {
+    const SET: [&str; 5] = [
+        "CARGO_MANIFEST_DIR",
+        "CARGO_MANIFEST_PATH",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_CRATE_NAME",
+        "CARGO_TARGET_TMPDIR",
+    ];
+    std::env::vars_os()
+        .map(|(name, _)| name)
+        .filter(|name| {
+            let name = name.to_string_lossy();
+            SET.contains(&name.as_ref()) || name.starts_with("CARGO_PKG_")
+        })
+        .collect()
 }
 
 /// The `"executable":"…"` field of one cargo JSON message, unescaped.
