@@ -3,13 +3,14 @@
 //! each against any server an OpenSSH client can reach.
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 
-use crate::util::{self, sha256sum};
-use crate::{Client, shell_quote};
+use crate::util::{self, sha256sum, wait_until};
+use crate::{Client, Cmd, Running, shell_quote};
 
 /// The cipher every benchmark client uses, so servers compare like for like.
 pub const CIPHER: &str = "aes256-gcm@openssh.com";
@@ -24,6 +25,7 @@ pub trait Endpoint {
     fn dir(&self) -> &Path;
 }
 
+/// Run one measurement; on failure say why on stderr and carry on.
 pub fn attempt<T>(s: &impl Endpoint, what: &str, f: impl FnOnce() -> Result<T>) -> Option<T> {
     match f() {
         Ok(v) => Some(v),
@@ -220,4 +222,351 @@ pub fn cat_down(s: &impl Endpoint, source: &Path, bytes: u64) -> Result<Duration
         "cat download read {total} bytes, not {bytes}"
     );
     Ok(elapsed)
+}
+
+/// One server under test: how to reach it and how to weigh it.
+pub struct Server<'a> {
+    pub name: &'static str,
+    /// Tells this server's idle-session `sleep`s from the others' (see
+    /// [`idle_sessions`]): unique per server in one run.
+    pub id: usize,
+    pub client: Client,
+    pub memory: Box<dyn Fn() -> Memory + 'a>,
+    /// Scratch directory on the server side (same machine).
+    pub dir: PathBuf,
+}
+
+impl Endpoint for Server<'_> {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn client(&self) -> &Client {
+        &self.client
+    }
+    fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// A server's memory at one moment, in KiB.
+#[derive(Clone, Copy, Default)]
+pub struct Memory {
+    pub rss_kib: u64,
+    pub pss_kib: u64,
+    /// What serves the sessions behind the server but is not counted above (through
+    /// the gateway: the runner and its sandbox agent); 0 where there is nothing.
+    pub backend_rss_kib: u64,
+}
+
+/// The memory of these processes together (a process that is gone counts 0).
+pub fn memory_of(pids: &[u32]) -> Memory {
+    let mut m = Memory::default();
+    for &pid in pids {
+        m.rss_kib += util::rss_kib(pid).unwrap_or(0);
+        m.pss_kib += util::pss_kib(pid).unwrap_or(0);
+    }
+    m
+}
+
+/// What one server scored (NaN, shown as n/a: not measured).
+pub struct Scores {
+    pub scp_up: f64,
+    pub scp_down: f64,
+    pub sftp_up: f64,
+    pub sftp_down: f64,
+    pub cat_up: f64,
+    pub cat_down: f64,
+    pub true_mean_ms: f64,
+    pub true_p50_ms: f64,
+    pub key_p50_ms: f64,
+    pub idle: Memory,
+    pub one: Option<Memory>,
+    pub many: Option<Memory>,
+}
+
+impl Default for Scores {
+    fn default() -> Scores {
+        Scores {
+            scp_up: f64::NAN,
+            scp_down: f64::NAN,
+            sftp_up: f64::NAN,
+            sftp_down: f64::NAN,
+            cat_up: f64::NAN,
+            cat_down: f64::NAN,
+            true_mean_ms: f64::NAN,
+            true_p50_ms: f64::NAN,
+            key_p50_ms: f64::NAN,
+            idle: Memory::default(),
+            one: None,
+            many: None,
+        }
+    }
+}
+
+/// The measurements [`measure`] knows, by the names a benchmark's `--only` picks.
+pub const MEASUREMENTS: &[&str] = &["true", "keys", "scp", "sftp", "cat", "memory"];
+
+/// How many keystrokes the echo measurement times (after 10 for warm-up).
+pub const KEYS: usize = 200;
+
+/// The file every transfer moves, in a scratch directory that also holds the
+/// servers' own directories; all of it goes when this is dropped.
+pub struct Workload {
+    pub work: tempfile::TempDir,
+    pub source: PathBuf,
+    pub source_sum: String,
+    pub bytes: u64,
+}
+
+impl Workload {
+    /// `size_mib` of random data in a new scratch directory under `dir` (a tmpfs, so
+    /// that no disk sets the pace).
+    pub fn write(dir: &Path, size_mib: u64) -> Result<Workload> {
+        let work = tempfile::Builder::new()
+            .prefix("warren-bench-")
+            .tempdir_in(dir)
+            .with_context(|| format!("creating a scratch dir in {}", dir.display()))?;
+        let bytes = size_mib << 20;
+        let source = work.path().join("source.bin");
+        eprintln!("writing {size_mib} MiB of random data…");
+        util::random_file(&source, bytes)?;
+        let source_sum = sha256sum(&source)?;
+        Ok(Workload {
+            work,
+            source,
+            source_sum,
+            bytes,
+        })
+    }
+
+    /// A new scratch directory for the server `name`.
+    pub fn server_dir(&self, name: &str) -> Result<PathBuf> {
+        let dir = self.work.path().join(name);
+        std::fs::create_dir(&dir)?;
+        Ok(dir)
+    }
+}
+
+/// Every measurement that `wants` (given a name of [`MEASUREMENTS`]), on every
+/// server, with `runs` connections timed and `sessions` idle sessions weighed.
+/// Idle memory comes first, before the measurements' sessions touch any server;
+/// then the servers take turns per measurement, so drift (thermal, page cache) hits
+/// all. A measurement that fails is reported on stderr and scores NaN (n/a).
+pub fn measure(
+    servers: &[Server],
+    load: &Workload,
+    runs: usize,
+    sessions: usize,
+    wants: impl Fn(&str) -> bool,
+) -> Vec<Scores> {
+    let (bytes, source, sum, work) = (load.bytes, &load.source, &load.source_sum, &load.work);
+    let mut scores: Vec<Scores> = servers.iter().map(|_| Scores::default()).collect();
+    for (s, score) in servers.iter().zip(&mut scores) {
+        score.idle = (s.memory)();
+    }
+    if wants("true") {
+        for (s, score) in servers.iter().zip(&mut scores) {
+            eprintln!("{}: ssh host true × {runs}", s.name);
+            (score.true_mean_ms, score.true_p50_ms) =
+                attempt(s, "ssh host true", || connect_times(s, runs))
+                    .unwrap_or((f64::NAN, f64::NAN));
+        }
+    }
+    if wants("keys") {
+        for (s, score) in servers.iter().zip(&mut scores) {
+            eprintln!("{}: keystroke echo on a PTY", s.name);
+            score.key_p50_ms =
+                attempt(s, "keystroke echo", || keystroke_p50(s, KEYS)).unwrap_or(f64::NAN);
+        }
+    }
+    if wants("scp") {
+        for (s, score) in servers.iter().zip(&mut scores) {
+            eprintln!("{}: scp", s.name);
+            score.scp_up = rate(s, "scp upload", bytes, || scp_up(s, source, sum));
+            score.scp_down = rate(s, "scp download", bytes, || scp_down(s, source, sum, work));
+        }
+    }
+    if wants("sftp") {
+        for (s, score) in servers.iter().zip(&mut scores) {
+            eprintln!("{}: sftp", s.name);
+            score.sftp_up = rate(s, "sftp upload", bytes, || sftp_up(s, source, sum));
+            score.sftp_down = rate(s, "sftp download", bytes, || {
+                sftp_down(s, source, sum, work)
+            });
+        }
+    }
+    if wants("cat") {
+        for (s, score) in servers.iter().zip(&mut scores) {
+            eprintln!("{}: cat over exec", s.name);
+            score.cat_up = rate(s, "cat upload", bytes, || cat_up(s, bytes));
+            score.cat_down = rate(s, "cat download", bytes, || cat_down(s, source, bytes));
+        }
+    }
+    if wants("memory") {
+        for (s, score) in servers.iter().zip(&mut scores) {
+            eprintln!("{}: memory with 1 and {sessions} idle sessions", s.name);
+            if let Some((one, many)) = attempt(s, "idle sessions", || idle_sessions(s, sessions)) {
+                (score.one, score.many) = (Some(one), Some(many));
+            }
+        }
+    }
+    scores
+}
+
+/// Memory with 1, then `n`, sessions that each run a `sleep` and sit idle.
+pub fn idle_sessions(s: &Server, n: usize) -> Result<(Memory, Memory)> {
+    // A marker of this server's own: a server's leftover `sleep`s (sshd does not
+    // kill them when the client goes) must not count for the next one.
+    let marker = format!("sleep {}", 600 + n + s.id);
+    let held = || count_processes(&marker);
+    let mut sessions: Vec<Running> = Vec::new();
+    let open = |sessions: &mut Vec<Running>| -> Result<()> {
+        sessions.push(
+            s.client
+                .ssh(&["-T", "-n"], &marker)
+                .timeout(Duration::from_secs(3600))
+                .spawn()?,
+        );
+        Ok(())
+    };
+    open(&mut sessions)?;
+    ensure!(
+        wait_until(Duration::from_secs(30), || held() >= 1),
+        "the first session did not start"
+    );
+    thread::sleep(Duration::from_secs(1));
+    let one = (s.memory)();
+    while sessions.len() < n {
+        // Batches of 10, so no server sees a connection storm.
+        let batch = (n - sessions.len()).min(10);
+        for _ in 0..batch {
+            open(&mut sessions)?;
+        }
+        let want = sessions.len();
+        if !wait_until(Duration::from_secs(60), || held() >= want) {
+            bail!("{}: only {} of {want} sessions came up", s.name, held());
+        }
+    }
+    thread::sleep(Duration::from_secs(2));
+    let many = (s.memory)();
+    for session in sessions {
+        session.kill();
+    }
+    if !wait_until(Duration::from_secs(30), || held() == 0) {
+        eprintln!(
+            "  {}: {} `{marker}` outlived their sessions",
+            s.name,
+            held()
+        );
+    }
+    Ok((one, many))
+}
+
+/// How many processes run exactly this command line.
+pub fn count_processes(cmdline: &str) -> usize {
+    let want: Vec<u8> = cmdline.replace(' ', "\0").into_bytes();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| c.strip_suffix(b"\0").unwrap_or(&c) == want.as_slice())
+        })
+        .count()
+}
+
+// The Markdown tables: the same conditions, cells and row labels in every
+// benchmark's, so that their figures read alike.
+
+/// The sentence above a table: where its figures come from.
+pub fn conditions(dir: &Path) -> String {
+    let cores = thread::available_parallelism().map_or(0, |n| n.get());
+    let openssh = Cmd::new("ssh")
+        .arg("-V")
+        .run()
+        .map(|o| o.stderr_str().trim().to_owned())
+        .unwrap_or_default();
+    format!(
+        "Loopback, {cores} cores, {openssh}, cipher {CIPHER}, files on {}. \
+         Throughput includes connection setup.",
+        dir.display()
+    )
+}
+
+/// A figure with its unit, or n/a when it was not measured.
+pub fn cell(v: f64, unit: &str, decimals: usize) -> String {
+    if v.is_finite() {
+        format!("{v:.decimals$} {unit}")
+    } else {
+        "n/a".to_owned()
+    }
+}
+
+/// `v / base` to two decimals, or n/a.
+pub fn ratio(base: f64, v: f64) -> String {
+    let r = v / base;
+    if r.is_finite() {
+        format!("{r:.2}")
+    } else {
+        "n/a".to_owned()
+    }
+}
+
+/// KiB as MiB; NaN (n/a) when not measured.
+pub fn mib(kib: Option<u64>) -> f64 {
+    kib.map_or(f64::NAN, |k| k as f64 / 1024.0)
+}
+
+/// Picks one figure out of a server's [`Scores`].
+pub type Figure = fn(&Scores) -> f64;
+/// Picks one memory figure (KiB) out of a server's [`Scores`], if measured.
+pub type MemoryFigure = fn(&Scores) -> Option<u64>;
+
+/// The throughput rows, in MiB/s, of a run that moved `size_mib`.
+pub fn throughput_rows(size_mib: u64) -> [(String, Figure); 6] {
+    let rows: [(&str, Figure); 6] = [
+        ("scp upload", |s| s.scp_up),
+        ("scp download", |s| s.scp_down),
+        ("sftp upload", |s| s.sftp_up),
+        ("sftp download", |s| s.sftp_down),
+        ("`cat` over exec, upload", |s| s.cat_up),
+        ("`cat` over exec, download", |s| s.cat_down),
+    ];
+    rows.map(|(name, pick)| (format!("{name} ({size_mib} MiB)"), pick))
+}
+
+/// The connection-time rows, in ms, of `runs` connections.
+pub fn connect_rows(runs: usize) -> [(String, Figure); 2] {
+    [
+        (format!("`ssh host true`, mean of {runs}"), |s| {
+            s.true_mean_ms
+        }),
+        (format!("`ssh host true`, p50 of {runs}"), |s| s.true_p50_ms),
+    ]
+}
+
+/// The keystroke row's label (its figure is [`Scores::key_p50_ms`], in ms).
+pub fn keystroke_row() -> String {
+    format!("keystroke echo on a PTY, p50 of {KEYS}")
+}
+
+/// The memory rows of a run with `sessions` idle sessions.
+pub fn memory_rows(sessions: usize) -> [(String, MemoryFigure); 4] {
+    [
+        ("RSS, idle (no session)".into(), |s| Some(s.idle.rss_kib)),
+        ("RSS, 1 idle session".into(), |s| s.one.map(|m| m.rss_kib)),
+        (format!("RSS, {sessions} idle sessions"), |s| {
+            s.many.map(|m| m.rss_kib)
+        }),
+        (format!("PSS, {sessions} idle sessions"), |s| {
+            s.many.map(|m| m.pss_kib)
+        }),
+    ]
 }

@@ -29,10 +29,10 @@ use warren_gateway::tunnel::RunnerHub;
 use warren_keys::{SandboxId, TokenSigner};
 use warren_runner::protocol::{Request, Response};
 use warren_tests::bench::{
-    CIPHER, Endpoint, attempt, cat_down, cat_up, connect_times, keystroke_p50, rate, scp_down,
-    scp_up, sftp_down, sftp_up,
+    CIPHER, MEASUREMENTS, Memory, Scores, Server, Workload, cell, conditions, connect_rows,
+    keystroke_row, measure, memory_of, memory_rows, mib, ratio, throughput_rows,
 };
-use warren_tests::util::{self, sha256sum, wait_until};
+use warren_tests::util::{self, wait_until};
 use warren_tests::{Agent, Client, Cmd, Profile, Running, Sshd, Target, build_bin};
 
 /// Long enough for any run; the processes are killed when the benchmark ends.
@@ -97,49 +97,6 @@ impl Options {
     }
 }
 
-/// What `--only` can pick.
-const MEASUREMENTS: &[&str] = &["true", "keys", "scp", "sftp", "cat", "memory"];
-
-/// One server under test: how to reach it and how to weigh it.
-struct Server<'a> {
-    name: &'static str,
-    /// Tells this server's idle-session `sleep`s from the others'.
-    id: usize,
-    client: Client,
-    memory: Box<dyn Fn() -> Memory + 'a>,
-    /// Scratch directory on the server side (same machine).
-    dir: PathBuf,
-}
-
-impl Endpoint for Server<'_> {
-    fn name(&self) -> &str {
-        self.name
-    }
-    fn client(&self) -> &Client {
-        &self.client
-    }
-    fn dir(&self) -> &Path {
-        &self.dir
-    }
-}
-
-#[derive(Clone, Copy, Default)]
-struct Memory {
-    rss_kib: u64,
-    pss_kib: u64,
-    /// Through the gateway: the runner and its sandbox agent (not the gateway).
-    path_rss_kib: u64,
-}
-
-fn memory_of(pids: &[u32]) -> Memory {
-    let mut m = Memory::default();
-    for &pid in pids {
-        m.rss_kib += util::rss_kib(pid).unwrap_or(0);
-        m.pss_kib += util::pss_kib(pid).unwrap_or(0);
-    }
-    m
-}
-
 /// The runner and the agents it started (not the sessions' own processes).
 fn runner_rss_kib(runner: u32) -> u64 {
     let agents = util::descendants(runner)
@@ -150,41 +107,6 @@ fn runner_rss_kib(runner: u32) -> u64 {
         .chain(agents)
         .map(|pid| util::rss_kib(pid).unwrap_or(0))
         .sum()
-}
-
-/// What one server scored (NaN, shown as n/a: not measured).
-struct Scores {
-    scp_up: f64,
-    scp_down: f64,
-    sftp_up: f64,
-    sftp_down: f64,
-    cat_up: f64,
-    cat_down: f64,
-    true_mean_ms: f64,
-    true_p50_ms: f64,
-    key_p50_ms: f64,
-    idle: Memory,
-    one: Option<Memory>,
-    many: Option<Memory>,
-}
-
-impl Default for Scores {
-    fn default() -> Scores {
-        Scores {
-            scp_up: f64::NAN,
-            scp_down: f64::NAN,
-            sftp_up: f64::NAN,
-            sftp_down: f64::NAN,
-            cat_up: f64::NAN,
-            cat_down: f64::NAN,
-            true_mean_ms: f64::NAN,
-            true_p50_ms: f64::NAN,
-            key_p50_ms: f64::NAN,
-            idle: Memory::default(),
-            one: None,
-            many: None,
-        }
-    }
 }
 
 /// Raise the soft open-files limit to the hard one: 1,000 sessions hold thousands
@@ -385,15 +307,7 @@ fn main() -> Result<()> {
     }
     eprintln!("building warren-agent (release)…");
     let agent_bin = build_bin("warren-agent", "warren-agent", Profile::Release)?;
-    let work = tempfile::Builder::new()
-        .prefix("warren-bench-")
-        .tempdir_in(&opts.dir)
-        .with_context(|| format!("creating a scratch dir in {}", opts.dir.display()))?;
-    let bytes = opts.size_mib << 20;
-    let source = work.path().join("source.bin");
-    eprintln!("writing {} MiB of random data…", opts.size_mib);
-    util::random_file(&source, bytes)?;
-    let source_sum = sha256sum(&source)?;
+    let load = Workload::write(&opts.dir, opts.size_mib)?;
 
     let sshd = Sshd::start()?;
     let sshd_client = sshd.client()?.with_option(format!("Ciphers={CIPHER}"));
@@ -404,7 +318,7 @@ fn main() -> Result<()> {
         .start()?;
     let agent_client = agent.client()?.with_option(format!("Ciphers={CIPHER}"));
     eprintln!("starting the gateway stack…");
-    let stack = GatewayStack::start(work.path(), &agent_client)?;
+    let stack = GatewayStack::start(load.work.path(), &agent_client)?;
     let gateway_client = stack.client(&agent_client);
     let (gateway_pid, runner_pid) = (stack.gateway.pid(), stack.runner.pid());
 
@@ -417,13 +331,11 @@ fn main() -> Result<()> {
     .into_iter()
     .enumerate()
     {
-        let dir = work.path().join(name);
-        std::fs::create_dir(&dir)?;
         let memory: Box<dyn Fn() -> Memory> = match name {
             "sshd" => Box::new(|| memory_of(&sshd.server_pids())),
             "warren-agent" => Box::new(|| memory_of(&[agent.pid()])),
             _ => Box::new(move || Memory {
-                path_rss_kib: runner_rss_kib(runner_pid),
+                backend_rss_kib: runner_rss_kib(runner_pid),
                 ..memory_of(&[gateway_pid])
             }),
         };
@@ -431,200 +343,30 @@ fn main() -> Result<()> {
             name,
             id,
             client,
-            dir,
+            dir: load.server_dir(name)?,
             memory,
         });
     }
 
-    let mut scores: Vec<Scores> = servers.iter().map(|_| Scores::default()).collect();
-    // Idle memory first (the gateway has served only its readiness probe).
-    for (s, score) in servers.iter().zip(&mut scores) {
-        score.idle = (s.memory)();
-    }
-    // Interleave the servers per measurement so drift (thermal, page cache) hits all.
-    // A measurement that fails is reported on stderr and shown as n/a.
-    for (s, score) in servers
-        .iter()
-        .zip(&mut scores)
-        .filter(|_| opts.wants("true"))
-    {
-        eprintln!("{}: ssh host true × {}", s.name, opts.runs);
-        (score.true_mean_ms, score.true_p50_ms) =
-            attempt(s, "ssh host true", || connect_times(s, opts.runs))
-                .unwrap_or((f64::NAN, f64::NAN));
-    }
-    for (s, score) in servers
-        .iter()
-        .zip(&mut scores)
-        .filter(|_| opts.wants("keys"))
-    {
-        eprintln!("{}: keystroke echo on a PTY", s.name);
-        score.key_p50_ms =
-            attempt(s, "keystroke echo", || keystroke_p50(s, 200)).unwrap_or(f64::NAN);
-    }
-    for (s, score) in servers
-        .iter()
-        .zip(&mut scores)
-        .filter(|_| opts.wants("scp"))
-    {
-        eprintln!("{}: scp", s.name);
-        score.scp_up = rate(s, "scp upload", bytes, || scp_up(s, &source, &source_sum));
-        score.scp_down = rate(s, "scp download", bytes, || {
-            scp_down(s, &source, &source_sum, &work)
-        });
-    }
-    for (s, score) in servers
-        .iter()
-        .zip(&mut scores)
-        .filter(|_| opts.wants("sftp"))
-    {
-        eprintln!("{}: sftp", s.name);
-        score.sftp_up = rate(s, "sftp upload", bytes, || sftp_up(s, &source, &source_sum));
-        score.sftp_down = rate(s, "sftp download", bytes, || {
-            sftp_down(s, &source, &source_sum, &work)
-        });
-    }
-    for (s, score) in servers
-        .iter()
-        .zip(&mut scores)
-        .filter(|_| opts.wants("cat"))
-    {
-        eprintln!("{}: cat over exec", s.name);
-        score.cat_up = rate(s, "cat upload", bytes, || cat_up(s, bytes));
-        score.cat_down = rate(s, "cat download", bytes, || cat_down(s, &source, bytes));
-    }
-    for (s, score) in servers
-        .iter()
-        .zip(&mut scores)
-        .filter(|_| opts.wants("memory"))
-    {
-        eprintln!(
-            "{}: memory with 1 and {} idle sessions",
-            s.name, opts.sessions
-        );
-        if let Some((one, many)) = attempt(s, "idle sessions", || idle_sessions(s, opts.sessions)) {
-            (score.one, score.many) = (Some(one), Some(many));
-        }
-    }
-
+    let scores = measure(&servers, &load, opts.runs, opts.sessions, |m| opts.wants(m));
     print_table(&opts, &scores);
     drop(servers);
     drop(stack);
     Ok(())
 }
 
-/// Run one measurement; on failure say why on stderr and carry on.
-/// Memory with 1, then `n`, sessions that each run `sleep 600` and sit idle.
-fn idle_sessions(s: &Server, n: usize) -> Result<(Memory, Memory)> {
-    // A marker of this server's own: a server's leftover `sleep`s (sshd does not
-    // kill them when the client goes) must not count for the next one.
-    let marker = format!("sleep {}", 600 + n + s.id);
-    let held = |sessions: &Vec<Running>| -> usize {
-        let _ = sessions;
-        count_processes(&marker)
-    };
-    let mut sessions: Vec<Running> = Vec::new();
-    let open = |sessions: &mut Vec<Running>| -> Result<()> {
-        sessions.push(
-            s.client
-                .ssh(&["-T", "-n"], &marker)
-                .timeout(Duration::from_secs(3600))
-                .spawn()?,
-        );
-        Ok(())
-    };
-    open(&mut sessions)?;
-    ensure!(
-        wait_until(Duration::from_secs(30), || held(&sessions) >= 1),
-        "the first session did not start"
-    );
-    thread::sleep(Duration::from_secs(1));
-    let one = (s.memory)();
-    while sessions.len() < n {
-        // Batches of 10, so neither server sees a connection storm.
-        let batch = (n - sessions.len()).min(10);
-        for _ in 0..batch {
-            open(&mut sessions)?;
-        }
-        let want = sessions.len();
-        if !wait_until(Duration::from_secs(60), || held(&sessions) >= want) {
-            bail!(
-                "{}: only {} of {want} sessions came up",
-                s.name,
-                held(&sessions)
-            );
-        }
-    }
-    thread::sleep(Duration::from_secs(2));
-    let many = (s.memory)();
-    for session in sessions {
-        session.kill();
-    }
-    if !wait_until(Duration::from_secs(30), || count_processes(&marker) == 0) {
-        eprintln!(
-            "  {}: {} `{marker}` outlived their sessions",
-            s.name,
-            count_processes(&marker)
-        );
-    }
-    Ok((one, many))
-}
-
-/// How many processes run exactly this command line.
-fn count_processes(cmdline: &str) -> usize {
-    let want: Vec<u8> = cmdline.replace(' ', "\0").into_bytes();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.parse::<u32>().is_ok())
-        })
-        .filter(|e| {
-            std::fs::read(e.path().join("cmdline"))
-                .is_ok_and(|c| c.strip_suffix(b"\0").unwrap_or(&c) == want.as_slice())
-        })
-        .count()
-}
-
 fn print_table(opts: &Options, scores: &[Scores]) {
     let (sshd, agent, gw) = (&scores[0], &scores[1], &scores[2]);
-    let size = opts.size_mib;
-    let cores = thread::available_parallelism().map_or(0, |n| n.get());
-    let openssh = Cmd::new("ssh")
-        .arg("-V")
-        .run()
-        .map(|o| o.stderr_str().trim().to_owned())
-        .unwrap_or_default();
     println!(
-        "Loopback, {cores} cores, {openssh}, cipher {CIPHER}, files on {}. \
-         Throughput includes connection setup. Gateway path: `warren-gateway serve` → \
-         runner tunnel → `warren-runner` → sandbox agent (all release builds).\n",
-        opts.dir.display()
+        "{} Gateway path: `warren-gateway serve` → runner tunnel → `warren-runner` → \
+         sandbox agent (all release builds).\n",
+        conditions(&opts.dir)
     );
     println!(
         "| Measure | OpenSSH sshd | warren-agent direct | via gateway + runner | agent / sshd | \
          gateway / sshd | target (via gateway) |"
     );
     println!("|---|---:|---:|---:|---:|---:|---|");
-    let fmt = |v: f64, unit: &str, decimals: usize| {
-        if v.is_finite() {
-            format!("{v:.decimals$} {unit}")
-        } else {
-            "n/a".to_owned()
-        }
-    };
-    let ratio = |a: f64, b: f64| {
-        let r = b / a;
-        if r.is_finite() {
-            format!("{r:.2}")
-        } else {
-            "n/a".to_owned()
-        }
-    };
     let verdict = |met: Option<bool>| match met {
         Some(true) => "✅",
         Some(false) => "❌",
@@ -635,51 +377,24 @@ fn print_table(opts: &Options, scores: &[Scores]) {
         |name: String, s: f64, a: f64, g: f64, unit: &str, decimals: usize, target: String| {
             println!(
                 "| {name} | {} | {} | {} | {} | {} | {target} |",
-                fmt(s, unit, decimals),
-                fmt(a, unit, decimals),
-                fmt(g, unit, decimals),
+                cell(s, unit, decimals),
+                cell(a, unit, decimals),
+                cell(g, unit, decimals),
                 ratio(s, a),
                 ratio(s, g),
             );
         };
-    let rate = |name: &str, s: f64, a: f64, g: f64| {
+    for (label, pick) in throughput_rows(opts.size_mib) {
+        let (s, a, g) = (pick(sshd), pick(agent), pick(gw));
         let met = known(s).zip(known(g)).map(|(s, g)| g >= 0.7 * s);
-        row(
-            format!("{name} ({size} MiB)"),
-            s,
-            a,
-            g,
-            "MiB/s",
-            0,
-            format!("≥ 0.70 × sshd {}", verdict(met)),
-        );
-    };
-    rate("scp upload", sshd.scp_up, agent.scp_up, gw.scp_up);
-    rate("scp download", sshd.scp_down, agent.scp_down, gw.scp_down);
-    rate("sftp upload", sshd.sftp_up, agent.sftp_up, gw.sftp_up);
-    rate(
-        "sftp download",
-        sshd.sftp_down,
-        agent.sftp_down,
-        gw.sftp_down,
-    );
-    rate(
-        "`cat` over exec, upload",
-        sshd.cat_up,
-        agent.cat_up,
-        gw.cat_up,
-    );
-    rate(
-        "`cat` over exec, download",
-        sshd.cat_down,
-        agent.cat_down,
-        gw.cat_down,
-    );
-    let runs = opts.runs;
-    let connect = |name: String, s: f64, a: f64, g: f64| {
+        let target = format!("≥ 0.70 × sshd {}", verdict(met));
+        row(label, s, a, g, "MiB/s", 0, target);
+    }
+    for (label, pick) in connect_rows(opts.runs) {
+        let (s, a, g) = (pick(sshd), pick(agent), pick(gw));
         let met = known(s).zip(known(g)).map(|(s, g)| g <= 2.0 * s);
         row(
-            name,
+            label,
             s,
             a,
             g,
@@ -687,19 +402,7 @@ fn print_table(opts: &Options, scores: &[Scores]) {
             1,
             format!("≤ 2 × sshd {}", verdict(met)),
         );
-    };
-    connect(
-        format!("`ssh host true`, mean of {runs}"),
-        sshd.true_mean_ms,
-        agent.true_mean_ms,
-        gw.true_mean_ms,
-    );
-    connect(
-        format!("`ssh host true`, p50 of {runs}"),
-        sshd.true_p50_ms,
-        agent.true_p50_ms,
-        gw.true_p50_ms,
-    );
+    }
     let added = |base: f64| {
         known(base)
             .zip(known(gw.key_p50_ms))
@@ -709,7 +412,7 @@ fn print_table(opts: &Options, scores: &[Scores]) {
         .zip(known(gw.key_p50_ms))
         .map(|(s, g)| g - s < 1.0);
     row(
-        "keystroke echo on a PTY, p50 of 200".to_owned(),
+        keystroke_row(),
         sshd.key_p50_ms,
         agent.key_p50_ms,
         gw.key_p50_ms,
@@ -722,20 +425,8 @@ fn print_table(opts: &Options, scores: &[Scores]) {
             added(agent.key_p50_ms)
         ),
     );
-    let mib = |k: Option<u64>| k.map_or(f64::NAN, |k| k as f64 / 1024.0);
     let n = opts.sessions;
-    type Pick = fn(&Scores) -> Option<u64>;
-    let rows: [(String, Pick); 4] = [
-        ("RSS, idle (no session)".into(), |m| Some(m.idle.rss_kib)),
-        ("RSS, 1 idle session".into(), |m| m.one.map(|m| m.rss_kib)),
-        (format!("RSS, {n} idle sessions"), |m| {
-            m.many.map(|m| m.rss_kib)
-        }),
-        (format!("PSS, {n} idle sessions"), |m| {
-            m.many.map(|m| m.pss_kib)
-        }),
-    ];
-    for (i, (label, pick)) in rows.into_iter().enumerate() {
+    for (i, (label, pick)) in memory_rows(n).into_iter().enumerate() {
         let target = if i == 2 {
             let met = pick(gw).map(|k| k < 200 * 1024 && n >= 1000);
             let met = if n < 1000 { None } else { met };
@@ -764,7 +455,7 @@ fn print_table(opts: &Options, scores: &[Scores]) {
         format!("runner + sandbox agent RSS, {n} idle sessions"),
         f64::NAN,
         f64::NAN,
-        mib(gw.many.map(|m| m.path_rss_kib)),
+        mib(gw.many.map(|m| m.backend_rss_kib)),
         "MiB",
         1,
         "(not the gateway's)".to_owned(),
