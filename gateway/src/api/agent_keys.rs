@@ -17,7 +17,12 @@ use super::ApiState;
 use crate::store::{RunnerId, Sandbox, SandboxId, UserId};
 
 /// Sends `runner` the keys of its sandboxes whose keys changed since last sent.
+///
+/// One sync per runner at a time, reading the store only once it holds the lock:
+/// otherwise a reconciler round that read the keys before a removal could send
+/// them after the API's sync and put the removed key back until the next round.
 pub(super) async fn sync_runner(state: &ApiState, runner: &RunnerId) -> anyhow::Result<()> {
+    let _one_at_a_time = state.key_sync_lock(runner).await;
     let wanted = state.store.runner_authorized_keys(runner).await?;
     let changed: Vec<SandboxKeys> = {
         let sent = state.sent_keys();

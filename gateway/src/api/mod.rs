@@ -49,7 +49,7 @@ use utoipa_axum::routes;
 use warren_keys::{SandboxId, TokenSigner};
 use warren_runner::protocol::SandboxSpec;
 
-use crate::store::Store;
+use crate::store::{RunnerId, Store};
 use crate::tunnel::RunnerHub;
 
 pub use self::error::{ApiError, REQUEST_ID_HEADER};
@@ -76,8 +76,10 @@ pub struct ApiState {
     specs: Mutex<HashMap<SandboxId, SandboxSpec>>,
     /// The authorized keys last sent for each sandbox ([`agent_keys`]).
     sent_keys: Mutex<agent_keys::SentKeys>,
+    /// One key sync per runner at a time ([`agent_keys::sync_runner`]).
+    key_sync_locks: KeyedLocks<RunnerId>,
     /// One lifecycle change at a time per sandbox (API calls and the reconciler).
-    locks: Mutex<HashMap<SandboxId, Arc<tokio::sync::Mutex<()>>>>,
+    locks: KeyedLocks<SandboxId>,
     metrics: metrics::Metrics,
     /// Addresses that keep presenting bad API keys get 429 for a while.
     limiter: crate::ssh::FailureLimiter,
@@ -103,6 +105,7 @@ impl ApiState {
             host_key_line,
             specs: Mutex::new(HashMap::new()),
             sent_keys: Mutex::default(),
+            key_sync_locks: Mutex::default(),
             locks: Mutex::new(HashMap::new()),
             metrics: metrics::Metrics::default(),
             limiter: crate::ssh::FailureLimiter::default(),
@@ -140,16 +143,14 @@ impl ApiState {
         }
     }
 
+    /// Holds `runner`'s key-sync lock until the guard drops.
+    async fn key_sync_lock(&self, runner: &RunnerId) -> tokio::sync::OwnedMutexGuard<()> {
+        lock_keyed(&self.key_sync_locks, runner).await
+    }
+
     /// Holds `sandbox`'s lifecycle lock until the guard drops.
     async fn lock(&self, sandbox: &SandboxId) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = {
-            let mut locks = match self.locks.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
-            locks.entry(sandbox.clone()).or_default().clone()
-        };
-        lock.lock_owned().await
+        lock_keyed(&self.locks, sandbox).await
     }
 
     fn forget(&self, sandbox: &SandboxId) {
@@ -169,6 +170,23 @@ impl ApiState {
             format!("[{host}]:{}", self.ssh_port)
         }
     }
+}
+
+/// Named async locks: one per key, made on first use.
+type KeyedLocks<K> = Mutex<HashMap<K, Arc<tokio::sync::Mutex<()>>>>;
+
+async fn lock_keyed<K: std::hash::Hash + Eq + Clone>(
+    locks: &KeyedLocks<K>,
+    key: &K,
+) -> tokio::sync::OwnedMutexGuard<()> {
+    let lock = {
+        let mut locks = match locks.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        locks.entry(key.clone()).or_default().clone()
+    };
+    lock.lock_owned().await
 }
 
 #[derive(utoipa::OpenApi)]
