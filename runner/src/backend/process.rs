@@ -121,8 +121,9 @@ impl ProcessBackend {
             .arg(format!("unix:{}", socket.display()))
             // Reached only through the encrypted tunnel: see the agent's flag.
             .arg("--allow-unencrypted")
-            .arg("--token-key")
-            .arg(token_key)
+            // One argument with `=`: the key is URL-safe base64 and may start with
+            // '-', which as a separate argument clap takes for a flag (1 in 64).
+            .arg(format!("--token-key={token_key}"))
             .arg("--authorized-keys")
             .arg(&keys_file)
             .arg("--host-key")
