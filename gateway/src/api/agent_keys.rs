@@ -11,7 +11,7 @@
 use std::collections::BTreeSet;
 
 use anyhow::bail;
-use warren_runner::protocol::{Request, Response, SandboxKeys};
+use warren_runner::protocol::{MAX_CONTROL_LINE, Request, Response, SandboxKeys};
 
 use super::ApiState;
 use crate::store::{RunnerId, Sandbox, SandboxId, UserId};
@@ -35,22 +35,44 @@ pub(super) async fn sync_runner(state: &ApiState, runner: &RunnerId) -> anyhow::
             })
             .collect()
     };
-    if changed.is_empty() {
-        return Ok(());
-    }
-    let request = Request::AuthorizedKeys {
-        sandboxes: changed.clone(),
-    };
-    match state.hub.control(runner, &request).await? {
-        Response::Ok => {}
-        other => bail!("unexpected answer to authorized_keys: {other:?}"),
-    }
-    tracing::debug!(runner = %runner, sandboxes = changed.len(), "authorized keys sent");
-    let mut sent = state.sent_keys();
-    for s in changed {
-        sent.insert(s.sandbox, s.keys.into_iter().collect());
+    for batch in batches(changed) {
+        let request = Request::AuthorizedKeys {
+            sandboxes: batch.clone(),
+        };
+        match state.hub.control(runner, &request).await? {
+            Response::Ok => {}
+            other => bail!("unexpected answer to authorized_keys: {other:?}"),
+        }
+        tracing::debug!(runner = %runner, sandboxes = batch.len(), "authorized keys sent");
+        let mut sent = state.sent_keys();
+        for s in batch {
+            sent.insert(s.sandbox, s.keys.into_iter().collect());
+        }
     }
     Ok(())
+}
+
+/// Key bytes per request: well inside the control protocol's line limit
+/// (`MAX_CONTROL_LINE`, 1 MiB), with room for the JSON around them.
+const BATCH_BYTES: usize = MAX_CONTROL_LINE / 4;
+
+/// `changed` cut into requests of at most [`BATCH_BYTES`] of keys (a sandbox whose
+/// keys alone are more goes in a request of its own; the runner says if too big).
+fn batches(changed: Vec<SandboxKeys>) -> Vec<Vec<SandboxKeys>> {
+    let mut out: Vec<Vec<SandboxKeys>> = Vec::new();
+    let mut size = 0;
+    for s in changed {
+        let bytes: usize = s.keys.iter().map(|k| k.len() + 8).sum::<usize>() + 64;
+        if out.is_empty() || size + bytes > BATCH_BYTES {
+            out.push(Vec::new());
+            size = 0;
+        }
+        size += bytes;
+        if let Some(last) = out.last_mut() {
+            last.push(s);
+        }
+    }
+    out
 }
 
 /// After `user`'s keys changed through the API: [`sync_runner`] for the runners of
@@ -95,3 +117,31 @@ pub(super) async fn for_sandbox(state: &ApiState, sandbox: &SandboxId) -> Vec<St
 }
 
 pub(super) type SentKeys = std::collections::HashMap<SandboxId, BTreeSet<String>>;
+
+#[cfg(test)]
+#[allow(clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_stay_under_the_control_line_limit() {
+        let key = format!("ssh-rsa {}", "A".repeat(700));
+        let changed: Vec<SandboxKeys> = (0..2000)
+            .map(|_| SandboxKeys {
+                sandbox: SandboxId::generate(),
+                keys: vec![key.clone(); 3],
+            })
+            .collect();
+        let batches = batches(changed);
+        assert!(batches.len() > 1);
+        assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), 2000);
+        for batch in &batches {
+            let line = serde_json::to_string(&Request::AuthorizedKeys {
+                sandboxes: batch.clone(),
+            })
+            .expect("json");
+            assert!(line.len() < MAX_CONTROL_LINE, "{} bytes", line.len());
+        }
+        assert!(super::batches(Vec::new()).is_empty());
+    }
+}
