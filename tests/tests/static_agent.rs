@@ -74,6 +74,8 @@ fn busybox_image(scratch: &Path) -> Result<()> {
         .arg(".")
         .run()?
         .success()?;
+    // The previous run's image goes first, or every run would leave one dangling.
+    let _ = Cmd::new("docker").args(["rmi", "-f", IMAGE]).run();
     Cmd::new("docker")
         .args(["import", &tar.to_string_lossy(), IMAGE])
         .timeout(Duration::from_secs(120))
