@@ -19,3 +19,13 @@ pub mod server;
 pub mod ssh;
 pub mod store;
 pub mod tunnel;
+
+/// Locks `mutex`, taking the data as it is if a thread panicked holding it: the
+/// gateway's maps stay usable (a panic is a bug, logged where it happened; losing
+/// every later request to it would be a second one).
+pub(crate) fn unpoisoned<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}

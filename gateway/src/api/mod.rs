@@ -116,31 +116,19 @@ impl ApiState {
     /// Where pull requests are opened: `https://api.github.com` (the default, or
     /// `WARREN_GITHUB_API`), `https://HOST/api/v3` for GitHub Enterprise.
     pub fn set_github_api(&self, base: &str) {
-        match self.github_api.lock() {
-            Ok(mut g) => *g = base.to_owned(),
-            Err(p) => *p.into_inner() = base.to_owned(),
-        }
+        *crate::unpoisoned(&self.github_api) = base.to_owned();
     }
 
     fn github(&self) -> crate::github::GitHub {
-        match self.github_api.lock() {
-            Ok(g) => crate::github::GitHub::new(&g),
-            Err(p) => crate::github::GitHub::new(&p.into_inner()),
-        }
+        crate::github::GitHub::new(&crate::unpoisoned(&self.github_api))
     }
 
     fn specs(&self) -> MutexGuard<'_, HashMap<SandboxId, SandboxSpec>> {
-        match self.specs.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        crate::unpoisoned(&self.specs)
     }
 
     fn sent_keys(&self) -> MutexGuard<'_, agent_keys::SentKeys> {
-        match self.sent_keys.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        crate::unpoisoned(&self.sent_keys)
     }
 
     /// Holds `runner`'s key-sync lock until the guard drops.
@@ -156,9 +144,7 @@ impl ApiState {
     fn forget(&self, sandbox: &SandboxId) {
         self.specs().remove(sandbox);
         self.sent_keys().remove(sandbox);
-        if let Ok(mut locks) = self.locks.lock() {
-            locks.remove(sandbox);
-        }
+        crate::unpoisoned(&self.locks).remove(sandbox);
     }
 
     /// `[host]:port` as known_hosts and `ssh-keyscan` write it (plain `host` on 22).
@@ -179,13 +165,10 @@ async fn lock_keyed<K: std::hash::Hash + Eq + Clone>(
     locks: &KeyedLocks<K>,
     key: &K,
 ) -> tokio::sync::OwnedMutexGuard<()> {
-    let lock = {
-        let mut locks = match locks.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        locks.entry(key.clone()).or_default().clone()
-    };
+    let lock = crate::unpoisoned(locks)
+        .entry(key.clone())
+        .or_default()
+        .clone();
     lock.lock_owned().await
 }
 

@@ -71,10 +71,7 @@ struct Inner {
 
 impl Inner {
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<RunnerId, Live>> {
-        match self.live.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        crate::unpoisoned(&self.live)
     }
 
     fn handle(&self, runner: &RunnerId) -> Option<server::Handle> {
@@ -340,7 +337,7 @@ async fn run_connection(inner: Arc<Inner>, stream: tokio::net::TcpStream, peer: 
     };
     let _ = running.await;
     let registered = {
-        let state = lock(&state);
+        let state = crate::unpoisoned(&state);
         state.runner.clone().zip(state.registered)
     };
     if let Some((id, generation)) = registered {
@@ -363,13 +360,6 @@ async fn run_connection(inner: Arc<Inner>, stream: tokio::net::TcpStream, peer: 
     }
 }
 
-fn lock(state: &Mutex<ConnState>) -> std::sync::MutexGuard<'_, ConnState> {
-    match state.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
-}
-
 /// How long a refused join waits before it is answered.
 const FAILED_JOIN_DELAY: Duration = Duration::from_secs(1);
 
@@ -387,7 +377,7 @@ impl RunnerConn {
     }
 
     async fn join(&self, command: &str) -> Result<String, String> {
-        let token = lock(&self.state)
+        let token = crate::unpoisoned(&self.state)
             .join_token
             .clone()
             .ok_or_else(|| "not logged in with a join token".to_owned())?;
@@ -431,7 +421,7 @@ impl server::Handler for RunnerConn {
         }
         // The token is checked (and used up) by the join request, which can then say
         // why it was refused.
-        lock(&self.state).join_token = Some(password.to_owned());
+        crate::unpoisoned(&self.state).join_token = Some(password.to_owned());
         Ok(Auth::Accept)
     }
 
@@ -455,7 +445,7 @@ impl server::Handler for RunnerConn {
     ) -> Result<Auth, Self::Error> {
         match self.runner_key_matches(user, key.public_key).await {
             Some(id) => {
-                lock(&self.state).runner = Some(id);
+                crate::unpoisoned(&self.state).runner = Some(id);
                 Ok(Auth::Accept)
             }
             None => {
@@ -472,7 +462,7 @@ impl server::Handler for RunnerConn {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         // Only joining uses a session channel.
-        let joining = lock(&self.state).join_token.is_some();
+        let joining = crate::unpoisoned(&self.state).join_token.is_some();
         if joining {
             reply.accept().await;
         } else {
@@ -513,7 +503,7 @@ impl server::Handler for RunnerConn {
         port: &mut u32,
         session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        let Some(id) = lock(&self.state).runner.clone() else {
+        let Some(id) = crate::unpoisoned(&self.state).runner.clone() else {
             return Ok(false);
         };
         if address != FORWARD_ADDRESS || *port != 0 {
@@ -528,7 +518,7 @@ impl server::Handler for RunnerConn {
                 generation,
             },
         );
-        lock(&self.state).registered = Some(generation);
+        crate::unpoisoned(&self.state).registered = Some(generation);
         if let Err(e) = self
             .inner
             .store
