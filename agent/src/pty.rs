@@ -52,9 +52,7 @@ pub fn open(request: &PtyRequest, owner: Option<(u32, u32)>) -> io::Result<Termi
     let slave = OwnedFd::from(slave);
     apply_modes(slave.as_raw_fd(), &request.modes)?;
     if let Some((uid, gid)) = owner {
-        // As sshd does: the terminal belongs to its user, writable by the tty group only.
-        std::os::unix::fs::chown(&path, Some(uid), Some(gid))?;
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o620))?;
+        give_terminal(&slave, uid, gid)?;
     }
     let raw = master
         .as_raw_fd()
@@ -64,6 +62,17 @@ pub fn open(request: &PtyRequest, owner: Option<(u32, u32)>) -> io::Result<Termi
 }
 
 use std::os::unix::fs::OpenOptionsExt;
+
+/// As sshd does: the terminal belongs to its user, writable by the tty group only.
+/// Through the descriptor, not the path, and the mode first: a Docker sandbox's
+/// agent has CAP_CHOWN but not CAP_FOWNER, so once the terminal is the user's the
+/// agent may no longer change its mode.
+fn give_terminal(slave: &OwnedFd, uid: u32, gid: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let file = std::fs::File::from(slave.try_clone()?);
+    file.set_permissions(std::fs::Permissions::from_mode(0o620))?;
+    std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+}
 
 /// Applies RFC 4254 terminal modes to a terminal's termios.
 fn apply_modes(fd: RawFd, modes: &[(Pty, u32)]) -> io::Result<()> {
