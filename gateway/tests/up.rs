@@ -32,8 +32,14 @@ impl Drop for Up {
 
 /// Starts `scripts/up` and returns it with its stdout lines up to the ssh line.
 fn start(home: &Path, data: &Path, ports: &[u16; 3]) -> (Up, Vec<String>) {
+    start_with(home, data, ports, &[])
+}
+
+/// [`start`] with more arguments for `warren up`.
+fn start_with(home: &Path, data: &Path, ports: &[u16; 3], extra: &[&str]) -> (Up, Vec<String>) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let mut child = Command::new(root.join("scripts/up"))
+        .args(extra)
         .args(["--ssh-listen", &format!("127.0.0.1:{}", ports[0])])
         .args(["--http-listen", &format!("127.0.0.1:{}", ports[1])])
         .args(["--runner-listen", &format!("127.0.0.1:{}", ports[2])])
@@ -130,4 +136,290 @@ fn the_first_readme_command_comes_up_and_its_ssh_line_works() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(std::fs::read_to_string(&key_file).unwrap(), api_key);
+}
+
+/// A tmux server of the test's own, so nothing of the user's is touched.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn new() -> Tmux {
+        Tmux {
+            socket: format!("warren-test-{}", std::process::id()),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()
+            .expect("tmux (scripts/test installs it)");
+        assert!(
+            out.status.success(),
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn screen(&self) -> String {
+        self.run(&["capture-pane", "-p", "-t", "s"])
+    }
+
+    /// Waits until the screen shows `text`; panics with the screen otherwise.
+    fn wait_for(&self, text: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let screen = self.screen();
+            if screen.contains(text) {
+                return screen;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the terminal never showed {text:?}; it shows:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", "s"];
+        args.extend_from_slice(keys);
+        self.run(&args);
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .output();
+    }
+}
+
+/// `curl` against the API with the admin key: (status, JSON body).
+fn api(
+    base: &str,
+    key: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method])
+        .args(["-H", &format!("Authorization: Bearer {key}")])
+        .args(["-H", "Content-Type: application/json"]);
+    if let Some(body) = body {
+        cmd.args(["--data", body]);
+    }
+    let out = cmd.arg(format!("{base}{path}")).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (json, status) = text.rsplit_once('\n').unwrap();
+    let value = serde_json::from_str(json).unwrap_or(serde_json::Value::Null);
+    (status.trim().parse().unwrap(), value)
+}
+
+/// The README's path in a real terminal: `scripts/up` (Docker sandboxes when the
+/// machine has them), then the printed ssh line typed into tmux — a command, a
+/// resize, Ctrl-C of a running command, exit with a status. Then what `up` must do
+/// for sandboxes over time: a missing image is a 422 that stores nothing, failed
+/// clones do not eat the runner's room, idle sandboxes are stopped and expired ones
+/// deleted.
+#[test]
+fn warren_up_serves_a_real_terminal_and_keeps_sandboxes_in_check() {
+    let home = tempfile::TempDir::new().unwrap();
+    let data = tempfile::TempDir::new().unwrap();
+    std::fs::create_dir(home.path().join(".ssh")).unwrap();
+    let key = home.path().join(".ssh/id_ed25519");
+    let keygen = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(keygen.success());
+    let ports = [free_port(), free_port(), free_port()];
+    let (_up, lines) = start_with(
+        home.path(),
+        data.path(),
+        &ports,
+        &["--reap-interval-s", "1"],
+    );
+    let ssh_line = lines.last().unwrap().clone();
+    let in_docker = lines.iter().any(|l| l.contains("Docker containers"));
+    if std::env::var_os("CI").is_some() {
+        assert!(
+            in_docker,
+            "in CI `up` must run Docker sandboxes:\n{}",
+            lines.join("\n")
+        );
+    }
+
+    // An interactive shell, typed into a real terminal.
+    let mut words: Vec<String> = ssh_line.split_whitespace().map(str::to_owned).collect();
+    let target = words.pop().unwrap();
+    let status_file = home.path().join("ssh-status");
+    let command = format!(
+        "{} -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+         -o LogLevel=ERROR {}; echo $? > {}; sleep 30",
+        words.join(" "),
+        key.display(),
+        target.trim_matches('\''),
+        status_file.display()
+    );
+    let tmux = Tmux::new();
+    tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "s",
+        "-x",
+        "100",
+        "-y",
+        "30",
+        &command,
+    ]);
+    tmux.keys(&["echo READY$((6*7))", "Enter"]);
+    tmux.wait_for("READY42");
+    tmux.keys(&["tty; stty size", "Enter"]);
+    let screen = tmux.wait_for("30 100");
+    assert!(screen.contains("/dev/pts/"), "no terminal:\n{screen}");
+    tmux.run(&["resize-window", "-t", "s", "-x", "120", "-y", "40"]);
+    std::thread::sleep(Duration::from_millis(500));
+    tmux.keys(&["clear; stty size", "Enter"]);
+    tmux.wait_for("40 120");
+    tmux.keys(&["sleep 60; echo NOT-INTERRUPTED", "Enter"]);
+    std::thread::sleep(Duration::from_millis(700));
+    tmux.keys(&["C-c"]);
+    tmux.keys(&["echo AFTER$((40+2))", "Enter"]);
+    let screen = tmux.wait_for("AFTER42");
+    assert!(
+        !screen.contains("NOT-INTERRUPTED"),
+        "Ctrl-C did not interrupt:\n{screen}"
+    );
+    tmux.keys(&["exit 3", "Enter"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !status_file.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ssh did not end after `exit 3`:\n{}",
+            tmux.screen()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(std::fs::read_to_string(&status_file).unwrap().trim(), "3");
+
+    // Creates that cannot work store nothing, or nothing that takes room.
+    let base = format!("http://127.0.0.1:{}", ports[1]);
+    let admin = std::fs::read_to_string(data.path().join("admin-api-key")).unwrap();
+    let admin = admin.trim();
+    let count = || {
+        let (_, list) = api(&base, admin, "GET", "/v1/sandboxes?limit=500", None);
+        list["sandboxes"].as_array().unwrap().len()
+    };
+    let before = count();
+    for _ in 0..3 {
+        let (status, body) = api(
+            &base,
+            admin,
+            "POST",
+            "/v1/sandboxes",
+            Some(r#"{"image":"warren-no-such-image:1"}"#),
+        );
+        assert_eq!(status, 422, "{body}");
+        assert_eq!(body["error"]["code"], "image_not_found", "{body}");
+    }
+    assert_eq!(
+        count(),
+        before,
+        "a create with a missing image stored a sandbox"
+    );
+    if in_docker {
+        // More failed clones than the old fixed capacity of 16.
+        for _ in 0..17 {
+            let (status, body) = api(
+                &base,
+                admin,
+                "POST",
+                "/v1/sandboxes",
+                Some(r#"{"repo":"/nonexistent/warren-test.git","memory_mb":128}"#),
+            );
+            assert_eq!(status, 502, "{body}");
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("cloning"),
+                "the failure should say why: {body}"
+            );
+        }
+        let leftovers = Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                "status=created",
+                "--filter",
+                "status=exited",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&leftovers.stdout).trim().is_empty(),
+            "failed creates left containers behind"
+        );
+    }
+    let (status, idle) = api(
+        &base,
+        admin,
+        "POST",
+        "/v1/sandboxes",
+        Some(r#"{"idle_timeout_s":60,"memory_mb":128}"#),
+    );
+    assert_eq!(
+        status, 201,
+        "after failed creates the runner must still have room: {idle}"
+    );
+    let (status, expiring) = api(
+        &base,
+        admin,
+        "POST",
+        "/v1/sandboxes",
+        Some(r#"{"ttl_s":60,"memory_mb":128}"#),
+    );
+    assert_eq!(status, 201, "{expiring}");
+
+    // Over time: the idle one is stopped (Docker's reaper), the expired one deleted.
+    let state = |id: &serde_json::Value| {
+        let (_, s) = api(
+            &base,
+            admin,
+            "GET",
+            &format!("/v1/sandboxes/{}", id.as_str().unwrap()),
+            None,
+        );
+        s
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(150);
+    loop {
+        let i = state(&idle["id"]);
+        let e = state(&expiring["id"]);
+        let idle_done = !in_docker || i["state"] == "stopped";
+        if idle_done && e["state"] == "deleted" {
+            if in_docker {
+                let path = format!("/v1/sandboxes/{}/events", idle["id"].as_str().unwrap());
+                let (_, events) = api(&base, admin, "GET", &path, None);
+                let last = events["events"].as_array().unwrap().last().unwrap().clone();
+                assert_eq!(last["reason"], "idle", "{events}");
+            }
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after 150 s: idle sandbox {i}, expiring sandbox {e}"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
 }

@@ -51,7 +51,7 @@ impl fmt::Display for Refusal {
 
 impl std::error::Error for Refusal {}
 
-fn refuse(code: &'static str, message: impl Into<String>) -> anyhow::Error {
+pub(crate) fn refuse(code: &'static str, message: impl Into<String>) -> anyhow::Error {
     Refusal {
         code,
         message: message.into(),

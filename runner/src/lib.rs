@@ -14,6 +14,7 @@ pub mod backend;
 pub mod git;
 pub mod netpolicy;
 pub mod protocol;
+pub mod service;
 pub mod state;
 pub mod stream;
 pub mod tunnel;

@@ -1,17 +1,15 @@
 //! `warren-runner`: join a gateway, then keep the tunnel up and run sandboxes.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 
-use anyhow::Context;
-use warren_runner::backend::Backend as SandboxBackend;
-use warren_runner::backend::docker::{DockerBackend, DockerDefaults};
-use warren_runner::backend::process::{ProcessBackend, find_agent_bin};
+use warren_runner::backend::docker::DockerDefaults;
+use warren_runner::backend::process::find_agent_bin;
+use warren_runner::service::{BackendKind, CapacityLimits, Runner, RunnerOptions};
 use warren_runner::state::DataDir;
 use warren_runner::tunnel;
 
@@ -53,7 +51,10 @@ enum Command {
     Run {
         #[arg(long, env = "WARREN_RUNNER_DATA_DIR")]
         data_dir: PathBuf,
-        #[arg(long, value_enum, default_value = "process")]
+        /// Where sandboxes run: `docker` (hardened containers; needs root and a
+        /// Docker engine) or `process` (local processes, NO ISOLATION). No default:
+        /// running untrusted code without isolation must be a choice.
+        #[arg(long, value_enum, env = "WARREN_RUNNER_BACKEND")]
         backend: Backend,
         /// Where agent sockets go (default: <data-dir>/sockets).
         #[arg(long)]
@@ -79,6 +80,13 @@ enum Command {
         /// Docker: how often the idle reaper looks.
         #[arg(long, default_value_t = 10)]
         reap_interval_s: u64,
+        /// The memory all sandboxes' limits may add up to, in MiB (default: the
+        /// host's memory).
+        #[arg(long)]
+        capacity_memory_mb: Option<u64>,
+        /// At most this many sandboxes (default: as many as the memory allows).
+        #[arg(long)]
+        max_sandboxes: Option<u32>,
     },
 }
 
@@ -115,54 +123,31 @@ async fn main() -> Result<()> {
             idle_timeout_s,
             network_pool,
             reap_interval_s,
+            capacity_memory_mb,
+            max_sandboxes,
         } => {
             let data = DataDir::open(&data_dir)?;
-            let agent_bin = find_agent_bin(agent_bin.as_deref())?;
-            let backend = Arc::new(match backend {
-                Backend::Process => {
-                    let listen_dir = listen_dir.unwrap_or_else(|| data.root().join("sockets"));
-                    SandboxBackend::Process(ProcessBackend::new(
-                        data.sandboxes(),
-                        listen_dir,
-                        agent_bin,
-                    )?)
-                }
-                Backend::Docker => {
-                    let (identity, _) = data.load_identity()?;
-                    let defaults = DockerDefaults {
-                        image: default_image,
-                        runtime,
-                        idle_timeout: Duration::from_secs(idle_timeout_s),
-                        network_pool: network_pool_arg(&network_pool)?,
-                        ..DockerDefaults::default()
-                    };
-                    let docker = DockerBackend::connect(
-                        listen_dir.unwrap_or_else(|| data.sandboxes()),
-                        agent_bin,
-                        identity.runner_id.clone(),
-                        defaults,
-                    )
-                    .await?;
-                    let adopted = docker.adopt().await.context("adopting sandboxes")?;
-                    tracing::info!(adopted = adopted.len(), "docker backend ready");
-                    SandboxBackend::Docker(docker)
-                }
-            });
-            if let SandboxBackend::Docker(_) = &*backend {
-                let reaper = backend.clone();
-                let every = Duration::from_secs(reap_interval_s.max(1));
-                tokio::spawn(async move {
-                    let SandboxBackend::Docker(docker) = &*reaper else {
-                        return;
-                    };
-                    loop {
-                        tokio::time::sleep(every).await;
-                        if let Err(e) = docker.reap_idle().await {
-                            tracing::warn!(error = %format!("{e:#}"), "idle reaper");
-                        }
-                    }
-                });
-            }
+            let options = RunnerOptions {
+                backend: match backend {
+                    Backend::Process => BackendKind::Process,
+                    Backend::Docker => BackendKind::Docker,
+                },
+                listen_dir,
+                agent_bin: find_agent_bin(agent_bin.as_deref())?,
+                docker: DockerDefaults {
+                    image: default_image,
+                    runtime,
+                    idle_timeout: Duration::from_secs(idle_timeout_s),
+                    network_pool: network_pool_arg(&network_pool)?,
+                    ..DockerDefaults::default()
+                },
+                reap_interval: Duration::from_secs(reap_interval_s),
+                capacity: CapacityLimits {
+                    memory_mb: capacity_memory_mb,
+                    max_sandboxes,
+                },
+            };
+            let runner = Runner::start(&data, options).await?;
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             let mut term = signal(SignalKind::terminate())?;
             let mut int = signal(SignalKind::interrupt())?;
@@ -173,7 +158,7 @@ async fn main() -> Result<()> {
                 }
                 let _ = stop_tx.send(true);
             });
-            tunnel::run(&data, backend, stop_rx).await
+            runner.run(&data, stop_rx).await
         }
     }
 }

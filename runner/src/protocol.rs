@@ -124,6 +124,12 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         token: Option<Secret>,
     },
+    /// Whether this runner could create a sandbox from `spec`, checked before the
+    /// gateway stores anything: `ok`, or [`Response::Refused`] with code
+    /// `image_not_found` or `invalid_spec`. Nothing is made.
+    Check { spec: SandboxSpec },
+    /// What this runner has room for ([`Response::Capacity`]).
+    Capacity,
 }
 
 /// One sandbox's authorized keys, OpenSSH lines.
@@ -272,6 +278,20 @@ pub enum Response {
     Refused { code: String, message: String },
     /// The answer to `env`.
     Env { env: BTreeMap<String, Secret> },
+    /// The answer to `capacity`.
+    Capacity(RunnerCapacity),
+}
+
+/// What a runner has room for: the memory its sandboxes' limits may add up to, the
+/// most CPUs one sandbox may ask for, and at most how many sandboxes, if the operator
+/// set a number. Computed from the host's resources unless the operator overrides
+/// them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunnerCapacity {
+    pub memory_mb: u64,
+    pub millicpus: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_sandboxes: Option<u32>,
 }
 
 /// Sandbox ids travel as their text and are checked on the way in.

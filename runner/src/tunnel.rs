@@ -19,7 +19,7 @@ use warren_keys::SandboxId;
 use crate::backend::Backend;
 use crate::protocol::{
     self, CONTROL_ADDRESS, FORWARD_ADDRESS, JOIN_USER, MAX_CONTROL_LINE, Request, Response,
-    SANDBOX_PREFIX,
+    RunnerCapacity, SANDBOX_PREFIX,
 };
 use crate::state::{DataDir, Identity};
 use crate::stream::{GrantingStream, MAX_PACKET, WINDOW_SIZE};
@@ -178,6 +178,7 @@ pub async fn join(
 struct RunnerClient {
     pinned: PublicKey,
     backend: Arc<Backend>,
+    capacity: RunnerCapacity,
     /// Window grants for the connection's handle, which the session loop owns.
     grants: mpsc::UnboundedSender<(ChannelId, u32)>,
 }
@@ -231,7 +232,7 @@ impl client::Handler for RunnerClient {
             reply.accept().await;
             let stream = self.stream(channel);
             let backend = self.backend.clone();
-            tokio::spawn(serve_control(stream, backend));
+            tokio::spawn(serve_control(stream, backend, self.capacity));
             return Ok(());
         }
         let sandbox = connected_address
@@ -269,13 +270,17 @@ impl client::Handler for RunnerClient {
     }
 }
 
-async fn serve_control(stream: GrantingStream<Msg>, backend: Arc<Backend>) {
+async fn serve_control(
+    stream: GrantingStream<Msg>,
+    backend: Arc<Backend>,
+    capacity: RunnerCapacity,
+) {
     let (read, mut write) = tokio::io::split(stream);
     let mut line = String::new();
     let mut reader = BufReader::new(read.take(MAX_CONTROL_LINE as u64));
     let response = match tokio::time::timeout(CONNECT_TIMEOUT, reader.read_line(&mut line)).await {
         Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
-            Ok(request) => handle_control(request, &backend).await,
+            Ok(request) => handle_control(request, &backend, capacity).await,
             Err(e) => Response::Error {
                 message: format!("bad request: {e}"),
             },
@@ -290,7 +295,7 @@ async fn serve_control(stream: GrantingStream<Msg>, backend: Arc<Backend>) {
     let _ = write.shutdown().await;
 }
 
-async fn handle_control(request: Request, backend: &Backend) -> Response {
+async fn handle_control(request: Request, backend: &Backend, capacity: RunnerCapacity) -> Response {
     let result = match request {
         Request::Create {
             sandbox,
@@ -318,6 +323,8 @@ async fn handle_control(request: Request, backend: &Backend) -> Response {
                 .map(|(k, v)| (k, protocol::Secret(v)))
                 .collect(),
         }),
+        Request::Check { spec } => backend.check(&spec).await.map(|()| Response::Ok),
+        Request::Capacity => Ok(Response::Capacity(capacity)),
         Request::List => backend
             .list()
             .await
@@ -369,6 +376,7 @@ async fn tunnel_once(
     key: &Arc<PrivateKey>,
     pinned: &PublicKey,
     backend: &Arc<Backend>,
+    capacity: RunnerCapacity,
     shutdown: &mut watch::Receiver<bool>,
     connected: &mut bool,
 ) -> Result<()> {
@@ -376,6 +384,7 @@ async fn tunnel_once(
     let handler = RunnerClient {
         pinned: pinned.clone(),
         backend: backend.clone(),
+        capacity,
         grants,
     };
     let stream = dial(&identity.gateway).await?;
@@ -426,11 +435,13 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.5 + frac * 0.5)
 }
 
-/// `warren-runner run`: keeps the tunnel up, reconnecting with exponential backoff
-/// (0.5 s doubling to 30 s, with jitter) forever, until `shutdown` fires.
-pub async fn run(
+/// Keeps the tunnel up, reconnecting with exponential backoff (0.5 s doubling to
+/// 30 s, with jitter) forever, until `shutdown` fires. Started through
+/// [`crate::service::Runner::run`].
+pub(crate) async fn run(
     data: &DataDir,
     backend: Arc<Backend>,
+    capacity: RunnerCapacity,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     let (identity, pinned) = data.load_identity()?;
@@ -443,6 +454,7 @@ pub async fn run(
             &key,
             &pinned,
             &backend,
+            capacity,
             &mut shutdown,
             &mut connected,
         )

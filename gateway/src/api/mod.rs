@@ -85,6 +85,9 @@ pub struct ApiState {
     limiter: crate::ssh::FailureLimiter,
     /// GitHub's REST API base for pull requests ([`crate::github`]).
     github_api: Mutex<String>,
+    /// What each runner said it has room for, and when ([`sandboxes::pick_runner`]).
+    capacities:
+        Mutex<HashMap<RunnerId, (std::time::Instant, warren_runner::protocol::RunnerCapacity)>>,
 }
 
 impl ApiState {
@@ -110,6 +113,7 @@ impl ApiState {
             metrics: metrics::Metrics::default(),
             limiter: crate::ssh::FailureLimiter::default(),
             github_api: Mutex::new(crate::github::api_base_from_env()),
+            capacities: Mutex::default(),
         }
     }
 
@@ -121,6 +125,15 @@ impl ApiState {
 
     fn github(&self) -> crate::github::GitHub {
         crate::github::GitHub::new(&crate::unpoisoned(&self.github_api))
+    }
+
+    fn capacities(
+        &self,
+    ) -> MutexGuard<
+        '_,
+        HashMap<RunnerId, (std::time::Instant, warren_runner::protocol::RunnerCapacity)>,
+    > {
+        crate::unpoisoned(&self.capacities)
     }
 
     fn specs(&self) -> MutexGuard<'_, HashMap<SandboxId, SandboxSpec>> {

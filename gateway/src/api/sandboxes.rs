@@ -12,14 +12,17 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use warren_keys::{SandboxId, Scope};
-use warren_runner::protocol::{NetworkPolicy, RepoSpec, Request, SandboxSpec};
+use warren_runner::protocol::{
+    NetworkPolicy, RepoSpec, Request, Response as RunnerResponse, RunnerCapacity, SandboxSpec,
+};
 
 use super::auth::Caller;
 use super::error::{ApiError, ApiJson, ApiQuery, IdPath};
 use super::views::{CreatedSandbox, ErrorBody, EventList, EventView, SandboxList, SandboxView};
 use super::{ApiState, SANDBOX_TOKEN_TTL, validate};
 use crate::store::{
-    NewSandbox, RunnerId, Sandbox, SandboxCursor, SandboxQuery, SandboxState, StoreError, User,
+    NewSandbox, RunnerId, RunnerUsage, Sandbox, SandboxCursor, SandboxQuery, SandboxState,
+    StoreError, User,
 };
 
 /// What the store records as the image when the request names none: the runner's
@@ -191,40 +194,127 @@ async fn detached<T: Send + 'static>(
     }
 }
 
-/// The online runner with room that holds the fewest sandboxes.
-async fn pick_runner(state: &ApiState) -> Result<RunnerId, ApiError> {
-    let no_runner = || {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_runner",
-            "no runner is online with room for another sandbox",
-        )
+/// What a new sandbox asks of a runner.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Demand {
+    pub memory_mb: u64,
+    pub millicpus: u32,
+}
+
+/// Why a runner cannot take a sandbox, for the error message; `None` when it can.
+fn misfit(
+    name: &str,
+    capacity: &RunnerCapacity,
+    usage: RunnerUsage,
+    demand: Demand,
+) -> Option<String> {
+    if let Some(max) = capacity.max_sandboxes
+        && usage.sandboxes >= u64::from(max)
+    {
+        return Some(format!("{name} holds its maximum of {max} sandboxes"));
+    }
+    if demand.millicpus > capacity.millicpus {
+        return Some(format!(
+            "{name} has {} CPUs, this sandbox asks for {}",
+            f64::from(capacity.millicpus) / 1000.0,
+            f64::from(demand.millicpus) / 1000.0
+        ));
+    }
+    let free = capacity.memory_mb.saturating_sub(usage.memory_mb);
+    if demand.memory_mb > free {
+        return Some(format!(
+            "{name} has {free} MiB of {} MiB free for sandboxes, this one asks for {} MiB",
+            capacity.memory_mb, demand.memory_mb
+        ));
+    }
+    None
+}
+
+/// What `runner` has room for: its answer to `capacity`, remembered a while. A
+/// runner too old to answer gets the stored sandbox count as its only limit.
+async fn runner_capacity(state: &ApiState, runner: &crate::store::Runner) -> RunnerCapacity {
+    const REMEMBER: std::time::Duration = std::time::Duration::from_secs(30);
+    if let Some((at, capacity)) = state.capacities().get(&runner.id)
+        && at.elapsed() < REMEMBER
+    {
+        return *capacity;
+    }
+    let capacity = match state.hub.control(&runner.id, &Request::Capacity).await {
+        Ok(RunnerResponse::Capacity(capacity)) => capacity,
+        _ => RunnerCapacity {
+            memory_mb: u64::MAX,
+            millicpus: u32::MAX,
+            max_sandboxes: Some(runner.capacity),
+        },
     };
+    state
+        .capacities()
+        .insert(runner.id.clone(), (std::time::Instant::now(), capacity));
+    capacity
+}
+
+/// The online runner with room for `demand` whose live sandboxes take the least
+/// memory; a 503 saying why none fits otherwise.
+pub(super) async fn pick_runner(state: &ApiState, demand: Demand) -> Result<RunnerId, ApiError> {
     let mut online = state.hub.online_runners();
     if online.is_empty() {
-        return Err(no_runner());
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_runner",
+            "no runner is online",
+        ));
     }
     online.sort();
-    let counts: std::collections::HashMap<RunnerId, u64> = state
-        .store
-        .count_sandboxes_by_runner()
-        .await?
-        .into_iter()
-        .collect();
+    let usage: std::collections::HashMap<RunnerId, RunnerUsage> =
+        state.store.runner_usage().await?.into_iter().collect();
     let mut best: Option<(u64, RunnerId)> = None;
+    let mut reasons = Vec::new();
     for id in online {
         let Ok(runner) = state.store.get_runner(&id).await else {
             continue;
         };
-        let n = counts.get(&id).copied().unwrap_or(0);
-        if n >= u64::from(runner.capacity) {
+        let used = usage.get(&id).copied().unwrap_or_default();
+        let capacity = runner_capacity(state, &runner).await;
+        if let Some(reason) = misfit(&runner.name, &capacity, used, demand) {
+            reasons.push(reason);
             continue;
         }
-        if best.as_ref().is_none_or(|(m, _)| n < *m) {
-            best = Some((n, id));
+        if best.as_ref().is_none_or(|(m, _)| used.memory_mb < *m) {
+            best = Some((used.memory_mb, id));
         }
     }
-    best.map(|(_, id)| id).ok_or_else(no_runner)
+    best.map(|(_, id)| id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_capacity",
+            format!(
+                "no runner has room for this sandbox: {}",
+                reasons.join("; ")
+            ),
+        )
+    })
+}
+
+/// Asks `runner` whether it could create `spec` (its image is there, its fields
+/// pass) before anything is stored. A runner too old to know `check` is let be.
+async fn check_on_runner(
+    state: &ApiState,
+    runner: &RunnerId,
+    spec: &SandboxSpec,
+) -> Result<(), ApiError> {
+    let request = Request::Check { spec: spec.clone() };
+    match state.hub.control(runner, &request).await? {
+        RunnerResponse::Ok => Ok(()),
+        RunnerResponse::Refused { code, message } if code == "image_not_found" => Err(
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "image_not_found", message),
+        ),
+        RunnerResponse::Refused { message, .. } => Err(ApiError::invalid(message)),
+        RunnerResponse::Error { message } if message.contains("unknown variant") => Ok(()),
+        RunnerResponse::Error { message } => Err(ApiError::runner(message)),
+        other => Err(ApiError::runner(format!(
+            "unexpected answer from the runner: {other:?}"
+        ))),
+    }
 }
 
 /// Asks the sandbox's runner to create (or restart) it; on success the sandbox goes
@@ -288,10 +378,10 @@ async fn expect_ok(state: &ApiState, runner: &RunnerId, request: Request) -> Res
         (status = 400, description = "unreadable body", body = ErrorBody),
         (status = 413, description = "body over 64 KiB", body = ErrorBody),
         (status = 415, description = "not JSON", body = ErrorBody),
-        (status = 422, description = "a field is refused", body = ErrorBody),
         (status = 502, description = "the runner failed to create it (it is `failed`)",
             body = ErrorBody),
-        (status = 503, description = "no runner online with room", body = ErrorBody),
+        (status = 422, description = "a field is refused, or the image is not on the runner (`image_not_found`)", body = ErrorBody),
+        (status = 503, description = "no runner online (`no_runner`), or none with room (`no_capacity`, saying why)", body = ErrorBody),
     ))]
 pub async fn create(
     State(state): State<Arc<ApiState>>,
@@ -299,10 +389,14 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateSandbox>,
 ) -> Result<(StatusCode, Json<CreatedSandbox>), ApiError> {
     check_create(&body)?;
-    let runner = pick_runner(&state).await?;
     let id = SandboxId::generate();
     let cpus = body.cpus.unwrap_or(DEFAULT_CPUS);
     let memory_mb = body.memory_mb.unwrap_or(DEFAULT_MEMORY_MB);
+    let demand = Demand {
+        memory_mb: u64::from(memory_mb),
+        millicpus: millicpus(cpus),
+    };
+    let runner = pick_runner(&state, demand).await?;
     let branch = body
         .repo
         .as_ref()
@@ -322,6 +416,7 @@ pub async fn create(
         network: body.network.unwrap_or_default(),
         ..SandboxSpec::default()
     };
+    check_on_runner(&state, &runner, &spec).await?;
     let new = NewSandbox {
         id: id.clone(),
         owner_id: caller.user.id.clone(),

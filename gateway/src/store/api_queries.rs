@@ -8,7 +8,40 @@ use super::model::SandboxState;
 use super::model::{Sandbox, Timestamp};
 use super::{Store, StoreError, row};
 
+/// What a runner's live sandboxes (creating or running) take of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunnerUsage {
+    pub sandboxes: u64,
+    /// The sum of their memory limits.
+    pub memory_mb: u64,
+}
+
 impl Store {
+    /// What the live (creating or running) sandboxes of each runner take; stopped,
+    /// failed and deleted ones take nothing (runners with none are absent).
+    pub async fn runner_usage(&self) -> Result<Vec<(RunnerId, RunnerUsage)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT runner_id, COUNT(*) AS n, CAST(SUM(memory_mb) AS BIGINT) AS memory \
+             FROM sandboxes \
+             WHERE runner_id IS NOT NULL AND state IN ('creating', 'running') \
+             GROUP BY runner_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    row::parsed(r, "runner_id")?,
+                    RunnerUsage {
+                        sandboxes: row::unsigned(r, "n")?,
+                        memory_mb: row::unsigned(r, "memory")?,
+                    },
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
     /// How many sandboxes that are not deleted each runner holds (runners with none
     /// are absent).
     pub async fn count_sandboxes_by_runner(&self) -> Result<Vec<(RunnerId, u64)>, StoreError> {

@@ -65,6 +65,7 @@ use sqlx::Executor;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 pub use warren_keys::SandboxId;
 
+pub use self::api_queries::RunnerUsage;
 pub use self::error::StoreError;
 pub use self::ids::{ApiKeyId, JoinTokenId, ParseError, RunnerId, SshKeyId, SshSessionId, UserId};
 pub use self::model::{

@@ -208,7 +208,7 @@ impl DockerBackend {
         spec: &SandboxSpec,
     ) -> Result<()> {
         warren_keys::TokenVerifier::from_base64(token_key).context("invalid token_key")?;
-        validate_spec(spec)?;
+        super::validate_spec(spec)?;
         let dir = self.sandbox_run_dir(id);
         if dir.join(DELETING_MARKER).exists() {
             bail!("sandbox {id} is being deleted");
@@ -241,16 +241,56 @@ impl DockerBackend {
         }
 
         let image = spec.image.as_deref().unwrap_or(&self.defaults.image);
-        let image_info = self.docker.inspect_image(image).await.map_err(|e| {
+        // Whatever fails from here on leaves nothing behind: a half-made sandbox
+        // would hold a network, a volume and the runner's capacity for nothing.
+        let made = async {
+            let image_info = self.image_info(spec).await?;
+            self.make(id, token_key, image, image_info, spec, &name)
+                .await
+        }
+        .await;
+        if let Err(e) = made {
+            if let Err(cleanup) = self.remove_all(id).await {
+                tracing::warn!(sandbox = %id, error = %format!("{cleanup:#}"), "cleaning up a failed create");
+            }
+            return Err(e);
+        }
+        tracing::info!(sandbox = %id, image, "sandbox created");
+        Ok(())
+    }
+
+    /// The image `spec` names (or the default one), which must be on this engine.
+    pub(crate) async fn image_info(
+        &self,
+        spec: &SandboxSpec,
+    ) -> Result<bollard::models::ImageInspect> {
+        let image = spec.image.as_deref().unwrap_or(&self.defaults.image);
+        self.docker.inspect_image(image).await.map_err(|e| {
             if is_not_found(&e) {
-                anyhow::anyhow!(
-                    "image {image:?} is not on this runner; build it (images/build-base) or \
-                     load it (docker load) first"
+                crate::git::refuse(
+                    "image_not_found",
+                    format!(
+                        "image {image:?} is not on this runner; build it (images/build-base) \
+                         or load it (docker load) first"
+                    ),
                 )
             } else {
                 anyhow::Error::new(e).context("inspecting the image")
             }
-        })?;
+        })
+    }
+
+    /// Makes and starts a new sandbox's volume, network, firewall rules and
+    /// container, waits for its agent and clones its repository.
+    async fn make(
+        &self,
+        id: &SandboxId,
+        token_key: &str,
+        image: &str,
+        image_info: bollard::models::ImageInspect,
+        spec: &SandboxSpec,
+        name: &str,
+    ) -> Result<()> {
         let image_user = image_info
             .config
             .and_then(|c| c.user)
@@ -294,32 +334,43 @@ impl DockerBackend {
         self.docker
             .create_container(
                 Some(CreateContainerOptions {
-                    name: Some(name.clone()),
+                    name: Some(name.to_owned()),
                     ..Default::default()
                 }),
                 config,
             )
             .await
             .with_context(|| format!("creating container {name}"))?;
-        let started = async {
-            self.docker
-                .start_container(&name, None)
-                .await
-                .with_context(|| format!("starting {name}"))?;
-            self.wait_for_agent(id).await?;
-            if let Some(repo) = &spec.repo {
-                self.clone_repo(id, repo).await?;
-            }
-            anyhow::Ok(())
+        self.docker
+            .start_container(name, None)
+            .await
+            .with_context(|| format!("starting {name}"))?;
+        self.wait_for_agent(id).await?;
+        if let Some(repo) = &spec.repo {
+            self.clone_repo(id, repo).await?;
         }
-        .await;
-        if let Err(e) = started {
-            // A half-made sandbox is worse than none: the caller sees the error.
-            let _ = self.remove_all(id).await;
-            return Err(e);
-        }
-        tracing::info!(sandbox = %id, image, "sandbox created");
         Ok(())
+    }
+
+    /// The memory and CPUs the engine's host has.
+    pub async fn host_resources(&self) -> crate::service::HostResources {
+        let local = crate::service::host_resources();
+        match self.docker.info().await {
+            Ok(info) => crate::service::HostResources {
+                memory_mb: info
+                    .mem_total
+                    .and_then(|b| u64::try_from(b).ok())
+                    .map_or(local.memory_mb, |b| b >> 20),
+                millicpus: info
+                    .ncpu
+                    .and_then(|n| u32::try_from(n).ok())
+                    .map_or(local.millicpus, |n| n.saturating_mul(1000)),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "docker info; using this host's resources");
+                local
+            }
+        }
     }
 
     /// Makes the sandbox's bridge on the first free /28 of the network pool.
@@ -973,8 +1024,6 @@ impl DockerBackend {
     }
 }
 
-/// The agent runs in images without a libc: it must be a static executable (an ELF
-/// file without a PT_INTERP program header).
 /// The `NAME=value` entries of a container's environment that its
 /// `WARREN_PASS_ENV` list names: the create request's env, without Warren's own.
 fn passed_env(entries: &[String]) -> BTreeMap<String, String> {
@@ -989,7 +1038,9 @@ fn passed_env(entries: &[String]) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn ensure_static(agent: &std::path::Path) -> Result<()> {
+/// The agent runs in images without a libc: it must be a static executable (an ELF
+/// file without a PT_INTERP program header).
+pub fn ensure_static(agent: &std::path::Path) -> Result<()> {
     let elf = fs::read(agent).with_context(|| format!("reading {}", agent.display()))?;
     let u16_at = |at: usize| {
         elf.get(at..at + 2)
@@ -1019,61 +1070,6 @@ fn ensure_static(agent: &std::path::Path) -> Result<()> {
                  (scripts/build-static-agent prints its path)",
                 agent.display()
             );
-        }
-    }
-    Ok(())
-}
-
-/// Checks what a create request may name before anything is made.
-fn validate_spec(spec: &SandboxSpec) -> Result<()> {
-    if let Some(image) = &spec.image {
-        let ok = !image.is_empty()
-            && image.len() <= 255
-            && !image.starts_with('-')
-            && image
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-/:@".contains(c));
-        if !ok {
-            bail!("invalid image reference {image:?}");
-        }
-    }
-    for name in spec.env.keys() {
-        let ok = !name.is_empty()
-            && name.len() <= 128
-            && !name.starts_with(|c: char| c.is_ascii_digit())
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && !name.starts_with("WARREN_");
-        if !ok {
-            bail!("invalid environment variable name {name:?}");
-        }
-    }
-    if spec.env.values().any(|v| v.contains('\0')) {
-        bail!("environment values cannot contain NUL");
-    }
-    if let Some(repo) = &spec.repo {
-        if repo.url.starts_with('-') || repo.url.is_empty() {
-            bail!("invalid repository URL");
-        }
-        let branch_ok = !repo.branch.is_empty()
-            && !repo.branch.starts_with('-')
-            && repo.branch.len() <= 200
-            && repo
-                .branch
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c))
-            && !repo.branch.contains("..");
-        if !branch_ok {
-            bail!("invalid branch name {:?}", repo.branch);
-        }
-        if let Some(base) = &repo.base
-            && (base.starts_with('-') || base.is_empty())
-        {
-            bail!("invalid base ref {base:?}");
-        }
-    }
-    if let NetworkPolicy::Allow { cidrs } = &spec.network {
-        for cidr in cidrs {
-            netpolicy::parse_cidr(cidr)?;
         }
     }
     Ok(())
@@ -1142,23 +1138,5 @@ mod tests {
             redact_url("https://github.com/a/b"),
             "https://github.com/a/b"
         );
-    }
-
-    #[test]
-    fn specs_are_checked() {
-        let mut spec = SandboxSpec::default();
-        assert!(validate_spec(&spec).is_ok());
-        spec.image = Some("--privileged".into());
-        assert!(validate_spec(&spec).is_err());
-        spec.image = Some("debian:12".into());
-        spec.env.insert("WARREN_TOKEN_KEY".into(), "x".into());
-        assert!(validate_spec(&spec).is_err());
-        spec.env.clear();
-        spec.env.insert("ANTHROPIC_API_KEY".into(), "x".into());
-        assert!(validate_spec(&spec).is_ok());
-        spec.network = NetworkPolicy::Allow {
-            cidrs: vec!["10.0.0.0/33".into()],
-        };
-        assert!(validate_spec(&spec).is_err());
     }
 }

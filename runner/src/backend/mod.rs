@@ -8,10 +8,11 @@ pub mod process;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use warren_keys::SandboxId;
 
-use crate::protocol::{SandboxSpec, SandboxStatus};
+use crate::netpolicy;
+use crate::protocol::{NetworkPolicy, SandboxSpec, SandboxStatus};
 
 /// One of the backends; the tunnel serves whichever the runner was started with.
 pub enum Backend {
@@ -37,6 +38,17 @@ impl Backend {
         match self {
             Backend::Process(b) => b.create(id, token_key, authorized_keys, spec).await,
             Backend::Docker(b) => b.create(id, token_key, authorized_keys, spec).await,
+        }
+    }
+
+    /// Whether a create from `spec` could work here (the spec's fields, and on
+    /// Docker its image), without making anything. A refusal is a
+    /// [`crate::git::Refusal`] with code `invalid_spec` or `image_not_found`.
+    pub async fn check(&self, spec: &SandboxSpec) -> Result<()> {
+        validate_spec(spec).map_err(|e| crate::git::refuse("invalid_spec", format!("{e:#}")))?;
+        match self {
+            Backend::Process(_) => Ok(()),
+            Backend::Docker(b) => b.image_info(spec).await.map(|_| ()),
         }
     }
 
@@ -124,4 +136,82 @@ pub(crate) fn write_authorized_keys(dir: &Path, keys: &[String]) -> Result<std::
     text.push('\n');
     crate::state::write_file(&path, text.as_bytes())?;
     Ok(path)
+}
+
+/// Checks what a create request may name before anything is made.
+pub fn validate_spec(spec: &SandboxSpec) -> Result<()> {
+    if let Some(image) = &spec.image {
+        let ok = !image.is_empty()
+            && image.len() <= 255
+            && !image.starts_with('-')
+            && image
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-/:@".contains(c));
+        if !ok {
+            bail!("invalid image reference {image:?}");
+        }
+    }
+    for name in spec.env.keys() {
+        let ok = !name.is_empty()
+            && name.len() <= 128
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !name.starts_with("WARREN_");
+        if !ok {
+            bail!("invalid environment variable name {name:?}");
+        }
+    }
+    if spec.env.values().any(|v| v.contains('\0')) {
+        bail!("environment values cannot contain NUL");
+    }
+    if let Some(repo) = &spec.repo {
+        if repo.url.starts_with('-') || repo.url.is_empty() {
+            bail!("invalid repository URL");
+        }
+        let branch_ok = !repo.branch.is_empty()
+            && !repo.branch.starts_with('-')
+            && repo.branch.len() <= 200
+            && repo
+                .branch
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c))
+            && !repo.branch.contains("..");
+        if !branch_ok {
+            bail!("invalid branch name {:?}", repo.branch);
+        }
+        if let Some(base) = &repo.base
+            && (base.starts_with('-') || base.is_empty())
+        {
+            bail!("invalid base ref {base:?}");
+        }
+    }
+    if let NetworkPolicy::Allow { cidrs } = &spec.network {
+        for cidr in cidrs {
+            netpolicy::parse_cidr(cidr)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_are_checked() {
+        let mut spec = SandboxSpec::default();
+        assert!(validate_spec(&spec).is_ok());
+        spec.image = Some("--privileged".into());
+        assert!(validate_spec(&spec).is_err());
+        spec.image = Some("debian:12".into());
+        spec.env.insert("WARREN_TOKEN_KEY".into(), "x".into());
+        assert!(validate_spec(&spec).is_err());
+        spec.env.clear();
+        spec.env.insert("ANTHROPIC_API_KEY".into(), "x".into());
+        assert!(validate_spec(&spec).is_ok());
+        spec.network = NetworkPolicy::Allow {
+            cidrs: vec!["10.0.0.0/33".into()],
+        };
+        assert!(validate_spec(&spec).is_err());
+    }
 }

@@ -261,6 +261,9 @@ fn spawn_runner(
     if std::env::var_os("WARREN_AGENT_BIN").is_none() {
         cmd.env("WARREN_AGENT_BIN", bin_path("warren-agent"));
     }
+    if !args.contains(&"--backend") {
+        cmd.args(["--backend", "process"]);
+    }
     Ok(cmd
         .args(args)
         .stdin(Stdio::null())

@@ -187,8 +187,7 @@ impl GatewayStack {
             .success()
             .context("warren-runner join")?;
         let runner = Cmd::new(&runner_bin)
-            .arg("run")
-            .arg("--data-dir")
+            .args(["run", "--backend", "process", "--data-dir"])
             .arg(&runner_data)
             .arg("--listen-dir")
             .arg(&runner_sockets)

@@ -41,9 +41,17 @@ enum Command {
         /// The static warren-agent (scripts/build-static-agent).
         #[arg(long, env = "WARREN_AGENT_BIN")]
         agent_bin: Option<PathBuf>,
-        /// Use local processes even when Docker answers (NO ISOLATION).
+        /// Run sandboxes as local processes instead of Docker containers (NO
+        /// ISOLATION; without it, `up` needs root and a Docker engine).
         #[arg(long)]
         process_backend: bool,
+        /// Stop sandboxes idle for this many seconds (0: never) unless their create
+        /// request says otherwise.
+        #[arg(long, default_value_t = 1800)]
+        idle_timeout_s: u64,
+        /// How often the idle reaper looks, in seconds.
+        #[arg(long, default_value_t = 10)]
+        reap_interval_s: u64,
     },
     /// Save a gateway's API URL and your API key (read from WARREN_API_KEY or stdin).
     Login {
@@ -139,6 +147,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             runner_listen,
             agent_bin,
             process_backend,
+            idle_timeout_s,
+            reap_interval_s,
         } => {
             up::up(up::UpOptions {
                 data_dir: data_dir.unwrap_or_else(warren_gateway::server::default_data_dir),
@@ -147,6 +157,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 runners: runner_listen,
                 agent_bin,
                 process_backend,
+                idle_timeout: std::time::Duration::from_secs(idle_timeout_s),
+                reap_interval: std::time::Duration::from_secs(reap_interval_s),
             })
             .await
         }

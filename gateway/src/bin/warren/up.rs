@@ -4,16 +4,15 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use warren_gateway::server::{Gateway, Listen};
 use warren_gateway::store::{SandboxState, Store, StoreError, User};
-use warren_runner::backend::Backend;
-use warren_runner::backend::docker::{DockerBackend, DockerDefaults};
-use warren_runner::backend::process::{ProcessBackend, find_agent_bin};
+use warren_runner::backend::docker::{DockerDefaults, ensure_static};
+use warren_runner::backend::process::find_agent_bin;
+use warren_runner::service::{BackendKind, Runner, RunnerOptions};
 use warren_runner::state::DataDir;
 
 use crate::client::{Api, Config};
@@ -25,6 +24,10 @@ pub struct UpOptions {
     pub runners: SocketAddr,
     pub agent_bin: Option<PathBuf>,
     pub process_backend: bool,
+    /// Stop sandboxes idle this long unless their create request says otherwise.
+    pub idle_timeout: Duration,
+    /// How often the idle reaper looks.
+    pub reap_interval: Duration,
 }
 
 const ADMIN: &str = "admin";
@@ -71,14 +74,12 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         .await
         .context("joining the local runner")?;
     }
-    let backend = Arc::new(local_backend(&opts, &runner_data).await?);
+    let runner = local_runner(&opts, &runner_data).await?;
+    let runner_kind = runner.describe();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let runner_task = {
-        let backend = backend.clone();
         let runner_data = runner_data.clone();
-        tokio::spawn(
-            async move { warren_runner::tunnel::run(&runner_data, backend, stop_rx).await },
-        )
+        tokio::spawn(async move { runner.run(&runner_data, stop_rx).await })
     };
     let mut stop_gateway = stop_tx.subscribe();
     let gateway_task = tokio::spawn(gateway.serve(async move {
@@ -116,7 +117,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         data.join("admin-api-key").display()
     );
     println!("  SSH gateway   {ssh_addr}   host key {fingerprint}");
-    println!("  runner        local ({})", backend_name(&backend));
+    println!("  runner        local ({runner_kind})");
     if let Some(path) = saved {
         println!(
             "  CLI           logged in ({}); try `warren list`",
@@ -144,13 +145,6 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     let _ = runner_task.await;
     let _ = gateway_task.await;
     Ok(())
-}
-
-fn backend_name(backend: &Backend) -> &'static str {
-    match backend {
-        Backend::Docker(_) => "Docker containers",
-        Backend::Process(_) => "processes, NO ISOLATION",
-    }
 }
 
 async fn wait_for_stop() {
@@ -223,55 +217,94 @@ async fn register_local_keys(store: &Store, admin: &User) -> Vec<String> {
     names
 }
 
-async fn local_backend(opts: &UpOptions, data: &DataDir) -> anyhow::Result<Backend> {
-    let agent = find_agent_bin(opts.agent_bin.as_deref())?;
-    if !opts.process_backend {
-        // SAFETY: geteuid cannot fail.
-        let root = unsafe { libc::geteuid() } == 0;
-        let (identity, _) = data.load_identity()?;
-        let docker = if root {
-            DockerBackend::connect(
-                data.sandboxes(),
-                agent.clone(),
-                identity.runner_id.clone(),
-                DockerDefaults::default(),
-            )
-            .await
-        } else {
-            Err(anyhow::anyhow!("not running as root"))
-        };
-        match docker {
-            Ok(docker) => {
-                ensure_base_image(&docker).await;
-                docker.adopt().await.context("adopting sandboxes")?;
-                return Ok(Backend::Docker(docker));
-            }
-            Err(e) => eprintln!(
-                "warren: WARNING: no Docker backend ({e:#}); sandboxes will be local \
-                 processes with NO ISOLATION"
-            ),
-        }
+/// The local runner: hardened Docker containers, or local processes only when asked
+/// for with `--process-backend`. Never a silent fall back to no isolation.
+async fn local_runner(opts: &UpOptions, data: &DataDir) -> anyhow::Result<Runner> {
+    let mut options = RunnerOptions {
+        backend: BackendKind::Process,
+        listen_dir: None,
+        agent_bin: find_agent_bin(opts.agent_bin.as_deref())?,
+        docker: DockerDefaults {
+            idle_timeout: opts.idle_timeout,
+            ..DockerDefaults::default()
+        },
+        reap_interval: opts.reap_interval,
+        capacity: Default::default(),
+    };
+    if opts.process_backend {
+        eprintln!(
+            "warren: WARNING: --process-backend: sandboxes are local processes with NO ISOLATION"
+        );
+        return Runner::start(data, options).await;
     }
-    Ok(Backend::Process(ProcessBackend::new(
-        data.sandboxes(),
-        data.root().join("sockets"),
-        agent,
-    )?))
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "warren up runs sandboxes as Docker containers, which needs root and a Docker \
+             engine; run it as root (sudo), or pass --process-backend to run sandboxes as \
+             local processes with NO ISOLATION"
+        );
+    }
+    if let Err(e) = ensure_static(&options.agent_bin) {
+        options.agent_bin = build_static_agent().with_context(|| {
+            format!(
+                "{e:#}; build the static agent with `scripts/build-static-agent` (it prints \
+                 its path) and pass it: `warren up --agent-bin PATH`"
+            )
+        })?;
+    }
+    options.backend = BackendKind::Docker;
+    let runner = Runner::start(data, options).await.context(
+        "no Docker backend; start the Docker engine, or pass --process-backend to run \
+         sandboxes as local processes with NO ISOLATION",
+    )?;
+    if let warren_runner::backend::Backend::Docker(docker) = &**runner.backend() {
+        ensure_base_image(docker).await;
+    }
+    Ok(runner)
+}
+
+/// Runs `scripts/build-static-agent` from the checkout this binary was built in (or
+/// the current directory's) and returns the path it prints.
+fn build_static_agent() -> anyhow::Result<PathBuf> {
+    let script = find_in_checkout("scripts/build-static-agent")
+        .context("scripts/build-static-agent is not at hand")?;
+    let root = script
+        .parent()
+        .and_then(Path::parent)
+        .context("the script has no checkout")?;
+    eprintln!("warren: building the static agent (scripts/build-static-agent)…");
+    let out = std::process::Command::new(&script)
+        .current_dir(root)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running scripts/build-static-agent")?;
+    if !out.status.success() {
+        bail!("scripts/build-static-agent failed");
+    }
+    let path = root.join(String::from_utf8_lossy(&out.stdout).trim());
+    ensure_static(&path)?;
+    Ok(path)
+}
+
+/// `relative` under the current directory or the executable's, or one of their parents.
+fn find_in_checkout(relative: &str) -> Option<PathBuf> {
+    [std::env::current_dir().ok(), std::env::current_exe().ok()]
+        .into_iter()
+        .flatten()
+        .flat_map(|p| p.ancestors().map(Path::to_path_buf).collect::<Vec<_>>())
+        .map(|p| p.join(relative))
+        .find(|p| p.is_file())
 }
 
 /// Builds the default image offline (images/build-base, with its progress) when it
 /// is missing and the script is at hand.
-async fn ensure_base_image(docker: &DockerBackend) {
+async fn ensure_base_image(docker: &warren_runner::backend::docker::DockerBackend) {
     let image = DockerDefaults::default().image;
     if docker.docker().inspect_image(&image).await.is_ok() {
         return;
     }
-    let script = [std::env::current_dir().ok(), std::env::current_exe().ok()]
-        .into_iter()
-        .flatten()
-        .flat_map(|p| p.ancestors().map(Path::to_path_buf).collect::<Vec<_>>())
-        .map(|p| p.join("images/build-base"))
-        .find(|p| p.is_file());
+    let script = find_in_checkout("images/build-base");
     let Some(script) = script else {
         eprintln!("warren: WARNING: {image} is missing and images/build-base was not found");
         return;
