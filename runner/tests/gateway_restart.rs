@@ -125,7 +125,7 @@ fn after_a_gateway_restart_runners_reconnect_and_sessions_work_within_seconds() 
     )?;
     let _runner = Proc(
         Command::new(RUNNER)
-            .args(["run", "--data-dir"])
+            .args(["run", "--backend", "process", "--data-dir"])
             .arg(runner_data.path())
             .env("WARREN_AGENT_BIN", bin_path("warren-agent"))
             .stdin(Stdio::null())

@@ -144,6 +144,8 @@ fn runner_id(data: &Path) -> RunnerId {
 fn run_runner(data: &Path, listen: &Path) -> Proc {
     let mut cmd = runner_cmd(&[
         "run",
+        "--backend",
+        "process",
         "--data-dir",
         data.to_str().unwrap(),
         "--listen-dir",

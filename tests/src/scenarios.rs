@@ -665,6 +665,12 @@ pub fn remote_forward_and_cancel(c: &Client) -> Result<()> {
 
 /// `ssh -A` with a real ssh-agent: `ssh-add -l` in the session lists the key.
 pub fn agent_forwarding(c: &Client) -> Result<()> {
+    agent_forwarding_checked(c, true)
+}
+
+/// [`agent_forwarding`] for an image without `ssh-add` (`ssh_add` false): the
+/// forwarded socket is there and answers.
+pub fn agent_forwarding_checked(c: &Client, ssh_add: bool) -> Result<()> {
     let sock = c.dir().join("agent.sock");
     let agent = Cmd::new("ssh-agent")
         .arg("-D")
@@ -697,6 +703,17 @@ pub fn agent_forwarding(c: &Client) -> Result<()> {
         .nth(1)
         .context("fingerprint")?
         .to_owned();
+    if !ssh_add {
+        let out = c
+            .ssh(&["-A"], r#"test -S "$SSH_AUTH_SOCK" && echo forwarded"#)
+            .env("SSH_AUTH_SOCK", &sock)
+            .run()?;
+        ensure!(
+            out.status.success() && out.stdout_trimmed() == "forwarded",
+            "the session has no forwarded agent socket:\n{out}"
+        );
+        return Ok(());
+    }
     let out = c
         .ssh(&["-A"], r#"test -S "$SSH_AUTH_SOCK" && ssh-add -l"#)
         .env("SSH_AUTH_SOCK", &sock)
