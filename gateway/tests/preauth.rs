@@ -429,3 +429,36 @@ async fn the_plain_http_api_still_answers() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
 }
+
+#[tokio::test]
+async fn a_silent_http_client_is_dropped_after_the_header_read_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+    let timeout = Duration::from_secs(1);
+    tokio::spawn(warren_gateway::api::tls::serve_plain_with(
+        listener, router, timeout,
+    ));
+    // Nothing at all, and half a request line: both closed after the timeout.
+    for sent in [&b""[..], b"GET / HT"] {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let started = Instant::now();
+        stream.write_all(sent).await.unwrap();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer));
+        assert!(read.await.is_ok(), "a silent HTTP client was kept");
+        let kept = started.elapsed();
+        let sent = String::from_utf8_lossy(sent);
+        eprintln!("HTTP: a client that sent {sent:?} was closed after {kept:?}");
+        assert!(kept >= timeout - Duration::from_millis(100), "{kept:?}");
+    }
+    // A whole request is answered.
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 200"));
+}

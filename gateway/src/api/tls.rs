@@ -54,6 +54,15 @@ pub async fn serve_tls(
 /// [`HEADER_READ_TIMEOUT`]: a client that opens a connection and sends nothing (or
 /// headers a byte at a time) is dropped instead of held forever.
 pub async fn serve_plain(listener: TcpListener, router: Router) -> io::Result<()> {
+    serve_plain_with(listener, router, HEADER_READ_TIMEOUT).await
+}
+
+/// [`serve_plain`] with another header read timeout (for tests).
+pub async fn serve_plain_with(
+    listener: TcpListener,
+    router: Router,
+    header_read_timeout: Duration,
+) -> io::Result<()> {
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -65,7 +74,7 @@ pub async fn serve_plain(listener: TcpListener, router: Router) -> io::Result<()
         let router = router.clone();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
-            http1(TokioIo::new(tcp), router, peer).await;
+            http1(TokioIo::new(tcp), router, peer, header_read_timeout).await;
         });
     }
 }
@@ -97,11 +106,11 @@ async fn connection(acceptor: TlsAcceptor, router: Router, tcp: TcpStream, peer:
             return;
         }
     };
-    http1(TokioIo::new(tls), router, peer).await;
+    http1(TokioIo::new(tls), router, peer, HEADER_READ_TIMEOUT).await;
 }
 
-/// HTTP/1.1 on one connection, plain or TLS, with [`HEADER_READ_TIMEOUT`].
-async fn http1<I>(io: TokioIo<I>, router: Router, peer: SocketAddr)
+/// HTTP/1.1 on one connection, plain or TLS.
+async fn http1<I>(io: TokioIo<I>, router: Router, peer: SocketAddr, header_read_timeout: Duration)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -112,7 +121,7 @@ where
     });
     let served = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(header_read_timeout)
         .serve_connection(io, service)
         .await;
     if let Err(e) = served {
