@@ -11,7 +11,7 @@ use warren_keys::TokenSigner;
 
 use crate::api::{self, ApiState};
 use crate::dial::TunnelDialer;
-use crate::ssh::{self, FailureLimiter, FrontDoor};
+use crate::ssh::{self, FailureLimiter, FrontDoor, PreauthLimits};
 use crate::store::Store;
 use crate::tunnel::RunnerHub;
 
@@ -36,6 +36,22 @@ pub struct Listen {
     pub public_host: Option<String>,
 }
 
+/// Bounds on connections that have not logged in yet, per SSH listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Preauth {
+    pub ssh: PreauthLimits,
+    pub runners: PreauthLimits,
+}
+
+impl Default for Preauth {
+    fn default() -> Preauth {
+        Preauth {
+            ssh: PreauthLimits::FRONT_DOOR,
+            runners: PreauthLimits::RUNNERS,
+        }
+    }
+}
+
 /// A bound gateway, ready to [`serve`](Gateway::serve).
 pub struct Gateway {
     pub store: Store,
@@ -49,20 +65,36 @@ pub struct Gateway {
     door: Arc<FrontDoor>,
     host_key: russh::keys::PrivateKey,
     tls: Option<warren_keys::tls::TlsIdentity>,
+    ssh_limits: PreauthLimits,
 }
 
 impl Gateway {
     /// Loads (or makes) the gateway's keys in `data_dir` and binds every listener.
     pub async fn bind(store: Store, data_dir: &Path, listen: Listen) -> anyhow::Result<Gateway> {
+        Gateway::bind_with(store, data_dir, listen, Preauth::default()).await
+    }
+
+    /// [`Gateway::bind`] with `preauth` bounds on connections not logged in yet.
+    pub async fn bind_with(
+        store: Store,
+        data_dir: &Path,
+        listen: Listen,
+        preauth: Preauth,
+    ) -> anyhow::Result<Gateway> {
         let host_key = warren_keys::load_or_generate_host_key(&data_dir.join("host_key"))
             .context("the gateway's host key")?;
         let signer = Arc::new(
             TokenSigner::load_or_generate(&data_dir.join("token_signer"))
                 .context("the gateway's token signer")?,
         );
-        let hub = RunnerHub::bind(store.clone(), host_key.clone(), listen.runners)
-            .await
-            .with_context(|| format!("cannot listen for runners on {}", listen.runners))?;
+        let hub = RunnerHub::bind_with(
+            store.clone(),
+            host_key.clone(),
+            listen.runners,
+            preauth.runners,
+        )
+        .await
+        .with_context(|| format!("cannot listen for runners on {}", listen.runners))?;
         let hub = Arc::new(hub);
         let ssh_listener = TcpListener::bind(listen.ssh)
             .await
@@ -112,6 +144,7 @@ impl Gateway {
             door,
             host_key,
             tls: None,
+            ssh_limits: preauth.ssh,
         })
     }
 
@@ -134,7 +167,12 @@ impl Gateway {
     ) -> anyhow::Result<()> {
         let reconciler = api::spawn_reconciler(self.api.clone(), api::RECONCILE_EVERY);
         let result = tokio::select! {
-            result = ssh::serve(self.ssh_listener, ssh::ssh_config(self.host_key), self.door) => {
+            result = ssh::serve_with(
+                self.ssh_listener,
+                ssh::ssh_config(self.host_key),
+                self.door,
+                self.ssh_limits,
+            ) => {
                 result.context("the SSH front door stopped")
             }
             result = serve_http(self.http_listener, api::router(self.api.clone()), self.tls) => {
@@ -154,6 +192,6 @@ async fn serve_http(
 ) -> std::io::Result<()> {
     match tls {
         Some(identity) => api::tls::serve_tls(listener, router, identity).await,
-        None => api::serve(listener, router).await,
+        None => api::tls::serve_plain(listener, router).await,
     }
 }

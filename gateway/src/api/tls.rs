@@ -1,5 +1,7 @@
 //! The HTTP API over TLS: rustls (ring) in front of the same axum router that
-//! [`super::serve`] serves in plain HTTP.
+//! [`super::serve`] serves in plain HTTP; and [`serve_plain`], plain HTTP through
+//! the same connection driver, so that both have a header read timeout (axum's
+//! `serve` sets no timer, so hyper's default timeout never applies there).
 //!
 //! One task per connection: the TLS handshake (at most [`HANDSHAKE_TIMEOUT`]), then
 //! HTTP/1.1 through hyper, with the peer's address handed to the handlers as
@@ -48,6 +50,35 @@ pub async fn serve_tls(
     }
 }
 
+/// Serves `router` in plain HTTP on `listener`, like [`super::serve`] but with
+/// [`HEADER_READ_TIMEOUT`]: a client that opens a connection and sends nothing (or
+/// headers a byte at a time) is dropped instead of held forever.
+pub async fn serve_plain(listener: TcpListener, router: Router) -> io::Result<()> {
+    serve_plain_with(listener, router, HEADER_READ_TIMEOUT).await
+}
+
+/// [`serve_plain`] with another header read timeout (for tests).
+pub async fn serve_plain_with(
+    listener: TcpListener,
+    router: Router,
+    header_read_timeout: Duration,
+) -> io::Result<()> {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                accept_failed(e).await;
+                continue;
+            }
+        };
+        let router = router.clone();
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            http1(TokioIo::new(tcp), router, peer, header_read_timeout).await;
+        });
+    }
+}
+
 async fn accept_failed(e: io::Error) {
     use io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
     if matches!(
@@ -57,7 +88,7 @@ async fn accept_failed(e: io::Error) {
         return;
     }
     // EMFILE and the like: give connections time to close instead of spinning.
-    tracing::error!("HTTPS accept failed: {e}");
+    tracing::error!("HTTP accept failed: {e}");
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
@@ -75,6 +106,14 @@ async fn connection(acceptor: TlsAcceptor, router: Router, tcp: TcpStream, peer:
             return;
         }
     };
+    http1(TokioIo::new(tls), router, peer, HEADER_READ_TIMEOUT).await;
+}
+
+/// HTTP/1.1 on one connection, plain or TLS.
+async fn http1<I>(io: TokioIo<I>, router: Router, peer: SocketAddr, header_read_timeout: Duration)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |mut request: axum::http::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
         // A router clone is a reference count; its future owns what it needs.
@@ -82,10 +121,10 @@ async fn connection(acceptor: TlsAcceptor, router: Router, tcp: TcpStream, peer:
     });
     let served = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .serve_connection(TokioIo::new(tls), service)
+        .header_read_timeout(header_read_timeout)
+        .serve_connection(io, service)
         .await;
     if let Err(e) = served {
-        tracing::debug!(%peer, "HTTPS connection ended: {e}");
+        tracing::debug!(%peer, "HTTP connection ended: {e}");
     }
 }

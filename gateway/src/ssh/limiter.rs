@@ -1,9 +1,15 @@
-//! Slows password and key guessing per source address: after too many failed logins
-//! in a window, new connections from that address are dropped until it passes.
+//! Per source address limits on the SSH endpoints:
+//!
+//! - [`FailureLimiter`] slows password and key guessing: after too many failed logins
+//!   in a window, new connections from that address are dropped until it passes.
+//! - [`PreauthGate`] bounds the connections that have not logged in yet, per source
+//!   address and in all (sshd's MaxStartups): a flood from one address cannot take
+//!   the places of everyone else.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::Mutex;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const WINDOW: Duration = Duration::from_secs(60);
@@ -32,8 +38,19 @@ impl FailureLimiter {
             return;
         };
         let now = Instant::now();
-        if map.len() >= MAX_ADDRESSES {
+        if map.len() >= MAX_ADDRESSES && !map.contains_key(&ip) {
             map.retain(|_, (since, _)| now.duration_since(*since) < WINDOW);
+            // Every entry still inside its window: forget one to make room, the one
+            // with the fewest failures (the oldest of those), so that many addresses
+            // failing once cannot wash out an address that is blocked.
+            if map.len() >= MAX_ADDRESSES
+                && let Some(evict) = map
+                    .iter()
+                    .min_by_key(|(_, (since, n))| (*n, *since))
+                    .map(|(ip, _)| *ip)
+            {
+                map.remove(&evict);
+            }
         }
         let entry = map.entry(ip).or_insert((now, 0));
         if now.duration_since(entry.0) >= WINDOW {
@@ -48,6 +65,155 @@ impl FailureLimiter {
         };
         map.get(&ip)
             .is_none_or(|(since, n)| *n < MAX_FAILURES || since.elapsed() >= WINDOW)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        crate::unpoisoned(&self.failures).len()
+    }
+}
+
+/// How often a refused flood is logged at warn level, at most (the count of refused
+/// connections since the last warning goes with it; the others are at debug).
+const REFUSAL_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Where a connection comes from, for the per address bound: an IPv4 address, or an
+/// IPv6 /64 (what one host or one customer of a provider usually has).
+fn source(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
+/// Why [`PreauthGate::admit`] refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// This source address has its share of unauthenticated connections.
+    Address,
+    /// Every place for an unauthenticated connection is taken.
+    Total,
+}
+
+#[derive(Default)]
+struct GateState {
+    total: usize,
+    /// Only sources with a connection are here, so this holds `total` entries at most.
+    per_source: HashMap<IpAddr, usize>,
+    refused_since_warning: u64,
+    last_warning: Option<Instant>,
+}
+
+/// Places for connections that have not logged in yet: `per_address` from one
+/// source, `total` in all. A place is a [`PreauthSlot`], given back when dropped.
+pub struct PreauthGate {
+    per_address: usize,
+    total: usize,
+    /// Where the warnings are from ("SSH", "runner port").
+    what: &'static str,
+    state: Mutex<GateState>,
+}
+
+impl PreauthGate {
+    pub fn new(per_address: usize, total: usize, what: &'static str) -> Arc<PreauthGate> {
+        Arc::new(PreauthGate {
+            per_address,
+            total,
+            what,
+            state: Mutex::new(GateState::default()),
+        })
+    }
+
+    /// A place for a new connection from `ip`, or why there is none. A refusal is
+    /// logged here (at warn level at most once per [`REFUSAL_WARN_EVERY`]).
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<PreauthSlot, Full> {
+        let source = source(ip);
+        let mut state = crate::unpoisoned(&self.state);
+        let from_source = state.per_source.get(&source).copied().unwrap_or(0);
+        let full = if from_source >= self.per_address {
+            Full::Address
+        } else if state.total >= self.total {
+            Full::Total
+        } else {
+            state.total += 1;
+            *state.per_source.entry(source).or_insert(0) += 1;
+            return Ok(PreauthSlot {
+                gate: self.clone(),
+                source,
+                released: AtomicBool::new(false),
+            });
+        };
+        state.refused_since_warning += 1;
+        let now = Instant::now();
+        let warn = state
+            .last_warning
+            .is_none_or(|last| now.duration_since(last) >= REFUSAL_WARN_EVERY);
+        let refused = state.refused_since_warning;
+        if warn {
+            state.last_warning = Some(now);
+            state.refused_since_warning = 0;
+        }
+        let total = state.total;
+        drop(state);
+        let reason = match full {
+            Full::Address => "too many unauthenticated connections from this address",
+            Full::Total => "too many unauthenticated connections",
+        };
+        if warn {
+            tracing::warn!(
+                %ip, unauthenticated = total, refused, what = self.what,
+                "{reason}; new connections are dropped"
+            );
+        } else {
+            tracing::debug!(%ip, what = self.what, "{reason}; dropped");
+        }
+        Err(full)
+    }
+
+    /// Unauthenticated connections now: in all, and from `ip`'s source.
+    #[cfg(test)]
+    fn held(&self, ip: IpAddr) -> (usize, usize) {
+        let state = crate::unpoisoned(&self.state);
+        let from = state.per_source.get(&source(ip)).copied().unwrap_or(0);
+        (state.total, from)
+    }
+
+    fn release(&self, source: IpAddr) {
+        let mut state = crate::unpoisoned(&self.state);
+        state.total = state.total.saturating_sub(1);
+        if let Some(n) = state.per_source.get_mut(&source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                state.per_source.remove(&source);
+            }
+        }
+    }
+}
+
+/// One unauthenticated connection's place at a [`PreauthGate`], given back once:
+/// when the connection logs in ([`PreauthSlot::release`]) or when it is dropped.
+pub struct PreauthSlot {
+    gate: Arc<PreauthGate>,
+    source: IpAddr,
+    released: AtomicBool,
+}
+
+impl PreauthSlot {
+    /// Gives the place back now (the connection logged in); dropping it later does
+    /// nothing more.
+    pub fn release(&self) {
+        if !self.released.swap(true, Ordering::AcqRel) {
+            self.gate.release(self.source);
+        }
+    }
+}
+
+impl Drop for PreauthSlot {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -66,5 +232,75 @@ mod tests {
         }
         assert!(!limiter.allows(bad));
         assert!(limiter.allows(good));
+    }
+
+    fn nth_address(i: usize) -> IpAddr {
+        let i = u32::try_from(i).unwrap_or(u32::MAX);
+        IpAddr::from((0x0a00_0000_u32 | i).to_be_bytes())
+    }
+
+    #[test]
+    fn the_failure_table_stays_bounded_when_every_entry_is_recent() {
+        let limiter = FailureLimiter::default();
+        let blocked = IpAddr::from([192, 0, 2, 1]);
+        for _ in 0..MAX_FAILURES {
+            limiter.failed(blocked);
+        }
+        // A scan: many more addresses than the table holds, all within the window.
+        for i in 0..MAX_ADDRESSES + 2_000 {
+            limiter.failed(nth_address(i));
+            assert!(limiter.len() <= MAX_ADDRESSES);
+        }
+        assert_eq!(limiter.len(), MAX_ADDRESSES);
+        // The addresses with the fewest failures made room, not the blocked one.
+        assert!(!limiter.allows(blocked));
+        // A known address failing again takes no room.
+        limiter.failed(blocked);
+        assert_eq!(limiter.len(), MAX_ADDRESSES);
+    }
+
+    #[test]
+    fn the_gate_bounds_each_address_and_the_total() {
+        let gate = PreauthGate::new(2, 3, "test");
+        let a = IpAddr::from([192, 0, 2, 1]);
+        let b = IpAddr::from([192, 0, 2, 2]);
+        let c = IpAddr::from([192, 0, 2, 3]);
+        let a1 = gate.admit(a);
+        let a2 = gate.admit(a);
+        assert!(a1.is_ok() && a2.is_ok());
+        assert_eq!(gate.admit(a).err(), Some(Full::Address));
+        let b1 = gate.admit(b);
+        assert!(b1.is_ok());
+        assert_eq!(gate.admit(c).err(), Some(Full::Total));
+        assert_eq!(gate.held(a), (3, 2));
+        // Released once only, by release() and drop alike.
+        if let Ok(slot) = &a1 {
+            slot.release();
+            slot.release();
+        }
+        assert_eq!(gate.held(a), (2, 1));
+        drop(a1);
+        assert_eq!(gate.held(a), (2, 1));
+        let c1 = gate.admit(c);
+        assert!(c1.is_ok());
+        drop((a2, b1, c1));
+        assert_eq!(gate.held(a), (0, 0));
+        assert!(crate::unpoisoned(&gate.state).per_source.is_empty());
+    }
+
+    #[test]
+    fn an_ipv6_source_is_its_64() {
+        let gate = PreauthGate::new(1, 10, "test");
+        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap_or(IpAddr::from([0; 16]));
+        let same: IpAddr = "2001:db8:1:2:ffff::9"
+            .parse()
+            .unwrap_or(IpAddr::from([0; 16]));
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap_or(IpAddr::from([0; 16]));
+        let _held = gate.admit(one);
+        assert_eq!(gate.admit(same).err(), Some(Full::Address));
+        assert!(gate.admit(other).is_ok());
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap_or(IpAddr::from([0; 16]));
+        let _v4 = gate.admit(IpAddr::from([192, 0, 2, 1]));
+        assert_eq!(gate.admit(mapped).err(), Some(Full::Address));
     }
 }

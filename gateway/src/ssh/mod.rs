@@ -10,16 +10,22 @@ mod pipe;
 mod relay;
 mod upstream;
 
+use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use russh::server::Config;
 use russh::{MethodKind, MethodSet};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use warren_keys::TokenSigner;
 
 pub use limiter::{FailureLimiter, failures_total as limiter_failures_total};
+pub(crate) use limiter::{PreauthGate, PreauthSlot};
 pub use upstream::{AgentDialer, AgentStream, DialError, Dialing};
 
 use crate::store::Store;
@@ -62,13 +68,60 @@ pub fn ssh_config(host_key: russh::keys::PrivateKey) -> Config {
     }
 }
 
+/// Bounds on connections that have not logged in yet, like sshd's LoginGraceTime and
+/// MaxStartups: a connection gets `login_grace` from accept to log in, and at most
+/// `per_address` of them from one source (an IPv4 address or an IPv6 /64) and
+/// `total` in all wait at once; beyond that new connections are closed at accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreauthLimits {
+    pub login_grace: Duration,
+    pub per_address: usize,
+    pub total: usize,
+}
+
+impl PreauthLimits {
+    /// The users' front door. Logins here are keys (milliseconds, a few seconds with
+    /// a hardware key's touch) or a pasted API key or token, never a typed system
+    /// password: 30 s, not sshd's 120 s. 256 in all stays well under the usual 1024
+    /// open files; 10 per address leave room for a few users behind one NAT.
+    pub const FRONT_DOOR: PreauthLimits = PreauthLimits {
+        login_grace: Duration::from_secs(30),
+        per_address: 10,
+        total: 256,
+    };
+    /// The runners' endpoint: runners log in by key or join by token, unattended,
+    /// and reconnect with backoff if dropped.
+    pub const RUNNERS: PreauthLimits = PreauthLimits {
+        login_grace: Duration::from_secs(30),
+        per_address: 10,
+        total: 64,
+    };
+}
+
+impl Default for PreauthLimits {
+    fn default() -> PreauthLimits {
+        PreauthLimits::FRONT_DOOR
+    }
+}
+
 /// Accepts users until the listener fails; each connection runs on its own task.
 pub async fn serve(
     listener: TcpListener,
     config: Config,
     door: Arc<FrontDoor>,
 ) -> std::io::Result<()> {
+    serve_with(listener, config, door, PreauthLimits::FRONT_DOOR).await
+}
+
+/// [`serve`] with `limits` on connections that have not logged in yet.
+pub async fn serve_with(
+    listener: TcpListener,
+    config: Config,
+    door: Arc<FrontDoor>,
+    limits: PreauthLimits,
+) -> std::io::Result<()> {
     let config = Arc::new(config);
+    let gate = PreauthGate::new(limits.per_address, limits.total, "SSH front door");
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(pair) => pair,
@@ -82,25 +135,225 @@ pub async fn serve(
             tracing::info!(%peer, "too many failed logins from this address; dropped");
             continue;
         }
+        // Logged (rate-limited) by the gate; closing the socket is the answer.
+        let Ok(slot) = gate.admit(peer.ip()) else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let handler = relay::Connection::new(door.clone(), peer);
-        let config = config.clone();
-        tokio::spawn(async move {
-            match tokio::time::timeout(
-                Duration::from_secs(30),
-                russh::server::run_stream(config, stream, handler),
-            )
-            .await
-            {
-                Ok(Ok(running)) => {
-                    if let Err(e) = running.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
+        let (preauth, logged_in) = Preauth::new(slot);
+        let handler = relay::Connection::new(door.clone(), peer, preauth);
+        tokio::spawn(run_with_grace(
+            config.clone(),
+            stream,
+            handler,
+            logged_in,
+            limits.login_grace,
+            peer,
+        ));
+    }
+}
+
+/// A connection's state before login, kept by its handler: its place at the
+/// [`PreauthGate`] (given back at login, or when the handler is dropped with the
+/// connection) and the flag [`run_with_grace`] looks at when the grace time is up.
+pub(crate) struct Preauth {
+    slot: Option<PreauthSlot>,
+    logged_in: Arc<AtomicBool>,
+}
+
+impl Preauth {
+    pub(crate) fn new(slot: PreauthSlot) -> (Preauth, Arc<AtomicBool>) {
+        let logged_in = Arc::new(AtomicBool::new(false));
+        let preauth = Preauth {
+            slot: Some(slot),
+            logged_in: logged_in.clone(),
+        };
+        (preauth, logged_in)
+    }
+
+    /// The connection logged in: no grace time, no place among the unauthenticated.
+    pub(crate) fn logged_in(&mut self) {
+        self.logged_in.store(true, Ordering::Release);
+        if let Some(slot) = self.slot.take() {
+            slot.release();
+        }
+    }
+}
+
+/// How long a connection told to go (no login in time) has to close before its
+/// socket is cut. A client in the middle of the key exchange never hears the
+/// disconnect (russh holds it until the exchange is done), so this is short.
+const DISCONNECT_WAIT: Duration = Duration::from_secs(1);
+
+/// Runs one connection to its end. The version exchange and the login must be done
+/// within `grace` of now, unless `logged_in` says so by then; otherwise the client
+/// is told why and the connection closed, by cutting the socket if it must (russh
+/// would wait for a silent client forever).
+pub(crate) async fn run_with_grace<H>(
+    config: Arc<Config>,
+    stream: TcpStream,
+    handler: H,
+    logged_in: Arc<AtomicBool>,
+    grace: Duration,
+    peer: SocketAddr,
+) where
+    H: russh::server::Handler + Send + 'static,
+    H::Error: std::fmt::Display,
+{
+    let deadline = tokio::time::Instant::now() + grace;
+    let severance = Arc::new(Severance::default());
+    let stream = Severable {
+        inner: stream,
+        severance: severance.clone(),
+    };
+    let started =
+        tokio::time::timeout_at(deadline, russh::server::run_stream(config, stream, handler)).await;
+    let running = match started {
+        Ok(Ok(running)) => running,
+        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "handshake failed"),
+        Err(_) => return tracing::debug!(%peer, "no SSH version line within the grace time"),
+    };
+    let handle = running.handle();
+    tokio::pin!(running);
+    let ended = tokio::select! {
+        result = &mut running => Some(result),
+        () = tokio::time::sleep_until(deadline) => None,
+    };
+    let result = match ended {
+        Some(result) => result,
+        None if logged_in.load(Ordering::Acquire) => {
+            severance.keep();
+            running.await
+        }
+        None => {
+            tracing::debug!(%peer, "no login within the grace time; disconnecting");
+            let told = async {
+                let _ = handle
+                    .disconnect(
+                        russh::Disconnect::ByApplication,
+                        format!("no login within {} s", grace.as_secs()),
+                        String::new(),
+                    )
+                    .await;
+                (&mut running).await
+            };
+            match tokio::time::timeout(DISCONNECT_WAIT, told).await {
+                Ok(result) => result,
+                Err(_) => {
+                    severance.cut();
+                    // The session's next read or write fails, and it ends.
+                    running.await
                 }
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "handshake failed"),
-                Err(_) => tracing::debug!(%peer, "handshake timed out"),
             }
-        });
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// What lets [`run_with_grace`] close a socket that russh's own task owns: once
+/// cut, every read and write on the [`Severable`] fails, and the task waiting on it
+/// is woken to see that.
+#[derive(Default)]
+struct Severance {
+    cut: AtomicBool,
+    /// Logged in: never cut, and polls no longer note their waker.
+    kept: AtomicBool,
+    /// The tasks last waiting to read and to write.
+    wakers: Mutex<[Option<Waker>; 2]>,
+}
+
+const READING: usize = 0;
+const WRITING: usize = 1;
+
+impl Severance {
+    fn check(&self, cx: &Context<'_>, which: usize) -> io::Result<()> {
+        if self.kept.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if !self.cut.load(Ordering::Acquire) {
+            let mut wakers = crate::unpoisoned(&self.wakers);
+            if !wakers[which]
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                wakers[which] = Some(cx.waker().clone());
+            }
+        }
+        // Checked again after noting the waker: a cut in between has woken it or
+        // is seen here.
+        if self.cut.load(Ordering::Acquire) {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "no login within the grace time",
+            ));
+        }
+        Ok(())
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::Release);
+        let wakers = std::mem::take(&mut *crate::unpoisoned(&self.wakers));
+        for waker in wakers.into_iter().flatten() {
+            waker.wake();
+        }
+    }
+
+    fn keep(&self) {
+        self.kept.store(true, Ordering::Release);
+        *crate::unpoisoned(&self.wakers) = [None, None];
+    }
+}
+
+/// A socket [`Severance`] can cut.
+struct Severable {
+    inner: TcpStream,
+    severance: Arc<Severance>,
+}
+
+impl AsyncRead for Severable {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.severance.check(cx, READING)?;
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Severable {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.severance.check(cx, WRITING)?;
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.severance.check(cx, WRITING)?;
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.severance.check(cx, WRITING)?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.severance.check(cx, WRITING)?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -20,10 +20,10 @@ use russh::{
 use tokio::sync::mpsc;
 use warren_keys::{SandboxId, Scope};
 
-use super::FrontDoor;
 use super::login::{LoginName, Principal, token_opens};
 use super::pipe::{self, Exit, Grant, Replies};
 use super::upstream::{self, AgentEvents, Upstream};
+use super::{FrontDoor, Preauth};
 use crate::store::{NewSshSession, Sandbox, SessionEnd, SessionExit, SshSessionId, StoreError};
 
 /// How long the agent may take to answer a request before the user gets a refusal.
@@ -60,13 +60,16 @@ pub struct Connection {
     sessions: HashMap<ChannelId, SessionPair>,
     audit: Option<SshSessionId>,
     tally: Arc<Tally>,
+    /// Until login: a place among the few unauthenticated connections allowed.
+    preauth: Preauth,
 }
 
 impl Connection {
-    pub fn new(door: Arc<FrontDoor>, peer: SocketAddr) -> Connection {
+    pub fn new(door: Arc<FrontDoor>, peer: SocketAddr, preauth: Preauth) -> Connection {
         Connection {
             door,
             peer,
+            preauth,
             name: None,
             principal: None,
             sandbox: None,
@@ -140,6 +143,7 @@ impl Connection {
         self.name = Some(name);
         self.sandbox = sandbox;
         self.principal = Some(principal);
+        self.preauth.logged_in();
         Auth::Accept
     }
 

@@ -24,14 +24,13 @@ use warren_runner::protocol::{
 };
 use warren_runner::stream::{GrantingStream, MAX_PACKET, WINDOW_SIZE};
 
+use crate::ssh::{Preauth, PreauthGate, PreauthLimits};
 use crate::store::{NewRunner, RunnerId, RunnerState, Store, StoreError};
 
 /// How long opening a channel to a runner may take before it counts as offline.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a control request may take (creating a sandbox included).
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(60);
-/// The SSH handshake (and login) of a runner connection must be done by then.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Capacity recorded for a runner that joins (sandboxes at once).
 pub const DEFAULT_RUNNER_CAPACITY: u32 = 16;
 
@@ -67,6 +66,10 @@ struct Inner {
     /// Failed joins and runner logins per source address: guessing join tokens or
     /// runner keys is slowed, then refused for a while.
     limiter: crate::ssh::FailureLimiter,
+    /// Connections that have not logged in (or joined) yet, bounded.
+    gate: Arc<PreauthGate>,
+    /// How long a connection may take to log in or join.
+    login_grace: Duration,
 }
 
 impl Inner {
@@ -95,6 +98,16 @@ impl RunnerHub {
         host_key: PrivateKey,
         listen: SocketAddr,
     ) -> std::io::Result<RunnerHub> {
+        RunnerHub::bind_with(store, host_key, listen, PreauthLimits::RUNNERS).await
+    }
+
+    /// [`RunnerHub::bind`] with `limits` on connections that have not logged in yet.
+    pub async fn bind_with(
+        store: Store,
+        host_key: PrivateKey,
+        listen: SocketAddr,
+        limits: PreauthLimits,
+    ) -> std::io::Result<RunnerHub> {
         let listener = TcpListener::bind(listen).await?;
         let local_addr = listener.local_addr()?;
         if let Ok(runners) = store.list_runners().await {
@@ -111,6 +124,8 @@ impl RunnerHub {
             live: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             limiter: crate::ssh::FailureLimiter::default(),
+            gate: PreauthGate::new(limits.per_address, limits.total, "runner port"),
+            login_grace: limits.login_grace,
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(accept_loop(listener, inner.clone()));
@@ -303,8 +318,12 @@ async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
                     tracing::debug!(%peer, "refusing a runner connection: too many failures");
                     continue;
                 }
+                // Logged (rate-limited) by the gate; closing the socket is the answer.
+                let Ok(slot) = inner.gate.admit(peer.ip()) else {
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
-                connections.spawn(run_connection(inner.clone(), stream, peer));
+                connections.spawn(run_connection(inner.clone(), stream, peer, slot));
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
@@ -319,23 +338,29 @@ struct ConnState {
     registered: Option<u64>,
 }
 
-async fn run_connection(inner: Arc<Inner>, stream: tokio::net::TcpStream, peer: SocketAddr) {
+async fn run_connection(
+    inner: Arc<Inner>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    slot: crate::ssh::PreauthSlot,
+) {
     let state = Arc::new(Mutex::new(ConnState::default()));
+    let (preauth, logged_in) = Preauth::new(slot);
     let handler = RunnerConn {
         inner: inner.clone(),
         state: state.clone(),
         peer,
+        preauth,
     };
-    let running = match tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        server::run_stream(inner.config.clone(), stream, handler),
+    crate::ssh::run_with_grace(
+        inner.config.clone(),
+        stream,
+        handler,
+        logged_in,
+        inner.login_grace,
+        peer,
     )
-    .await
-    {
-        Ok(Ok(running)) => running,
-        _ => return,
-    };
-    let _ = running.await;
+    .await;
     let registered = {
         let state = crate::unpoisoned(&state);
         state.runner.clone().zip(state.registered)
@@ -367,6 +392,9 @@ struct RunnerConn {
     inner: Arc<Inner>,
     state: Arc<Mutex<ConnState>>,
     peer: SocketAddr,
+    /// Until a key login or a successful join (a join token is only checked by the
+    /// join itself, so the password login before it does not count).
+    preauth: Preauth,
 }
 
 impl RunnerConn {
@@ -376,7 +404,7 @@ impl RunnerConn {
         (runner.public_key.key_data() == key.key_data()).then_some(id)
     }
 
-    async fn join(&self, command: &str) -> Result<String, String> {
+    async fn join(&mut self, command: &str) -> Result<String, String> {
         let token = crate::unpoisoned(&self.state)
             .join_token
             .clone()
@@ -400,6 +428,7 @@ impl RunnerConn {
         match result {
             Ok(runner) => {
                 tracing::info!(runner = %runner.id.as_str(), name, peer = %self.peer, "runner joined");
+                self.preauth.logged_in();
                 Ok(runner.id.as_str().to_owned())
             }
             Err(StoreError::NotFound(_)) => Err("join token unknown".into()),
@@ -446,6 +475,7 @@ impl server::Handler for RunnerConn {
         match self.runner_key_matches(user, key.public_key).await {
             Some(id) => {
                 crate::unpoisoned(&self.state).runner = Some(id);
+                self.preauth.logged_in();
                 Ok(Auth::Accept)
             }
             None => {
