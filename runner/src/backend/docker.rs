@@ -315,7 +315,7 @@ impl DockerBackend {
             NetworkPolicy::All | NetworkPolicy::Allow { .. } => {
                 let net = network_name(id);
                 self.create_network(id, &net, &labels).await?;
-                netpolicy::apply(id, &spec.network)
+                netpolicy::apply(id, &spec.network, &netpolicy::HostAccess::default())
                     .await
                     .context("firewall rules for the sandbox's network")?;
                 net

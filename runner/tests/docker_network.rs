@@ -1,0 +1,510 @@
+//! The network boundary of a Docker sandbox, end to end: from inside a busybox
+//! sandbox made by `warren-runner run --backend docker`, the runner host itself (its
+//! bridge gateway address, its primary address), link-local addresses (the
+//! 169.254.170.2 credentials endpoint of container platforms) and other sandboxes are
+//! unreachable under the default policy; an allow-listed host TCP port, and only that
+//! port, is reachable; `remove` leaves no rule behind. In CI a missing engine is a
+//! failure, not a skip.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use common::{RunnerProc, Stack};
+use warren_gateway::store::User;
+use warren_keys::SandboxId;
+use warren_runner::netpolicy::{self, HostAccess};
+use warren_runner::protocol::{NetworkPolicy, Request, Response, SandboxSpec};
+use warren_tests::util::{self, prerequisite, wait_until};
+use warren_tests::{Client, Cmd, workspace_root};
+
+const BUSYBOX: &str = "warren-busybox:latest";
+/// Where container platforms (ECS) serve task credentials.
+const LINK_LOCAL: &str = "169.254.170.2";
+const DUMMY: &str = "warren-ll0";
+
+fn run(program: &str, args: &[&str]) -> Result<warren_tests::Output> {
+    Cmd::new(program)
+        .args(args.iter().copied())
+        .timeout(Duration::from_secs(120))
+        .run()
+}
+
+fn run_ok(program: &str, args: &[&str]) -> Result<String> {
+    Ok(run(program, args)?.success()?.stdout_trimmed().to_owned())
+}
+
+fn docker_available() -> bool {
+    run("docker", &["version", "--format", "{{.Server.APIVersion}}"])
+        .is_ok_and(|o| o.code() == Some(0))
+}
+
+fn static_agent() -> Result<PathBuf> {
+    let out = Cmd::new(workspace_root().join("scripts/build-static-agent"))
+        .timeout(Duration::from_secs(900))
+        .run()?
+        .success()
+        .context("scripts/build-static-agent")?;
+    Ok(workspace_root()
+        .join(out.stdout_str().trim())
+        .canonicalize()?)
+}
+
+/// A gateway, one Docker runner, a user with a key. Removes every Docker object of
+/// the runner when dropped. (A trimmed copy of the one in `docker.rs`.)
+struct DockerStack {
+    stack: Stack,
+    runner: RunnerProc,
+    client: Client,
+    owner: User,
+    /// The sandboxes made, whose rules the runner leaves when it is killed.
+    made: std::cell::RefCell<Vec<SandboxId>>,
+}
+
+impl DockerStack {
+    /// `None` when Docker (or root) is missing outside CI (the test is then skipped).
+    fn start() -> Result<Option<DockerStack>> {
+        if !prerequisite(docker_available(), "a Docker engine")? {
+            return Ok(None);
+        }
+        if !prerequisite(
+            util::running_as_root(),
+            "root (the docker backend and iptables need it)",
+        )? {
+            return Ok(None);
+        }
+        let agent = static_agent()?;
+        Cmd::new(workspace_root().join("images/build-busybox"))
+            .timeout(Duration::from_secs(600))
+            .run()?
+            .success()
+            .context("images/build-busybox")?;
+        let stack = Stack::start()?;
+        let agent = agent.to_string_lossy().into_owned();
+        let runner =
+            stack.runner_with("docker", &["--backend", "docker", "--agent-bin", &agent])?;
+        let client = Client::new(stack.target(&SandboxId::generate()))?;
+        let owner = stack.user("alice", &client)?;
+        Ok(Some(DockerStack {
+            stack,
+            runner,
+            client,
+            owner,
+            made: std::cell::RefCell::default(),
+        }))
+    }
+
+    fn sandbox(&self) -> Result<(SandboxId, Client)> {
+        let spec = SandboxSpec {
+            image: Some(BUSYBOX.into()),
+            ..SandboxSpec::default()
+        };
+        let id = self.stack.sandbox_with(&self.runner, &self.owner, spec)?;
+        self.made.borrow_mut().push(id.clone());
+        let c = self.client.clone().with_target(self.stack.target(&id));
+        Ok((id, c))
+    }
+
+    fn control(&self, request: Request) -> Result<Response> {
+        self.stack
+            .rt
+            .block_on(self.stack.hub.control(&self.runner.id, &request))
+            .map_err(Into::into)
+    }
+
+    /// Replaces a sandbox's rules as the runner would with this policy and host access.
+    fn apply(&self, id: &SandboxId, policy: &NetworkPolicy, host: &HostAccess) -> Result<()> {
+        self.stack.rt.block_on(netpolicy::apply(id, policy, host))
+    }
+}
+
+impl Drop for DockerStack {
+    fn drop(&mut self) {
+        self.runner.kill();
+        let label = format!("label=org.warren.runner={}", self.runner.id);
+        for (list, rm) in [
+            (
+                vec!["ps", "-aq", "--filter", &label],
+                vec!["rm", "-f", "-v"],
+            ),
+            (
+                vec!["volume", "ls", "-q", "--filter", &label],
+                vec!["volume", "rm", "-f"],
+            ),
+            (
+                vec!["network", "ls", "-q", "--filter", &label],
+                vec!["network", "rm"],
+            ),
+        ] {
+            let Ok(ids) = run_ok("docker", &list) else {
+                continue;
+            };
+            for id in ids.split_whitespace() {
+                let mut argv = rm.clone();
+                argv.push(id);
+                let _ = run("docker", &argv);
+            }
+        }
+        for id in self.made.borrow().iter() {
+            self.stack.rt.block_on(netpolicy::remove(id));
+        }
+    }
+}
+
+/// A link-local address on the host, as a container platform's credentials endpoint
+/// would have: on a dummy interface, or on `lo` where the kernel has no dummy
+/// interfaces; removed when dropped.
+struct LinkLocal {
+    dummy: bool,
+}
+
+impl LinkLocal {
+    fn add() -> Result<LinkLocal> {
+        let _ = run("ip", &["link", "del", DUMMY]);
+        let address = format!("{LINK_LOCAL}/32");
+        let _ = run("ip", &["addr", "del", &address, "dev", "lo"]);
+        let dummy = run("ip", &["link", "add", DUMMY, "type", "dummy"])?.code() == Some(0);
+        let made = LinkLocal { dummy };
+        if dummy {
+            run_ok("ip", &["addr", "add", &address, "dev", DUMMY])?;
+            run_ok("ip", &["link", "set", DUMMY, "up"])?;
+        } else {
+            eprintln!("note: no dummy interfaces in this kernel; {address} goes on lo");
+            run_ok("ip", &["addr", "add", &address, "dev", "lo"])?;
+        }
+        Ok(made)
+    }
+}
+
+impl Drop for LinkLocal {
+    fn drop(&mut self) {
+        if self.dummy {
+            let _ = run("ip", &["link", "del", DUMMY]);
+        } else {
+            let _ = run(
+                "ip",
+                &["addr", "del", &format!("{LINK_LOCAL}/32"), "dev", "lo"],
+            );
+        }
+    }
+}
+
+/// A tiny HTTP server on the host, answering every request with `body`; it lives as
+/// long as the test process.
+fn host_server(bind: &str, body: &'static str) -> Result<u16> {
+    let listener = TcpListener::bind(bind).with_context(|| format!("binding {bind}"))?;
+    let port = listener.local_addr()?.port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 4096];
+            let mut got = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = write!(
+                conn,
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    Ok(port)
+}
+
+/// Fetches each URL from inside the sandbox, all at once (each drop costs a
+/// timeout), and tells which answered with the body expected of it. (Not `wget -T`:
+/// Debian's static busybox 1.35 crashes with it.)
+fn reachable(c: &Client, probes: &[(&str, String, &str)]) -> Result<BTreeMap<String, bool>> {
+    let mut script = String::new();
+    for (name, url, body) in probes {
+        script.push_str(&format!(
+            "( if timeout 4 wget -q -O - {url} 2>/dev/null | grep -qx {body}; \
+             then echo {name}=yes; else echo {name}=no; fi ) & "
+        ));
+    }
+    script.push_str("wait");
+    let out = c
+        .exec(&script)
+        .run()?
+        .success()
+        .context("probing from the sandbox")?;
+    let mut seen = BTreeMap::new();
+    for line in out.stdout_str().lines() {
+        if let Some((name, answer)) = line.split_once('=') {
+            seen.insert(name.to_owned(), answer == "yes");
+        }
+    }
+    for (name, ..) in probes {
+        ensure!(seen.contains_key(*name), "no answer for {name}:\n{out}");
+    }
+    Ok(seen)
+}
+
+/// Fails unless exactly the probes named in `yes` were reachable.
+fn expect(seen: &BTreeMap<String, bool>, yes: &[&str], phase: &str) -> Result<()> {
+    let wrong: Vec<String> = seen
+        .iter()
+        .filter(|(name, ok)| **ok != yes.contains(&name.as_str()))
+        .map(|(name, ok)| {
+            if *ok {
+                format!("{name} reached")
+            } else {
+                format!("{name} not reached")
+            }
+        })
+        .collect();
+    ensure!(
+        wrong.is_empty(),
+        "{phase}: {}; all: {seen:?}",
+        wrong.join(", ")
+    );
+    Ok(())
+}
+
+fn container_ip(id: &SandboxId) -> Result<String> {
+    let ip = run_ok(
+        "docker",
+        &[
+            "inspect",
+            "--format",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            &format!("warren-{id}"),
+        ],
+    )?;
+    ensure!(!ip.is_empty(), "sandbox {id} has no address");
+    Ok(ip)
+}
+
+fn gateway_ip(id: &SandboxId) -> Result<String> {
+    let ip = run_ok(
+        "docker",
+        &[
+            "inspect",
+            "--format",
+            "{{range .NetworkSettings.Networks}}{{.Gateway}}{{end}}",
+            &format!("warren-{id}"),
+        ],
+    )?;
+    ensure!(!ip.is_empty(), "sandbox {id}'s network has no gateway");
+    Ok(ip)
+}
+
+/// The host's primary address: the source of its default route, else the first of
+/// `hostname -I`.
+fn primary_ip() -> Result<String> {
+    if let Ok(route) = run_ok("ip", &["-4", "route", "get", "1.1.1.1"]) {
+        let words: Vec<&str> = route.split_whitespace().collect();
+        if let Some(w) = words.windows(2).find(|w| w[0] == "src") {
+            return Ok(w[1].to_owned());
+        }
+    }
+    let all = run_ok("hostname", &["-I"])?;
+    all.split_whitespace()
+        .find(|a| {
+            a.parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|a| !a.is_loopback())
+        })
+        .map(str::to_owned)
+        .context("the host has no IPv4 address of its own")
+}
+
+fn rules(program: &str) -> String {
+    run_ok(program, &["-w", "-S"]).unwrap_or_default()
+}
+
+#[test]
+fn default_policy_keeps_sandboxes_off_the_host_link_local_and_each_other() -> Result<()> {
+    let Some(d) = DockerStack::start()? else {
+        return Ok(());
+    };
+    let _ll = LinkLocal::add()?;
+    let open = host_server("0.0.0.0:0", "host-open")?;
+    let closed = host_server("0.0.0.0:0", "host-closed")?;
+    let ll_port = host_server(&format!("{LINK_LOCAL}:0"), "link-local")?;
+    let primary = primary_ip()?;
+    ensure!(
+        std::net::TcpStream::connect((primary.as_str(), open)).is_ok(),
+        "the host's own server does not answer on {primary}:{open}"
+    );
+
+    let (a_id, a) = d.sandbox()?;
+    let (b_id, b) = d.sandbox()?;
+    let gw = gateway_ip(&a_id)?;
+    let b_ip = container_ip(&b_id)?;
+    ensure!(gw != primary, "the bridge gateway is the primary address");
+
+    // Sandbox B serves a page on all its addresses.
+    let server = b
+        .exec("cd /workspace && echo sandbox-b > index.html && exec httpd -f -p 8000 -h .")
+        .spawn()?;
+    let b_name = format!("warren-{b_id}");
+    ensure!(
+        wait_until(Duration::from_secs(20), || {
+            reachable(
+                &b,
+                &[("own", format!("http://{b_ip}:8000/index.html"), "sandbox-b")],
+            )
+            .is_ok_and(|s| s["own"])
+        }),
+        "sandbox B's own server never answered"
+    );
+    // Docker's embedded DNS (127.0.0.11, in the container's own namespace) still
+    // answers with INPUT dropped: B finds itself by name.
+    let seen = reachable(
+        &b,
+        &[(
+            "by_name",
+            format!("http://{b_name}:8000/index.html"),
+            "sandbox-b",
+        )],
+    )?;
+    expect(&seen, &["by_name"], "name resolution in B")?;
+
+    let probes = |host_b: bool| {
+        let mut p = vec![
+            ("gw_open", format!("http://{gw}:{open}/"), "host-open"),
+            ("gw_closed", format!("http://{gw}:{closed}/"), "host-closed"),
+            (
+                "primary_open",
+                format!("http://{primary}:{open}/"),
+                "host-open",
+            ),
+            (
+                "primary_closed",
+                format!("http://{primary}:{closed}/"),
+                "host-closed",
+            ),
+            (
+                "link_local",
+                format!("http://{LINK_LOCAL}:{ll_port}/"),
+                "link-local",
+            ),
+            (
+                "link_local_open",
+                format!("http://{LINK_LOCAL}:{open}/"),
+                "host-open",
+            ),
+        ];
+        if host_b {
+            p.push((
+                "sandbox_b",
+                format!("http://{b_ip}:8000/index.html"),
+                "sandbox-b",
+            ));
+        }
+        p
+    };
+
+    // (a), (b), (c): the default policy, as the runner applied it.
+    let seen = reachable(&a, &probes(true))?;
+    expect(&seen, &[], "default policy")?;
+
+    // (d): one host port allow-listed: that port on the host's own addresses, not
+    // another port, not link-local, not B.
+    let host = HostAccess {
+        tcp_ports: vec![open],
+    };
+    d.apply(&a_id, &NetworkPolicy::All, &host)?;
+    let seen = reachable(&a, &probes(true))?;
+    expect(
+        &seen,
+        &["gw_open", "primary_open"],
+        "default policy, host port allowed",
+    )?;
+
+    // An allow-list covering everything still keeps the host (but the allowed port)
+    // and link-local out.
+    let everything = NetworkPolicy::Allow {
+        cidrs: vec!["0.0.0.0/0".into()],
+    };
+    d.apply(&a_id, &everything, &HostAccess::default())?;
+    let seen = reachable(&a, &probes(false))?;
+    expect(&seen, &[], "allow 0.0.0.0/0")?;
+    d.apply(&a_id, &everything, &host)?;
+    let seen = reachable(&a, &probes(false))?;
+    expect(
+        &seen,
+        &["gw_open", "primary_open"],
+        "allow 0.0.0.0/0, host port allowed",
+    )?;
+
+    // The control: without the sandbox's rules, what they dropped answers (when the
+    // host's own firewall lets it), so the drops above are the rules' doing.
+    let short = a_id.as_str().trim_start_matches("sbx-").to_owned();
+    let a_chain = format!("WARREN-{short}");
+    let v6 = run("ip6tables", &["-w", "-n", "-L", "INPUT"]).is_ok_and(|o| o.code() == Some(0));
+    ensure!(
+        rules("iptables").contains(&format!("-A INPUT -i wr-{short} -j WARREN-{short}-H")),
+        "no INPUT jump:\n{}",
+        rules("iptables")
+    );
+    if v6 {
+        ensure!(
+            rules("ip6tables").contains(&format!("-A INPUT -i wr-{short} -j WARREN-{short}-H")),
+            "no IPv6 INPUT jump:\n{}",
+            rules("ip6tables")
+        );
+    } else {
+        eprintln!("note: ip6tables unavailable here; no IPv6 rules to check");
+    }
+    d.stack.rt.block_on(netpolicy::remove(&a_id));
+    for program in ["iptables", "ip6tables"] {
+        let left = rules(program);
+        ensure!(
+            !left.contains(&a_chain),
+            "{program} rules left by remove:\n{left}"
+        );
+    }
+    if rules("iptables").lines().next() == Some("-P INPUT ACCEPT") {
+        let seen = reachable(&a, &probes(false))?;
+        expect(
+            &seen,
+            &[
+                "gw_open",
+                "gw_closed",
+                "primary_open",
+                "primary_closed",
+                "link_local",
+                "link_local_open",
+            ],
+            "no rules (the control)",
+        )?;
+    } else {
+        eprintln!("note: the host's INPUT policy is not ACCEPT; the control is skipped");
+    }
+    // remove is idempotent.
+    d.stack.rt.block_on(netpolicy::remove(&a_id));
+
+    // Deleting a sandbox removes every rule of it, IPv4 and IPv6.
+    let b_chain = format!("WARREN-{}", b_id.as_str().trim_start_matches("sbx-"));
+    ensure!(rules("iptables").contains(&b_chain), "B has no rules");
+    let _ = server.kill();
+    for id in [&a_id, &b_id] {
+        let out = d.control(Request::Delete {
+            sandbox: (*id).clone(),
+        })?;
+        if out != Response::Ok {
+            bail!("delete {id}: {out:?}");
+        }
+    }
+    for program in ["iptables", "ip6tables"] {
+        let left = rules(program);
+        ensure!(
+            !left.contains(&a_chain) && !left.contains(&b_chain),
+            "{program} rules left after delete:\n{left}"
+        );
+    }
+    Ok(())
+}
