@@ -4,6 +4,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -155,12 +156,29 @@ impl AgentSocket {
     pub fn create(handle: Handle, owner: Option<(u32, u32)>) -> io::Result<AgentSocket> {
         let dir = private_dir()?;
         let path = dir.join("agent.sock");
-        let listener = UnixListener::bind(&path)?;
+        // Everything through a descriptor of the directory just made: its path is
+        // never resolved again, so no rename or link can redirect a bind or chown.
+        let dir_fd = std::fs::File::from(open_dir_nofollow(&dir)?);
+        let via_fd = PathBuf::from(format!("/proc/self/fd/{}/agent.sock", dir_fd.as_raw_fd()));
+        let listener = UnixListener::bind(&via_fd)?;
         if let Some((uid, gid)) = owner {
-            // The socket first, without following links, then the directory: once
-            // the user owns the directory, they could swap the socket for a link.
-            std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?;
-            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
+            // The socket first, then the directory: once the user owns the
+            // directory, they could swap the socket for a link.
+            let name = c"agent.sock";
+            // SAFETY: fchownat on a directory fd we own and a NUL-terminated name.
+            if unsafe {
+                libc::fchownat(
+                    dir_fd.as_raw_fd(),
+                    name.as_ptr(),
+                    uid,
+                    gid,
+                    libc::AT_SYMLINK_NOFOLLOW,
+                )
+            } < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            std::os::unix::fs::fchown(&dir_fd, Some(uid), Some(gid))?;
         }
         let task = tokio::spawn(async move {
             loop {
@@ -189,10 +207,22 @@ impl Drop for AgentSocket {
     }
 }
 
-/// A fresh 0700 directory under the temp dir with an unguessable name.
+/// Opens a directory without following a link at its path.
+fn open_dir_nofollow(dir: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dir)?;
+    Ok(file.into())
+}
+
+/// A fresh 0700 directory under `/tmp` with an unguessable name. Always `/tmp`
+/// (sticky, so nobody can rename what root made there), never `$TMPDIR`: that
+/// comes from the create request's env, which the sandbox's tenant chooses.
 fn private_dir() -> io::Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
-    let base = std::env::temp_dir();
+    let base = PathBuf::from("/tmp");
     for _ in 0..8 {
         let mut random = [0u8; 8];
         getrandom(&mut random)?;

@@ -160,8 +160,14 @@ fn own_workdir(dir: &std::path::Path, user: &user::SandboxUser) -> anyhow::Resul
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(dir).with_context(|| format!("workdir {}", dir.display()))?;
     if meta.uid() == 0 && user.uid != 0 {
-        std::os::unix::fs::chown(dir, Some(user.uid), Some(user.gid))
-            .with_context(|| format!("giving {} to {}", dir.display(), user.name))?;
+        // Through a descriptor opened without following links.
+        use std::os::unix::fs::OpenOptionsExt;
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(dir)
+            .and_then(|d| std::os::unix::fs::fchown(&d, Some(user.uid), Some(user.gid)));
+        opened.with_context(|| format!("giving {} to {}", dir.display(), user.name))?;
     }
     Ok(())
 }
@@ -217,8 +223,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         _ => (running_as, false),
     };
+    // An agent that switches users (a sandbox's, run as root) never makes a root
+    // session, whatever the account is called: an image whose USER is uid 0 under
+    // another name gets the automatic sandbox user instead.
+    let user = if switch_user && (user.uid == 0 || user.gid == 0) {
+        let home = args.workdir.clone().unwrap_or_else(|| "/".into());
+        let auto = db.auto_user(&home)?;
+        tracing::warn!(
+            refused = %user.name,
+            instead = %auto.name,
+            "sessions never run as uid or gid 0"
+        );
+        auto
+    } else {
+        user
+    };
     if user.uid == 0 {
-        tracing::warn!("sessions run as root");
+        tracing::warn!("sessions run as root (the agent runs as root without --user)");
     }
     let host_key = warren_keys::load_or_generate_host_key(&args.host_key)
         .with_context(|| format!("host key {}", args.host_key.display()))?;

@@ -157,10 +157,11 @@ impl UserDb {
     /// the image's passwd and group files — or, when those are read-only, one that
     /// exists only in the agent, with the workspace as its home.
     pub fn auto_user(&self, home_if_created: &Path) -> Result<SandboxUser, UserError> {
-        if let Some(user) = self.find(|e| e.name == AUTO_USER.0)? {
+        // Never an account of uid or gid 0, whatever it is called.
+        if let Some(user) = self.find(|e| e.name == AUTO_USER.0 && e.uid != 0 && e.gid != 0)? {
             return Ok(user);
         }
-        if let Some(user) = self.find(|e| (1000..60000).contains(&e.uid))? {
+        if let Some(user) = self.find(|e| (1000..60000).contains(&e.uid) && e.gid != 0)? {
             return Ok(user);
         }
         let (name, uid, gid) = AUTO_USER;

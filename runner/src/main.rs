@@ -87,6 +87,10 @@ enum Command {
         /// At most this many sandboxes (default: as many as the memory allows).
         #[arg(long)]
         max_sandboxes: Option<u32>,
+        /// Docker: a TCP port on this host's own addresses that sandboxes may reach
+        /// (repeatable; e.g. a package cache). By default the host is unreachable.
+        #[arg(long = "host-tcp-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+        host_tcp_ports: Vec<u16>,
     },
 }
 
@@ -125,6 +129,7 @@ async fn main() -> Result<()> {
             reap_interval_s,
             capacity_memory_mb,
             max_sandboxes,
+            host_tcp_ports,
         } => {
             let data = DataDir::open(&data_dir)?;
             let options = RunnerOptions {
@@ -139,6 +144,9 @@ async fn main() -> Result<()> {
                     runtime,
                     idle_timeout: Duration::from_secs(idle_timeout_s),
                     network_pool: network_pool_arg(&network_pool)?,
+                    host_access: warren_runner::netpolicy::HostAccess {
+                        tcp_ports: host_tcp_ports,
+                    },
                     ..DockerDefaults::default()
                 },
                 reap_interval: Duration::from_secs(reap_interval_s),

@@ -238,12 +238,8 @@ impl client::Handler for RunnerClient {
         let sandbox = connected_address
             .strip_prefix(SANDBOX_PREFIX)
             .and_then(|id| SandboxId::parse(id).ok());
-        let socket = match &sandbox {
-            Some(id) => self.backend.agent_socket(id).await,
-            None => None,
-        };
-        let unix = match socket {
-            Some(path) => tokio::net::UnixStream::connect(&path).await.ok(),
+        let unix = match &sandbox {
+            Some(id) => self.backend.connect_agent(id).await,
             None => None,
         };
         let Some(mut unix) = unix else {

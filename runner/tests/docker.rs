@@ -497,7 +497,8 @@ fn workspace_survives_stop_and_start_and_delete_removes_everything() -> Result<(
         },
     })?;
     ensure!(
-        matches!(&out, Response::Error { message } if message.contains("is not on this runner")),
+        matches!(&out, Response::Refused { code, message }
+            if code == "image_not_found" && message.contains("is not on this runner")),
         "{out:?}"
     );
     ensure!(docker(&["inspect", &format!("warren-{missing}")])?.code() != Some(0));
@@ -520,13 +521,13 @@ fn a_runner_restart_adopts_running_sandboxes() -> Result<()> {
         image: Some(BUSYBOX.into()),
         ..SandboxSpec::default()
     })?;
-    std::fs::write(
-        d.runner
-            .listen_dir()
-            .join(orphan.0.as_str())
-            .join("deleting"),
-        b"",
-    )?;
+    let markers = d
+        .runner
+        .listen_dir()
+        .join(".runner")
+        .join(orphan.0.as_str());
+    std::fs::create_dir_all(&markers)?;
+    std::fs::write(markers.join("deleting"), b"")?;
     d.restart_runner()?;
     let out = c.exec("echo adopted").run()?.success()?;
     ensure!(out.stdout_trimmed() == "adopted", "{out}");
@@ -788,4 +789,115 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Container root plays the attacker: it plants links at every name the runner
+/// opens in the run directory it shares with the container (`/.warren/run`). The
+/// runner's agent connections must not reach the host's Docker socket, its markers
+/// must not come back as host files through lifecycle reasons, and nothing it reads
+/// may leak what a link points at.
+#[test]
+fn container_root_cannot_turn_the_runner_against_the_host() -> Result<()> {
+    let Some(d) = DockerStack::start(&[])? else {
+        return Ok(());
+    };
+    let (id, c) = d.sandbox(SandboxSpec {
+        image: Some(BUSYBOX.into()),
+        ..SandboxSpec::default()
+    })?;
+    let name = format!("warren-{id}");
+    let key_file = d.runner.data.path().join("runner_key");
+    let key = key_file.to_string_lossy().into_owned();
+    // As root in the container: the agent socket becomes a link to the host's
+    // Docker socket, and every file the runner reads a link to its private key.
+    let plant = format!(
+        "cd /.warren/run && ln -s /var/run/docker.sock x && mv -f x agent.sock && \
+         for f in user activity stopped-by-runner deleting; do rm -f $f; ln -s {key} $f; done && \
+         mkdir -p ../.runner 2>/dev/null; ls -la"
+    );
+    docker_ok(&["exec", "-u", "0", &name, "sh", "-c", &plant])?;
+
+    // A jump-mode channel to the sandbox: the runner connects it to the agent
+    // socket. Through the planted link it would be Docker's API.
+    let out = c
+        .ssh(&["-W", &format!("{id}:22")], "")
+        .stdin(b"GET /version HTTP/1.0\r\n\r\n".to_vec())
+        .timeout(Duration::from_secs(30))
+        .run()?;
+    ensure!(
+        !out.stdout_str().contains("ApiVersion") && !out.stdout_str().contains("HTTP/1."),
+        "container root reached the host's Docker API through the runner:\n{out}"
+    );
+    // A user session (relay mode) fails cleanly instead.
+    let out = c.exec("true").run()?;
+    ensure!(out.code() != Some(0), "a session reached something:\n{out}");
+
+    // A stop writes the runner's own marker, which the container cannot see or
+    // replace; the reason reported is the runner's, never a host file's contents.
+    ensure!(
+        d.control(Request::Stop {
+            sandbox: id.clone()
+        })? == Response::Ok
+    );
+    let status = d.status(&id)?.context("the sandbox is not listed")?;
+    let secret = std::fs::read_to_string(&key_file)?;
+    let reason = status.stopped_reason.clone().unwrap_or_default();
+    ensure!(
+        !reason.contains("PRIVATE KEY") && !secret.contains(reason.trim()) || reason.is_empty(),
+        "a host file came back as the stop reason: {status:?}"
+    );
+    // The planted `deleting` link did not make the runner forget the sandbox.
+    ensure!(!status.running, "{status:?}");
+    // Starting it again works (the agent replaces its socket), and the runner's
+    // key is untouched.
+    let restart = Request::Create {
+        sandbox: id.clone(),
+        token_key: d.stack.verifier.clone(),
+        authorized_keys: vec![],
+        spec: SandboxSpec::default(),
+    };
+    ensure!(d.control(restart)? == Response::Ok);
+    ensure!(
+        std::fs::read_to_string(&key_file)? == secret,
+        "the runner's key changed"
+    );
+    Ok(())
+}
+
+/// An image whose `USER` is uid 0 under another name gives no root session: the
+/// agent falls back to the automatic sandbox user.
+#[test]
+fn an_image_user_with_uid_0_under_another_name_gives_no_root_session() -> Result<()> {
+    let Some(d) = DockerStack::start(&[])? else {
+        return Ok(());
+    };
+    let image = "warren-test-toor:latest";
+    let tmp = format!("warren-toor-{}", std::process::id());
+    let _ = docker(&["rm", "-f", &tmp]);
+    docker_ok(&[
+        "run",
+        "--name",
+        &tmp,
+        BUSYBOX,
+        "sh",
+        "-c",
+        "echo toor:x:0:0::/root:/bin/sh >> /etc/passwd",
+    ])?;
+    docker_ok(&["commit", "--change", "USER toor", &tmp, image])?;
+    let _ = docker(&["rm", "-f", &tmp]);
+    let (_, c) = d.sandbox(SandboxSpec {
+        image: Some(image.into()),
+        ..SandboxSpec::default()
+    })?;
+    let out = c.exec("id -u; id -g").run()?.success()?;
+    ensure!(
+        !out.stdout_str().lines().any(|l| l.trim() == "0"),
+        "a session ran with uid or gid 0:\n{out}"
+    );
+    let status = c.exec("grep CapEff /proc/self/status").run()?.success()?;
+    ensure!(
+        status.stdout_str().contains("0000000000000000"),
+        "the session kept capabilities:\n{status}"
+    );
+    Ok(())
 }

@@ -342,7 +342,11 @@ async fn run_on_runner(
                 .set_sandbox_state(&sandbox.id, SandboxState::Running, reason)
                 .await?);
         }
-        Ok(warren_runner::protocol::Response::Error { message }) => ApiError::runner(message),
+        Ok(RunnerResponse::Error { message }) => ApiError::runner(message),
+        Ok(RunnerResponse::Refused { code, message }) if code == "image_not_found" => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "image_not_found", message)
+        }
+        Ok(RunnerResponse::Refused { message, .. }) => ApiError::invalid(message),
         Ok(other) => ApiError::runner(format!("unexpected answer from the runner: {other:?}")),
         Err(e) => ApiError::from(e),
     };

@@ -33,6 +33,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use warren_keys::SandboxId;
 
+use super::hostile;
 use crate::git;
 use crate::netpolicy;
 use crate::protocol::{NetworkPolicy, RepoSpec, SandboxSpec, SandboxStatus};
@@ -54,6 +55,10 @@ const WORKSPACE: &str = "/workspace";
 const DELETING_MARKER: &str = "deleting";
 /// The marker of a sandbox the runner stopped (so a stop is not reported as a crash).
 const STOPPED_MARKER: &str = "stopped-by-runner";
+/// The directory beside the run directories where the runner keeps its markers.
+const PRIVATE_DIR: &str = ".runner";
+/// The agent's socket, in the run directory.
+const AGENT_SOCKET: &str = "agent.sock";
 
 /// How long a new container's agent may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -75,6 +80,8 @@ pub struct DockerDefaults {
     /// The IPv4 block sandbox networks get their /28 subnets from. Docker's own
     /// default pools hold only about 30 networks, far too few for one per sandbox.
     pub network_pool: (std::net::Ipv4Addr, u8),
+    /// What of the runner host sandboxes may reach (default: nothing).
+    pub host_access: netpolicy::HostAccess,
 }
 
 impl Default for DockerDefaults {
@@ -88,6 +95,7 @@ impl Default for DockerDefaults {
             runtime: None,
             idle_timeout: Duration::from_secs(30 * 60),
             network_pool: (std::net::Ipv4Addr::new(10, 213, 0, 0), 16),
+            host_access: netpolicy::HostAccess::default(),
         }
     }
 }
@@ -185,16 +193,60 @@ impl DockerBackend {
         &self.docker
     }
 
+    /// The sandbox's run directory, mounted into its container: everything in it
+    /// is the container's to write, so the runner reads it only through
+    /// [`hostile`].
     pub(crate) fn sandbox_run_dir(&self, id: &SandboxId) -> PathBuf {
         self.run_dir.join(id.as_str())
     }
 
-    /// The agent socket of a sandbox, if its container has one. A stopped
-    /// container's socket file may remain; connecting to it then fails, which the
-    /// tunnel reports as "no such sandbox".
+    /// Where the runner keeps its own markers of a sandbox: beside the run
+    /// directories, never mounted (sandbox ids cannot start with a dot).
+    fn private_dir(&self, id: &SandboxId) -> PathBuf {
+        self.run_dir.join(PRIVATE_DIR).join(id.as_str())
+    }
+
+    /// Writes one of the runner's own markers.
+    fn mark(&self, id: &SandboxId, marker: &str, contents: &[u8]) -> Result<()> {
+        let dir = self.private_dir(id);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        write_file(&dir.join(marker), contents)
+    }
+
+    fn marked(&self, id: &SandboxId, marker: &str) -> bool {
+        self.private_dir(id).join(marker).exists()
+    }
+
+    /// Whether the sandbox's container has an agent socket. A stopped container's
+    /// socket file may remain; connecting to it then fails, which the tunnel
+    /// reports as "no such sandbox".
     pub async fn agent_socket(&self, id: &SandboxId) -> Option<PathBuf> {
-        let path = self.sandbox_run_dir(id).join("agent.sock");
-        path.exists().then_some(path)
+        let dir = self.sandbox_run_dir(id);
+        hostile::is_socket(&dir, AGENT_SOCKET).then(|| dir.join(AGENT_SOCKET))
+    }
+
+    /// A connection to the sandbox's agent, made without following whatever the
+    /// container put at the socket's name ([`hostile::connect_socket`]).
+    pub async fn connect_agent(&self, id: &SandboxId) -> Option<tokio::net::UnixStream> {
+        hostile::connect_socket(&self.sandbox_run_dir(id), AGENT_SOCKET)
+            .await
+            .ok()
+    }
+
+    /// The `uid:gid` the agent says sessions run as; never root's.
+    fn session_user(&self, id: &SandboxId) -> Result<String> {
+        let text = hostile::read_small(&self.sandbox_run_dir(id), "user", 64)
+            .with_context(|| format!("the agent of {id} did not say which user sessions run as"))?;
+        let user = text.trim();
+        let ids: Option<Vec<u32>> = user.split(':').map(|n| n.parse().ok()).collect();
+        match ids.as_deref() {
+            Some([uid, gid]) if *uid != 0 && *gid != 0 => Ok(user.to_owned()),
+            _ => bail!("the agent of {id} names an unusable session user {user:?}"),
+        }
     }
 
     /// Creates and starts the sandbox or, if it exists, starts it and updates its
@@ -210,7 +262,7 @@ impl DockerBackend {
         warren_keys::TokenVerifier::from_base64(token_key).context("invalid token_key")?;
         super::validate_spec(spec)?;
         let dir = self.sandbox_run_dir(id);
-        if dir.join(DELETING_MARKER).exists() {
+        if self.marked(id, DELETING_MARKER) {
             bail!("sandbox {id} is being deleted");
         }
         fs::DirBuilder::new()
@@ -219,7 +271,7 @@ impl DockerBackend {
             .create(&dir)
             .with_context(|| format!("creating {}", dir.display()))?;
         super::write_authorized_keys(&dir, authorized_keys)?;
-        let _ = fs::remove_file(dir.join(STOPPED_MARKER));
+        let _ = fs::remove_file(self.private_dir(id).join(STOPPED_MARKER));
 
         let name = container_name(id);
         match self.docker.inspect_container(&name, None).await {
@@ -315,7 +367,7 @@ impl DockerBackend {
             NetworkPolicy::All | NetworkPolicy::Allow { .. } => {
                 let net = network_name(id);
                 self.create_network(id, &net, &labels).await?;
-                netpolicy::apply(id, &spec.network, &netpolicy::HostAccess::default())
+                netpolicy::apply(id, &spec.network, &self.defaults.host_access)
                     .await
                     .context("firewall rules for the sandbox's network")?;
                 net
@@ -541,11 +593,10 @@ impl DockerBackend {
     /// Waits until the agent accepts connections, or fails with the container's own
     /// words when it exits first.
     async fn wait_for_agent(&self, id: &SandboxId) -> Result<()> {
-        let socket = self.sandbox_run_dir(id).join("agent.sock");
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         let mut checks = 0u32;
         loop {
-            if tokio::net::UnixStream::connect(&socket).await.is_ok() {
+            if self.connect_agent(id).await.is_some() {
                 return Ok(());
             }
             checks += 1;
@@ -595,9 +646,7 @@ impl DockerBackend {
     /// branch. A token goes to git only through the exec's environment and the
     /// askpass helper: never into the volume, the container's config or logs.
     async fn clone_repo(&self, id: &SandboxId, repo: &RepoSpec) -> Result<()> {
-        let user = fs::read_to_string(self.sandbox_run_dir(id).join("user"))
-            .context("the agent did not say which user sessions run as")?;
-        let user = user.trim().to_owned();
+        let user = self.session_user(id)?;
         let mut clone = vec!["git", "clone", "--quiet"];
         if let Some(base) = &repo.base {
             clone.extend(["--branch", base.as_str()]);
@@ -717,12 +766,13 @@ impl DockerBackend {
         id: &SandboxId,
         req: &git::CommitPush<'_>,
     ) -> Result<git::Pushed> {
-        let user = fs::read_to_string(self.sandbox_run_dir(id).join("user"))
+        let user = self
+            .session_user(id)
             .with_context(|| format!("unknown or never started sandbox {id}"))?;
         let exec = ContainerGit {
             backend: self,
             id,
-            user: user.trim().to_owned(),
+            user,
         };
         git::commit_and_push(&exec, req).await
     }
@@ -736,9 +786,8 @@ impl DockerBackend {
     /// Stops the sandbox, remembering `reason` (empty: a user's request) for
     /// [`list`](Self::list).
     async fn stop_for(&self, id: &SandboxId, reason: &str) -> Result<()> {
-        let dir = self.sandbox_run_dir(id);
-        if dir.is_dir() {
-            write_file(&dir.join(STOPPED_MARKER), reason.as_bytes())?;
+        if self.sandbox_run_dir(id).is_dir() {
+            self.mark(id, STOPPED_MARKER, reason.as_bytes())?;
         }
         match self
             .docker
@@ -759,7 +808,7 @@ impl DockerBackend {
             }) => {}
             Err(e) => return Err(e).context("stopping the container"),
         }
-        let _ = fs::remove_file(self.sandbox_run_dir(id).join("agent.sock"));
+        let _ = fs::remove_file(self.sandbox_run_dir(id).join(AGENT_SOCKET));
         tracing::info!(sandbox = %id, "sandbox stopped");
         Ok(())
     }
@@ -777,8 +826,7 @@ impl DockerBackend {
             bail!("unknown sandbox {id}");
         }
         // The marker makes a delete that a crash interrupts finish at the next start.
-        let _ = fs::create_dir_all(&dir);
-        write_file(&dir.join(DELETING_MARKER), b"")?;
+        self.mark(id, DELETING_MARKER, b"")?;
         self.remove_all(id).await?;
         tracing::info!(sandbox = %id, "sandbox deleted");
         Ok(())
@@ -816,12 +864,15 @@ impl DockerBackend {
             Err(e) => return Err(e).context("removing the network"),
         }
         netpolicy::remove(id).await;
-        let dir = self.sandbox_run_dir(id);
-        match fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("removing {}", dir.display())),
+        // remove_dir_all does not follow links, whatever the container left there.
+        for dir in [self.sandbox_run_dir(id), self.private_dir(id)] {
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {}", dir.display())),
+            }
         }
+        Ok(())
     }
 
     /// Docker's filter for the objects this runner made.
@@ -858,7 +909,7 @@ impl DockerBackend {
             else {
                 continue;
             };
-            if self.sandbox_run_dir(&id).join(DELETING_MARKER).exists() {
+            if self.marked(&id, DELETING_MARKER) {
                 continue;
             }
             let running = c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING);
@@ -887,7 +938,7 @@ impl DockerBackend {
         if state.oom_killed == Some(true) {
             return Some("oom".into());
         }
-        if let Ok(reason) = fs::read_to_string(self.sandbox_run_dir(id).join(STOPPED_MARKER)) {
+        if let Ok(reason) = fs::read_to_string(self.private_dir(id).join(STOPPED_MARKER)) {
             return (!reason.is_empty()).then_some(reason);
         }
         (state.started_at.is_some()).then(|| "exited".into())
@@ -948,10 +999,8 @@ impl DockerBackend {
             if timeout.is_zero() {
                 continue;
             }
-            let activity = self.sandbox_run_dir(&id).join("activity");
             // No activity file yet: the agent is starting; its first tick writes one.
-            let Ok(idle_for) = fs::metadata(&activity)
-                .and_then(|m| m.modified())
+            let Ok(idle_for) = hostile::modified(&self.sandbox_run_dir(&id), "activity")
                 .map(|t| t.elapsed().unwrap_or_default())
             else {
                 continue;
@@ -1004,7 +1053,7 @@ impl DockerBackend {
         let mut adopted = Vec::new();
         for id in ids.iter().filter_map(|i| SandboxId::parse(i).ok()) {
             let dir = self.sandbox_run_dir(&id);
-            if !dir.is_dir() || dir.join(DELETING_MARKER).exists() {
+            if !dir.is_dir() || self.marked(&id, DELETING_MARKER) {
                 tracing::info!(sandbox = %id, "removing the remains of a deleted sandbox");
                 if let Err(e) = self.remove_all(&id).await {
                     tracing::warn!(sandbox = %id, error = %format!("{e:#}"), "could not remove");

@@ -3,6 +3,7 @@
 //! containers from any image).
 
 pub mod docker;
+mod hostile;
 pub mod process;
 
 use std::collections::BTreeMap;
@@ -25,6 +26,17 @@ impl Backend {
         match self {
             Backend::Process(b) => b.agent_socket(id).await,
             Backend::Docker(b) => b.agent_socket(id).await,
+        }
+    }
+
+    /// A connection to the sandbox's agent, if it runs.
+    pub async fn connect_agent(&self, id: &SandboxId) -> Option<tokio::net::UnixStream> {
+        match self {
+            Backend::Process(b) => {
+                let path = b.agent_socket(id).await?;
+                tokio::net::UnixStream::connect(path).await.ok()
+            }
+            Backend::Docker(b) => b.connect_agent(id).await,
         }
     }
 
