@@ -355,15 +355,23 @@ fn warren_up_serves_a_real_terminal_and_keeps_sandboxes_in_check() {
                 "the failure should say why: {body}"
             );
         }
+        let identity: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(data.path().join("runner/runner.json")).unwrap())
+                .unwrap();
+        let label = format!(
+            "label=org.warren.runner={}",
+            identity["runner_id"].as_str().unwrap()
+        );
         let leftovers = Command::new("docker")
             .args([
                 "ps",
                 "-aq",
                 "--filter",
-                "status=created",
+                &label,
                 "--filter",
-                "status=exited",
+                "status=created",
             ])
+            .args(["--filter", "status=exited"])
             .output()
             .unwrap();
         assert!(
