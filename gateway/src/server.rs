@@ -131,6 +131,7 @@ impl Gateway {
                 .context("the gateway's token signer")?,
             dialer: Arc::new(TunnelDialer::new(hub.clone())),
             limiter: FailureLimiter::default(),
+            live: api.live.clone(),
         });
         Ok(Gateway {
             store,

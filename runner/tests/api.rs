@@ -1222,3 +1222,111 @@ fn jump_mode_follows_ssh_keys_and_shares() -> Result<()> {
     );
     Ok(())
 }
+
+/// Taking away what let a connection in ends it within seconds: unsharing the
+/// sandbox ends the shared user's session, deleting a key ends the sessions that
+/// logged in with it, stopping the sandbox ends everyone's.
+#[test]
+fn revoking_access_ends_live_sessions_within_seconds() -> Result<()> {
+    let stack = Stack::start()?;
+    let _runner = stack.runner("r1")?;
+    let api = stack.api(FAST_RECONCILE)?;
+    let admin = stack.admin("root")?;
+    let alice = account(&stack, &api, &admin, "alice")?;
+    let bob = account(&stack, &api, &admin, "bob")?;
+    let made = create_sandbox(&stack, &api, &alice.key, json!({}))?;
+    let id = made["id"].as_str().context("id")?.to_owned();
+    let sandbox = SandboxId::parse(&id)?;
+    let shared = stack.call(
+        &api,
+        "POST",
+        &format!("/v1/sandboxes/{id}/shares"),
+        Some(&alice.key),
+        Some(json!({"user": "bob"})),
+    )?;
+    ensure!(shared.status == 201, "{shared:?}");
+    let alice_in = alice.client.clone().with_target(stack.target(&sandbox));
+    let bob_in = bob.client.clone().with_target(stack.target(&sandbox));
+
+    // A long command of each; then the revocation; the session must end soon.
+    let ends_within = |session: warren_tests::Running, what: &str| -> Result<Duration> {
+        let started = std::time::Instant::now();
+        let out = session.wait_timeout(Duration::from_secs(20))?;
+        let took = started.elapsed();
+        ensure!(
+            !out.stdout_str().contains("survived") && took < Duration::from_secs(5),
+            "{what}: the session lived on ({took:?}):\n{out}"
+        );
+        eprintln!("{what}: ended {took:?} after the revocation");
+        Ok(took)
+    };
+    let long = "echo started; sleep 30; echo survived";
+    let wait_started = |c: &Client| -> Result<warren_tests::Running> {
+        let mut running = c.exec(long).stream_stdout().spawn()?;
+        let mut stdout = running.take_stdout().context("stdout")?;
+        let mut first = [0u8; 8];
+        std::io::Read::read_exact(&mut stdout, &mut first)?;
+        ensure!(&first == b"started\n", "the session did not start");
+        Ok(running)
+    };
+
+    let bobs = wait_started(&bob_in)?;
+    let mut alices = wait_started(&alice_in)?;
+    let unshared = stack.call(
+        &api,
+        "DELETE",
+        &format!("/v1/sandboxes/{id}/shares/bob"),
+        Some(&alice.key),
+        None,
+    )?;
+    ensure!(unshared.status == 204, "{unshared:?}");
+    ends_within(bobs, "unshare")?;
+    // The owner's session is untouched by it.
+    ensure!(
+        alices.try_wait().is_none(),
+        "alice's session ended with bob's"
+    );
+
+    // Alice deletes the key her session logged in with.
+    let keys = stack.call(&api, "GET", "/v1/ssh-keys", Some(&alice.key), None)?;
+    let key_id = keys.json()["ssh_keys"][0]["id"]
+        .as_str()
+        .context("key id")?
+        .to_owned();
+    let deleted = stack.call(
+        &api,
+        "DELETE",
+        &format!("/v1/ssh-keys/{key_id}"),
+        Some(&alice.key),
+        None,
+    )?;
+    ensure!(deleted.status == 204, "{deleted:?}");
+    ends_within(alices, "key deleted")?;
+    let out = alice_in.exec("true").run()?;
+    ensure!(
+        out.code() == Some(255),
+        "the deleted key still logs in:\n{out}"
+    );
+
+    // Stopping the sandbox ends the sessions of whoever is in (a token login here).
+    let token = made["token"].as_str().context("token")?;
+    let by_token = alice_in.clone().with_target(Target::new(
+        "127.0.0.1",
+        stack.ssh_port,
+        format!("{id}#{token}"),
+    ));
+    let tokens = wait_started(&by_token)?;
+    let stopped = stack.call(
+        &api,
+        "POST",
+        &format!("/v1/sandboxes/{id}/stop"),
+        Some(&alice.key),
+        None,
+    )?;
+    ensure!(stopped.status == 200, "{stopped:?}");
+    ends_within(tokens, "sandbox stopped")?;
+    wait_for("no live connections left", Duration::from_secs(10), || {
+        Ok(stack.live.is_empty())
+    })?;
+    Ok(())
+}

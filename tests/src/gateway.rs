@@ -70,6 +70,7 @@ impl Gateway {
                 signer: TokenSigner::load_or_generate(&signer_path)?,
                 dialer: Arc::new(dialer.clone()),
                 limiter: FailureLimiter::default(),
+                live: Default::default(),
             });
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let port = listener.local_addr()?.port();

@@ -139,8 +139,20 @@ pub async fn delete_ssh_key(
     IdPath(id): IdPath,
 ) -> Result<StatusCode, ApiError> {
     let id = SshKeyId::parse(&id).map_err(|_| ApiError::not_found("SSH key"))?;
+    let fingerprint = state
+        .store
+        .list_ssh_keys(&caller.user.id)
+        .await?
+        .into_iter()
+        .find(|k| k.id == id)
+        .map(|k| k.fingerprint);
     state.store.delete_ssh_key(&caller.user.id, &id).await?;
     super::agent_keys::sync_user(&state, &caller.user.id).await;
+    if let Some(fingerprint) = fingerprint {
+        state
+            .live
+            .end_key(&caller.user.id, &fingerprint, "the SSH key was deleted");
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -201,6 +213,7 @@ pub async fn revoke_api_key(
 ) -> Result<StatusCode, ApiError> {
     let id = ApiKeyId::parse(&id).map_err(|_| ApiError::not_found("API key"))?;
     state.store.revoke_api_key(&caller.user.id, &id).await?;
+    state.live.end_api_key(&id, "the API key was revoked");
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -88,6 +88,8 @@ pub struct ApiState {
     /// What each runner said it has room for, and when ([`sandboxes::pick_runner`]).
     capacities:
         Mutex<HashMap<RunnerId, (std::time::Instant, warren_runner::protocol::RunnerCapacity)>>,
+    /// The front door's logged-in connections: revoking access ends them.
+    pub live: Arc<crate::ssh::live::LiveConnections>,
 }
 
 impl ApiState {
@@ -114,6 +116,7 @@ impl ApiState {
             limiter: crate::ssh::FailureLimiter::default(),
             github_api: Mutex::new(crate::github::api_base_from_env()),
             capacities: Mutex::default(),
+            live: Arc::default(),
         }
     }
 

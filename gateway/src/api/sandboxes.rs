@@ -554,10 +554,14 @@ pub async fn stop(
             sandbox: sandbox.id.clone(),
         };
         expect_ok(&state, &runner, request).await?;
-        Ok(state
+        let stopped = state
             .store
             .set_sandbox_state(&sandbox.id, SandboxState::Stopped, "stopped by user")
-            .await?)
+            .await?;
+        state
+            .live
+            .end_sandbox(&sandbox.id, &format!("{} was stopped", sandbox.id));
+        Ok(stopped)
     })
     .await
 }
@@ -683,6 +687,7 @@ pub(super) async fn delete_sandbox(
         .await?;
     drop(_guard);
     state.forget(id);
+    state.live.end_sandbox(id, &format!("{id} was deleted"));
     Ok(())
 }
 

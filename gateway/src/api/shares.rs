@@ -95,6 +95,11 @@ pub async fn unshare(
     };
     if state.store.unshare_sandbox(&sandbox.id, &user.id).await? {
         super::agent_keys::sync_sandbox(&state, &sandbox).await;
+        state.live.end_user_on_sandbox(
+            &user.id,
+            &sandbox.id,
+            &format!("{} is no longer shared with you", sandbox.id),
+        );
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("share"))

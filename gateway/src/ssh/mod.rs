@@ -5,6 +5,7 @@
 //! and the state ([`crate::store`]).
 
 mod limiter;
+pub mod live;
 mod login;
 mod pipe;
 mod relay;
@@ -38,6 +39,8 @@ pub struct FrontDoor {
     pub signer: TokenSigner,
     pub dialer: Arc<dyn AgentDialer>,
     pub limiter: FailureLimiter,
+    /// Logged-in connections, for revocation (shared with the API).
+    pub live: Arc<live::LiveConnections>,
 }
 
 /// russh settings for the users' side: keepalives instead of an inactivity cut,

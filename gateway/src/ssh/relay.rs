@@ -20,6 +20,7 @@ use russh::{
 use tokio::sync::mpsc;
 use warren_keys::{SandboxId, Scope};
 
+use super::live::{LiveEntry, Via};
 use super::login::{LoginName, Principal, token_opens};
 use super::pipe::{self, Exit, Grant, Replies};
 use super::upstream::{self, AgentEvents, Upstream};
@@ -62,6 +63,10 @@ pub struct Connection {
     tally: Arc<Tally>,
     /// Until login: a place among the few unauthenticated connections allowed.
     preauth: Preauth,
+    /// What let this connection in, and its entry among the live connections (for
+    /// revocation), made once the login succeeded.
+    via: Option<Via>,
+    live: Option<LiveEntry>,
 }
 
 impl Connection {
@@ -78,6 +83,8 @@ impl Connection {
             sessions: HashMap::new(),
             audit: None,
             tally: Arc::new(Tally::default()),
+            via: None,
+            live: None,
         }
     }
 
@@ -125,7 +132,13 @@ impl Connection {
     }
 
     /// Accepts `principal` if it may log in as `name`.
-    fn admit(&mut self, name: LoginName, sandbox: Option<Sandbox>, principal: Principal) -> Auth {
+    fn admit(
+        &mut self,
+        name: LoginName,
+        sandbox: Option<Sandbox>,
+        principal: Principal,
+        via: Via,
+    ) -> Auth {
         let allowed = match (&name, &sandbox, &principal) {
             (LoginName::Sandbox { .. }, Some(sandbox), p) => p.may_use(sandbox, &self.shared_with),
             (LoginName::Account(account), None, Principal::User(user)) => user.name == *account,
@@ -143,6 +156,7 @@ impl Connection {
         self.name = Some(name);
         self.sandbox = sandbox;
         self.principal = Some(principal);
+        self.via = Some(via);
         self.preauth.logged_in();
         Auth::Accept
     }
@@ -266,6 +280,23 @@ fn user_grant(session: &mut Session) -> Grant {
 impl russh::server::Handler for Connection {
     type Error = russh::Error;
 
+    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        if let Some(via) = self.via.clone() {
+            let user = self
+                .principal
+                .as_ref()
+                .and_then(|p| p.user())
+                .map(|u| u.id.clone());
+            let sandbox = self.sandbox.as_ref().map(|s| s.id.clone());
+            self.live = Some(
+                self.door
+                    .live
+                    .register(user, via, sandbox, session.handle()),
+            );
+        }
+        Ok(())
+    }
+
     async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
         // `<sandbox-id>#<token>`: a login without a prompt.
         if let Some((name, sandbox)) = self.named_sandbox(user).await
@@ -279,7 +310,7 @@ impl russh::server::Handler for Connection {
         {
             if token_opens(&self.door.signer.verifier(), token, id) {
                 let principal = Principal::Token(id.clone());
-                return Ok(self.admit(name, sandbox, principal));
+                return Ok(self.admit(name, sandbox, principal, Via::Token));
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
             return Ok(self.failed());
@@ -298,13 +329,18 @@ impl russh::server::Handler for Connection {
         {
             if token_opens(&self.door.signer.verifier(), password, id) {
                 let principal = Principal::Token(id.clone());
-                return Ok(self.admit(name, sandbox, principal));
+                return Ok(self.admit(name, sandbox, principal, Via::Token));
             }
             return Ok(self.failed());
         }
         // ...or an API key of an account.
         match self.door.store.find_user_by_api_key(password).await {
-            Ok(Some(owner)) => Ok(self.admit(name, sandbox, Principal::User(owner.user))),
+            Ok(Some(owner)) => Ok(self.admit(
+                name,
+                sandbox,
+                Principal::User(owner.user),
+                Via::ApiKey(owner.key_id),
+            )),
             _ => Ok(self.failed()),
         }
     }
@@ -352,7 +388,8 @@ impl russh::server::Handler for Connection {
                 _ => false,
             };
             if fits {
-                return Ok(self.admit(name, sandbox, principal));
+                let via = Via::Key(warren_keys::fingerprint(key.public_key));
+                return Ok(self.admit(name, sandbox, principal, via));
             }
         }
         tracing::info!(
@@ -710,6 +747,9 @@ impl Connection {
         };
         if self.audit.is_none() {
             self.open_audit(&sandbox.id).await;
+        }
+        if let Some(live) = &self.live {
+            live.reached(&sandbox.id);
         }
         let id = channel.id();
         let (read, write) = channel.split();

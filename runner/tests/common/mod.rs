@@ -61,6 +61,8 @@ pub struct Stack {
     pub hub: Arc<RunnerHub>,
     pub ssh_port: u16,
     pub verifier: String,
+    /// The front door's live connections, shared with [`Stack::api`]'s state.
+    pub live: Arc<warren_gateway::ssh::live::LiveConnections>,
 }
 
 impl Stack {
@@ -70,6 +72,7 @@ impl Stack {
             .enable_all()
             .build()?;
         let dir = TempDir::new()?;
+        let live = Arc::new(warren_gateway::ssh::live::LiveConnections::default());
         let (store, hub, ssh_port, verifier) = rt.block_on(async {
             let store = Store::open_in_data_dir(dir.path()).await?;
             let key = warren_keys::load_or_generate_host_key(&dir.path().join("host_key"))?;
@@ -83,6 +86,7 @@ impl Stack {
                 signer,
                 dialer: Arc::new(TunnelDialer::new(hub.clone())),
                 limiter: FailureLimiter::default(),
+                live: live.clone(),
             });
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let port = listener.local_addr()?.port();
@@ -96,6 +100,7 @@ impl Stack {
             hub,
             ssh_port,
             verifier,
+            live,
         })
     }
 
@@ -325,14 +330,16 @@ impl Stack {
                 russh::keys::PublicKey::new(key.public_key().key_data().clone(), "")
                     .to_openssh()?;
             let signer = TokenSigner::load_or_generate(&self._dir.path().join("token_signer"))?;
-            let state = Arc::new(api::ApiState::new(
+            let mut state = api::ApiState::new(
                 self.store.clone(),
                 self.hub.clone(),
                 Arc::new(signer),
                 "127.0.0.1".into(),
                 self.ssh_port,
                 host_key_line,
-            ));
+            );
+            state.live = self.live.clone();
+            let state = Arc::new(state);
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let base = format!("http://{}", listener.local_addr()?);
             let router = api::router(state.clone());

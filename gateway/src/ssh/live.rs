@@ -1,0 +1,151 @@
+//! The users' live connections, each with what let it in, so that taking that away
+//! ends it within moments: unsharing a sandbox, deleting a key or revoking an API
+//! key, rotating a sandbox's tokens, stopping or deleting the sandbox.
+//!
+//! Relay-mode connections name their sandbox at login; jump-host connections
+//! record each sandbox they open a channel to. Ending a connection disconnects it
+//! with a reason the user sees (`Disconnected from …: access revoked: …`).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use warren_keys::SandboxId;
+
+use crate::store::{ApiKeyId, UserId};
+
+/// What a connection logged in with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// A public key registered to the user (its SHA-256 fingerprint).
+    Key(String),
+    /// One of the user's API keys.
+    ApiKey(ApiKeyId),
+    /// A sandbox token (no account).
+    Token,
+}
+
+struct Live {
+    user: Option<UserId>,
+    via: Via,
+    /// The relay-mode sandbox, and every sandbox a jump-host login reached.
+    sandboxes: HashSet<SandboxId>,
+    handle: russh::server::Handle,
+}
+
+/// Every logged-in user connection of this gateway.
+#[derive(Default)]
+pub struct LiveConnections {
+    next: AtomicU64,
+    live: Mutex<HashMap<u64, Live>>,
+}
+
+/// A connection's place in [`LiveConnections`], removed when dropped.
+pub struct LiveEntry {
+    id: u64,
+    registry: Arc<LiveConnections>,
+}
+
+impl Drop for LiveEntry {
+    fn drop(&mut self) {
+        crate::unpoisoned(&self.registry.live).remove(&self.id);
+    }
+}
+
+impl LiveEntry {
+    /// Records that this connection reached `sandbox` (jump mode).
+    pub fn reached(&self, sandbox: &SandboxId) {
+        if let Some(live) = crate::unpoisoned(&self.registry.live).get_mut(&self.id) {
+            live.sandboxes.insert(sandbox.clone());
+        }
+    }
+}
+
+impl LiveConnections {
+    pub fn register(
+        self: &Arc<Self>,
+        user: Option<UserId>,
+        via: Via,
+        sandbox: Option<SandboxId>,
+        handle: russh::server::Handle,
+    ) -> LiveEntry {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let live = Live {
+            user,
+            via,
+            sandboxes: sandbox.into_iter().collect(),
+            handle,
+        };
+        crate::unpoisoned(&self.live).insert(id, live);
+        LiveEntry {
+            id,
+            registry: self.clone(),
+        }
+    }
+
+    /// How many connections are live.
+    pub fn len(&self) -> usize {
+        crate::unpoisoned(&self.live).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Disconnects every connection `matches` picks, telling it `reason`; returns
+    /// how many.
+    fn end(&self, matches: impl Fn(&Live) -> bool, reason: &str) -> usize {
+        let handles: Vec<_> = crate::unpoisoned(&self.live)
+            .values()
+            .filter(|l| matches(l))
+            .map(|l| l.handle.clone())
+            .collect();
+        let n = handles.len();
+        for handle in handles {
+            let reason = format!("access revoked: {reason}");
+            tokio::spawn(async move {
+                let _ = handle
+                    .disconnect(russh::Disconnect::ByApplication, reason, String::new())
+                    .await;
+            });
+        }
+        if n > 0 {
+            tracing::info!(connections = n, reason, "ended live connections");
+        }
+        n
+    }
+
+    /// `user`'s connections to `sandbox` (unshared).
+    pub fn end_user_on_sandbox(&self, user: &UserId, sandbox: &SandboxId, reason: &str) -> usize {
+        self.end(
+            |l| l.user.as_ref() == Some(user) && l.sandboxes.contains(sandbox),
+            reason,
+        )
+    }
+
+    /// Every connection to `sandbox` (stopped, deleted).
+    pub fn end_sandbox(&self, sandbox: &SandboxId, reason: &str) -> usize {
+        self.end(|l| l.sandboxes.contains(sandbox), reason)
+    }
+
+    /// Token logins to `sandbox` (its tokens were rotated).
+    pub fn end_tokens(&self, sandbox: &SandboxId, reason: &str) -> usize {
+        self.end(
+            |l| l.via == Via::Token && l.sandboxes.contains(sandbox),
+            reason,
+        )
+    }
+
+    /// `user`'s connections that logged in with the key of `fingerprint`.
+    pub fn end_key(&self, user: &UserId, fingerprint: &str, reason: &str) -> usize {
+        self.end(
+            |l| l.user.as_ref() == Some(user) && l.via == Via::Key(fingerprint.to_owned()),
+            reason,
+        )
+    }
+
+    /// Connections that logged in with the API key `key`.
+    pub fn end_api_key(&self, key: &ApiKeyId, reason: &str) -> usize {
+        self.end(|l| l.via == Via::ApiKey(key.clone()), reason)
+    }
+}
