@@ -14,7 +14,7 @@ use russh::server::{
 };
 use russh::{Channel, ChannelId, MethodKind, MethodSet, Pty, Sig};
 
-use crate::auth::{Credential, loggable_user};
+use crate::auth::{Credential, Grant, loggable_user};
 use crate::forward::{self, AgentSocket, RemoteForward};
 use crate::process::Program;
 use crate::pty::{self, PtyRequest};
@@ -26,6 +26,8 @@ pub struct Connection {
     /// Client and server address of a TCP connection (none over a unix socket).
     peer: Option<(SocketAddr, SocketAddr)>,
     credential: Option<Credential>,
+    /// What the login was granted (the sandbox's secrets or not).
+    grant: Option<Grant>,
     sessions: HashMap<ChannelId, SessionChannel>,
     remote_forwards: HashMap<(String, u32), RemoteForward>,
     agent_socket: Option<AgentSocket>,
@@ -52,6 +54,7 @@ impl Connection {
             agent,
             peer,
             credential: None,
+            grant: None,
             sessions: HashMap::new(),
             remote_forwards: HashMap::new(),
             agent_socket: None,
@@ -60,14 +63,16 @@ impl Connection {
         }
     }
 
-    fn accepted(&mut self, credential: Credential, user: &str) -> Auth {
+    fn accepted(&mut self, credential: Credential, grant: Grant, user: &str) -> Auth {
         tracing::info!(
             peer = ?self.peer.map(|p| p.0),
             ssh_user = loggable_user(user),
             ?credential,
+            secrets = grant.secrets,
             "authenticated"
         );
         self.credential = Some(credential);
+        self.grant = Some(grant);
         self.authenticated.store(true, Ordering::Release);
         self.unauthenticated_slot = None;
         Auth::Accept
@@ -110,7 +115,9 @@ impl Connection {
                 socket.path().to_string_lossy().into_owned(),
             ));
         }
-        env.extend(self.agent.session_env.iter().cloned());
+        if self.grant.is_some_and(|g| g.secrets) {
+            env.extend(self.agent.session_env.iter().cloned());
+        }
         env
     }
 
@@ -152,8 +159,8 @@ impl russh::server::Handler for Connection {
     async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
         // `<sandbox-id>#<token>` logs in without a prompt (scripts, VS Code).
         if let Some(token) = self.agent.auth.token_in_user_name(user) {
-            if self.agent.auth.check_token(token) {
-                return Ok(self.accepted(Credential::Token, user));
+            if let Some(grant) = self.agent.auth.check_token(token) {
+                return Ok(self.accepted(Credential::Token, grant, user));
             }
             // A guessed token waits like any refused login (russh does not slow the
             // first "none" attempt, which OpenSSH sends to probe).
@@ -163,8 +170,8 @@ impl russh::server::Handler for Connection {
     }
 
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
-        if self.agent.auth.check_token(password) {
-            return Ok(self.accepted(Credential::Token, user));
+        if let Some(grant) = self.agent.auth.check_token(password) {
+            return Ok(self.accepted(Credential::Token, grant, user));
         }
         tracing::info!(peer = ?self.peer.map(|p| p.0), "password login refused");
         Ok(self.rejected())
@@ -175,7 +182,7 @@ impl russh::server::Handler for Connection {
         _user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        if self.agent.auth.is_authorized_key(offer.public_key) {
+        if self.agent.auth.authorized_key(offer.public_key).is_some() {
             Ok(Auth::Accept)
         } else {
             Ok(self.rejected())
@@ -187,9 +194,9 @@ impl russh::server::Handler for Connection {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        if self.agent.auth.is_authorized_key(key.public_key) {
+        if let Some(grant) = self.agent.auth.authorized_key(key.public_key) {
             tracing::debug!(fingerprint = %key.public_key.fingerprint(HashAlg::Sha256), "key accepted");
-            return Ok(self.accepted(Credential::PublicKey, user));
+            return Ok(self.accepted(Credential::PublicKey, grant, user));
         }
         tracing::info!(peer = ?self.peer.map(|p| p.0), fingerprint = %key.public_key.fingerprint(HashAlg::Sha256), "key refused");
         Ok(self.rejected())

@@ -1015,8 +1015,35 @@ async fn authorized_keys_are_the_owners_and_the_shared_users(db: &TestDb) {
         .create_sandbox(&new_sandbox(&bob.id, "sbx-bbbbbbbbbbbb"))
         .await
         .unwrap();
-    store.share_sandbox(&shared.id, &bob.id).await.unwrap();
+    store
+        .share_sandbox(&shared.id, &bob.id, false)
+        .await
+        .unwrap();
 
+    // Bob's keys come without the sandbox's secrets; shared again with them, plain.
+    let keys = store.runner_authorized_keys(&east.id).await.unwrap();
+    let withheld = |n| format!("warren-no-secrets {}", line(n));
+    let want: BTreeSet<String> = [line(10), withheld(11), withheld(12)].into();
+    assert_eq!(keys.get(&shared.id), Some(&want));
+    assert!(
+        store
+            .sandbox_shared_with_secrets(&shared.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store
+        .share_sandbox(&shared.id, &bob.id, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.sandbox_shared_with_secrets(&shared.id).await.unwrap(),
+        vec![bob.id.clone()]
+    );
+    assert_eq!(
+        store.sandbox_shared_with(&shared.id).await.unwrap().len(),
+        1
+    );
     let keys = store.runner_authorized_keys(&east.id).await.unwrap();
     let want_shared: BTreeSet<String> = [line(10), line(11), line(12)].into();
     assert_eq!(keys.get(&shared.id), Some(&want_shared));

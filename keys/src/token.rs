@@ -47,12 +47,16 @@ const PUBLIC_KEY_LEN: usize = 32;
 pub enum Scope {
     /// Shell, exec, SFTP and forwarding in one sandbox.
     Ssh,
+    /// The same, but sessions do not get the sandbox's create-time environment
+    /// (its secrets): what a user the sandbox is shared with gets by default.
+    SshWithoutSecrets,
 }
 
 impl Scope {
     fn to_byte(self) -> u8 {
         match self {
             Scope::Ssh => 1,
+            Scope::SshWithoutSecrets => 2,
         }
     }
 
@@ -60,6 +64,7 @@ impl Scope {
         // 0 is deliberately unassigned, so zeroed bytes never grant anything.
         match b {
             1 => Some(Scope::Ssh),
+            2 => Some(Scope::SshWithoutSecrets),
             _ => None,
         }
     }

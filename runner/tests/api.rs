@@ -1129,6 +1129,18 @@ fn jump(
     hop_key: &Client,
     sandbox: &str,
 ) -> Result<warren_tests::Output> {
+    jump_run(stack, client, hop_user, hop_key, sandbox, "echo jumped")
+}
+
+/// [`jump`] running `command`.
+fn jump_run(
+    stack: &Stack,
+    client: &Client,
+    hop_user: &str,
+    hop_key: &Client,
+    sandbox: &str,
+    command: &str,
+) -> Result<warren_tests::Output> {
     let hop = format!(
         "ProxyCommand=ssh -F /dev/null -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no \
          -o LogLevel=ERROR -o BatchMode=yes -o IdentitiesOnly=yes -i {} -p {} -W %h:%p {hop_user}@127.0.0.1",
@@ -1138,7 +1150,7 @@ fn jump(
     client
         .clone()
         .with_target(Target::new(sandbox, 22, sandbox))
-        .ssh(&["-o", &hop], "echo jumped")
+        .ssh(&["-o", &hop], command)
         .run()
 }
 
@@ -1328,5 +1340,92 @@ fn revoking_access_ends_live_sessions_within_seconds() -> Result<()> {
     wait_for("no live connections left", Duration::from_secs(10), || {
         Ok(stack.live.is_empty())
     })?;
+    Ok(())
+}
+
+/// A share gives a shell, and the sandbox's secrets (its create-time env) only when
+/// the owner says so at share time: in relay mode (the gateway's token for the
+/// agent) and in jump mode (the agent's own key check).
+#[test]
+fn a_share_gives_secrets_only_when_the_owner_says_so() -> Result<()> {
+    let stack = Stack::start()?;
+    let _runner = stack.runner("r1")?;
+    let api = stack.api(FAST_RECONCILE)?;
+    let admin = stack.admin("root")?;
+    let alice = account(&stack, &api, &admin, "alice")?;
+    let bob = account(&stack, &api, &admin, "bob")?;
+    let made = create_sandbox(
+        &stack,
+        &api,
+        &alice.key,
+        json!({"env": {"ANTHROPIC_API_KEY": "sk-warren-share-test"}}),
+    )?;
+    let id = made["id"].as_str().context("id")?.to_owned();
+    let sandbox = SandboxId::parse(&id)?;
+    let share = |secrets: Option<bool>| -> Result<Value> {
+        let mut body = json!({"user": "bob"});
+        if let Some(secrets) = secrets {
+            body["secrets"] = json!(secrets);
+        }
+        let shared = stack.call(
+            &api,
+            "POST",
+            &format!("/v1/sandboxes/{id}/shares"),
+            Some(&alice.key),
+            Some(body),
+        )?;
+        ensure!(shared.status == 201, "{shared:?}");
+        Ok(shared.json())
+    };
+    let show = "echo key=${ANTHROPIC_API_KEY-unset}";
+    let relay = |who: &Account| -> Result<String> {
+        let out = who
+            .client
+            .clone()
+            .with_target(stack.target(&sandbox))
+            .exec(show)
+            .run()?
+            .success()?;
+        Ok(out.stdout_trimmed().to_owned())
+    };
+    let jumped = |who: &Account, name: &str| -> Result<String> {
+        let out = jump_run(&stack, &who.client, name, &who.client, &id, show)?.success()?;
+        Ok(out.stdout_trimmed().to_owned())
+    };
+    let secret = "key=sk-warren-share-test";
+
+    let listed = share(None)?;
+    ensure!(listed["with_secrets"] == json!([]), "{listed}");
+    ensure!(relay(&alice)? == secret, "the owner lost the secrets");
+    ensure!(
+        jumped(&alice, "alice")? == secret,
+        "the owner lost the secrets (jump)"
+    );
+    ensure!(
+        relay(&bob)? == "key=unset",
+        "a default share gave bob the secrets"
+    );
+    ensure!(
+        jumped(&bob, "bob")? == "key=unset",
+        "a default share gave bob the secrets (jump)"
+    );
+
+    let listed = share(Some(true))?;
+    ensure!(listed["with_secrets"] == json!(["bob"]), "{listed}");
+    ensure!(relay(&bob)? == secret, "secrets: true did not give them");
+    ensure!(
+        jumped(&bob, "bob")? == secret,
+        "secrets: true did not give them (jump)"
+    );
+
+    share(Some(false))?;
+    ensure!(
+        relay(&bob)? == "key=unset",
+        "taking the secrets back did not"
+    );
+    ensure!(
+        jumped(&bob, "bob")? == "key=unset",
+        "taking the secrets back did not (jump)"
+    );
     Ok(())
 }

@@ -20,12 +20,18 @@ use crate::store::StoreError;
 pub struct NewShare {
     /// The account name to share with.
     pub user: String,
+    /// Whether their sessions also get the sandbox's create-time environment (its
+    /// secrets, e.g. `GITHUB_TOKEN`). Default false. Sharing again updates it.
+    #[serde(default)]
+    pub secrets: bool,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ShareList {
     /// Account names the sandbox is shared with.
     pub users: Vec<String>,
+    /// Those of them whose sessions get the sandbox's secrets.
+    pub with_secrets: Vec<String>,
 }
 
 /// Lets another user ssh into your sandbox.
@@ -53,7 +59,23 @@ pub async fn share(
     if user.id == caller.user.id {
         return Err(ApiError::invalid("a sandbox is always its owner's"));
     }
-    state.store.share_sandbox(&sandbox.id, &user.id).await?;
+    let had_secrets = state
+        .store
+        .sandbox_shared_with_secrets(&sandbox.id)
+        .await?
+        .contains(&user.id);
+    state
+        .store
+        .share_sandbox(&sandbox.id, &user.id, body.secrets)
+        .await?;
+    // Taking secrets away must bite at once, as an unshare does.
+    if had_secrets && !body.secrets {
+        state.live.end_user_on_sandbox(
+            &user.id,
+            &sandbox.id,
+            &format!("{} is now shared with you without its secrets", sandbox.id),
+        );
+    }
     super::agent_keys::sync_sandbox(&state, &sandbox).await;
     Ok((StatusCode::CREATED, Json(names(&state, &sandbox.id).await?)))
 }
@@ -111,5 +133,12 @@ async fn names(state: &ApiState, sandbox: &warren_keys::SandboxId) -> Result<Sha
     for id in state.store.sandbox_shared_with(sandbox).await? {
         users.push(state.store.get_user(&id).await?.name);
     }
-    Ok(ShareList { users })
+    let mut with_secrets = Vec::new();
+    for id in state.store.sandbox_shared_with_secrets(sandbox).await? {
+        with_secrets.push(state.store.get_user(&id).await?.name);
+    }
+    Ok(ShareList {
+        users,
+        with_secrets,
+    })
 }

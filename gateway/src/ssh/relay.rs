@@ -186,12 +186,33 @@ impl Connection {
         session: &mut Session,
     ) -> Result<Upstream, upstream::UpstreamError> {
         let stream = self.door.dialer.dial(sandbox, self.peer).await?;
-        let token = self
-            .door
-            .signer
-            .mint(&sandbox.id, Scope::Ssh, UPSTREAM_TOKEN_TTL);
+        let token =
+            self.door
+                .signer
+                .mint(&sandbox.id, self.scope(sandbox).await, UPSTREAM_TOKEN_TTL);
         let events = AgentEvents::new(session.handle(), user_grant(session));
         upstream::connect(stream, &sandbox.id, &token, events).await
+    }
+
+    /// What the agent may give this login's sessions: everything for the owner and
+    /// token bearers, the sandbox's secrets for a shared user only if the share
+    /// says so.
+    async fn scope(&self, sandbox: &Sandbox) -> Scope {
+        let Some(user) = self.principal.as_ref().and_then(|p| p.user()) else {
+            return Scope::Ssh;
+        };
+        if user.id == sandbox.owner_id {
+            return Scope::Ssh;
+        }
+        match self
+            .door
+            .store
+            .sandbox_shared_with_secrets(&sandbox.id)
+            .await
+        {
+            Ok(users) if users.contains(&user.id) => Scope::Ssh,
+            _ => Scope::SshWithoutSecrets,
+        }
     }
 
     async fn open_audit(&mut self, sandbox: &SandboxId) {

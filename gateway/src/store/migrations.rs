@@ -26,6 +26,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "sandbox_shares",
         include_str!("../../migrations/0002_sandbox_shares.sql"),
     ),
+    (
+        3,
+        "share_secrets",
+        include_str!("../../migrations/0003_share_secrets.sql"),
+    ),
 ];
 
 #[derive(Debug)]

@@ -9,20 +9,28 @@ use super::ids::{RunnerId, UserId};
 use super::model::Timestamp;
 use super::{Store, StoreError, row};
 
+/// The agent's authorized-keys option for a key whose sessions do not get the
+/// sandbox's secrets (`agent/src/auth.rs` reads it).
+pub const NO_SECRETS_OPTION: &str = "warren-no-secrets";
+
 impl Store {
-    /// Lets `user` ssh into `sandbox`. Sharing twice is fine.
+    /// Lets `user` ssh into `sandbox`, with its create-time environment (secrets)
+    /// in their sessions or not. Sharing again updates `secrets`.
     pub async fn share_sandbox(
         &self,
         sandbox: &SandboxId,
         user: &UserId,
+        secrets: bool,
     ) -> Result<(), StoreError> {
         let done = sqlx::query(
-            "INSERT INTO sandbox_shares (sandbox_id, user_id, created_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (sandbox_id, user_id) DO NOTHING",
+            "INSERT INTO sandbox_shares (sandbox_id, user_id, created_at, secrets) \
+             VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (sandbox_id, user_id) DO UPDATE SET secrets = excluded.secrets",
         )
         .bind(sandbox.as_str())
         .bind(user.as_str())
         .bind(Timestamp::now().unix_seconds())
+        .bind(i64::from(secrets))
         .execute(&self.pool)
         .await;
         match done {
@@ -43,6 +51,24 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    /// The users `sandbox` is shared with that get its secrets too.
+    pub async fn sandbox_shared_with_secrets(
+        &self,
+        sandbox: &SandboxId,
+    ) -> Result<Vec<UserId>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT user_id FROM sandbox_shares WHERE sandbox_id = $1 AND secrets = 1 \
+             ORDER BY created_at, user_id",
+        )
+        .bind(sandbox.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| row::parsed(r, "user_id"))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
     }
 
     /// The users `sandbox` is shared with.
@@ -124,9 +150,10 @@ impl Store {
                 "SELECT s.id AS sandbox_id, k.public_key FROM sandboxes s \
                  JOIN ssh_keys k ON k.user_id = s.owner_id WHERE {live}"
             ),
-            // The keys of the users it is shared with.
+            // The keys of the users it is shared with; without the sandbox's
+            // secrets unless the share gives them.
             format!(
-                "SELECT s.id AS sandbox_id, k.public_key FROM sandboxes s \
+                "SELECT s.id AS sandbox_id, k.public_key, sh.secrets FROM sandboxes s \
                  JOIN sandbox_shares sh ON sh.sandbox_id = s.id \
                  JOIN ssh_keys k ON k.user_id = sh.user_id WHERE {live}"
             ),
@@ -134,9 +161,14 @@ impl Store {
         for sql in &with_keys {
             for r in &sqlx::query(sql).bind(value).fetch_all(&self.pool).await? {
                 let sandbox: SandboxId = row::parsed(r, "sandbox_id")?;
-                keys.entry(sandbox)
-                    .or_default()
-                    .insert(row::text(r, "public_key")?);
+                let key = row::text(r, "public_key")?;
+                let withheld = sql.contains("sh.secrets") && !row::flag(r, "secrets")?;
+                let line = if withheld {
+                    format!("{NO_SECRETS_OPTION} {key}")
+                } else {
+                    key
+                };
+                keys.entry(sandbox).or_default().insert(line);
             }
         }
         Ok(keys)
