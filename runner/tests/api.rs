@@ -1004,6 +1004,7 @@ fn the_openapi_document_is_generated_valid_and_lists_every_route() -> Result<()>
         ("post", "/v1/sandboxes/{id}/stop"),
         ("post", "/v1/sandboxes/{id}/start"),
         ("post", "/v1/sandboxes/{id}/keepalive"),
+        ("post", "/v1/sandboxes/{id}/token"),
         ("get", "/v1/sandboxes/{id}/events"),
         ("get", "/v1/sandboxes/{id}/ssh-config"),
         ("post", "/v1/sandboxes/{id}/shares"),
@@ -1320,14 +1321,46 @@ fn revoking_access_ends_live_sessions_within_seconds() -> Result<()> {
         "the deleted key still logs in:\n{out}"
     );
 
-    // Stopping the sandbox ends the sessions of whoever is in (a token login here).
+    // Rotating the sandbox's tokens ends the logins with the old one, refuses it
+    // from then on, and the new one works.
     let token = made["token"].as_str().context("token")?;
-    let by_token = alice_in.clone().with_target(Target::new(
-        "127.0.0.1",
-        stack.ssh_port,
-        format!("{id}#{token}"),
-    ));
-    let tokens = wait_started(&by_token)?;
+    let with_token = |token: &str| {
+        alice_in.clone().with_target(Target::new(
+            "127.0.0.1",
+            stack.ssh_port,
+            format!("{id}#{token}"),
+        ))
+    };
+    let old = wait_started(&with_token(token))?;
+    let rotated = stack.call(
+        &api,
+        "POST",
+        &format!("/v1/sandboxes/{id}/token"),
+        Some(&alice.key),
+        None,
+    )?;
+    ensure!(rotated.status == 201, "{rotated:?}");
+    ends_within(old, "tokens rotated")?;
+    let out = with_token(token).exec("true").run()?;
+    ensure!(
+        out.code() == Some(255),
+        "the revoked token still logs in:\n{out}"
+    );
+    let fresh = rotated.json()["token"]
+        .as_str()
+        .context("token")?
+        .to_owned();
+    let theirs = stack.call(
+        &api,
+        "POST",
+        &format!("/v1/sandboxes/{id}/token"),
+        Some(&bob.key),
+        None,
+    )?;
+    check_error(&theirs, 404, "not_found")?;
+
+    // Stopping the sandbox ends the sessions of whoever is in (a token login here).
+    let tokens = wait_started(&with_token(&fresh))?;
     let stopped = stack.call(
         &api,
         "POST",

@@ -235,6 +235,7 @@ fn routes() -> OpenApiRouter<Arc<ApiState>> {
         .routes(routes!(sandboxes::stop))
         .routes(routes!(sandboxes::start))
         .routes(routes!(sandboxes::keepalive))
+        .routes(routes!(sandboxes::rotate_token))
         .routes(routes!(sandboxes::events))
         .routes(routes!(sandboxes::ssh_config))
         .routes(routes!(shares::share, shares::list))

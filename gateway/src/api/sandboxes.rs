@@ -712,6 +712,51 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Revokes every token of the sandbox handed out so far (at create, or by an
+/// earlier call) and returns a new one, shown once; logins with the old ones end.
+#[utoipa::path(post, path = "/v1/sandboxes/{id}/token", operation_id = "rotate_sandbox_token", tag = "sandboxes", params(("id" = String, Path, description = "sandbox id (`sbx-…`)")),
+    responses(
+        (status = 201, description = "the new token; every earlier one is refused from now on", body = NewToken),
+        (status = 404, description = "no such sandbox of yours", body = ErrorBody),
+        (status = 409, description = "deleted", body = ErrorBody),
+    ))]
+pub async fn rotate_token(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    IdPath(id): IdPath,
+) -> Result<(StatusCode, Json<NewToken>), ApiError> {
+    let sandbox = owned(&state, &caller.user, &id).await?;
+    if sandbox.state == SandboxState::Deleted {
+        return Err(ApiError::conflict("the sandbox is deleted"));
+    }
+    let now = crate::store::Timestamp::now();
+    state.store.revoke_sandbox_tokens(&sandbox.id, now).await?;
+    state.live.end_tokens(
+        &sandbox.id,
+        &format!("the tokens of {} were revoked", sandbox.id),
+    );
+    // One second longer than the revoked ones could live, so that a token minted
+    // in the very second of the revocation is told apart from them.
+    let token = state.signer.mint(
+        &sandbox.id,
+        Scope::Ssh,
+        SANDBOX_TOKEN_TTL + std::time::Duration::from_secs(1),
+    );
+    Ok((
+        StatusCode::CREATED,
+        Json(NewToken {
+            token: token.expose().to_owned(),
+        }),
+    ))
+}
+
+/// A sandbox token, shown once.
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct NewToken {
+    /// The SSH password (or `<sandbox-id>#<token>` user name) for this sandbox.
+    pub token: String,
+}
+
 /// Counts as activity for the idle reaper.
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/keepalive", operation_id = "keep_sandbox_alive", tag = "sandboxes", params(("id" = String, Path, description = "sandbox id (`sbx-…`)")),
     responses(

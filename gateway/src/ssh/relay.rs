@@ -194,6 +194,18 @@ impl Connection {
         upstream::connect(stream, &sandbox.id, &token, events).await
     }
 
+    /// Whether `token` opens `sandbox` now: signed for it, unexpired, not revoked
+    /// (a store that cannot say refuses).
+    async fn token_valid(&self, token: &str, sandbox: &SandboxId) -> bool {
+        match self.door.store.sandbox_tokens_revoked_at(sandbox).await {
+            Ok(revoked) => token_opens(&self.door.signer.verifier(), token, sandbox, revoked),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check token revocation; refusing");
+                false
+            }
+        }
+    }
+
     /// What the agent may give this login's sessions: everything for the owner and
     /// token bearers, the sandbox's secrets for a shared user only if the share
     /// says so.
@@ -329,7 +341,7 @@ impl russh::server::Handler for Connection {
                 Some(_),
             ) = (&name, &sandbox)
         {
-            if token_opens(&self.door.signer.verifier(), token, id) {
+            if self.token_valid(token, id).await {
                 let principal = Principal::Token(id.clone());
                 return Ok(self.admit(name, sandbox, principal, Via::Token));
             }
@@ -348,7 +360,7 @@ impl russh::server::Handler for Connection {
             && sandbox.is_some()
             && password.starts_with(warren_keys::TOKEN_PREFIX)
         {
-            if token_opens(&self.door.signer.verifier(), password, id) {
+            if self.token_valid(password, id).await {
                 let principal = Principal::Token(id.clone());
                 return Ok(self.admit(name, sandbox, principal, Via::Token));
             }

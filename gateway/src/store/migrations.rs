@@ -31,6 +31,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "share_secrets",
         include_str!("../../migrations/0003_share_secrets.sql"),
     ),
+    (
+        4,
+        "token_revocation",
+        include_str!("../../migrations/0004_token_revocation.sql"),
+    ),
 ];
 
 #[derive(Debug)]
