@@ -926,7 +926,9 @@ impl Encrypted {
         let user = map_err!(String::decode(r))?;
         let service_name = map_err!(String::decode(r))?;
         let method = map_err!(String::decode(r))?;
-        debug!("name: {user:?} {service_name:?} {method:?}",);
+        // Warren patch: a user name may carry a token after `#`; never log it.
+        let loggable = user.split('#').next().unwrap_or_default();
+        debug!("name: {loggable:?} {service_name:?} {method:?}",);
 
         if service_name == "ssh-connection" {
             {
