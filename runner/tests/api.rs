@@ -1370,6 +1370,56 @@ fn revoking_access_ends_live_sessions_within_seconds() -> Result<()> {
     )?;
     ensure!(stopped.status == 200, "{stopped:?}");
     ends_within(tokens, "sandbox stopped")?;
+
+    // An API key as the SSH password: revoking the key ends the login. Deleting
+    // the sandbox ends everyone's.
+    let other = create_sandbox(&stack, &api, &alice.key, json!({}))?;
+    let other_id = SandboxId::parse(other["id"].as_str().context("id")?)?;
+    let made_key = stack.call(
+        &api,
+        "POST",
+        "/v1/api-keys",
+        Some(&alice.key),
+        Some(json!({"name": "ssh"})),
+    )?;
+    ensure!(made_key.status == 201, "{made_key:?}");
+    let ssh_key = made_key.json()["api_key"]
+        .as_str()
+        .context("api_key")?
+        .to_owned();
+    let ssh_key_id = made_key.json()["id"]
+        .as_str()
+        .context("key id")?
+        .to_owned();
+    let by_api_key = Client::new(stack.target(&other_id))?.with_password(&ssh_key)?;
+    let session = wait_started(&by_api_key)?;
+    let revoked = stack.call(
+        &api,
+        "DELETE",
+        &format!("/v1/api-keys/{ssh_key_id}"),
+        Some(&alice.key),
+        None,
+    )?;
+    ensure!(revoked.status == 204, "{revoked:?}");
+    ends_within(session, "API key revoked")?;
+    let shared = stack.call(
+        &api,
+        "POST",
+        &format!("/v1/sandboxes/{other_id}/shares"),
+        Some(&alice.key),
+        Some(json!({"user": "bob"})),
+    )?;
+    ensure!(shared.status == 201, "{shared:?}");
+    let session = wait_started(&bob.client.clone().with_target(stack.target(&other_id)))?;
+    let deleted = stack.call(
+        &api,
+        "DELETE",
+        &format!("/v1/sandboxes/{other_id}"),
+        Some(&alice.key),
+        None,
+    )?;
+    ensure!(deleted.status == 204, "{deleted:?}");
+    ends_within(session, "sandbox deleted")?;
     wait_for("no live connections left", Duration::from_secs(10), || {
         Ok(stack.live.is_empty())
     })?;
