@@ -91,6 +91,12 @@ enum Command {
         /// (repeatable; e.g. a package cache). By default the host is unreachable.
         #[arg(long = "host-tcp-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
         host_tcp_ports: Vec<u16>,
+        /// Docker: an image sandboxes may use, a reference or a prefix ending in `*`
+        /// (repeatable; e.g. `python:3.12`, `ghcr.io/acme/*`; no tag means
+        /// `:latest`). The default image is always allowed. Default: Warren's own
+        /// images (`warren-*`).
+        #[arg(long = "allow-image", value_name = "PATTERN", value_parser = image_pattern_arg)]
+        allow_images: Vec<String>,
     },
 }
 
@@ -130,6 +136,7 @@ async fn main() -> Result<()> {
             capacity_memory_mb,
             max_sandboxes,
             host_tcp_ports,
+            allow_images,
         } => {
             let data = DataDir::open(&data_dir)?;
             let options = RunnerOptions {
@@ -146,6 +153,11 @@ async fn main() -> Result<()> {
                     network_pool: network_pool_arg(&network_pool)?,
                     host_access: warren_runner::netpolicy::HostAccess {
                         tcp_ports: host_tcp_ports,
+                    },
+                    allowed_images: if allow_images.is_empty() {
+                        DockerDefaults::default().allowed_images
+                    } else {
+                        allow_images
                     },
                     ..DockerDefaults::default()
                 },
@@ -175,4 +187,13 @@ fn network_pool_arg(text: &str) -> Result<(std::net::Ipv4Addr, u8)> {
     let (addr, bits) = warren_runner::netpolicy::parse_cidr(text)?;
     anyhow::ensure!(bits <= 28, "--network-pool must be a /28 or larger");
     Ok((addr, bits))
+}
+
+/// An `--allow-image` pattern: a reference, with at most a trailing `*`.
+fn image_pattern_arg(text: &str) -> Result<String, String> {
+    let body = text.strip_suffix('*').unwrap_or(text);
+    if text.is_empty() || body.contains('*') || text.chars().any(char::is_whitespace) {
+        return Err("an image reference, optionally ending in `*` (e.g. `warren-*`)".into());
+    }
+    Ok(text.to_owned())
 }

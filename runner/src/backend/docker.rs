@@ -82,6 +82,9 @@ pub struct DockerDefaults {
     pub network_pool: (std::net::Ipv4Addr, u8),
     /// What of the runner host sandboxes may reach (default: nothing).
     pub host_access: netpolicy::HostAccess,
+    /// The images a create may name, as patterns for [`image_allowed`] (`image`
+    /// is always allowed besides). Default: Warren's own, `warren-*`.
+    pub allowed_images: Vec<String>,
 }
 
 impl Default for DockerDefaults {
@@ -96,7 +99,35 @@ impl Default for DockerDefaults {
             idle_timeout: Duration::from_secs(30 * 60),
             network_pool: (std::net::Ipv4Addr::new(10, 213, 0, 0), 16),
             host_access: netpolicy::HostAccess::default(),
+            allowed_images: DEFAULT_ALLOWED_IMAGES.map(String::from).into(),
         }
+    }
+}
+
+/// The images a runner allows when its operator names none: Warren's own
+/// (`warren-base`, `warren-busybox`, and the test images made from them).
+pub const DEFAULT_ALLOWED_IMAGES: [&str; 1] = ["warren-*"];
+
+/// Whether the image reference `image` matches one of `patterns`. A pattern is a
+/// reference, matched exactly, or a prefix followed by `*`. A reference naming no
+/// tag (nor digest) means `:latest`, in patterns as in `image`. References are
+/// compared as written: `python:3.12` is not `docker.io/library/python:3.12`.
+pub fn image_allowed(image: &str, patterns: &[String]) -> bool {
+    let image = with_tag(image);
+    patterns.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => image.starts_with(prefix),
+        None => image == with_tag(p),
+    })
+}
+
+/// `reference` with `:latest` added when it names neither tag nor digest (a `:`
+/// before the last `/` is a registry's port, not a tag).
+fn with_tag(reference: &str) -> std::borrow::Cow<'_, str> {
+    let last = reference.rsplit('/').next().unwrap_or(reference);
+    if reference.contains('@') || last.contains(':') {
+        reference.into()
+    } else {
+        format!("{reference}:latest").into()
     }
 }
 
@@ -311,25 +342,52 @@ impl DockerBackend {
         Ok(())
     }
 
-    /// The image `spec` names (or the default one), which must be on this engine.
+    /// The image `spec` names (or the default one), which must be allowed on this
+    /// runner (`allowed_images`) and be on this engine.
     pub(crate) async fn image_info(
         &self,
         spec: &SandboxSpec,
     ) -> Result<bollard::models::ImageInspect> {
         let image = spec.image.as_deref().unwrap_or(&self.defaults.image);
-        self.docker.inspect_image(image).await.map_err(|e| {
+        let is_default = image == self.defaults.image;
+        let allowed = |r: &str| image_allowed(r, &self.defaults.allowed_images);
+        // A refused image and a missing one get the same code and message (the
+        // gateway makes `image_not_found` a 422): the allow-list is checked before
+        // the engine is asked, so whether a refused image exists is never looked
+        // up, and the one refusal that comes after the lookup (below) must not
+        // tell "exists but refused" from "missing". A code of its own would add
+        // nothing a tenant can act on that the message does not already say.
+        let unavailable = || {
+            let mut shown = vec![self.defaults.image.as_str()];
+            shown.extend(self.defaults.allowed_images.iter().map(String::as_str));
+            crate::git::refuse(
+                "image_not_found",
+                format!(
+                    "image {image:?} is not on this runner (allowed here: {}); its operator \
+                     builds or loads images (images/build-base, docker load) and allows \
+                     others with --allow-image",
+                    shown.join(", ")
+                ),
+            )
+        };
+        if !is_default && !allowed(image) {
+            return Err(unavailable());
+        }
+        let info = self.docker.inspect_image(image).await.map_err(|e| {
             if is_not_found(&e) {
-                crate::git::refuse(
-                    "image_not_found",
-                    format!(
-                        "image {image:?} is not on this runner; build it (images/build-base) \
-                         or load it (docker load) first"
-                    ),
-                )
+                unavailable()
             } else {
                 anyhow::Error::new(e).context("inspecting the image")
             }
-        })
+        })?;
+        // The engine also finds images by (a prefix of) their id: `deadbeef` may
+        // match a pattern `dead*` and be some other image. What was found must
+        // itself carry an allowed name.
+        let mut names = info.repo_tags.iter().chain(&info.repo_digests).flatten();
+        if !is_default && !names.any(|n| allowed(n)) {
+            return Err(unavailable());
+        }
+        Ok(info)
     }
 
     /// Makes and starts a new sandbox's volume, network, firewall rules and
@@ -1155,6 +1213,66 @@ fn redact_url(url: &str) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn images_are_allowed_by_exact_reference_or_prefix() {
+        let patterns = |ps: &[&str]| ps.iter().map(|p| (*p).to_owned()).collect::<Vec<_>>();
+        let default = DockerDefaults::default().allowed_images;
+        for ok in [
+            "warren-base:latest",
+            "warren-base",
+            "warren-busybox:latest",
+            "warren-test-toor:latest",
+        ] {
+            assert!(image_allowed(ok, &default), "{ok}");
+        }
+        for refused in [
+            "acme-private:1",
+            "acme-private",
+            "python:3.12",
+            "docker.io/library/warren-base:latest",
+            "ghcr.io/acme/warren-base:latest",
+            "",
+        ] {
+            assert!(!image_allowed(refused, &default), "{refused}");
+        }
+
+        let p = patterns(&[
+            "python:3.12",
+            "debian",
+            "ghcr.io/acme/*",
+            "localhost:5000/x",
+        ]);
+        assert!(image_allowed("python:3.12", &p));
+        assert!(!image_allowed("python:3.13", &p));
+        assert!(!image_allowed("python", &p));
+        // No tag means `:latest`, in the pattern as in the reference.
+        assert!(image_allowed("debian", &p));
+        assert!(image_allowed("debian:latest", &p));
+        assert!(!image_allowed("debian:12", &p));
+        assert!(image_allowed("ghcr.io/acme/tool:1", &p));
+        assert!(image_allowed("ghcr.io/acme/team/tool", &p));
+        assert!(!image_allowed("ghcr.io/acmeco/tool:1", &p));
+        assert!(!image_allowed("ghcr.io/acme", &p));
+        // A registry's port is not a tag.
+        assert!(image_allowed("localhost:5000/x", &p));
+        assert!(image_allowed("localhost:5000/x:latest", &p));
+        assert!(!image_allowed("localhost:5000/x:2", &p));
+        // A digest is no tag either, and gets no `:latest`.
+        assert!(!image_allowed("debian@sha256:0123", &p));
+        assert!(image_allowed(
+            "debian@sha256:0123",
+            &patterns(&["debian@*"])
+        ));
+
+        // A tagged prefix pattern, and `*` alone: everything.
+        let p = patterns(&["warren-base:*"]);
+        assert!(image_allowed("warren-base", &p));
+        assert!(image_allowed("warren-base:dev", &p));
+        assert!(!image_allowed("warren-based:dev", &p));
+        assert!(image_allowed("anything/at:all", &patterns(&["*"])));
+        assert!(!image_allowed("warren-base", &[]));
+    }
 
     #[test]
     fn passed_env_is_the_named_entries_only() {

@@ -3,9 +3,9 @@
 //! or after `warren up`, which logs the CLI in).
 
 mod client;
+mod env;
 mod up;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -70,9 +70,14 @@ enum Command {
         repo: Option<String>,
         #[arg(long)]
         branch: Option<String>,
-        /// NAME=VALUE, for every session (repeatable).
-        #[arg(long = "env", value_name = "NAME=VALUE")]
+        /// A variable for every session (repeatable): `NAME` takes its value from
+        /// your environment (keeping secrets out of argv), `NAME=VALUE` is given.
+        #[arg(long = "env", value_name = "NAME[=VALUE]")]
         env: Vec<String>,
+        /// A file of `NAME=VALUE` lines (repeatable; `#` comments, an optional
+        /// `export `, values optionally in quotes). `--env` wins over it.
+        #[arg(long = "env-file", value_name = "PATH")]
+        env_files: Vec<PathBuf>,
         #[arg(long)]
         cpus: Option<f64>,
         #[arg(long)]
@@ -197,18 +202,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             repo,
             branch,
             env,
+            env_files,
             cpus,
             memory_mb,
             idle_timeout_s,
             ttl_s,
         } => {
-            let mut vars = BTreeMap::new();
-            for pair in env {
-                let (k, v) = pair
-                    .split_once('=')
-                    .with_context(|| format!("--env {pair:?}: expected NAME=VALUE"))?;
-                vars.insert(k.to_owned(), v.to_owned());
-            }
+            let vars = env::collect(&env_files, &env, |name| std::env::var_os(name))?;
             let mut body = json!({});
             let fields = [
                 ("image", image.map(Value::from)),
