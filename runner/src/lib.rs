@@ -13,8 +13,11 @@
 pub mod backend;
 pub mod git;
 pub mod netpolicy;
-pub mod protocol;
 pub mod service;
 pub mod state;
-pub mod stream;
 pub mod tunnel;
+
+// The protocol lives in its own crate, shared with the gateway; these keep its old
+// paths (`warren_runner::protocol`, `crate::stream`).
+pub use warren_protocol as protocol;
+pub use warren_protocol::stream;

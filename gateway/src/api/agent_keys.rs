@@ -11,7 +11,7 @@
 use std::collections::BTreeSet;
 
 use anyhow::bail;
-use warren_runner::protocol::{MAX_CONTROL_LINE, Request, Response, SandboxKeys};
+use warren_protocol::{MAX_CONTROL_LINE, Request, Response, SandboxKeys};
 
 use super::ApiState;
 use crate::store::{RunnerId, Sandbox, SandboxId, UserId};

@@ -47,7 +47,7 @@ use tokio::net::TcpListener;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use warren_keys::{SandboxId, TokenSigner};
-use warren_runner::protocol::SandboxSpec;
+use warren_protocol::SandboxSpec;
 
 use crate::store::{RunnerId, Store};
 use crate::tunnel::RunnerHub;
@@ -87,7 +87,7 @@ pub struct ApiState {
     github_api: Mutex<String>,
     /// What each runner said it has room for, and when ([`sandboxes::pick_runner`]).
     capacities:
-        Mutex<HashMap<RunnerId, (std::time::Instant, warren_runner::protocol::RunnerCapacity)>>,
+        Mutex<HashMap<RunnerId, (std::time::Instant, warren_protocol::RunnerCapacity)>>,
     /// The front door's logged-in connections: revoking access ends them.
     pub live: Arc<crate::ssh::live::LiveConnections>,
 }
@@ -134,7 +134,7 @@ impl ApiState {
         &self,
     ) -> MutexGuard<
         '_,
-        HashMap<RunnerId, (std::time::Instant, warren_runner::protocol::RunnerCapacity)>,
+        HashMap<RunnerId, (std::time::Instant, warren_protocol::RunnerCapacity)>,
     > {
         crate::unpoisoned(&self.capacities)
     }

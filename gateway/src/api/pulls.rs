@@ -16,7 +16,7 @@ use axum::extract::rejection::PathRejection;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
-use warren_runner::protocol::{Request, Response, Secret};
+use warren_protocol::{Request, Response, Secret};
 
 use super::auth::Caller;
 use super::error::{ApiError, ApiJson, IdPath, OptionalJson};

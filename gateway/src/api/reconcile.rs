@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use warren_runner::protocol::{Request, Response};
+use warren_protocol::{Request, Response};
 
 use super::ApiState;
 use super::sandboxes::delete_sandbox;

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use warren_keys::{SandboxId, Scope};
-use warren_runner::protocol::{
+use warren_protocol::{
     NetworkPolicy, RepoSpec, Request, Response as RunnerResponse, RunnerCapacity, SandboxSpec,
 };
 
@@ -137,11 +137,11 @@ pub(super) async fn remembered_spec(state: &ApiState, sandbox: &Sandbox) -> Sand
         sandbox: sandbox.id.clone(),
     };
     match state.hub.control(runner, &request).await {
-        Ok(warren_runner::protocol::Response::Env { env }) => {
+        Ok(warren_protocol::Response::Env { env }) => {
             spec.env = env.into_iter().map(|(k, v)| (k, v.0)).collect();
             state.specs().insert(sandbox.id.clone(), spec.clone());
         }
-        Ok(warren_runner::protocol::Response::Error { message }) => {
+        Ok(warren_protocol::Response::Error { message }) => {
             tracing::warn!(sandbox = %sandbox.id, %message, "the runner does not know the sandbox's env");
         }
         Ok(other) => {
@@ -336,7 +336,7 @@ async fn run_on_runner(
         spec,
     };
     let failure = match state.hub.control(runner, &request).await {
-        Ok(warren_runner::protocol::Response::Ok) => {
+        Ok(warren_protocol::Response::Ok) => {
             return Ok(state
                 .store
                 .set_sandbox_state(&sandbox.id, SandboxState::Running, reason)
@@ -366,8 +366,8 @@ async fn run_on_runner(
 /// One control request that must answer `ok`.
 async fn expect_ok(state: &ApiState, runner: &RunnerId, request: Request) -> Result<(), ApiError> {
     match state.hub.control(runner, &request).await? {
-        warren_runner::protocol::Response::Ok => Ok(()),
-        warren_runner::protocol::Response::Error { message } => Err(ApiError::runner(message)),
+        warren_protocol::Response::Ok => Ok(()),
+        warren_protocol::Response::Error { message } => Err(ApiError::runner(message)),
         other => Err(ApiError::runner(format!(
             "unexpected answer from the runner: {other:?}"
         ))),

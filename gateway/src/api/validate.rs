@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use warren_runner::protocol::NetworkPolicy;
+use warren_protocol::NetworkPolicy;
 
 use super::error::ApiError;
 

@@ -3,7 +3,7 @@
 //! connections, and opening agent and control channels over them.
 //!
 //! The protocol (names, control messages) is defined once in
-//! [`warren_runner::protocol`].
+//! [`warren_protocol`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,10 +19,10 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use warren_keys::SandboxId;
-use warren_runner::protocol::{
+use warren_protocol::{
     self, CONTROL_ADDRESS, FORWARD_ADDRESS, JOIN_USER, MAX_CONTROL_LINE, Request, Response,
 };
-use warren_runner::stream::{GrantingStream, MAX_PACKET, WINDOW_SIZE};
+use warren_protocol::stream::{GrantingStream, MAX_PACKET, WINDOW_SIZE};
 
 use crate::ssh::{Preauth, PreauthGate, PreauthLimits};
 use crate::store::{NewRunner, RunnerId, RunnerState, Store, StoreError};
@@ -291,7 +291,7 @@ fn ssh_config(host_key: PrivateKey) -> server::Config {
         auth_rejection_time: Duration::from_secs(1),
         auth_rejection_time_initial: Some(Duration::ZERO),
         keys: vec![host_key],
-        preferred: warren_runner::stream::tunnel_preferred(),
+        preferred: warren_protocol::stream::tunnel_preferred(),
         inactivity_timeout: None,
         keepalive_interval: Some(Duration::from_secs(10)),
         keepalive_max: 3,

@@ -1,5 +1,6 @@
 //! The runner ⇄ gateway tunnel protocol: names and the control messages, defined
-//! once for both sides (the gateway depends on this crate's library for them).
+//! once for both sides, which both depend on this crate (and nothing else of each
+//! other's); [`stream`] is a tunnel channel as a byte stream, for both ends.
 //!
 //! The tunnel is an SSH connection the runner dials:
 //!
@@ -19,6 +20,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use warren_keys::SandboxId;
+
+pub mod stream;
 
 /// SSH user name a runner joins with (the password is the join token).
 pub const JOIN_USER: &str = "join";
