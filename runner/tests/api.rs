@@ -1387,10 +1387,7 @@ fn revoking_access_ends_live_sessions_within_seconds() -> Result<()> {
         .as_str()
         .context("api_key")?
         .to_owned();
-    let ssh_key_id = made_key.json()["id"]
-        .as_str()
-        .context("key id")?
-        .to_owned();
+    let ssh_key_id = made_key.json()["id"].as_str().context("key id")?.to_owned();
     let by_api_key = Client::new(stack.target(&other_id))?.with_password(&ssh_key)?;
     let session = wait_started(&by_api_key)?;
     let revoked = stack.call(

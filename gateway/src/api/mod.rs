@@ -86,8 +86,7 @@ pub struct ApiState {
     /// GitHub's REST API base for pull requests ([`crate::github`]).
     github_api: Mutex<String>,
     /// What each runner said it has room for, and when ([`sandboxes::pick_runner`]).
-    capacities:
-        Mutex<HashMap<RunnerId, (std::time::Instant, warren_protocol::RunnerCapacity)>>,
+    capacities: Mutex<HashMap<RunnerId, (std::time::Instant, warren_protocol::RunnerCapacity)>>,
     /// The front door's logged-in connections: revoking access ends them.
     pub live: Arc<crate::ssh::live::LiveConnections>,
 }
@@ -132,10 +131,8 @@ impl ApiState {
 
     fn capacities(
         &self,
-    ) -> MutexGuard<
-        '_,
-        HashMap<RunnerId, (std::time::Instant, warren_protocol::RunnerCapacity)>,
-    > {
+    ) -> MutexGuard<'_, HashMap<RunnerId, (std::time::Instant, warren_protocol::RunnerCapacity)>>
+    {
         crate::unpoisoned(&self.capacities)
     }
 

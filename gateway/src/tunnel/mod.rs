@@ -19,10 +19,11 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use warren_keys::SandboxId;
-use warren_protocol::{
-    self, CONTROL_ADDRESS, FORWARD_ADDRESS, JOIN_USER, MAX_CONTROL_LINE, Request, Response,
-};
 use warren_protocol::stream::{GrantingStream, MAX_PACKET, WINDOW_SIZE};
+use warren_protocol::{
+    self as protocol, CONTROL_ADDRESS, FORWARD_ADDRESS, JOIN_USER, MAX_CONTROL_LINE, Request,
+    Response,
+};
 
 use crate::ssh::{Preauth, PreauthGate, PreauthLimits};
 use crate::store::{NewRunner, RunnerId, RunnerState, Store, StoreError};
