@@ -160,7 +160,7 @@ fn the_cli_trusts_a_self_signed_gateway_given_its_certificate() -> Result<()> {
     let (addr, identity) = serve(&stack, &dir)?;
     let api_key = stack.admin("alice")?;
     let home = TempDir::new()?;
-    let warren = build_bin("warren-gateway", "warren", Profile::Debug)?;
+    let warren = build_bin("warren-cli", "warren", Profile::Debug)?;
     let url = format!("https://127.0.0.1:{}", addr.port());
     let cli = |args: &[&str]| {
         Cmd::new(&warren)
