@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use warren_keys::SandboxId;
 
 pub mod stream;
+pub mod validate;
 
 /// SSH user name a runner joins with (the password is the join token).
 pub const JOIN_USER: &str = "join";

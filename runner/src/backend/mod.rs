@@ -9,11 +9,10 @@ pub mod process;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use warren_keys::SandboxId;
 
-use crate::netpolicy;
-use crate::protocol::{NetworkPolicy, SandboxSpec, SandboxStatus};
+use crate::protocol::{SandboxSpec, SandboxStatus};
 
 /// One of the backends; the tunnel serves whichever the runner was started with.
 pub enum Backend {
@@ -150,59 +149,11 @@ pub(crate) fn write_authorized_keys(dir: &Path, keys: &[String]) -> Result<std::
     Ok(path)
 }
 
-/// Checks what a create request may name before anything is made.
+/// Checks what a create request may name before anything is made: the rules the
+/// gateway's API applied ([`SandboxSpec::validate`]), again, as a last check (a
+/// runner may be driven by another gateway version, or by hand).
 pub fn validate_spec(spec: &SandboxSpec) -> Result<()> {
-    if let Some(image) = &spec.image {
-        let ok = !image.is_empty()
-            && image.len() <= 255
-            && !image.starts_with('-')
-            && image
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-/:@".contains(c));
-        if !ok {
-            bail!("invalid image reference {image:?}");
-        }
-    }
-    for name in spec.env.keys() {
-        let ok = !name.is_empty()
-            && name.len() <= 128
-            && !name.starts_with(|c: char| c.is_ascii_digit())
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && !name.starts_with("WARREN_");
-        if !ok {
-            bail!("invalid environment variable name {name:?}");
-        }
-    }
-    if spec.env.values().any(|v| v.contains('\0')) {
-        bail!("environment values cannot contain NUL");
-    }
-    if let Some(repo) = &spec.repo {
-        if repo.url.starts_with('-') || repo.url.is_empty() {
-            bail!("invalid repository URL");
-        }
-        let branch_ok = !repo.branch.is_empty()
-            && !repo.branch.starts_with('-')
-            && repo.branch.len() <= 200
-            && repo
-                .branch
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c))
-            && !repo.branch.contains("..");
-        if !branch_ok {
-            bail!("invalid branch name {:?}", repo.branch);
-        }
-        if let Some(base) = &repo.base
-            && (base.starts_with('-') || base.is_empty())
-        {
-            bail!("invalid base ref {base:?}");
-        }
-    }
-    if let NetworkPolicy::Allow { cidrs } = &spec.network {
-        for cidr in cidrs {
-            netpolicy::parse_cidr(cidr)?;
-        }
-    }
-    Ok(())
+    spec.validate().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 #[cfg(test)]
@@ -211,6 +162,7 @@ mod tests {
 
     #[test]
     fn specs_are_checked() {
+        use crate::protocol::{NetworkPolicy, RepoSpec};
         let mut spec = SandboxSpec::default();
         assert!(validate_spec(&spec).is_ok());
         spec.image = Some("--privileged".into());
@@ -225,5 +177,14 @@ mod tests {
             cidrs: vec!["10.0.0.0/33".into()],
         };
         assert!(validate_spec(&spec).is_err());
+        // A branch git allows passes here as it does at the API.
+        spec.network = NetworkPolicy::All;
+        spec.repo = Some(RepoSpec {
+            url: "https://example.com/r.git".into(),
+            branch: "fix#1".into(),
+            base: None,
+            token: None,
+        });
+        assert!(validate_spec(&spec).is_ok());
     }
 }

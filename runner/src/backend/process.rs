@@ -92,6 +92,7 @@ impl ProcessBackend {
         spec: &SandboxSpec,
     ) -> Result<()> {
         warren_keys::TokenVerifier::from_base64(token_key).context("invalid token_key")?;
+        super::validate_spec(spec)?;
         let dir = self.sandbox_dir(id);
         fs::DirBuilder::new()
             .recursive(true)
