@@ -1,0 +1,342 @@
+//! After create: stop, delete, list, the create-time env, keepalive, the idle
+//! reaper, and adopting what a previous runner start left.
+
+use super::*;
+
+impl DockerBackend {
+    /// Stops the container gracefully (SIGTERM, SIGKILL after 10 s), keeping its
+    /// workspace. Stopping a stopped sandbox is fine; an unknown one is an error.
+    pub async fn stop(&self, id: &SandboxId) -> Result<()> {
+        self.stop_for(id, "").await
+    }
+
+    /// Stops the sandbox, remembering `reason` (empty: a user's request) for
+    /// [`list`](Self::list).
+    async fn stop_for(&self, id: &SandboxId, reason: &str) -> Result<()> {
+        if self.sandbox_run_dir(id).is_dir() {
+            self.mark(id, STOPPED_MARKER, reason.as_bytes())?;
+        }
+        match self
+            .docker
+            .stop_container(
+                &container_name(id),
+                Some(StopContainerOptions {
+                    t: Some(STOP_GRACE_SECS),
+                    ..Default::default()
+                }),
+            )
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => bail!("unknown sandbox {id}"),
+            // 304: already stopped.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => {}
+            Err(e) => return Err(e).context("stopping the container"),
+        }
+        let _ = fs::remove_file(self.sandbox_run_dir(id).join(AGENT_SOCKET));
+        tracing::info!(sandbox = %id, "sandbox stopped");
+        Ok(())
+    }
+
+    /// Removes the container, its workspace volume, network and run directory.
+    pub async fn delete(&self, id: &SandboxId) -> Result<()> {
+        let dir = self.sandbox_run_dir(id);
+        let known = dir.is_dir()
+            || self
+                .docker
+                .inspect_container(&container_name(id), None)
+                .await
+                .is_ok();
+        if !known {
+            bail!("unknown sandbox {id}");
+        }
+        // The marker makes a delete that a crash interrupts finish at the next start.
+        self.mark(id, DELETING_MARKER, b"")?;
+        self.remove_all(id).await?;
+        tracing::info!(sandbox = %id, "sandbox deleted");
+        Ok(())
+    }
+
+    pub(super) async fn remove_all(&self, id: &SandboxId) -> Result<()> {
+        match self
+            .docker
+            .remove_container(
+                &container_name(id),
+                Some(RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    ..Default::default()
+                }),
+            )
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(e).context("removing the container"),
+        }
+        match self
+            .docker
+            .remove_volume(&volume_name(id), Some(RemoveVolumeOptions { force: true }))
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(e).context("removing the workspace volume"),
+        }
+        match self.docker.remove_network(&network_name(id)).await {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(e).context("removing the network"),
+        }
+        netpolicy::remove(id).await;
+        // remove_dir_all does not follow links, whatever the container left there.
+        for dir in [self.sandbox_run_dir(id), self.private_dir(id)] {
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {}", dir.display())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Docker's filter for the objects this runner made.
+    fn runner_filter(&self) -> HashMap<String, Vec<String>> {
+        HashMap::from([(
+            "label".to_owned(),
+            vec![format!("{LABEL_RUNNER}={}", self.runner)],
+        )])
+    }
+
+    /// This runner's containers: all of them, or only the running ones.
+    async fn containers(&self, all: bool) -> Result<Vec<bollard::models::ContainerSummary>> {
+        self.docker
+            .list_containers(Some(ListContainersOptions {
+                all,
+                filters: Some(self.runner_filter()),
+                ..Default::default()
+            }))
+            .await
+            .context("listing containers")
+    }
+
+    /// Every sandbox container of this runner, running or not. One that stopped on
+    /// its own says why: `oom` (the kernel killed its agent) or `exited`.
+    pub async fn list(&self) -> Result<Vec<SandboxStatus>> {
+        let containers = self.containers(true).await?;
+        let mut out = Vec::new();
+        for c in containers {
+            let Some(id) = c
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_SANDBOX))
+                .and_then(|v| SandboxId::parse(v).ok())
+            else {
+                continue;
+            };
+            if self.marked(&id, DELETING_MARKER) {
+                continue;
+            }
+            let running = c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING);
+            let stopped_reason = if running {
+                None
+            } else {
+                self.stopped_reason(&id).await
+            };
+            out.push(SandboxStatus {
+                sandbox: id,
+                running,
+                stopped_reason,
+            });
+        }
+        out.sort_by(|a, b| a.sandbox.cmp(&b.sandbox));
+        Ok(out)
+    }
+
+    async fn stopped_reason(&self, id: &SandboxId) -> Option<String> {
+        let state = self
+            .docker
+            .inspect_container(&container_name(id), None)
+            .await
+            .ok()?
+            .state?;
+        if state.oom_killed == Some(true) {
+            return Some("oom".into());
+        }
+        if let Ok(reason) = fs::read_to_string(self.private_dir(id).join(STOPPED_MARKER)) {
+            return (!reason.is_empty()).then_some(reason);
+        }
+        (state.started_at.is_some()).then(|| "exited".into())
+    }
+
+    /// The environment given at create: the entries of the container's config that
+    /// `WARREN_PASS_ENV` names (Docker keeps the config across stops and runner
+    /// restarts).
+    pub async fn env(&self, id: &SandboxId) -> Result<BTreeMap<String, String>> {
+        let info = match self
+            .docker
+            .inspect_container(&container_name(id), None)
+            .await
+        {
+            Ok(info) => info,
+            Err(e) if is_not_found(&e) => bail!("unknown sandbox {id}"),
+            Err(e) => return Err(e).context("asking the Docker engine"),
+        };
+        let config = info.config.unwrap_or_default();
+        let ours = config
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_RUNNER))
+            .is_some_and(|r| *r == self.runner);
+        if !ours {
+            bail!("unknown sandbox {id}");
+        }
+        Ok(passed_env(&config.env.unwrap_or_default()))
+    }
+
+    /// Counts as activity (the API's keepalive).
+    pub async fn keepalive(&self, id: &SandboxId) -> Result<()> {
+        let dir = self.sandbox_run_dir(id);
+        if !dir.is_dir() {
+            bail!("unknown sandbox {id}");
+        }
+        write_file(&dir.join("activity"), b"")
+    }
+
+    /// Stops every running sandbox that has been idle for longer than its idle
+    /// timeout: no session data, nothing running (the agent's activity file) and no
+    /// keepalive. Returns the sandboxes it stopped.
+    pub async fn reap_idle(&self) -> Result<Vec<SandboxId>> {
+        let running = self.containers(false).await?;
+        let mut stopped = Vec::new();
+        for c in running {
+            let labels = c.labels.unwrap_or_default();
+            let Some(id) = labels
+                .get(LABEL_SANDBOX)
+                .and_then(|v| SandboxId::parse(v).ok())
+            else {
+                continue;
+            };
+            let timeout = labels
+                .get(LABEL_IDLE_TIMEOUT)
+                .and_then(|v| v.parse::<u64>().ok())
+                .map_or(self.defaults.idle_timeout, Duration::from_secs);
+            if timeout.is_zero() {
+                continue;
+            }
+            // No activity file yet: the agent is starting; its first tick writes one.
+            let Ok(idle_for) = hostile::modified(&self.sandbox_run_dir(&id), "activity")
+                .map(|t| t.elapsed().unwrap_or_default())
+            else {
+                continue;
+            };
+            if idle_for > timeout {
+                tracing::info!(sandbox = %id, ?idle_for, "stopping an idle sandbox");
+                self.stop_for(&id, "idle").await?;
+                stopped.push(id);
+            }
+        }
+        Ok(stopped)
+    }
+
+    /// At runner start: removes what belongs to deleted sandboxes (a delete the
+    /// runner did not finish, or objects whose run directory is gone) and reports
+    /// the running sandboxes it adopts.
+    pub async fn adopt(&self) -> Result<Vec<SandboxId>> {
+        let filter = self.runner_filter();
+        let mut ids = std::collections::BTreeSet::new();
+        let containers = self.containers(true).await?;
+        ids.extend(
+            containers
+                .iter()
+                .filter_map(|c| c.labels.as_ref()?.get(LABEL_SANDBOX).cloned()),
+        );
+        let volumes = self
+            .docker
+            .list_volumes(Some(ListVolumesOptions {
+                filters: Some(filter.clone()),
+            }))
+            .await?;
+        ids.extend(
+            volumes
+                .volumes
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|v| v.labels.get(LABEL_SANDBOX).cloned()),
+        );
+        let networks = self
+            .docker
+            .list_networks(Some(ListNetworksOptions {
+                filters: Some(filter),
+            }))
+            .await?;
+        ids.extend(
+            networks
+                .iter()
+                .filter_map(|n| n.labels.as_ref()?.get(LABEL_SANDBOX).cloned()),
+        );
+        let mut adopted = Vec::new();
+        for id in ids.iter().filter_map(|i| SandboxId::parse(i).ok()) {
+            let dir = self.sandbox_run_dir(&id);
+            if !dir.is_dir() || self.marked(&id, DELETING_MARKER) {
+                tracing::info!(sandbox = %id, "removing the remains of a deleted sandbox");
+                if let Err(e) = self.remove_all(&id).await {
+                    tracing::warn!(sandbox = %id, error = %format!("{e:#}"), "could not remove");
+                }
+                continue;
+            }
+            let running = containers.iter().any(|c| {
+                c.labels.as_ref().and_then(|l| l.get(LABEL_SANDBOX)) == Some(&id.to_string())
+                    && c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
+            });
+            if running {
+                tracing::info!(sandbox = %id, "adopted a running sandbox");
+                adopted.push(id);
+            }
+        }
+        Ok(adopted)
+    }
+}
+
+/// The `NAME=value` entries of a container's environment that its
+/// `WARREN_PASS_ENV` list names: the create request's env, without Warren's own.
+fn passed_env(entries: &[String]) -> BTreeMap<String, String> {
+    let pairs = entries.iter().filter_map(|e| e.split_once('='));
+    let Some((_, names)) = pairs.clone().find(|(k, _)| *k == "WARREN_PASS_ENV") else {
+        return BTreeMap::new();
+    };
+    let names: Vec<&str> = names.split(',').filter(|n| !n.is_empty()).collect();
+    pairs
+        .filter(|(k, _)| names.contains(k))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passed_env_is_the_named_entries_only() {
+        let entries: Vec<String> = [
+            "WARREN_TOKEN_KEY=k",
+            "WARREN_PASS_ENV=GITHUB_TOKEN,EMPTY,URL",
+            "GITHUB_TOKEN=ghp_x",
+            "EMPTY=",
+            "URL=a=b",
+            "PATH=/bin",
+        ]
+        .map(String::from)
+        .into();
+        let env = passed_env(&entries);
+        assert_eq!(
+            env.into_iter().collect::<Vec<_>>(),
+            [("EMPTY", ""), ("GITHUB_TOKEN", "ghp_x"), ("URL", "a=b")]
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
+        assert!(passed_env(&["A=b".to_owned()]).is_empty());
+    }
+}

@@ -1,0 +1,569 @@
+//! The Docker backend: a sandbox is a hardened container from any image the
+//! operator allows, with the static agent bind-mounted in as its main process (PID 1,
+//! reaping children).
+//!
+//! Here: the backend, creating a sandbox (`create`, `container_config`); beside it
+//! [`images`] (the allow-list, image lookup, the static agent), `network` (its
+//! bridge), `exec` (git in the container) and `lifecycle` (stop, delete, list, the
+//! idle reaper, adoption).
+//!
+//! Per sandbox `<id>`, everything carries the label [`LABEL_SANDBOX`]:
+//! - container `warren-<id>`; its agent listens on `agent.sock` in a runner-owned
+//!   directory (`<run-dir>/<id>`, mode 0700) bind-mounted at [`RUN_MOUNT`] — no TCP
+//!   port is published;
+//! - volume `warren-<id>-workspace` at `/workspace` (survives stop/start);
+//! - network `warren-<id>`, a bridge of its own (so sandboxes cannot reach each
+//!   other), or none at all.
+//!
+//! Docker's labels are the backend's state: after a restart the runner adopts what
+//! runs and removes what belongs to deleted sandboxes (see [`DockerBackend::adopt`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, Ipam, IpamConfig, Mount, MountType, NetworkCreateRequest,
+    ResourcesUlimits, VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, ListContainersOptions, ListNetworksOptions, ListVolumesOptions,
+    RemoveContainerOptions, RemoveVolumeOptions, StopContainerOptions,
+};
+use futures_util::StreamExt;
+use warren_keys::SandboxId;
+
+use super::hostile;
+use crate::git;
+use crate::netpolicy;
+use crate::protocol::{NetworkPolicy, RepoSpec, SandboxSpec, SandboxStatus};
+use crate::state::write_file;
+
+mod exec;
+pub mod images;
+mod lifecycle;
+mod network;
+
+pub use images::{DEFAULT_ALLOWED_IMAGES, ensure_static, image_allowed};
+
+/// Every object Warren makes carries this label, valued with the sandbox id.
+pub const LABEL_SANDBOX: &str = "org.warren.sandbox";
+/// The runner that made it.
+pub const LABEL_RUNNER: &str = "org.warren.runner";
+/// The sandbox's idle timeout in seconds (0: never stopped for idleness).
+pub const LABEL_IDLE_TIMEOUT: &str = "org.warren.idle-timeout-s";
+/// Where the sandbox's run directory (agent socket, keys) appears in the container.
+pub const RUN_MOUNT: &str = "/.warren/run";
+/// Where the static agent appears (read-only); also mounted as the git askpass.
+pub const AGENT_MOUNT: &str = "/.warren/bin/warren-agent";
+pub const ASKPASS_MOUNT: &str = "/.warren/bin/askpass";
+const WORKSPACE: &str = "/workspace";
+/// The marker a delete leaves until everything of the sandbox is gone.
+const DELETING_MARKER: &str = "deleting";
+/// The marker of a sandbox the runner stopped (so a stop is not reported as a crash).
+const STOPPED_MARKER: &str = "stopped-by-runner";
+/// The directory beside the run directories where the runner keeps its markers.
+const PRIVATE_DIR: &str = ".runner";
+/// The agent's socket, in the run directory.
+const AGENT_SOCKET: &str = "agent.sock";
+
+/// How long a new container's agent may take to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Graceful stop: SIGTERM, then SIGKILL after this many seconds.
+const STOP_GRACE_SECS: i32 = 10;
+
+/// Defaults for what a create request leaves out.
+#[derive(Debug, Clone)]
+pub struct DockerDefaults {
+    pub image: String,
+    pub memory_mb: u64,
+    pub millicpus: u32,
+    pub pids_limit: u32,
+    pub open_files: u32,
+    /// An OCI runtime for every sandbox of this runner (e.g. `runsc`).
+    pub runtime: Option<String>,
+    /// Idle sandboxes are stopped after this long (zero: never).
+    pub idle_timeout: Duration,
+    /// The IPv4 block sandbox networks get their /28 subnets from. Docker's own
+    /// default pools hold only about 30 networks, far too few for one per sandbox.
+    pub network_pool: (std::net::Ipv4Addr, u8),
+    /// What of the runner host sandboxes may reach (default: nothing).
+    pub host_access: netpolicy::HostAccess,
+    /// The images a create may name, as patterns for [`image_allowed`] (`image`
+    /// is always allowed besides). Default: Warren's own, `warren-*`.
+    pub allowed_images: Vec<String>,
+}
+
+impl Default for DockerDefaults {
+    fn default() -> Self {
+        DockerDefaults {
+            image: "warren-base:latest".into(),
+            memory_mb: 2048,
+            millicpus: 2000,
+            pids_limit: 1024,
+            open_files: 8192,
+            runtime: None,
+            idle_timeout: Duration::from_secs(30 * 60),
+            network_pool: (std::net::Ipv4Addr::new(10, 213, 0, 0), 16),
+            host_access: netpolicy::HostAccess::default(),
+            allowed_images: DEFAULT_ALLOWED_IMAGES.map(String::from).into(),
+        }
+    }
+}
+
+/// What a new container is made of.
+struct NewContainer<'a> {
+    id: &'a SandboxId,
+    token_key: &'a str,
+    image: &'a str,
+    image_user: Option<&'a str>,
+    spec: &'a SandboxSpec,
+    network_mode: String,
+    labels: HashMap<String, String>,
+}
+
+pub struct DockerBackend {
+    docker: Docker,
+    /// Held while a network's subnet is picked and the network made.
+    subnet_lock: tokio::sync::Mutex<()>,
+    run_dir: PathBuf,
+    agent_bin: PathBuf,
+    runner: String,
+    defaults: DockerDefaults,
+}
+
+/// Capabilities the agent keeps: switching to the sandbox user (SETUID, SETGID),
+/// giving it the workspace and the agent-forwarding socket (CHOWN), and signalling
+/// its sessions (KILL). Sessions run as that user and so have none (CapEff 0).
+const AGENT_CAPS: [&str; 4] = ["CHOWN", "SETUID", "SETGID", "KILL"];
+
+fn container_name(id: &SandboxId) -> String {
+    format!("warren-{}", id.as_str())
+}
+
+fn volume_name(id: &SandboxId) -> String {
+    format!("warren-{}-workspace", id.as_str())
+}
+
+fn network_name(id: &SandboxId) -> String {
+    format!("warren-{}", id.as_str())
+}
+
+fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+impl DockerBackend {
+    /// Connects to the local engine (negotiating the API version: an engine older
+    /// than the client refuses newer versions) and prepares `run_dir` (0700).
+    pub async fn connect(
+        run_dir: PathBuf,
+        agent_bin: PathBuf,
+        runner: String,
+        defaults: DockerDefaults,
+    ) -> Result<Self> {
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            bail!(
+                "the docker backend must run as root: it bind-mounts directories that the \
+                 container's root-owned agent writes into, and manages firewall rules"
+            );
+        }
+        ensure_static(&agent_bin)?;
+        let docker = Docker::connect_with_local_defaults()
+            .context("connecting to the Docker engine")?
+            .negotiate_version()
+            .await
+            .context("the Docker engine does not answer")?;
+        docker
+            .ping()
+            .await
+            .context("the Docker engine does not answer")?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&run_dir)
+            .with_context(|| format!("creating {}", run_dir.display()))?;
+        Ok(DockerBackend {
+            docker,
+            subnet_lock: tokio::sync::Mutex::new(()),
+            run_dir,
+            agent_bin,
+            runner,
+            defaults,
+        })
+    }
+
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// The sandbox's run directory, mounted into its container: everything in it
+    /// is the container's to write, so the runner reads it only through
+    /// [`hostile`].
+    pub(crate) fn sandbox_run_dir(&self, id: &SandboxId) -> PathBuf {
+        self.run_dir.join(id.as_str())
+    }
+
+    /// Where the runner keeps its own markers of a sandbox: beside the run
+    /// directories, never mounted (sandbox ids cannot start with a dot).
+    fn private_dir(&self, id: &SandboxId) -> PathBuf {
+        self.run_dir.join(PRIVATE_DIR).join(id.as_str())
+    }
+
+    /// Writes one of the runner's own markers.
+    fn mark(&self, id: &SandboxId, marker: &str, contents: &[u8]) -> Result<()> {
+        let dir = self.private_dir(id);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        write_file(&dir.join(marker), contents)
+    }
+
+    fn marked(&self, id: &SandboxId, marker: &str) -> bool {
+        self.private_dir(id).join(marker).exists()
+    }
+
+    /// Whether the sandbox's container has an agent socket. A stopped container's
+    /// socket file may remain; connecting to it then fails, which the tunnel
+    /// reports as "no such sandbox".
+    pub async fn agent_socket(&self, id: &SandboxId) -> Option<PathBuf> {
+        let dir = self.sandbox_run_dir(id);
+        hostile::is_socket(&dir, AGENT_SOCKET).then(|| dir.join(AGENT_SOCKET))
+    }
+
+    /// A connection to the sandbox's agent, made without following whatever the
+    /// container put at the socket's name (`hostile::connect_socket`).
+    pub async fn connect_agent(&self, id: &SandboxId) -> Option<tokio::net::UnixStream> {
+        hostile::connect_socket(&self.sandbox_run_dir(id), AGENT_SOCKET)
+            .await
+            .ok()
+    }
+
+    /// The `uid:gid` the agent says sessions run as; never root's.
+    fn session_user(&self, id: &SandboxId) -> Result<String> {
+        let text = hostile::read_small(&self.sandbox_run_dir(id), "user", 64)
+            .with_context(|| format!("the agent of {id} did not say which user sessions run as"))?;
+        let user = text.trim();
+        let ids: Option<Vec<u32>> = user.split(':').map(|n| n.parse().ok()).collect();
+        match ids.as_deref() {
+            Some([uid, gid]) if *uid != 0 && *gid != 0 => Ok(user.to_owned()),
+            _ => bail!("the agent of {id} names an unusable session user {user:?}"),
+        }
+    }
+
+    /// Creates and starts the sandbox or, if it exists, starts it and updates its
+    /// authorized keys. Returns once its agent accepts connections (and the
+    /// repository, if any, is cloned).
+    pub async fn create(
+        &self,
+        id: &SandboxId,
+        token_key: &str,
+        authorized_keys: &[String],
+        spec: &SandboxSpec,
+    ) -> Result<()> {
+        warren_keys::TokenVerifier::from_base64(token_key).context("invalid token_key")?;
+        super::validate_spec(spec)?;
+        let dir = self.sandbox_run_dir(id);
+        if self.marked(id, DELETING_MARKER) {
+            bail!("sandbox {id} is being deleted");
+        }
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        super::write_authorized_keys(&dir, authorized_keys)?;
+        let _ = fs::remove_file(self.private_dir(id).join(STOPPED_MARKER));
+
+        let name = container_name(id);
+        match self.docker.inspect_container(&name, None).await {
+            Ok(existing) => {
+                let running = existing.state.and_then(|s| s.running).unwrap_or(false);
+                if !running {
+                    let _ = fs::remove_file(dir.join("agent.sock"));
+                    self.docker
+                        .start_container(&name, None)
+                        .await
+                        .with_context(|| format!("starting {name}"))?;
+                    self.wait_for_agent(id).await?;
+                    tracing::info!(sandbox = %id, "sandbox started");
+                }
+                return Ok(());
+            }
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(e).context("asking the Docker engine"),
+        }
+
+        let image = spec.image.as_deref().unwrap_or(&self.defaults.image);
+        // Whatever fails from here on leaves nothing behind: a half-made sandbox
+        // would hold a network, a volume and the runner's capacity for nothing.
+        let made = async {
+            let image_info = self.image_info(spec).await?;
+            self.make(id, token_key, image, image_info, spec, &name)
+                .await
+        }
+        .await;
+        if let Err(e) = made {
+            if let Err(cleanup) = self.remove_all(id).await {
+                tracing::warn!(sandbox = %id, error = %format!("{cleanup:#}"), "cleaning up a failed create");
+            }
+            return Err(e);
+        }
+        tracing::info!(sandbox = %id, image, "sandbox created");
+        Ok(())
+    }
+
+    /// Makes and starts a new sandbox's volume, network, firewall rules and
+    /// container, waits for its agent and clones its repository.
+    async fn make(
+        &self,
+        id: &SandboxId,
+        token_key: &str,
+        image: &str,
+        image_info: bollard::models::ImageInspect,
+        spec: &SandboxSpec,
+        name: &str,
+    ) -> Result<()> {
+        let image_user = image_info
+            .config
+            .and_then(|c| c.user)
+            .filter(|u| !u.is_empty() && u != "root" && u != "0" && !u.starts_with("0:"));
+
+        let labels = self.labels(id);
+        let mut container_labels = labels.clone();
+        let idle = spec
+            .idle_timeout_s
+            .unwrap_or(self.defaults.idle_timeout.as_secs());
+        container_labels.insert(LABEL_IDLE_TIMEOUT.to_owned(), idle.to_string());
+        self.docker
+            .create_volume(VolumeCreateRequest {
+                name: Some(volume_name(id)),
+                labels: Some(labels.clone()),
+                ..Default::default()
+            })
+            .await
+            .context("creating the workspace volume")?;
+        let network_mode = match &spec.network {
+            NetworkPolicy::None => "none".to_owned(),
+            NetworkPolicy::All | NetworkPolicy::Allow { .. } => {
+                let net = network_name(id);
+                self.create_network(id, &net, &labels).await?;
+                netpolicy::apply(id, &spec.network, &self.defaults.host_access)
+                    .await
+                    .context("firewall rules for the sandbox's network")?;
+                net
+            }
+        };
+
+        let config = self.container_config(NewContainer {
+            id,
+            token_key,
+            image,
+            image_user: image_user.as_deref(),
+            spec,
+            network_mode,
+            labels: container_labels,
+        });
+        self.docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.to_owned()),
+                    ..Default::default()
+                }),
+                config,
+            )
+            .await
+            .with_context(|| format!("creating container {name}"))?;
+        self.docker
+            .start_container(name, None)
+            .await
+            .with_context(|| format!("starting {name}"))?;
+        self.wait_for_agent(id).await?;
+        if let Some(repo) = &spec.repo {
+            self.clone_repo(id, repo).await?;
+        }
+        Ok(())
+    }
+
+    /// The memory and CPUs the engine's host has.
+    pub async fn host_resources(&self) -> crate::service::HostResources {
+        let local = crate::service::host_resources();
+        match self.docker.info().await {
+            Ok(info) => crate::service::HostResources {
+                memory_mb: info
+                    .mem_total
+                    .and_then(|b| u64::try_from(b).ok())
+                    .map_or(local.memory_mb, |b| b >> 20),
+                millicpus: info
+                    .ncpu
+                    .and_then(|n| u32::try_from(n).ok())
+                    .map_or(local.millicpus, |n| n.saturating_mul(1000)),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "docker info; using this host's resources");
+                local
+            }
+        }
+    }
+
+    fn labels(&self, id: &SandboxId) -> HashMap<String, String> {
+        HashMap::from([
+            (LABEL_SANDBOX.to_owned(), id.as_str().to_owned()),
+            (LABEL_RUNNER.to_owned(), self.runner.clone()),
+        ])
+    }
+
+    fn container_config(&self, new: NewContainer<'_>) -> ContainerCreateBody {
+        let NewContainer {
+            id,
+            token_key,
+            image,
+            image_user,
+            spec,
+            network_mode,
+            labels,
+        } = new;
+        let d = &self.defaults;
+        let memory = i64::try_from(spec.memory_mb.unwrap_or(d.memory_mb))
+            .unwrap_or(i64::MAX / (1 << 20))
+            * (1 << 20);
+        let nano_cpus = i64::from(spec.millicpus.unwrap_or(d.millicpus)) * 1_000_000;
+        let pids = i64::from(spec.pids_limit.unwrap_or(d.pids_limit));
+        let files = i64::from(d.open_files);
+        let mut env = vec![
+            format!("WARREN_SANDBOX_ID={}", id.as_str()),
+            format!("WARREN_AGENT_LISTEN=unix:{RUN_MOUNT}/agent.sock"),
+            format!("WARREN_AGENT_HOST_KEY={RUN_MOUNT}/host_key"),
+            format!("WARREN_AUTHORIZED_KEYS={RUN_MOUNT}/authorized_keys"),
+            format!("WARREN_TOKEN_KEY={token_key}"),
+            format!("WARREN_USER_FILE={RUN_MOUNT}/user"),
+            format!("WARREN_ACTIVITY_FILE={RUN_MOUNT}/activity"),
+            format!("WARREN_SANDBOX_USER={}", image_user.unwrap_or("auto")),
+            format!("WARREN_WORKDIR={WORKSPACE}"),
+            "WARREN_OWN_WORKDIR=true".to_owned(),
+            // Reached only through the runner's encrypted tunnel.
+            "WARREN_AGENT_ALLOW_UNENCRYPTED=true".to_owned(),
+        ];
+        if !spec.env.is_empty() {
+            let names: Vec<&str> = spec.env.keys().map(String::as_str).collect();
+            env.push(format!("WARREN_PASS_ENV={}", names.join(",")));
+            env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
+        }
+        let agent = self.agent_bin.display();
+        let run = self.sandbox_run_dir(id);
+        let host_config = HostConfig {
+            binds: Some(vec![
+                format!("{agent}:{AGENT_MOUNT}:ro"),
+                format!("{agent}:{ASKPASS_MOUNT}:ro"),
+                format!("{}:{RUN_MOUNT}:rw", run.display()),
+            ]),
+            mounts: Some(vec![Mount {
+                target: Some(WORKSPACE.into()),
+                source: Some(volume_name(id)),
+                typ: Some(MountType::VOLUME),
+                ..Default::default()
+            }]),
+            network_mode: Some(network_mode),
+            privileged: Some(false),
+            cap_drop: Some(vec!["ALL".into()]),
+            cap_add: Some(AGENT_CAPS.iter().map(|c| (*c).to_owned()).collect()),
+            security_opt: Some(vec!["no-new-privileges:true".into()]),
+            memory: Some(memory),
+            memory_swap: Some(memory),
+            nano_cpus: Some(nano_cpus),
+            pids_limit: Some(pids),
+            ulimits: Some(vec![ResourcesUlimits {
+                name: Some("nofile".into()),
+                soft: Some(files),
+                hard: Some(files),
+            }]),
+            readonly_rootfs: Some(spec.read_only_root),
+            tmpfs: spec.read_only_root.then(|| {
+                HashMap::from([("/tmp".to_owned(), "rw,nosuid,nodev,size=512m".to_owned())])
+            }),
+            runtime: self.defaults.runtime.clone(),
+            init: Some(false),
+            ..Default::default()
+        };
+        ContainerCreateBody {
+            image: Some(image.to_owned()),
+            hostname: Some(id.as_str().to_owned()),
+            user: Some("0:0".into()),
+            entrypoint: Some(vec![AGENT_MOUNT.into(), "serve".into()]),
+            cmd: Some(vec![]),
+            env: Some(env),
+            working_dir: Some("/".into()),
+            labels: Some(labels),
+            stop_signal: Some("SIGTERM".into()),
+            host_config: Some(host_config),
+            ..Default::default()
+        }
+    }
+
+    /// Waits until the agent accepts connections, or fails with the container's own
+    /// words when it exits first.
+    async fn wait_for_agent(&self, id: &SandboxId) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        let mut checks = 0u32;
+        loop {
+            if self.connect_agent(id).await.is_some() {
+                return Ok(());
+            }
+            checks += 1;
+            if checks.is_multiple_of(10) {
+                let state = self
+                    .docker
+                    .inspect_container(&container_name(id), None)
+                    .await
+                    .ok()
+                    .and_then(|c| c.state);
+                if let Some(state) = state
+                    && state.running == Some(false)
+                {
+                    let logs = self.log_tail(id).await;
+                    bail!(
+                        "the sandbox's agent exited at start (code {}): {logs}",
+                        state.exit_code.unwrap_or(-1)
+                    );
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("the sandbox's agent did not start listening within {START_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn log_tail(&self, id: &SandboxId) -> String {
+        use bollard::query_parameters::LogsOptions;
+        let mut logs = self.docker.logs(
+            &container_name(id),
+            Some(LogsOptions {
+                stdout: true,
+                stderr: true,
+                tail: "5".into(),
+                ..Default::default()
+            }),
+        );
+        let mut out = String::new();
+        while let Some(Ok(chunk)) = logs.next().await {
+            out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+        }
+        out.trim().to_owned()
+    }
+}
