@@ -1509,3 +1509,56 @@ fn a_share_gives_secrets_only_when_the_owner_says_so() -> Result<()> {
     );
     Ok(())
 }
+
+/// Room comes from the runner's capacity (here `--max-sandboxes 1`): a create that
+/// does not fit is a 503 `no_capacity` saying why, a stopped sandbox takes no room,
+/// and starting it again needs room.
+#[test]
+fn capacity_counts_live_sandboxes_and_says_why_a_create_does_not_fit() -> Result<()> {
+    let stack = Stack::start()?;
+    let _runner = stack.runner_with("r1", &["--max-sandboxes", "1"])?;
+    let api = stack.api(FAST_RECONCILE)?;
+    let admin = stack.admin("root")?;
+    let alice = account(&stack, &api, &admin, "alice")?;
+    let a = create_sandbox(&stack, &api, &alice.key, json!({}))?;
+    let a = a["id"].as_str().context("id")?.to_owned();
+    let full = stack.call(
+        &api,
+        "POST",
+        "/v1/sandboxes",
+        Some(&alice.key),
+        Some(json!({})),
+    )?;
+    check_error(&full, 503, "no_capacity")?;
+    ensure!(
+        full.json()["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("maximum of 1")),
+        "{full:?}"
+    );
+    let too_big = stack.call(
+        &api,
+        "POST",
+        "/v1/sandboxes",
+        Some(&alice.key),
+        Some(json!({"cpus": 16})),
+    )?;
+    check_error(&too_big, 503, "no_capacity")?;
+    let post = |path: String| stack.call(&api, "POST", &path, Some(&alice.key), None);
+    ensure!(post(format!("/v1/sandboxes/{a}/stop"))?.status == 200);
+    let b = create_sandbox(&stack, &api, &alice.key, json!({}))?;
+    let b = b["id"].as_str().context("id")?.to_owned();
+    let start = post(format!("/v1/sandboxes/{a}/start"))?;
+    check_error(&start, 503, "no_capacity")?;
+    ensure!(state_of(&stack, &api, &alice.key, &a)? == "stopped");
+    let gone = stack.call(
+        &api,
+        "DELETE",
+        &format!("/v1/sandboxes/{b}"),
+        Some(&alice.key),
+        None,
+    )?;
+    ensure!(gone.status == 204, "{gone:?}");
+    ensure!(post(format!("/v1/sandboxes/{a}/start"))?.status == 200);
+    Ok(())
+}

@@ -295,6 +295,31 @@ pub(super) async fn pick_runner(state: &ApiState, demand: Demand) -> Result<Runn
     })
 }
 
+/// A 503 `no_capacity` unless `runner` has room for `demand` (starting a stopped
+/// sandbox again: stopped ones take no room while they are stopped).
+async fn room_on(state: &ApiState, runner: &RunnerId, demand: Demand) -> Result<(), ApiError> {
+    let Ok(record) = state.store.get_runner(runner).await else {
+        return Ok(());
+    };
+    let used = state
+        .store
+        .runner_usage()
+        .await?
+        .into_iter()
+        .find(|(id, _)| id == runner)
+        .map(|(_, u)| u)
+        .unwrap_or_default();
+    let capacity = runner_capacity(state, &record).await;
+    match misfit(&record.name, &capacity, used, demand) {
+        None => Ok(()),
+        Some(reason) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_capacity",
+            format!("the sandbox's runner has no room for it now: {reason}"),
+        )),
+    }
+}
+
 /// Asks `runner` whether it could create `spec` (its image is there, its fields
 /// pass) before anything is stored. A runner too old to know `check` is let be.
 async fn check_on_runner(
@@ -630,6 +655,13 @@ pub async fn start(
         done: "started",
     };
     change_state(state, &caller, &id, step, |state, sandbox| async move {
+        if let Some(runner) = &sandbox.runner_id {
+            let demand = Demand {
+                memory_mb: u64::from(sandbox.memory_mb),
+                millicpus: millicpus(sandbox.cpus),
+            };
+            room_on(&state, runner, demand).await?;
+        }
         let spec = remembered_spec(&state, &sandbox).await;
         run_on_runner(&state, &sandbox, spec, "started by user").await
     })
