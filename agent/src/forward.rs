@@ -142,6 +142,9 @@ pub async fn listen_remote(
 /// sandbox user. Removed when dropped.
 pub struct AgentSocket {
     dir: PathBuf,
+    /// The directory itself, to remove the socket through (the user owns the
+    /// directory and could put a link where its path was).
+    dir_fd: std::fs::File,
     path: PathBuf,
     task: JoinHandle<()>,
 }
@@ -195,14 +198,22 @@ impl AgentSocket {
                 });
             }
         });
-        Ok(AgentSocket { dir, path, task })
+        Ok(AgentSocket {
+            dir,
+            dir_fd,
+            path,
+            task,
+        })
     }
 }
 
 impl Drop for AgentSocket {
     fn drop(&mut self) {
         self.task.abort();
-        let _ = std::fs::remove_file(&self.path);
+        // SAFETY: unlinkat on a directory fd we own and a NUL-terminated name.
+        unsafe { libc::unlinkat(self.dir_fd.as_raw_fd(), c"agent.sock".as_ptr(), 0) };
+        // rmdir never follows a link; at worst it removes an empty directory the
+        // user put there.
         let _ = std::fs::remove_dir(&self.dir);
     }
 }

@@ -212,6 +212,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let home = args.workdir.clone().unwrap_or_else(|| "/".into());
             (db.auto_user(&home)?, true)
         }
+        // Root given a user always switches, even to a name that is its own (an
+        // image may list `toor:x:0:0` before root): the check below then refuses it.
+        Some(name) if running_as.uid == 0 => (db.by_name(&name)?, true),
         Some(name) if name != running_as.name => {
             if running_as.uid != 0 {
                 bail!(
@@ -238,6 +241,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         user
     };
+    let mut user = user;
+    if switch_user {
+        // Nor the root group among its supplementary ones.
+        user.groups.retain(|g| *g != 0);
+    }
     if user.uid == 0 {
         tracing::warn!("sessions run as root (the agent runs as root without --user)");
     }

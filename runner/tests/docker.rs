@@ -890,7 +890,8 @@ fn an_image_user_with_uid_0_under_another_name_gives_no_root_session() -> Result
         BUSYBOX,
         "sh",
         "-c",
-        "echo toor:x:0:0::/root:/bin/sh >> /etc/passwd",
+        // Before root, so that uid 0's first name is toor.
+        "{ echo toor:x:0:0::/root:/bin/sh; cat /etc/passwd; } > /tmp/p && cat /tmp/p > /etc/passwd",
     ])?;
     docker_ok(&["commit", "--change", "USER toor", &tmp, image])?;
     let _ = docker(&["rm", "-f", &tmp]);

@@ -239,18 +239,20 @@ async fn runner_capacity(state: &ApiState, runner: &crate::store::Runner) -> Run
     {
         return *capacity;
     }
-    let capacity = match state.hub.control(&runner.id, &Request::Capacity).await {
-        Ok(RunnerResponse::Capacity(capacity)) => capacity,
+    match state.hub.control(&runner.id, &Request::Capacity).await {
+        Ok(RunnerResponse::Capacity(capacity)) => {
+            state
+                .capacities()
+                .insert(runner.id.clone(), (std::time::Instant::now(), capacity));
+            capacity
+        }
+        // Not remembered: the next create asks again.
         _ => RunnerCapacity {
             memory_mb: u64::MAX,
             millicpus: u32::MAX,
             max_sandboxes: Some(runner.capacity),
         },
-    };
-    state
-        .capacities()
-        .insert(runner.id.clone(), (std::time::Instant::now(), capacity));
-    capacity
+    }
 }
 
 /// The online runner with room for `demand` whose live sandboxes take the least
@@ -298,8 +300,10 @@ pub(super) async fn pick_runner(state: &ApiState, demand: Demand) -> Result<Runn
 /// A 503 `no_capacity` unless `runner` has room for `demand` (starting a stopped
 /// sandbox again: stopped ones take no room while they are stopped).
 async fn room_on(state: &ApiState, runner: &RunnerId, demand: Demand) -> Result<(), ApiError> {
-    let Ok(record) = state.store.get_runner(runner).await else {
-        return Ok(());
+    let record = match state.store.get_runner(runner).await {
+        Ok(record) => record,
+        Err(StoreError::NotFound(_)) => return Ok(()),
+        Err(e) => return Err(e.into()),
     };
     let used = state
         .store
@@ -761,18 +765,29 @@ pub async fn rotate_token(
     if sandbox.state == SandboxState::Deleted {
         return Err(ApiError::conflict("the sandbox is deleted"));
     }
-    let now = crate::store::Timestamp::now();
-    state.store.revoke_sandbox_tokens(&sandbox.id, now).await?;
+    let _guard = state.lock(&sandbox.id).await;
+    // Never earlier than the last revocation (a clock stepped back must not bring
+    // revoked tokens back), and a second past it when two come within a second.
+    let now = crate::store::Timestamp::now().unix_seconds();
+    let at = match state.store.sandbox_tokens_revoked_at(&sandbox.id).await? {
+        Some(last) => now.max(last.unix_seconds() + 1),
+        None => now,
+    };
+    state
+        .store
+        .revoke_sandbox_tokens(&sandbox.id, crate::store::Timestamp::from_unix_seconds(at))
+        .await?;
     state.live.end_tokens(
         &sandbox.id,
         &format!("the tokens of {} were revoked", sandbox.id),
     );
     // One second longer than the revoked ones could live, so that a token minted
     // in the very second of the revocation is told apart from them.
+    let ahead = u64::try_from(at - now).unwrap_or(0);
     let token = state.signer.mint(
         &sandbox.id,
         Scope::Ssh,
-        SANDBOX_TOKEN_TTL + std::time::Duration::from_secs(1),
+        SANDBOX_TOKEN_TTL + std::time::Duration::from_secs(ahead + 1),
     );
     Ok((
         StatusCode::CREATED,

@@ -68,7 +68,9 @@ pub async fn share(
         .store
         .share_sandbox(&sandbox.id, &user.id, body.secrets)
         .await?;
-    // Taking secrets away must bite at once, as an unshare does.
+    super::agent_keys::sync_sandbox(&state, &sandbox).await;
+    // Taking secrets away must bite at once, as an unshare does (once the agent's
+    // keys changed, so that a jump-mode reconnect meets the new ones).
     if had_secrets && !body.secrets {
         state.live.end_user_on_sandbox(
             &user.id,
@@ -76,7 +78,6 @@ pub async fn share(
             &format!("{} is now shared with you without its secrets", sandbox.id),
         );
     }
-    super::agent_keys::sync_sandbox(&state, &sandbox).await;
     Ok((StatusCode::CREATED, Json(names(&state, &sandbox.id).await?)))
 }
 

@@ -194,6 +194,40 @@ impl Connection {
         upstream::connect(stream, &sandbox.id, &token, events).await
     }
 
+    /// Whether what let this connection in still holds, read fresh from the store:
+    /// its key or API key, and the named sandbox's sharing. A store that cannot say
+    /// is taken as yes (the login itself just succeeded against it).
+    async fn still_allowed(&self) -> bool {
+        let store = &self.door.store;
+        let user = self.principal.as_ref().and_then(|p| p.user());
+        match (&self.via, user) {
+            (Some(Via::Key(fingerprint)), Some(user)) => {
+                if let Ok(keys) = store.list_ssh_keys(&user.id).await
+                    && !keys.iter().any(|k| &k.fingerprint == fingerprint)
+                {
+                    return false;
+                }
+            }
+            (Some(Via::ApiKey(id)), Some(user)) => {
+                if let Ok(keys) = store.list_api_keys(&user.id).await
+                    && !keys.iter().any(|k| &k.id == id && k.revoked_at.is_none())
+                {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+        if let (Some(sandbox), Some(principal)) = (&self.sandbox, &self.principal)
+            && let (Ok(fresh), Ok(shared)) = (
+                store.get_sandbox(&sandbox.id).await,
+                store.sandbox_shared_with(&sandbox.id).await,
+            )
+        {
+            return principal.may_use(&fresh, &shared);
+        }
+        true
+    }
+
     /// Whether `token` opens `sandbox` now: signed for it, unexpired, not revoked
     /// (a store that cannot say refuses).
     async fn token_valid(&self, token: &str, sandbox: &SandboxId) -> bool {
@@ -326,6 +360,20 @@ impl russh::server::Handler for Connection {
                     .live
                     .register(user, via, sandbox, session.handle()),
             );
+            // A revocation between the login's checks and this registration found
+            // nothing to end: look again now that any later one will find us.
+            if !self.still_allowed().await {
+                let handle = session.handle();
+                tokio::spawn(async move {
+                    let _ = handle
+                        .disconnect(
+                            russh::Disconnect::ByApplication,
+                            "access revoked during login".into(),
+                            String::new(),
+                        )
+                        .await;
+                });
+            }
         }
         Ok(())
     }
@@ -749,6 +797,11 @@ impl Connection {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) {
+        // Recorded before the checks: a revocation after them then finds this
+        // connection (one before them is seen by them).
+        if let Some(live) = &self.live {
+            live.reached(target);
+        }
         let shared_with = self
             .door
             .store
@@ -780,9 +833,6 @@ impl Connection {
         };
         if self.audit.is_none() {
             self.open_audit(&sandbox.id).await;
-        }
-        if let Some(live) = &self.live {
-            live.reached(&sandbox.id);
         }
         let id = channel.id();
         let (read, write) = channel.split();

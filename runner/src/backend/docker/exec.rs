@@ -9,7 +9,15 @@ impl DockerBackend {
     /// askpass helper: never into the volume, the container's config or logs.
     pub(super) async fn clone_repo(&self, id: &SandboxId, repo: &RepoSpec) -> Result<()> {
         let user = self.session_user(id)?;
-        let mut clone = vec!["git", "clone", "--quiet"];
+        let mut clone = vec![
+            "git",
+            "-c",
+            "core.hooksPath=/dev/null",
+            "-c",
+            "core.fsmonitor=false",
+            "clone",
+            "--quiet",
+        ];
         if let Some(base) = &repo.base {
             clone.extend(["--branch", base.as_str()]);
         }
@@ -79,6 +87,15 @@ impl DockerBackend {
         if let Some(password) = git_password {
             env.push(format!("WARREN_GIT_PASSWORD={password}"));
         }
+        // An exec inherits the container's environment, the create request's
+        // secrets included: blank them, so that nothing git runs in the workspace
+        // (which every session user can shape) sees them.
+        env.extend(
+            self.env(id)
+                .await?
+                .into_keys()
+                .map(|name| format!("{name}=")),
+        );
         let exec = self
             .docker
             .create_exec(
@@ -149,7 +166,15 @@ struct ContainerGit<'a> {
 
 impl git::GitExec for ContainerGit<'_> {
     async fn git(&self, args: &[&str], password: Option<&str>) -> Result<git::GitOutput> {
-        let mut argv = vec!["git"];
+        // The workspace's own hooks and fsmonitor never run here: they are the
+        // session users' to write, and this git may hold the push token.
+        let mut argv = vec![
+            "git",
+            "-c",
+            "core.hooksPath=/dev/null",
+            "-c",
+            "core.fsmonitor=false",
+        ];
         argv.extend_from_slice(args);
         self.backend
             .exec_output(self.id, &self.user, &argv, password, WORKSPACE)
