@@ -6,160 +6,17 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use common::{RunnerProc, Stack};
-use warren_gateway::store::User;
+use common::docker::{DockerStack, docker, docker_ok, image};
 use warren_keys::SandboxId;
 use warren_runner::protocol::{NetworkPolicy, RepoSpec, Request, Response, SandboxSpec, Secret};
-use warren_tests::util::{self, free_port, prerequisite, wait_until};
-use warren_tests::{Client, Cmd, scenarios, workspace_root};
+use warren_tests::util::{self, free_port, wait_until};
+use warren_tests::{Client, Cmd, scenarios};
 
 const BASE: &str = "warren-base:latest";
 const BUSYBOX: &str = "warren-busybox:latest";
-
-fn docker(args: &[&str]) -> Result<warren_tests::Output> {
-    Cmd::new("docker")
-        .args(args.iter().copied())
-        .timeout(Duration::from_secs(120))
-        .run()
-}
-
-fn docker_ok(args: &[&str]) -> Result<String> {
-    Ok(docker(args)?.success()?.stdout_trimmed().to_owned())
-}
-
-fn docker_available() -> bool {
-    docker(&["version", "--format", "{{.Server.APIVersion}}"]).is_ok_and(|o| o.code() == Some(0))
-}
-
-/// Builds an image with its `images/` script (a no-op when it exists).
-fn image(script: &str) -> Result<()> {
-    Cmd::new(workspace_root().join("images").join(script))
-        .timeout(Duration::from_secs(1800))
-        .run()?
-        .success()
-        .with_context(|| format!("images/{script}"))?;
-    Ok(())
-}
-
-fn static_agent() -> Result<PathBuf> {
-    let out = Cmd::new(workspace_root().join("scripts/build-static-agent"))
-        .timeout(Duration::from_secs(900))
-        .run()?
-        .success()
-        .context("scripts/build-static-agent")?;
-    Ok(workspace_root()
-        .join(out.stdout_str().trim())
-        .canonicalize()?)
-}
-
-/// A gateway, one Docker runner, a user with a key. Removes every Docker object of
-/// the runner when dropped.
-struct DockerStack {
-    stack: Stack,
-    runner: RunnerProc,
-    client: Client,
-    owner: User,
-    args: Vec<String>,
-}
-
-impl DockerStack {
-    /// `None` when Docker is missing outside CI (the test is then skipped).
-    fn start(extra: &[&str]) -> Result<Option<DockerStack>> {
-        if !prerequisite(docker_available(), "a Docker engine")? {
-            return Ok(None);
-        }
-        if !prerequisite(
-            util::running_as_root(),
-            "root (the docker backend needs it)",
-        )? {
-            return Ok(None);
-        }
-        let agent = static_agent()?;
-        image("build-busybox")?;
-        let stack = Stack::start()?;
-        let mut args = vec![
-            "--backend".to_owned(),
-            "docker".to_owned(),
-            "--agent-bin".to_owned(),
-            agent.to_string_lossy().into_owned(),
-        ];
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        let runner = stack.runner_with("docker", &argv)?;
-        let client = Client::new(stack.target(&SandboxId::generate()))?;
-        let owner = stack.user("alice", &client)?;
-        Ok(Some(DockerStack {
-            stack,
-            runner,
-            client,
-            owner,
-            args,
-        }))
-    }
-
-    fn sandbox(&self, spec: SandboxSpec) -> Result<(SandboxId, Client)> {
-        let id = self.stack.sandbox_with(&self.runner, &self.owner, spec)?;
-        let c = self.client.clone().with_target(self.stack.target(&id));
-        Ok((id, c))
-    }
-
-    fn control(&self, request: Request) -> Result<Response> {
-        self.stack
-            .rt
-            .block_on(self.stack.hub.control(&self.runner.id, &request))
-            .map_err(Into::into)
-    }
-
-    fn status(&self, id: &SandboxId) -> Result<Option<warren_runner::protocol::SandboxStatus>> {
-        match self.control(Request::List)? {
-            Response::Sandboxes { sandboxes } => {
-                Ok(sandboxes.into_iter().find(|s| &s.sandbox == id))
-            }
-            other => bail!("list: {other:?}"),
-        }
-    }
-
-    fn restart_runner(&mut self) -> Result<()> {
-        let argv: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        self.stack.restart(&mut self.runner, &argv)
-    }
-
-    fn runner_log(&self) -> String {
-        std::fs::read_to_string(&self.runner.log).unwrap_or_default()
-    }
-}
-
-impl Drop for DockerStack {
-    fn drop(&mut self) {
-        self.runner.kill();
-        let label = format!("label=org.warren.runner={}", self.runner.id);
-        for (list, rm) in [
-            (
-                vec!["ps", "-aq", "--filter", &label],
-                vec!["rm", "-f", "-v"],
-            ),
-            (
-                vec!["volume", "ls", "-q", "--filter", &label],
-                vec!["volume", "rm", "-f"],
-            ),
-            (
-                vec!["network", "ls", "-q", "--filter", &label],
-                vec!["network", "rm"],
-            ),
-        ] {
-            let Ok(ids) = docker_ok(&list) else { continue };
-            for id in ids.split_whitespace() {
-                let mut argv = rm.clone();
-                argv.push(id);
-                let _ = docker(&argv);
-            }
-        }
-    }
-}
 
 fn base_spec() -> SandboxSpec {
     SandboxSpec {

@@ -9,148 +9,24 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::time::Duration;
-
-use anyhow::{Context, Result, bail, ensure};
-use common::{RunnerProc, Stack};
+use anyhow::{Result, bail, ensure};
+use common::docker::{DockerStack, docker, docker_ok};
 use warren_keys::SandboxId;
 use warren_runner::protocol::{Request, Response, SandboxSpec};
-use warren_tests::util::{self, prerequisite};
-use warren_tests::{Cmd, workspace_root};
 
 const BUSYBOX: &str = "warren-busybox:latest";
 
-fn docker(args: &[&str]) -> Result<warren_tests::Output> {
-    Cmd::new("docker")
-        .args(args.iter().copied())
-        .timeout(Duration::from_secs(120))
-        .run()
+fn check(d: &DockerStack, image: Option<&str>) -> Result<Response> {
+    d.control(Request::Check { spec: spec(image) })
 }
 
-fn docker_ok(args: &[&str]) -> Result<String> {
-    Ok(docker(args)?.success()?.stdout_trimmed().to_owned())
-}
-
-fn docker_available() -> bool {
-    docker(&["version", "--format", "{{.Server.APIVersion}}"]).is_ok_and(|o| o.code() == Some(0))
-}
-
-/// Builds an image with its `images/` script (a no-op when it exists).
-fn image(script: &str) -> Result<()> {
-    Cmd::new(workspace_root().join("images").join(script))
-        .timeout(Duration::from_secs(1800))
-        .run()?
-        .success()
-        .with_context(|| format!("images/{script}"))?;
-    Ok(())
-}
-
-fn static_agent() -> Result<PathBuf> {
-    let out = Cmd::new(workspace_root().join("scripts/build-static-agent"))
-        .timeout(Duration::from_secs(900))
-        .run()?
-        .success()
-        .context("scripts/build-static-agent")?;
-    Ok(workspace_root()
-        .join(out.stdout_str().trim())
-        .canonicalize()?)
-}
-
-/// A gateway and one Docker runner. Removes every Docker object of the runner when
-/// dropped. (A trimmed copy of the one in `docker.rs`.)
-struct DockerStack {
-    stack: Stack,
-    runner: RunnerProc,
-    args: Vec<String>,
-}
-
-impl DockerStack {
-    /// `None` when Docker (or root) is missing outside CI (the test is then skipped).
-    fn start(extra: &[&str]) -> Result<Option<DockerStack>> {
-        if !prerequisite(docker_available(), "a Docker engine")? {
-            return Ok(None);
-        }
-        if !prerequisite(
-            util::running_as_root(),
-            "root (the docker backend needs it)",
-        )? {
-            return Ok(None);
-        }
-        let agent = static_agent()?;
-        image("build-busybox")?;
-        let stack = Stack::start()?;
-        let mut args = vec![
-            "--backend".to_owned(),
-            "docker".to_owned(),
-            "--agent-bin".to_owned(),
-            agent.to_string_lossy().into_owned(),
-        ];
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        let runner = stack.runner_with("docker", &argv)?;
-        Ok(Some(DockerStack {
-            stack,
-            runner,
-            args,
-        }))
-    }
-
-    fn control(&self, request: Request) -> Result<Response> {
-        self.stack
-            .rt
-            .block_on(self.stack.hub.control(&self.runner.id, &request))
-            .map_err(Into::into)
-    }
-
-    /// Restarts the runner with `extra` in place of the arguments it was started with.
-    fn restart_runner(&mut self, extra: &[&str]) -> Result<()> {
-        self.args.truncate(4);
-        self.args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let argv: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        self.stack.restart(&mut self.runner, &argv)
-    }
-
-    fn check(&self, image: Option<&str>) -> Result<Response> {
-        self.control(Request::Check { spec: spec(image) })
-    }
-
-    fn create(&self, id: &SandboxId, image: &str) -> Result<Response> {
-        self.control(Request::Create {
-            sandbox: id.clone(),
-            token_key: self.stack.verifier.clone(),
-            authorized_keys: vec![],
-            spec: spec(Some(image)),
-        })
-    }
-}
-
-impl Drop for DockerStack {
-    fn drop(&mut self) {
-        self.runner.kill();
-        let label = format!("label=org.warren.runner={}", self.runner.id);
-        for (list, rm) in [
-            (
-                vec!["ps", "-aq", "--filter", &label],
-                vec!["rm", "-f", "-v"],
-            ),
-            (
-                vec!["volume", "ls", "-q", "--filter", &label],
-                vec!["volume", "rm", "-f"],
-            ),
-            (
-                vec!["network", "ls", "-q", "--filter", &label],
-                vec!["network", "rm"],
-            ),
-        ] {
-            let Ok(ids) = docker_ok(&list) else { continue };
-            for id in ids.split_whitespace() {
-                let mut argv = rm.clone();
-                argv.push(id);
-                let _ = docker(&argv);
-            }
-        }
-    }
+fn create(d: &DockerStack, id: &SandboxId, image: &str) -> Result<Response> {
+    d.control(Request::Create {
+        sandbox: id.clone(),
+        token_key: d.stack.verifier.clone(),
+        authorized_keys: vec![],
+        spec: spec(Some(image)),
+    })
 }
 
 /// A local image tag, removed (only the tag) when dropped.
@@ -210,26 +86,26 @@ fn only_allowed_images_run_and_a_refused_one_looks_missing() -> Result<()> {
 
     // Default allow-list: refused before and at create, like a missing image, and
     // nothing is made.
-    let refused = not_found(&d.check(Some(&private))?)?;
-    let absent = not_found(&d.check(Some(&missing))?)?;
+    let refused = not_found(&check(&d, Some(&private))?)?;
+    let absent = not_found(&check(&d, Some(&missing))?)?;
     ensure!(
         refused.replace(&private, "X") == absent.replace(&missing, "X"),
         "a refused image is told apart from a missing one:\n{refused}\n{absent}"
     );
     ensure!(refused.contains("warren-*"), "{refused}");
     let id = SandboxId::generate();
-    not_found(&d.create(&id, &private)?)?;
+    not_found(&create(&d, &id, &private)?)?;
     ensure!(!anything_of(&id)?, "a refused create left something behind");
     // An allowed name is not a way around: the engine also finds images by id, and
     // a hex id matches no `warren-*`.
     let busybox_id = docker_ok(&["image", "inspect", "--format", "{{.Id}}", BUSYBOX])?;
     let short = busybox_id.trim_start_matches("sha256:")[..12].to_owned();
-    not_found(&d.check(Some(&short))?)?;
+    not_found(&check(&d, Some(&short))?)?;
 
     // Warren's own image works.
-    ensure!(matches!(d.check(Some(BUSYBOX))?, Response::Ok));
+    ensure!(matches!(check(&d, Some(BUSYBOX))?, Response::Ok));
     let ok = SandboxId::generate();
-    let out = d.create(&ok, BUSYBOX)?;
+    let out = create(&d, &ok, BUSYBOX)?;
     ensure!(matches!(out, Response::Ok), "{out:?}");
     ensure!(anything_of(&ok)?);
     let out = d.control(Request::Delete {
@@ -258,7 +134,7 @@ fn only_allowed_images_run_and_a_refused_one_looks_missing() -> Result<()> {
 
     // `--allow-image acme-*`: the private image runs; the list replaces the
     // defaults, but the default image stays allowed.
-    d.restart_runner(&[
+    d.restart_runner_with(&[
         "--default-image",
         BUSYBOX,
         "--allow-image",
@@ -266,21 +142,21 @@ fn only_allowed_images_run_and_a_refused_one_looks_missing() -> Result<()> {
         "--allow-image",
         &secret_short,
     ])?;
-    ensure!(matches!(d.check(Some(&private))?, Response::Ok));
-    ensure!(matches!(d.check(None)?, Response::Ok));
-    ensure!(matches!(d.check(Some(BUSYBOX))?, Response::Ok));
-    let refused = not_found(&d.check(Some("warren-base:latest"))?)?;
+    ensure!(matches!(check(&d, Some(&private))?, Response::Ok));
+    ensure!(matches!(check(&d, None)?, Response::Ok));
+    ensure!(matches!(check(&d, Some(BUSYBOX))?, Response::Ok));
+    let refused = not_found(&check(&d, Some("warren-base:latest"))?)?;
     ensure!(refused.contains("acme-*"), "{refused}");
-    not_found(&d.check(Some(&secret_short))?)?;
+    not_found(&check(&d, Some(&secret_short))?)?;
     let sid = SandboxId::generate();
-    not_found(&d.create(&sid, &secret_short)?)?;
+    not_found(&create(&d, &sid, &secret_short)?)?;
     ensure!(
         !anything_of(&sid)?,
         "a refused create left something behind"
     );
 
     let id = SandboxId::generate();
-    let out = d.create(&id, &private)?;
+    let out = create(&d, &id, &private)?;
     ensure!(matches!(out, Response::Ok), "{out:?}");
     let image = docker_ok(&[
         "inspect",

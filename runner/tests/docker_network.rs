@@ -13,17 +13,15 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use common::{RunnerProc, Stack};
-use warren_gateway::store::User;
+use common::docker::DockerStack;
 use warren_keys::SandboxId;
 use warren_runner::netpolicy::{self, HostAccess};
 use warren_runner::protocol::{NetworkPolicy, Request, Response, SandboxSpec};
-use warren_tests::util::{self, prerequisite, wait_until};
-use warren_tests::{Client, Cmd, workspace_root};
+use warren_tests::util::wait_until;
+use warren_tests::{Client, Cmd};
 
 const BUSYBOX: &str = "warren-busybox:latest";
 /// Where container platforms (ECS) serve task credentials.
@@ -41,121 +39,17 @@ fn run_ok(program: &str, args: &[&str]) -> Result<String> {
     Ok(run(program, args)?.success()?.stdout_trimmed().to_owned())
 }
 
-fn docker_available() -> bool {
-    run("docker", &["version", "--format", "{{.Server.APIVersion}}"])
-        .is_ok_and(|o| o.code() == Some(0))
+/// A busybox sandbox of `d`'s.
+fn busybox(d: &DockerStack) -> Result<(SandboxId, Client)> {
+    d.sandbox(SandboxSpec {
+        image: Some(BUSYBOX.into()),
+        ..SandboxSpec::default()
+    })
 }
 
-fn static_agent() -> Result<PathBuf> {
-    let out = Cmd::new(workspace_root().join("scripts/build-static-agent"))
-        .timeout(Duration::from_secs(900))
-        .run()?
-        .success()
-        .context("scripts/build-static-agent")?;
-    Ok(workspace_root()
-        .join(out.stdout_str().trim())
-        .canonicalize()?)
-}
-
-/// A gateway, one Docker runner, a user with a key. Removes every Docker object of
-/// the runner when dropped. (A trimmed copy of the one in `docker.rs`.)
-struct DockerStack {
-    stack: Stack,
-    runner: RunnerProc,
-    client: Client,
-    owner: User,
-    /// The sandboxes made, whose rules the runner leaves when it is killed.
-    made: std::cell::RefCell<Vec<SandboxId>>,
-}
-
-impl DockerStack {
-    /// `None` when Docker (or root) is missing outside CI (the test is then skipped).
-    fn start() -> Result<Option<DockerStack>> {
-        if !prerequisite(docker_available(), "a Docker engine")? {
-            return Ok(None);
-        }
-        if !prerequisite(
-            util::running_as_root(),
-            "root (the docker backend and iptables need it)",
-        )? {
-            return Ok(None);
-        }
-        let agent = static_agent()?;
-        Cmd::new(workspace_root().join("images/build-busybox"))
-            .timeout(Duration::from_secs(600))
-            .run()?
-            .success()
-            .context("images/build-busybox")?;
-        let stack = Stack::start()?;
-        let agent = agent.to_string_lossy().into_owned();
-        let runner =
-            stack.runner_with("docker", &["--backend", "docker", "--agent-bin", &agent])?;
-        let client = Client::new(stack.target(&SandboxId::generate()))?;
-        let owner = stack.user("alice", &client)?;
-        Ok(Some(DockerStack {
-            stack,
-            runner,
-            client,
-            owner,
-            made: std::cell::RefCell::default(),
-        }))
-    }
-
-    fn sandbox(&self) -> Result<(SandboxId, Client)> {
-        let spec = SandboxSpec {
-            image: Some(BUSYBOX.into()),
-            ..SandboxSpec::default()
-        };
-        let id = self.stack.sandbox_with(&self.runner, &self.owner, spec)?;
-        self.made.borrow_mut().push(id.clone());
-        let c = self.client.clone().with_target(self.stack.target(&id));
-        Ok((id, c))
-    }
-
-    fn control(&self, request: Request) -> Result<Response> {
-        self.stack
-            .rt
-            .block_on(self.stack.hub.control(&self.runner.id, &request))
-            .map_err(Into::into)
-    }
-
-    /// Replaces a sandbox's rules as the runner would with this policy and host access.
-    fn apply(&self, id: &SandboxId, policy: &NetworkPolicy, host: &HostAccess) -> Result<()> {
-        self.stack.rt.block_on(netpolicy::apply(id, policy, host))
-    }
-}
-
-impl Drop for DockerStack {
-    fn drop(&mut self) {
-        self.runner.kill();
-        let label = format!("label=org.warren.runner={}", self.runner.id);
-        for (list, rm) in [
-            (
-                vec!["ps", "-aq", "--filter", &label],
-                vec!["rm", "-f", "-v"],
-            ),
-            (
-                vec!["volume", "ls", "-q", "--filter", &label],
-                vec!["volume", "rm", "-f"],
-            ),
-            (
-                vec!["network", "ls", "-q", "--filter", &label],
-                vec!["network", "rm"],
-            ),
-        ] {
-            let Ok(ids) = run_ok("docker", &list) else {
-                continue;
-            };
-            for id in ids.split_whitespace() {
-                let mut argv = rm.clone();
-                argv.push(id);
-                let _ = run("docker", &argv);
-            }
-        }
-        for id in self.made.borrow().iter() {
-            self.stack.rt.block_on(netpolicy::remove(id));
-        }
-    }
+/// Replaces a sandbox's rules as the runner would with this policy and host access.
+fn apply(d: &DockerStack, id: &SandboxId, policy: &NetworkPolicy, host: &HostAccess) -> Result<()> {
+    d.stack.rt.block_on(netpolicy::apply(id, policy, host))
 }
 
 /// A link-local address on the host, as a container platform's credentials endpoint
@@ -326,7 +220,7 @@ fn rules(program: &str) -> String {
 
 #[test]
 fn default_policy_keeps_sandboxes_off_the_host_link_local_and_each_other() -> Result<()> {
-    let Some(d) = DockerStack::start()? else {
+    let Some(d) = DockerStack::start(&[])? else {
         return Ok(());
     };
     let _ll = LinkLocal::add()?;
@@ -339,8 +233,8 @@ fn default_policy_keeps_sandboxes_off_the_host_link_local_and_each_other() -> Re
         "the host's own server does not answer on {primary}:{open}"
     );
 
-    let (a_id, a) = d.sandbox()?;
-    let (b_id, b) = d.sandbox()?;
+    let (a_id, a) = busybox(&d)?;
+    let (b_id, b) = busybox(&d)?;
     let gw = gateway_ip(&a_id)?;
     let b_ip = container_ip(&b_id)?;
     ensure!(gw != primary, "the bridge gateway is the primary address");
@@ -416,7 +310,7 @@ fn default_policy_keeps_sandboxes_off_the_host_link_local_and_each_other() -> Re
     let host = HostAccess {
         tcp_ports: vec![open],
     };
-    d.apply(&a_id, &NetworkPolicy::All, &host)?;
+    apply(&d, &a_id, &NetworkPolicy::All, &host)?;
     let seen = reachable(&a, &probes(true))?;
     expect(
         &seen,
@@ -429,10 +323,10 @@ fn default_policy_keeps_sandboxes_off_the_host_link_local_and_each_other() -> Re
     let everything = NetworkPolicy::Allow {
         cidrs: vec!["0.0.0.0/0".into()],
     };
-    d.apply(&a_id, &everything, &HostAccess::default())?;
+    apply(&d, &a_id, &everything, &HostAccess::default())?;
     let seen = reachable(&a, &probes(false))?;
     expect(&seen, &[], "allow 0.0.0.0/0")?;
-    d.apply(&a_id, &everything, &host)?;
+    apply(&d, &a_id, &everything, &host)?;
     let seen = reachable(&a, &probes(false))?;
     expect(
         &seen,

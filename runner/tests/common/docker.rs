@@ -1,0 +1,177 @@
+//! The Docker tests' stack: a gateway, one `warren-runner run --backend docker`
+//! against the machine's real Docker engine, a user with a key; and the small
+//! `docker` helpers they share. In CI a missing engine or root is a failure, not a
+//! skip (`prerequisite`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use warren_gateway::store::User;
+use warren_keys::SandboxId;
+use warren_runner::protocol::{Request, Response, SandboxSpec};
+use warren_tests::util::{self, prerequisite};
+use warren_tests::{Client, Cmd, workspace_root};
+
+use super::{RunnerProc, Stack};
+
+/// The arguments every Docker runner of these tests starts with (`--backend docker
+/// --agent-bin PATH`), before a test's own.
+const BASE_ARGS: usize = 4;
+
+pub fn docker(args: &[&str]) -> Result<warren_tests::Output> {
+    Cmd::new("docker")
+        .args(args.iter().copied())
+        .timeout(Duration::from_secs(120))
+        .run()
+}
+
+pub fn docker_ok(args: &[&str]) -> Result<String> {
+    Ok(docker(args)?.success()?.stdout_trimmed().to_owned())
+}
+
+pub fn docker_available() -> bool {
+    docker(&["version", "--format", "{{.Server.APIVersion}}"]).is_ok_and(|o| o.code() == Some(0))
+}
+
+/// Builds an image with its `images/` script (a no-op when it exists).
+pub fn image(script: &str) -> Result<()> {
+    Cmd::new(workspace_root().join("images").join(script))
+        .timeout(Duration::from_secs(1800))
+        .run()?
+        .success()
+        .with_context(|| format!("images/{script}"))?;
+    Ok(())
+}
+
+pub fn static_agent() -> Result<PathBuf> {
+    let out = Cmd::new(workspace_root().join("scripts/build-static-agent"))
+        .timeout(Duration::from_secs(900))
+        .run()?
+        .success()
+        .context("scripts/build-static-agent")?;
+    Ok(workspace_root()
+        .join(out.stdout_str().trim())
+        .canonicalize()?)
+}
+
+/// A gateway, one Docker runner, a user with a key. Removes every Docker object of
+/// the runner when dropped.
+/// Removes every Docker object of the runner, and the firewall rules of the
+/// sandboxes it made, when dropped.
+pub struct DockerStack {
+    pub stack: Stack,
+    pub runner: RunnerProc,
+    pub client: Client,
+    pub owner: User,
+    args: Vec<String>,
+    /// The sandboxes made, whose rules the runner leaves when it is killed.
+    made: std::cell::RefCell<Vec<SandboxId>>,
+}
+
+impl DockerStack {
+    /// `None` when Docker or root is missing outside CI (the test is then skipped).
+    pub fn start(extra: &[&str]) -> Result<Option<DockerStack>> {
+        if !prerequisite(docker_available(), "a Docker engine")? {
+            return Ok(None);
+        }
+        if !prerequisite(
+            util::running_as_root(),
+            "root (the docker backend needs it)",
+        )? {
+            return Ok(None);
+        }
+        let agent = static_agent()?;
+        image("build-busybox")?;
+        let stack = Stack::start()?;
+        let mut args = vec![
+            "--backend".to_owned(),
+            "docker".to_owned(),
+            "--agent-bin".to_owned(),
+            agent.to_string_lossy().into_owned(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let runner = stack.runner_with("docker", &argv)?;
+        let client = Client::new(stack.target(&SandboxId::generate()))?;
+        let owner = stack.user("alice", &client)?;
+        Ok(Some(DockerStack {
+            stack,
+            runner,
+            client,
+            owner,
+            args,
+            made: std::cell::RefCell::default(),
+        }))
+    }
+
+    pub fn sandbox(&self, spec: SandboxSpec) -> Result<(SandboxId, Client)> {
+        let id = self.stack.sandbox_with(&self.runner, &self.owner, spec)?;
+        self.made.borrow_mut().push(id.clone());
+        let c = self.client.clone().with_target(self.stack.target(&id));
+        Ok((id, c))
+    }
+
+    pub fn control(&self, request: Request) -> Result<Response> {
+        self.stack
+            .rt
+            .block_on(self.stack.hub.control(&self.runner.id, &request))
+            .map_err(Into::into)
+    }
+
+    pub fn status(&self, id: &SandboxId) -> Result<Option<warren_runner::protocol::SandboxStatus>> {
+        match self.control(Request::List)? {
+            Response::Sandboxes { sandboxes } => {
+                Ok(sandboxes.into_iter().find(|s| &s.sandbox == id))
+            }
+            other => bail!("list: {other:?}"),
+        }
+    }
+
+    pub fn restart_runner(&mut self) -> Result<()> {
+        let argv: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.stack.restart(&mut self.runner, &argv)
+    }
+
+    /// Restarts the runner with `extra` in place of the arguments it was started with.
+    pub fn restart_runner_with(&mut self, extra: &[&str]) -> Result<()> {
+        self.args.truncate(BASE_ARGS);
+        self.args.extend(extra.iter().map(|s| (*s).to_owned()));
+        self.restart_runner()
+    }
+
+    pub fn runner_log(&self) -> String {
+        std::fs::read_to_string(&self.runner.log).unwrap_or_default()
+    }
+}
+
+impl Drop for DockerStack {
+    fn drop(&mut self) {
+        self.runner.kill();
+        let label = format!("label=org.warren.runner={}", self.runner.id);
+        for (list, rm) in [
+            (
+                vec!["ps", "-aq", "--filter", &label],
+                vec!["rm", "-f", "-v"],
+            ),
+            (
+                vec!["volume", "ls", "-q", "--filter", &label],
+                vec!["volume", "rm", "-f"],
+            ),
+            (
+                vec!["network", "ls", "-q", "--filter", &label],
+                vec!["network", "rm"],
+            ),
+        ] {
+            let Ok(ids) = docker_ok(&list) else { continue };
+            for id in ids.split_whitespace() {
+                let mut argv = rm.clone();
+                argv.push(id);
+                let _ = docker(&argv);
+            }
+        }
+        for id in self.made.borrow().iter() {
+            self.stack.rt.block_on(warren_runner::netpolicy::remove(id));
+        }
+    }
+}
