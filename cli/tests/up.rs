@@ -88,10 +88,9 @@ fn run_ssh_line(line: &str, key: &Path, command: &str) -> std::process::Output {
         .unwrap()
 }
 
-#[test]
-fn the_first_readme_command_comes_up_and_its_ssh_line_works() {
+/// A fresh `$HOME` with an ed25519 key in `~/.ssh`, as a newcomer has; and the key.
+fn home_with_key() -> (tempfile::TempDir, std::path::PathBuf) {
     let home = tempfile::TempDir::new().unwrap();
-    let data = tempfile::TempDir::new().unwrap();
     std::fs::create_dir(home.path().join(".ssh")).unwrap();
     let key = home.path().join(".ssh/id_ed25519");
     let keygen = Command::new("ssh-keygen")
@@ -100,6 +99,13 @@ fn the_first_readme_command_comes_up_and_its_ssh_line_works() {
         .status()
         .unwrap();
     assert!(keygen.success());
+    (home, key)
+}
+
+#[test]
+fn the_first_readme_command_comes_up_and_its_ssh_line_works() {
+    let (home, key) = home_with_key();
+    let data = tempfile::TempDir::new().unwrap();
     let ports = [free_port(), free_port(), free_port()];
 
     let (up, lines) = start(home.path(), data.path(), &ports);
@@ -229,16 +235,8 @@ fn api(
 /// deleted.
 #[test]
 fn warren_up_serves_a_real_terminal_and_keeps_sandboxes_in_check() {
-    let home = tempfile::TempDir::new().unwrap();
+    let (home, key) = home_with_key();
     let data = tempfile::TempDir::new().unwrap();
-    std::fs::create_dir(home.path().join(".ssh")).unwrap();
-    let key = home.path().join(".ssh/id_ed25519");
-    let keygen = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(keygen.success());
     let ports = [free_port(), free_port(), free_port()];
     let (_up, lines) = start_with(
         home.path(),

@@ -58,17 +58,7 @@ impl Store {
         &self,
         sandbox: &SandboxId,
     ) -> Result<Vec<UserId>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT user_id FROM sandbox_shares WHERE sandbox_id = $1 AND secrets = 1 \
-             ORDER BY created_at, user_id",
-        )
-        .bind(sandbox.as_str())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| row::parsed(r, "user_id"))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
+        self.shares_where(sandbox, "AND secrets = 1").await
     }
 
     /// The users `sandbox` is shared with.
@@ -76,12 +66,23 @@ impl Store {
         &self,
         sandbox: &SandboxId,
     ) -> Result<Vec<UserId>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT user_id FROM sandbox_shares WHERE sandbox_id = $1 ORDER BY created_at, user_id",
-        )
-        .bind(sandbox.as_str())
-        .fetch_all(&self.pool)
-        .await?;
+        self.shares_where(sandbox, "").await
+    }
+
+    /// `sandbox`'s shares' users, oldest first; `and` is a fixed extra condition.
+    async fn shares_where(
+        &self,
+        sandbox: &SandboxId,
+        and: &str,
+    ) -> Result<Vec<UserId>, StoreError> {
+        let sql = format!(
+            "SELECT user_id FROM sandbox_shares WHERE sandbox_id = $1 {and} \
+             ORDER BY created_at, user_id"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(sandbox.as_str())
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|r| row::parsed(r, "user_id"))
             .collect::<Result<_, sqlx::Error>>()
