@@ -8,13 +8,16 @@
 //! - [`store`]: users, keys, runners, sandboxes and the audit trail, in SQLite by
 //!   default or PostgreSQL.
 //!
-//! - [`api`]: the thin HTTP API (sandbox lifecycle, accounts and keys).
+//! - [`lifecycle`]: what a sandbox may become and who may ask: placement, state
+//!   changes, reconcile and reaping, key sync, pull requests.
+//! - [`api`]: the thin HTTP API over the lifecycle (and accounts and keys).
 //! - [`github`]: the GitHub REST calls behind the API's pull requests.
 //! - [`server`]: all of it bound and served together (`serve`, `warren up`).
 
 pub mod api;
 pub mod dial;
 pub mod github;
+pub mod lifecycle;
 pub mod server;
 pub mod ssh;
 pub mod store;

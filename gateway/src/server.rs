@@ -11,6 +11,7 @@ use warren_keys::TokenSigner;
 
 use crate::api::{self, ApiState};
 use crate::dial::TunnelDialer;
+use crate::lifecycle::{self, Lifecycle};
 use crate::ssh::{self, FailureLimiter, FrontDoor, PreauthLimits};
 use crate::store::Store;
 use crate::tunnel::RunnerHub;
@@ -117,7 +118,7 @@ impl Gateway {
             russh::keys::PublicKey::new(host_key.public_key().key_data().clone(), "")
                 .to_openssh()
                 .context("encoding the host key")?;
-        let api = Arc::new(ApiState::new(
+        let lifecycle = Arc::new(Lifecycle::new(
             store.clone(),
             hub.clone(),
             signer.clone(),
@@ -125,13 +126,15 @@ impl Gateway {
             ssh_addr.port(),
             host_key_line,
         ));
+        let api = Arc::new(ApiState::over(lifecycle.clone()));
         let door = Arc::new(FrontDoor {
             store: store.clone(),
             signer: TokenSigner::load_or_generate(&data_dir.join("token_signer"))
                 .context("the gateway's token signer")?,
             dialer: Arc::new(TunnelDialer::new(hub.clone())),
             limiter: FailureLimiter::default(),
-            live: api.live.clone(),
+            live: lifecycle.live.clone(),
+            console: Some(lifecycle.clone()),
         });
         Ok(Gateway {
             store,
@@ -166,7 +169,8 @@ impl Gateway {
         self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
-        let reconciler = api::spawn_reconciler(self.api.clone(), api::RECONCILE_EVERY);
+        let reconciler =
+            lifecycle::spawn_reconciler(self.api.lifecycle.clone(), lifecycle::RECONCILE_EVERY);
         let result = tokio::select! {
             result = ssh::serve_with(
                 self.ssh_listener,

@@ -198,7 +198,7 @@ fn setup() -> Result<Setup> {
     let api = stack.api(Duration::from_secs(30))?;
     let key = stack.admin("alice")?;
     let github = FakeGitHub::start()?;
-    api.state.set_github_api(&github.base);
+    api.state.lifecycle.set_github_api(&github.base);
     Ok(Setup {
         stack,
         runner,
@@ -446,7 +446,7 @@ fn after_a_gateway_restart_env_and_token_come_back_from_the_runner() -> Result<(
     // The gateway's memory after a restart: a fresh API state on the same store,
     // runner and keys, knowing nothing of the create request's env.
     let restarted = s.stack.api(Duration::from_secs(30))?;
-    restarted.state.set_github_api(&s.github.base);
+    restarted.state.lifecycle.set_github_api(&s.github.base);
     let call = |method: &str, path: &str, body: Option<Value>| {
         s.stack.call(&restarted, method, path, Some(&s.key), body)
     };

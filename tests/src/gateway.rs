@@ -71,6 +71,7 @@ impl Gateway {
                 dialer: Arc::new(dialer.clone()),
                 limiter: FailureLimiter::default(),
                 live: Default::default(),
+                console: None,
             });
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let port = listener.local_addr()?.port();

@@ -7,21 +7,18 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use russh::keys::PublicKey;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
+use super::ApiState;
 use super::auth::Caller;
 use super::error::{ApiError, ApiJson, IdPath, OptionalJson};
 use super::views::{
     self, ApiKeyList, ApiKeyView, CreatedApiKey, CreatedUser, ErrorBody, Health, RunnerList,
     SshKeyList, SshKeyView,
 };
-use super::{ApiState, validate};
-use crate::store::{ApiKeyId, SshKeyId};
-
-/// Longest public key line accepted (RSA 16384-bit keys fit).
-const MAX_PUBLIC_KEY: usize = 16 * 1024;
+use crate::lifecycle::validate;
+use crate::store::ApiKeyId;
 
 /// Whether the gateway is up.
 #[utoipa::path(get, path = "/healthz", tag = "meta", security(()),
@@ -55,8 +52,13 @@ pub async fn create_user(
     ApiJson(body): ApiJson<NewUser>,
 ) -> Result<(StatusCode, Json<CreatedUser>), ApiError> {
     caller.require_admin()?;
-    let user = state.store.create_user(&body.name, body.admin).await?;
+    let user = state
+        .lifecycle
+        .store
+        .create_user(&body.name, body.admin)
+        .await?;
     let key = state
+        .lifecycle
         .store
         .create_api_key(&user.id, "created with the account")
         .await?;
@@ -92,24 +94,10 @@ pub async fn add_ssh_key(
     caller: Caller,
     ApiJson(body): ApiJson<NewSshKey>,
 ) -> Result<(StatusCode, Json<SshKeyView>), ApiError> {
-    let line = body.public_key.trim();
-    if line.len() > MAX_PUBLIC_KEY {
-        return Err(ApiError::invalid("public_key is too long"));
-    }
-    let key = PublicKey::from_openssh(line)
-        .map_err(|_| ApiError::invalid("public_key is not an OpenSSH public key line"))?;
-    let comment: &str = key.comment().as_ref();
-    let name = match body.name {
-        Some(name) => name,
-        None if !comment.is_empty() => comment.to_owned(),
-        None => "key".to_owned(),
-    };
-    validate::name("name", &name)?;
     let added = state
-        .store
-        .add_ssh_key(&caller.user.id, &name, &key)
+        .lifecycle
+        .add_ssh_key(&caller.user, &body.public_key, body.name)
         .await?;
-    super::agent_keys::sync_user(&state, &caller.user.id).await;
     Ok((StatusCode::CREATED, Json(SshKeyView::from(&added))))
 }
 
@@ -120,7 +108,7 @@ pub async fn list_ssh_keys(
     State(state): State<Arc<ApiState>>,
     caller: Caller,
 ) -> Result<Json<SshKeyList>, ApiError> {
-    let keys = state.store.list_ssh_keys(&caller.user.id).await?;
+    let keys = state.lifecycle.store.list_ssh_keys(&caller.user.id).await?;
     Ok(Json(SshKeyList {
         ssh_keys: keys.iter().map(SshKeyView::from).collect(),
     }))
@@ -138,21 +126,10 @@ pub async fn delete_ssh_key(
     caller: Caller,
     IdPath(id): IdPath,
 ) -> Result<StatusCode, ApiError> {
-    let id = SshKeyId::parse(&id).map_err(|_| ApiError::not_found("SSH key"))?;
-    let fingerprint = state
-        .store
-        .list_ssh_keys(&caller.user.id)
-        .await?
-        .into_iter()
-        .find(|k| k.id == id)
-        .map(|k| k.fingerprint);
-    state.store.delete_ssh_key(&caller.user.id, &id).await?;
-    super::agent_keys::sync_user(&state, &caller.user.id).await;
-    if let Some(fingerprint) = fingerprint {
-        state
-            .live
-            .end_key(&caller.user.id, &fingerprint, "the SSH key was deleted");
+    if !id.starts_with("ssk-") {
+        return Err(ApiError::not_found("SSH key"));
     }
+    state.lifecycle.remove_ssh_key(&caller.user, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -176,7 +153,11 @@ pub async fn create_api_key(
 ) -> Result<(StatusCode, Json<CreatedApiKey>), ApiError> {
     let name = body.name.unwrap_or_else(|| "api key".to_owned());
     validate::name("name", &name)?;
-    let created = state.store.create_api_key(&caller.user.id, &name).await?;
+    let created = state
+        .lifecycle
+        .store
+        .create_api_key(&caller.user.id, &name)
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedApiKey {
@@ -193,7 +174,7 @@ pub async fn list_api_keys(
     State(state): State<Arc<ApiState>>,
     caller: Caller,
 ) -> Result<Json<ApiKeyList>, ApiError> {
-    let keys = state.store.list_api_keys(&caller.user.id).await?;
+    let keys = state.lifecycle.store.list_api_keys(&caller.user.id).await?;
     Ok(Json(ApiKeyList {
         api_keys: keys.iter().map(ApiKeyView::from).collect(),
     }))
@@ -212,8 +193,15 @@ pub async fn revoke_api_key(
     IdPath(id): IdPath,
 ) -> Result<StatusCode, ApiError> {
     let id = ApiKeyId::parse(&id).map_err(|_| ApiError::not_found("API key"))?;
-    state.store.revoke_api_key(&caller.user.id, &id).await?;
-    state.live.end_api_key(&id, "the API key was revoked");
+    state
+        .lifecycle
+        .store
+        .revoke_api_key(&caller.user.id, &id)
+        .await?;
+    state
+        .lifecycle
+        .live
+        .end_api_key(&id, "the API key was revoked");
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -228,8 +216,9 @@ pub async fn list_runners(
     caller: Caller,
 ) -> Result<Json<RunnerList>, ApiError> {
     caller.require_admin()?;
-    let runners = state.store.list_runners().await?;
+    let runners = state.lifecycle.store.list_runners().await?;
     let counts: std::collections::HashMap<_, _> = state
+        .lifecycle
         .store
         .count_sandboxes_by_runner()
         .await?
@@ -241,7 +230,7 @@ pub async fn list_runners(
             .map(|r| {
                 views::runner_view(
                     r,
-                    state.hub.is_online(&r.id),
+                    state.lifecycle.hub.is_online(&r.id),
                     counts.get(&r.id).copied().unwrap_or(0),
                 )
             })
@@ -254,6 +243,10 @@ pub async fn list_runners(
     responses((status = 200, description = "known_hosts lines", body = String,
         content_type = "text/plain")))]
 pub async fn host_keys(State(state): State<Arc<ApiState>>, _caller: Caller) -> Response {
-    let text = format!("{} {}\n", state.known_hosts_host(), state.host_key_line);
+    let text = format!(
+        "{} {}\n",
+        state.lifecycle.known_hosts_host(),
+        state.lifecycle.host_key_line
+    );
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
 }

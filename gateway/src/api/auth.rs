@@ -80,7 +80,7 @@ impl FromRequestParts<Arc<ApiState>> for Caller {
             .get(header::AUTHORIZATION)
             .and_then(|v| bearer(v.as_bytes()))
         {
-            Some(secret) => state.store.find_user_by_api_key(secret).await?,
+            Some(secret) => state.lifecycle.store.find_user_by_api_key(secret).await?,
             None => None,
         };
         match found {

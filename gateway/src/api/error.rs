@@ -183,31 +183,32 @@ impl ApiError {
     }
 }
 
+impl From<crate::lifecycle::Error> for ApiError {
+    fn from(e: crate::lifecycle::Error) -> ApiError {
+        use crate::lifecycle::Kind;
+        let status = match e.kind {
+            Kind::BadRequest => StatusCode::BAD_REQUEST,
+            Kind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+            Kind::NotFound => StatusCode::NOT_FOUND,
+            Kind::Conflict => StatusCode::CONFLICT,
+            Kind::Forbidden => StatusCode::FORBIDDEN,
+            Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::Upstream => StatusCode::BAD_GATEWAY,
+            Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.code, e.message)
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
-        match e {
-            StoreError::NotFound(what) => ApiError::not_found(what),
-            StoreError::Conflict(message) => ApiError::conflict(message),
-            e @ StoreError::InvalidTransition { .. } => ApiError::conflict(e.to_string()),
-            e @ StoreError::Invalid(_) => ApiError::invalid(e.to_string()),
-            e @ StoreError::Database(_) => {
-                tracing::error!(request_id = %current_request_id(), "store: {e}");
-                ApiError::internal()
-            }
-        }
+        crate::lifecycle::Error::from(e).into()
     }
 }
 
 impl From<TunnelError> for ApiError {
     fn from(e: TunnelError) -> ApiError {
-        match e {
-            TunnelError::RunnerOffline => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "runner_offline",
-                "the sandbox's runner is offline; try again later",
-            ),
-            e => ApiError::runner(e.to_string()),
-        }
+        crate::lifecycle::Error::from(e).into()
     }
 }
 

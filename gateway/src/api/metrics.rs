@@ -118,8 +118,8 @@ pub async fn metrics(
     caller: Caller,
 ) -> Result<Response, ApiError> {
     caller.require_admin()?;
-    let by_state = state.store.count_sandboxes_by_state().await?;
-    let ssh = state.store.ssh_totals().await?;
+    let by_state = state.lifecycle.store.count_sandboxes_by_state().await?;
+    let ssh = state.lifecycle.store.ssh_totals().await?;
     let mut out = String::new();
     gauge(&mut out, "warren_sandboxes", "Sandboxes by state.", "gauge");
     for s in ["creating", "running", "stopped", "failed", "deleted"] {
@@ -138,7 +138,7 @@ pub async fn metrics(
     let _ = writeln!(
         out,
         "warren_runners_online {}",
-        state.hub.online_runners().len()
+        state.lifecycle.hub.online_runners().len()
     );
     gauge(
         &mut out,

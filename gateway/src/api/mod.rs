@@ -9,35 +9,27 @@
 //! - `GET /metrics` (admins): Prometheus text. `GET /v1/openapi.json`: the OpenAPI
 //!   document, generated from the handlers' annotations ([`openapi`]). Bodies are
 //!   JSON, at most [`MAX_BODY`] bytes; a refused request changes nothing.
-//! - Sandboxes are placed on the online runner holding the fewest, created there
-//!   through the runner tunnel ([`crate::tunnel::RunnerHub::control`]), and moved
-//!   through the store's state machine with a reason for every step.
-//! - [`spawn_reconciler`] keeps the store in step with what runners report (sandboxes
-//!   stopped for idleness, OOM or exit) and deletes sandboxes past their `ttl_s`.
+//! - The handlers are thin: what a sandbox may become, and who may ask, is
+//!   [`crate::lifecycle`]'s (shared with the SSH console); its errors become
+//!   statuses here ([`error`]).
 //!
 //! Secrets (API keys, sandbox tokens, `env` values) are shown once in a response
-//! and never logged. `env` values live only in the gateway's memory (to restart a
-//! stopped sandbox with them) and in the runner's; the store never sees them.
+//! and never logged.
 
 mod accounts;
-mod agent_keys;
 pub mod auth;
 pub mod error;
 mod metrics;
 mod pulls;
-mod reconcile;
 mod sandboxes;
 mod shares;
 #[cfg(test)]
 mod tests;
 pub mod tls;
-pub mod validate;
 pub mod views;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -46,52 +38,28 @@ use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use warren_keys::{SandboxId, TokenSigner};
-use warren_protocol::SandboxSpec;
+use warren_keys::TokenSigner;
 
-use crate::store::{RunnerId, Store};
+use crate::lifecycle::Lifecycle;
+use crate::store::Store;
 use crate::tunnel::RunnerHub;
 
 pub use self::error::{ApiError, REQUEST_ID_HEADER};
-pub use self::reconcile::{RECONCILE_EVERY, reconcile_once, spawn_reconciler};
 
 /// Largest request body accepted (413 beyond).
 pub const MAX_BODY: usize = 64 * 1024;
-/// How long the sandbox token returned at create stays valid.
-pub const SANDBOX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// What the API works with.
+/// What the API works with: the lifecycle it is a thin layer over, and what only
+/// HTTP needs.
 pub struct ApiState {
-    pub store: Store,
-    pub hub: Arc<RunnerHub>,
-    pub signer: Arc<TokenSigner>,
-    /// The SSH front door as users reach it, for `ssh` blocks and known_hosts lines.
-    pub ssh_host: String,
-    pub ssh_port: u16,
-    /// The gateway's host key, `ssh-ed25519 AAAA…` (no host part, no comment).
-    pub host_key_line: String,
-    /// The spec each sandbox was created with (env secrets included), to start it
-    /// again with the same; memory only: after a gateway restart it is rebuilt from
-    /// the store and the runner's answer to `env` (`sandboxes::remembered_spec`).
-    specs: Mutex<HashMap<SandboxId, SandboxSpec>>,
-    /// The authorized keys last sent for each sandbox ([`agent_keys`]).
-    sent_keys: Mutex<agent_keys::SentKeys>,
-    /// One key sync per runner at a time ([`agent_keys::sync_runner`]).
-    key_sync_locks: KeyedLocks<RunnerId>,
-    /// One lifecycle change at a time per sandbox (API calls and the reconciler).
-    locks: KeyedLocks<SandboxId>,
+    pub lifecycle: Arc<Lifecycle>,
     metrics: metrics::Metrics,
     /// Addresses that keep presenting bad API keys get 429 for a while.
     limiter: crate::ssh::FailureLimiter,
-    /// GitHub's REST API base for pull requests ([`crate::github`]).
-    github_api: Mutex<String>,
-    /// What each runner said it has room for, and when ([`sandboxes::pick_runner`]).
-    capacities: Mutex<HashMap<RunnerId, (std::time::Instant, warren_protocol::RunnerCapacity)>>,
-    /// The front door's logged-in connections: revoking access ends them.
-    pub live: Arc<crate::ssh::live::LiveConnections>,
 }
 
 impl ApiState {
+    /// An API over a new [`Lifecycle`].
     pub fn new(
         store: Store,
         hub: Arc<RunnerHub>,
@@ -100,89 +68,18 @@ impl ApiState {
         ssh_port: u16,
         host_key_line: String,
     ) -> ApiState {
+        let lifecycle = Lifecycle::new(store, hub, signer, ssh_host, ssh_port, host_key_line);
+        ApiState::over(Arc::new(lifecycle))
+    }
+
+    /// An API over `lifecycle` (shared with the SSH console).
+    pub fn over(lifecycle: Arc<Lifecycle>) -> ApiState {
         ApiState {
-            store,
-            hub,
-            signer,
-            ssh_host,
-            ssh_port,
-            host_key_line,
-            specs: Mutex::new(HashMap::new()),
-            sent_keys: Mutex::default(),
-            key_sync_locks: Mutex::default(),
-            locks: Mutex::new(HashMap::new()),
+            lifecycle,
             metrics: metrics::Metrics::default(),
             limiter: crate::ssh::FailureLimiter::default(),
-            github_api: Mutex::new(crate::github::api_base_from_env()),
-            capacities: Mutex::default(),
-            live: Arc::default(),
         }
     }
-
-    /// Where pull requests are opened: `https://api.github.com` (the default, or
-    /// `WARREN_GITHUB_API`), `https://HOST/api/v3` for GitHub Enterprise.
-    pub fn set_github_api(&self, base: &str) {
-        *crate::unpoisoned(&self.github_api) = base.to_owned();
-    }
-
-    fn github(&self) -> crate::github::GitHub {
-        crate::github::GitHub::new(&crate::unpoisoned(&self.github_api))
-    }
-
-    fn capacities(
-        &self,
-    ) -> MutexGuard<'_, HashMap<RunnerId, (std::time::Instant, warren_protocol::RunnerCapacity)>>
-    {
-        crate::unpoisoned(&self.capacities)
-    }
-
-    fn specs(&self) -> MutexGuard<'_, HashMap<SandboxId, SandboxSpec>> {
-        crate::unpoisoned(&self.specs)
-    }
-
-    fn sent_keys(&self) -> MutexGuard<'_, agent_keys::SentKeys> {
-        crate::unpoisoned(&self.sent_keys)
-    }
-
-    /// Holds `runner`'s key-sync lock until the guard drops.
-    async fn key_sync_lock(&self, runner: &RunnerId) -> tokio::sync::OwnedMutexGuard<()> {
-        lock_keyed(&self.key_sync_locks, runner).await
-    }
-
-    /// Holds `sandbox`'s lifecycle lock until the guard drops.
-    async fn lock(&self, sandbox: &SandboxId) -> tokio::sync::OwnedMutexGuard<()> {
-        lock_keyed(&self.locks, sandbox).await
-    }
-
-    fn forget(&self, sandbox: &SandboxId) {
-        self.specs().remove(sandbox);
-        self.sent_keys().remove(sandbox);
-        crate::unpoisoned(&self.locks).remove(sandbox);
-    }
-
-    /// `[host]:port` as known_hosts and `ssh-keyscan` write it (plain `host` on 22).
-    pub fn known_hosts_host(&self) -> String {
-        let host = self.ssh_host.trim_start_matches('[').trim_end_matches(']');
-        if self.ssh_port == 22 && !host.contains(':') {
-            host.to_owned()
-        } else {
-            format!("[{host}]:{}", self.ssh_port)
-        }
-    }
-}
-
-/// Named async locks: one per key, made on first use.
-type KeyedLocks<K> = Mutex<HashMap<K, Arc<tokio::sync::Mutex<()>>>>;
-
-async fn lock_keyed<K: std::hash::Hash + Eq + Clone>(
-    locks: &KeyedLocks<K>,
-    key: &K,
-) -> tokio::sync::OwnedMutexGuard<()> {
-    let lock = crate::unpoisoned(locks)
-        .entry(key.clone())
-        .or_default()
-        .clone();
-    lock.lock_owned().await
 }
 
 #[derive(utoipa::OpenApi)]

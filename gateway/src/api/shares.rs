@@ -11,7 +11,6 @@ use serde::{Deserialize, Serialize};
 use super::ApiState;
 use super::auth::Caller;
 use super::error::{ApiError, ApiJson, IdPath};
-use super::sandboxes::owned;
 use super::views::ErrorBody;
 use crate::store::StoreError;
 
@@ -48,8 +47,8 @@ pub async fn share(
     IdPath(id): IdPath,
     ApiJson(body): ApiJson<NewShare>,
 ) -> Result<(StatusCode, Json<ShareList>), ApiError> {
-    let sandbox = owned(&state, &caller.user, &id).await?;
-    let user = match state.store.get_user_by_name(&body.user).await {
+    let sandbox = state.lifecycle.owned(&caller.user, &id).await?;
+    let user = match state.lifecycle.store.get_user_by_name(&body.user).await {
         Ok(user) => user,
         Err(StoreError::NotFound(_)) | Err(StoreError::Invalid(_)) => {
             return Err(ApiError::not_found("user"));
@@ -60,19 +59,21 @@ pub async fn share(
         return Err(ApiError::invalid("a sandbox is always its owner's"));
     }
     let had_secrets = state
+        .lifecycle
         .store
         .sandbox_shared_with_secrets(&sandbox.id)
         .await?
         .contains(&user.id);
     state
+        .lifecycle
         .store
         .share_sandbox(&sandbox.id, &user.id, body.secrets)
         .await?;
-    super::agent_keys::sync_sandbox(&state, &sandbox).await;
+    crate::lifecycle::agent_keys::sync_sandbox(&state.lifecycle, &sandbox).await;
     // Taking secrets away must bite at once, as an unshare does (once the agent's
     // keys changed, so that a jump-mode reconnect meets the new ones).
     if had_secrets && !body.secrets {
-        state.live.end_user_on_sandbox(
+        state.lifecycle.live.end_user_on_sandbox(
             &user.id,
             &sandbox.id,
             &format!("{} is now shared with you without its secrets", sandbox.id),
@@ -92,7 +93,7 @@ pub async fn list(
     caller: Caller,
     IdPath(id): IdPath,
 ) -> Result<Json<ShareList>, ApiError> {
-    let sandbox = owned(&state, &caller.user, &id).await?;
+    let sandbox = state.lifecycle.owned(&caller.user, &id).await?;
     Ok(Json(names(&state, &sandbox.id).await?))
 }
 
@@ -108,17 +109,22 @@ pub async fn unshare(
     caller: Caller,
     Path((id, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let sandbox = owned(&state, &caller.user, &id).await?;
-    let user = match state.store.get_user_by_name(&name).await {
+    let sandbox = state.lifecycle.owned(&caller.user, &id).await?;
+    let user = match state.lifecycle.store.get_user_by_name(&name).await {
         Ok(user) => user,
         Err(StoreError::NotFound(_)) | Err(StoreError::Invalid(_)) => {
             return Err(ApiError::not_found("share"));
         }
         Err(e) => return Err(e.into()),
     };
-    if state.store.unshare_sandbox(&sandbox.id, &user.id).await? {
-        super::agent_keys::sync_sandbox(&state, &sandbox).await;
-        state.live.end_user_on_sandbox(
+    if state
+        .lifecycle
+        .store
+        .unshare_sandbox(&sandbox.id, &user.id)
+        .await?
+    {
+        crate::lifecycle::agent_keys::sync_sandbox(&state.lifecycle, &sandbox).await;
+        state.lifecycle.live.end_user_on_sandbox(
             &user.id,
             &sandbox.id,
             &format!("{} is no longer shared with you", sandbox.id),
@@ -131,12 +137,17 @@ pub async fn unshare(
 
 async fn names(state: &ApiState, sandbox: &warren_keys::SandboxId) -> Result<ShareList, ApiError> {
     let mut users = Vec::new();
-    for id in state.store.sandbox_shared_with(sandbox).await? {
-        users.push(state.store.get_user(&id).await?.name);
+    for id in state.lifecycle.store.sandbox_shared_with(sandbox).await? {
+        users.push(state.lifecycle.store.get_user(&id).await?.name);
     }
     let mut with_secrets = Vec::new();
-    for id in state.store.sandbox_shared_with_secrets(sandbox).await? {
-        with_secrets.push(state.store.get_user(&id).await?.name);
+    for id in state
+        .lifecycle
+        .store
+        .sandbox_shared_with_secrets(sandbox)
+        .await?
+    {
+        with_secrets.push(state.lifecycle.store.get_user(&id).await?.name);
     }
     Ok(ShareList {
         users,

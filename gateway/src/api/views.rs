@@ -4,7 +4,6 @@
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::ApiState;
 use crate::store::{ApiKey, RunnerId, Sandbox, SandboxEvent, SandboxState, SshKey, Timestamp};
 
 fn time(t: Option<Timestamp>) -> Option<i64> {
@@ -57,7 +56,7 @@ pub struct SandboxView {
 }
 
 impl SandboxView {
-    pub fn new(state: &ApiState, s: &Sandbox) -> SandboxView {
+    pub fn new(state: &crate::lifecycle::Lifecycle, s: &Sandbox) -> SandboxView {
         SandboxView {
             id: s.id.as_str().to_owned(),
             state: s.state.as_str().to_owned(),

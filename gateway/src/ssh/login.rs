@@ -70,7 +70,7 @@ impl Principal {
 }
 
 /// Whether `token` is a valid sandbox token for `sandbox`, not revoked: tokens
-/// handed to users live [`SANDBOX_TOKEN_TTL`](crate::api::SANDBOX_TOKEN_TTL), so
+/// handed to users live [`SANDBOX_TOKEN_TTL`](crate::lifecycle::SANDBOX_TOKEN_TTL), so
 /// one that expires no later than that after the revocation was minted before it.
 pub fn token_opens(
     verifier: &TokenVerifier,
@@ -82,7 +82,7 @@ pub fn token_opens(
         Ok(claims) => {
             let cutoff = revoked_at.map(|at| {
                 u64::try_from(at.unix_seconds()).unwrap_or(0)
-                    + crate::api::SANDBOX_TOKEN_TTL.as_secs()
+                    + crate::lifecycle::SANDBOX_TOKEN_TTL.as_secs()
             });
             if cutoff.is_some_and(|cutoff| claims.expires_at <= cutoff) {
                 tracing::info!("sandbox token refused: revoked");

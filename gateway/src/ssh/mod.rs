@@ -1,9 +1,11 @@
-//! The SSH front door: users log in with a sandbox id as the user name (or their
-//! account name, as a jump host) and are relayed to that sandbox's agent.
+//! The SSH front door: users log in with a sandbox id as the user name and are
+//! relayed to that sandbox's agent, or with their account name: a jump host for
+//! `ssh -J`, and the account console ([`console`]) for commands.
 //!
 //! Not here: the runner tunnel ([`crate::tunnel`]) that carries the bytes to agents,
 //! and the state ([`crate::store`]).
 
+pub mod console;
 mod limiter;
 pub mod live;
 mod login;
@@ -41,6 +43,9 @@ pub struct FrontDoor {
     pub limiter: FailureLimiter,
     /// Logged-in connections, for revocation (shared with the API).
     pub live: Arc<live::LiveConnections>,
+    /// The lifecycle behind the account console (`ssh <account>@gateway ls`); without
+    /// one, account logins are jump hosts only.
+    pub console: Option<Arc<crate::lifecycle::Lifecycle>>,
 }
 
 /// russh settings for the users' side: keepalives instead of an inactivity cut,

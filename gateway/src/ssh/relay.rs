@@ -17,9 +17,10 @@ use russh::{
     Channel, ChannelId, ChannelMsg, ChannelOpenFailure, ChannelWriteHalf, MethodKind, MethodSet,
     Pty, Sig,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use warren_keys::{SandboxId, Scope};
 
+use super::console::{ConsoleChannel, Context, PtyParams, WindowSize};
 use super::live::{LiveEntry, Via};
 use super::login::{LoginName, Principal, token_opens};
 use super::pipe::{self, Exit, Grant, Replies};
@@ -67,6 +68,10 @@ pub struct Connection {
     /// revocation), made once the login succeeded.
     via: Option<Via>,
     live: Option<LiveEntry>,
+    /// Account logins' session channels before their `exec` or `shell`, and where
+    /// their window changes go.
+    consoles: HashMap<ChannelId, ConsoleChannel>,
+    console_windows: HashMap<ChannelId, watch::Sender<Option<WindowSize>>>,
 }
 
 impl Connection {
@@ -85,6 +90,8 @@ impl Connection {
             tally: Arc::new(Tally::default()),
             via: None,
             live: None,
+            consoles: HashMap::new(),
+            console_windows: HashMap::new(),
         }
     }
 
@@ -296,6 +303,20 @@ impl Connection {
         )
     }
 
+    /// What a console session runs with: the account that logged in.
+    fn console_context(&self, session: &mut Session) -> Option<Context> {
+        let lifecycle = self.door.console.clone()?;
+        let user = self.principal.as_ref()?.user()?.clone();
+        Some(Context {
+            lifecycle,
+            door: self.door.clone(),
+            user,
+            peer: self.peer,
+            handle: session.handle(),
+            grant: user_grant(session),
+        })
+    }
+
     fn reply(session: &mut Session, channel: ChannelId, ok: bool) -> Result<(), russh::Error> {
         if ok {
             session.channel_success(channel)
@@ -487,6 +508,14 @@ impl russh::server::Handler for Connection {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if self.sandbox.is_none() && self.door.console.is_some() {
+            let id = channel.id();
+            let (console, windows) = ConsoleChannel::new(channel);
+            self.consoles.insert(id, console);
+            self.console_windows.insert(id, windows);
+            reply.accept().await;
+            return Ok(());
+        }
         let up = match self.upstream(session).await {
             Ok(up) => up,
             Err(message) => {
@@ -571,6 +600,8 @@ impl russh::server::Handler for Connection {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.sessions.remove(&channel);
+        self.consoles.remove(&channel);
+        self.console_windows.remove(&channel);
         Ok(())
     }
 
@@ -586,6 +617,17 @@ impl russh::server::Handler for Connection {
         modes: &[(Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if let Some(console) = self.consoles.get_mut(&channel) {
+            console.set_pty(PtyParams {
+                term: term.to_owned(),
+                cols: col_width,
+                rows: row_height,
+                pix_width,
+                pix_height,
+                modes: modes.to_vec(),
+            });
+            return session.channel_success(channel);
+        }
         let (term, modes) = (term.to_owned(), modes.to_vec());
         let ok = self
             .forward_request(channel, |up| async move {
@@ -605,6 +647,10 @@ impl russh::server::Handler for Connection {
         variable_value: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if self.consoles.contains_key(&channel) {
+            // Nothing in the console reads the environment.
+            return session.channel_success(channel);
+        }
         let (name, value) = (variable_name.to_owned(), variable_value.to_owned());
         let ok = self
             .forward_request(
@@ -620,6 +666,14 @@ impl russh::server::Handler for Connection {
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if let Some(console) = self.consoles.remove(&channel) {
+            let Some(ctx) = self.console_context(session) else {
+                return session.channel_failure(channel);
+            };
+            session.channel_success(channel)?;
+            console.shell(ctx);
+            return Ok(());
+        }
         let ok = self
             .forward_request(channel, |up| async move { up.request_shell(true).await })
             .await;
@@ -632,6 +686,14 @@ impl russh::server::Handler for Connection {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if let Some(console) = self.consoles.remove(&channel) {
+            let Some(ctx) = self.console_context(session) else {
+                return session.channel_failure(channel);
+            };
+            session.channel_success(channel)?;
+            console.exec(ctx, String::from_utf8_lossy(data).into_owned());
+            return Ok(());
+        }
         let command = data.to_vec();
         let ok = self
             .forward_request(channel, |up| async move { up.exec(true, command).await })
@@ -645,6 +707,10 @@ impl russh::server::Handler for Connection {
         name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if self.consoles.contains_key(&channel) {
+            // No sftp on the console: files live in sandboxes.
+            return session.channel_failure(channel);
+        }
         let name = name.to_owned();
         let ok = self
             .forward_request(channel, |up| async move {
@@ -677,6 +743,10 @@ impl russh::server::Handler for Connection {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         // Clients send window-change without asking for a reply.
+        if let Some(windows) = self.console_windows.get(&channel) {
+            windows.send_replace(Some((col_width, row_height, pix_width, pix_height)));
+            return Ok(());
+        }
         if let Some(pair) = self.sessions.get(&channel) {
             let _ = pair
                 .upstream

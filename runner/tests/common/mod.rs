@@ -83,15 +83,31 @@ impl Stack {
             );
             let signer = TokenSigner::load_or_generate(&dir.path().join("token_signer"))?;
             let verifier = signer.verifier().to_base64();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let port = listener.local_addr()?.port();
+            // The account console's lifecycle (the API of `Stack::api` has its own,
+            // so that a test can "restart" the API and lose its memory).
+            let host_key_line =
+                russh::keys::PublicKey::new(key.public_key().key_data().clone(), "")
+                    .to_openssh()?;
+            let console_signer = TokenSigner::load_or_generate(&dir.path().join("token_signer"))?;
+            let mut console = warren_gateway::lifecycle::Lifecycle::new(
+                store.clone(),
+                hub.clone(),
+                Arc::new(console_signer),
+                "127.0.0.1".into(),
+                port,
+                host_key_line,
+            );
+            console.live = live.clone();
             let door = Arc::new(FrontDoor {
                 store: store.clone(),
                 signer,
                 dialer: Arc::new(TunnelDialer::new(hub.clone())),
                 limiter: FailureLimiter::default(),
                 live: live.clone(),
+                console: Some(Arc::new(console)),
             });
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let port = listener.local_addr()?.port();
             tokio::spawn(ssh::serve(listener, ssh::ssh_config(key), door));
             anyhow::Ok((store, hub, port, verifier))
         })?;
@@ -332,7 +348,7 @@ impl Stack {
                 russh::keys::PublicKey::new(key.public_key().key_data().clone(), "")
                     .to_openssh()?;
             let signer = TokenSigner::load_or_generate(&self._dir.path().join("token_signer"))?;
-            let mut state = api::ApiState::new(
+            let mut lifecycle = warren_gateway::lifecycle::Lifecycle::new(
                 self.store.clone(),
                 self.hub.clone(),
                 Arc::new(signer),
@@ -340,15 +356,18 @@ impl Stack {
                 self.ssh_port,
                 host_key_line,
             );
-            state.live = self.live.clone();
-            let state = Arc::new(state);
+            lifecycle.live = self.live.clone();
+            let state = Arc::new(api::ApiState::over(Arc::new(lifecycle)));
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let base = format!("http://{}", listener.local_addr()?);
             let router = api::router(state.clone());
             let server = tokio::spawn(async move {
                 let _ = api::serve(listener, router).await;
             });
-            let reconciler = api::spawn_reconciler(state.clone(), reconcile_every);
+            let reconciler = warren_gateway::lifecycle::spawn_reconciler(
+                state.lifecycle.clone(),
+                reconcile_every,
+            );
             let http = reqwest::Client::builder()
                 .timeout(Duration::from_secs(90))
                 .build()?;

@@ -118,7 +118,10 @@ async fn start_gateway(dir: &Path, sandboxes: usize) -> Result<Gateway> {
     let https = format!("https://{}", tls.local_addr()?);
     tokio::spawn(api::tls::serve_tls(tls, router, identity));
     // As `warren-gateway serve` runs it (the runner answers `List` every 10 s).
-    api::spawn_reconciler(state, api::RECONCILE_EVERY);
+    warren_gateway::lifecycle::spawn_reconciler(
+        state.lifecycle.clone(),
+        warren_gateway::lifecycle::RECONCILE_EVERY,
+    );
 
     let user = store.create_user("bench", false).await?;
     let api_key = store

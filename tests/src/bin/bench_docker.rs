@@ -138,6 +138,7 @@ fn main() -> Result<()> {
             dialer: Arc::new(TunnelDialer::new(hub.clone())),
             limiter: FailureLimiter::default(),
             live: Default::default(),
+            console: None,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();

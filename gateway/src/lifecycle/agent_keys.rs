@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use anyhow::bail;
 use warren_protocol::{MAX_CONTROL_LINE, Request, Response, SandboxKeys};
 
-use super::ApiState;
+use super::Lifecycle;
 use crate::store::{RunnerId, Sandbox, SandboxId, UserId};
 
 /// Sends `runner` the keys of its sandboxes whose keys changed since last sent.
@@ -21,11 +21,11 @@ use crate::store::{RunnerId, Sandbox, SandboxId, UserId};
 /// One sync per runner at a time, reading the store only once it holds the lock:
 /// otherwise a reconciler round that read the keys before a removal could send
 /// them after the API's sync and put the removed key back until the next round.
-pub(super) async fn sync_runner(state: &ApiState, runner: &RunnerId) -> anyhow::Result<()> {
-    let _one_at_a_time = state.key_sync_lock(runner).await;
-    let wanted = state.store.runner_authorized_keys(runner).await?;
+pub(super) async fn sync_runner(lc: &Lifecycle, runner: &RunnerId) -> anyhow::Result<()> {
+    let _one_at_a_time = lc.key_sync_lock(runner).await;
+    let wanted = lc.store.runner_authorized_keys(runner).await?;
     let changed: Vec<SandboxKeys> = {
-        let sent = state.sent_keys();
+        let sent = lc.sent_keys();
         wanted
             .into_iter()
             .filter(|(id, keys)| sent.get(id) != Some(keys))
@@ -39,12 +39,12 @@ pub(super) async fn sync_runner(state: &ApiState, runner: &RunnerId) -> anyhow::
         let request = Request::AuthorizedKeys {
             sandboxes: batch.clone(),
         };
-        match state.hub.control(runner, &request).await? {
+        match lc.hub.control(runner, &request).await? {
             Response::Ok => {}
             other => bail!("unexpected answer to authorized_keys: {other:?}"),
         }
         tracing::debug!(runner = %runner, sandboxes = batch.len(), "authorized keys sent");
-        let mut sent = state.sent_keys();
+        let mut sent = lc.sent_keys();
         for s in batch {
             sent.insert(s.sandbox, s.keys.into_iter().collect());
         }
@@ -78,39 +78,39 @@ fn batches(changed: Vec<SandboxKeys>) -> Vec<Vec<SandboxKeys>> {
 /// After `user`'s keys changed through the API: [`sync_runner`] for the runners of
 /// the sandboxes they own or share, so it holds before the API answers. Failures
 /// are logged; the reconciler retries.
-pub(super) async fn sync_user(state: &ApiState, user: &UserId) {
-    match state.store.runners_of_user_sandboxes(user).await {
-        Ok(runners) => sync_runners(state, &runners).await,
+pub async fn sync_user(lc: &Lifecycle, user: &UserId) {
+    match lc.store.runners_of_user_sandboxes(user).await {
+        Ok(runners) => sync_runners(lc, &runners).await,
         Err(e) => tracing::warn!("listing the runners of a user's sandboxes: {e}"),
     }
 }
 
 /// After a share changed: [`sync_runner`] for the sandbox's runner.
-pub(super) async fn sync_sandbox(state: &ApiState, sandbox: &Sandbox) {
+pub async fn sync_sandbox(lc: &Lifecycle, sandbox: &Sandbox) {
     if let Some(runner) = &sandbox.runner_id {
-        sync_runners(state, std::slice::from_ref(runner)).await;
+        sync_runners(lc, std::slice::from_ref(runner)).await;
     }
 }
 
-async fn sync_runners(state: &ApiState, runners: &[RunnerId]) {
-    for runner in runners.iter().filter(|r| state.hub.is_online(r)) {
-        if let Err(e) = sync_runner(state, runner).await {
+async fn sync_runners(lc: &Lifecycle, runners: &[RunnerId]) {
+    for runner in runners.iter().filter(|r| lc.hub.is_online(r)) {
+        if let Err(e) = sync_runner(lc, runner).await {
             tracing::warn!(runner = %runner, "sending authorized keys: {e:#}");
         }
     }
 }
 
 /// The keys `sandbox`'s agent should accept now, for a create or start.
-pub(super) async fn for_sandbox(state: &ApiState, sandbox: &SandboxId) -> Vec<String> {
-    match state.store.sandbox_authorized_keys(sandbox).await {
+pub(super) async fn for_sandbox(lc: &Lifecycle, sandbox: &SandboxId) -> Vec<String> {
+    match lc.store.sandbox_authorized_keys(sandbox).await {
         Ok(keys) => {
             let lines = keys.iter().cloned().collect();
-            state.sent_keys().insert(sandbox.clone(), keys);
+            lc.sent_keys().insert(sandbox.clone(), keys);
             lines
         }
         Err(e) => {
             tracing::warn!(sandbox = %sandbox, "listing authorized keys: {e}");
-            state.sent_keys().remove(sandbox);
+            lc.sent_keys().remove(sandbox);
             Vec::new()
         }
     }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use warren_protocol::NetworkPolicy;
 use warren_protocol::validate as spec;
 
-use super::error::ApiError;
+use super::Error;
 
 pub const CPUS: (f64, f64) = (0.1, 16.0);
 pub const MEMORY_MB: (u32, u32) = (128, 65_536);
@@ -19,10 +19,10 @@ pub fn range<T: PartialOrd + std::fmt::Display + Copy>(
     field: &str,
     value: T,
     (min, max): (T, T),
-) -> Result<T, ApiError> {
+) -> Result<T, Error> {
     // `!(a <= b)` so NaN fails too.
     if !(min <= value && value <= max) {
-        return Err(ApiError::invalid(format!(
+        return Err(Error::invalid(format!(
             "{field} must be between {min} and {max}"
         )));
     }
@@ -30,43 +30,43 @@ pub fn range<T: PartialOrd + std::fmt::Display + Copy>(
 }
 
 /// An environment variable name: `[A-Za-z_][A-Za-z0-9_]*`, not `WARREN_*`.
-pub fn env_name(name: &str) -> Result<(), ApiError> {
+pub fn env_name(name: &str) -> Result<(), Error> {
     spec::env_name(name).map_err(invalid)
 }
 
-pub fn env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
+pub fn env(env: &BTreeMap<String, String>) -> Result<(), Error> {
     spec::env(env).map_err(invalid)
 }
 
 /// A Docker image reference ([`spec::image`]).
-pub fn image(reference: &str) -> Result<(), ApiError> {
+pub fn image(reference: &str) -> Result<(), Error> {
     spec::image(reference).map_err(invalid)
 }
 
 /// A git branch name ([`spec::branch`]).
-pub fn branch(name: &str) -> Result<(), ApiError> {
+pub fn branch(name: &str) -> Result<(), Error> {
     spec::branch(name).map_err(invalid)
 }
 
 /// A repository to clone ([`spec::repo`]).
-pub fn repo(url: &str) -> Result<(), ApiError> {
+pub fn repo(url: &str) -> Result<(), Error> {
     spec::repo(url).map_err(invalid)
 }
 
-pub fn network(policy: &NetworkPolicy) -> Result<(), ApiError> {
+pub fn network(policy: &NetworkPolicy) -> Result<(), Error> {
     spec::network(policy).map_err(invalid)
 }
 
-fn invalid(e: spec::SpecError) -> ApiError {
-    ApiError::invalid(e.to_string())
+fn invalid(e: spec::SpecError) -> Error {
+    Error::invalid(e.to_string())
 }
 
 /// A display name (of a key): 1 to 128 characters, no control characters.
-pub fn name(field: &str, value: &str) -> Result<(), ApiError> {
+pub fn name(field: &str, value: &str) -> Result<(), Error> {
     if (1..=128).contains(&value.chars().count()) && !value.chars().any(char::is_control) {
         Ok(())
     } else {
-        Err(ApiError::invalid(format!(
+        Err(Error::invalid(format!(
             "{field} must be 1 to 128 characters without control characters"
         )))
     }

@@ -14,44 +14,43 @@ use std::time::Duration;
 
 use warren_protocol::{Request, Response};
 
-use super::ApiState;
-use super::sandboxes::delete_sandbox;
+use super::Lifecycle;
 use crate::store::{RunnerId, SandboxState, Timestamp};
 
 /// How often the reconciler runs.
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(10);
 
 /// Runs [`reconcile_once`] every `every`, until the task is aborted.
-pub fn spawn_reconciler(state: Arc<ApiState>, every: Duration) -> tokio::task::JoinHandle<()> {
+pub fn spawn_reconciler(lc: Arc<Lifecycle>, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            reconcile_once(&state).await;
+            reconcile_once(&lc).await;
         }
     })
 }
 
 /// One round: every online runner, then the TTL reaper. Errors are logged and the
 /// rest carries on.
-pub async fn reconcile_once(state: &ApiState) {
-    for runner in state.hub.online_runners() {
-        if let Err(e) = reconcile_runner(state, &runner).await {
+pub async fn reconcile_once(lc: &Lifecycle) {
+    for runner in lc.hub.online_runners() {
+        if let Err(e) = reconcile_runner(lc, &runner).await {
             tracing::warn!(runner = %runner, "reconciling: {e}");
         }
-        if let Err(e) = super::agent_keys::sync_runner(state, &runner).await {
+        if let Err(e) = super::agent_keys::sync_runner(lc, &runner).await {
             tracing::warn!(runner = %runner, "sending authorized keys: {e:#}");
         }
     }
-    reap_expired(state).await;
+    reap_expired(lc).await;
 }
 
-async fn reconcile_runner(state: &ApiState, runner: &RunnerId) -> anyhow::Result<()> {
+async fn reconcile_runner(lc: &Lifecycle, runner: &RunnerId) -> anyhow::Result<()> {
     // Whole seconds, rounded down: anything updated in this second or later is newer
     // than the list, or may be.
     let asked_at = Timestamp::now();
-    let reported = match state.hub.control(runner, &Request::List).await? {
+    let reported = match lc.hub.control(runner, &Request::List).await? {
         Response::Sandboxes { sandboxes } => sandboxes,
         other => anyhow::bail!("unexpected answer to list: {other:?}"),
     };
@@ -59,7 +58,7 @@ async fn reconcile_runner(state: &ApiState, runner: &RunnerId) -> anyhow::Result
         .into_iter()
         .map(|s| (s.sandbox.clone(), s))
         .collect();
-    for sandbox in state.store.list_runner_sandboxes(runner).await? {
+    for sandbox in lc.store.list_runner_sandboxes(runner).await? {
         if sandbox.state != SandboxState::Running || sandbox.updated_at >= asked_at {
             continue;
         }
@@ -71,14 +70,13 @@ async fn reconcile_runner(state: &ApiState, runner: &RunnerId) -> anyhow::Result
                 .unwrap_or_else(|| "exited".to_owned()),
             None => "lost".to_owned(),
         };
-        let _guard = state.lock(&sandbox.id).await;
+        let _guard = lc.lock(&sandbox.id).await;
         // Re-read under the lock: an API call may have moved it meanwhile.
-        let now = state.store.get_sandbox(&sandbox.id).await?;
+        let now = lc.store.get_sandbox(&sandbox.id).await?;
         if now.state != SandboxState::Running || now.updated_at >= asked_at {
             continue;
         }
-        state
-            .store
+        lc.store
             .set_sandbox_state(&sandbox.id, SandboxState::Stopped, &reason)
             .await?;
         tracing::info!(sandbox = %sandbox.id, %reason, "sandbox stopped by its runner");
@@ -86,8 +84,8 @@ async fn reconcile_runner(state: &ApiState, runner: &RunnerId) -> anyhow::Result
     Ok(())
 }
 
-async fn reap_expired(state: &ApiState) {
-    let expired = match state.store.list_expired_sandboxes(Timestamp::now()).await {
+async fn reap_expired(lc: &Lifecycle) {
+    let expired = match lc.store.list_expired_sandboxes(Timestamp::now()).await {
         Ok(expired) => expired,
         Err(e) => {
             tracing::warn!("listing expired sandboxes: {e}");
@@ -98,7 +96,7 @@ async fn reap_expired(state: &ApiState) {
         if sandbox.state == SandboxState::Creating {
             continue;
         }
-        match delete_sandbox(state, &sandbox.id, "ttl").await {
+        match lc.delete_sandbox(&sandbox.id, "ttl").await {
             Ok(()) => tracing::info!(sandbox = %sandbox.id, "sandbox deleted: ttl"),
             Err(e) => tracing::warn!(sandbox = %sandbox.id, "deleting after ttl: {}", e.message),
         }

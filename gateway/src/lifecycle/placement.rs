@@ -1,0 +1,140 @@
+//! Where a sandbox goes: the online runner with room for it (by what each runner
+//! says it has, and what its live sandboxes take), or a refusal saying why none fits.
+
+use warren_protocol::{Request, Response as RunnerResponse, RunnerCapacity};
+
+use super::{Error, Kind, Lifecycle, Result};
+use crate::store::{RunnerId, RunnerUsage, StoreError};
+
+/// What a new sandbox asks of a runner.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Demand {
+    pub memory_mb: u64,
+    pub millicpus: u32,
+}
+
+/// Why a runner cannot take a sandbox, for the error message; `None` when it can.
+fn misfit(
+    name: &str,
+    capacity: &RunnerCapacity,
+    usage: RunnerUsage,
+    demand: Demand,
+) -> Option<String> {
+    if let Some(max) = capacity.max_sandboxes
+        && usage.sandboxes >= u64::from(max)
+    {
+        return Some(format!("{name} holds its maximum of {max} sandboxes"));
+    }
+    if demand.millicpus > capacity.millicpus {
+        return Some(format!(
+            "{name} has {} CPUs, this sandbox asks for {}",
+            f64::from(capacity.millicpus) / 1000.0,
+            f64::from(demand.millicpus) / 1000.0
+        ));
+    }
+    let free = capacity.memory_mb.saturating_sub(usage.memory_mb);
+    if demand.memory_mb > free {
+        return Some(format!(
+            "{name} has {free} MiB of {} MiB free for sandboxes, this one asks for {} MiB",
+            capacity.memory_mb, demand.memory_mb
+        ));
+    }
+    None
+}
+
+/// What `runner` has room for: its answer to `capacity`, remembered a while. A
+/// runner too old to answer gets the stored sandbox count as its only limit.
+async fn runner_capacity(lc: &Lifecycle, runner: &crate::store::Runner) -> RunnerCapacity {
+    const REMEMBER: std::time::Duration = std::time::Duration::from_secs(30);
+    if let Some((at, capacity)) = lc.capacities().get(&runner.id)
+        && at.elapsed() < REMEMBER
+    {
+        return *capacity;
+    }
+    match lc.hub.control(&runner.id, &Request::Capacity).await {
+        Ok(RunnerResponse::Capacity(capacity)) => {
+            lc.capacities()
+                .insert(runner.id.clone(), (std::time::Instant::now(), capacity));
+            capacity
+        }
+        // Not remembered: the next create asks again.
+        _ => RunnerCapacity {
+            memory_mb: u64::MAX,
+            millicpus: u32::MAX,
+            max_sandboxes: Some(runner.capacity),
+        },
+    }
+}
+
+/// The online runner with room for `demand` whose live sandboxes take the least
+/// memory; a 503 saying why none fits otherwise.
+pub(super) async fn pick_runner(lc: &Lifecycle, demand: Demand) -> Result<RunnerId, Error> {
+    let mut online = lc.hub.online_runners();
+    if online.is_empty() {
+        return Err(Error::new(
+            Kind::Unavailable,
+            "no_runner",
+            "no runner is online",
+        ));
+    }
+    online.sort();
+    let usage: std::collections::HashMap<RunnerId, RunnerUsage> =
+        lc.store.runner_usage().await?.into_iter().collect();
+    let mut best: Option<(u64, RunnerId)> = None;
+    let mut reasons = Vec::new();
+    for id in online {
+        let Ok(runner) = lc.store.get_runner(&id).await else {
+            continue;
+        };
+        let used = usage.get(&id).copied().unwrap_or_default();
+        let capacity = runner_capacity(lc, &runner).await;
+        if let Some(reason) = misfit(&runner.name, &capacity, used, demand) {
+            reasons.push(reason);
+            continue;
+        }
+        if best.as_ref().is_none_or(|(m, _)| used.memory_mb < *m) {
+            best = Some((used.memory_mb, id));
+        }
+    }
+    best.map(|(_, id)| id).ok_or_else(|| {
+        Error::new(
+            Kind::Unavailable,
+            "no_capacity",
+            format!(
+                "no runner has room for this sandbox: {}",
+                reasons.join("; ")
+            ),
+        )
+    })
+}
+
+/// A 503 `no_capacity` unless `runner` has room for `demand` (starting a stopped
+/// sandbox again: stopped ones take no room while they are stopped).
+pub(super) async fn room_on(
+    lc: &Lifecycle,
+    runner: &RunnerId,
+    demand: Demand,
+) -> Result<(), Error> {
+    let record = match lc.store.get_runner(runner).await {
+        Ok(record) => record,
+        Err(StoreError::NotFound(_)) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let used = lc
+        .store
+        .runner_usage()
+        .await?
+        .into_iter()
+        .find(|(id, _)| id == runner)
+        .map(|(_, u)| u)
+        .unwrap_or_default();
+    let capacity = runner_capacity(lc, &record).await;
+    match misfit(&record.name, &capacity, used, demand) {
+        None => Ok(()),
+        Some(reason) => Err(Error::new(
+            Kind::Unavailable,
+            "no_capacity",
+            format!("the sandbox's runner has no room for it now: {reason}"),
+        )),
+    }
+}

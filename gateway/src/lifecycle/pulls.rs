@@ -1,0 +1,294 @@
+//! Pull requests: commit a sandbox's work on its branch, push
+//! it with the credentials given at create time, open a GitHub pull request; and
+//! merge one.
+//!
+//! The push token is the create request's `GITHUB_TOKEN`, kept in the gateway's
+//! memory only (after a gateway restart it is asked of the runner, which holds the
+//! sandbox's env where the sandbox runs); it travels to the runner in the control request and from there to
+//! git only through the environment of the git run (an askpass helper answers
+//! git's prompt), never into git config, the workspace or a log.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use warren_protocol::{Request, Response, Secret};
+
+use super::specs::remembered_spec;
+use super::{Error, Kind, Lifecycle, Result, detached, validate};
+use crate::github::{MergeMethod, RepoRef};
+use crate::store::{Sandbox, SandboxState, User};
+
+/// The env variable of the create request holding the token for pushes and GitHub.
+const TOKEN_ENV: &str = "GITHUB_TOKEN";
+pub const MAX_TITLE: usize = 256;
+pub const MAX_PR_BODY: usize = 60_000;
+
+/// A pull request to open from the sandbox's work.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePullRequest {
+    /// The pull request's title (1 to 256 characters), also the commit's subject.
+    pub title: String,
+    /// Its description (Markdown, at most 60000 bytes), also the commit's body.
+    pub body: Option<String>,
+    /// The branch to merge into (default: the repository's default branch).
+    pub base: Option<String>,
+}
+
+/// An opened pull request.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PullRequestView {
+    pub number: u64,
+    /// The pull request's page.
+    pub url: String,
+    /// The branch pushed (the pull request's head).
+    pub branch: String,
+    /// The base it targets.
+    pub base: String,
+    /// The commit pushed.
+    pub commit: String,
+}
+
+/// How to merge.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MergePullRequest {
+    /// `merge` (default), `squash` or `rebase`.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub method: MergeMethod,
+}
+
+/// A merge's outcome, as GitHub reports it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MergedView {
+    pub merged: bool,
+    pub sha: Option<String>,
+    pub message: Option<String>,
+}
+
+fn upstream(message: impl Into<String>) -> Error {
+    Error::new(Kind::Upstream, "upstream_error", message)
+}
+
+/// The sandbox's repository on GitHub, or a 409 saying why there is none.
+fn repo_of(sandbox: &Sandbox) -> Result<(String, RepoRef), Error> {
+    let url = sandbox.repo.as_deref().ok_or_else(|| {
+        Error::new(
+            Kind::Conflict,
+            "no_repo",
+            "the sandbox was created without a repo; pull requests need one",
+        )
+    })?;
+    let repo = RepoRef::parse(url).ok_or_else(|| {
+        Error::new(
+            Kind::Conflict,
+            "no_repo",
+            "the sandbox's repo URL does not name an owner/repository",
+        )
+    })?;
+    Ok((url.to_owned(), repo))
+}
+
+/// The token given at create time (the repo's token, else `env.GITHUB_TOKEN`):
+/// from the gateway's memory or, after a gateway restart, from the runner.
+async fn token_of(lc: &Lifecycle, sandbox: &Sandbox) -> Result<String, Error> {
+    let spec = remembered_spec(lc, sandbox).await;
+    spec.repo
+        .and_then(|r| r.token)
+        .or_else(|| spec.env.get(TOKEN_ENV).cloned())
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            Error::new(
+                Kind::Conflict,
+                "no_credentials",
+                "no GITHUB_TOKEN is known for this sandbox: none was given in env at \
+                 create, or its runner no longer holds it",
+            )
+        })
+}
+
+fn check_create(body: &CreatePullRequest) -> Result<(), Error> {
+    let title = body.title.trim();
+    if title.is_empty() || body.title.chars().count() > MAX_TITLE {
+        return Err(Error::invalid(format!(
+            "title must be 1 to {MAX_TITLE} characters"
+        )));
+    }
+    if body.title.chars().any(char::is_control) {
+        return Err(Error::invalid("title must not contain control characters"));
+    }
+    if let Some(text) = &body.body {
+        if text.len() > MAX_PR_BODY {
+            return Err(Error::invalid(format!(
+                "body is longer than {MAX_PR_BODY} bytes"
+            )));
+        }
+        if text.contains('\0') {
+            return Err(Error::invalid("body contains a NUL byte"));
+        }
+    }
+    if let Some(base) = &body.base {
+        validate::branch(base).map_err(|_| Error::invalid("base is not a valid branch name"))?;
+    }
+    Ok(())
+}
+
+impl Lifecycle {
+    /// Commits the sandbox's changes on its branch, pushes them with the token given
+    /// at create, and opens a pull request on GitHub.
+    pub async fn open_pull(
+        self: &Arc<Self>,
+        owner: &User,
+        id: &str,
+        body: CreatePullRequest,
+    ) -> Result<PullRequestView> {
+        check_create(&body)?;
+        let sandbox = self.owned(owner, id).await?;
+        let (_, repo) = repo_of(&sandbox)?;
+        let token = token_of(self, &sandbox).await?;
+        let github = self.github();
+        let author = owner.name.clone();
+        let lc = self.clone();
+        // Its own task: a client hanging up must not leave a push half done.
+        let work = async move {
+            let _guard = lc.lock(&sandbox.id).await;
+            let sandbox = lc.store.get_sandbox(&sandbox.id).await?;
+            if sandbox.state != SandboxState::Running {
+                return Err(Error::conflict(format!(
+                    "a sandbox in state {} cannot make a pull request (start it first)",
+                    sandbox.state
+                )));
+            }
+            let runner = sandbox
+                .runner_id
+                .clone()
+                .ok_or_else(|| Error::conflict("the sandbox has no runner"))?;
+            let branch = sandbox
+                .branch
+                .clone()
+                .unwrap_or_else(|| format!("warren/{}", sandbox.id));
+            let mut message = body.title.trim().to_owned();
+            if let Some(text) = body.body.as_deref().filter(|t| !t.trim().is_empty()) {
+                message.push_str("\n\n");
+                message.push_str(text.trim());
+            }
+            let request = Request::CommitAndPush {
+                sandbox: sandbox.id.clone(),
+                message,
+                branch: branch.clone(),
+                author_name: author.clone(),
+                author_email: format!("{author}@users.warren.invalid"),
+                base: body.base.clone(),
+                remote_url: None,
+                token: Some(Secret(token.clone())),
+            };
+            let (commit, default_branch) = match lc.hub.control(&runner, &request).await? {
+                Response::Pushed {
+                    commit,
+                    default_branch,
+                    ..
+                } => (commit, default_branch),
+                Response::Refused { code, message } => {
+                    return Err(match code.as_str() {
+                        "nothing_to_commit" => {
+                            Error::new(Kind::Conflict, "nothing_to_commit", message)
+                        }
+                        "no_repo" => Error::new(Kind::Conflict, "no_repo", message),
+                        "push_refused" => upstream(message),
+                        "invalid_branch" => Error::invalid(message),
+                        _ => Error::runner(message),
+                    });
+                }
+                Response::Error { message } => return Err(Error::runner(message)),
+                other => {
+                    return Err(Error::runner(format!(
+                        "unexpected answer from the runner: {other:?}"
+                    )));
+                }
+            };
+            let base = body
+                .base
+                .clone()
+                .or(default_branch)
+                .unwrap_or_else(|| "main".to_owned());
+            let pull = github
+                .create_pull(
+                    &token,
+                    &repo,
+                    body.title.trim(),
+                    &branch,
+                    &base,
+                    body.body.as_deref(),
+                )
+                .await?;
+            tracing::info!(sandbox = %sandbox.id, repo = %repo, number = pull.number,
+                "pull request opened");
+            Ok(PullRequestView {
+                number: pull.number,
+                url: pull.url,
+                branch,
+                base,
+                commit,
+            })
+        };
+        detached(work).await
+    }
+
+    /// Merges pull request `number` of the sandbox's repository on GitHub.
+    pub async fn merge_pull(
+        &self,
+        owner: &User,
+        id: &str,
+        number: &str,
+        body: MergePullRequest,
+    ) -> Result<MergedView> {
+        let sandbox = self.owned(owner, id).await?;
+        let number = number
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=u64::from(u32::MAX)).contains(n))
+            .ok_or_else(|| Error::not_found("pull request"))?;
+        let (_, repo) = repo_of(&sandbox)?;
+        let token = token_of(self, &sandbox).await?;
+        let merged = self
+            .github()
+            .merge_pull(&token, &repo, number, body.method)
+            .await?;
+        tracing::info!(sandbox = %sandbox.id, repo = %repo, number, merged = merged.merged,
+            "pull request merge");
+        Ok(MergedView {
+            merged: merged.merged,
+            sha: merged.sha,
+            message: merged.message,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(json: &str) -> CreatePullRequest {
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}"))
+    }
+
+    #[test]
+    fn create_checks() {
+        assert!(check_create(&body(r#"{"title":"Fix it"}"#)).is_ok());
+        assert!(check_create(&body(r#"{"title":"Fix","body":"x","base":"main"}"#)).is_ok());
+        for bad in [
+            r#"{"title":""}"#,
+            r#"{"title":"   "}"#,
+            r#"{"title":"a\nb"}"#,
+            r#"{"title":"x","base":"../etc"}"#,
+            r#"{"title":"x","base":"-f"}"#,
+        ] {
+            assert!(check_create(&body(bad)).is_err(), "{bad}");
+        }
+        assert!(check_create(&body(&format!(r#"{{"title":"{}"}}"#, "x".repeat(257)))).is_err());
+        assert!(serde_json::from_str::<CreatePullRequest>(r#"{"titel":"x"}"#).is_err());
+        assert!(serde_json::from_str::<MergePullRequest>(r#"{"method":"octopus"}"#).is_err());
+    }
+}

@@ -1,0 +1,409 @@
+//! A sandbox's life: create, list, stop, start, delete, token rotation, keepalive
+//! and its events, for an owner. Every change runs under the sandbox's lock in a
+//! task of its own ([`super::detached`]).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use utoipa::ToSchema;
+use warren_keys::{SandboxId, SandboxToken, Scope};
+use warren_protocol::{NetworkPolicy, RepoSpec, Request, SandboxSpec};
+
+use super::placement::{Demand, pick_runner, room_on};
+use super::runner_calls::{check_on_runner, expect_ok, run_on_runner};
+use super::specs::{default_branch, millicpus, remembered_spec};
+use super::{Error, Lifecycle, Result, SANDBOX_TOKEN_TTL, detached, validate};
+use crate::store::{
+    NewSandbox, Sandbox, SandboxEvent, SandboxPage, SandboxQuery, SandboxState, Timestamp, User,
+};
+
+/// What the store records as the image when the request names none: the runner's
+/// default image.
+pub const DEFAULT_IMAGE: &str = "default";
+const DEFAULT_CPUS: f64 = 1.0;
+const DEFAULT_MEMORY_MB: u32 = 1024;
+/// The env variable whose value, if given, is offered to git when cloning `repo`.
+const REPO_TOKEN_ENV: &str = "GITHUB_TOKEN";
+
+/// What to create. Every field is optional.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSandbox {
+    /// An image reference (default: the runner's base image).
+    pub image: Option<String>,
+    /// A repository cloned into the workspace: an https/http/ssh/git/file URL,
+    /// `user@host:path`, or an absolute path on the runner.
+    pub repo: Option<String>,
+    /// The branch made for the sandbox's work (default `warren/<sandbox-id>`); needs
+    /// `repo`.
+    pub branch: Option<String>,
+    /// Environment for every session (at most 64; names `[A-Za-z_][A-Za-z0-9_]*`, not
+    /// `WARREN_*`; values up to 32 KiB). Never stored by the gateway: it keeps it in
+    /// memory, the runner in the sandbox (its container's config). `GITHUB_TOKEN`, if
+    /// given, is also offered to git for cloning `repo`.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// CPUs, 0.1 to 16 (default 1).
+    pub cpus: Option<f64>,
+    /// Memory in MiB, 128 to 65536 (default 1024).
+    pub memory_mb: Option<u32>,
+    /// Stopped after this many seconds without activity, 60 to 604800 (default: the
+    /// runner's).
+    pub idle_timeout_s: Option<u32>,
+    /// Deleted this many seconds after creation, 60 to 31536000 (default: never).
+    pub ttl_s: Option<u32>,
+    /// Outbound network: `{"mode":"all"}` (default), `{"mode":"none"}`, or
+    /// `{"mode":"allow","cidrs":["10.0.0.0/8"]}`.
+    #[schema(value_type = Option<Object>)]
+    pub network: Option<NetworkPolicy>,
+}
+
+/// Checks every field of a create request; nothing is touched before this passes.
+pub fn check_create(body: &CreateSandbox) -> Result<(), Error> {
+    if let Some(image) = &body.image {
+        validate::image(image)?;
+    }
+    if let Some(repo) = &body.repo {
+        validate::repo(repo)?;
+    }
+    if let Some(branch) = &body.branch {
+        if body.repo.is_none() {
+            return Err(Error::invalid("branch needs repo"));
+        }
+        validate::branch(branch)?;
+    }
+    validate::env(&body.env)?;
+    if let Some(cpus) = body.cpus {
+        validate::range("cpus", cpus, validate::CPUS)?;
+    }
+    if let Some(memory) = body.memory_mb {
+        validate::range("memory_mb", memory, validate::MEMORY_MB)?;
+    }
+    if let Some(idle) = body.idle_timeout_s {
+        validate::range("idle_timeout_s", idle, validate::IDLE_TIMEOUT_S)?;
+    }
+    if let Some(ttl) = body.ttl_s {
+        validate::range("ttl_s", ttl, validate::TTL_S)?;
+    }
+    if let Some(network) = &body.network {
+        validate::network(network)?;
+    }
+    Ok(())
+}
+
+/// A new sandbox, and its token (shown once).
+pub struct Created {
+    pub sandbox: Sandbox,
+    pub token: SandboxToken,
+}
+
+/// A user's stop or start: from one state to the other.
+struct Step {
+    from: SandboxState,
+    to: SandboxState,
+    /// The past participle for messages ("stopped").
+    done: &'static str,
+}
+
+impl Lifecycle {
+    /// Creates a sandbox for `owner` on the online runner with room for it.
+    /// Nothing is stored unless every field passes and the runner could create it;
+    /// a runner failing the create leaves it `failed` (an upstream error).
+    pub async fn create(self: &Arc<Self>, owner: &User, body: CreateSandbox) -> Result<Created> {
+        check_create(&body)?;
+        let id = SandboxId::generate();
+        let cpus = body.cpus.unwrap_or(DEFAULT_CPUS);
+        let memory_mb = body.memory_mb.unwrap_or(DEFAULT_MEMORY_MB);
+        let demand = Demand {
+            memory_mb: u64::from(memory_mb),
+            millicpus: millicpus(cpus),
+        };
+        let runner = pick_runner(self, demand).await?;
+        let branch = body
+            .repo
+            .as_ref()
+            .map(|_| body.branch.clone().unwrap_or_else(|| default_branch(&id)));
+        let spec = SandboxSpec {
+            image: body.image.clone(),
+            repo: body.repo.as_ref().map(|url| RepoSpec {
+                url: url.clone(),
+                branch: branch.clone().unwrap_or_else(|| default_branch(&id)),
+                base: None,
+                token: body.env.get(REPO_TOKEN_ENV).cloned(),
+            }),
+            env: body.env,
+            millicpus: Some(millicpus(cpus)),
+            memory_mb: Some(u64::from(memory_mb)),
+            idle_timeout_s: body.idle_timeout_s.map(u64::from),
+            network: body.network.unwrap_or_default(),
+            ..SandboxSpec::default()
+        };
+        check_on_runner(self, &runner, &spec).await?;
+        let new = NewSandbox {
+            id: id.clone(),
+            owner_id: owner.id.clone(),
+            runner_id: Some(runner),
+            image: body.image.unwrap_or_else(|| DEFAULT_IMAGE.to_owned()),
+            repo: body.repo,
+            branch,
+            cpus,
+            memory_mb,
+            idle_timeout_s: body.idle_timeout_s,
+            ttl_s: body.ttl_s,
+        };
+        let lc = self.clone();
+        let sandbox = detached(async move {
+            let _guard = lc.lock(&new.id).await;
+            let sandbox = lc.store.create_sandbox(&new).await?;
+            lc.specs().insert(sandbox.id.clone(), spec.clone());
+            run_on_runner(&lc, &sandbox, spec, "created").await
+        })
+        .await?;
+        let token = self.signer.mint(&sandbox.id, Scope::Ssh, SANDBOX_TOKEN_TTL);
+        Ok(Created { sandbox, token })
+    }
+
+    /// `owner`'s sandboxes, newest first, a page at a time.
+    pub async fn list(&self, owner: &User, query: &SandboxQuery) -> Result<SandboxPage> {
+        Ok(self.store.list_sandboxes(&owner.id, query).await?)
+    }
+
+    /// Stops a running sandbox, keeping its workspace (a stopped one is fine);
+    /// logins to it end.
+    pub async fn stop(self: &Arc<Self>, owner: &User, id: &str) -> Result<Sandbox> {
+        let step = Step {
+            from: SandboxState::Running,
+            to: SandboxState::Stopped,
+            done: "stopped",
+        };
+        self.change_state(owner, id, step, |lc, sandbox| async move {
+            let runner = sandbox
+                .runner_id
+                .clone()
+                .ok_or_else(|| Error::conflict("the sandbox has no runner"))?;
+            let request = Request::Stop {
+                sandbox: sandbox.id.clone(),
+            };
+            expect_ok(&lc, &runner, request).await?;
+            let stopped = lc
+                .store
+                .set_sandbox_state(&sandbox.id, SandboxState::Stopped, "stopped by user")
+                .await?;
+            lc.live
+                .end_sandbox(&sandbox.id, &format!("{} was stopped", sandbox.id));
+            Ok(stopped)
+        })
+        .await
+    }
+
+    /// Starts a stopped sandbox again (a running one is fine), if its runner has
+    /// room for it now.
+    pub async fn start(self: &Arc<Self>, owner: &User, id: &str) -> Result<Sandbox> {
+        let step = Step {
+            from: SandboxState::Stopped,
+            to: SandboxState::Running,
+            done: "started",
+        };
+        self.change_state(owner, id, step, |lc, sandbox| async move {
+            if let Some(runner) = &sandbox.runner_id {
+                let demand = Demand {
+                    memory_mb: u64::from(sandbox.memory_mb),
+                    millicpus: millicpus(sandbox.cpus),
+                };
+                room_on(&lc, runner, demand).await?;
+            }
+            let spec = remembered_spec(&lc, &sandbox).await;
+            run_on_runner(&lc, &sandbox, spec, "started by user").await
+        })
+        .await
+    }
+
+    /// The shape stop and start share: under the sandbox's lifecycle lock, in a
+    /// task of its own, re-read the sandbox; one already in `step.to` is answered as
+    /// it is, one in any state but `step.from` is a conflict, and `act` makes the
+    /// change.
+    async fn change_state<F, Fut>(
+        self: &Arc<Self>,
+        owner: &User,
+        id: &str,
+        step: Step,
+        act: F,
+    ) -> Result<Sandbox>
+    where
+        F: FnOnce(Arc<Lifecycle>, Sandbox) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Sandbox>> + Send,
+    {
+        let sandbox = self.owned(owner, id).await?;
+        let lc = self.clone();
+        detached(async move {
+            let _guard = lc.lock(&sandbox.id).await;
+            let sandbox = lc.store.get_sandbox(&sandbox.id).await?;
+            if sandbox.state == step.to {
+                return Ok(sandbox);
+            }
+            if sandbox.state != step.from {
+                return Err(Error::conflict(format!(
+                    "a sandbox in state {} cannot be {}",
+                    sandbox.state, step.done
+                )));
+            }
+            act(lc.clone(), sandbox).await
+        })
+        .await
+    }
+
+    /// Deletes `owner`'s sandbox and its workspace (a deleted one is fine).
+    pub async fn delete(self: &Arc<Self>, owner: &User, id: &str) -> Result<()> {
+        let sandbox = self.owned(owner, id).await?;
+        let lc = self.clone();
+        detached(async move { lc.delete_sandbox(&sandbox.id, "deleted by user").await }).await
+    }
+
+    /// Deletes a sandbox (on its runner, then in the store) with `reason`; a
+    /// deleted sandbox is left as it is. Shared with the TTL reaper.
+    pub(super) async fn delete_sandbox(&self, id: &SandboxId, reason: &str) -> Result<()> {
+        let guard = self.lock(id).await;
+        let sandbox = self.store.get_sandbox(id).await?;
+        match sandbox.state {
+            SandboxState::Deleted => return Ok(()),
+            SandboxState::Creating => {
+                return Err(Error::conflict(
+                    "the sandbox is still being created; try again in a moment",
+                ));
+            }
+            SandboxState::Running | SandboxState::Stopped | SandboxState::Failed => {}
+        }
+        let removed = match &sandbox.runner_id {
+            Some(runner) => {
+                let request = Request::Delete {
+                    sandbox: sandbox.id.clone(),
+                };
+                expect_ok(self, runner, request).await
+            }
+            None => Ok(()),
+        };
+        match removed {
+            Ok(()) => {}
+            // A failed create may have left nothing to remove, or its runner may be gone.
+            Err(e) if sandbox.state == SandboxState::Failed => {
+                tracing::info!(sandbox = %id, "deleting a failed sandbox: {}", e.message);
+            }
+            Err(e) => return Err(e),
+        }
+        if sandbox.state == SandboxState::Running {
+            self.store
+                .set_sandbox_state(id, SandboxState::Stopped, reason)
+                .await?;
+        }
+        self.store
+            .set_sandbox_state(id, SandboxState::Deleted, reason)
+            .await?;
+        drop(guard);
+        self.forget(id);
+        self.live.end_sandbox(id, &format!("{id} was deleted"));
+        Ok(())
+    }
+
+    /// Revokes every token of the sandbox handed out so far and returns a new one
+    /// (shown once); logins with the old ones end.
+    pub async fn rotate_token(&self, owner: &User, id: &str) -> Result<SandboxToken> {
+        let sandbox = self.owned(owner, id).await?;
+        if sandbox.state == SandboxState::Deleted {
+            return Err(Error::conflict("the sandbox is deleted"));
+        }
+        let _guard = self.lock(&sandbox.id).await;
+        // Never earlier than the last revocation (a clock stepped back must not bring
+        // revoked tokens back), and a second past it when two come within a second.
+        let now = Timestamp::now().unix_seconds();
+        let at = match self.store.sandbox_tokens_revoked_at(&sandbox.id).await? {
+            Some(last) => now.max(last.unix_seconds() + 1),
+            None => now,
+        };
+        self.store
+            .revoke_sandbox_tokens(&sandbox.id, Timestamp::from_unix_seconds(at))
+            .await?;
+        self.live.end_tokens(
+            &sandbox.id,
+            &format!("the tokens of {} were revoked", sandbox.id),
+        );
+        // One second longer than the revoked ones could live, so that a token minted
+        // in the very second of the revocation is told apart from them.
+        let ahead = u64::try_from(at - now).unwrap_or(0);
+        Ok(self.signer.mint(
+            &sandbox.id,
+            Scope::Ssh,
+            SANDBOX_TOKEN_TTL + std::time::Duration::from_secs(ahead + 1),
+        ))
+    }
+
+    /// Counts as activity for the idle reaper of a running sandbox.
+    pub async fn keepalive(&self, owner: &User, id: &str) -> Result<()> {
+        let sandbox = self.owned(owner, id).await?;
+        if sandbox.state != SandboxState::Running {
+            return Err(Error::conflict(format!(
+                "a sandbox in state {} cannot be kept alive",
+                sandbox.state
+            )));
+        }
+        let runner = sandbox
+            .runner_id
+            .clone()
+            .ok_or_else(|| Error::conflict("the sandbox has no runner"))?;
+        let request = Request::Keepalive {
+            sandbox: sandbox.id.clone(),
+        };
+        expect_ok(self, &runner, request).await
+    }
+
+    /// The sandbox's lifecycle changes with their reasons, oldest first.
+    pub async fn events(&self, owner: &User, id: &str) -> Result<Vec<SandboxEvent>> {
+        let sandbox = self.owned(owner, id).await?;
+        Ok(self.store.list_sandbox_events(&sandbox.id).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(json: &str) -> CreateSandbox {
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}"))
+    }
+
+    #[test]
+    fn create_checks() {
+        assert!(check_create(&body("{}")).is_ok());
+        assert!(
+            check_create(&body(
+                r#"{"image":"debian:12","repo":"https://github.com/o/r","branch":"x",
+                    "env":{"A":"1"},"cpus":0.5,"memory_mb":512,"idle_timeout_s":60,
+                    "ttl_s":3600,"network":{"mode":"none"}}"#
+            ))
+            .is_ok()
+        );
+        for bad in [
+            r#"{"cpus":0}"#,
+            r#"{"cpus":16.5}"#,
+            r#"{"memory_mb":64}"#,
+            r#"{"idle_timeout_s":59}"#,
+            r#"{"ttl_s":1}"#,
+            r#"{"branch":"x"}"#,
+            r#"{"image":"'; DROP TABLE sandboxes; --"}"#,
+            r#"{"repo":"../../etc"}"#,
+            r#"{"env":{"WARREN_SANDBOX_ID":"x"}}"#,
+            r#"{"network":{"mode":"allow","cidrs":["nope"]}}"#,
+        ] {
+            assert!(check_create(&body(bad)).is_err(), "{bad}");
+        }
+        assert!(serde_json::from_str::<CreateSandbox>(r#"{"imag":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn millicpus_round() {
+        assert_eq!(millicpus(0.1), 100);
+        assert_eq!(millicpus(1.0), 1000);
+        assert_eq!(millicpus(16.0), 16000);
+    }
+}

@@ -1,0 +1,486 @@
+//! The console's commands: parsed with clap from the words of an SSH command line,
+//! run against the [`Lifecycle`] as the logged-in account, answered as text or
+//! (`--json`) the HTTP API's JSON shapes.
+//!
+//! Exit codes: 0 done, 1 refused or failed (the lifecycle's message on stderr, or
+//! `{"error":{"code","message"}}` with `--json`), 2 a bad command line.
+
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::api::views::{CreatedSandbox, SandboxList, SandboxView, SshKeyList, SshKeyView};
+use crate::lifecycle::pulls::CreatePullRequest;
+use crate::lifecycle::{CreateSandbox, Error, Lifecycle};
+use crate::store::{Sandbox, SandboxQuery, SessionExit, SshSession, User};
+
+/// Exit status of a command the lifecycle refused or that failed.
+pub const EXIT_REFUSED: u32 = 1;
+/// Exit status of a command line that does not parse.
+pub const EXIT_USAGE: u32 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ssh <account>@gateway",
+    no_binary_name = true,
+    disable_version_flag = true,
+    color = clap::ColorChoice::Never,
+    about = "Warren's SSH console: your sandboxes, with nothing but ssh.",
+    after_help = "Reach a sandbox: ssh <sandbox-id>@gateway (or ssh -J <account>@gateway <sandbox-id>)."
+)]
+pub struct Line {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Lists your sandboxes, newest first.
+    Ls {
+        /// Also list deleted sandboxes.
+        #[arg(long)]
+        all: bool,
+        /// The API's JSON (`GET /v1/sandboxes`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Creates a sandbox and prints its id (with a terminal, `ssh -t`, opens its shell).
+    New {
+        /// An image reference (default: the runner's base image).
+        #[arg(long)]
+        image: Option<String>,
+        /// A repository to clone into the workspace.
+        #[arg(long)]
+        repo: Option<String>,
+        /// The branch made for the sandbox's work (needs --repo).
+        #[arg(long)]
+        branch: Option<String>,
+        /// CPUs, 0.1 to 16.
+        #[arg(long)]
+        cpus: Option<f64>,
+        /// Memory in MiB, 128 to 65536.
+        #[arg(long)]
+        memory_mb: Option<u32>,
+        /// Environment for every session, NAME=value (repeatable).
+        #[arg(long = "env", value_name = "NAME=VALUE")]
+        env: Vec<String>,
+        /// Only create it, even with a terminal.
+        #[arg(long)]
+        detach: bool,
+        /// The API's JSON (`POST /v1/sandboxes`, the token included, shown once).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stops a running sandbox, keeping its workspace.
+    Stop { id: String },
+    /// Starts a stopped sandbox again.
+    Start { id: String },
+    /// Deletes a sandbox and its workspace.
+    Rm { id: String },
+    /// Commits the sandbox's work, pushes it and opens a GitHub pull request.
+    Pr {
+        id: String,
+        /// The pull request's title (also the commit's subject).
+        #[arg(long)]
+        title: String,
+        /// Its description (also the commit's body).
+        #[arg(long)]
+        body: Option<String>,
+        /// The branch to merge into (default: the repository's default branch).
+        #[arg(long)]
+        base: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lists the SSH sessions of a sandbox, oldest first.
+    Sessions {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lists your SSH keys; `keys add` registers the public key read on stdin.
+    Keys {
+        #[command(subcommand)]
+        action: Option<KeysAction>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Opens the shell of one of your sandboxes (needs a terminal: ssh -t).
+    Attach { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysAction {
+    /// Registers the OpenSSH public key line read on stdin.
+    Add {
+        /// Its name (default: the key's comment).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Removes a key, by id (`ssk-…`) or fingerprint (`SHA256:…`).
+    Rm { key: String },
+}
+
+impl Command {
+    /// Whether this command reads stdin (`keys add`).
+    pub fn reads_stdin(&self) -> bool {
+        matches!(
+            self,
+            Command::Keys {
+                action: Some(KeysAction::Add { .. }),
+                ..
+            }
+        )
+    }
+
+    fn json(&self) -> bool {
+        match self {
+            Command::Ls { json, .. }
+            | Command::New { json, .. }
+            | Command::Pr { json, .. }
+            | Command::Sessions { json, .. }
+            | Command::Keys { json, .. } => *json,
+            _ => false,
+        }
+    }
+}
+
+/// What a command printed, how it ended, and whether it leads into a sandbox.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub stdout: String,
+    pub stderr: String,
+    pub status: u32,
+    /// Open this sandbox's shell next (`new` or `attach` with a terminal).
+    pub attach: Option<Sandbox>,
+}
+
+impl Outcome {
+    fn out(stdout: String) -> Outcome {
+        Outcome {
+            stdout,
+            ..Outcome::default()
+        }
+    }
+}
+
+/// Parses one command line: the command, or the outcome of a line that is not one
+/// (help is printed with status 0, mistakes with [`EXIT_USAGE`]).
+pub fn parse(line: &str) -> Result<Command, Box<Outcome>> {
+    let Some(words) = shlex::split(line) else {
+        return Err(Box::new(Outcome {
+            stderr: "error: unbalanced quotes in the command line\n".into(),
+            status: EXIT_USAGE,
+            ..Outcome::default()
+        }));
+    };
+    let words = if words.is_empty() {
+        vec!["help".to_owned()]
+    } else {
+        words
+    };
+    match Line::try_parse_from(words) {
+        Ok(line) => Ok(line.command),
+        Err(e) => {
+            let text = e.render().to_string();
+            Err(Box::new(if e.use_stderr() {
+                Outcome {
+                    stderr: text,
+                    status: EXIT_USAGE,
+                    ..Outcome::default()
+                }
+            } else {
+                Outcome::out(text)
+            }))
+        }
+    }
+}
+
+/// Runs `command` as `user`. `stdin` is what was read for commands that read it;
+/// `terminal` says whether the session has one (then `new` opens the shell).
+pub async fn run(
+    lifecycle: &Arc<Lifecycle>,
+    user: &User,
+    command: Command,
+    stdin: &[u8],
+    terminal: bool,
+) -> Outcome {
+    let json = command.json();
+    match execute(lifecycle, user, command, stdin, terminal).await {
+        Ok(outcome) => outcome,
+        Err(e) => refused(&e, json),
+    }
+}
+
+fn refused(e: &Error, json: bool) -> Outcome {
+    let stderr = if json {
+        let body = serde_json::json!({"error": {"code": e.code, "message": e.message}});
+        format!("{body}\n")
+    } else {
+        format!("error: {} ({})\n", e.message, e.code)
+    };
+    Outcome {
+        stderr,
+        status: EXIT_REFUSED,
+        ..Outcome::default()
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    // Our own view types always serialize.
+    let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+async fn execute(
+    lc: &Arc<Lifecycle>,
+    user: &User,
+    command: Command,
+    stdin: &[u8],
+    terminal: bool,
+) -> Result<Outcome, Error> {
+    Ok(match command {
+        Command::Ls { all, json } => {
+            let query = SandboxQuery {
+                limit: SandboxQuery::MAX_LIMIT,
+                after: None,
+                include_deleted: all,
+            };
+            let page = lc.list(user, &query).await?;
+            if json {
+                Outcome::out(to_json(&SandboxList {
+                    sandboxes: page
+                        .sandboxes
+                        .iter()
+                        .map(|s| SandboxView::new(lc, s))
+                        .collect(),
+                    next_cursor: page.next.map(|c| c.to_string()),
+                }))
+            } else {
+                Outcome::out(sandbox_table(&page.sandboxes))
+            }
+        }
+        Command::New {
+            image,
+            repo,
+            branch,
+            cpus,
+            memory_mb,
+            env,
+            detach,
+            json,
+        } => {
+            let mut vars = std::collections::BTreeMap::new();
+            for entry in env {
+                let Some((name, value)) = entry.split_once('=') else {
+                    return Err(Error::invalid("--env takes NAME=value"));
+                };
+                vars.insert(name.to_owned(), value.to_owned());
+            }
+            let body = CreateSandbox {
+                image,
+                repo,
+                branch,
+                env: vars,
+                cpus,
+                memory_mb,
+                ..CreateSandbox::default()
+            };
+            let created = lc.create(user, body).await?;
+            let mut outcome = if json {
+                Outcome::out(to_json(&CreatedSandbox {
+                    sandbox: SandboxView::new(lc, &created.sandbox),
+                    token: created.token.expose().to_owned(),
+                }))
+            } else {
+                Outcome::out(format!("{}\n", created.sandbox.id))
+            };
+            if terminal && !detach && !json {
+                outcome.attach = Some(created.sandbox);
+            }
+            outcome
+        }
+        Command::Stop { id } => {
+            let sandbox = lc.stop(user, &id).await?;
+            Outcome::out(format!("{} {}\n", sandbox.id, sandbox.state))
+        }
+        Command::Start { id } => {
+            let sandbox = lc.start(user, &id).await?;
+            Outcome::out(format!("{} {}\n", sandbox.id, sandbox.state))
+        }
+        Command::Rm { id } => {
+            lc.delete(user, &id).await?;
+            Outcome::out(format!("{id} deleted\n"))
+        }
+        Command::Pr {
+            id,
+            title,
+            body,
+            base,
+            json,
+        } => {
+            let request = CreatePullRequest { title, body, base };
+            let pull = lc.open_pull(user, &id, request).await?;
+            if json {
+                Outcome::out(to_json(&pull))
+            } else {
+                Outcome::out(format!("{}\n", pull.url))
+            }
+        }
+        Command::Sessions { id, json } => {
+            let sessions = lc.ssh_sessions(user, &id).await?;
+            let views: Vec<SessionView> = sessions.iter().map(SessionView::from).collect();
+            if json {
+                Outcome::out(to_json(&SessionList { sessions: views }))
+            } else {
+                Outcome::out(session_table(&views))
+            }
+        }
+        Command::Keys { action, json } => match action {
+            None => {
+                let keys = lc.ssh_keys(user).await?;
+                if json {
+                    Outcome::out(to_json(&SshKeyList {
+                        ssh_keys: keys.iter().map(SshKeyView::from).collect(),
+                    }))
+                } else {
+                    let mut text = String::new();
+                    for k in &keys {
+                        text.push_str(&format!("{}  {}  {}\n", k.id, k.fingerprint, k.name));
+                    }
+                    Outcome::out(text)
+                }
+            }
+            Some(KeysAction::Add { name }) => {
+                let line = std::str::from_utf8(stdin)
+                    .map_err(|_| Error::invalid("the public key on stdin is not UTF-8"))?;
+                let key = lc.add_ssh_key(user, line, name).await?;
+                if json {
+                    Outcome::out(to_json(&SshKeyView::from(&key)))
+                } else {
+                    Outcome::out(format!("{}  {}  {}\n", key.id, key.fingerprint, key.name))
+                }
+            }
+            Some(KeysAction::Rm { key }) => {
+                lc.remove_ssh_key(user, &key).await?;
+                Outcome::out(format!("{key} removed\n"))
+            }
+        },
+        Command::Attach { id } => {
+            if !terminal {
+                return Err(Error::bad_request(
+                    "attach needs a terminal: ssh -t; or log in as <sandbox-id>@gateway",
+                ));
+            }
+            let sandbox = lc.owned(user, &id).await?;
+            Outcome {
+                attach: Some(sandbox),
+                ..Outcome::default()
+            }
+        }
+    })
+}
+
+fn sandbox_table(sandboxes: &[Sandbox]) -> String {
+    let mut text = format!("{:<26} {:<9} {:<24} {}\n", "ID", "STATE", "IMAGE", "REPO");
+    for s in sandboxes {
+        text.push_str(&format!(
+            "{:<26} {:<9} {:<24} {}\n",
+            s.id,
+            s.state,
+            s.image,
+            s.repo.as_deref().unwrap_or("-")
+        ));
+    }
+    text
+}
+
+/// One SSH session of a sandbox, from the audit trail. Times are Unix seconds.
+#[derive(Debug, Serialize)]
+pub struct SessionView {
+    pub id: String,
+    /// The account that logged in (none for a sandbox token).
+    pub user_id: Option<String>,
+    pub source: String,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// `status:N`, `signal:NAME`, or null.
+    pub exit: Option<String>,
+}
+
+impl From<&SshSession> for SessionView {
+    fn from(s: &SshSession) -> SessionView {
+        SessionView {
+            id: s.id.as_str().to_owned(),
+            user_id: s.user_id.as_ref().map(|u| u.as_str().to_owned()),
+            source: s.source_addr.to_string(),
+            started_at: s.started_at.unix_seconds(),
+            ended_at: s.ended_at.map(|t| t.unix_seconds()),
+            bytes_in: s.bytes_in,
+            bytes_out: s.bytes_out,
+            exit: s.exit.as_ref().map(|e| match e {
+                SessionExit::Status(n) => format!("status:{n}"),
+                SessionExit::Signal(name) => format!("signal:{name}"),
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct SessionList {
+    pub sessions: Vec<SessionView>,
+}
+
+fn session_table(sessions: &[SessionView]) -> String {
+    let mut text = format!(
+        "{:<26} {:<22} {:>11} {:>11} {:>11} {}\n",
+        "ID", "SOURCE", "STARTED", "IN", "OUT", "EXIT"
+    );
+    for s in sessions {
+        text.push_str(&format!(
+            "{:<26} {:<22} {:>11} {:>11} {:>11} {}\n",
+            s.id,
+            s.source,
+            s.started_at,
+            s.bytes_in,
+            s.bytes_out,
+            s.exit
+                .as_deref()
+                .unwrap_or(if s.ended_at.is_some() { "-" } else { "open" })
+        ));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_lines_parse_or_say_why() {
+        assert!(matches!(
+            parse("ls --json"),
+            Ok(Command::Ls { json: true, .. })
+        ));
+        assert!(matches!(
+            parse("new --image 'warren-base:latest' --env A=1 --env B=2"),
+            Ok(Command::New { env, .. }) if env.len() == 2
+        ));
+        assert!(parse("keys add --name laptop").is_ok_and(|c| c.reads_stdin()));
+        assert!(parse("stop").is_err_and(|o| o.status == EXIT_USAGE && !o.stderr.is_empty()));
+        assert!(parse("frobnicate").is_err_and(|o| o.status == EXIT_USAGE));
+        assert!(parse("new --image 'unbalanced").is_err_and(|o| o.status == EXIT_USAGE));
+        // Help is an answer, not a mistake: on stdout, status 0.
+        for line in ["help", "", "--help", "new --help"] {
+            let Err(o) = parse(line) else {
+                panic!("{line:?} parsed as a command");
+            };
+            assert_eq!(o.status, 0, "{line:?}");
+            assert!(o.stdout.contains("Usage"), "{line:?}: {}", o.stdout);
+        }
+    }
+}
