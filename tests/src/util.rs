@@ -243,7 +243,7 @@ pub struct PasswdEntry {
 }
 
 impl PasswdEntry {
-    fn parse(line: &str) -> Option<Self> {
+    pub fn parse(line: &str) -> Option<Self> {
         let f: Vec<&str> = line.split(':').collect();
         if f.len() < 7 {
             return None;
