@@ -25,6 +25,7 @@ mod process;
 mod pty;
 pub mod scenarios;
 mod sshd;
+pub mod stack;
 pub mod util;
 
 pub use agent::{Agent, AgentBuilder};
