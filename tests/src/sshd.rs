@@ -221,6 +221,13 @@ pub fn clean_user() -> Result<PasswdEntry> {
             .success()
             .context("useradd (needs root)")?;
     }
+    // useradd leaves the password locked ('!'), and sshd without PAM refuses locked
+    // accounts even for key logins; '*' is "no password" without the lock.
+    Cmd::new("usermod")
+        .args(["-p", "*", CLEAN_USER])
+        .run()?
+        .success()
+        .context("usermod -p '*'")?;
     let user = find()?.with_context(|| format!("{CLEAN_USER} is not in /etc/passwd"))?;
     let home = user.home.as_path();
     if home.exists() {
