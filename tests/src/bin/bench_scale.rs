@@ -33,6 +33,8 @@ struct Options {
     image: String,
     network_none: bool,
     create_concurrency: usize,
+    /// A static agent already built (else `scripts/build-static-agent` builds one).
+    agent_bin: Option<std::path::PathBuf>,
 }
 
 impl Options {
@@ -44,6 +46,7 @@ impl Options {
             image: "warren-busybox:latest".into(),
             network_none: false,
             create_concurrency: 4,
+            agent_bin: None,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -54,6 +57,7 @@ impl Options {
                 "--rounds" => o.rounds = value()?.parse()?,
                 "--image" => o.image = value()?,
                 "--create-concurrency" => o.create_concurrency = value()?.parse()?,
+                "--agent-bin" => o.agent_bin = Some(value()?.into()),
                 "--network" => match value()?.as_str() {
                     "none" => o.network_none = true,
                     "all" => o.network_none = false,
@@ -63,7 +67,7 @@ impl Options {
                     println!(
                         "bench-scale [--sandboxes N (100)] [--memory-mb M (64)] [--rounds R (3)] \
                          [--image IMAGE (warren-busybox:latest)] [--network all|none (all)] \
-                         [--create-concurrency N (4)]"
+                         [--create-concurrency N (4)] [--agent-bin STATIC_AGENT]"
                     );
                     std::process::exit(0);
                 }
@@ -173,7 +177,10 @@ fn main() -> Result<()> {
     ensure!(docker_available(), "bench-scale needs a Docker engine");
     let nofile = util::raise_nofile()?;
     eprintln!("open-files limit {nofile}; building the static agent and the image…");
-    let agent = docker_agent_and_image(&opts.image)?;
+    let agent = match &opts.agent_bin {
+        Some(path) => path.clone(),
+        None => docker_agent_and_image(&opts.image)?,
+    };
     let work = tempfile::Builder::new()
         .prefix("warren-bench-scale-")
         .tempdir()?;
