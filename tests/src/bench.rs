@@ -3,17 +3,28 @@
 //! each against any server an OpenSSH client can reach.
 
 use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 
-use crate::util::{self, sha256sum, wait_until};
+use crate::util::{self, PasswdEntry, sha256sum, wait_until};
 use crate::{Client, Cmd, Running, shell_quote};
 
 /// The cipher every benchmark client uses, so servers compare like for like.
 pub const CIPHER: &str = "aes256-gcm@openssh.com";
+/// The key exchange every benchmark client uses: OpenSSH's default sntrup761 hybrid
+/// costs the client ~100 ms more, and not every server offers it.
+pub const KEX: &str = "curve25519-sha256";
+
+/// `client` with the benchmarks' cipher and key exchange.
+pub fn bench_client(client: Client) -> Client {
+    client
+        .with_option(format!("Ciphers={CIPHER}"))
+        .with_option(format!("KexAlgorithms={KEX}"))
+}
 /// How long one bulk transfer may take.
 pub const BULK: Duration = Duration::from_secs(900);
 
@@ -326,6 +337,8 @@ impl Workload {
             .prefix("warren-bench-")
             .tempdir_in(dir)
             .with_context(|| format!("creating a scratch dir in {}", dir.display()))?;
+        // The reference sshd logs in an unprivileged user, who reads the source file.
+        std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755))?;
         let bytes = size_mib << 20;
         let source = work.path().join("source.bin");
         eprintln!("writing {size_mib} MiB of random data…");
@@ -343,6 +356,13 @@ impl Workload {
     pub fn server_dir(&self, name: &str) -> Result<PathBuf> {
         let dir = self.work.path().join(name);
         std::fs::create_dir(&dir)?;
+        Ok(dir)
+    }
+
+    /// A new scratch directory for the server `name`, owned by the user it logs in.
+    pub fn server_dir_for(&self, name: &str, user: &PasswdEntry) -> Result<PathBuf> {
+        let dir = self.server_dir(name)?;
+        std::os::unix::fs::chown(&dir, Some(user.uid), Some(user.gid))?;
         Ok(dir)
     }
 }
@@ -494,8 +514,8 @@ pub fn conditions(dir: &Path) -> String {
         .map(|o| o.stderr_str().trim().to_owned())
         .unwrap_or_default();
     format!(
-        "Loopback, {cores} cores, {openssh}, cipher {CIPHER}, files on {}. \
-         Throughput includes connection setup.",
+        "Loopback, {cores} cores, {openssh}, cipher {CIPHER}, key exchange {KEX}, files \
+         on {}. Throughput includes connection setup.",
         dir.display()
     )
 }

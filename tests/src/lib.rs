@@ -25,6 +25,7 @@ mod process;
 mod pty;
 pub mod scenarios;
 mod sshd;
+pub mod stack;
 pub mod util;
 
 pub use agent::{Agent, AgentBuilder};
@@ -32,4 +33,4 @@ pub use binaries::{Profile, bin_path, build_bin, workspace_root};
 pub use client::{Client, Target};
 pub use process::{Cmd, DEFAULT_TIMEOUT, Output, Running, SharedBuf, shell_quote};
 pub use pty::Pty;
-pub use sshd::{SFTP_SERVER_PATH, SSHD_PATH, Sshd};
+pub use sshd::{CLEAN_USER, SFTP_SERVER_PATH, SSHD_PATH, Sshd};

@@ -4,11 +4,14 @@
 //!
 //! It listens on a free high loopback port, with its own host key and an
 //! authorized_keys file in a tempdir, no PAM, no pid file. It logs in the user the
-//! tests run as (normally root), so it needs to run as root.
+//! tests run as (normally root), so it needs to run as root. The benchmarks use
+//! [`Sshd::start_clean`] instead: a dedicated user whose home holds empty rc files,
+//! so that a login costs what sshd costs, not what someone's `.bashrc` costs.
 
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,16 +20,19 @@ use tempfile::TempDir;
 
 use crate::client::{Client, Target};
 use crate::process::{Cmd, Running};
-use crate::util::{self, current_user, free_port, wait_until};
+use crate::util::{self, PasswdEntry, current_user, free_port, wait_until};
 
 pub const SSHD_PATH: &str = "/usr/sbin/sshd";
 pub const SFTP_SERVER_PATH: &str = "/usr/lib/openssh/sftp-server";
+/// The dedicated user [`Sshd::start_clean`] logs in, and its home.
+pub const CLEAN_USER: &str = "warren-bench";
+const CLEAN_HOME: &str = "/var/lib/warren-bench";
 
 /// A running `sshd -D -e -f <throwaway config>`.
 pub struct Sshd {
     process: Option<Running>,
     port: u16,
-    user: String,
+    user: PasswdEntry,
     authorized_keys: PathBuf,
     dir: TempDir,
 }
@@ -37,7 +43,20 @@ impl Sshd {
         Path::new(SSHD_PATH).is_file() && util::running_as_root()
     }
 
+    /// sshd logging in the user the tests run as.
     pub fn start() -> Result<Sshd> {
+        Sshd::start_for(current_user()?)
+    }
+
+    /// sshd logging in [`CLEAN_USER`] (created with useradd if missing), whose shell
+    /// is bash, like root's, and whose home is reset to empty `.bashrc`, `.profile`
+    /// and `.bash_logout` on every start (sshd makes bash read `.bashrc` even for
+    /// `ssh host true`).
+    pub fn start_clean() -> Result<Sshd> {
+        Sshd::start_for(clean_user()?)
+    }
+
+    fn start_for(user: PasswdEntry) -> Result<Sshd> {
         if !Path::new(SSHD_PATH).is_file() {
             bail!("{SSHD_PATH} is missing: apt-get install openssh-server");
         }
@@ -52,7 +71,9 @@ impl Sshd {
             .success()?;
         let authorized_keys = dir.path().join("authorized_keys");
         fs::write(&authorized_keys, "")?;
-        let user = current_user()?.name;
+        // A non-root user's sshd reads the keys file as that user.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
+        fs::set_permissions(&authorized_keys, fs::Permissions::from_mode(0o644))?;
         let mut last_err = None;
         // The port was free a moment ago; another process may take it first.
         for _ in 0..5 {
@@ -113,7 +134,12 @@ impl Sshd {
     }
 
     pub fn target(&self) -> Target {
-        Target::new("127.0.0.1", self.port, &self.user)
+        Target::new("127.0.0.1", self.port, &self.user.name)
+    }
+
+    /// The user this sshd logs in.
+    pub fn user(&self) -> &PasswdEntry {
+        &self.user
     }
 
     pub fn authorize(&self, public_key: &str) -> Result<()> {
@@ -176,6 +202,55 @@ impl Drop for Sshd {
             }
         }
     }
+}
+
+/// [`CLEAN_USER`], created if missing, with a freshly emptied home.
+pub fn clean_user() -> Result<PasswdEntry> {
+    let find = || {
+        fs::read_to_string("/etc/passwd").map(|p| {
+            p.lines()
+                .filter_map(PasswdEntry::parse)
+                .find(|e| e.name == CLEAN_USER)
+        })
+    };
+    if find()?.is_none() {
+        Cmd::new("useradd")
+            .args(["--system", "--no-create-home", "--shell", "/bin/bash"])
+            .args(["--home-dir", CLEAN_HOME, CLEAN_USER])
+            .run()?
+            .success()
+            .context("useradd (needs root)")?;
+    }
+    // useradd leaves the password locked ('!'), and sshd without PAM refuses locked
+    // accounts even for key logins; '*' is "no password" without the lock.
+    Cmd::new("usermod")
+        .args(["-p", "*", CLEAN_USER])
+        .run()?
+        .success()
+        .context("usermod -p '*'")?;
+    let user = find()?.with_context(|| format!("{CLEAN_USER} is not in /etc/passwd"))?;
+    let home = user.home.as_path();
+    if home.exists() {
+        fs::remove_dir_all(home).with_context(|| format!("emptying {}", home.display()))?;
+    }
+    fs::create_dir_all(home)?;
+    for rc in [".bashrc", ".profile", ".bash_logout"] {
+        fs::write(home.join(rc), "")?;
+    }
+    chown_tree(home, user.uid, user.gid)?;
+    Ok(user)
+}
+
+/// chown `path` and everything under it.
+pub fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<()> {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))
+        .with_context(|| format!("chown {}", path.display()))?;
+    if path.is_dir() {
+        for entry in fs::read_dir(path)? {
+            chown_tree(&entry?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether an SSH server answers with its banner on 127.0.0.1:`port`.

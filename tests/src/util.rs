@@ -243,7 +243,7 @@ pub struct PasswdEntry {
 }
 
 impl PasswdEntry {
-    fn parse(line: &str) -> Option<Self> {
+    pub fn parse(line: &str) -> Option<Self> {
         let f: Vec<&str> = line.split(':').collect();
         if f.len() < 7 {
             return None;
@@ -448,4 +448,56 @@ pub fn sample_tree(root: &Path) -> Result<()> {
     )?;
     symlink("../README.txt", root.join("data/link-to-readme"))?;
     Ok(())
+}
+
+/// A container's memory from its cgroup: (usage, anonymous) in KiB. cgroup v1
+/// (`memory.usage_in_bytes`, `rss` in memory.stat) or v2 (`memory.current`, `anon`).
+pub fn container_memory_kib(container_id: &str) -> Option<(u64, u64)> {
+    let v1 = PathBuf::from(format!("/sys/fs/cgroup/memory/docker/{container_id}"));
+    let v2 = [
+        format!("/sys/fs/cgroup/system.slice/docker-{container_id}.scope"),
+        format!("/sys/fs/cgroup/docker/{container_id}"),
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_dir());
+    let (usage_file, stat_file, anon_key) = if v1.is_dir() {
+        (
+            v1.join("memory.usage_in_bytes"),
+            v1.join("memory.stat"),
+            "rss",
+        )
+    } else {
+        let v2 = v2?;
+        (v2.join("memory.current"), v2.join("memory.stat"), "anon")
+    };
+    let usage: u64 = std::fs::read_to_string(usage_file)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let stat = std::fs::read_to_string(stat_file).ok()?;
+    let anon = stat.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == anon_key).then(|| v.trim().parse::<u64>().ok())?
+    })?;
+    Some((usage / 1024, anon / 1024))
+}
+
+/// Raise the soft open-files limit to the hard one: 1,000 sessions hold thousands
+/// of pipes and sockets here, in the gateway, the runner and the agent (which
+/// inherit the limit).
+pub fn raise_nofile() -> Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    anyhow::ensure!(rc == 0, "getrlimit: {}", std::io::Error::last_os_error());
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: as above.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    anyhow::ensure!(rc == 0, "setrlimit: {}", std::io::Error::last_os_error());
+    Ok(lim.rlim_cur)
 }

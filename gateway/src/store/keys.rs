@@ -103,6 +103,7 @@ impl Store {
         .bind(user.as_str())
         .execute(&self.pool)
         .await?;
+        self.api_keys.forget(key);
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound("API key"));
         }
@@ -110,11 +111,19 @@ impl Store {
     }
 
     /// Whose unrevoked API key `secret` is, if anyone's: looks the key up by its
-    /// prefix, then compares hashes in constant time. Records the use.
+    /// prefix, then compares hashes in constant time. Records the use. A key verified
+    /// in the last few seconds is answered from memory (`key_cache`); revoking it
+    /// here forgets it at once.
     pub async fn find_user_by_api_key(
         &self,
         secret: &str,
     ) -> Result<Option<ApiKeyOwner>, StoreError> {
+        if let Some(hit) = self.api_keys.get(secret) {
+            self.record_use(secret, &hit.owner.key_id, hit.last_used)
+                .await?;
+            return Ok(Some(hit.owner));
+        }
+        let generation = self.api_keys.generation();
         let sql = format!(
             "SELECT api_keys.id AS key_id, api_keys.hash AS hash, \
              api_keys.last_used_at AS last_used_at, {USER_COLUMNS} \
@@ -138,11 +147,25 @@ impl Store {
         let Some((key_id, user, last_used)) = found else {
             return Ok(None);
         };
+        let owner = ApiKeyOwner { user, key_id };
+        self.api_keys.put(secret, &owner, last_used, generation);
+        self.record_use(secret, &owner.key_id, last_used).await?;
+        Ok(Some(owner))
+    }
+
+    /// Writes the key's `last_used_at` if the stored one is older than
+    /// [`LAST_USED_GRANULARITY_S`].
+    async fn record_use(
+        &self,
+        secret: &str,
+        key_id: &ApiKeyId,
+        last_used: Option<i64>,
+    ) -> Result<(), StoreError> {
         let now = Timestamp::now().unix_seconds();
         // A write on every request would take SQLite's write lock each time; the
         // timestamp only needs LAST_USED_GRANULARITY_S precision.
         if last_used.is_some_and(|t| t > now - LAST_USED_GRANULARITY_S) {
-            return Ok(Some(ApiKeyOwner { user, key_id }));
+            return Ok(());
         }
         sqlx::query(
             "UPDATE api_keys SET last_used_at = $1 \
@@ -153,7 +176,8 @@ impl Store {
         .bind(now - LAST_USED_GRANULARITY_S)
         .execute(&self.pool)
         .await?;
-        Ok(Some(ApiKeyOwner { user, key_id }))
+        self.api_keys.used(secret, now);
+        Ok(())
     }
 
     /// Registers an SSH public key for `user` (its comment is dropped; `name` labels

@@ -45,6 +45,7 @@
 pub mod api_queries;
 mod error;
 mod ids;
+mod key_cache;
 mod keys;
 mod migrations;
 mod model;
@@ -89,6 +90,8 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// API keys verified in the last few seconds (see `key_cache`).
+    api_keys: std::sync::Arc<key_cache::KeyCache>,
 }
 
 impl Store {
@@ -182,7 +185,11 @@ impl Store {
             .run(&pool)
             .await
             .map_err(sqlx::Error::from)?;
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            api_keys: Default::default(),
+        })
     }
 
     pub fn backend(&self) -> Backend {

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail, ensure};
 use warren_tests::bench::{
-    CIPHER, Scores, Server, Workload, cell, conditions, connect_rows, keystroke_row, measure,
+    Scores, Server, Workload, bench_client, cell, conditions, connect_rows, keystroke_row, measure,
     memory_of, memory_rows, mib, ratio, throughput_rows,
 };
 use warren_tests::util;
@@ -69,7 +69,7 @@ fn main() -> Result<()> {
     let opts = Options::parse()?;
     ensure!(
         util::running_as_root(),
-        "run as root: sshd must log in the current user"
+        "run as root: sshd logs in a dedicated user that useradd creates"
     );
     let agent_bin = match &opts.agent_bin {
         Some(p) => p.clone(),
@@ -80,14 +80,14 @@ fn main() -> Result<()> {
     };
     let load = Workload::write(&opts.dir, opts.size_mib)?;
 
-    let sshd = Sshd::start()?;
-    let sshd_client = sshd.client()?.with_option(format!("Ciphers={CIPHER}"));
+    let sshd = Sshd::start_clean()?;
+    let sshd_client = bench_client(sshd.client()?);
     let agent = Agent::builder()
         .binary(&agent_bin)
         .env("RUST_LOG", "warn")
         .quiet()
         .start()?;
-    let agent_client = agent.client()?.with_option(format!("Ciphers={CIPHER}"));
+    let agent_client = bench_client(agent.client()?);
 
     let mut servers = Vec::new();
     for (id, (name, client)) in [("sshd", sshd_client), ("warren-agent", agent_client)]
@@ -98,7 +98,11 @@ fn main() -> Result<()> {
             name,
             id,
             client,
-            dir: load.server_dir(name)?,
+            dir: if name == "sshd" {
+                load.server_dir_for(name, sshd.user())?
+            } else {
+                load.server_dir(name)?
+            },
             memory: if name == "sshd" {
                 Box::new(|| memory_of(&sshd.server_pids()))
             } else {

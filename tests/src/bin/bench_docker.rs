@@ -11,7 +11,6 @@
 //! `cargo run --release -p warren-tests --bin bench-docker [-- --creates 20 --idle 50
 //! --image warren-busybox:latest]` (as root, with a Docker engine).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,8 +21,8 @@ use warren_gateway::store::{NewSandbox, SandboxState, Store};
 use warren_gateway::tunnel::RunnerHub;
 use warren_keys::{SandboxId, TokenSigner};
 use warren_runner::protocol::{Request, Response, SandboxSpec};
-use warren_tests::util::{self, wait_until};
-use warren_tests::{Client, Cmd, Profile, Target, build_bin, workspace_root};
+use warren_tests::util::{self, container_memory_kib, wait_until};
+use warren_tests::{Client, Cmd, Profile, Target, build_bin};
 
 const FOREVER: Duration = Duration::from_secs(24 * 3600);
 
@@ -57,40 +56,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// A container's memory from its cgroup: (usage, anonymous) in KiB. cgroup v1
-/// (`memory.usage_in_bytes`, `rss` in memory.stat) or v2 (`memory.current`, `anon`).
-fn container_memory_kib(container_id: &str) -> Option<(u64, u64)> {
-    let v1 = PathBuf::from(format!("/sys/fs/cgroup/memory/docker/{container_id}"));
-    let v2 = [
-        format!("/sys/fs/cgroup/system.slice/docker-{container_id}.scope"),
-        format!("/sys/fs/cgroup/docker/{container_id}"),
-    ]
-    .into_iter()
-    .map(PathBuf::from)
-    .find(|p| p.is_dir());
-    let (usage_file, stat_file, anon_key) = if v1.is_dir() {
-        (
-            v1.join("memory.usage_in_bytes"),
-            v1.join("memory.stat"),
-            "rss",
-        )
-    } else {
-        let v2 = v2?;
-        (v2.join("memory.current"), v2.join("memory.stat"), "anon")
-    };
-    let usage: u64 = std::fs::read_to_string(usage_file)
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    let stat = std::fs::read_to_string(stat_file).ok()?;
-    let anon = stat.lines().find_map(|l| {
-        let (k, v) = l.split_once(' ')?;
-        (k == anon_key).then(|| v.trim().parse::<u64>().ok())?
-    })?;
-    Some((usage / 1024, anon / 1024))
-}
-
 fn main() -> Result<()> {
     let opts = options()?;
     ensure!(
@@ -99,21 +64,7 @@ fn main() -> Result<()> {
     );
     eprintln!("building the runner (release) and the static agent…");
     let runner_bin = build_bin("warren-runner", "warren-runner", Profile::Release)?;
-    let agent = Cmd::new(workspace_root().join("scripts/build-static-agent"))
-        .timeout(Duration::from_secs(1800))
-        .run()?
-        .success()?;
-    let agent = workspace_root().join(agent.stdout_str().trim());
-    if opts.image.starts_with("warren-busybox") {
-        Cmd::new(workspace_root().join("images/build-busybox"))
-            .run()?
-            .success()?;
-    } else if opts.image.starts_with("warren-base") {
-        Cmd::new(workspace_root().join("images/build-base"))
-            .timeout(Duration::from_secs(1800))
-            .run()?
-            .success()?;
-    }
+    let agent = warren_tests::stack::docker_agent_and_image(&opts.image)?;
 
     let work = tempfile::TempDir::new()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
