@@ -19,6 +19,7 @@
 
 mod agent;
 pub mod bench;
+pub mod bench_persistent;
 mod binaries;
 mod client;
 pub mod gateway;

@@ -15,7 +15,8 @@
 //!
 //! Measures with the real OpenSSH clients, cipher aes256-gcm: scp and sftp throughput
 //! both ways (checksums verified), `cat` over exec both ways, `ssh host true`, the
-//! keystroke echo on a PTY, and memory with 1 and N idle sessions. Prints a Markdown
+//! keystroke echo on a PTY (plain, and through a persistent session), memory with 1
+//! and N idle sessions, and the agent's memory per detached persistent session. Prints a Markdown
 //! table (stdout) with the ratios to direct sshd and the issue's targets; progress goes
 //! to stderr. Needs root (sshd logs in the current user) and a tmpfs at /dev/shm.
 
@@ -29,9 +30,10 @@ use warren_gateway::tunnel::RunnerHub;
 use warren_keys::{SandboxId, TokenSigner};
 use warren_runner::protocol::{Request, Response};
 use warren_tests::bench::{
-    CIPHER, MEASUREMENTS, Memory, Scores, Server, Workload, cell, conditions, connect_rows,
+    CIPHER, KEYS, MEASUREMENTS, Memory, Scores, Server, Workload, cell, conditions, connect_rows,
     keystroke_row, measure, memory_of, memory_rows, mib, ratio, throughput_rows,
 };
+use warren_tests::bench_persistent::{self, DETACHED_SESSIONS};
 use warren_tests::util::{self, wait_until};
 use warren_tests::{Agent, Client, Cmd, Profile, Running, Sshd, Target, build_bin};
 
@@ -348,13 +350,51 @@ fn main() -> Result<()> {
     }
 
     let scores = measure(&servers, &load, opts.runs, opts.sessions, |m| opts.wants(m));
-    print_table(&opts, &scores);
+    let sessions = if opts.wants("sessions") {
+        persistent_figures(&servers[1..])
+    } else {
+        Vec::new()
+    };
+    print_table(&opts, &scores, &sessions);
     drop(servers);
     drop(stack);
     Ok(())
 }
 
-fn print_table(opts: &Options, scores: &[Scores]) {
+/// Persistent sessions' figures for the agent direct and the gateway path.
+#[derive(Clone, Copy)]
+struct SessionFigures {
+    key_p50_ms: f64,
+    detached_kib: f64,
+}
+
+fn persistent_figures(servers: &[Server]) -> Vec<SessionFigures> {
+    servers
+        .iter()
+        .map(|s| {
+            eprintln!("{}: keystroke echo through a persistent session", s.name);
+            let key_p50_ms = bench_persistent::keystroke_p50(s, KEYS).unwrap_or_else(|e| {
+                eprintln!("  {}: persistent keystroke echo failed: {e:#}", s.name);
+                f64::NAN
+            });
+            eprintln!(
+                "{}: memory of {DETACHED_SESSIONS} detached sessions",
+                s.name
+            );
+            let detached_kib = bench_persistent::detached_session_kib(s, DETACHED_SESSIONS)
+                .unwrap_or_else(|e| {
+                    eprintln!("  {}: detached sessions failed: {e:#}", s.name);
+                    f64::NAN
+                });
+            SessionFigures {
+                key_p50_ms,
+                detached_kib,
+            }
+        })
+        .collect()
+}
+
+fn print_table(opts: &Options, scores: &[Scores], sessions: &[SessionFigures]) {
     let (sshd, agent, gw) = (&scores[0], &scores[1], &scores[2]);
     println!(
         "{} Gateway path: `warren-gateway serve` → runner tunnel → `warren-runner` → \
@@ -424,6 +464,43 @@ fn print_table(opts: &Options, scores: &[Scores]) {
             added(agent.key_p50_ms)
         ),
     );
+    if let [direct, via] = sessions {
+        let added = |plain: f64, persistent: f64| {
+            known(plain)
+                .zip(known(persistent))
+                .map(|(p, s)| (s - p, s - p < 0.2))
+        };
+        let (a_added, g_added) = (
+            added(agent.key_p50_ms, direct.key_p50_ms),
+            added(gw.key_p50_ms, via.key_p50_ms),
+        );
+        let shown =
+            |a: Option<(f64, bool)>| a.map_or("n/a".to_owned(), |(d, _)| format!("{d:+.2} ms"));
+        row(
+            format!("keystroke echo, persistent session, p50 of {KEYS}"),
+            f64::NAN,
+            direct.key_p50_ms,
+            via.key_p50_ms,
+            "ms",
+            2,
+            format!(
+                "added < 0.2 ms vs plain {} ({} via gateway, {} direct)",
+                verdict(g_added.map(|(_, ok)| ok)),
+                shown(g_added),
+                shown(a_added)
+            ),
+        );
+        let met = known(via.detached_kib).map(|k| k < 1024.0);
+        row(
+            format!("agent RSS per detached persistent session ({DETACHED_SESSIONS})"),
+            f64::NAN,
+            direct.detached_kib / 1024.0,
+            via.detached_kib / 1024.0,
+            "MiB",
+            2,
+            format!("< 1 MiB beyond its programs {}", verdict(met)),
+        );
+    }
     let n = opts.sessions;
     for (i, (label, pick)) in memory_rows(n).into_iter().enumerate() {
         let target = if i == 2 {
