@@ -206,15 +206,22 @@ impl Connection {
             .cloned()
             .ok_or(AttachError::NoTerminal)?;
         let env = channel_session.program_env(&extra_env);
+        let secrets = self.grant.is_some_and(|g| g.secrets);
         let create = (!attach.read_only).then_some(NewSession {
             request: &request,
             program,
             launch,
             env,
+            secrets,
         });
         let (persistent, created) = self.agent.sessions.open(&attach.session, create)?;
         if !created && matches!(program, Program::Command(_)) {
             return Err(AttachError::AlreadyRuns(attach.session.clone()));
+        }
+        // Typing into a shell that has the secrets would give them to a login that
+        // was not (a user the sandbox is shared with without them): watching only.
+        if persistent.has_secrets() && !secrets && !attach.read_only {
+            return Err(AttachError::Secrets(attach.session.clone()));
         }
         channel_session.attach(&persistent, attach.read_only, session.handle())?;
         tracing::info!(?channel, session = %attach, created, "attached to a persistent session");

@@ -115,3 +115,28 @@ fn a_detached_session_is_activity_only_while_its_programs_run() -> Result<()> {
     );
     Ok(())
 }
+
+/// A user the sandbox is shared with without its secrets may watch a session that
+/// has them, but not type into it (its shell would hand them over).
+#[test]
+fn a_login_without_the_secrets_only_watches_a_session_that_has_them() -> Result<()> {
+    let agent = Agent::builder().start()?;
+    let owner = agent.client()?;
+    let guest = warren_tests::Client::new(agent.target())?;
+    agent.authorize(&format!("warren-no-secrets {}", guest.public_key().trim()))?;
+    let tmux = Tmux::new();
+    persistent::start_ticking(&tmux, "owner", &as_session(&owner, "work"))?;
+
+    let out = as_session(&guest, "work").ssh(&["-tt"], "").run()?;
+    let said = format!("{}{}", out.stdout_str(), out.stderr_str());
+    ensure!(
+        out.code() == Some(1) && said.contains("attach with +ro"),
+        "a login without the secrets typed into a session that has them:\n{out}"
+    );
+    tmux.start("guest", 100, 30, &ssh_argv(&as_session(&guest, "work+ro")))?;
+    let now = persistent::last_tick(&tmux.screen("owner")?);
+    tmux.wait_until("guest", "the owner's ticks", |s| {
+        persistent::last_tick(s) > now
+    })?;
+    Ok(())
+}

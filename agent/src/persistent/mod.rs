@@ -42,6 +42,10 @@ pub enum AttachError {
     AlreadyRuns(SessionName),
     #[error("a read-only attach runs no commands and no subsystems")]
     ReadOnlyCommand,
+    #[error(
+        "session {0} has the sandbox's secrets, which this login is not given; attach with +ro"
+    )]
+    Secrets(SessionName),
     #[error("this sandbox already has {MAX_SESSIONS} persistent sessions")]
     TooManySessions,
     #[error("session {0} already has {max} clients", max = terminal::MAX_CLIENTS)]
@@ -63,6 +67,8 @@ pub struct NewSession<'a> {
     pub program: &'a Program,
     pub launch: Launch<'a>,
     pub env: Vec<(String, String)>,
+    /// `env` holds the sandbox's secrets (the creator's login was granted them).
+    pub secrets: bool,
 }
 
 /// The agent's persistent sessions, by name.
@@ -102,12 +108,18 @@ impl Sessions {
         if live.len() >= MAX_SESSIONS {
             return Err(AttachError::TooManySessions);
         }
-        let session =
-            Persistent::start(name.clone(), new.request, new.program, &new.launch, new.env)
-                .map_err(|source| AttachError::Start {
-                    name: name.clone(),
-                    source,
-                })?;
+        let session = Persistent::start(
+            name.clone(),
+            new.request,
+            new.program,
+            &new.launch,
+            new.env,
+            new.secrets,
+        )
+        .map_err(|source| AttachError::Start {
+            name: name.clone(),
+            source,
+        })?;
         live.insert(name.clone(), session.0.clone());
         drop(live);
         let (session, child) = session;

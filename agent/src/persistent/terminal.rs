@@ -108,6 +108,8 @@ pub struct Persistent {
     /// Kept for window changes.
     master: Mutex<Box<dyn MasterPty + Send>>,
     pid: Option<u32>,
+    /// Whether its programs got the sandbox's secrets (the creator's grant).
+    secrets: bool,
     state: Mutex<State>,
     /// Notified when clients attach or detach (the detached lifetime's clock).
     attachments: Notify,
@@ -121,6 +123,7 @@ impl Persistent {
         program: &Program,
         launch: &Launch<'_>,
         env: Vec<(String, String)>,
+        secrets: bool,
     ) -> io::Result<(Arc<Persistent>, Child)> {
         let (terminal, child) = spawn_on_terminal(request, program, launch, env)?;
         let session = Persistent {
@@ -128,6 +131,7 @@ impl Persistent {
             io: terminal.io,
             master: Mutex::new(terminal.master),
             pid: child.id(),
+            secrets,
             state: Mutex::new(State {
                 screen: Screen::new(request.size),
                 clients: HashMap::new(),
@@ -142,6 +146,11 @@ impl Persistent {
 
     pub fn name(&self) -> &SessionName {
         &self.name
+    }
+
+    /// Whether its programs hold the sandbox's secrets.
+    pub fn has_secrets(&self) -> bool {
+        self.secrets
     }
 
     /// Where attached writers' input goes.
