@@ -38,12 +38,6 @@ impl Authenticator {
         }
     }
 
-    /// The token carried in a `<sandbox-id>#<token>` user name, for clients that cannot
-    /// prompt (scripts, VS Code).
-    pub fn token_in_user_name<'a>(&self, user: &'a str) -> Option<&'a str> {
-        user.split_once('#').map(|(_, token)| token)
-    }
-
     /// What `key` is granted by the authorized-keys file, if it is listed. The file
     /// is read on each attempt so the runner can change it while the agent runs.
     pub fn authorized_key(&self, key: &PublicKey) -> Option<Grant> {
@@ -103,11 +97,6 @@ pub const NO_SECRETS_OPTION: &str = "warren-no-secrets";
 pub struct Grant {
     /// Sessions get the sandbox's create-time environment (its secrets).
     pub secrets: bool,
-}
-
-/// A user name fit for logs: anything after a `#` is a token.
-pub fn loggable_user(user: &str) -> &str {
-    user.split_once('#').map_or(user, |(name, _)| name)
 }
 
 #[cfg(test)]

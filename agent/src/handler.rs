@@ -14,8 +14,11 @@ use russh::server::{
 };
 use russh::{Channel, ChannelId, MethodKind, MethodSet, Pty, Sig};
 
-use crate::auth::{Credential, Grant, loggable_user};
+use warren_keys::{Attach, LoginName, SessionNameError};
+
+use crate::auth::{Credential, Grant};
 use crate::forward::{self, AgentSocket, RemoteForward};
+use crate::persistent::{AttachError, NewSession};
 use crate::process::Program;
 use crate::pty::{self, PtyRequest};
 use crate::server::Agent;
@@ -28,6 +31,9 @@ pub struct Connection {
     credential: Option<Credential>,
     /// What the login was granted (the sandbox's secrets or not).
     grant: Option<Grant>,
+    /// The persistent session the user name asks for (`<sandbox-id>+<name>[+ro]`),
+    /// or why that part of it is wrong.
+    attach: Result<Option<Attach>, SessionNameError>,
     sessions: HashMap<ChannelId, SessionChannel>,
     remote_forwards: HashMap<(String, u32), RemoteForward>,
     agent_socket: Option<AgentSocket>,
@@ -55,6 +61,7 @@ impl Connection {
             peer,
             credential: None,
             grant: None,
+            attach: Ok(None),
             sessions: HashMap::new(),
             remote_forwards: HashMap::new(),
             agent_socket: None,
@@ -64,15 +71,20 @@ impl Connection {
     }
 
     fn accepted(&mut self, credential: Credential, grant: Grant, user: &str) -> Auth {
+        let login = LoginName::parse(user);
         tracing::info!(
             peer = ?self.peer.map(|p| p.0),
-            ssh_user = loggable_user(user),
+            ssh_user = login.without_token(),
             ?credential,
             secrets = grant.secrets,
             "authenticated"
         );
         self.credential = Some(credential);
         self.grant = Some(grant);
+        self.attach = login
+            .attach()
+            .map(Option::<&Attach>::cloned)
+            .map_err(Clone::clone);
         self.authenticated.store(true, Ordering::Release);
         self.unauthenticated_slot = None;
         Auth::Accept
@@ -144,6 +156,78 @@ impl Connection {
         }
     }
 
+    /// Serves a shell, exec or subsystem request on a login that names a persistent
+    /// session: attaches (or refuses, with the reason on the client's terminal).
+    /// False when the login names none and the request runs as usual.
+    fn persistent(&mut self, channel: ChannelId, program: &Program, session: &mut Session) -> bool {
+        let attach = match &self.attach {
+            Ok(None) => return false,
+            // SFTP and scp beside a session work as usual; a watcher runs nothing.
+            Ok(Some(a)) if matches!(program, Program::SftpServer) && !a.read_only => return false,
+            Ok(Some(a)) => Ok(a.clone()),
+            Err(e) => Err(e.to_string()),
+        };
+        let outcome = attach.and_then(|a| {
+            self.attach_to(channel, &a, program, session)
+                .map_err(|e| e.to_string())
+        });
+        let Some(channel_session) = self.sessions.get_mut(&channel) else {
+            return true;
+        };
+        if let Err(message) = outcome {
+            tracing::info!(?channel, reason = %message, "persistent session refused");
+            channel_session.refuse(message);
+        }
+        // Answered yes either way: a refusal is told on the channel, which OpenSSH
+        // shows, where a failed request would only say "shell request failed".
+        if let Err(e) = session.channel_success(channel) {
+            tracing::debug!(error = %e, "reply failed");
+        }
+        true
+    }
+
+    fn attach_to(
+        &mut self,
+        channel: ChannelId,
+        attach: &Attach,
+        program: &Program,
+        session: &mut Session,
+    ) -> Result<(), AttachError> {
+        if attach.read_only && !matches!(program, Program::LoginShell) {
+            return Err(AttachError::ReadOnlyCommand);
+        }
+        let extra_env = self.connection_env();
+        let launch = self.agent.launch();
+        let Some(channel_session) = self.sessions.get_mut(&channel) else {
+            return Err(AttachError::NoTerminal);
+        };
+        let request = channel_session
+            .pty()
+            .cloned()
+            .ok_or(AttachError::NoTerminal)?;
+        let env = channel_session.program_env(&extra_env);
+        let secrets = self.grant.is_some_and(|g| g.secrets);
+        let create = (!attach.read_only).then_some(NewSession {
+            request: &request,
+            program,
+            launch,
+            env,
+            secrets,
+        });
+        let (persistent, created) = self.agent.sessions.open(&attach.session, create)?;
+        if !created && matches!(program, Program::Command(_)) {
+            return Err(AttachError::AlreadyRuns(attach.session.clone()));
+        }
+        // Typing into a shell that has the secrets would give them to a login that
+        // was not (a user the sandbox is shared with without them): watching only.
+        if persistent.has_secrets() && !secrets && !attach.read_only {
+            return Err(AttachError::Secrets(attach.session.clone()));
+        }
+        channel_session.attach(&persistent, attach.read_only, session.handle())?;
+        tracing::info!(?channel, session = %attach, created, "attached to a persistent session");
+        Ok(())
+    }
+
     fn reply(session: &mut Session, channel: ChannelId, ok: bool) -> Result<(), russh::Error> {
         if ok {
             session.channel_success(channel)
@@ -158,7 +242,7 @@ impl russh::server::Handler for Connection {
 
     async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
         // `<sandbox-id>#<token>` logs in without a prompt (scripts, VS Code).
-        if let Some(token) = self.agent.auth.token_in_user_name(user) {
+        if let Some(token) = LoginName::parse(user).token() {
             if let Some(grant) = self.agent.auth.check_token(token) {
                 return Ok(self.accepted(Credential::Token, grant, user));
             }
@@ -316,7 +400,9 @@ impl russh::server::Handler for Connection {
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.start(channel, Program::LoginShell, session);
+        if !self.persistent(channel, &Program::LoginShell, session) {
+            self.start(channel, Program::LoginShell, session);
+        }
         Ok(())
     }
 
@@ -327,7 +413,10 @@ impl russh::server::Handler for Connection {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         // Bytes, not text: a command line may name files in any encoding.
-        self.start(channel, Program::Command(data.to_vec()), session);
+        let program = Program::Command(data.to_vec());
+        if !self.persistent(channel, &program, session) {
+            self.start(channel, program, session);
+        }
         Ok(())
     }
 
@@ -338,7 +427,9 @@ impl russh::server::Handler for Connection {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         if name == "sftp" {
-            self.start(channel, Program::SftpServer, session);
+            if !self.persistent(channel, &Program::SftpServer, session) {
+                self.start(channel, Program::SftpServer, session);
+            }
             Ok(())
         } else {
             tracing::debug!(name, "unknown subsystem refused");

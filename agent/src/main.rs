@@ -10,6 +10,7 @@ mod auth;
 mod forward;
 mod handler;
 mod init;
+mod persistent;
 mod process;
 mod pty;
 mod pump;
@@ -107,6 +108,11 @@ struct ServeArgs {
     /// gateway's inner connection then skips a second layer of encryption.
     #[arg(long, env = "WARREN_AGENT_ALLOW_UNENCRYPTED")]
     allow_unencrypted: bool,
+    /// End a persistent session (`<sandbox-id>+<name>` logins) after this many
+    /// seconds with no client attached (default, or 0: it lives until its shell
+    /// exits or the sandbox stops).
+    #[arg(long, env = "WARREN_SESSION_DETACHED_TTL_S")]
+    session_detached_ttl_s: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -271,6 +277,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         workdir,
         env_policy: EnvPolicy::new(&args.allow_env),
         session_env: passed_env(&args.pass_env),
+        sessions: persistent::Sessions::new(
+            args.session_detached_ttl_s
+                .filter(|s| *s > 0)
+                .map(std::time::Duration::from_secs),
+        ),
     };
     if let Some(path) = args.activity_file {
         activity::spawn_publisher(path);

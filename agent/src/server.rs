@@ -76,6 +76,8 @@ pub struct Agent {
     pub env_policy: EnvPolicy,
     /// Variables every session gets (the sandbox's environment).
     pub session_env: Vec<(String, String)>,
+    /// Persistent sessions (`<sandbox-id>+<name>` logins), which outlive connections.
+    pub sessions: Arc<crate::persistent::Sessions>,
 }
 
 impl Agent {
@@ -197,6 +199,7 @@ pub async fn serve(listen: ListenAddr, config: Config, agent: Agent) -> anyhow::
     }
 
     tracing::info!(open = connections.len(), "shutting down");
+    agent.sessions.hang_up_all();
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         while connections.join_next().await.is_some() {}

@@ -7,6 +7,7 @@
 
 use std::io;
 use std::os::unix::process::ExitStatusExt;
+use std::sync::Arc;
 
 use portable_pty::MasterPty;
 use russh::server::{Handle, Msg};
@@ -15,6 +16,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin};
 use tokio::sync::oneshot;
 
+use crate::persistent::{self, AttachError, Persistent};
 use crate::process::{Launch, Program};
 use crate::pty::{self, PtyIo, PtyRequest};
 use crate::pump::{Backlog, Closed, Input, READ_CHUNK, drain_input, send_output};
@@ -48,7 +50,14 @@ pub struct SessionChannel {
     env: Vec<(String, String)>,
     pty: Option<PtyRequest>,
     running: Option<Running>,
+    /// The persistent session this channel is attached to, instead of a program.
+    attached: Option<Attached>,
     closed: Closed,
+}
+
+struct Attached {
+    session: Arc<Persistent>,
+    read_only: bool,
 }
 
 /// Variables one session may set; sshd has no such limit, but it has no reason to
@@ -70,6 +79,7 @@ impl SessionChannel {
             env: Vec::new(),
             pty: None,
             running: None,
+            attached: None,
             closed,
         }
     }
@@ -97,6 +107,70 @@ impl SessionChannel {
         true
     }
 
+    /// What the client asked for in its `pty-req`, if it did.
+    pub fn pty(&self) -> Option<&PtyRequest> {
+        self.pty.as_ref()
+    }
+
+    /// The variables a program started for this channel gets: `extra_env`
+    /// (connection-wide), then what the client set.
+    pub fn program_env(&self, extra_env: &[(String, String)]) -> Vec<(String, String)> {
+        let mut env = extra_env.to_vec();
+        env.extend(self.env.iter().cloned());
+        env
+    }
+
+    /// Attaches this channel to a persistent session: the session's screen and output
+    /// go to the client, and a writer's input and window size to the session (a
+    /// read-only client's input is read and dropped).
+    pub fn attach(
+        &mut self,
+        session: &Arc<Persistent>,
+        read_only: bool,
+        handle: Handle,
+    ) -> Result<(), AttachError> {
+        let size = self.pty.as_ref().ok_or(AttachError::NoTerminal)?.size;
+        if self.write.is_none() || self.stdin.is_none() {
+            return Err(AttachError::Ended(session.name().clone()));
+        }
+        let slot = session.attach((!read_only).then_some(size))?;
+        let (Some(write), Some(stdin_tx)) = (self.write.take(), self.stdin.take()) else {
+            return Err(AttachError::Ended(session.name().clone()));
+        };
+        if !read_only {
+            let _ = stdin_tx.send(Stdin::Pty(session.input()));
+        }
+        persistent::attach_channel(
+            session.clone(),
+            slot,
+            write,
+            self.id,
+            handle,
+            self.closed.clone(),
+        );
+        self.running = Some(Running {
+            pid: None,
+            master: None,
+        });
+        self.attached = Some(Attached {
+            session: session.clone(),
+            read_only,
+        });
+        Ok(())
+    }
+
+    /// Ends the channel with `message` on stderr and status 1, running nothing.
+    pub fn refuse(&mut self, message: String) {
+        self.stdin = None;
+        if let Some(write) = self.write.take() {
+            persistent::refuse(write, message);
+        }
+        self.running = Some(Running {
+            pid: None,
+            master: None,
+        });
+    }
+
     /// Starts `program`; the session's output and exit status then flow to the client.
     /// `extra_env` holds connection-wide variables (SSH_CONNECTION, SSH_AUTH_SOCK).
     pub fn start(
@@ -109,25 +183,11 @@ impl SessionChannel {
         let (Some(write), Some(stdin_tx)) = (self.write.take(), self.stdin.take()) else {
             return Err(io::Error::other("the session already runs a program"));
         };
-        let mut env: Vec<(String, String)> = extra_env.to_vec();
-        env.extend(self.env.iter().cloned());
+        let env = self.program_env(extra_env);
         let id = self.id;
         match &self.pty {
             Some(request) => {
-                let owner = launch
-                    .switch_user
-                    .then_some((launch.user.uid, launch.user.gid));
-                let terminal = pty::open(request, owner)?;
-                if let Some(name) = terminal.master.tty_name() {
-                    env.push(("SSH_TTY".into(), name.to_string_lossy().into_owned()));
-                }
-                let launch = Launch {
-                    env: &env,
-                    ..launch.clone()
-                };
-                let child = launch.spawn_on_tty(&program, &terminal.slave)?;
-                // The child has its copies; ours would keep the terminal open forever.
-                drop(terminal.slave);
+                let (terminal, child) = spawn_on_terminal(request, &program, launch, env)?;
                 let _ = stdin_tx.send(Stdin::Pty(terminal.io.clone()));
                 self.running = Some(Running {
                     pid: child.id(),
@@ -163,6 +223,13 @@ impl SessionChannel {
     }
 
     pub fn resize(&mut self, size: portable_pty::PtySize) {
+        if let Some(attached) = &self.attached {
+            // The window follows the latest writer; watchers' sizes are their own.
+            if !attached.read_only {
+                attached.session.resize(size);
+            }
+            return;
+        }
         if let Some(master) = self.running.as_ref().and_then(|r| r.master.as_ref()) {
             if let Err(e) = master.resize(size) {
                 tracing::debug!(error = %e, "window change failed");
@@ -186,6 +253,41 @@ impl SessionChannel {
         // SAFETY: kill has no memory effects; the pid is our own child's.
         unsafe { libc::kill(pid, signo) };
     }
+}
+
+/// A terminal's agent side, once its program runs.
+pub struct OpenTerminal {
+    pub master: Box<dyn MasterPty + Send>,
+    pub io: PtyIo,
+}
+
+/// Opens a terminal as `request` asks and starts `program` on it, with `env` and
+/// `SSH_TTY`.
+pub fn spawn_on_terminal(
+    request: &PtyRequest,
+    program: &Program,
+    launch: &Launch<'_>,
+    mut env: Vec<(String, String)>,
+) -> io::Result<(OpenTerminal, Child)> {
+    let owner = launch
+        .switch_user
+        .then_some((launch.user.uid, launch.user.gid));
+    let terminal = pty::open(request, owner)?;
+    if let Some(name) = terminal.master.tty_name() {
+        env.push(("SSH_TTY".into(), name.to_string_lossy().into_owned()));
+    }
+    let launch = Launch {
+        env: &env,
+        ..launch.clone()
+    };
+    let child = launch.spawn_on_tty(program, &terminal.slave)?;
+    // The child has its copies; ours would keep the terminal open forever.
+    drop(terminal.slave);
+    let open = OpenTerminal {
+        master: terminal.master,
+        io: terminal.io,
+    };
+    Ok((open, child))
 }
 
 /// Feeds the client's input to the program, holding it until the program exists.
@@ -300,7 +402,7 @@ async fn relay_terminal(
 }
 
 /// SIGHUP to a session's process group (its leader's pid, after setsid).
-fn hang_up(pid: Option<u32>) {
+pub fn hang_up(pid: Option<u32>) {
     if let Some(pid) = pid.and_then(|p| libc::pid_t::try_from(p).ok()) {
         // SAFETY: kill has no memory effects.
         unsafe { libc::kill(-pid, libc::SIGHUP) };
@@ -308,7 +410,7 @@ fn hang_up(pid: Option<u32>) {
 }
 
 /// exit-status (or exit-signal), EOF, CLOSE: the order OpenSSH clients expect.
-async fn finish(
+pub async fn finish(
     id: ChannelId,
     write: &ChannelWriteHalf<Msg>,
     handle: &Handle,

@@ -230,6 +230,8 @@ async fn local_runner(opts: &UpOptions, data: &DataDir) -> anyhow::Result<Runner
         },
         reap_interval: opts.reap_interval,
         capacity: Default::default(),
+        // Persistent sessions live until their shell exits or the sandbox stops.
+        session_detached_ttl: None,
     };
     if opts.process_backend {
         eprintln!(

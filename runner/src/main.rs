@@ -97,6 +97,11 @@ enum Command {
         /// images (`warren-*`).
         #[arg(long = "allow-image", value_name = "PATTERN", value_parser = image_pattern_arg)]
         allow_images: Vec<String>,
+        /// End a persistent session (`ssh -t <sandbox-id>+<name>@gateway`) nobody has
+        /// been attached to for this many seconds (default: it lives until its shell
+        /// exits or the sandbox stops).
+        #[arg(long)]
+        session_detached_ttl_s: Option<u64>,
     },
 }
 
@@ -137,6 +142,7 @@ async fn main() -> Result<()> {
             max_sandboxes,
             host_tcp_ports,
             allow_images,
+            session_detached_ttl_s,
         } => {
             let data = DataDir::open(&data_dir)?;
             let options = RunnerOptions {
@@ -166,6 +172,9 @@ async fn main() -> Result<()> {
                     memory_mb: capacity_memory_mb,
                     max_sandboxes,
                 },
+                session_detached_ttl: session_detached_ttl_s
+                    .filter(|s| *s > 0)
+                    .map(Duration::from_secs),
             };
             let runner = Runner::start(&data, options).await?;
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

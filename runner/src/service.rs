@@ -48,6 +48,9 @@ pub struct RunnerOptions {
     /// How often the Docker backend's idle reaper looks.
     pub reap_interval: Duration,
     pub capacity: CapacityLimits,
+    /// Agents end persistent sessions nobody attached for this long (`None`: they
+    /// live until their shell exits or the sandbox stops).
+    pub session_detached_ttl: Option<Duration>,
 }
 
 /// A started backend, ready to serve the gateway over the tunnel.
@@ -66,7 +69,8 @@ impl Runner {
                 let listen_dir = opts
                     .listen_dir
                     .unwrap_or_else(|| data.root().join("sockets"));
-                let backend = ProcessBackend::new(data.sandboxes(), listen_dir, opts.agent_bin)?;
+                let backend = ProcessBackend::new(data.sandboxes(), listen_dir, opts.agent_bin)?
+                    .with_session_detached_ttl(opts.session_detached_ttl);
                 (Backend::Process(backend), host_resources())
             }
             BackendKind::Docker => {
@@ -77,7 +81,8 @@ impl Runner {
                     identity.runner_id.clone(),
                     opts.docker,
                 )
-                .await?;
+                .await?
+                .with_session_detached_ttl(opts.session_detached_ttl);
                 let adopted = docker.adopt().await.context("adopting sandboxes")?;
                 tracing::info!(adopted = adopted.len(), "docker backend ready");
                 let host = docker.host_resources().await;

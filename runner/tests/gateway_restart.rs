@@ -1,7 +1,8 @@
 //! A gateway restart as an operator does it: the real `warren-gateway serve` process
 //! is killed and started again on the same data directory; the runner reconnects by
 //! itself and `ssh <sandbox>@gateway` works again within seconds, through the front
-//! door, with the sandbox made through the HTTP API before the restart.
+//! door, with the sandbox made through the HTTP API before the restart; and a
+//! persistent session started before the restart is still there after it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use warren_tests::util::free_port;
-use warren_tests::{Client, Target, bin_path};
+use warren_tests::{Client, Target, Tmux, bin_path, persistent};
 
 const RUNNER: &str = env!("CARGO_BIN_EXE_warren-runner");
 
@@ -77,8 +78,33 @@ fn ssh_works_within(c: &Client, limit: Duration) -> Result<Duration> {
     }
 }
 
-#[test]
-fn after_a_gateway_restart_runners_reconnect_and_sessions_work_within_seconds() -> Result<()> {
+/// A gateway process, a process-backend runner joined to it, and a sandbox made
+/// through the HTTP API that `client` can log in to.
+struct Restartable {
+    data: tempfile::TempDir,
+    _runner_data: tempfile::TempDir,
+    ports: [u16; 3],
+    gateway: Proc,
+    _runner: Proc,
+    client: Client,
+}
+
+impl Restartable {
+    /// Kills the gateway outright and starts it again on the same data and ports.
+    fn restart_gateway(&mut self) -> Result<()> {
+        self.gateway.kill();
+        let out = self
+            .client
+            .exec("true")
+            .timeout(Duration::from_secs(15))
+            .run()?;
+        ensure!(!out.status.success(), "a session without a gateway:\n{out}");
+        self.gateway = serve(self.data.path(), self.ports)?;
+        Ok(())
+    }
+}
+
+fn start() -> Result<Restartable> {
     let data = tempfile::TempDir::new()?;
     let runner_data = tempfile::TempDir::new()?;
     let ports = [free_port()?, free_port()?, free_port()?];
@@ -114,7 +140,7 @@ fn after_a_gateway_restart_runners_reconnect_and_sessions_work_within_seconds() 
     };
     let (token, fingerprint) = (after("--token")?, after("--fingerprint")?);
 
-    let mut gateway = serve(data.path(), ports)?;
+    let gateway = serve(data.path(), ports)?;
     std::thread::sleep(Duration::from_millis(500));
     output_of(
         Command::new(RUNNER)
@@ -123,7 +149,7 @@ fn after_a_gateway_restart_runners_reconnect_and_sessions_work_within_seconds() 
             .args(["--name", "r1", "--data-dir"])
             .arg(runner_data.path()),
     )?;
-    let _runner = Proc(
+    let runner = Proc(
         Command::new(RUNNER)
             .args(["run", "--backend", "process", "--data-dir"])
             .arg(runner_data.path())
@@ -163,19 +189,43 @@ fn after_a_gateway_restart_runners_reconnect_and_sessions_work_within_seconds() 
         std::thread::sleep(Duration::from_millis(250));
     };
     let id = created["id"].as_str().context("no id")?.to_owned();
-    let c = client.with_target(Target::new("127.0.0.1", ports[0], &id));
-    ssh_works_within(&c, Duration::from_secs(20))?;
+    let client = client.with_target(Target::new("127.0.0.1", ports[0], &id));
+    ssh_works_within(&client, Duration::from_secs(20))?;
+    Ok(Restartable {
+        data,
+        _runner_data: runner_data,
+        ports,
+        gateway,
+        _runner: runner,
+        client,
+    })
+}
 
-    // Kill the gateway outright and start it again on the same data and ports.
-    gateway.kill();
-    let out = c.exec("true").timeout(Duration::from_secs(15)).run()?;
-    ensure!(!out.status.success(), "a session without a gateway:\n{out}");
-    let _gateway = serve(data.path(), ports)?;
-    let took = ssh_works_within(&c, Duration::from_secs(30))?;
+#[test]
+fn after_a_gateway_restart_runners_reconnect_and_sessions_work_within_seconds() -> Result<()> {
+    let mut s = start()?;
+    s.restart_gateway()?;
+    let took = ssh_works_within(&s.client, Duration::from_secs(30))?;
     eprintln!("sessions worked again {took:?} after the gateway restarted");
     ensure!(
         took < Duration::from_secs(15),
         "the runner took {took:?} to come back"
     );
     Ok(())
+}
+
+/// The agent holds a persistent session's terminal, so it outlives the gateway: the
+/// program keeps running while the gateway is down, and the same command re-attaches.
+#[test]
+fn a_persistent_session_survives_a_gateway_restart() -> Result<()> {
+    let mut s = start()?;
+    let tmux = Tmux::new();
+    let rw = persistent::as_session(&s.client, "build");
+    persistent::start_ticking(&tmux, "a", &rw)?;
+    s.restart_gateway()?;
+    // The client lost its connection with the gateway.
+    persistent::wait_dead(&tmux, "a")?;
+    let before = persistent::last_tick(&tmux.screen("a")?);
+    ssh_works_within(&s.client, Duration::from_secs(30))?;
+    persistent::reattach_sees_it_kept_running(&tmux, "b", &rw, before)
 }

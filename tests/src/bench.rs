@@ -88,11 +88,14 @@ pub fn connect_times(s: &impl Endpoint, runs: usize) -> Result<(f64, f64)> {
 
 /// Median time from typing a key to seeing its echo, on `ssh -tt host cat`.
 pub fn keystroke_p50(s: &impl Endpoint, keys: usize) -> Result<f64> {
+    keystroke_p50_of(s.client(), keys)
+}
+
+/// [`keystroke_p50`] for `client` (a plain login, or a persistent session's).
+pub fn keystroke_p50_of(client: &Client, keys: usize) -> Result<f64> {
     // The remote prints READY once the session runs, by which time ssh has put the
     // local terminal in raw mode: from then on every echo comes from the server's PTY.
-    let mut pty = s
-        .client()
-        .ssh_on_pty(&["-tt"], "echo RE''ADY; exec cat", "xterm", 24, 80)?;
+    let mut pty = client.ssh_on_pty(&["-tt"], "echo RE''ADY; exec cat", "xterm", 24, 80)?;
     let t = Duration::from_secs(10);
     pty.expect("READY", t)?;
     let mut times = Vec::with_capacity(keys);
@@ -314,8 +317,9 @@ impl Default for Scores {
     }
 }
 
-/// The measurements [`measure`] knows, by the names a benchmark's `--only` picks.
-pub const MEASUREMENTS: &[&str] = &["true", "keys", "scp", "sftp", "cat", "memory"];
+/// The measurements [`measure`] knows, by the names a benchmark's `--only` picks
+/// (`sessions`, persistent sessions, is bench-gateway's own: see `bench_persistent`).
+pub const MEASUREMENTS: &[&str] = &["true", "keys", "scp", "sftp", "cat", "memory", "sessions"];
 
 /// How many keystrokes the echo measurement times (after 10 for warm-up).
 pub const KEYS: usize = 200;

@@ -9,7 +9,8 @@
 //! - [`Client`] wraps `ssh`, `scp`, `sftp` and `rsync` with a throwaway key (or a
 //!   token as password) and can point at any server: agent, gateway or sshd.
 //! - [`Cmd`] runs any child with a deadline and kills its process group on drop, so
-//!   a hang fails a test instead of blocking CI; [`Pty`] runs one on a terminal.
+//!   a hang fails a test instead of blocking CI; [`Pty`] runs one on a terminal, and
+//!   [`Tmux`] gives tests real terminals whose screens they read.
 //!
 //! Not for unit tests of a single crate: those live beside their code.
 
@@ -18,14 +19,17 @@
 
 mod agent;
 pub mod bench;
+pub mod bench_persistent;
 mod binaries;
 mod client;
 pub mod gateway;
+pub mod persistent;
 mod process;
 mod pty;
 pub mod scenarios;
 mod sshd;
 pub mod stack;
+mod tmux;
 pub mod util;
 
 pub use agent::{Agent, AgentBuilder};
@@ -34,3 +38,4 @@ pub use client::{Client, Target};
 pub use process::{Cmd, DEFAULT_TIMEOUT, Output, Running, SharedBuf, shell_quote};
 pub use pty::Pty;
 pub use sshd::{CLEAN_USER, SFTP_SERVER_PATH, SSHD_PATH, Sshd};
+pub use tmux::Tmux;

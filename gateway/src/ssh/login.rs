@@ -1,5 +1,6 @@
 //! Who is logging in, and to what: the SSH user name names a sandbox (relay mode,
-//! optionally `<sandbox-id>#<token>` for clients that cannot prompt) or an account
+//! optionally `<sandbox-id>#<token>` for clients that cannot prompt, and
+//! `+<session>[+ro]` for a persistent session, which the agent handles) or an account
 //! (a jump host for `ssh -J`, reaching that account's sandboxes).
 
 use std::time::SystemTime;
@@ -8,36 +9,8 @@ use warren_keys::{SandboxId, TokenVerifier};
 
 use crate::store::{Sandbox, SandboxState, User, UserId};
 
-/// What the SSH user name asks for.
-#[derive(Debug, Clone)]
-pub enum LoginName {
-    Sandbox {
-        id: SandboxId,
-        token: Option<String>,
-    },
-    Account(String),
-}
-
-impl LoginName {
-    pub fn parse(user: &str) -> LoginName {
-        let (name, token) = match user.split_once('#') {
-            Some((name, token)) => (name, Some(token.to_owned())),
-            None => (user, None),
-        };
-        match SandboxId::parse(name) {
-            Ok(id) if name.starts_with("sbx-") => LoginName::Sandbox { id, token },
-            _ => LoginName::Account(name.to_owned()),
-        }
-    }
-
-    /// The user name as it may appear in logs (never a token).
-    pub fn loggable(&self) -> &str {
-        match self {
-            LoginName::Sandbox { id, .. } => id.as_str(),
-            LoginName::Account(name) => name,
-        }
-    }
-}
+/// What the SSH user name asks for; one parser for the gateway and the agent.
+pub use warren_keys::LoginName;
 
 /// Who got in.
 #[derive(Debug, Clone)]
@@ -107,15 +80,15 @@ mod tests {
             LoginName::parse("sbx-abc123"),
             LoginName::Sandbox { token: None, .. }
         ));
-        let LoginName::Sandbox { token: Some(t), .. } = LoginName::parse("sbx-abc123#wst1.x")
-        else {
-            panic!("token not found");
-        };
-        assert_eq!(t, "wst1.x");
-        assert!(matches!(LoginName::parse("alice"), LoginName::Account(n) if n == "alice"));
         assert_eq!(
-            LoginName::parse("sbx-abc123#secret").loggable(),
-            "sbx-abc123"
+            LoginName::parse("sbx-abc123#wst1.x").token(),
+            Some("wst1.x")
+        );
+        assert!(matches!(LoginName::parse("alice"), LoginName::Account(n) if n == "alice"));
+        // The session part is the agent's; the token never leaves the gateway.
+        assert_eq!(
+            LoginName::parse("sbx-abc123+work+ro#secret").without_token(),
+            "sbx-abc123+work+ro"
         );
     }
 }

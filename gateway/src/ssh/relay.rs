@@ -156,7 +156,7 @@ impl Connection {
         }
         tracing::info!(
             peer = %self.peer,
-            login = name.loggable(),
+            login = name.without_token(),
             user = principal.user().map(|u| u.name.as_str()),
             "authenticated"
         );
@@ -198,7 +198,12 @@ impl Connection {
                 .signer
                 .mint(&sandbox.id, self.scope(sandbox).await, UPSTREAM_TOKEN_TTL);
         let events = AgentEvents::new(session.handle(), user_grant(session));
-        upstream::connect(stream, &sandbox.id, &token, events).await
+        // The user name goes on (without its token): its `+<session>` part is the agent's.
+        let user = match &self.name {
+            Some(name @ LoginName::Sandbox { .. }) => name.without_token(),
+            _ => sandbox.id.as_str(),
+        };
+        upstream::connect(stream, user, &token, events).await
     }
 
     /// Whether what let this connection in still holds, read fresh from the store:
@@ -406,6 +411,7 @@ impl russh::server::Handler for Connection {
                 LoginName::Sandbox {
                     id,
                     token: Some(token),
+                    ..
                 },
                 Some(_),
             ) = (&name, &sandbox)

@@ -14,7 +14,7 @@ use std::time::Duration;
 use russh::client::{self, Msg};
 use russh::{Channel, ChannelId};
 use tokio::io::{AsyncRead, AsyncWrite};
-use warren_keys::{SandboxId, SandboxToken};
+use warren_keys::SandboxToken;
 
 use super::pipe::{self, Grant};
 use crate::store::Sandbox;
@@ -123,18 +123,16 @@ fn client_config() -> Arc<client::Config> {
     })
 }
 
-/// Logs in to the agent at the end of `stream` with `token`.
+/// Logs in to the agent at the end of `stream` as `user` with `token`.
 pub async fn connect(
     stream: Box<dyn AgentStream>,
-    sandbox: &SandboxId,
+    user: &str,
     token: &SandboxToken,
     events: AgentEvents,
 ) -> Result<Upstream, UpstreamError> {
     let login = async {
         let mut handle = client::connect_stream(client_config(), stream, events).await?;
-        let auth = handle
-            .authenticate_password(sandbox.as_str(), token.expose())
-            .await?;
+        let auth = handle.authenticate_password(user, token.expose()).await?;
         if !auth.success() {
             return Err(UpstreamError::Refused);
         }

@@ -34,9 +34,17 @@ pub struct ProcessBackend {
     /// Each sandbox's create-time environment, for [`Self::env`]; kept while the
     /// sandbox exists (stopped too), in memory only.
     envs: std::sync::Mutex<HashMap<SandboxId, BTreeMap<String, String>>>,
+    /// Passed to agents (`--session-detached-ttl-s`).
+    session_detached_ttl: Option<std::time::Duration>,
 }
 
 impl ProcessBackend {
+    /// Agents end persistent sessions nobody attached for `ttl`.
+    pub fn with_session_detached_ttl(mut self, ttl: Option<std::time::Duration>) -> Self {
+        self.session_detached_ttl = ttl;
+        self
+    }
+
     /// Sandboxes get work directories under `sandboxes_dir` and agent sockets in
     /// `listen_dir` (both created 0700).
     pub fn new(sandboxes_dir: PathBuf, listen_dir: PathBuf, agent_bin: PathBuf) -> Result<Self> {
@@ -55,6 +63,7 @@ impl ProcessBackend {
             sandboxes_dir,
             listen_dir,
             agent_bin,
+            session_detached_ttl: None,
             running: Mutex::new(HashMap::new()),
             envs: std::sync::Mutex::default(),
         })
@@ -131,6 +140,10 @@ impl ProcessBackend {
             .arg(dir.join("host_key"))
             .arg("--workdir")
             .arg(&workdir)
+            .args(
+                self.session_detached_ttl
+                    .map(|ttl| format!("--session-detached-ttl-s={}", ttl.as_secs())),
+            )
             .env(
                 "WARREN_PASS_ENV",
                 spec.env.keys().cloned().collect::<Vec<_>>().join(","),

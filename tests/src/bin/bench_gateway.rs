@@ -26,6 +26,8 @@ use warren_tests::bench::{
     keystroke_row, measure, memory_of, memory_rows, mib, ratio, throughput_rows,
 };
 use warren_tests::stack::{Backend, GatewayStack, StackOptions};
+use warren_tests::bench::KEYS;
+use warren_tests::bench_persistent::{self, DETACHED_SESSIONS};
 use warren_tests::util;
 use warren_tests::{Agent, CLEAN_USER, Profile, Sshd, build_bin};
 
@@ -172,9 +174,38 @@ fn main() -> Result<()> {
 
     let scores = measure(&servers, &load, opts.runs, opts.sessions, |m| opts.wants(m));
     print_table(&opts, &scores);
+    if opts.wants("sessions") {
+        print_persistent(&servers[1], scores[1].key_p50_ms);
+    }
     drop(servers);
     drop(stack);
     Ok(())
+}
+
+/// Persistent sessions through the gateway (issue 13): keystroke echo beside the
+/// plain session's of the same run, and the agent's memory per detached session.
+fn print_persistent(gateway: &Server, plain_key_p50_ms: f64) {
+    eprintln!("gateway: keystroke echo through a persistent session");
+    let key = bench_persistent::keystroke_p50(gateway, KEYS).unwrap_or_else(|e| {
+        eprintln!("  persistent keystroke echo failed: {e:#}");
+        f64::NAN
+    });
+    eprintln!("gateway: memory of {DETACHED_SESSIONS} detached sessions");
+    let detached_kib = bench_persistent::detached_session_kib(gateway, DETACHED_SESSIONS)
+        .unwrap_or_else(|e| {
+            eprintln!("  detached sessions failed: {e:#}");
+            f64::NAN
+        });
+    println!("\n| Persistent sessions (via gateway) | plain | persistent | added | target |");
+    println!("|---|---:|---:|---:|---|");
+    println!(
+        "| keystroke echo p50 of {KEYS} | {plain_key_p50_ms:.2} ms | {key:.2} ms | {:+.2} ms | < 0.2 ms added |",
+        key - plain_key_p50_ms
+    );
+    println!(
+        "| agent RSS per detached session ({DETACHED_SESSIONS}) | | {:.2} MiB | | < 1 MiB |",
+        detached_kib / 1024.0
+    );
 }
 
 /// The issue's targets for the gateway column (issue 15).

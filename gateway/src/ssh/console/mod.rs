@@ -310,7 +310,7 @@ impl ConsoleChannel {
             .signer
             .mint(&sandbox.id, Scope::Ssh, UPSTREAM_TOKEN_TTL);
         let events = AgentEvents::new(ctx.handle.clone(), ctx.grant.clone());
-        let up = match upstream::connect(stream, &sandbox.id, &token, events).await {
+        let up = match upstream::connect(stream, sandbox.id.as_str(), &token, events).await {
             Ok(up) => up,
             Err(e) => return Err((self, unavailable(&e))),
         };

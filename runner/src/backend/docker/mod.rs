@@ -136,6 +136,8 @@ pub struct DockerBackend {
     agent_bin: PathBuf,
     runner: String,
     defaults: DockerDefaults,
+    /// Passed to agents (`WARREN_SESSION_DETACHED_TTL_S`).
+    session_detached_ttl: Option<Duration>,
 }
 
 /// Capabilities the agent keeps: switching to the sandbox user (SETUID, SETGID),
@@ -203,7 +205,14 @@ impl DockerBackend {
             agent_bin,
             runner,
             defaults,
+            session_detached_ttl: None,
         })
+    }
+
+    /// Agents end persistent sessions nobody attached for `ttl`.
+    pub fn with_session_detached_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.session_detached_ttl = ttl;
+        self
     }
 
     pub fn docker(&self) -> &Docker {
@@ -459,6 +468,9 @@ impl DockerBackend {
             // Reached only through the runner's encrypted tunnel.
             "WARREN_AGENT_ALLOW_UNENCRYPTED=true".to_owned(),
         ];
+        if let Some(ttl) = self.session_detached_ttl {
+            env.push(format!("WARREN_SESSION_DETACHED_TTL_S={}", ttl.as_secs()));
+        }
         if !spec.env.is_empty() {
             let names: Vec<&str> = spec.env.keys().map(String::as_str).collect();
             env.push(format!("WARREN_PASS_ENV={}", names.join(",")));
