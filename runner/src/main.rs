@@ -97,6 +97,16 @@ enum Command {
         /// images (`warren-*`).
         #[arg(long = "allow-image", value_name = "PATTERN", value_parser = image_pattern_arg)]
         allow_images: Vec<String>,
+        /// Docker: keep N started sandboxes of IMAGE waiting to be claimed, so a
+        /// create from IMAGE with the default network, root and idle timeout is
+        /// a claim (repeatable; e.g. `warren-base:latest=2`). Counted against the
+        /// capacity; refilled in the background.
+        #[arg(long = "pool", value_name = "IMAGE=N")]
+        pool: Vec<warren_runner::backend::docker::PoolSize>,
+        /// Docker: how often the pool looks whether an image tag now names
+        /// another image (its members are then replaced).
+        #[arg(long, default_value_t = 30)]
+        pool_check_interval_s: u64,
     },
 }
 
@@ -137,6 +147,8 @@ async fn main() -> Result<()> {
             max_sandboxes,
             host_tcp_ports,
             allow_images,
+            pool,
+            pool_check_interval_s,
         } => {
             let data = DataDir::open(&data_dir)?;
             let options = RunnerOptions {
@@ -159,6 +171,8 @@ async fn main() -> Result<()> {
                     } else {
                         allow_images
                     },
+                    pool,
+                    pool_check_interval: Duration::from_secs(pool_check_interval_s.max(1)),
                     ..DockerDefaults::default()
                 },
                 reap_interval: Duration::from_secs(reap_interval_s),

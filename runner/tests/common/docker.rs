@@ -149,6 +149,24 @@ impl Drop for DockerStack {
     fn drop(&mut self) {
         self.runner.kill();
         let label = format!("label=org.warren.runner={}", self.runner.id);
+        // Firewall chains are named after each network's sandbox label: a pool
+        // member's slot is not among the sandboxes made.
+        if let Ok(slots) = docker_ok(&[
+            "network",
+            "ls",
+            "--filter",
+            &label,
+            "--format",
+            "{{.Label \"org.warren.sandbox\"}}",
+        ]) {
+            for slot in slots.split_whitespace() {
+                if let Ok(slot) = SandboxId::parse(slot) {
+                    self.stack
+                        .rt
+                        .block_on(warren_runner::netpolicy::remove(&slot));
+                }
+            }
+        }
         for (list, rm) in [
             (
                 vec!["ps", "-aq", "--filter", &label],
