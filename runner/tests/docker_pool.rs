@@ -134,6 +134,19 @@ fn who(d: &DockerStack, id: &SandboxId) -> Result<String> {
     Ok(out.stdout_trimmed().to_owned())
 }
 
+/// `hostname` and `/etc/hostname` in the sandbox, which must agree.
+fn hostname(d: &DockerStack, id: &SandboxId) -> Result<String> {
+    let c = d.client.clone().with_target(d.stack.target(id));
+    let out = c.exec("hostname; cat /etc/hostname").run()?.success()?;
+    let text = out.stdout_trimmed().to_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    ensure!(
+        lines.len() == 2 && lines[0] == lines[1],
+        "hostname and /etc/hostname differ: {lines:?}"
+    );
+    Ok(lines[0].to_owned())
+}
+
 /// `ssh <user>@agent true` straight to the agent of `id` (its socket in the run
 /// directory), so the agent itself judges the token in the user name.
 fn agent_login(d: &DockerStack, id: &SandboxId, user: &str) -> Result<bool> {
@@ -204,9 +217,11 @@ fn concurrent_creates_claim_distinct_members_and_each_is_its_own_sandbox() -> Re
         "{from_first} of the 2 waiting members were claimed"
     );
 
-    // Each has its own env, its limits, and the list shows sandboxes, not members.
+    // Each has its own env, hostname and limits, and the list shows sandboxes, not
+    // members.
     for (i, id) in ids.iter().enumerate() {
         ensure!(who(&d, id)? == format!("who-{i}"), "{id} has another's env");
+        ensure!(hostname(&d, id)? == id.as_str(), "{id}'s hostname");
         let memory = inspect(&format!("warren-{id}"), "{{.HostConfig.Memory}}")?;
         ensure!(
             memory == (512u64 << 20).to_string(),
@@ -338,6 +353,10 @@ fn a_changed_image_replaces_the_pool_and_claimed_sandboxes_outlive_restarts() ->
     );
     start_again(&d, first, spec(&image.0, "first"))?;
     ensure!(who(&d, first)? == "first", "after a stop and start");
+    ensure!(
+        hostname(&d, first)? == first.as_str(),
+        "hostname after a start"
+    );
 
     // The tag moves to another image: the waiting member is replaced.
     let refilled = wait_for_members(&d, 1, "after the claim")?;

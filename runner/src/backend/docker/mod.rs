@@ -49,6 +49,7 @@ use crate::protocol::{NetworkPolicy, RepoSpec, SandboxSpec, SandboxStatus};
 use crate::state::write_file;
 
 mod exec;
+mod hostname;
 pub mod images;
 mod lifecycle;
 mod network;
@@ -324,6 +325,7 @@ impl DockerBackend {
                         .start_container(&name, None)
                         .await
                         .with_context(|| format!("starting {name}"))?;
+                    self.restore_hostname(id).await?;
                     self.wait_for_agent(id).await?;
                     tracing::info!(sandbox = %id, "sandbox started");
                 }

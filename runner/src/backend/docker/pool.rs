@@ -75,6 +75,8 @@ struct Member {
     slot: SandboxId,
     /// The engine's id of its container (its name changes at claim).
     container: String,
+    /// Where it runs, for its new hostname.
+    host: Option<hostname::Host>,
     /// The pool (image reference) it belongs to.
     image: String,
     /// The id of the image it runs.
@@ -264,7 +266,13 @@ impl DockerBackend {
                 .await
                 .context("renaming the pool member")
         };
-        tokio::try_join!(rename, self.set_limits(&member.container, spec))?;
+        let host = async {
+            match member.host.clone() {
+                Some(host) => hostname::rename(host, slot.as_str(), id.as_str()).await,
+                None => Ok(()),
+            }
+        };
+        tokio::try_join!(rename, self.set_limits(&member.container, spec), host)?;
         self.wait_for_agent(id).await
     }
 
@@ -289,6 +297,23 @@ impl DockerBackend {
             )
             .await
             .context("setting the pool member's limits")
+    }
+
+    /// After a claimed sandbox's container started again (Docker gave it its slot's
+    /// hostname back): its own hostname.
+    pub(super) async fn restore_hostname(&self, id: &SandboxId) -> Result<()> {
+        let slot = self.slot_of(id);
+        if slot == *id {
+            return Ok(());
+        }
+        let info = self
+            .docker
+            .inspect_container(&container_name(id), None)
+            .await?;
+        match hostname::Host::of(&info) {
+            Some(host) => hostname::rename(host, slot.as_str(), id.as_str()).await,
+            None => Ok(()),
+        }
     }
 
     /// Before a claimed sandbox's container starts again: its identity, from the
@@ -334,15 +359,17 @@ impl DockerBackend {
             self.make(&slot, Serves::Pool, image, &spec, &name).await?;
             // The image the container runs, whatever the tag meant a moment ago.
             let info = self.docker.inspect_container(&name, None).await?;
-            info.id
-                .zip(info.image)
+            let host = hostname::Host::of(&info);
+            let ids = info.id.zip(info.image);
+            ids.map(|(c, i)| (c, i, host))
                 .context("the engine does not say a pool member's container or image")
         }
         .await;
         match made {
-            Ok((container, image_id)) => Ok(Member {
+            Ok((container, image_id, host)) => Ok(Member {
                 slot,
                 container,
+                host,
                 image: image.to_owned(),
                 image_id,
             }),
