@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use common::docker::{DockerStack, docker, docker_ok};
+use common::docker::{DockerStack, POOL_LABEL, docker, docker_ok};
 use common::sandbox_row;
 use warren_gateway::store::SandboxState;
 use warren_keys::{SandboxId, Scope};
@@ -21,7 +21,6 @@ use warren_tests::util::wait_until;
 use warren_tests::{Cmd, Profile, build_bin};
 
 const BUSYBOX: &str = "warren-busybox:latest";
-const POOL_LABEL: &str = "org.warren.pool";
 
 fn spec(image: &str, who: &str) -> SandboxSpec {
     SandboxSpec {
@@ -87,46 +86,6 @@ fn slot(id: &SandboxId) -> Result<Option<String>> {
     inspect(&name, "{{index .Config.Labels \"org.warren.sandbox\"}}").map(Some)
 }
 
-/// The runner's pool members nobody claimed: containers still named after their slot.
-fn unclaimed(d: &DockerStack) -> Result<BTreeSet<String>> {
-    let out = docker_ok(&[
-        "ps",
-        "-a",
-        "--filter",
-        &format!("label=org.warren.runner={}", d.runner.id),
-        "--filter",
-        &format!("label={POOL_LABEL}"),
-        "--format",
-        "{{.Names}} {{.Label \"org.warren.sandbox\"}}",
-    ])?;
-    Ok(out
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .filter(|(name, slot)| *name == format!("warren-{slot}"))
-        .map(|(name, _)| name.to_owned())
-        .collect())
-}
-
-fn wait_for_members(d: &DockerStack, n: usize, what: &str) -> Result<BTreeSet<String>> {
-    let mut members = BTreeSet::new();
-    let ready = wait_until(Duration::from_secs(90), || {
-        members = unclaimed(d).unwrap_or_default();
-        members.len() == n && members.iter().all(|m| member_waits(d, m))
-    });
-    ensure!(
-        ready,
-        "{what}: the pool has {members:?}, not {n} ready\n{}",
-        d.runner_log()
-    );
-    Ok(members)
-}
-
-/// Whether the member's agent has set up its user (and waits for an identity).
-fn member_waits(d: &DockerStack, name: &str) -> bool {
-    let slot = name.trim_start_matches("warren-");
-    d.runner.listen_dir().join(slot).join("user").is_file()
-}
-
 /// `true` through the gateway as the owner, printing `$WHO`.
 fn who(d: &DockerStack, id: &SandboxId) -> Result<String> {
     let c = d.client.clone().with_target(d.stack.target(id));
@@ -188,7 +147,7 @@ fn concurrent_creates_claim_distinct_members_and_each_is_its_own_sandbox() -> Re
     let Some(d) = DockerStack::start(&["--pool", &pool])? else {
         return Ok(());
     };
-    let first = wait_for_members(&d, 2, "at start")?;
+    let first = d.wait_for_pool(2, "at start")?;
 
     // Four creates at once against a pool of two: two claims, two cold creates.
     let specs = (0..4).map(|i| spec(BUSYBOX, &format!("who-{i}"))).collect();
@@ -280,7 +239,7 @@ fn concurrent_creates_claim_distinct_members_and_each_is_its_own_sandbox() -> Re
     let _ = server.kill();
 
     // The pool refills with new members.
-    let refilled = wait_for_members(&d, 2, "after the claims")?;
+    let refilled = d.wait_for_pool(2, "after the claims")?;
     ensure!(
         refilled.is_disjoint(&first),
         "the pool still holds a claimed member: {refilled:?}"
@@ -339,7 +298,7 @@ fn a_changed_image_replaces_the_pool_and_claimed_sandboxes_outlive_restarts() ->
     else {
         return Ok(());
     };
-    let old = wait_for_members(&d, 1, "at start")?;
+    let old = d.wait_for_pool(1, "at start")?;
     let ids = create_all(&d, vec![spec(&image.0, "first")])?;
     let first = &ids[0];
     ensure!(slot(first)?.is_some(), "the create was not a claim");
@@ -359,17 +318,17 @@ fn a_changed_image_replaces_the_pool_and_claimed_sandboxes_outlive_restarts() ->
     );
 
     // The tag moves to another image: the waiting member is replaced.
-    let refilled = wait_for_members(&d, 1, "after the claim")?;
+    let refilled = d.wait_for_pool(1, "after the claim")?;
     ensure!(refilled.is_disjoint(&old));
     let new_id = image.rebuild()?;
     let mut members = BTreeSet::new();
     let replaced = wait_until(Duration::from_secs(60), || {
-        members = unclaimed(&d).unwrap_or_default();
+        members = d.pool_waiting().unwrap_or_default();
         members.len() == 1
             && members.is_disjoint(&refilled)
             && members
                 .iter()
-                .all(|m| member_waits(&d, m) && inspect(m, "{{.Image}}").is_ok_and(|i| i == new_id))
+                .all(|m| d.member_waits(m) && inspect(m, "{{.Image}}").is_ok_and(|i| i == new_id))
     });
     ensure!(
         replaced,
@@ -382,7 +341,7 @@ fn a_changed_image_replaces_the_pool_and_claimed_sandboxes_outlive_restarts() ->
     ensure!(inspect(&format!("warren-{second}"), "{{.Image}}")? == new_id);
 
     // A runner restart adopts both claimed sandboxes and replaces the member.
-    let before = wait_for_members(&d, 1, "before the restart")?;
+    let before = d.wait_for_pool(1, "before the restart")?;
     d.restart_runner()?;
     let mut want = vec![first.clone(), second.clone()];
     want.sort();
@@ -391,7 +350,7 @@ fn a_changed_image_replaces_the_pool_and_claimed_sandboxes_outlive_restarts() ->
         "after the restart the list is not the two sandboxes"
     );
     ensure!(who(&d, first)? == "first" && who(&d, second)? == "second");
-    let after = wait_for_members(&d, 1, "after the restart")?;
+    let after = d.wait_for_pool(1, "after the restart")?;
     ensure!(
         after.is_disjoint(&before),
         "an unclaimed member was adopted"
