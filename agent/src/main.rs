@@ -9,6 +9,7 @@ mod activity;
 mod auth;
 mod forward;
 mod handler;
+mod identity;
 mod init;
 mod persistent;
 mod process;
@@ -51,8 +52,16 @@ enum Command {
 #[derive(clap::Args)]
 struct ServeArgs {
     /// The sandbox this agent serves; tokens must name it.
-    #[arg(long, env = "WARREN_SANDBOX_ID")]
-    sandbox_id: String,
+    #[arg(
+        long,
+        env = "WARREN_SANDBOX_ID",
+        required_unless_present = "identity_file"
+    )]
+    sandbox_id: Option<String>,
+    /// A pooled agent: set up, then wait for this file (the sandbox id, token key
+    /// and env, as JSON), read it once and remove it, and only then listen.
+    #[arg(long, env = "WARREN_IDENTITY_FILE", conflicts_with = "sandbox_id")]
+    identity_file: Option<PathBuf>,
     /// The gateway's token-verifying public key (URL-safe base64). Without it,
     /// token logins are refused.
     #[arg(long, env = "WARREN_TOKEN_KEY")]
@@ -198,14 +207,7 @@ fn init_logging() {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let sandbox = SandboxId::parse(&args.sandbox_id).context("bad --sandbox-id")?;
-    let tokens = args
-        .token_key
-        .as_deref()
-        .map(TokenVerifier::from_base64)
-        .transpose()
-        .context("bad --token-key")?;
-    if tokens.is_none() && args.authorized_keys.is_none() {
+    if args.identity_file.is_none() && args.token_key.is_none() && args.authorized_keys.is_none() {
         bail!("nobody could log in: give --token-key, --authorized-keys or both");
     }
     let db = UserDb {
@@ -266,6 +268,26 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     tracing::info!(user = %user.name, uid = user.uid, switch_user, workdir = %workdir.display(), "sandbox user");
+    // Everything above is the same for every sandbox of an image, so a pooled agent
+    // has done it before it is claimed; who it serves comes now.
+    let (sandbox_id, token_key, session_env) = match &args.identity_file {
+        Some(path) => {
+            let identity = identity::wait_for(path).await?;
+            let env = identity.env.into_iter().collect();
+            (identity.sandbox_id, Some(identity.token_key), env)
+        }
+        None => (
+            args.sandbox_id.unwrap_or_default(),
+            args.token_key,
+            passed_env(&args.pass_env),
+        ),
+    };
+    let sandbox = SandboxId::parse(&sandbox_id).context("bad sandbox id")?;
+    let tokens = token_key
+        .as_deref()
+        .map(TokenVerifier::from_base64)
+        .transpose()
+        .context("bad token key")?;
     let agent = Agent {
         auth: Authenticator {
             sandbox,
@@ -276,12 +298,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         switch_user,
         workdir,
         env_policy: EnvPolicy::new(&args.allow_env),
-        session_env: passed_env(&args.pass_env),
         sessions: persistent::Sessions::new(
             args.session_detached_ttl_s
                 .filter(|s| *s > 0)
                 .map(std::time::Duration::from_secs),
         ),
+        session_env,
     };
     if let Some(path) = args.activity_file {
         activity::spawn_publisher(path);

@@ -52,6 +52,10 @@ enum Command {
         /// How often the idle reaper looks, in seconds.
         #[arg(long, default_value_t = 10)]
         reap_interval_s: u64,
+        /// Started sandboxes of the default image kept waiting, so a create is a
+        /// claim (0: none). Docker only; counted against the capacity.
+        #[arg(long, default_value_t = 2)]
+        pool_size: usize,
     },
     /// Save a gateway's API URL and your API key (read from WARREN_API_KEY or stdin).
     Login {
@@ -154,6 +158,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             process_backend,
             idle_timeout_s,
             reap_interval_s,
+            pool_size,
         } => {
             up::up(up::UpOptions {
                 data_dir: data_dir.unwrap_or_else(warren_gateway::server::default_data_dir),
@@ -164,6 +169,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 process_backend,
                 idle_timeout: std::time::Duration::from_secs(idle_timeout_s),
                 reap_interval: std::time::Duration::from_secs(reap_interval_s),
+                pool_size,
             })
             .await
         }

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use warren_gateway::server::{Gateway, Listen};
 use warren_gateway::store::{SandboxState, Store, StoreError, User};
-use warren_runner::backend::docker::{DockerDefaults, ensure_static};
+use warren_runner::backend::docker::{DockerDefaults, PoolSize, ensure_static};
 use warren_runner::backend::process::find_agent_bin;
 use warren_runner::service::{BackendKind, Runner, RunnerOptions};
 use warren_runner::state::DataDir;
@@ -28,6 +28,8 @@ pub struct UpOptions {
     pub idle_timeout: Duration,
     /// How often the idle reaper looks.
     pub reap_interval: Duration,
+    /// Started sandboxes of the default image kept waiting (Docker; 0: none).
+    pub pool_size: usize,
 }
 
 const ADMIN: &str = "admin";
@@ -226,6 +228,10 @@ async fn local_runner(opts: &UpOptions, data: &DataDir) -> anyhow::Result<Runner
         agent_bin: find_agent_bin(opts.agent_bin.as_deref())?,
         docker: DockerDefaults {
             idle_timeout: opts.idle_timeout,
+            pool: vec![PoolSize {
+                image: DockerDefaults::default().image,
+                size: opts.pool_size,
+            }],
             ..DockerDefaults::default()
         },
         reap_interval: opts.reap_interval,

@@ -102,6 +102,16 @@ enum Command {
         /// exits or the sandbox stops).
         #[arg(long)]
         session_detached_ttl_s: Option<u64>,
+        /// Docker: keep N started sandboxes of IMAGE waiting to be claimed, so a
+        /// create from IMAGE with the default network, root and idle timeout is
+        /// a claim (repeatable; e.g. `warren-base:latest=2`). Counted against the
+        /// capacity; refilled in the background.
+        #[arg(long = "pool", value_name = "IMAGE=N")]
+        pool: Vec<warren_runner::backend::docker::PoolSize>,
+        /// Docker: how often the pool looks whether an image tag now names
+        /// another image (its members are then replaced).
+        #[arg(long, default_value_t = 30)]
+        pool_check_interval_s: u64,
     },
 }
 
@@ -143,6 +153,8 @@ async fn main() -> Result<()> {
             host_tcp_ports,
             allow_images,
             session_detached_ttl_s,
+            pool,
+            pool_check_interval_s,
         } => {
             let data = DataDir::open(&data_dir)?;
             let options = RunnerOptions {
@@ -165,6 +177,8 @@ async fn main() -> Result<()> {
                     } else {
                         allow_images
                     },
+                    pool,
+                    pool_check_interval: Duration::from_secs(pool_check_interval_s.max(1)),
                     ..DockerDefaults::default()
                 },
                 reap_interval: Duration::from_secs(reap_interval_s),

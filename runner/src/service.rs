@@ -64,6 +64,7 @@ impl Runner {
     /// Connects the backend, adopts the sandboxes a previous start left running
     /// (Docker) and works out the capacity to report.
     pub async fn start(data: &DataDir, opts: RunnerOptions) -> Result<Runner> {
+        let mut reserve = (0, 0);
         let (backend, host) = match opts.backend {
             BackendKind::Process => {
                 let listen_dir = opts
@@ -86,18 +87,30 @@ impl Runner {
                 let adopted = docker.adopt().await.context("adopting sandboxes")?;
                 tracing::info!(adopted = adopted.len(), "docker backend ready");
                 let host = docker.host_resources().await;
+                reserve = docker.pool_reserve();
                 (Backend::Docker(docker), host)
             }
         };
+        // The warm pool's members are counted against the capacity: the gateway
+        // places sandboxes in what is left.
+        let (pool_memory_mb, pool_members) = reserve;
         let capacity = RunnerCapacity {
-            memory_mb: opts.capacity.memory_mb.unwrap_or(host.memory_mb),
+            memory_mb: opts
+                .capacity
+                .memory_mb
+                .unwrap_or(host.memory_mb)
+                .saturating_sub(pool_memory_mb),
             millicpus: host.millicpus,
-            max_sandboxes: opts.capacity.max_sandboxes,
+            max_sandboxes: opts
+                .capacity
+                .max_sandboxes
+                .map(|n| n.saturating_sub(pool_members)),
         };
         tracing::info!(
             memory_mb = capacity.memory_mb,
             millicpus = capacity.millicpus,
             max_sandboxes = ?capacity.max_sandboxes,
+            pool_members,
             "capacity"
         );
         Ok(Runner {
@@ -123,8 +136,17 @@ impl Runner {
         }
     }
 
-    /// Runs the idle reaper (Docker) and keeps the tunnel up until `shutdown`.
+    /// Runs the idle reaper and the warm pool's filler (Docker) and keeps the
+    /// tunnel up until `shutdown`; then the pool's members are removed.
     pub async fn run(self, data: &DataDir, shutdown: watch::Receiver<bool>) -> Result<()> {
+        let filler = matches!(&*self.backend, Backend::Docker(_)).then(|| {
+            let backend = self.backend.clone();
+            tokio::spawn(async move {
+                if let Backend::Docker(docker) = &*backend {
+                    docker.keep_pool_filled().await;
+                }
+            })
+        });
         let reaper = matches!(&*self.backend, Backend::Docker(_)).then(|| {
             let backend = self.backend.clone();
             let every = self.reap_interval;
@@ -143,6 +165,11 @@ impl Runner {
         let result = tunnel::run(data, self.backend.clone(), self.capacity, shutdown).await;
         if let Some(reaper) = reaper {
             reaper.abort();
+        }
+        // The tunnel's end drained the pool, which stops the filler (after it
+        // removes a member it was making).
+        if let Some(filler) = filler {
+            let _ = tokio::time::timeout(Duration::from_secs(60), filler).await;
         }
         result
     }

@@ -74,17 +74,32 @@ fn remote_forward_into_sandbox(c: &Client, connect: &str) -> Result<()> {
 
 /// Every client scenario a user runs, through the gateway into a sandbox of `image`.
 fn every_scenario(image: &str) -> Result<()> {
-    let Some(d) = DockerStack::start(&[])? else {
+    every_scenario_in(image, false)
+}
+
+/// … in a sandbox created cold, or claimed from the warm pool.
+fn every_scenario_in(image: &str, pooled: bool) -> Result<()> {
+    let pool = format!("{image}=1");
+    let args: &[&str] = if pooled { &["--pool", &pool] } else { &[] };
+    let Some(d) = DockerStack::start(args)? else {
         return Ok(());
     };
     if image == BASE {
         crate::image("build-base")?;
     }
+    if pooled {
+        d.wait_for_pool(1, "before the create")?;
+    }
     let busybox = image == BUSYBOX;
-    let (_, c) = d.sandbox(SandboxSpec {
+    let (id, c) = d.sandbox(SandboxSpec {
         image: Some(image.into()),
         ..SandboxSpec::default()
     })?;
+    ensure!(
+        d.claimed(&id)? == pooled,
+        "claimed from the pool: {}",
+        !pooled
+    );
     let dir = "/workspace";
     let step = |name: &str, r: Result<()>| r.with_context(|| format!("{image}: {name}"));
     step("PTY shell", scenarios::pty_shell(&c))?;
@@ -142,6 +157,11 @@ fn every_client_scenario_works_in_a_busybox_sandbox() -> Result<()> {
 #[test]
 fn every_client_scenario_works_in_a_base_sandbox() -> Result<()> {
     every_scenario(BASE)
+}
+
+#[test]
+fn every_client_scenario_works_in_a_base_sandbox_from_the_pool() -> Result<()> {
+    every_scenario_in(BASE, true)
 }
 
 #[test]

@@ -134,7 +134,8 @@ impl Backend {
     pub async fn shutdown(&self) {
         match self {
             Backend::Process(b) => b.stop_all().await,
-            Backend::Docker(_) => {}
+            // Members of the warm pool are no one's: they go.
+            Backend::Docker(b) => b.drain_pool().await,
         }
     }
 }

@@ -3,10 +3,11 @@
 //! `docker` helpers they share. In CI a missing engine or root is a failure, not a
 //! skip (`prerequisite`).
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use warren_gateway::store::User;
 use warren_keys::SandboxId;
 use warren_runner::protocol::{Request, Response, SandboxSpec};
@@ -14,6 +15,9 @@ use warren_tests::util::{self, prerequisite};
 use warren_tests::{Client, Cmd, workspace_root};
 
 use super::{RunnerProc, Stack};
+
+/// The label of the warm pool's containers (`runner/src/backend/docker/pool.rs`).
+pub const POOL_LABEL: &str = "org.warren.pool";
 
 /// The arguments every Docker runner of these tests starts with (`--backend docker
 /// --agent-bin PATH`), before a test's own.
@@ -143,12 +147,78 @@ impl DockerStack {
     pub fn runner_log(&self) -> String {
         std::fs::read_to_string(&self.runner.log).unwrap_or_default()
     }
+
+    /// The runner's warm-pool members nobody claimed: containers still named after
+    /// their slot.
+    pub fn pool_waiting(&self) -> Result<BTreeSet<String>> {
+        let out = docker_ok(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=org.warren.runner={}", self.runner.id),
+            "--filter",
+            &format!("label={POOL_LABEL}"),
+            "--format",
+            "{{.Names}} {{.Label \"org.warren.sandbox\"}}",
+        ])?;
+        Ok(out
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(name, slot)| *name == format!("warren-{slot}"))
+            .map(|(name, _)| name.to_owned())
+            .collect())
+    }
+
+    /// Whether the member's agent has set up its user (and waits for an identity).
+    pub fn member_waits(&self, name: &str) -> bool {
+        let slot = name.trim_start_matches("warren-");
+        self.runner.listen_dir().join(slot).join("user").is_file()
+    }
+
+    /// Waits until exactly `n` members wait to be claimed; returns their names.
+    pub fn wait_for_pool(&self, n: usize, what: &str) -> Result<BTreeSet<String>> {
+        let mut members = BTreeSet::new();
+        let ready = util::wait_until(Duration::from_secs(90), || {
+            members = self.pool_waiting().unwrap_or_default();
+            members.len() == n && members.iter().all(|m| self.member_waits(m))
+        });
+        ensure!(
+            ready,
+            "{what}: the pool has {members:?}, not {n} ready\n{}",
+            self.runner_log()
+        );
+        Ok(members)
+    }
+
+    /// Whether sandbox `id`'s container came from the warm pool.
+    pub fn claimed(&self, id: &SandboxId) -> Result<bool> {
+        let format = format!("{{{{index .Config.Labels \"{POOL_LABEL}\"}}}}");
+        Ok(!docker_ok(&["inspect", "--format", &format, &format!("warren-{id}")])?.is_empty())
+    }
 }
 
 impl Drop for DockerStack {
     fn drop(&mut self) {
         self.runner.kill();
         let label = format!("label=org.warren.runner={}", self.runner.id);
+        // Firewall chains are named after each network's sandbox label: a pool
+        // member's slot is not among the sandboxes made.
+        if let Ok(slots) = docker_ok(&[
+            "network",
+            "ls",
+            "--filter",
+            &label,
+            "--format",
+            "{{.Label \"org.warren.sandbox\"}}",
+        ]) {
+            for slot in slots.split_whitespace() {
+                if let Ok(slot) = SandboxId::parse(slot) {
+                    self.stack
+                        .rt
+                        .block_on(warren_runner::netpolicy::remove(&slot));
+                }
+            }
+        }
         for (list, rm) in [
             (
                 vec!["ps", "-aq", "--filter", &label],

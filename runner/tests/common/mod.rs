@@ -67,6 +67,22 @@ pub struct Stack {
     pub live: Arc<warren_gateway::ssh::live::LiveConnections>,
 }
 
+/// The store's row of a sandbox the tests make through the tunnel themselves.
+pub fn sandbox_row(id: &SandboxId, runner: &RunnerProc, owner: &User) -> NewSandbox {
+    NewSandbox {
+        id: id.clone(),
+        owner_id: owner.id.clone(),
+        runner_id: Some(runner.id.clone()),
+        image: "process".into(),
+        repo: None,
+        branch: None,
+        cpus: 1.0,
+        memory_mb: 512,
+        idle_timeout_s: None,
+        ttl_s: None,
+    }
+}
+
 impl Stack {
     pub fn start() -> Result<Stack> {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -120,6 +136,14 @@ impl Stack {
             verifier,
             live,
         })
+    }
+
+    /// The gateway's token signer (the front door's own, loaded again), to mint
+    /// tokens as the API does.
+    pub fn signer(&self) -> Result<TokenSigner> {
+        Ok(TokenSigner::load_or_generate(
+            &self._dir.path().join("token_signer"),
+        )?)
     }
 
     /// Joins a runner with a fresh token and starts it; returns once it is online.
@@ -217,18 +241,7 @@ impl Stack {
         let id = SandboxId::generate();
         self.rt.block_on(async {
             self.store
-                .create_sandbox(&NewSandbox {
-                    id: id.clone(),
-                    owner_id: owner.id.clone(),
-                    runner_id: Some(runner.id.clone()),
-                    image: "process".into(),
-                    repo: None,
-                    branch: None,
-                    cpus: 1.0,
-                    memory_mb: 512,
-                    idle_timeout_s: None,
-                    ttl_s: None,
-                })
+                .create_sandbox(&sandbox_row(&id, runner, owner))
                 .await?;
             let created = self
                 .hub

@@ -2,14 +2,19 @@
 //!
 //! One gateway (in-process: store, runner hub, SSH front door), one `warren-runner
 //! run --backend docker` (release) with the static agent, the real `ssh` client.
-//! Prints:
-//! - create → first successful `ssh <id>@gateway true`, p50 and p95 over N sandboxes
-//!   (from an image already on the runner);
+//! Prints, all measured in the same run:
+//! - the baseline: `docker run --rm IMAGE true`, p50 and p95 over N runs;
+//! - cold: create → first successful `ssh <id>@gateway true`, p50 and p95 over N
+//!   sandboxes (from an image already on the runner; the runner has no pool);
+//! - warm: the same with the runner restarted with `--pool IMAGE=P`, each create a
+//!   claim (the bench waits for the pool to refill between creates);
 //! - with M idle sandboxes: the runner's RSS and each container's memory (cgroup
 //!   usage and its anonymous part, read from cgroup v1 or v2).
 //!
+//! Creates ask for the gateway's default limits (1 CPU, 1024 MiB), as the API does.
+//!
 //! `cargo run --release -p warren-tests --bin bench-docker [-- --creates 20 --idle 50
-//! --image warren-busybox:latest]` (as root, with a Docker engine).
+//! --pool 2 --image warren-busybox:latest]` (as root, with a Docker engine).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +34,7 @@ const FOREVER: Duration = Duration::from_secs(24 * 3600);
 struct Options {
     creates: usize,
     idle: usize,
+    pool: usize,
     image: String,
 }
 
@@ -36,6 +42,7 @@ fn options() -> Result<Options> {
     let mut o = Options {
         creates: 20,
         idle: 50,
+        pool: 2,
         image: "warren-busybox:latest".into(),
     };
     let mut args = std::env::args().skip(1);
@@ -44,6 +51,7 @@ fn options() -> Result<Options> {
         match arg.as_str() {
             "--creates" => o.creates = value()?.parse()?,
             "--idle" => o.idle = value()?.parse()?,
+            "--pool" => o.pool = value()?.parse::<usize>()?.max(1),
             "--image" => o.image = value()?,
             other => bail!("unknown argument {other}"),
         }
@@ -54,6 +62,46 @@ fn options() -> Result<Options> {
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
+}
+
+/// `docker run --rm IMAGE true`, timed `n` times: the floor a cold create is held to.
+fn docker_run_baseline(image: &str, n: usize) -> Result<Vec<Duration>> {
+    let mut times = Vec::new();
+    for _ in 0..n {
+        let started = Instant::now();
+        Cmd::new("docker")
+            .args(["run", "--rm", image, "true"])
+            .timeout(Duration::from_secs(60))
+            .run()?
+            .success()?;
+        times.push(started.elapsed());
+    }
+    times.sort();
+    Ok(times)
+}
+
+/// The runner's pool members waiting to be claimed: containers still named after
+/// their slot whose agent has set up its user (`<run dir>/<slot>/user`).
+fn waiting_members(runner: &str, run_dir: &std::path::Path) -> usize {
+    let Ok(out) = Cmd::new("docker")
+        .args([
+            "ps",
+            "--filter",
+            &format!("label=org.warren.runner={runner}"),
+        ])
+        .args(["--filter", "label=org.warren.pool", "--format"])
+        .arg("{{.Names}} {{.Label \"org.warren.sandbox\"}}")
+        .run()
+    else {
+        return 0;
+    };
+    out.stdout_str()
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(name, slot)| {
+            *name == format!("warren-{slot}") && run_dir.join(slot).join("user").is_file()
+        })
+        .count()
 }
 
 fn main() -> Result<()> {
@@ -113,14 +161,20 @@ fn main() -> Result<()> {
         .arg(&runner_data)
         .run()?
         .success()?;
-    let runner = Cmd::new(&runner_bin)
-        .args(["run", "--backend", "docker", "--data-dir"])
-        .arg(&runner_data)
-        .arg("--agent-bin")
-        .arg(&agent)
-        .env("RUST_LOG", "warn")
-        .timeout(FOREVER)
-        .spawn()?;
+    let start_runner = |pool: Option<String>| {
+        let mut cmd = Cmd::new(&runner_bin)
+            .args(["run", "--backend", "docker", "--data-dir"])
+            .arg(&runner_data)
+            .arg("--agent-bin")
+            .arg(&agent)
+            .env("RUST_LOG", "warn")
+            .timeout(FOREVER);
+        if let Some(pool) = pool {
+            cmd = cmd.args(["--pool", &pool]);
+        }
+        cmd.spawn()
+    };
+    let mut runner = start_runner(None)?;
     let runner_id = rt
         .block_on(store.list_runners())?
         .into_iter()
@@ -152,6 +206,8 @@ fn main() -> Result<()> {
                 .await?;
             let spec = SandboxSpec {
                 image: Some(opts.image.clone()),
+                millicpus: Some(1000),
+                memory_mb: Some(1024),
                 ..SandboxSpec::default()
             };
             let out = hub
@@ -173,27 +229,66 @@ fn main() -> Result<()> {
         })
     };
 
-    let result = (|| -> Result<()> {
-        // Create → first `ssh true`, one sandbox at a time.
-        let mut latencies = Vec::new();
-        for _ in 0..opts.creates {
-            let id = SandboxId::generate();
-            let c = client
-                .clone()
-                .with_target(Target::new("127.0.0.1", ssh_port, id.as_str()));
-            let started = Instant::now();
-            create(&id)?;
-            made.push(id);
-            loop {
-                let out = c.exec("true").timeout(Duration::from_secs(20)).run()?;
-                if out.status.success() {
-                    break;
-                }
-                ensure!(started.elapsed() < Duration::from_secs(60), "no ssh: {out}");
+    let delete = |id: &SandboxId| {
+        let _ = rt.block_on(hub.control(
+            &runner_id,
+            &Request::Delete {
+                sandbox: id.clone(),
+            },
+        ));
+    };
+    // Create → first `ssh true`, one sandbox at a time.
+    let create_and_login = |made: &mut Vec<SandboxId>| -> Result<Duration> {
+        let id = SandboxId::generate();
+        let c = client
+            .clone()
+            .with_target(Target::new("127.0.0.1", ssh_port, id.as_str()));
+        let started = Instant::now();
+        create(&id)?;
+        made.push(id);
+        loop {
+            let out = c.exec("true").timeout(Duration::from_secs(20)).run()?;
+            if out.status.success() {
+                break;
             }
-            latencies.push(started.elapsed());
+            ensure!(started.elapsed() < Duration::from_secs(60), "no ssh: {out}");
         }
-        latencies.sort();
+        Ok(started.elapsed())
+    };
+    let run_dir = runner_data.join("sandboxes");
+
+    let result = (|| -> Result<()> {
+        let baseline = docker_run_baseline(&opts.image, opts.creates)?;
+        let mut cold = Vec::new();
+        for _ in 0..opts.creates {
+            cold.push(create_and_login(&mut made)?);
+        }
+        cold.sort();
+        // The same creates from a warm pool: the runner again, with one.
+        for id in made.drain(..) {
+            delete(&id);
+        }
+        Cmd::new("kill")
+            .args(["-9", &runner.pid().to_string()])
+            .run()?;
+        ensure!(
+            wait_until(Duration::from_secs(30), || !hub.is_online(&runner_id)),
+            "the runner stayed online"
+        );
+        let pooled = start_runner(Some(format!("{}={}", opts.image, opts.pool)))?;
+        drop(std::mem::replace(&mut runner, pooled));
+        let mut warm = Vec::new();
+        for _ in 0..opts.creates {
+            ensure!(
+                wait_until(Duration::from_secs(120), || hub.is_online(&runner_id)
+                    && waiting_members(runner_id.as_str(), &run_dir) == opts.pool),
+                "the pool did not fill:\n{}",
+                runner.stderr().contents_str()
+            );
+            warm.push(create_and_login(&mut made)?);
+        }
+        warm.sort();
+        let latencies = &cold;
         // Up to M idle sandboxes in all.
         while made.len() < opts.idle {
             let id = SandboxId::generate();
@@ -225,17 +320,32 @@ fn main() -> Result<()> {
             "\n## bench-docker ({}, Docker backend through the gateway)\n",
             opts.image
         );
-        println!("| measure | value | target |");
+        let ms = |v: &[Duration], p| percentile(v, p).as_millis();
+        println!(
+            "| measure ({} each) | p50 | p95 | target |",
+            latencies.len()
+        );
+        println!("|---|---|---|---|");
+        println!(
+            "| baseline: `docker run --rm {} true` | {} ms | {} ms | |",
+            opts.image,
+            ms(&baseline, 0.5),
+            ms(&baseline, 0.95)
+        );
+        println!(
+            "| cold create → first `ssh true` | {} ms | {} ms | ≤ 1.3× baseline ({:.2}× here) |",
+            ms(latencies, 0.5),
+            ms(latencies, 0.95),
+            ms(latencies, 0.5) as f64 / ms(&baseline, 0.5).max(1) as f64
+        );
+        println!(
+            "| warm-pool create → first `ssh true` (pool of {}) | {} ms | {} ms | p50 < 150 ms, p95 < 300 ms |",
+            opts.pool,
+            ms(&warm, 0.5),
+            ms(&warm, 0.95)
+        );
+        println!("\n| measure | value | target |");
         println!("|---|---|---|");
-        println!(
-            "| create → first `ssh true`, p50 ({} sandboxes) | {} ms | < 1000 ms |",
-            latencies.len(),
-            percentile(&latencies, 0.5).as_millis()
-        );
-        println!(
-            "| create → first `ssh true`, p95 | {} ms | < 2000 ms |",
-            percentile(&latencies, 0.95).as_millis()
-        );
         println!(
             "| idle container memory, mean / max (cgroup usage, {} sandboxes) | {:.1} / {:.1} MiB | < 30 MB |",
             usages.len(),
@@ -257,13 +367,13 @@ fn main() -> Result<()> {
 
     eprintln!("removing {} sandboxes…", made.len());
     for id in &made {
-        let _ = rt.block_on(hub.control(
-            &runner_id,
-            &Request::Delete {
-                sandbox: id.clone(),
-            },
-        ));
+        delete(id);
     }
+    // A clean stop removes the pool's members.
+    let _ = Cmd::new("kill").arg(runner.pid().to_string()).run();
+    wait_until(Duration::from_secs(30), || {
+        waiting_members(runner_id.as_str(), &run_dir) == 0
+    });
     drop(runner);
     result
 }

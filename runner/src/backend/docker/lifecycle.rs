@@ -59,40 +59,55 @@ impl DockerBackend {
         Ok(())
     }
 
+    /// Removes everything of `id` (a sandbox, or a pool member's slot); a sandbox
+    /// claimed from the pool has its member's objects.
     pub(super) async fn remove_all(&self, id: &SandboxId) -> Result<()> {
-        match self
-            .docker
-            .remove_container(
-                &container_name(id),
-                Some(RemoveContainerOptions {
-                    force: true,
-                    v: true,
-                    ..Default::default()
-                }),
-            )
-            .await
-        {
-            Ok(()) => {}
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(e).context("removing the container"),
+        let slot = self.slot_of(id);
+        // A claim interrupted before the rename left the member's name.
+        for name in [container_name(id), container_name(&slot)] {
+            match self
+                .docker
+                .remove_container(
+                    &name,
+                    Some(RemoveContainerOptions {
+                        force: true,
+                        v: true,
+                        ..Default::default()
+                    }),
+                )
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(e).context("removing the container"),
+            }
         }
         match self
             .docker
-            .remove_volume(&volume_name(id), Some(RemoveVolumeOptions { force: true }))
+            .remove_volume(
+                &volume_name(&slot),
+                Some(RemoveVolumeOptions { force: true }),
+            )
             .await
         {
             Ok(()) => {}
             Err(e) if is_not_found(&e) => {}
             Err(e) => return Err(e).context("removing the workspace volume"),
         }
-        match self.docker.remove_network(&network_name(id)).await {
+        match self.docker.remove_network(&network_name(&slot)).await {
             Ok(()) => {}
             Err(e) if is_not_found(&e) => {}
             Err(e) => return Err(e).context("removing the network"),
         }
-        netpolicy::remove(id).await;
+        netpolicy::remove(&slot).await;
         // remove_dir_all does not follow links, whatever the container left there.
-        for dir in [self.sandbox_run_dir(id), self.private_dir(id)] {
+        // The sandbox's own markers (its slot among them) go last.
+        let dirs = [
+            self.run_dir.join(slot.as_str()),
+            self.private_dir(&slot),
+            self.private_dir(id),
+        ];
+        for dir in dirs {
             match fs::remove_dir_all(&dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -128,12 +143,7 @@ impl DockerBackend {
         let containers = self.containers(true).await?;
         let mut out = Vec::new();
         for c in containers {
-            let Some(id) = c
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(LABEL_SANDBOX))
-                .and_then(|v| SandboxId::parse(v).ok())
-            else {
+            let Some(id) = self.sandbox_of(c.labels.as_ref()) else {
                 continue;
             };
             if self.marked(&id, DELETING_MARKER) {
@@ -193,6 +203,9 @@ impl DockerBackend {
         if !ours {
             bail!("unknown sandbox {id}");
         }
+        if let Some(env) = self.claimed_env(id)? {
+            return Ok(env);
+        }
         Ok(passed_env(&config.env.unwrap_or_default()))
     }
 
@@ -212,13 +225,10 @@ impl DockerBackend {
         let running = self.containers(false).await?;
         let mut stopped = Vec::new();
         for c in running {
-            let labels = c.labels.unwrap_or_default();
-            let Some(id) = labels
-                .get(LABEL_SANDBOX)
-                .and_then(|v| SandboxId::parse(v).ok())
-            else {
+            let Some(id) = self.sandbox_of(c.labels.as_ref()) else {
                 continue;
             };
+            let labels = c.labels.unwrap_or_default();
             let timeout = labels
                 .get(LABEL_IDLE_TIMEOUT)
                 .and_then(|v| v.parse::<u64>().ok())
@@ -242,29 +252,26 @@ impl DockerBackend {
     }
 
     /// At runner start: removes what belongs to deleted sandboxes (a delete the
-    /// runner did not finish, or objects whose run directory is gone) and reports
-    /// the running sandboxes it adopts.
+    /// runner did not finish, or objects whose run directory is gone) and the pool
+    /// members nobody claimed (the pool is filled afresh), and reports the running
+    /// sandboxes it adopts.
     pub async fn adopt(&self) -> Result<Vec<SandboxId>> {
         let filter = self.runner_filter();
-        let mut ids = std::collections::BTreeSet::new();
+        let mut labelled: Vec<Option<HashMap<String, String>>> = Vec::new();
         let containers = self.containers(true).await?;
-        ids.extend(
-            containers
-                .iter()
-                .filter_map(|c| c.labels.as_ref()?.get(LABEL_SANDBOX).cloned()),
-        );
+        labelled.extend(containers.iter().map(|c| c.labels.clone()));
         let volumes = self
             .docker
             .list_volumes(Some(ListVolumesOptions {
                 filters: Some(filter.clone()),
             }))
             .await?;
-        ids.extend(
+        labelled.extend(
             volumes
                 .volumes
                 .unwrap_or_default()
-                .iter()
-                .filter_map(|v| v.labels.get(LABEL_SANDBOX).cloned()),
+                .into_iter()
+                .map(|v| Some(v.labels)),
         );
         let networks = self
             .docker
@@ -272,13 +279,23 @@ impl DockerBackend {
                 filters: Some(filter),
             }))
             .await?;
-        ids.extend(
-            networks
-                .iter()
-                .filter_map(|n| n.labels.as_ref()?.get(LABEL_SANDBOX).cloned()),
-        );
+        labelled.extend(networks.into_iter().map(|n| n.labels));
+        let members: std::collections::BTreeSet<SandboxId> = labelled
+            .iter()
+            .filter_map(|l| self.unclaimed_member(l.as_ref()))
+            .collect();
+        for slot in &members {
+            tracing::info!(slot = %slot, "removing an unclaimed pool member");
+            if let Err(e) = self.remove_all(slot).await {
+                tracing::warn!(slot = %slot, error = %format!("{e:#}"), "could not remove");
+            }
+        }
+        let ids: std::collections::BTreeSet<SandboxId> = labelled
+            .iter()
+            .filter_map(|l| self.sandbox_of(l.as_ref()))
+            .collect();
         let mut adopted = Vec::new();
-        for id in ids.iter().filter_map(|i| SandboxId::parse(i).ok()) {
+        for id in ids {
             let dir = self.sandbox_run_dir(&id);
             if !dir.is_dir() || self.marked(&id, DELETING_MARKER) {
                 tracing::info!(sandbox = %id, "removing the remains of a deleted sandbox");
@@ -288,7 +305,7 @@ impl DockerBackend {
                 continue;
             }
             let running = containers.iter().any(|c| {
-                c.labels.as_ref().and_then(|l| l.get(LABEL_SANDBOX)) == Some(&id.to_string())
+                self.sandbox_of(c.labels.as_ref()).as_ref() == Some(&id)
                     && c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
             });
             if running {

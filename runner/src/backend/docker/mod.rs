@@ -4,8 +4,8 @@
 //!
 //! Here: the backend, creating a sandbox (`create`, `container_config`); beside it
 //! [`images`] (the allow-list, image lookup, the static agent), `network` (its
-//! bridge), `exec` (git in the container) and `lifecycle` (stop, delete, list, the
-//! idle reaper, adoption).
+//! bridge), `exec` (git in the container), `lifecycle` (stop, delete, list, the
+//! idle reaper, adoption) and [`pool`] (started containers waiting to be claimed).
 //!
 //! Per sandbox `<id>`, everything carries the label [`LABEL_SANDBOX`]:
 //! - container `warren-<id>`; its agent listens on `agent.sock` in a runner-owned
@@ -17,6 +17,9 @@
 //!
 //! Docker's labels are the backend's state: after a restart the runner adopts what
 //! runs and removes what belongs to deleted sandboxes (see [`DockerBackend::adopt`]).
+//! A sandbox claimed from the warm pool keeps the objects of its pool member (a
+//! *slot*, itself a sandbox id, with [`LABEL_POOL`]); the runner's private markers
+//! map the sandbox to its slot and back (see [`pool`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -46,11 +49,14 @@ use crate::protocol::{NetworkPolicy, RepoSpec, SandboxSpec, SandboxStatus};
 use crate::state::write_file;
 
 mod exec;
+mod hostname;
 pub mod images;
 mod lifecycle;
 mod network;
+pub mod pool;
 
 pub use images::{DEFAULT_ALLOWED_IMAGES, ensure_static, image_allowed};
+pub use pool::PoolSize;
 
 /// Every object Warren makes carries this label, valued with the sandbox id.
 pub const LABEL_SANDBOX: &str = "org.warren.sandbox";
@@ -58,6 +64,9 @@ pub const LABEL_SANDBOX: &str = "org.warren.sandbox";
 pub const LABEL_RUNNER: &str = "org.warren.runner";
 /// The sandbox's idle timeout in seconds (0: never stopped for idleness).
 pub const LABEL_IDLE_TIMEOUT: &str = "org.warren.idle-timeout-s";
+/// Made for the warm pool (valued with the pool's image): its sandbox label is a
+/// slot, which becomes a sandbox only when claimed.
+pub const LABEL_POOL: &str = "org.warren.pool";
 /// Where the sandbox's run directory (agent socket, keys) appears in the container.
 pub const RUN_MOUNT: &str = "/.warren/run";
 /// Where the static agent appears (read-only); also mounted as the git askpass.
@@ -95,6 +104,11 @@ pub struct DockerDefaults {
     pub network_pool: (std::net::Ipv4Addr, u8),
     /// What of the runner host sandboxes may reach (default: nothing).
     pub host_access: netpolicy::HostAccess,
+    /// Started sandboxes kept waiting per image (default: none).
+    pub pool: Vec<PoolSize>,
+    /// How often the pool looks whether an image changed (members are also checked
+    /// at each claim).
+    pub pool_check_interval: Duration,
     /// The images a create may name, as patterns for [`image_allowed`] (`image`
     /// is always allowed besides). Default: Warren's own, `warren-*`.
     pub allowed_images: Vec<String>,
@@ -112,15 +126,26 @@ impl Default for DockerDefaults {
             idle_timeout: Duration::from_secs(30 * 60),
             network_pool: (std::net::Ipv4Addr::new(10, 213, 0, 0), 16),
             host_access: netpolicy::HostAccess::default(),
+            pool: Vec::new(),
+            pool_check_interval: Duration::from_secs(30),
             allowed_images: DEFAULT_ALLOWED_IMAGES.map(String::from).into(),
         }
     }
 }
 
+/// Who a new container's agent serves.
+#[derive(Clone, Copy)]
+enum Serves<'a> {
+    /// A sandbox: its identity is in the container's config.
+    Sandbox { token_key: &'a str },
+    /// A pool member: it waits for its identity (see [`pool`]).
+    Pool,
+}
+
 /// What a new container is made of.
 struct NewContainer<'a> {
     id: &'a SandboxId,
-    token_key: &'a str,
+    serves: Serves<'a>,
     image: &'a str,
     image_user: Option<&'a str>,
     spec: &'a SandboxSpec,
@@ -138,6 +163,8 @@ pub struct DockerBackend {
     defaults: DockerDefaults,
     /// Passed to agents (`WARREN_SESSION_DETACHED_TTL_S`).
     session_detached_ttl: Option<Duration>,
+    /// Boxed: it would make `Backend::Docker` much larger than `Backend::Process`.
+    pool: Box<pool::Pool>,
 }
 
 /// Capabilities the agent keeps: switching to the sandbox user (SETUID, SETGID),
@@ -204,6 +231,7 @@ impl DockerBackend {
             run_dir,
             agent_bin,
             runner,
+            pool: Box::new(pool::Pool::new(&defaults.pool)),
             defaults,
             session_detached_ttl: None,
         })
@@ -223,7 +251,7 @@ impl DockerBackend {
     /// is the container's to write, so the runner reads it only through
     /// [`hostile`].
     pub(crate) fn sandbox_run_dir(&self, id: &SandboxId) -> PathBuf {
-        self.run_dir.join(id.as_str())
+        self.run_dir.join(self.slot_of(id).as_str())
     }
 
     /// Where the runner keeps its own markers of a sandbox: beside the run
@@ -287,28 +315,26 @@ impl DockerBackend {
     ) -> Result<()> {
         warren_keys::TokenVerifier::from_base64(token_key).context("invalid token_key")?;
         super::validate_spec(spec)?;
-        let dir = self.sandbox_run_dir(id);
         if self.marked(id, DELETING_MARKER) {
             bail!("sandbox {id} is being deleted");
         }
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
-        super::write_authorized_keys(&dir, authorized_keys)?;
         let _ = fs::remove_file(self.private_dir(id).join(STOPPED_MARKER));
 
         let name = container_name(id);
         match self.docker.inspect_container(&name, None).await {
             Ok(existing) => {
+                let dir = self.sandbox_run_dir(id);
+                super::write_authorized_keys(&dir, authorized_keys)?;
                 let running = existing.state.and_then(|s| s.running).unwrap_or(false);
                 if !running {
                     let _ = fs::remove_file(dir.join("agent.sock"));
+                    // A sandbox from the pool is told who it is again.
+                    self.reissue_identity(id)?;
                     self.docker
                         .start_container(&name, None)
                         .await
                         .with_context(|| format!("starting {name}"))?;
+                    self.restore_hostname(id).await?;
                     self.wait_for_agent(id).await?;
                     tracing::info!(sandbox = %id, "sandbox started");
                 }
@@ -317,16 +343,23 @@ impl DockerBackend {
             Err(e) if is_not_found(&e) => {}
             Err(e) => return Err(e).context("asking the Docker engine"),
         }
+        if self.claim(id, token_key, authorized_keys, spec).await? {
+            return Ok(());
+        }
 
+        let dir = self.sandbox_run_dir(id);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        super::write_authorized_keys(&dir, authorized_keys)?;
         let image = spec.image.as_deref().unwrap_or(&self.defaults.image);
         // Whatever fails from here on leaves nothing behind: a half-made sandbox
         // would hold a network, a volume and the runner's capacity for nothing.
-        let made = async {
-            let image_info = self.image_info(spec).await?;
-            self.make(id, token_key, image, image_info, spec, &name)
-                .await
-        }
-        .await;
+        let made = self
+            .make(id, Serves::Sandbox { token_key }, image, spec, &name)
+            .await;
         if let Err(e) = made {
             if let Err(cleanup) = self.remove_all(id).await {
                 tracing::warn!(sandbox = %id, error = %format!("{cleanup:#}"), "cleaning up a failed create");
@@ -337,51 +370,62 @@ impl DockerBackend {
         Ok(())
     }
 
-    /// Makes and starts a new sandbox's volume, network, firewall rules and
-    /// container, waits for its agent and clones its repository.
+    /// Makes and starts a new sandbox's (or pool member's) volume, network,
+    /// firewall rules and container, and waits for its agent: for a sandbox until it
+    /// accepts connections (then its repository is cloned), for a pool member until
+    /// it has set up its user and waits to be claimed. The image lookup, the volume
+    /// and the network with its rules do not depend on each other, so they are made
+    /// at once.
     async fn make(
         &self,
         id: &SandboxId,
-        token_key: &str,
+        serves: Serves<'_>,
         image: &str,
-        image_info: bollard::models::ImageInspect,
         spec: &SandboxSpec,
         name: &str,
     ) -> Result<()> {
-        let image_user = image_info
-            .config
-            .and_then(|c| c.user)
-            .filter(|u| !u.is_empty() && u != "root" && u != "0" && !u.starts_with("0:"));
-
-        let labels = self.labels(id);
+        let mut labels = self.labels(id);
+        if matches!(serves, Serves::Pool) {
+            labels.insert(LABEL_POOL.to_owned(), image.to_owned());
+        }
         let mut container_labels = labels.clone();
         let idle = spec
             .idle_timeout_s
             .unwrap_or(self.defaults.idle_timeout.as_secs());
         container_labels.insert(LABEL_IDLE_TIMEOUT.to_owned(), idle.to_string());
-        self.docker
-            .create_volume(VolumeCreateRequest {
-                name: Some(volume_name(id)),
-                labels: Some(labels.clone()),
-                ..Default::default()
-            })
-            .await
-            .context("creating the workspace volume")?;
-        let network_mode = match &spec.network {
-            NetworkPolicy::None => "none".to_owned(),
-            NetworkPolicy::All | NetworkPolicy::Allow { .. } => {
-                let net = network_name(id);
-                self.create_network(id, &net, &labels).await?;
-                netpolicy::apply(id, &spec.network, &self.defaults.host_access)
-                    .await
-                    .context("firewall rules for the sandbox's network")?;
-                net
+        let volume = async {
+            self.docker
+                .create_volume(VolumeCreateRequest {
+                    name: Some(volume_name(id)),
+                    labels: Some(labels.clone()),
+                    ..Default::default()
+                })
+                .await
+                .context("creating the workspace volume")
+        };
+        let network = async {
+            match &spec.network {
+                NetworkPolicy::None => Ok("none".to_owned()),
+                NetworkPolicy::All | NetworkPolicy::Allow { .. } => {
+                    let net = network_name(id);
+                    self.create_network(id, &net, &labels).await?;
+                    netpolicy::apply(id, &spec.network, &self.defaults.host_access)
+                        .await
+                        .context("firewall rules for the sandbox's network")?;
+                    Ok::<_, anyhow::Error>(net)
+                }
             }
         };
+        let (image_info, _, network_mode) =
+            tokio::try_join!(self.image_info(spec), volume, network)?;
+        let image_user = image_info
+            .config
+            .and_then(|c| c.user)
+            .filter(|u| !u.is_empty() && u != "root" && u != "0" && !u.starts_with("0:"));
 
         let config = self.container_config(NewContainer {
             id,
-            token_key,
+            serves,
             image,
             image_user: image_user.as_deref(),
             spec,
@@ -402,9 +446,14 @@ impl DockerBackend {
             .start_container(name, None)
             .await
             .with_context(|| format!("starting {name}"))?;
-        self.wait_for_agent(id).await?;
-        if let Some(repo) = &spec.repo {
-            self.clone_repo(id, repo).await?;
+        match serves {
+            Serves::Sandbox { .. } => {
+                self.wait_for_agent(id).await?;
+                if let Some(repo) = &spec.repo {
+                    self.clone_repo(id, repo).await?;
+                }
+            }
+            Serves::Pool => self.wait_for_setup(id).await?,
         }
         Ok(())
     }
@@ -437,10 +486,21 @@ impl DockerBackend {
         ])
     }
 
+    /// The memory (bytes), CPU (nano-CPUs) and pids limits of a sandbox of `spec`.
+    fn limits(&self, spec: &SandboxSpec) -> (i64, i64, i64) {
+        let d = &self.defaults;
+        let memory = i64::try_from(spec.memory_mb.unwrap_or(d.memory_mb))
+            .unwrap_or(i64::MAX / (1 << 20))
+            * (1 << 20);
+        let nano_cpus = i64::from(spec.millicpus.unwrap_or(d.millicpus)) * 1_000_000;
+        let pids = i64::from(spec.pids_limit.unwrap_or(d.pids_limit));
+        (memory, nano_cpus, pids)
+    }
+
     fn container_config(&self, new: NewContainer<'_>) -> ContainerCreateBody {
         let NewContainer {
             id,
-            token_key,
+            serves,
             image,
             image_user,
             spec,
@@ -448,18 +508,22 @@ impl DockerBackend {
             labels,
         } = new;
         let d = &self.defaults;
-        let memory = i64::try_from(spec.memory_mb.unwrap_or(d.memory_mb))
-            .unwrap_or(i64::MAX / (1 << 20))
-            * (1 << 20);
-        let nano_cpus = i64::from(spec.millicpus.unwrap_or(d.millicpus)) * 1_000_000;
-        let pids = i64::from(spec.pids_limit.unwrap_or(d.pids_limit));
+        let (memory, nano_cpus, pids) = self.limits(spec);
         let files = i64::from(d.open_files);
-        let mut env = vec![
-            format!("WARREN_SANDBOX_ID={}", id.as_str()),
+        let mut env = match serves {
+            Serves::Sandbox { token_key } => vec![
+                format!("WARREN_SANDBOX_ID={}", id.as_str()),
+                format!("WARREN_TOKEN_KEY={token_key}"),
+            ],
+            Serves::Pool => vec![format!(
+                "WARREN_IDENTITY_FILE={RUN_MOUNT}/{}",
+                pool::IDENTITY
+            )],
+        };
+        env.extend([
             format!("WARREN_AGENT_LISTEN=unix:{RUN_MOUNT}/agent.sock"),
             format!("WARREN_AGENT_HOST_KEY={RUN_MOUNT}/host_key"),
             format!("WARREN_AUTHORIZED_KEYS={RUN_MOUNT}/authorized_keys"),
-            format!("WARREN_TOKEN_KEY={token_key}"),
             format!("WARREN_USER_FILE={RUN_MOUNT}/user"),
             format!("WARREN_ACTIVITY_FILE={RUN_MOUNT}/activity"),
             format!("WARREN_SANDBOX_USER={}", image_user.unwrap_or("auto")),
@@ -467,7 +531,7 @@ impl DockerBackend {
             "WARREN_OWN_WORKDIR=true".to_owned(),
             // Reached only through the runner's encrypted tunnel.
             "WARREN_AGENT_ALLOW_UNENCRYPTED=true".to_owned(),
-        ];
+        ]);
         if let Some(ttl) = self.session_detached_ttl {
             env.push(format!("WARREN_SESSION_DETACHED_TTL_S={}", ttl.as_secs()));
         }
@@ -530,10 +594,25 @@ impl DockerBackend {
     /// Waits until the agent accepts connections, or fails with the container's own
     /// words when it exits first.
     async fn wait_for_agent(&self, id: &SandboxId) -> Result<()> {
+        self.wait_for(id, true).await
+    }
+
+    /// Waits until a pool member's agent has set up its user (it then waits for an
+    /// identity, not listening).
+    async fn wait_for_setup(&self, slot: &SandboxId) -> Result<()> {
+        self.wait_for(slot, false).await
+    }
+
+    async fn wait_for(&self, id: &SandboxId, listening: bool) -> Result<()> {
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         let mut checks = 0u32;
         loop {
-            if self.connect_agent(id).await.is_some() {
+            let ready = if listening {
+                self.connect_agent(id).await.is_some()
+            } else {
+                self.session_user(id).is_ok()
+            };
+            if ready {
                 return Ok(());
             }
             checks += 1;
@@ -555,9 +634,9 @@ impl DockerBackend {
                 }
             }
             if tokio::time::Instant::now() > deadline {
-                bail!("the sandbox's agent did not start listening within {START_TIMEOUT:?}");
+                bail!("the sandbox's agent did not start within {START_TIMEOUT:?}");
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 

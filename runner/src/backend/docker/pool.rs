@@ -1,0 +1,474 @@
+//! The warm pool: per image, started containers waiting to be claimed, so that a
+//! create is a claim plus the new sandbox's identity instead of a container start.
+//!
+//! A member is made exactly like a cold sandbox (same container config, hardening,
+//! own volume, own bridge and firewall chains), under a *slot* id of its own, and
+//! its agent waits for an identity (`agent/src/identity.rs`) without listening. A
+//! claim takes a member out of the pool under a lock (so no member is handed out
+//! twice), records the sandbox ⇄ slot mapping in the runner's private markers,
+//! renames the container `warren-<id>`, sets its limits, writes the identity into
+//! its run directory and waits for the agent, as a cold create does. A filler task
+//! keeps each pool at its size and removes members whose image changed (the image id
+//! behind the tag). Members are never listed, reaped for idleness or adopted.
+//!
+//! Private markers (`<run dir>/.runner/…`, never mounted):
+//! - `<slot>/pool`: a member (its image id);
+//! - `<sandbox>/slot`, `<sandbox>/identity`: a claimed sandbox's slot and identity
+//!   (sandbox id, token key, env), given again to the agent at each start;
+//! - `<slot>/claimed`: the sandbox that claimed it, written last: a claim a crash
+//!   interrupted leaves a member that the next start removes.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bollard::models::ContainerUpdateBody;
+use bollard::query_parameters::RenameContainerOptions;
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+/// The identity file in a member's run directory (the agent's
+/// `WARREN_IDENTITY_FILE`).
+pub const IDENTITY: &str = "identity";
+const POOL_MARKER: &str = "pool";
+const SLOT_MARKER: &str = "slot";
+const CLAIMED_MARKER: &str = "claimed";
+const IDENTITY_MARKER: &str = "identity";
+/// A filler that failed waits this long before it tries again.
+const FILL_RETRY: Duration = Duration::from_secs(5);
+
+/// How many started sandboxes of `image` to keep waiting (`--pool IMAGE=N`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSize {
+    pub image: String,
+    pub size: usize,
+}
+
+impl std::str::FromStr for PoolSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (image, size) = s
+            .rsplit_once('=')
+            .ok_or_else(|| format!("{s:?} is not IMAGE=N"))?;
+        let size = size
+            .parse()
+            .map_err(|_| format!("{size:?} in {s:?} is not a number"))?;
+        if image.is_empty() || image.chars().any(char::is_whitespace) {
+            return Err(format!("{image:?} is not an image reference"));
+        }
+        Ok(PoolSize {
+            image: image.to_owned(),
+            size,
+        })
+    }
+}
+
+/// What a claim tells the agent (the JSON `agent/src/identity.rs` reads).
+#[derive(Serialize, Deserialize)]
+struct Identity {
+    sandbox_id: String,
+    token_key: String,
+    env: BTreeMap<String, String>,
+}
+
+/// A started member, ready to be claimed.
+struct Member {
+    slot: SandboxId,
+    /// The engine's id of its container (its name changes at claim).
+    container: String,
+    /// Where it runs, for its new hostname.
+    host: Option<hostname::Host>,
+    /// The pool (image reference) it belongs to.
+    image: String,
+    /// The id of the image it runs.
+    image_id: String,
+}
+
+/// The pools' sizes and their ready members.
+pub(super) struct Pool {
+    sizes: Vec<PoolSize>,
+    ready: std::sync::Mutex<Vec<Member>>,
+    /// Wakes the filler after a claim.
+    wake: tokio::sync::Notify,
+    closed: AtomicBool,
+}
+
+impl Pool {
+    pub(super) fn new(sizes: &[PoolSize]) -> Pool {
+        Pool {
+            sizes: sizes.iter().filter(|s| s.size > 0).cloned().collect(),
+            ready: std::sync::Mutex::default(),
+            wake: tokio::sync::Notify::new(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    fn ready(&self) -> std::sync::MutexGuard<'_, Vec<Member>> {
+        self.ready
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes one member running `image_id` out of the pool: once taken, no other
+    /// claim can see it.
+    fn take(&self, image_id: &str) -> Option<Member> {
+        let mut ready = self.ready();
+        let at = ready.iter().position(|m| m.image_id == image_id)?;
+        Some(ready.remove(at))
+    }
+
+    fn count(&self, image: &str) -> usize {
+        self.ready().iter().filter(|m| m.image == image).count()
+    }
+
+    /// Takes out the members of `image` that do not run `image_id`.
+    fn take_stale(&self, image: &str, image_id: Option<&str>) -> Vec<Member> {
+        let mut ready = self.ready();
+        let (stale, kept) = std::mem::take(&mut *ready)
+            .into_iter()
+            .partition(|m| m.image == image && Some(m.image_id.as_str()) != image_id);
+        *ready = kept;
+        stale
+    }
+}
+
+impl DockerBackend {
+    /// The slot whose objects the sandbox uses: its pool member's, or its own.
+    pub(super) fn slot_of(&self, id: &SandboxId) -> SandboxId {
+        fs::read_to_string(self.private_dir(id).join(SLOT_MARKER))
+            .ok()
+            .and_then(|s| SandboxId::parse(s.trim()).ok())
+            .unwrap_or_else(|| id.clone())
+    }
+
+    /// The sandbox that claimed `slot`, if a claim finished.
+    fn claimed_by(&self, slot: &SandboxId) -> Option<SandboxId> {
+        let text = fs::read_to_string(self.private_dir(slot).join(CLAIMED_MARKER)).ok()?;
+        let id = SandboxId::parse(text.trim()).ok()?;
+        (self.slot_of(&id) == *slot).then_some(id)
+    }
+
+    /// The sandbox a Docker object belongs to, from its labels: `None` for another
+    /// runner's objects and for pool members nobody claimed.
+    pub(super) fn sandbox_of(&self, labels: Option<&HashMap<String, String>>) -> Option<SandboxId> {
+        let labels = labels?;
+        let labelled = SandboxId::parse(labels.get(LABEL_SANDBOX)?).ok()?;
+        if labels.contains_key(LABEL_POOL) {
+            self.claimed_by(&labelled)
+        } else {
+            Some(labelled)
+        }
+    }
+
+    /// A pool member nobody claimed, from an object's labels.
+    pub(super) fn unclaimed_member(
+        &self,
+        labels: Option<&HashMap<String, String>>,
+    ) -> Option<SandboxId> {
+        let labels = labels?;
+        labels.get(LABEL_POOL)?;
+        let slot = SandboxId::parse(labels.get(LABEL_SANDBOX)?).ok()?;
+        self.claimed_by(&slot).is_none().then_some(slot)
+    }
+
+    /// What the pools hold back from the capacity the runner reports: the memory
+    /// limits of all their members and their number.
+    pub fn pool_reserve(&self) -> (u64, u32) {
+        let members: usize = self.pool.sizes.iter().map(|s| s.size).sum();
+        let members = u32::try_from(members).unwrap_or(u32::MAX);
+        (
+            u64::from(members).saturating_mul(self.defaults.memory_mb),
+            members,
+        )
+    }
+
+    /// Whether a member (made with the runner's defaults) can serve `spec`: what a
+    /// running container cannot change must be the default. Memory, CPUs and pids
+    /// are set at claim; the image is matched by id at claim.
+    fn poolable(&self, spec: &SandboxSpec) -> bool {
+        !self.pool.sizes.is_empty()
+            && spec.network == NetworkPolicy::All
+            && !spec.read_only_root
+            && spec
+                .idle_timeout_s
+                .is_none_or(|s| s == self.defaults.idle_timeout.as_secs())
+    }
+
+    /// Makes `id` from a pool member if one fits; `false` when none does (the
+    /// caller then creates it cold). A claim that fails part-way removes the member
+    /// and leaves the create to the cold path.
+    pub(super) async fn claim(
+        &self,
+        id: &SandboxId,
+        token_key: &str,
+        authorized_keys: &[String],
+        spec: &SandboxSpec,
+    ) -> Result<bool> {
+        if !self.poolable(spec) {
+            return Ok(false);
+        }
+        let Some(image_id) = self.image_info(spec).await?.id else {
+            return Ok(false);
+        };
+        let Some(member) = self.pool.take(&image_id) else {
+            self.pool.wake.notify_one();
+            return Ok(false);
+        };
+        let handed = self
+            .hand_over(id, &member, token_key, authorized_keys, spec)
+            .await;
+        self.pool.wake.notify_one();
+        if let Err(e) = handed {
+            tracing::warn!(sandbox = %id, error = %format!("{e:#}"), "a pool claim failed; creating it cold");
+            self.remove_all(id).await?;
+            self.remove_all(&member.slot).await?;
+            return Ok(false);
+        }
+        tracing::info!(sandbox = %id, slot = %member.slot, "sandbox claimed from the pool");
+        // As in a cold create: a clone that fails fails the create.
+        if let Some(repo) = &spec.repo
+            && let Err(e) = self.clone_repo(id, repo).await
+        {
+            self.remove_all(id).await?;
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    /// Turns `member` into sandbox `id`.
+    async fn hand_over(
+        &self,
+        id: &SandboxId,
+        member: &Member,
+        token_key: &str,
+        authorized_keys: &[String],
+        spec: &SandboxSpec,
+    ) -> Result<()> {
+        let slot = &member.slot;
+        let identity = serde_json::to_vec(&Identity {
+            sandbox_id: id.as_str().to_owned(),
+            token_key: token_key.to_owned(),
+            env: spec.env.clone(),
+        })?;
+        self.mark(id, SLOT_MARKER, slot.as_str().as_bytes())?;
+        self.mark(id, IDENTITY_MARKER, &identity)?;
+        self.mark(slot, CLAIMED_MARKER, id.as_str().as_bytes())?;
+        let dir = self.sandbox_run_dir(id);
+        crate::backend::write_authorized_keys(&dir, authorized_keys)?;
+        write_file(&dir.join(IDENTITY), &identity)?;
+        let rename = async {
+            self.docker
+                .rename_container(
+                    &member.container,
+                    RenameContainerOptions {
+                        name: container_name(id),
+                    },
+                )
+                .await
+                .context("renaming the pool member")
+        };
+        let host = async {
+            match member.host.clone() {
+                Some(host) => hostname::rename(host, slot.as_str(), id.as_str()).await,
+                None => Ok(()),
+            }
+        };
+        tokio::try_join!(rename, self.set_limits(&member.container, spec), host)?;
+        self.wait_for_agent(id).await
+    }
+
+    /// Gives the member `spec`'s memory, CPU and pids limits where they are not
+    /// the defaults it was made with.
+    async fn set_limits(&self, container: &str, spec: &SandboxSpec) -> Result<()> {
+        let wanted = self.limits(spec);
+        if wanted == self.limits(&SandboxSpec::default()) {
+            return Ok(());
+        }
+        let (memory, nano_cpus, pids) = wanted;
+        self.docker
+            .update_container(
+                container,
+                ContainerUpdateBody {
+                    memory: Some(memory),
+                    memory_swap: Some(memory),
+                    nano_cpus: Some(nano_cpus),
+                    pids_limit: Some(pids),
+                    ..Default::default()
+                },
+            )
+            .await
+            .context("setting the pool member's limits")
+    }
+
+    /// After a claimed sandbox's container started again (Docker gave it its slot's
+    /// hostname back): its own hostname.
+    pub(super) async fn restore_hostname(&self, id: &SandboxId) -> Result<()> {
+        let slot = self.slot_of(id);
+        if slot == *id {
+            return Ok(());
+        }
+        let info = self
+            .docker
+            .inspect_container(&container_name(id), None)
+            .await?;
+        match hostname::Host::of(&info) {
+            Some(host) => hostname::rename(host, slot.as_str(), id.as_str()).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Before a claimed sandbox's container starts again: its identity, from the
+    /// runner's own copy (whatever the container left in its run directory).
+    pub(super) fn reissue_identity(&self, id: &SandboxId) -> Result<()> {
+        match fs::read(self.private_dir(id).join(IDENTITY_MARKER)) {
+            Ok(identity) => write_file(&self.sandbox_run_dir(id).join(IDENTITY), &identity),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).context("reading a claimed sandbox's identity"),
+        }
+    }
+
+    /// A claimed sandbox's create-time env (the container's config has none).
+    pub(super) fn claimed_env(&self, id: &SandboxId) -> Result<Option<BTreeMap<String, String>>> {
+        match fs::read(self.private_dir(id).join(IDENTITY_MARKER)) {
+            Ok(bytes) => {
+                let identity: Identity = serde_json::from_slice(&bytes)
+                    .context("reading a claimed sandbox's identity")?;
+                Ok(Some(identity.env))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).context("reading a claimed sandbox's identity"),
+        }
+    }
+
+    /// Makes one member of the pool of `image`.
+    async fn fill_one(&self, image: &str) -> Result<Member> {
+        let slot = SandboxId::generate();
+        let spec = SandboxSpec {
+            image: Some(image.to_owned()),
+            ..SandboxSpec::default()
+        };
+        let name = container_name(&slot);
+        let made = async {
+            let dir = self.sandbox_run_dir(&slot);
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
+            crate::backend::write_authorized_keys(&dir, &[])?;
+            self.mark(&slot, POOL_MARKER, image.as_bytes())?;
+            self.make(&slot, Serves::Pool, image, &spec, &name).await?;
+            // The image the container runs, whatever the tag meant a moment ago.
+            let info = self.docker.inspect_container(&name, None).await?;
+            let host = hostname::Host::of(&info);
+            let ids = info.id.zip(info.image);
+            ids.map(|(c, i)| (c, i, host))
+                .context("the engine does not say a pool member's container or image")
+        }
+        .await;
+        match made {
+            Ok((container, image_id, host)) => Ok(Member {
+                slot,
+                container,
+                host,
+                image: image.to_owned(),
+                image_id,
+            }),
+            Err(e) => {
+                if let Err(cleanup) = self.remove_all(&slot).await {
+                    tracing::warn!(error = %format!("{cleanup:#}"), "cleaning up a failed pool member");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Keeps every pool at its size until [`drain_pool`](Self::drain_pool): refills
+    /// after claims, and removes members whose image changed (checked every
+    /// `pool_check_interval`, and at each claim).
+    pub async fn keep_pool_filled(&self) {
+        if self.pool.sizes.is_empty() {
+            return;
+        }
+        while !self.pool.closed.load(Ordering::SeqCst) {
+            let mut failed = false;
+            for PoolSize { image, size } in &self.pool.sizes {
+                let current = match self.docker.inspect_image(image).await {
+                    Ok(info) => info.id,
+                    Err(e) => {
+                        tracing::warn!(image, error = %e, "the pool's image is not here");
+                        None
+                    }
+                };
+                for stale in self.pool.take_stale(image, current.as_deref()) {
+                    tracing::info!(image, slot = %stale.slot, "the image changed: removing a pool member");
+                    if let Err(e) = self.remove_all(&stale.slot).await {
+                        tracing::warn!(error = %format!("{e:#}"), "removing a pool member");
+                    }
+                }
+                if current.is_none() {
+                    failed = true;
+                    continue;
+                }
+                while self.pool.count(image) < *size && !self.pool.closed.load(Ordering::SeqCst) {
+                    match self.fill_one(image).await {
+                        Ok(member) => {
+                            tracing::debug!(image, slot = %member.slot, "pool member ready");
+                            self.pool.ready().push(member);
+                        }
+                        Err(e) => {
+                            tracing::warn!(image, error = %format!("{e:#}"), "could not fill the pool");
+                            failed = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            let wait = if failed {
+                FILL_RETRY
+            } else {
+                self.defaults.pool_check_interval
+            };
+            tokio::select! {
+                () = self.pool.wake.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+        // A member made while the pool closed.
+        self.drain_pool().await;
+    }
+
+    /// At shutdown: removes every member nobody claimed (a member holds nothing of
+    /// a user's); the filler stops.
+    pub async fn drain_pool(&self) {
+        self.pool.closed.store(true, Ordering::SeqCst);
+        self.pool.wake.notify_one();
+        let members = std::mem::take(&mut *self.pool.ready());
+        for member in members {
+            if let Err(e) = self.remove_all(&member.slot).await {
+                tracing::warn!(slot = %member.slot, error = %format!("{e:#}"), "removing a pool member");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_sizes_parse() {
+        let size: PoolSize = "warren-base:latest=3".parse().unwrap();
+        assert_eq!(
+            size,
+            PoolSize {
+                image: "warren-base:latest".into(),
+                size: 3
+            }
+        );
+        assert_eq!("localhost:5000/x=1".parse::<PoolSize>().unwrap().size, 1);
+        for bad in ["warren-base", "=2", "x=y", "a b=1"] {
+            assert!(bad.parse::<PoolSize>().is_err(), "{bad}");
+        }
+    }
+}
