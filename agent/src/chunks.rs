@@ -21,8 +21,7 @@ pub fn run(chunk_size: u64) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut buf = vec![0u8; chunk_size];
-    loop {
-        let Some(path) = field(&mut input)? else { break };
+    while let Some(path) = field(&mut input)? {
         let seed = field(&mut input)?.unwrap_or_default();
         let path = Path::new(OsStr::from_bytes(&path));
         if !seed.is_empty() && std::fs::symlink_metadata(path).is_err() {

@@ -18,6 +18,7 @@ mod server;
 mod session;
 mod sftp;
 mod user;
+mod watch;
 
 use std::path::PathBuf;
 
@@ -51,6 +52,8 @@ enum Command {
         #[arg(long, default_value_t = 1024 * 1024)]
         chunk_size: u64,
     },
+    /// Stream changes under a directory, for `warren mirror` (see watch.rs).
+    Watch { dir: PathBuf },
 }
 
 #[derive(clap::Args)]
@@ -136,6 +139,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Chunks { chunk_size } => chunks::run(chunk_size),
+        Command::Watch { dir } => watch::run(&dir),
     }
 }
 

@@ -166,14 +166,23 @@ impl Connection {
         while let Some(msg) = channel.wait().await {
             match msg {
                 russh::ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
-                russh::ChannelMsg::ExtendedData { data, .. } => {
-                    out.stderr.extend_from_slice(&data)
-                }
+                russh::ChannelMsg::ExtendedData { data, .. } => out.stderr.extend_from_slice(&data),
                 russh::ChannelMsg::ExitStatus { exit_status } => out.status = Some(exit_status),
                 _ => {}
             }
         }
         Ok(out)
+    }
+
+    /// Starts `command` and hands back its channel, for a long-running helper (the
+    /// watcher) whose output is read as it comes.
+    pub async fn exec_channel(
+        &self,
+        command: &str,
+    ) -> Result<russh::Channel<client::Msg>, SyncError> {
+        let channel = self.handle.channel_open_session().await?;
+        channel.exec(true, command).await?;
+        Ok(channel)
     }
 
     pub async fn close(self) {

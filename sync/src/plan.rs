@@ -52,13 +52,8 @@ pub fn plan(local: &Tree, remote: &Listing, delete: bool) -> Plan {
     };
     for (path, kind) in local {
         let there = remote.tree.get(path);
-        let conflict = match (kind, there) {
-            (_, None) => false,
-            (Kind::Dir { .. }, Some(Kind::Dir { .. })) => false,
-            (Kind::File { .. }, Some(Kind::File { .. })) => false,
-            (Kind::Symlink { .. }, Some(Kind::Symlink { .. })) => false,
-            _ => true,
-        };
+        let conflict =
+            there.is_some_and(|t| std::mem::discriminant(t) != std::mem::discriminant(kind));
         if conflict {
             remove_subtree(path, &mut plan, &mut removed);
         }
@@ -73,7 +68,12 @@ pub fn plan(local: &Tree, remote: &Listing, delete: bool) -> Plan {
                 Some(Kind::Symlink { target: t }) if t == target => plan.skipped += 1,
                 Some(_) => {
                     if removed.insert(path.clone()) {
-                        plan.remove.push((path.clone(), Kind::Symlink { target: t_of(there) }));
+                        plan.remove.push((
+                            path.clone(),
+                            Kind::Symlink {
+                                target: t_of(there),
+                            },
+                        ));
                     }
                     plan.links.push((path.clone(), target.clone()));
                 }
@@ -176,7 +176,13 @@ mod tests {
         let local: Tree = [("d".to_owned(), file(1, 1))].into();
         let remote = Listing {
             tree: [
-                ("d".to_owned(), Kind::Dir { mode: 0o755, mtime: 0 }),
+                (
+                    "d".to_owned(),
+                    Kind::Dir {
+                        mode: 0o755,
+                        mtime: 0,
+                    },
+                ),
                 ("d/e".to_owned(), file(1, 1)),
                 ("d2".to_owned(), file(1, 1)),
             ]

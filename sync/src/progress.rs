@@ -55,9 +55,14 @@ pub enum Op {
 pub enum Event {
     Progress(Progress),
     /// One change, reported in dry runs and by the mirror.
-    Change { op: Op, path: String },
+    Change {
+        op: Op,
+        path: String,
+    },
     /// Something skipped or retried that does not stop the run.
-    Warning { message: String },
+    Warning {
+        message: String,
+    },
     /// A mirror's state line: `live`, `catching_up`, `reconnecting`, with counts.
     Status {
         state: Stage,

@@ -155,7 +155,9 @@ impl Sftp {
                 } else {
                     format!("{dir_rel}/{name}")
                 };
-                let Some(kind) = kind_of(&attrs) else { continue };
+                let Some(kind) = kind_of(&attrs) else {
+                    continue;
+                };
                 if let (Some(target), Kind::File { size, .. }) = (part_target(&rel), &kind) {
                     listing.parts.insert(target, *size);
                     continue;

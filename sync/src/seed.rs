@@ -211,7 +211,13 @@ pub async fn seed(
     tracker.report();
     drop(ticker);
 
-    progress::stage(&events, Stage::Verifying, files_total, files_total, bytes_total);
+    progress::stage(
+        &events,
+        Stage::Verifying,
+        files_total,
+        files_total,
+        bytes_total,
+    );
     verify(sftp, &root, &scan.tree).await?;
     progress::stage(&events, Stage::Done, files_total, files_total, bytes_total);
     conn.close().await;
@@ -227,7 +233,11 @@ fn totals(tree: &Tree) -> (u64, u64) {
 
 /// The target's absolute path, made when missing (`None` in a dry run where it
 /// is missing: everything would be new).
-async fn resolve_root(sftp: &Sftp, target: &str, dry_run: bool) -> Result<Option<String>, SyncError> {
+async fn resolve_root(
+    sftp: &Sftp,
+    target: &str,
+    dry_run: bool,
+) -> Result<Option<String>, SyncError> {
     let target = if target.is_empty() { "." } else { target };
     match sftp.lstat(target).await? {
         Some(Kind::Dir { .. }) => {}
@@ -298,7 +308,9 @@ async fn hash_candidates(
     for (path, answer) in maybe.iter().zip(answers) {
         let local_path = tree::local_path(&options.source, path);
         let Some(remote) = answer else { continue };
-        let Ok(mine) = chunks::local(&local_path) else { continue };
+        let Ok(mine) = chunks::local(&local_path) else {
+            continue;
+        };
         if mine == remote {
             equal.insert(path.clone());
         } else if mine.size >= plan::CHUNKED_FROM {
@@ -307,7 +319,7 @@ async fn hash_candidates(
     }
     plan.files.retain(|(p, _)| !equal.contains(p));
     plan.skipped += equal.len() as u64;
-    plan.touch.extend(equal.into_iter());
+    plan.touch.extend(equal);
 
     // Parts to resume, and parts to seed from the old copy for a patch.
     let mut asks = Vec::new();
@@ -339,7 +351,10 @@ async fn make_dirs(sftp: &Sftp, root: &str, dirs: &[(String, u32)]) -> Result<()
     // Level by level: every directory of one depth at once, parents made before.
     let mut by_depth: std::collections::BTreeMap<usize, Vec<&(String, u32)>> = Default::default();
     for dir in dirs {
-        by_depth.entry(dir.0.matches('/').count()).or_default().push(dir);
+        by_depth
+            .entry(dir.0.matches('/').count())
+            .or_default()
+            .push(dir);
     }
     for level in by_depth.values() {
         let mut made: FuturesUnordered<_> = level
@@ -395,6 +410,9 @@ async fn verify(sftp: &Sftp, root: &str, local: &Tree) -> Result<(), SyncError> 
     } else {
         let n = wrong.len();
         wrong.truncate(5);
-        Err(SyncError::Verify(format!("{n} entries differ: {}", wrong.join("; "))))
+        Err(SyncError::Verify(format!(
+            "{n} entries differ: {}",
+            wrong.join("; ")
+        )))
     }
 }

@@ -134,7 +134,7 @@ pub fn scan(
 
 /// Whether a link at `link` (relative to the root) pointing at `target` resolves
 /// inside the root, judged by its text alone (no link is followed to decide).
-fn stays_inside(link: &Path, target: &Path) -> bool {
+pub fn stays_inside(link: &Path, target: &Path) -> bool {
     if target.is_absolute() {
         return false;
     }
@@ -185,7 +185,10 @@ mod tests {
     #[test]
     fn part_names_round_trip() {
         assert_eq!(part_name("a/b.txt"), "a/.b.txt.warren-part");
-        assert_eq!(part_target("a/.b.txt.warren-part").as_deref(), Some("a/b.txt"));
+        assert_eq!(
+            part_target("a/.b.txt.warren-part").as_deref(),
+            Some("a/b.txt")
+        );
         assert_eq!(part_target(".x.warren-part").as_deref(), Some("x"));
         assert_eq!(part_target("x.warren-part"), None);
     }
