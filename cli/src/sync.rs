@@ -182,7 +182,7 @@ pub struct Bar {
     stage: Option<Stage>,
 }
 
-const TEMPLATE: &str = "{spinner} {prefix:>11} [{bar:30}] {percent:>3}% {msg}";
+const TEMPLATE: &str = "{spinner} {prefix:>11} [{bar:20}] {percent:>3}% {msg}";
 
 impl Bar {
     pub fn new(enabled: bool) -> Bar {
@@ -227,7 +227,7 @@ impl Bar {
             ));
         }
         if let Some(current) = &p.current {
-            msg.push_str(&format!("  {}", shorten(current, 40)));
+            msg.push_str(&format!("  {}", shorten(current, 24)));
         }
         bar.set_message(msg);
     }

@@ -339,8 +339,8 @@ fn a_seed_sends_a_real_tree_and_a_second_run_sends_nothing() -> Result<()> {
 fn a_seed_cut_midway_resumes_without_sending_much_again() -> Result<()> {
     let Some(f) = fixture()? else { return Ok(()) };
     let src = tempfile::TempDir::new()?;
-    make_tree(src.path(), 4, 50, 160 << 20);
-    let total: u64 = 160 << 20;
+    make_tree(src.path(), 4, 50, 64 << 20);
+    let total: u64 = 64 << 20;
 
     // Cut the connection when about half is sent, as a kill or a network drop would.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -492,14 +492,32 @@ fn a_mirror_follows_a_program_in_the_sandbox_retries_a_locked_file_and_survives_
     )
     .run()?
     .success()?;
-    wait_for("the program's changes", Duration::from_secs(20), || {
+    let shown = events.clone();
+    let dump = move || {
+        let mut lines: Vec<String> = shown
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| format!("{e:?}"))
+            .collect();
+        lines.truncate(200);
+        lines.join("\n")
+    };
+    let waited = wait_for("the program's changes", Duration::from_secs(45), || {
         read("a.txt") == "one\nedited\n"
             && read("sub/renamed.txt") == "two\n"
             && !dst.join("sub/b.txt").exists()
             && read("d2/e/f.txt") == "deep\n"
             && !dst.join("d").exists()
             && !dst.join("c.txt").exists()
-    })?;
+    });
+    if waited.is_err() {
+        let tree: Vec<String> = read_tree(&dst).keys().cloned().collect();
+        anyhow::bail!(
+            "the program's changes did not arrive; local: {tree:?}\nevents:\n{}",
+            dump()
+        );
+    }
     let mode = std::fs::metadata(dst.join("a.txt"))?.mode() & 0o777;
     ensure!(mode == 0o700, "mode {mode:o}");
 
@@ -791,4 +809,70 @@ fn race(f: &Fixture, src: &Path, name: &str) -> Result<(Duration, (SeedSummary, 
 
 fn bail_missing() -> Result<()> {
     anyhow::bail!("the benchmark needs Docker and root")
+}
+
+/// The CLI as a person runs it, in a real terminal (tmux): `warren sync` finds the
+/// sandbox through the API, pins the gateway's key, logs in with the API key and
+/// draws its bar; the screen is printed (the README's picture comes from here).
+#[test]
+fn the_cli_sends_a_tree_and_draws_its_progress_in_a_terminal() -> Result<()> {
+    let Some(f) = fixture()? else { return Ok(()) };
+    let api = f.stack.stack.api(Duration::from_secs(3600))?;
+    let key = f
+        .stack
+        .stack
+        .rt
+        .block_on(f.stack.stack.store.create_api_key(&f.stack.owner.id, "cli"))?;
+    let src = tempfile::TempDir::new()?;
+    make_tree(src.path(), 10, 100, 256 << 20);
+    let socket = format!("warren-sync-test-{}", std::process::id());
+    let tmux = |args: &[&str]| {
+        Cmd::new("tmux")
+            .args(["-L", &socket])
+            .args(args.iter().copied())
+            .run()
+    };
+    let command = format!(
+        "WARREN_URL={} WARREN_API_KEY={} {} sync {} {}:/workspace/cli; echo exit=$?; sleep 60",
+        api.base,
+        key.secret.expose(),
+        warren_tests::build_bin("warren-cli", "warren", warren_tests::Profile::Debug)?.display(),
+        src.path().display(),
+        f.endpoint.sandbox
+    );
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        "s",
+        "-x",
+        "130",
+        "-y",
+        "8",
+        &command,
+    ])?
+    .success()?;
+    let mut moving = String::new();
+    let mut last = String::new();
+    let ok = warren_tests::util::wait_until(Duration::from_secs(150), || {
+        let Ok(out) = tmux(&["capture-pane", "-p", "-t", "s"]) else {
+            return false;
+        };
+        last = out.stdout_str();
+        let mid = ["3", "4", "5", "6"]
+            .iter()
+            .any(|d| last.contains(&format!("] {d}")));
+        if last.contains("uploading") && (moving.is_empty() || mid) {
+            moving = last.clone();
+        }
+        last.contains("exit=")
+    });
+    let _ = tmux(&["kill-server"]);
+    println!("while uploading:\n{moving}\nat the end:\n{last}");
+    ensure!(
+        ok && last.contains("exit=0"),
+        "the CLI did not finish well:\n{last}"
+    );
+    ensure!(moving.contains("uploading"), "no bar was drawn:\n{last}");
+    Ok(())
 }

@@ -151,11 +151,15 @@ async fn session(
         shell_quote(&options.agent_path),
         shell_quote(&root)
     );
-    let mut watcher = conn.exec_channel(&command).await?;
-    let mut records = Records::default();
+    let watcher = conn.exec_channel(&command).await?;
+    // Its own task drains the channel always, so its queue never fills while
+    // changes are being applied (a full channel queue stalls the whole connection).
+    let (records_tx, mut records) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(read_records(watcher, records_tx));
+    let _reader = AbortOnDrop(reader);
     let mut queue: VecDeque<Change> = VecDeque::new();
     loop {
-        match next_record(&mut watcher, &mut records).await? {
+        match next(&mut records).await? {
             (_, Change::Ready) => break,
             (_, other) => queue.push_back(other),
         }
@@ -183,12 +187,12 @@ async fn session(
             .min()
             .unwrap_or(Duration::from_secs(3600));
         tokio::select! {
-            record = next_record(&mut watcher, &mut records) => {
+            record = next(&mut records) => {
                 let (rev, change) = record?;
                 state.last_rev = rev;
                 queue.push_back(change);
                 // Whatever else is already there goes in the same round.
-                while let Some(more) = records.pop() {
+                while let Ok(Ok(more)) = records.try_recv() {
                     state.last_rev = more.0;
                     queue.push_back(more.1);
                 }
@@ -215,23 +219,48 @@ impl Records {
     }
 }
 
-async fn next_record(
-    channel: &mut russh::Channel<russh::client::Msg>,
-    records: &mut Records,
-) -> Result<(u64, Change), SyncError> {
+type Record = Result<(u64, Change), SyncError>;
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn next(records: &mut tokio::sync::mpsc::UnboundedReceiver<Record>) -> Record {
+    records
+        .recv()
+        .await
+        .unwrap_or(Err(SyncError::Ssh(russh::Error::Disconnect)))
+}
+
+/// Reads the watcher's records until its channel ends; the end is an error (the
+/// session then reconnects).
+async fn read_records(
+    mut channel: russh::Channel<russh::client::Msg>,
+    tx: tokio::sync::mpsc::UnboundedSender<Record>,
+) {
+    let mut records = Records::default();
     loop {
-        if let Some(record) = records.pop() {
-            return Ok(record);
+        while let Some(record) = records.pop() {
+            if tx.send(Ok(record)).is_err() {
+                return;
+            }
         }
         match channel.wait().await {
             Some(russh::ChannelMsg::Data { data }) => records.buf.extend_from_slice(&data),
             Some(russh::ChannelMsg::ExitStatus { exit_status }) if exit_status != 0 => {
-                return Err(SyncError::Helper(format!(
-                    "the watcher exited with {exit_status}"
-                )));
+                let message = format!("the watcher exited with {exit_status}");
+                let _ = tx.send(Err(SyncError::Helper(message)));
+                return;
             }
             Some(_) => {}
-            None => return Err(SyncError::Ssh(russh::Error::Disconnect)),
+            None => {
+                let _ = tx.send(Err(SyncError::Ssh(russh::Error::Disconnect)));
+                return;
+            }
         }
     }
 }

@@ -38,7 +38,7 @@ pub struct Sent {
 pub async fn send_file(
     sftp: &Sftp,
     window: &Window,
-    tracker: &Tracker,
+    tracker: &Arc<Tracker>,
     job: FileJob<'_>,
 ) -> Result<Sent, SyncError> {
     let mut file = tokio::fs::File::open(job.local)
@@ -76,15 +76,22 @@ pub async fn send_file(
                         .map_err(|_| SyncError::Cancelled)?;
                     let at = offset + (i * sftp.write_len) as u64;
                     let (sftp, handle, piece) = (sftp.clone(), handle.clone(), piece.to_vec());
+                    let tracker = tracker.clone();
                     writes.push(tokio::spawn(async move {
+                        let len = piece.len() as u64;
                         let r = sftp.write(&handle, at, piece).await;
                         drop(permit);
+                        // Counted when the sandbox has it, not when it is queued.
+                        if r.is_ok() {
+                            tracker.add_bytes(len);
+                        }
                         r
                     }));
                 }
                 sent.bytes += n as u64;
+            } else {
+                tracker.add_bytes(n as u64);
             }
-            tracker.add_bytes(n as u64);
             offset += n as u64;
             index += 1;
             if n < buf.len() {
