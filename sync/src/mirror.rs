@@ -17,7 +17,7 @@ use crate::download;
 use crate::error::SyncError;
 use crate::local::{self, LocalError};
 use crate::progress::{Event, Events, Op, Stage};
-use crate::remote::{Sftp, join};
+use crate::remote::{Sftp, is_missing, join};
 use crate::tree::{Kind, part_target};
 
 #[derive(Clone, Debug)]
@@ -102,7 +102,9 @@ pub async fn mirror(
         };
         match result {
             Ok(()) => return Ok(()),
-            Err(e) if e.is_transient() || matches!(e, SyncError::Helper(_)) => {
+            // Only a sandbox that refuses us or a target that is not a directory
+            // stops a mirror; anything else is retried over a new connection.
+            Err(e) if !matches!(e, SyncError::Refused(_) | SyncError::NotADirectory(_)) => {
                 let _ = events.send(Event::Warning {
                     message: format!("disconnected ({e}); reconnecting"),
                 });
@@ -411,7 +413,11 @@ async fn written(ctx: &Ctx<'_>, state: &mut State, rel: &str) -> Result<(), Sync
         Some(kind @ Kind::Dir { .. }) => {
             put(ctx, state, rel, kind).await?;
             // What was in a directory moved in or made before its watch came: pulled now.
-            let listing = ctx.sftp.list(&full).await?;
+            let listing = match ctx.sftp.list(&full).await {
+                Ok(listing) => listing,
+                Err(SyncError::Remote { source, .. }) if is_missing(&source) => return Ok(()),
+                Err(e) => return Err(e),
+            };
             for (sub, kind) in listing.tree {
                 put(ctx, state, &format!("{rel}/{sub}"), kind).await?;
             }
@@ -465,7 +471,12 @@ async fn put(ctx: &Ctx<'_>, state: &mut State, rel: &str, kind: Kind) -> Result<
                 return Ok(());
             }
             let part = local::part_of(&path);
-            download::fetch(ctx.sftp, &join(ctx.root, rel), &part).await?;
+            match download::fetch(ctx.sftp, &join(ctx.root, rel), &part).await {
+                Ok(_) => {}
+                // Gone again before it could be read: its removal is the next record.
+                Err(SyncError::Remote { source, .. }) if is_missing(&source) => return Ok(()),
+                Err(e) => return Err(e),
+            }
             if ctx.backup && modified_here {
                 match local::backup(&path) {
                     Ok(to) => {
