@@ -7,6 +7,7 @@
 
 mod activity;
 mod auth;
+mod chunks;
 mod forward;
 mod handler;
 mod identity;
@@ -19,6 +20,7 @@ mod server;
 mod session;
 mod sftp;
 mod user;
+mod watch;
 
 use std::path::PathBuf;
 
@@ -47,6 +49,13 @@ enum Command {
     /// `$WARREN_GIT_USERNAME` (default `x-access-token`) and its password prompt with
     /// `$WARREN_GIT_PASSWORD`, so a clone's credentials live only in its environment.
     Askpass { prompt: Option<String> },
+    /// Chunk hashes of files named on stdin, for `warren sync` (see chunks.rs).
+    Chunks {
+        #[arg(long, default_value_t = 1024 * 1024)]
+        chunk_size: u64,
+    },
+    /// Stream changes under a directory, for `warren mirror` (see watch.rs).
+    Watch { dir: PathBuf },
 }
 
 #[derive(clap::Args)]
@@ -144,6 +153,8 @@ fn main() -> anyhow::Result<()> {
             askpass(prompt.as_deref().unwrap_or(""));
             Ok(())
         }
+        Command::Chunks { chunk_size } => chunks::run(chunk_size),
+        Command::Watch { dir } => watch::run(&dir),
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod client;
 mod env;
+mod sync;
 mod up;
 
 use std::net::SocketAddr;
@@ -119,6 +120,12 @@ enum Command {
         #[arg(long)]
         base: Option<String>,
     },
+    /// Send a local directory to a sandbox (`warren sync ./dir <id>:/workspace/dir`),
+    /// with progress; run again to resume.
+    Sync(sync::SyncArgs),
+    /// Keep a local directory like a sandbox's, live (`warren mirror <id>:/workspace
+    /// ./dir`); Ctrl-C stops.
+    Mirror(sync::MirrorArgs),
     /// Write a Host entry per sandbox into ~/.ssh/config (VS Code Remote-SSH lists them).
     ConfigSsh {
         #[arg(long)]
@@ -317,6 +324,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::ConfigSsh { ssh_config } => config_ssh(ssh_config).await,
+        Command::Sync(args) => sync::sync(args).await,
+        Command::Mirror(args) => sync::mirror(args).await,
     }
 }
 

@@ -1,0 +1,129 @@
+//! `warren-agent chunks`: the sandbox half of `warren sync`'s comparisons. Reads
+//! records of two NUL-terminated fields from stdin — a path, and a seed path or
+//! nothing — and prints one line per record: the file's size and the SHA-256 of
+//! each chunk in hex, or `-` when it is not a regular file. With a seed, a missing
+//! path is first made as a copy of the seed (mode 0600), so a changed file is
+//! patched in a copy and renamed over the old one by the client.
+//! It runs as the session's user, like any command: it reads what the user may.
+
+use std::ffi::OsStr;
+use std::io::{BufRead, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+pub fn run(chunk_size: u64) -> anyhow::Result<()> {
+    let chunk_size = usize::try_from(chunk_size.clamp(4096, 64 << 20))?;
+    let stdin = std::io::stdin();
+    let mut input = stdin.lock();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut buf = vec![0u8; chunk_size];
+    while let Some(path) = field(&mut input)? {
+        let seed = field(&mut input)?.unwrap_or_default();
+        let path = Path::new(OsStr::from_bytes(&path));
+        if !seed.is_empty() && std::fs::symlink_metadata(path).is_err() {
+            let seed = Path::new(OsStr::from_bytes(&seed));
+            // A failed copy leaves the path missing, answered `-`: sent whole.
+            let _ = copy(seed, path);
+        }
+        match hash_file(path, &mut buf) {
+            Ok(line) => writeln!(out, "{line}")?,
+            Err(_) => writeln!(out, "-")?,
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Reads up to the next NUL; `None` at the end of input.
+fn field(input: &mut impl BufRead) -> std::io::Result<Option<Vec<u8>>> {
+    let mut field = Vec::new();
+    if input.read_until(0, &mut field)? == 0 {
+        return Ok(None);
+    }
+    if field.last() == Some(&0) {
+        field.pop();
+    }
+    Ok(Some(field))
+}
+
+fn copy(seed: &Path, path: &Path) -> std::io::Result<()> {
+    let mut from = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(seed)?;
+    if !from.metadata()?.is_file() {
+        return Err(std::io::ErrorKind::InvalidInput.into());
+    }
+    let mut to = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    std::io::copy(&mut from, &mut to)?;
+    Ok(())
+}
+
+fn hash_file(path: &Path, buf: &mut [u8]) -> std::io::Result<String> {
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::ErrorKind::InvalidInput.into());
+    }
+    let mut size = 0u64;
+    let mut line = String::new();
+    loop {
+        let n = read_full(&mut file, buf)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        line.push(' ');
+        for byte in Sha256::digest(&buf[..n]) {
+            line.push_str(&format!("{byte:02x}"));
+        }
+        if n < buf.len() {
+            break;
+        }
+    }
+    Ok(format!("{size}{line}"))
+}
+
+fn read_full(file: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_in_chunks_and_seeds_a_missing_part() {
+        let dir = tempfile::TempDir::new().unwrap_or_else(|e| panic!("{e}"));
+        let seed = dir.path().join("a");
+        std::fs::write(&seed, b"hello world").unwrap_or_else(|e| panic!("{e}"));
+        let mut buf = vec![0u8; 4];
+        let line = hash_file(&seed, &mut buf).unwrap_or_else(|e| panic!("{e}"));
+        let words: Vec<&str> = line.split(' ').collect();
+        assert_eq!(words[0], "11");
+        assert_eq!(words.len(), 1 + 3);
+        let part = dir.path().join(".a.part");
+        copy(&seed, &part).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(std::fs::read(&part).unwrap_or_default(), b"hello world");
+        assert!(copy(&seed, &part).is_err(), "an existing part is kept");
+    }
+}

@@ -1,0 +1,878 @@
+//! `warren sync` (warren-sync's `seed`) end to end on the Docker backend, the
+//! user's path: a gateway, a Docker runner, a busybox sandbox, and the library
+//! logging in through the front door with the owner's API key, as the CLI does.
+//! The result is checked file by file from inside the sandbox (a `tar` of the
+//! target, read through `ssh`): contents, modes, mtimes, links.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use common::docker::DockerStack;
+use warren_keys::SandboxId;
+use warren_runner::protocol::SandboxSpec;
+use warren_sync::{Credential, Endpoint, Event, SeedOptions, SeedSummary, Stage};
+use warren_tests::{Client, Cmd};
+
+const BUSYBOX: &str = "warren-busybox:latest";
+
+struct Fixture {
+    stack: DockerStack,
+    client: Client,
+    endpoint: Endpoint,
+}
+
+fn fixture() -> Result<Option<Fixture>> {
+    let Some(stack) = DockerStack::start(&[])? else {
+        return Ok(None);
+    };
+    let (id, client) = stack.sandbox(SandboxSpec {
+        image: Some(BUSYBOX.into()),
+        ..SandboxSpec::default()
+    })?;
+    let key = stack
+        .stack
+        .rt
+        .block_on(stack.stack.store.create_api_key(&stack.owner.id, "sync"))?;
+    let endpoint = endpoint(&stack, &id, key.secret.expose());
+    Ok(Some(Fixture {
+        stack,
+        client,
+        endpoint,
+    }))
+}
+
+fn endpoint(stack: &DockerStack, id: &SandboxId, api_key: &str) -> Endpoint {
+    Endpoint {
+        host: "127.0.0.1".into(),
+        port: stack.stack.ssh_port,
+        sandbox: id.as_str().to_owned(),
+        credential: Credential::Password(warren_sync::Secret::new(api_key)),
+        host_keys: vec![],
+    }
+}
+
+/// Runs a seed and collects its events.
+fn seed(f: &Fixture, options: &SeedOptions) -> Result<(SeedSummary, Vec<Event>)> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let summary = f
+        .stack
+        .stack
+        .rt
+        .block_on(warren_sync::seed(&f.endpoint, options, tx))?;
+    let mut events = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        events.push(e);
+    }
+    Ok((summary, events))
+}
+
+/// A deterministic pseudo-random byte stream (xorshift), so files differ.
+fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn set_mtime(path: &Path, secs: i64) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let times = [
+        libc::timespec {
+            tv_sec: secs,
+            tv_nsec: 0,
+        },
+        libc::timespec {
+            tv_sec: secs,
+            tv_nsec: 0,
+        },
+    ];
+    // SAFETY: a valid C string and two timespecs; AT_SYMLINK_NOFOLLOW touches links themselves.
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    assert_eq!(rc, 0, "utimensat {}", path.display());
+}
+
+/// A project: `dirs × per_dir` small files of varied sizes and modes, one large
+/// file, links in and out of the tree, and a `.gitignore`d build directory.
+fn make_tree(root: &Path, dirs: usize, per_dir: usize, large: usize) {
+    for d in 0..dirs {
+        let dir = root.join(format!("src/mod{d:02}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..per_dir {
+            let p = dir.join(format!("file{i:03}.rs"));
+            std::fs::write(&p, bytes((d * 1000 + i) as u64, (i * 37) % 3000)).unwrap();
+            if i % 10 == 0 {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+            set_mtime(&p, 1_600_000_000 + (d * 1000 + i) as i64);
+        }
+    }
+    std::fs::write(root.join("big.bin"), bytes(7, large)).unwrap();
+    std::fs::write(root.join(".gitignore"), "target/\n*.log\n").unwrap();
+    std::fs::create_dir_all(root.join("target/debug")).unwrap();
+    std::fs::write(root.join("target/debug/huge"), b"not sent").unwrap();
+    std::fs::write(root.join("noise.log"), b"not sent").unwrap();
+    std::fs::write(root.join("secret.env"), b"excluded").unwrap();
+    std::os::unix::fs::symlink("src/mod00/file001.rs", root.join("link-in")).unwrap();
+    std::os::unix::fs::symlink("../../etc/passwd", root.join("src/link-out")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", root.join("link-abs")).unwrap();
+    std::fs::create_dir_all(root.join("empty/dir")).unwrap();
+    std::fs::set_permissions(root.join("empty"), std::fs::Permissions::from_mode(0o750)).unwrap();
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Node {
+    File { mode: u32, mtime: i64, sha: String },
+    Dir { mode: u32 },
+    Link(String),
+}
+
+/// Everything under `root` as sync should keep it.
+fn read_tree(root: &Path) -> BTreeMap<String, Node> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let node = if meta.file_type().is_symlink() {
+                Node::Link(
+                    std::fs::read_link(&path)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                )
+            } else if meta.is_dir() {
+                stack.push(path.clone());
+                Node::Dir {
+                    mode: meta.mode() & 0o7777,
+                }
+            } else {
+                Node::File {
+                    mode: meta.mode() & 0o7777,
+                    mtime: meta.mtime(),
+                    sha: warren_tests::util::sha256_file(&path).unwrap(),
+                }
+            };
+            out.insert(rel, node);
+        }
+    }
+    out
+}
+
+/// The sandbox's `dir`, fetched with `tar` through ssh and unpacked locally.
+fn fetch(c: &Client, dir: &str) -> Result<tempfile::TempDir> {
+    let out = tempfile::TempDir::new()?;
+    let t = c.target();
+    let script = format!(
+        "{} {}@{} 'tar -C {dir} -cf - .' | tar -C {} -xpf -",
+        c.ssh_command_line(),
+        t.user,
+        t.host,
+        out.path().display()
+    );
+    Cmd::shell(&script)
+        .timeout(Duration::from_secs(300))
+        .run()?
+        .success()?;
+    Ok(out)
+}
+
+fn options(source: &Path, target: &str) -> SeedOptions {
+    let mut o = SeedOptions::new(source, target);
+    o.excludes = vec!["*.env".into()];
+    o
+}
+
+#[test]
+fn a_seed_sends_a_real_tree_and_a_second_run_sends_nothing() -> Result<()> {
+    let Some(f) = fixture()? else { return Ok(()) };
+    let src = tempfile::TempDir::new()?;
+    // A few thousand files and a large one.
+    make_tree(src.path(), 30, 100, 48 << 20);
+
+    let (first, events) = seed(&f, &options(src.path(), "/workspace/proj"))?;
+    ensure!(
+        first.files_sent == 3002 && first.files_skipped == 0,
+        "{first:?}"
+    );
+    ensure!(first.refused_links.len() == 2, "{first:?}");
+    let stages: Vec<Stage> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Progress(p) => Some(p.stage),
+            _ => None,
+        })
+        .fold(Vec::new(), |mut v, s| {
+            if v.last() != Some(&s) {
+                v.push(s);
+            }
+            v
+        });
+    ensure!(
+        stages
+            == [
+                Stage::Discovering,
+                Stage::Indexing,
+                Stage::Uploading,
+                Stage::Verifying,
+                Stage::Done
+            ],
+        "stages: {stages:?}"
+    );
+
+    let got = read_tree(fetch(&f.client, "/workspace/proj")?.path());
+    let mut want = read_tree(src.path());
+    for gone in [
+        "target",
+        "target/debug",
+        "target/debug/huge",
+        "noise.log",
+        "secret.env",
+        "src/link-out",
+        "link-abs",
+    ] {
+        want.remove(gone).unwrap();
+    }
+    let differ: Vec<_> = want
+        .iter()
+        .filter(|(k, v)| got.get(*k) != Some(v))
+        .map(|(k, v)| format!("{k}: want {v:?} got {:?}", got.get(k)))
+        .take(5)
+        .collect();
+    ensure!(differ.is_empty(), "differences: {differ:#?}");
+    ensure!(
+        got.len() == want.len(),
+        "extra files: {} vs {}",
+        got.len(),
+        want.len()
+    );
+    // Nothing half-written is left under a temp name.
+    ensure!(!got.keys().any(|k| k.ends_with(".warren-part")));
+
+    // Again: everything is equal, nothing is sent.
+    let (again, _) = seed(&f, &options(src.path(), "/workspace/proj"))?;
+    ensure!(again.files_sent == 0 && again.bytes_sent == 0, "{again:?}");
+
+    // Touched but unchanged (mtime only): hashed, not sent; a changed chunk in the
+    // large file: only that chunk goes.
+    set_mtime(&src.path().join("src/mod01/file005.rs"), 1_700_000_000);
+    {
+        use std::os::unix::fs::FileExt;
+        let big = std::fs::OpenOptions::new()
+            .write(true)
+            .open(src.path().join("big.bin"))?;
+        big.write_all_at(b"changed in the middle", 20 << 20)?;
+    }
+    let (patched, _) = seed(&f, &options(src.path(), "/workspace/proj"))?;
+    ensure!(
+        patched.files_sent == 1 && patched.bytes_sent <= 1 << 20,
+        "only one chunk of big.bin should go: {patched:?}"
+    );
+    let got = read_tree(fetch(&f.client, "/workspace/proj")?.path());
+    ensure!(got.get("big.bin") == read_tree(src.path()).get("big.bin"));
+    ensure!(got.get("src/mod01/file005.rs") == read_tree(src.path()).get("src/mod01/file005.rs"));
+
+    // --delete makes the target exactly the source; -n only lists.
+    std::fs::remove_dir_all(src.path().join("src/mod02"))?;
+    std::fs::remove_file(src.path().join("link-in"))?;
+    let mut dry = options(src.path(), "/workspace/proj");
+    dry.delete = true;
+    dry.dry_run = true;
+    let (listed, events) = seed(&f, &dry)?;
+    let deletes = events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                Event::Change {
+                    op: warren_sync::Op::Delete,
+                    ..
+                }
+            )
+        })
+        .count();
+    ensure!(
+        deletes == 102 && listed.deleted == 102,
+        "{listed:?} {deletes}"
+    );
+    ensure!(
+        fetch(&f.client, "/workspace/proj")?
+            .path()
+            .join("src/mod02")
+            .exists(),
+        "a dry run changed the target"
+    );
+    let mut delete = options(src.path(), "/workspace/proj");
+    delete.delete = true;
+    let (deleted, _) = seed(&f, &delete)?;
+    ensure!(deleted.deleted == 102, "{deleted:?}");
+    let got = read_tree(fetch(&f.client, "/workspace/proj")?.path());
+    ensure!(!got.contains_key("src/mod02") && !got.contains_key("link-in"));
+    Ok(())
+}
+
+#[test]
+fn a_seed_cut_midway_resumes_without_sending_much_again() -> Result<()> {
+    let Some(f) = fixture()? else { return Ok(()) };
+    let src = tempfile::TempDir::new()?;
+    make_tree(src.path(), 4, 50, 64 << 20);
+    let total: u64 = 64 << 20;
+
+    // Cut the connection when about half is sent, as a kill or a network drop would.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let options = options(src.path(), "/workspace/r");
+    let cut = f.stack.stack.rt.block_on(async {
+        let run = warren_sync::seed(&f.endpoint, &options, tx);
+        tokio::pin!(run);
+        loop {
+            tokio::select! {
+                done = &mut run => break done.map(|_| false),
+                Some(event) = rx.recv() => {
+                    if let Event::Progress(p) = event
+                        && p.stage == Stage::Uploading
+                        && p.bytes_done > total / 2
+                    {
+                        break Ok(true);
+                    }
+                }
+            }
+        }
+    })?;
+    ensure!(cut, "the seed finished before it could be cut");
+    // The final name never holds a partial file.
+    let listing = f
+        .client
+        .exec("ls -la /workspace/r; ls -l /workspace/r/big.bin 2>&1")
+        .run()?;
+    ensure!(
+        listing.stdout_str().contains("No such file"),
+        "big.bin visible before it is complete:\n{listing}"
+    );
+
+    let (resumed, _) = seed(&f, &options)?;
+    let again = resumed.bytes_sent as f64 / resumed.bytes_total as f64;
+    eprintln!(
+        "resume sent {} of {} bytes again ({:.1}%)",
+        resumed.bytes_sent,
+        resumed.bytes_total,
+        again * 100.0
+    );
+    ensure!(
+        again < 0.6,
+        "resume sent {:.0}% again: {resumed:?}",
+        again * 100.0
+    );
+    let got = read_tree(fetch(&f.client, "/workspace/r")?.path());
+    ensure!(got.get("big.bin") == read_tree(src.path()).get("big.bin"));
+    Ok(())
+}
+
+/// A TCP relay in front of the gateway's SSH port that can go down (every
+/// connection cut, the port refusing) and come back on the same port: what a
+/// mirror sees of a gateway restart.
+struct Outage {
+    port: u16,
+    upstream: u16,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Outage {
+    fn start(rt: &tokio::runtime::Runtime, upstream: u16) -> Result<Outage> {
+        let port = warren_tests::util::free_port()?;
+        let mut o = Outage {
+            port,
+            upstream,
+            task: None,
+        };
+        o.up(rt)?;
+        Ok(o)
+    }
+
+    fn up(&mut self, rt: &tokio::runtime::Runtime) -> Result<()> {
+        let listener = rt.block_on(tokio::net::TcpListener::bind(("127.0.0.1", self.port)))?;
+        let upstream = self.upstream;
+        self.task = Some(rt.spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                conns.spawn(async move {
+                    if let Ok(mut out) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+            }
+        }));
+        Ok(())
+    }
+
+    /// Cuts every connection (the JoinSet goes with the task) and closes the port.
+    fn down(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) -> Result<()> {
+    ensure!(
+        warren_tests::util::wait_until(limit, &mut check),
+        "timed out waiting for {what}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_mirror_follows_a_program_in_the_sandbox_retries_a_locked_file_and_survives_an_outage()
+-> Result<()> {
+    let Some(mut f) = fixture()? else {
+        return Ok(());
+    };
+    let c = f.client.clone();
+    c.exec("mkdir -p /workspace/m/sub && echo one > /workspace/m/a.txt && echo two > /workspace/m/sub/b.txt && ln -s a.txt /workspace/m/link")
+        .run()?
+        .success()?;
+    let local = tempfile::TempDir::new()?;
+    let dst = local.path().to_owned();
+    let mut outage = Outage::start(&f.stack.stack.rt, f.stack.stack.ssh_port)?;
+    f.endpoint.port = outage.port;
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = events.clone();
+    f.stack.stack.rt.spawn(async move {
+        while let Some(e) = rx.recv().await {
+            seen.lock().unwrap().push(e);
+        }
+    });
+    let options = warren_sync::MirrorOptions::new("/workspace/m", &dst);
+    let endpoint = f.endpoint.clone();
+    let mirror = f.stack.stack.rt.spawn(async move {
+        warren_sync::mirror(&endpoint, &options, tx, async {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
+    let read = |p: &str| std::fs::read_to_string(dst.join(p)).unwrap_or_default();
+
+    wait_for("the first pull", Duration::from_secs(30), || {
+        read("a.txt") == "one\n" && read("sub/b.txt") == "two\n"
+    })?;
+    ensure!(std::fs::read_link(dst.join("link"))? == Path::new("a.txt"));
+
+    // A program's creates, edits, renames and deletes.
+    c.exec(
+        "cd /workspace/m && echo new > c.txt && echo edited >> a.txt && mv sub/b.txt sub/renamed.txt \
+         && mkdir -p d/e && echo deep > d/e/f.txt && mv d d2 && rm c.txt && chmod 700 a.txt",
+    )
+    .run()?
+    .success()?;
+    let shown = events.clone();
+    let dump = move || {
+        let mut lines: Vec<String> = shown
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| format!("{e:?}"))
+            .collect();
+        lines.truncate(200);
+        lines.join("\n")
+    };
+    let waited = wait_for("the program's changes", Duration::from_secs(45), || {
+        read("a.txt") == "one\nedited\n"
+            && read("sub/renamed.txt") == "two\n"
+            && !dst.join("sub/b.txt").exists()
+            && read("d2/e/f.txt") == "deep\n"
+            && !dst.join("d").exists()
+            && !dst.join("c.txt").exists()
+    });
+    if waited.is_err() {
+        let tree: Vec<String> = read_tree(&dst).keys().cloned().collect();
+        anyhow::bail!(
+            "the program's changes did not arrive; local: {tree:?}\nevents:\n{}",
+            dump()
+        );
+    }
+    let mode = std::fs::metadata(dst.join("a.txt"))?.mode() & 0o777;
+    ensure!(mode == 0o700, "mode {mode:o}");
+
+    // A locally locked file (immutable: even root cannot replace it) is retried
+    // and reported, the others keep flowing, and it lands once unlocked.
+    std::fs::write(dst.join("locked.txt"), "local")?;
+    Cmd::new("chattr")
+        .args(["+i"])
+        .arg(dst.join("locked.txt"))
+        .run()?
+        .success()?;
+    c.exec("cd /workspace/m && echo sandbox > locked.txt && echo after > after.txt")
+        .run()?
+        .success()?;
+    wait_for(
+        "the other file despite the lock",
+        Duration::from_secs(20),
+        || read("after.txt") == "after\n",
+    )?;
+    wait_for("a retry reported", Duration::from_secs(10), || {
+        events.lock().unwrap().iter().any(|e| matches!(e,
+            Event::Warning { message } if message.contains("locked.txt") && message.contains("retrying")))
+    })?;
+    ensure!(read("locked.txt") == "local");
+    Cmd::new("chattr")
+        .args(["-i"])
+        .arg(dst.join("locked.txt"))
+        .run()?
+        .success()?;
+    wait_for(
+        "the locked file once unlocked",
+        Duration::from_secs(20),
+        || read("locked.txt") == "sandbox\n",
+    )?;
+
+    // The gateway goes away and comes back: changes made meanwhile arrive.
+    outage.down();
+    std::thread::sleep(Duration::from_secs(1));
+    c.exec("cd /workspace/m && echo while-down > down.txt && rm after.txt")
+        .run()?
+        .success()?;
+    std::thread::sleep(Duration::from_secs(2));
+    outage.up(&f.stack.stack.rt)?;
+    wait_for(
+        "catching up after the outage",
+        Duration::from_secs(40),
+        || read("down.txt") == "while-down\n" && !dst.join("after.txt").exists(),
+    )?;
+    c.exec("echo live-again > /workspace/m/again.txt")
+        .run()?
+        .success()?;
+    wait_for("live again", Duration::from_secs(20), || {
+        read("again.txt") == "live-again\n"
+    })?;
+    let states: Vec<Stage> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            Event::Status { state, .. } => Some(*state),
+            _ => None,
+        })
+        .collect();
+    ensure!(
+        states.contains(&Stage::Reconnecting) && states.contains(&Stage::CatchingUp),
+        "states: {states:?}"
+    );
+    let _ = stop_tx.send(());
+    f.stack.stack.rt.block_on(mirror)??;
+    Ok(())
+}
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, Duration)> {
+    let started = std::time::Instant::now();
+    let out = f()?;
+    Ok((out, started.elapsed()))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// The benchmark beside rsync over the same gateway path, in the same run (a base
+/// sandbox: it has rsync). Not part of the suite; run it with
+/// `cargo nextest run -p warren-runner --test sync --run-ignored only --no-capture`
+/// (`WARREN_BENCH_BIG_MIB`, default 1024; `WARREN_BENCH_SMALL`, default 5000 files).
+#[test]
+#[ignore = "a benchmark: prints figures"]
+fn bench_sync_beside_rsync() -> Result<()> {
+    let Some(stack) = DockerStack::start(&[])? else {
+        bail_missing()?;
+        return Ok(());
+    };
+    common::docker::image("build-base")?;
+    let (id, c) = stack.sandbox(SandboxSpec {
+        image: Some("warren-base:latest".into()),
+        ..SandboxSpec::default()
+    })?;
+    let key = stack
+        .stack
+        .rt
+        .block_on(stack.stack.store.create_api_key(&stack.owner.id, "bench"))?;
+    let f = Fixture {
+        endpoint: endpoint(&stack, &id, key.secret.expose()),
+        stack,
+        client: c.clone(),
+    };
+    let small = env_or("WARREN_BENCH_SMALL", 5000) as usize;
+    let big_mib = env_or("WARREN_BENCH_BIG_MIB", 1024);
+    let mut rows = Vec::new();
+
+    // Many small files.
+    let tree = tempfile::TempDir::new()?;
+    make_tree(tree.path(), small.div_ceil(100), 100, 0);
+    let (rsync_small, (_, ours_small)) = race(&f, tree.path(), "small")?;
+    let (rsync_noop, (_, ours_noop)) = race(&f, tree.path(), "small")?;
+    rows.push((format!("seed {small} small files"), rsync_small, ours_small));
+    rows.push(("re-run, nothing changed".to_owned(), rsync_noop, ours_noop));
+    drop(tree);
+
+    // One large file.
+    let big = tempfile::TempDir::new()?;
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(big.path().join("big.bin"))?;
+        for i in 0..big_mib {
+            file.write_all(&bytes(i, 1 << 20))?;
+        }
+    }
+    let (rsync_big, (whole, ours_big)) = race(&f, big.path(), "big")?;
+    rows.push((format!("seed one {big_mib} MiB file"), rsync_big, ours_big));
+
+    // One chunk changed in the large file.
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(big.path().join("big.bin"))?;
+        file.write_all_at(b"a change", (big_mib << 20) / 2)?;
+    }
+    let (rsync_patch, (patch, ours_patch)) = race(&f, big.path(), "big")?;
+    rows.push((
+        "one chunk changed in it".to_owned(),
+        rsync_patch,
+        ours_patch,
+    ));
+
+    // Resume: cut at half, then the same command again.
+    let options = SeedOptions::new(big.path(), "/workspace/ws-resume");
+    let total = big_mib << 20;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let started = std::time::Instant::now();
+    f.stack.stack.rt.block_on(async {
+        let run = warren_sync::seed(&f.endpoint, &options, tx);
+        tokio::pin!(run);
+        loop {
+            tokio::select! {
+                _ = &mut run => break,
+                Some(Event::Progress(p)) = rx.recv() => {
+                    if p.stage == Stage::Uploading && p.bytes_done > total / 2 { break }
+                }
+            }
+        }
+    });
+    let cut_after = started.elapsed();
+    let ((resumed, _), resume_time) = timed(|| seed(&f, &options))?;
+
+    // Mirror latency: 100 writes in the sandbox, each stamped with its time.
+    let local = tempfile::TempDir::new()?;
+    c.exec("mkdir -p /workspace/lat").run()?.success()?;
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let endpoint = f.endpoint.clone();
+    let mopts = warren_sync::MirrorOptions::new("/workspace/lat", local.path());
+    let mirror = f.stack.stack.rt.spawn(async move {
+        warren_sync::mirror(&endpoint, &mopts, tx, async {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let writer = c
+        .exec("cd /workspace/lat && for i in $(seq 1 100); do date +%s%N > .t && mv .t f$i; sleep 0.05; done")
+        .spawn()?;
+    let mut latencies = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut next = 1;
+    while next <= 100 && std::time::Instant::now() < deadline {
+        let path = local.path().join(format!("f{next}"));
+        if let Ok(text) = std::fs::read_to_string(&path)
+            && let Ok(written) = text.trim().parse::<u128>()
+        {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos();
+            latencies.push(Duration::from_nanos(now.saturating_sub(written) as u64));
+            next += 1;
+            continue;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = writer.wait_timeout(Duration::from_secs(30));
+    let _ = stop_tx.send(());
+    let _ = f.stack.stack.rt.block_on(mirror);
+    latencies.sort();
+
+    // The watcher's memory on a 100k-file tree.
+    let files = env_or("WARREN_BENCH_WATCH_FILES", 100_000);
+    let rss = c
+        .exec(&format!(
+            "mkdir -p /workspace/w && cd /workspace/w && for d in $(seq 1 {dirs}); do mkdir d$d; \
+             (cd d$d && seq 1 1000 | xargs touch); done; \
+             /.warren/bin/warren-agent watch /workspace/w > /tmp/w.out & pid=$!; \
+             while [ ! -s /tmp/w.out ]; do sleep 0.1; done; grep VmRSS /proc/$pid/status; \
+             find /workspace/w -type d | wc -l; kill $pid",
+            dirs = files / 1000
+        ))
+        .timeout(Duration::from_secs(900))
+        .run()?
+        .success()?
+        .stdout_str();
+
+    println!("\n| case | rsync | warren sync | ratio |");
+    println!("|---|---|---|---|");
+    for (name, rsync, ours) in &rows {
+        println!(
+            "| {name} | {:.2} s | {:.2} s | {:.2}× |",
+            rsync.as_secs_f64(),
+            ours.as_secs_f64(),
+            ours.as_secs_f64() / rsync.as_secs_f64()
+        );
+    }
+    println!(
+        "\nlarge file seed sent {} bytes; the one-chunk change sent {} bytes",
+        whole.bytes_sent, patch.bytes_sent
+    );
+    println!(
+        "resume: cut after {:.2} s (half sent); the resumed run took {:.2} s and sent {} of {} bytes again ({:.1}%)",
+        cut_after.as_secs_f64(),
+        resume_time.as_secs_f64(),
+        resumed.bytes_sent,
+        resumed.bytes_total,
+        100.0 * resumed.bytes_sent as f64 / resumed.bytes_total.max(1) as f64
+    );
+    if latencies.is_empty() {
+        println!("mirror latency: no change arrived");
+    } else {
+        println!(
+            "mirror latency over {} changes: p50 {:.0} ms, p95 {:.0} ms",
+            latencies.len(),
+            percentile(&latencies, 0.5).as_secs_f64() * 1000.0,
+            percentile(&latencies, 0.95).as_secs_f64() * 1000.0
+        );
+    }
+    println!(
+        "watcher on {files} files: {}",
+        rss.split_whitespace().collect::<Vec<_>>().join(" ")
+    );
+    Ok(())
+}
+
+/// `rsync -a src/ rs-NAME/` through the gateway, then a seed of `src` into
+/// `ws-NAME`: their times, and what the seed sent.
+fn race(f: &Fixture, src: &Path, name: &str) -> Result<(Duration, (SeedSummary, Duration))> {
+    let c = &f.client;
+    let (_, rsync) = timed(|| {
+        c.rsync(
+            &["-a"],
+            &[
+                &format!("{}/", src.display()),
+                &c.remote(format!("/workspace/rs-{name}/")),
+            ],
+        )
+        .timeout(Duration::from_secs(3600))
+        .run()?
+        .success()
+    })?;
+    let ((summary, _), ours) =
+        timed(|| seed(f, &SeedOptions::new(src, format!("/workspace/ws-{name}"))))?;
+    Ok((rsync, (summary, ours)))
+}
+
+fn bail_missing() -> Result<()> {
+    anyhow::bail!("the benchmark needs Docker and root")
+}
+
+/// The CLI as a person runs it, in a real terminal (tmux): `warren sync` finds the
+/// sandbox through the API, pins the gateway's key, logs in with the API key and
+/// draws its bar; the screen is printed (the README's picture comes from here).
+#[test]
+fn the_cli_sends_a_tree_and_draws_its_progress_in_a_terminal() -> Result<()> {
+    let Some(f) = fixture()? else { return Ok(()) };
+    let api = f.stack.stack.api(Duration::from_secs(3600))?;
+    let key = f
+        .stack
+        .stack
+        .rt
+        .block_on(f.stack.stack.store.create_api_key(&f.stack.owner.id, "cli"))?;
+    let src = tempfile::TempDir::new()?;
+    make_tree(src.path(), 10, 100, 256 << 20);
+    let socket = format!("warren-sync-test-{}", std::process::id());
+    let tmux = |args: &[&str]| {
+        Cmd::new("tmux")
+            .args(["-L", &socket])
+            .args(args.iter().copied())
+            .run()
+    };
+    let command = format!(
+        "WARREN_URL={} WARREN_API_KEY={} {} sync {} {}:/workspace/cli; echo exit=$?; sleep 60",
+        api.base,
+        key.secret.expose(),
+        warren_tests::build_bin("warren-cli", "warren", warren_tests::Profile::Debug)?.display(),
+        src.path().display(),
+        f.endpoint.sandbox
+    );
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        "s",
+        "-x",
+        "130",
+        "-y",
+        "8",
+        &command,
+    ])?
+    .success()?;
+    let mut moving = String::new();
+    let mut last = String::new();
+    let ok = warren_tests::util::wait_until(Duration::from_secs(150), || {
+        let Ok(out) = tmux(&["capture-pane", "-p", "-t", "s"]) else {
+            return false;
+        };
+        last = out.stdout_str();
+        let mid = ["3", "4", "5", "6"]
+            .iter()
+            .any(|d| last.contains(&format!("] {d}")));
+        if last.contains("uploading") && (moving.is_empty() || mid) {
+            moving = last.clone();
+        }
+        last.contains("exit=")
+    });
+    let _ = tmux(&["kill-server"]);
+    println!("while uploading:\n{moving}\nat the end:\n{last}");
+    ensure!(
+        ok && last.contains("exit=0"),
+        "the CLI did not finish well:\n{last}"
+    );
+    ensure!(moving.contains("uploading"), "no bar was drawn:\n{last}");
+    Ok(())
+}

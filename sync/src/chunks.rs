@@ -1,0 +1,152 @@
+//! Chunk hashes: the unit a large file is compared, resumed and patched in. The
+//! sandbox side hashes with the agent binary that is in every sandbox
+//! (`warren-agent chunks`, over exec), so comparing a file never downloads it.
+
+use sha2::{Digest, Sha256};
+
+use crate::connect::Connection;
+use crate::error::SyncError;
+
+/// Files are compared in chunks of this size.
+pub const CHUNK: u64 = 1024 * 1024;
+
+pub type Hash = [u8; 32];
+
+pub fn hash(data: &[u8]) -> Hash {
+    Sha256::digest(data).into()
+}
+
+/// Where the runner puts the agent in a Docker sandbox (read-only bind mount).
+pub const AGENT_IN_SANDBOX: &str = "/.warren/bin/warren-agent";
+
+/// One question for the helper: hash `path`, after copying `seed` to it when
+/// `path` is missing (so a changed file is patched in a copy, never in place).
+pub struct Ask {
+    pub path: String,
+    pub seed: Option<String>,
+}
+
+/// A remote file's size and chunk hashes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chunks {
+    pub size: u64,
+    pub hashes: Vec<Hash>,
+}
+
+/// Asks the agent helper about `asks`; `None` per file it could not read, and
+/// `Err(Helper)` when there is no helper (a sandbox without the agent at its path).
+pub async fn remote(
+    conn: &Connection,
+    agent: &str,
+    asks: &[Ask],
+) -> Result<Vec<Option<Chunks>>, SyncError> {
+    if asks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut input = Vec::new();
+    for ask in asks {
+        input.extend_from_slice(ask.path.as_bytes());
+        input.push(0);
+        input.extend_from_slice(ask.seed.as_deref().unwrap_or("").as_bytes());
+        input.push(0);
+    }
+    let command = format!("{} chunks --chunk-size {CHUNK}", shell_quote(agent));
+    let out = conn.exec(&command, &input).await?;
+    if out.status != Some(0) {
+        return Err(SyncError::Helper(format!(
+            "{command}: exit {:?}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let answers: Vec<Option<Chunks>> = text.lines().map(parse_line).collect();
+    if answers.len() != asks.len() {
+        return Err(SyncError::Helper(format!(
+            "{} answers for {} files",
+            answers.len(),
+            asks.len()
+        )));
+    }
+    Ok(answers)
+}
+
+/// `SIZE HEX HEX…`, or `-` for a file that is not there.
+fn parse_line(line: &str) -> Option<Chunks> {
+    let mut words = line.split_ascii_whitespace();
+    let size = words.next()?.parse().ok()?;
+    let hashes = words.map(from_hex).collect::<Option<Vec<_>>>()?;
+    Some(Chunks { size, hashes })
+}
+
+fn from_hex(word: &str) -> Option<Hash> {
+    let bytes = word.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
+}
+
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The chunk hashes of a local file.
+pub fn local(path: &std::path::Path) -> std::io::Result<Chunks> {
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut out = Chunks {
+        size: 0,
+        hashes: Vec::new(),
+    };
+    loop {
+        let n = read_full(&mut file, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        out.size += n as u64;
+        out.hashes.push(hash(&buf[..n]));
+        if n < buf.len() {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Reads until `buf` is full or the file ends.
+pub fn read_full(file: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_answers() {
+        let h = "ab".repeat(32);
+        assert_eq!(
+            parse_line(&format!("5 {h}")),
+            Some(Chunks {
+                size: 5,
+                hashes: vec![[0xab; 32]]
+            })
+        );
+        assert_eq!(parse_line("-"), None);
+        assert_eq!(parse_line("0").map(|c| c.hashes.len()), Some(0));
+    }
+}

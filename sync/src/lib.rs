@@ -1,0 +1,23 @@
+//! Local ⇄ sandbox files over SSH through the gateway (relay mode: SFTP and exec
+//! channels on one connection; no HTTP endpoint of its own). `seed` sends a local
+//! tree to a sandbox directory, `mirror` keeps a local copy of one live; progress is a stream of [`Event`]s, which the
+//! `warren` CLI draws and programs read.
+
+mod chunks;
+mod connect;
+mod download;
+mod error;
+mod local;
+mod mirror;
+mod plan;
+mod progress;
+mod remote;
+mod seed;
+mod tree;
+mod upload;
+
+pub use connect::{Credential, Endpoint, Secret};
+pub use error::SyncError;
+pub use mirror::{MirrorOptions, mirror};
+pub use progress::{Event, Op, Progress, Stage};
+pub use seed::{SeedOptions, SeedSummary, seed};

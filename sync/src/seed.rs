@@ -1,0 +1,418 @@
+//! `warren sync ./dir <id>:/path`: makes a sandbox directory hold a local tree.
+//! Stages: discovering (the local walk) → indexing (the remote listing, the plan,
+//! chunk hashes where sizes say a file may be equal or resumable) → uploading →
+//! verifying (listing again) → done. Interrupted anywhere, running it again
+//! resumes: equal files are skipped and a large file's temp part keeps the chunks
+//! that made it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+
+use crate::chunks::{self, Ask};
+use crate::connect::{Connection, Endpoint};
+use crate::error::SyncError;
+use crate::plan::{self, Send};
+use crate::progress::{self, Event, Events, Op, Stage, Tracker};
+use crate::remote::{Listing, Sftp, join};
+use crate::tree::{self, Kind, Tree, part_name};
+use crate::upload::{self, FileJob, WINDOW_REQUESTS};
+
+#[derive(Clone, Debug)]
+pub struct SeedOptions {
+    pub source: PathBuf,
+    /// The sandbox directory (absolute, or relative to the user's home).
+    pub target: String,
+    pub excludes: Vec<String>,
+    pub delete: bool,
+    pub dry_run: bool,
+    /// The agent binary in the sandbox, for chunk hashes.
+    pub agent_path: String,
+}
+
+impl SeedOptions {
+    pub fn new(source: impl Into<PathBuf>, target: impl Into<String>) -> SeedOptions {
+        SeedOptions {
+            source: source.into(),
+            target: target.into(),
+            excludes: Vec::new(),
+            delete: false,
+            dry_run: false,
+            agent_path: chunks::AGENT_IN_SANDBOX.to_owned(),
+        }
+    }
+}
+
+/// What a seed did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SeedSummary {
+    pub files_total: u64,
+    pub bytes_total: u64,
+    pub files_sent: u64,
+    /// Bytes written over SFTP (chunks a remote copy already had are not counted).
+    pub bytes_sent: u64,
+    pub files_skipped: u64,
+    pub deleted: u64,
+    pub refused_links: Vec<String>,
+}
+
+/// Files sent at once (each a few requests, all pipelined on one session).
+const FILE_CONCURRENCY: usize = 64;
+
+pub async fn seed(
+    endpoint: &Endpoint,
+    options: &SeedOptions,
+    events: Events,
+) -> Result<SeedSummary, SyncError> {
+    progress::stage(&events, Stage::Discovering, 0, 0, 0);
+    let scan = {
+        let (root, excludes, events) = (
+            options.source.clone(),
+            options.excludes.clone(),
+            events.clone(),
+        );
+        let mut last = std::time::Instant::now();
+        tokio::task::spawn_blocking(move || {
+            tree::scan(&root, &excludes, |files, bytes| {
+                if last.elapsed() >= progress::TICK {
+                    last = std::time::Instant::now();
+                    progress::stage(&events, Stage::Discovering, 0, files, bytes);
+                }
+            })
+        })
+        .await
+        .map_err(|_| SyncError::Cancelled)??
+    };
+    for link in &scan.refused_links {
+        let _ = events.send(Event::Warning {
+            message: format!("{link}: a link out of the tree, not sent"),
+        });
+    }
+    let (files_total, bytes_total) = totals(&scan.tree);
+    let mut summary = SeedSummary {
+        files_total,
+        bytes_total,
+        refused_links: scan.refused_links.clone(),
+        ..SeedSummary::default()
+    };
+
+    progress::stage(&events, Stage::Indexing, 0, files_total, bytes_total);
+    let conn = Connection::open(endpoint).await?;
+    let sftp = &conn.sftp().await?;
+    let root = resolve_root(sftp, &options.target, options.dry_run).await?;
+    let listing = match &root {
+        Some(root) => sftp.list(root).await?,
+        None => Listing::default(),
+    };
+    let mut plan = plan::plan(&scan.tree, &listing, options.delete);
+    summary.files_skipped = plan.skipped;
+
+    if options.dry_run {
+        report_dry_run(&events, &plan);
+        summary.files_sent = plan.files.len() as u64;
+        summary.deleted = plan.remove.len() as u64;
+        progress::stage(&events, Stage::Done, files_total, files_total, bytes_total);
+        conn.close().await;
+        return Ok(summary);
+    }
+    let Some(root) = root else {
+        return Err(SyncError::NotADirectory(options.target.clone()));
+    };
+
+    // Hashes decide what "maybe equal" and resumable files still need.
+    let chunked = hash_candidates(&conn, options, &root, &scan.tree, &mut plan).await;
+    summary.files_skipped = plan.skipped;
+
+    let sending: u64 = plan
+        .files
+        .iter()
+        .filter_map(|(p, _)| match scan.tree.get(p) {
+            Some(Kind::File { size, .. }) => Some(*size),
+            _ => None,
+        })
+        .sum();
+    let tracker = Arc::new(Tracker::new(
+        events.clone(),
+        Stage::Uploading,
+        plan.files.len() as u64,
+        sending,
+    ));
+    let ticker = progress::tick(tracker.clone());
+
+    for (path, kind) in &plan.remove {
+        let full = join(&root, path);
+        match kind {
+            Kind::Dir { .. } => sftp.remove_dir(&full).await?,
+            _ => sftp.remove_file(&full).await?,
+        }
+        summary.deleted += 1;
+    }
+    for part in &plan.stale_parts {
+        sftp.remove_file(&join(&root, part)).await?;
+    }
+    make_dirs(sftp, &root, &plan.mkdirs).await?;
+
+    let window = Arc::new(tokio::sync::Semaphore::new(WINDOW_REQUESTS));
+    let mut jobs = futures::stream::iter(plan.files.iter().map(|(path, _)| {
+        let (window, tracker) = (&window, &tracker);
+        let have = chunked.get(path).cloned();
+        let (root, source) = (&root, &options.source);
+        let kind = scan.tree.get(path).cloned();
+        async move {
+            let Some(Kind::File { mode, mtime, .. }) = kind else {
+                return Ok(upload::Sent::default());
+            };
+            tracker.set_current(path);
+            let local = tree::local_path(source, path);
+            upload::send_file(
+                sftp,
+                window,
+                tracker,
+                FileJob {
+                    local: &local,
+                    remote: join(root, path),
+                    part: join(root, &part_name(path)),
+                    mode,
+                    mtime,
+                    have,
+                },
+            )
+            .await
+        }
+    }))
+    .buffer_unordered(FILE_CONCURRENCY);
+    while let Some(sent) = jobs.next().await {
+        summary.bytes_sent += sent?.bytes;
+        summary.files_sent += 1;
+    }
+    drop(jobs);
+    let mut links = FuturesUnordered::new();
+    for (path, target) in &plan.links {
+        let full = join(&root, path);
+        links.push(async move { sftp.symlink(&full, target).await });
+    }
+    while let Some(done) = links.next().await {
+        done?;
+    }
+    drop(links);
+    let mut touches = FuturesUnordered::new();
+    for path in &plan.touch {
+        if let Some(Kind::File { mode, mtime, .. }) = scan.tree.get(path) {
+            let full = join(&root, path);
+            touches.push(async move { sftp.set_mode_mtime(&full, *mode, *mtime).await });
+        }
+    }
+    while let Some(done) = touches.next().await {
+        done?;
+    }
+    drop(touches);
+    tracker.report();
+    drop(ticker);
+
+    progress::stage(
+        &events,
+        Stage::Verifying,
+        files_total,
+        files_total,
+        bytes_total,
+    );
+    verify(sftp, &root, &scan.tree).await?;
+    progress::stage(&events, Stage::Done, files_total, files_total, bytes_total);
+    conn.close().await;
+    Ok(summary)
+}
+
+fn totals(tree: &Tree) -> (u64, u64) {
+    tree.values().fold((0, 0), |(f, b), k| match k {
+        Kind::File { size, .. } => (f + 1, b + size),
+        _ => (f, b),
+    })
+}
+
+/// The target's absolute path, made when missing (`None` in a dry run where it
+/// is missing: everything would be new).
+async fn resolve_root(
+    sftp: &Sftp,
+    target: &str,
+    dry_run: bool,
+) -> Result<Option<String>, SyncError> {
+    let target = if target.is_empty() { "." } else { target };
+    match sftp.lstat(target).await? {
+        Some(Kind::Dir { .. }) => {}
+        Some(_) => return Err(SyncError::NotADirectory(target.to_owned())),
+        None if dry_run => return Ok(None),
+        None => sftp.mkdir_all(target).await?,
+    }
+    let name = sftp
+        .raw()
+        .realpath(target)
+        .await
+        .map_err(SyncError::remote("realpath", target))?;
+    Ok(name.files.into_iter().next().map(|f| f.filename))
+}
+
+fn report_dry_run(events: &Events, plan: &plan::Plan) {
+    let send = |op, path: &str| {
+        let _ = events.send(Event::Change {
+            op,
+            path: path.to_owned(),
+        });
+    };
+    for (path, _) in &plan.remove {
+        send(Op::Delete, path);
+    }
+    for (path, _) in &plan.mkdirs {
+        send(Op::Mkdir, path);
+    }
+    for (path, _) in &plan.files {
+        send(Op::Upload, path);
+    }
+    for (path, _) in &plan.links {
+        send(Op::Link, path);
+    }
+}
+
+/// Asks the sandbox for chunk hashes of files whose sizes say they may be equal
+/// (then dropped from the plan when they are) or resumable (their part kept, or
+/// seeded from the old copy). Returns what each kept part holds. Without the
+/// helper, everything is sent whole.
+async fn hash_candidates(
+    conn: &Connection,
+    options: &SeedOptions,
+    root: &str,
+    local: &Tree,
+    plan: &mut plan::Plan,
+) -> std::collections::HashMap<String, chunks::Chunks> {
+    let mut have = std::collections::HashMap::new();
+    let maybe: Vec<String> = plan
+        .files
+        .iter()
+        .filter(|(_, s)| *s == Send::MaybeEqual)
+        .map(|(p, _)| p.clone())
+        .collect();
+    let asks: Vec<Ask> = maybe
+        .iter()
+        .map(|p| Ask {
+            path: join(root, p),
+            seed: None,
+        })
+        .collect();
+    let Ok(answers) = chunks::remote(conn, &options.agent_path, &asks).await else {
+        tracing::debug!("no chunk helper in the sandbox: sending changed files whole");
+        return have;
+    };
+    let mut equal = std::collections::HashSet::new();
+    let mut patch = Vec::new();
+    for (path, answer) in maybe.iter().zip(answers) {
+        let local_path = tree::local_path(&options.source, path);
+        let Some(remote) = answer else { continue };
+        let Ok(mine) = chunks::local(&local_path) else {
+            continue;
+        };
+        if mine == remote {
+            equal.insert(path.clone());
+        } else if mine.size >= plan::CHUNKED_FROM {
+            patch.push(path.clone());
+        }
+    }
+    plan.files.retain(|(p, _)| !equal.contains(p));
+    plan.skipped += equal.len() as u64;
+    plan.touch.extend(equal);
+
+    // Parts to resume, and parts to seed from the old copy for a patch.
+    let mut asks = Vec::new();
+    let mut names = Vec::new();
+    for (path, send) in &plan.files {
+        let seed = match send {
+            Send::Chunked { resume_part: true } => None,
+            Send::Chunked { resume_part: false } => Some(join(root, path)),
+            _ if patch.contains(path) => Some(join(root, path)),
+            _ => continue,
+        };
+        asks.push(Ask {
+            path: join(root, &part_name(path)),
+            seed,
+        });
+        names.push(path.clone());
+    }
+    if let Ok(answers) = chunks::remote(conn, &options.agent_path, &asks).await {
+        for (path, answer) in names.into_iter().zip(answers) {
+            if let (Some(chunks), Some(Kind::File { .. })) = (answer, local.get(&path)) {
+                have.insert(path, chunks);
+            }
+        }
+    }
+    have
+}
+
+async fn make_dirs(sftp: &Sftp, root: &str, dirs: &[(String, u32)]) -> Result<(), SyncError> {
+    // Level by level: every directory of one depth at once, parents made before.
+    let mut by_depth: std::collections::BTreeMap<usize, Vec<&(String, u32)>> = Default::default();
+    for dir in dirs {
+        by_depth
+            .entry(dir.0.matches('/').count())
+            .or_default()
+            .push(dir);
+    }
+    for level in by_depth.values() {
+        let mut made: FuturesUnordered<_> = level
+            .iter()
+            .map(|(path, _)| {
+                let full = join(root, path);
+                // 0700 while it fills; the verify stage gives it its own mode.
+                async move { sftp.mkdir(&full, 0o700).await }
+            })
+            .collect();
+        while let Some(done) = made.next().await {
+            done?;
+        }
+    }
+    Ok(())
+}
+
+/// Lists the target again: every local entry must be there with its size, mtime,
+/// mode or link text. Directory modes and mtimes are set here, last, deepest
+/// first, since writing into a directory changes its mtime.
+async fn verify(sftp: &Sftp, root: &str, local: &Tree) -> Result<(), SyncError> {
+    let listing = sftp.list(root).await?;
+    let mut dirs: Vec<_> = local
+        .iter()
+        .filter_map(|(path, kind)| match (kind, listing.tree.get(path)) {
+            (Kind::Dir { mode, mtime }, Some(Kind::Dir { mode: m, mtime: t }))
+                if (mode, mtime) != (m, t) =>
+            {
+                Some((path, *mode, *mtime))
+            }
+            _ => None,
+        })
+        .collect();
+    dirs.sort_by(|a, b| b.0.cmp(a.0));
+    for (path, mode, mtime) in dirs {
+        sftp.set_mode_mtime(&join(root, path), mode, mtime).await?;
+    }
+    let mut wrong = Vec::new();
+    for (path, kind) in local {
+        let there = listing.tree.get(path);
+        let ok = match (kind, there) {
+            (Kind::Dir { .. }, Some(Kind::Dir { .. })) => true,
+            (a @ Kind::File { .. }, Some(b @ Kind::File { .. })) => a == b,
+            (Kind::Symlink { target }, Some(Kind::Symlink { target: t })) => target == t,
+            _ => false,
+        };
+        if !ok {
+            wrong.push(format!("{path}: want {kind:?}, found {there:?}"));
+        }
+    }
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        let n = wrong.len();
+        wrong.truncate(5);
+        Err(SyncError::Verify(format!(
+            "{n} entries differ: {}",
+            wrong.join("; ")
+        )))
+    }
+}

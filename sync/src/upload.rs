@@ -1,0 +1,139 @@
+//! Sending one file: into its hidden temp name (`.name.warren-part`), only the
+//! chunks the remote copy lacks, then mode and mtime, then a rename onto the final
+//! name, so nothing half-written is ever visible under it. Writes are pipelined:
+//! up to [`Window`] requests are in flight across all files at once.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::io::AsyncReadExt;
+use tokio::sync::Semaphore;
+
+use crate::chunks::{self, CHUNK, Chunks};
+use crate::error::SyncError;
+use crate::progress::Tracker;
+use crate::remote::Sftp;
+
+/// Write requests in flight on one session, across files.
+pub type Window = Arc<Semaphore>;
+
+pub const WINDOW_REQUESTS: usize = 64;
+
+pub struct FileJob<'a> {
+    pub local: &'a Path,
+    pub remote: String,
+    pub part: String,
+    pub mode: u32,
+    pub mtime: i64,
+    /// What the part already holds (a resumed or seeded part); `None` writes it all.
+    pub have: Option<Chunks>,
+}
+
+/// What sending one file cost.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Sent {
+    pub bytes: u64,
+}
+
+pub async fn send_file(
+    sftp: &Sftp,
+    window: &Window,
+    tracker: &Arc<Tracker>,
+    job: FileJob<'_>,
+) -> Result<Sent, SyncError> {
+    let mut file = tokio::fs::File::open(job.local)
+        .await
+        .map_err(|e| SyncError::Local(job.local.to_owned(), e))?;
+    let handle = sftp.open_write(&job.part, job.have.is_none()).await?;
+    let mut sent = Sent::default();
+    let mut writes = Vec::new();
+    let mut offset = 0u64;
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut index = 0usize;
+    let result: Result<(), SyncError> = async {
+        loop {
+            let n = read_full(&mut file, &mut buf)
+                .await
+                .map_err(|e| SyncError::Local(job.local.to_owned(), e))?;
+            if n == 0 {
+                break;
+            }
+            let data = &buf[..n];
+            let same = job.have.as_ref().is_some_and(|have| {
+                let end = offset + n as u64;
+                end <= have.size
+                    && have
+                        .hashes
+                        .get(index)
+                        .is_some_and(|h| *h == chunks::hash(data))
+            });
+            if !same {
+                for (i, piece) in data.chunks(sftp.write_len).enumerate() {
+                    let permit = window
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .map_err(|_| SyncError::Cancelled)?;
+                    let at = offset + (i * sftp.write_len) as u64;
+                    let (sftp, handle, piece) = (sftp.clone(), handle.clone(), piece.to_vec());
+                    let tracker = tracker.clone();
+                    writes.push(tokio::spawn(async move {
+                        let len = piece.len() as u64;
+                        let r = sftp.write(&handle, at, piece).await;
+                        drop(permit);
+                        // Counted when the sandbox has it, not when it is queued.
+                        if r.is_ok() {
+                            tracker.add_bytes(len);
+                        }
+                        r
+                    }));
+                }
+                sent.bytes += n as u64;
+            } else {
+                tracker.add_bytes(n as u64);
+            }
+            offset += n as u64;
+            index += 1;
+            if n < buf.len() {
+                break;
+            }
+        }
+        for write in writes.drain(..) {
+            write
+                .await
+                .map_err(|_| SyncError::Cancelled)?
+                .map_err(SyncError::remote("write", &job.part))?;
+        }
+        if job.have.as_ref().is_some_and(|have| have.size > offset) {
+            sftp.truncate(&handle, offset)
+                .await
+                .map_err(SyncError::remote("truncate", &job.part))?;
+        }
+        Ok(())
+    }
+    .await;
+    // Waits for writes still in flight after an error, so none lands after the
+    // handle is closed.
+    for write in writes {
+        let _ = write.await;
+    }
+    let closed = sftp.close(handle).await;
+    result?;
+    closed.map_err(SyncError::remote("close", &job.part))?;
+    sftp.set_mode_mtime(&job.part, job.mode, job.mtime).await?;
+    sftp.rename(&job.part, &job.remote).await?;
+    tracker.file_done();
+    Ok(sent)
+}
+
+async fn read_full(file: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = file.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    Ok(filled)
+}
