@@ -21,13 +21,13 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail, ensure};
+use warren_tests::bench::KEYS;
 use warren_tests::bench::{
     MEASUREMENTS, Memory, Scores, Server, Workload, bench_client, cell, conditions, connect_rows,
     keystroke_row, measure, memory_of, memory_rows, mib, ratio, throughput_rows,
 };
-use warren_tests::stack::{Backend, GatewayStack, StackOptions};
-use warren_tests::bench::KEYS;
 use warren_tests::bench_persistent::{self, DETACHED_SESSIONS};
+use warren_tests::stack::{Backend, GatewayStack, StackOptions};
 use warren_tests::util;
 use warren_tests::{Agent, CLEAN_USER, Profile, Sshd, build_bin};
 
