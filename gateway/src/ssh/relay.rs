@@ -3,7 +3,12 @@
 //!
 //! Requests are answered only after the agent answered them (clients hang on
 //! unanswered requests, and a refusal must reach the user); data flows through
-//! [`pipe`] with windows re-opened as bytes are delivered.
+//! [`pipe`] with windows re-opened as bytes are delivered. An account login's
+//! session channels go to the [`console`](super::console) instead.
+//!
+//! Over 600 lines because russh's server `Handler` is one trait: every request
+//! kind is a method of it here, most a few lines that forward to the agent (the
+//! decisions live in `login.rs`, the byte moving in `pipe.rs`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
