@@ -360,22 +360,24 @@ fn warren_up_serves_a_real_terminal_and_keeps_sandboxes_in_check() {
             "label=org.warren.runner={}",
             identity["runner_id"].as_str().unwrap()
         );
-        let leftovers = Command::new("docker")
-            .args([
-                "ps",
-                "-aq",
-                "--filter",
-                &label,
-                "--filter",
-                "status=created",
-            ])
-            .args(["--filter", "status=exited"])
-            .output()
-            .unwrap();
-        assert!(
-            String::from_utf8_lossy(&leftovers.stdout).trim().is_empty(),
-            "failed creates left containers behind"
-        );
+        // Containers of the runner not running. The warm pool refills in the
+        // background, and a member being made is `created` for a moment; a container
+        // a failed create left behind stays so.
+        let leftovers = || {
+            let out = Command::new("docker")
+                .args(["ps", "-a", "--filter", &label, "--filter", "status=created"])
+                .args(["--filter", "status=exited", "--format"])
+                .arg("{{.Names}} {{.Status}} pool={{.Label \"org.warren.pool\"}}")
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !leftovers().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let left = leftovers();
+        assert!(left.is_empty(), "failed creates left containers behind:\n{left}");
     }
     let (status, idle) = api(
         &base,
