@@ -377,7 +377,10 @@ fn warren_up_serves_a_real_terminal_and_keeps_sandboxes_in_check() {
             std::thread::sleep(Duration::from_millis(500));
         }
         let left = leftovers();
-        assert!(left.is_empty(), "failed creates left containers behind:\n{left}");
+        assert!(
+            left.is_empty(),
+            "failed creates left containers behind:\n{left}"
+        );
     }
     let (status, idle) = api(
         &base,
