@@ -78,9 +78,20 @@ async fn connect_from(source: IpAddr, to: SocketAddr) -> TcpStream {
     socket.connect(to).await.unwrap()
 }
 
-/// Sockets this process holds that were accepted on `port`: the gateway's side of
-/// connections to that listener (the clients' side has another local port).
-fn held_on(port: u16) -> usize {
+/// Sockets this process holds that were accepted on `listener`: the gateway's side of
+/// connections to it. Matched on the whole local address, not the port alone: a
+/// client bound to another loopback address may be given the listener's port number
+/// as its own ephemeral port.
+fn held_on(listener: SocketAddr) -> usize {
+    let IpAddr::V4(ip) = listener.ip() else {
+        panic!("the test listens on IPv4")
+    };
+    // /proc/net/tcp prints the address as the raw network-order word, in hex.
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(ip.octets()),
+        listener.port()
+    );
     let inodes: HashSet<u64> = std::fs::read_dir("/proc/self/fd")
         .unwrap()
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
@@ -95,12 +106,9 @@ fn held_on(port: u16) -> usize {
         .skip(1)
         .filter(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
-            let local_port = f[1].rsplit(':').next().unwrap();
             let state = f[3];
             let inode: u64 = f[9].parse().unwrap_or(0);
-            u16::from_str_radix(local_port, 16) == Ok(port)
-                && state != "0A"
-                && inodes.contains(&inode)
+            f[1] == local && state != "0A" && inodes.contains(&inode)
         })
         .count()
 }
@@ -205,13 +213,13 @@ fn kept_for_the_grace_time((shortest, longest): (Duration, Duration), what: &str
     );
 }
 
-async fn wait_held(port: u16, want: usize) -> Duration {
+async fn wait_held(listener: SocketAddr, want: usize) -> Duration {
     let started = Instant::now();
-    while held_on(port) != want {
+    while held_on(listener) != want {
         assert!(
             started.elapsed() < Duration::from_secs(10),
-            "the gateway holds {} connections on {port}, not {want}",
-            held_on(port)
+            "the gateway holds {} connections on {listener}, not {want}",
+            held_on(listener)
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -267,16 +275,16 @@ async fn ssh_client(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_on_the_front_door_is_bounded_and_a_real_user_gets_in() {
     let gw = start().await;
-    let port = gw.ssh.port();
+    let listener = gw.ssh;
     let user = gw.store.create_user("alice", false).await.unwrap();
     let api_key = gw.store.create_api_key(&user.id, "test").await.unwrap();
     let fds_before = open_fds();
-    assert_eq!(held_on(port), 0);
+    assert_eq!(held_on(listener), 0);
 
     // 300 from one address: 10 are served, the rest closed at once.
     let flood = Flood::start(gw.ssh, &[loopback(2)], FLOOD);
     let served = flood.settled(FLOOD).await;
-    let held = held_on(port);
+    let held = held_on(listener);
     eprintln!(
         "front door, {FLOOD} clients from one address: {served} served, the gateway holds \
          {held} sockets; this process has {} open files (before: {fds_before}; the served \
@@ -306,12 +314,12 @@ async fn a_flood_on_the_front_door_is_bounded_and_a_real_user_gets_in() {
         more.settled(LIMITS.per_address + 1).await,
         LIMITS.per_address
     );
-    assert_eq!(held_on(port), 2 * LIMITS.per_address + 1);
+    assert_eq!(held_on(listener), 2 * LIMITS.per_address + 1);
 
     kept_for_the_grace_time(flood.closed().await, "front door flood");
     kept_for_the_grace_time(more.closed().await, "front door, alice's address");
     // Only alice is left, logged in past the grace time.
-    wait_held(port, 1).await;
+    wait_held(listener, 1).await;
     assert!(!alice.is_closed());
     alice.send_keepalive(true).await.unwrap();
 
@@ -319,7 +327,7 @@ async fn a_flood_on_the_front_door_is_bounded_and_a_real_user_gets_in() {
     let sources: Vec<IpAddr> = (10..40).map(loopback).collect();
     let flood = Flood::start(gw.ssh, &sources, FLOOD / sources.len());
     let served = flood.settled(FLOOD).await;
-    let held = held_on(port);
+    let held = held_on(listener);
     eprintln!(
         "front door, {FLOOD} clients from {} addresses: {served} served, the gateway holds \
          {held} sockets (alice's included)",
@@ -328,13 +336,13 @@ async fn a_flood_on_the_front_door_is_bounded_and_a_real_user_gets_in() {
     assert_eq!(served, LIMITS.total);
     assert_eq!(held, LIMITS.total + 1);
     kept_for_the_grace_time(flood.closed().await, "front door, many addresses");
-    wait_held(port, 1).await;
+    wait_held(listener, 1).await;
     assert!(!alice.is_closed());
 
     let _ = alice
         .disconnect(russh::Disconnect::ByApplication, "", "en")
         .await;
-    let drained = wait_held(port, 0).await;
+    let drained = wait_held(listener, 0).await;
     eprintln!(
         "front door: all closed {drained:?} after alice left; {} open files (before: \
          {fds_before})",
@@ -345,12 +353,12 @@ async fn a_flood_on_the_front_door_is_bounded_and_a_real_user_gets_in() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_on_the_runner_port_is_bounded_and_a_runner_still_joins() {
     let gw = start().await;
-    let port = gw.runners.port();
-    assert_eq!(held_on(port), 0);
+    let listener = gw.runners;
+    assert_eq!(held_on(listener), 0);
 
     let flood = Flood::start(gw.runners, &[loopback(2)], FLOOD);
     let served = flood.settled(FLOOD).await;
-    let held = held_on(port);
+    let held = held_on(listener);
     eprintln!("runner port, {FLOOD} clients from one address: {served} served, {held} held");
     assert_eq!(served, LIMITS.per_address);
     assert_eq!(held, LIMITS.per_address);
@@ -400,7 +408,7 @@ async fn a_flood_on_the_runner_port_is_bounded_and_a_runner_still_joins() {
     );
     assert_eq!(told.as_deref(), Some("no login within 2 s"));
     assert!(since.elapsed() <= LIMITS.login_grace + Duration::from_millis(2500));
-    wait_held(port, 0).await;
+    wait_held(listener, 0).await;
 }
 
 #[tokio::test]
