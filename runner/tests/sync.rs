@@ -54,8 +54,17 @@ fn endpoint(stack: &DockerStack, id: &SandboxId, api_key: &str) -> Endpoint {
         port: stack.stack.ssh_port,
         sandbox: id.as_str().to_owned(),
         credential: Credential::Password(warren_sync::Secret::new(api_key)),
-        host_keys: vec![],
+        host_keys: vec![stack.stack.host_key.clone()],
     }
+}
+
+/// A host key that is not the gateway's.
+fn other_key() -> russh::keys::PublicKey {
+    let dir = tempfile::TempDir::new().unwrap();
+    warren_keys::load_or_generate_host_key(&dir.path().join("other"))
+        .unwrap()
+        .public_key()
+        .clone()
 }
 
 /// Runs a seed and collects its events.
@@ -213,6 +222,27 @@ fn a_seed_sends_a_real_tree_and_a_second_run_sends_nothing() -> Result<()> {
     let src = tempfile::TempDir::new()?;
     // A few thousand files and a large one.
     make_tree(src.path(), 30, 100, 48 << 20);
+
+    // Whoever answers must be the gateway: no pinned key, or another key, sends
+    // nothing (a stand-in server would be handed the login and the tree).
+    for (pinned, what) in [
+        (vec![], "no pinned key"),
+        (vec![other_key()], "another host key"),
+    ] {
+        let endpoint = Endpoint {
+            host_keys: pinned,
+            ..f.endpoint.clone()
+        };
+        let options = options(src.path(), "/workspace/proj");
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let refused = f
+            .stack
+            .stack
+            .rt
+            .block_on(warren_sync::seed(&endpoint, &options, tx));
+        ensure!(refused.is_err(), "{what}: the seed went ahead");
+        eprintln!("{what}: {}", refused.err().unwrap());
+    }
 
     let (first, events) = seed(&f, &options(src.path(), "/workspace/proj"))?;
     ensure!(

@@ -50,8 +50,8 @@ pub struct Endpoint {
     pub port: u16,
     pub sandbox: String,
     pub credential: Credential,
-    /// The gateway's host keys (`GET /v1/host-keys`); empty accepts any key, which
-    /// only tests should do.
+    /// The gateway's host keys (`GET /v1/host-keys`); at least one, or the
+    /// connection is refused before it is made.
     pub host_keys: Vec<PublicKey>,
 }
 
@@ -65,10 +65,10 @@ impl client::Handler for Pinned {
         key: &russh::keys::PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
         let russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } = key else {
-            // The gateway presents plain host keys; certificates are not pinned here.
-            return Ok(self.0.is_empty());
+            // The gateway presents plain host keys; a certificate is not one of them.
+            return Ok(false);
         };
-        Ok(self.0.is_empty() || self.0.iter().any(|k| k.key_data() == key.key_data()))
+        Ok(self.0.iter().any(|k| k.key_data() == key.key_data()))
     }
 }
 
@@ -91,6 +91,11 @@ const SFTP_TIMEOUT_S: u64 = 120;
 
 impl Connection {
     pub async fn open(endpoint: &Endpoint) -> Result<Connection, SyncError> {
+        // An empty list would take any server for the gateway: refuse it here rather
+        // than trust whoever answers.
+        if endpoint.host_keys.is_empty() {
+            return Err(SyncError::NoHostKey(endpoint.host.clone()));
+        }
         let config = Arc::new(client::Config {
             keepalive_interval: Some(Duration::from_secs(10)),
             keepalive_max: 3,

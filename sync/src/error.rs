@@ -14,6 +14,8 @@ pub enum SyncError {
         path: String,
         source: russh_sftp::client::error::Error,
     },
+    #[error("no host key is pinned for {0}: give the gateway's key (known_hosts)")]
+    NoHostKey(String),
     #[error("the gateway refused the login to {0}")]
     Refused(String),
     #[error("timed out {0}")]

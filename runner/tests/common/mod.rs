@@ -62,6 +62,8 @@ pub struct Stack {
     pub store: Store,
     pub hub: Arc<RunnerHub>,
     pub ssh_port: u16,
+    /// The front door's host key, for clients that pin it.
+    pub host_key: russh::keys::PublicKey,
     pub verifier: String,
     /// The front door's live connections, shared with [`Stack::api`]'s state.
     pub live: Arc<warren_gateway::ssh::live::LiveConnections>,
@@ -91,7 +93,7 @@ impl Stack {
             .build()?;
         let dir = TempDir::new()?;
         let live = Arc::new(warren_gateway::ssh::live::LiveConnections::default());
-        let (store, hub, ssh_port, verifier) = rt.block_on(async {
+        let (store, hub, ssh_port, host_key, verifier) = rt.block_on(async {
             let store = Store::open_in_data_dir(dir.path()).await?;
             let key = warren_keys::load_or_generate_host_key(&dir.path().join("host_key"))?;
             let hub = Arc::new(
@@ -124,8 +126,9 @@ impl Stack {
                 live: live.clone(),
                 console: Some(Arc::new(console)),
             });
+            let host_key = key.public_key().clone();
             tokio::spawn(ssh::serve(listener, ssh::ssh_config(key), door));
-            anyhow::Ok((store, hub, port, verifier))
+            anyhow::Ok((store, hub, port, host_key, verifier))
         })?;
         Ok(Stack {
             rt,
@@ -133,6 +136,7 @@ impl Stack {
             store,
             hub,
             ssh_port,
+            host_key,
             verifier,
             live,
         })
