@@ -57,6 +57,8 @@ enum Command {
         /// claim (0: none). Docker only; counted against the capacity.
         #[arg(long, default_value_t = 2)]
         pool_size: usize,
+        #[command(flatten)]
+        recording: warren_gateway::recordings::RecordingArgs,
     },
     /// Save a gateway's API URL and your API key (read from WARREN_API_KEY or stdin).
     Login {
@@ -166,8 +168,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             idle_timeout_s,
             reap_interval_s,
             pool_size,
+            recording,
         } => {
             up::up(up::UpOptions {
+                recording: recording.policy(),
                 data_dir: data_dir.unwrap_or_else(warren_gateway::server::default_data_dir),
                 ssh: ssh_listen,
                 http: http_listen,

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
-use warren_gateway::server::{Gateway, Listen};
+use warren_gateway::recordings::RecordingPolicy;
+use warren_gateway::server::{Gateway, Listen, Options};
 use warren_gateway::store::{SandboxState, Store, StoreError, User};
 use warren_runner::backend::docker::{DockerDefaults, PoolSize, ensure_static};
 use warren_runner::backend::process::find_agent_bin;
@@ -30,6 +31,8 @@ pub struct UpOptions {
     pub reap_interval: Duration,
     /// Started sandboxes of the default image kept waiting (Docker; 0: none).
     pub pool_size: usize,
+    /// What the gateway records (`<data-dir>/recordings`).
+    pub recording: RecordingPolicy,
 }
 
 const ADMIN: &str = "admin";
@@ -42,7 +45,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     let store = Store::open_in_data_dir(data)
         .await
         .with_context(|| format!("opening the store in {}", data.display()))?;
-    let gateway = Gateway::bind(
+    let gateway = Gateway::bind_with(
         store.clone(),
         data,
         Listen {
@@ -50,6 +53,10 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
             runners: opts.runners,
             http: opts.http,
             public_host: None,
+        },
+        Options {
+            recording: opts.recording.clone(),
+            ..Options::default()
         },
     )
     .await?;

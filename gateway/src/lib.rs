@@ -12,12 +12,14 @@
 //!   changes, reconcile and reaping, key sync, pull requests.
 //! - [`api`]: the thin HTTP API over the lifecycle (and accounts and keys).
 //! - [`github`]: the GitHub REST calls behind the API's pull requests.
+//! - [`recordings`]: terminal sessions kept as asciicast files, and their replay.
 //! - [`server`]: all of it bound and served together (`serve`, `warren up`).
 
 pub mod api;
 pub mod dial;
 pub mod github;
 pub mod lifecycle;
+pub mod recordings;
 pub mod server;
 pub mod ssh;
 pub mod store;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use warren_gateway::server::{Gateway, Listen};
+use warren_gateway::server::{Gateway, Listen, Options};
 use warren_gateway::store::Store;
 
 #[derive(Parser)]
@@ -55,6 +55,8 @@ enum Command {
         /// listen address, or `localhost` if that is a wildcard).
         #[arg(long, env = "WARREN_PUBLIC_HOST")]
         public_host: Option<String>,
+        #[command(flatten)]
+        recording: warren_gateway::recordings::RecordingArgs,
     },
     /// Print a one-time token for `warren-runner join`.
     JoinToken {
@@ -117,6 +119,7 @@ async fn run(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
             tls_key,
             insecure_http,
             public_host,
+            recording,
         } => {
             let tls = match (tls_cert, tls_key) {
                 (Some(cert), Some(key)) => Some(warren_keys::tls::load_tls_identity(&cert, &key)?),
@@ -137,7 +140,11 @@ async fn run(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
                 http: http_listen,
                 public_host,
             };
-            serve(store, &data_dir, listen, tls).await
+            let options = Options {
+                recording: recording.policy(),
+                ..Options::default()
+            };
+            serve(store, &data_dir, listen, options, tls).await
         }
         Command::JoinToken { ttl, gateway } => {
             let host_key = warren_keys::load_or_generate_host_key(&data_dir.join("host_key"))?;
@@ -175,9 +182,10 @@ async fn serve(
     store: Store,
     data_dir: &Path,
     listen: Listen,
+    options: Options,
     tls: Option<warren_keys::tls::TlsIdentity>,
 ) -> anyhow::Result<()> {
-    let mut gateway = Gateway::bind(store, data_dir, listen).await?;
+    let mut gateway = Gateway::bind_with(store, data_dir, listen, options).await?;
     let (runners, fingerprint) = gateway.runner_endpoint();
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!(

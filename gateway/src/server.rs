@@ -12,6 +12,7 @@ use warren_keys::TokenSigner;
 use crate::api::{self, ApiState};
 use crate::dial::TunnelDialer;
 use crate::lifecycle::{self, Lifecycle};
+use crate::recordings::{RecordingPolicy, Recordings};
 use crate::ssh::{self, FailureLimiter, FrontDoor, PreauthLimits};
 use crate::store::Store;
 use crate::tunnel::RunnerHub;
@@ -44,6 +45,14 @@ pub struct Preauth {
     pub runners: PreauthLimits,
 }
 
+/// How a gateway runs, beyond where it listens.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub preauth: Preauth,
+    /// What is recorded, under `<data-dir>/recordings`.
+    pub recording: RecordingPolicy,
+}
+
 impl Default for Preauth {
     fn default() -> Preauth {
         Preauth {
@@ -72,16 +81,18 @@ pub struct Gateway {
 impl Gateway {
     /// Loads (or makes) the gateway's keys in `data_dir` and binds every listener.
     pub async fn bind(store: Store, data_dir: &Path, listen: Listen) -> anyhow::Result<Gateway> {
-        Gateway::bind_with(store, data_dir, listen, Preauth::default()).await
+        Gateway::bind_with(store, data_dir, listen, Options::default()).await
     }
 
-    /// [`Gateway::bind`] with `preauth` bounds on connections not logged in yet.
+    /// [`Gateway::bind`] with `options`: bounds on connections not logged in yet,
+    /// the recording policy.
     pub async fn bind_with(
         store: Store,
         data_dir: &Path,
         listen: Listen,
-        preauth: Preauth,
+        options: Options,
     ) -> anyhow::Result<Gateway> {
+        let preauth = options.preauth;
         let host_key = warren_keys::load_or_generate_host_key(&data_dir.join("host_key"))
             .context("the gateway's host key")?;
         let signer = Arc::new(
@@ -118,14 +129,17 @@ impl Gateway {
             russh::keys::PublicKey::new(host_key.public_key().key_data().clone(), "")
                 .to_openssh()
                 .context("encoding the host key")?;
-        let lifecycle = Arc::new(Lifecycle::new(
+        let recordings = Arc::new(Recordings::in_data_dir(data_dir, options.recording));
+        let mut lifecycle = Lifecycle::new(
             store.clone(),
             hub.clone(),
             signer.clone(),
             ssh_host,
             ssh_addr.port(),
             host_key_line,
-        ));
+        );
+        lifecycle.recordings = recordings.clone();
+        let lifecycle = Arc::new(lifecycle);
         let api = Arc::new(ApiState::over(lifecycle.clone()));
         let door = Arc::new(FrontDoor {
             store: store.clone(),
@@ -135,6 +149,7 @@ impl Gateway {
             limiter: FailureLimiter::default(),
             live: lifecycle.live.clone(),
             console: Some(lifecycle.clone()),
+            recordings,
         });
         Ok(Gateway {
             store,
@@ -171,6 +186,7 @@ impl Gateway {
     ) -> anyhow::Result<()> {
         let reconciler =
             lifecycle::spawn_reconciler(self.api.lifecycle.clone(), lifecycle::RECONCILE_EVERY);
+        let sweeper = self.api.lifecycle.recordings.clone().spawn_sweeper();
         let result = tokio::select! {
             result = ssh::serve_with(
                 self.ssh_listener,
@@ -186,6 +202,7 @@ impl Gateway {
             () = shutdown => Ok(()),
         };
         reconciler.abort();
+        sweeper.abort();
         result
     }
 }

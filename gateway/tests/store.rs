@@ -156,6 +156,7 @@ store_tests!(
     concurrent_transitions_have_one_winner,
     sandboxes_are_paginated_per_owner,
     ssh_session_audit,
+    ssh_channel_audit,
     authorized_keys_are_the_owners_and_the_shared_users,
 );
 
@@ -917,6 +918,82 @@ async fn ssh_session_audit(db: &TestDb) {
             })
             .await,
     );
+}
+
+async fn ssh_channel_audit(db: &TestDb) {
+    use warren_gateway::store::{ChannelKind, NewSshChannel};
+    let store = db.open().await;
+    let alice = store.create_user("alice", false).await.unwrap();
+    let sandbox = store
+        .create_sandbox(&new_sandbox(&alice.id, "sbx-chan"))
+        .await
+        .unwrap();
+    let session = store
+        .open_ssh_session(&NewSshSession {
+            user_id: Some(alice.id.clone()),
+            sandbox_id: sandbox.id.clone(),
+            source_addr: "203.0.113.7:52144".parse().unwrap(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.get_ssh_session(&session.id).await.unwrap(), session);
+    let channel = |seq, kind, command: Option<&str>, terminal| NewSshChannel {
+        session_id: session.id.clone(),
+        seq,
+        kind,
+        command: command.map(str::to_owned),
+        terminal,
+    };
+    // A command line is kept as given, quotes and all.
+    let exec = channel(1, ChannelKind::Exec, Some("make test 'a b' ☃"), false);
+    store.open_ssh_channel(&exec).await.unwrap();
+    store
+        .open_ssh_channel(&channel(2, ChannelKind::Shell, None, true))
+        .await
+        .unwrap();
+    store
+        .open_ssh_channel(&channel(3, ChannelKind::Subsystem, Some("sftp"), false))
+        .await
+        .unwrap();
+    assert_conflict(store.open_ssh_channel(&exec).await);
+    let unknown = NewSshChannel {
+        session_id: warren_gateway::store::SshSessionId::generate(),
+        ..exec.clone()
+    };
+    assert_not_found(store.open_ssh_channel(&unknown).await);
+
+    let end = SessionEnd {
+        bytes_in: 5,
+        bytes_out: u64::from(u32::MAX) * 3,
+        exit: Some(SessionExit::Status(2)),
+    };
+    store.close_ssh_channel(&session.id, 1, &end).await.unwrap();
+    // The first record stands; an unknown channel is not found.
+    assert_not_found(
+        store
+            .close_ssh_channel(&session.id, 1, &SessionEnd::default())
+            .await,
+    );
+    assert_not_found(
+        store
+            .close_ssh_channel(&session.id, 9, &SessionEnd::default())
+            .await,
+    );
+
+    let channels = store.list_ssh_channels(&session.id).await.unwrap();
+    let seqs: Vec<u32> = channels.iter().map(|c| c.seq).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    let first = &channels[0];
+    assert_eq!(first.kind, ChannelKind::Exec);
+    assert_eq!(first.command.as_deref(), Some("make test 'a b' ☃"));
+    assert!(!first.terminal && first.ended_at.is_some());
+    assert_eq!(
+        (first.bytes_in, first.bytes_out),
+        (end.bytes_in, end.bytes_out)
+    );
+    assert_eq!(first.exit, Some(SessionExit::Status(2)));
+    assert!(channels[1].terminal && channels[1].ended_at.is_none());
+    assert_eq!(channels[2].command.as_deref(), Some("sftp"));
 }
 
 /// SQLite specifics: the file is created 0600 in a new 0700 data dir, in WAL mode.

@@ -1007,6 +1007,8 @@ fn the_openapi_document_is_generated_valid_and_lists_every_route() -> Result<()>
         ("post", "/v1/sandboxes/{id}/token"),
         ("get", "/v1/sandboxes/{id}/events"),
         ("get", "/v1/sandboxes/{id}/ssh-config"),
+        ("get", "/v1/sandboxes/{id}/sessions"),
+        ("get", "/v1/sessions/{id}/recording"),
         ("post", "/v1/sandboxes/{id}/shares"),
         ("get", "/v1/sandboxes/{id}/shares"),
         ("delete", "/v1/sandboxes/{id}/shares/{user}"),

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use tempfile::TempDir;
+use warren_gateway::recordings::{RecordingPolicy, Recordings};
 use warren_gateway::ssh::{
     self, AgentDialer, AgentStream, DialError, Dialing, FailureLimiter, FrontDoor,
 };
@@ -51,8 +52,14 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Starts a front door on 127.0.0.1 with an empty store.
+    /// Starts a front door on 127.0.0.1 with an empty store, recording nothing.
     pub fn start() -> Result<Gateway> {
+        Gateway::start_recording(None)
+    }
+
+    /// [`Gateway::start`], recording terminal sessions by `policy` (none: nothing)
+    /// under [`Gateway::data_dir`]`/recordings`.
+    pub fn start_recording(policy: Option<RecordingPolicy>) -> Result<Gateway> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -72,6 +79,10 @@ impl Gateway {
                 limiter: FailureLimiter::default(),
                 live: Default::default(),
                 console: None,
+                recordings: Arc::new(match policy {
+                    Some(policy) => Recordings::in_data_dir(dir.path(), policy),
+                    None => Recordings::off(),
+                }),
             });
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let port = listener.local_addr()?.port();
@@ -85,6 +96,11 @@ impl Gateway {
             dialer,
             dir,
         })
+    }
+
+    /// The gateway's data directory (its recordings are in `recordings/`).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().to_owned()
     }
 
     /// The file holding the gateway's token signer, for agents to trust.

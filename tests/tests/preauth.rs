@@ -18,7 +18,7 @@ use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
-use warren_gateway::server::{Gateway, Listen, Preauth};
+use warren_gateway::server::{Gateway, Listen, Options, Preauth};
 use warren_gateway::ssh::PreauthLimits;
 use warren_gateway::store::{RunnerId, Store};
 
@@ -52,7 +52,11 @@ async fn start() -> Running {
         ssh: LIMITS,
         runners: LIMITS,
     };
-    let gateway = Gateway::bind_with(store.clone(), dir.path(), listen, preauth)
+    let options = Options {
+        preauth,
+        ..Options::default()
+    };
+    let gateway = Gateway::bind_with(store.clone(), dir.path(), listen, options)
         .await
         .unwrap();
     let (runners, fingerprint) = gateway.runner_endpoint();

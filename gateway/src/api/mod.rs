@@ -22,6 +22,7 @@ pub mod error;
 mod metrics;
 mod pulls;
 mod sandboxes;
+mod sessions;
 mod shares;
 #[cfg(test)]
 mod tests;
@@ -94,6 +95,7 @@ impl ApiState {
     tags(
         (name = "sandboxes", description = "Sandbox lifecycle"),
         (name = "ssh", description = "Reaching sandboxes with OpenSSH"),
+        (name = "sessions", description = "The SSH audit trail and terminal recordings"),
         (name = "keys", description = "Your SSH and API keys"),
         (name = "accounts", description = "Accounts and runners (admins)"),
         (name = "meta", description = "Health, metrics and this document"),
@@ -132,6 +134,8 @@ fn routes() -> OpenApiRouter<Arc<ApiState>> {
         .routes(routes!(sandboxes::rotate_token))
         .routes(routes!(sandboxes::events))
         .routes(routes!(sandboxes::ssh_config))
+        .routes(routes!(sessions::list))
+        .routes(routes!(sessions::recording))
         .routes(routes!(shares::share, shares::list))
         .routes(routes!(shares::unshare))
         .routes(routes!(pulls::create))

@@ -4,7 +4,11 @@
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::store::{ApiKey, RunnerId, Sandbox, SandboxEvent, SandboxState, SshKey, Timestamp};
+use crate::lifecycle::audit::SessionRecord;
+use crate::store::{
+    ApiKey, RunnerId, Sandbox, SandboxEvent, SandboxState, SessionExit, SshChannel, SshKey,
+    Timestamp,
+};
 
 fn time(t: Option<Timestamp>) -> Option<i64> {
     t.map(Timestamp::unix_seconds)
@@ -234,4 +238,90 @@ pub(super) fn runner_view(r: &crate::store::Runner, online: bool, sandboxes: u64
         last_seen_at: time(r.last_seen_at),
         created_at: r.created_at.unix_seconds(),
     }
+}
+
+fn exit_text(exit: Option<&SessionExit>) -> Option<String> {
+    exit.map(|e| match e {
+        SessionExit::Status(n) => format!("status:{n}"),
+        SessionExit::Signal(name) => format!("signal:{name}"),
+    })
+}
+
+/// One SSH session of a sandbox, from the audit trail.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionView {
+    pub id: String,
+    /// The account that logged in (none for a sandbox token).
+    pub user_id: Option<String>,
+    pub source: String,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// `status:N`, `signal:NAME`, or null.
+    pub exit: Option<String>,
+    /// Its session channels: shells, commands, subsystems.
+    pub channels: Vec<ChannelView>,
+}
+
+/// One session channel: what it ran, and whether its recording is kept
+/// (`GET /v1/sessions/{id}/recording?channel=SEQ`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChannelView {
+    pub seq: u32,
+    /// `shell`, `exec` or `subsystem`.
+    pub kind: String,
+    /// An exec's command line, a subsystem's name.
+    pub command: Option<String>,
+    /// Whether it had a terminal (PTY).
+    pub terminal: bool,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub exit: Option<String>,
+    pub recorded: bool,
+}
+
+impl ChannelView {
+    fn new(c: &SshChannel, recorded: bool) -> ChannelView {
+        ChannelView {
+            seq: c.seq,
+            kind: c.kind.as_str().to_owned(),
+            command: c.command.clone(),
+            terminal: c.terminal,
+            started_at: c.started_at.unix_seconds(),
+            ended_at: time(c.ended_at),
+            bytes_in: c.bytes_in,
+            bytes_out: c.bytes_out,
+            exit: exit_text(c.exit.as_ref()),
+            recorded,
+        }
+    }
+}
+
+impl From<&SessionRecord> for SessionView {
+    fn from(r: &SessionRecord) -> SessionView {
+        let s = &r.session;
+        SessionView {
+            id: s.id.as_str().to_owned(),
+            user_id: s.user_id.as_ref().map(|u| u.as_str().to_owned()),
+            source: s.source_addr.to_string(),
+            started_at: s.started_at.unix_seconds(),
+            ended_at: time(s.ended_at),
+            bytes_in: s.bytes_in,
+            bytes_out: s.bytes_out,
+            exit: exit_text(s.exit.as_ref()),
+            channels: r
+                .channels
+                .iter()
+                .map(|c| ChannelView::new(c, r.recorded.contains(&c.seq)))
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionList {
+    pub sessions: Vec<SessionView>,
 }

@@ -58,14 +58,4 @@ impl Lifecycle {
             .end_key(&owner.id, &key.fingerprint, "the SSH key was deleted");
         Ok(())
     }
-
-    /// The SSH sessions of `owner`'s sandbox `id`, oldest first.
-    pub async fn ssh_sessions(
-        &self,
-        owner: &User,
-        id: &str,
-    ) -> Result<Vec<crate::store::SshSession>> {
-        let sandbox = self.owned(owner, id).await?;
-        Ok(self.store.list_ssh_sessions(&sandbox.id).await?)
-    }
 }

@@ -17,6 +17,7 @@
 //! values live only in memory here and in the runner, never in the store.
 
 pub mod agent_keys;
+pub mod audit;
 mod error;
 pub mod keys;
 mod placement;
@@ -70,6 +71,8 @@ pub struct Lifecycle {
     capacities: Mutex<HashMap<RunnerId, (Instant, RunnerCapacity)>>,
     /// The front door's logged-in connections: revoking access ends them.
     pub live: Arc<crate::ssh::live::LiveConnections>,
+    /// The terminal sessions' recordings (the front door writes them).
+    pub recordings: Arc<crate::recordings::Recordings>,
 }
 
 impl Lifecycle {
@@ -95,6 +98,7 @@ impl Lifecycle {
             github_api: Mutex::new(crate::github::api_base_from_env()),
             capacities: Mutex::default(),
             live: Arc::default(),
+            recordings: Arc::new(crate::recordings::Recordings::off()),
         }
     }
 

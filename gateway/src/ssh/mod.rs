@@ -5,6 +5,7 @@
 //! Not here: the runner tunnel ([`crate::tunnel`]) that carries the bytes to agents,
 //! and the state ([`crate::store`]).
 
+mod channel_audit;
 pub mod console;
 mod limiter;
 pub mod live;
@@ -46,6 +47,8 @@ pub struct FrontDoor {
     /// The lifecycle behind the account console (`ssh <account>@gateway ls`); without
     /// one, account logins are jump hosts only.
     pub console: Option<Arc<crate::lifecycle::Lifecycle>>,
+    /// Where terminal sessions are recorded, and the policy.
+    pub recordings: Arc<crate::recordings::Recordings>,
 }
 
 /// russh settings for the users' side: keepalives instead of an inactivity cut,

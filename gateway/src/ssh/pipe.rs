@@ -13,6 +13,9 @@ use russh::{Channel, ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use crate::recordings::Tap;
+use crate::store::SessionExit;
+
 /// Re-opens a channel's receive window by this many bytes.
 pub type Grant = Arc<dyn Fn(ChannelId, u32) + Send + Sync>;
 
@@ -70,16 +73,32 @@ pub struct Exit {
     pub signal: bool,
 }
 
+impl Exit {
+    /// As the audit trail keeps it (the signal's name is not kept).
+    pub fn as_session_exit(self) -> Option<SessionExit> {
+        match self {
+            Exit {
+                status: Some(s), ..
+            } => Some(SessionExit::Status(s)),
+            Exit { signal: true, .. } => Some(SessionExit::Signal("signal".into())),
+            _ => None,
+        }
+    }
+}
+
 /// Copies `from` (read side of one channel) into `to` (write side of the other),
 /// granting `from`'s window as bytes are written. EOF and CLOSE are passed on;
 /// exit-status and exit-signal too, the latter through `exit_signal` because only
-/// a connection handle can send it. Returns the bytes copied and the exit seen.
+/// a connection handle can send it. `tap` sees every data byte on the way (a
+/// session's recording); if it says stop, the channel is closed. Returns the bytes
+/// copied and the exit seen.
 pub async fn channel_to_channel<S>(
     mut from: mpsc::UnboundedReceiver<ChannelMsg>,
     from_id: ChannelId,
     grant: Grant,
     to: &ChannelWriteHalf<S>,
     exit_signal: impl Fn(ChannelMsg) -> Option<tokio::task::JoinHandle<()>>,
+    tap: Option<&Tap>,
 ) -> (u64, Exit)
 where
     S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static,
@@ -91,16 +110,18 @@ where
             ChannelMsg::Data { data } => {
                 let n = len_u32(&data);
                 bytes += u64::from(n);
+                let kept = observe(tap, &data).await;
                 let sent = to.data_bytes(data).await.is_ok();
                 grant(from_id, n);
-                sent
+                sent && kept
             }
             ChannelMsg::ExtendedData { data, ext } => {
                 let n = len_u32(&data);
                 bytes += u64::from(n);
+                let kept = observe(tap, &data).await;
                 let sent = to.extended_data_bytes(ext, data).await.is_ok();
                 grant(from_id, n);
-                sent
+                sent && kept
             }
             ChannelMsg::Eof => to.eof().await.is_ok(),
             ChannelMsg::ExitStatus { exit_status } => {
@@ -126,6 +147,13 @@ where
     }
     let _ = to.close().await;
     (bytes, exit)
+}
+
+async fn observe(tap: Option<&Tap>, data: &Bytes) -> bool {
+    match tap {
+        Some(tap) => tap.observe(data).await,
+        None => true,
+    }
 }
 
 /// Joins a channel and a raw stream (the jump mode's pipe to an agent): both ways,
@@ -208,7 +236,7 @@ where
     let (b_read, b_write) = b.split();
     let (a_in, b_in) = (drain(a_read, None), drain(b_read, None));
     tokio::join!(
-        channel_to_channel(a_in, a_id, a_grant, &b_write, |_| None),
-        channel_to_channel(b_in, b_id, b_grant, &a_write, |_| None),
+        channel_to_channel(a_in, a_id, a_grant, &b_write, |_| None, None),
+        channel_to_channel(b_in, b_id, b_grant, &a_write, |_| None, None),
     );
 }

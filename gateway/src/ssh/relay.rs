@@ -25,13 +25,14 @@ use russh::{
 use tokio::sync::{mpsc, watch};
 use warren_keys::{SandboxId, Scope};
 
+use super::channel_audit::{ChannelAudit, Program, Terminal};
 use super::console::{ConsoleChannel, Context, PtyParams, WindowSize};
 use super::live::{LiveEntry, Via};
 use super::login::{LoginName, Principal, token_opens};
 use super::pipe::{self, Exit, Grant, Replies};
 use super::upstream::{self, AgentEvents, Upstream};
 use super::{FrontDoor, Preauth};
-use crate::store::{NewSshSession, Sandbox, SessionEnd, SessionExit, SshSessionId, StoreError};
+use crate::store::{ChannelKind, NewSshSession, Sandbox, SessionEnd, SshSessionId, StoreError};
 
 /// How long the agent may take to answer a request before the user gets a refusal.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -40,10 +41,13 @@ const UPSTREAM_TOKEN_TTL: Duration = Duration::from_secs(120);
 
 type UpstreamWrite = Arc<ChannelWriteHalf<russh::client::Msg>>;
 
-/// A session channel's upstream half: where requests go, and their answers.
+/// A session channel's upstream half: where requests go, and their answers; its
+/// terminal, and its audit row and recording.
 struct SessionPair {
     upstream: UpstreamWrite,
     replies: Replies,
+    terminal: Option<Terminal>,
+    audit: Arc<ChannelAudit>,
 }
 
 /// Byte counts and the last exit, shared with the relay tasks, for the audit trail.
@@ -66,6 +70,8 @@ pub struct Connection {
     upstream: Option<Arc<Upstream>>,
     sessions: HashMap<ChannelId, SessionPair>,
     audit: Option<SshSessionId>,
+    /// Session channels whose program started, for their audit rows' numbers.
+    programs: u32,
     tally: Arc<Tally>,
     /// Until login: a place among the few unauthenticated connections allowed.
     preauth: Preauth,
@@ -92,6 +98,7 @@ impl Connection {
             upstream: None,
             sessions: HashMap::new(),
             audit: None,
+            programs: 0,
             tally: Arc::new(Tally::default()),
             via: None,
             live: None,
@@ -313,6 +320,42 @@ impl Connection {
         )
     }
 
+    /// Records that a session channel's program starts (its audit row, and its
+    /// recording if it has a terminal); `false` if it must be refused: the policy
+    /// requires a recording that cannot be made.
+    async fn start_program(&mut self, channel: ChannelId, program: Program) -> bool {
+        let Some(pair) = self.sessions.get(&channel) else {
+            return false;
+        };
+        self.programs += 1;
+        let title = format!(
+            "{} on {}",
+            self.principal
+                .as_ref()
+                .and_then(|p| p.user())
+                .map_or("a sandbox token", |u| u.name.as_str()),
+            self.sandbox.as_ref().map_or("?", |s| s.id.as_str())
+        );
+        let started = pair
+            .audit
+            .start(
+                &self.door,
+                self.audit.as_ref(),
+                self.programs,
+                program,
+                pair.terminal.as_ref(),
+                title,
+            )
+            .await;
+        match started {
+            Ok(()) => true,
+            Err(reason) => {
+                tracing::warn!(peer = %self.peer, %reason, "terminal session refused");
+                false
+            }
+        }
+    }
+
     /// What a console session runs with: the account that logged in.
     fn console_context(&self, session: &mut Session) -> Option<Context> {
         let lifecycle = self.door.console.clone()?;
@@ -350,13 +393,7 @@ impl Drop for Connection {
                 .lock()
                 .ok()
                 .and_then(|e| *e)
-                .and_then(|e| match e {
-                    Exit {
-                        status: Some(s), ..
-                    } => Some(SessionExit::Status(s)),
-                    Exit { signal: true, .. } => Some(SessionExit::Signal("signal".into())),
-                    _ => None,
-                }),
+                .and_then(Exit::as_session_exit),
         };
         let store = self.door.store.clone();
         tokio::spawn(async move {
@@ -552,14 +589,27 @@ impl russh::server::Handler for Connection {
         let (user_g, up_g) = (user_grant(session), up.grant());
         let handle = session.handle();
         let tally = self.tally.clone();
+        let audit = Arc::new(ChannelAudit::default());
         // The user's bytes to the agent.
         let to_agent = up_write.clone();
         let tally_in = tally.clone();
-        tokio::spawn(async move {
-            let (n, _) =
-                pipe::channel_to_channel(from_user, user_id, user_g, &to_agent, |_| None).await;
+        let audit_in = audit.clone();
+        let inbound = tokio::spawn(async move {
+            let tap = audit_in.input_tap();
+            let (n, _) = pipe::channel_to_channel(
+                from_user,
+                user_id,
+                user_g,
+                &to_agent,
+                |_| None,
+                Some(&tap),
+            )
+            .await;
             tally_in.bytes_in.fetch_add(n, Ordering::Relaxed);
+            audit_in.add_bytes_in(n);
         });
+        let store = self.door.store.clone();
+        let audit_out = audit.clone();
         // The agent's bytes, exit status and close to the user.
         tokio::spawn(async move {
             let exit_signal = |msg: ChannelMsg| {
@@ -585,20 +635,34 @@ impl russh::server::Handler for Connection {
                         .await;
                 }))
             };
-            let (n, exit) =
-                pipe::channel_to_channel(from_agent, up_id, up_g, &user_write, exit_signal).await;
+            let tap = audit_out.output_tap();
+            let (n, exit) = pipe::channel_to_channel(
+                from_agent,
+                up_id,
+                up_g,
+                &user_write,
+                exit_signal,
+                Some(&tap),
+            )
+            .await;
             tally.bytes_out.fetch_add(n, Ordering::Relaxed);
             if (exit.status.is_some() || exit.signal)
                 && let Ok(mut last) = tally.exit.lock()
             {
                 *last = Some(exit);
             }
+            // The user's side ends once the client answers our close; don't wait on
+            // one that won't.
+            let _ = tokio::time::timeout(Duration::from_secs(2), inbound).await;
+            audit_out.finish(&store, n, exit).await;
         });
         self.sessions.insert(
             user_id,
             SessionPair {
                 upstream: up_write,
                 replies,
+                terminal: None,
+                audit,
             },
         );
         reply.accept().await;
@@ -640,6 +704,11 @@ impl russh::server::Handler for Connection {
             return session.channel_success(channel);
         }
         let (term, modes) = (term.to_owned(), modes.to_vec());
+        let terminal = Terminal {
+            term: term.clone(),
+            cols: col_width,
+            rows: row_height,
+        };
         let ok = self
             .forward_request(channel, |up| async move {
                 up.request_pty(
@@ -648,6 +717,9 @@ impl russh::server::Handler for Connection {
                 .await
             })
             .await;
+        if ok && let Some(pair) = self.sessions.get_mut(&channel) {
+            pair.terminal = Some(terminal);
+        }
         Self::reply(session, channel, ok)
     }
 
@@ -685,6 +757,13 @@ impl russh::server::Handler for Connection {
             console.shell(ctx);
             return Ok(());
         }
+        let program = Program {
+            kind: ChannelKind::Shell,
+            command: None,
+        };
+        if !self.start_program(channel, program).await {
+            return session.channel_failure(channel);
+        }
         let ok = self
             .forward_request(channel, |up| async move { up.request_shell(true).await })
             .await;
@@ -705,6 +784,13 @@ impl russh::server::Handler for Connection {
             console.exec(ctx, String::from_utf8_lossy(data).into_owned());
             return Ok(());
         }
+        let program = Program {
+            kind: ChannelKind::Exec,
+            command: Some(String::from_utf8_lossy(data).into_owned()),
+        };
+        if !self.start_program(channel, program).await {
+            return session.channel_failure(channel);
+        }
         let command = data.to_vec();
         let ok = self
             .forward_request(channel, |up| async move { up.exec(true, command).await })
@@ -720,6 +806,13 @@ impl russh::server::Handler for Connection {
     ) -> Result<(), Self::Error> {
         if self.consoles.contains_key(&channel) {
             // No sftp on the console: files live in sandboxes.
+            return session.channel_failure(channel);
+        }
+        let program = Program {
+            kind: ChannelKind::Subsystem,
+            command: Some(name.to_owned()),
+        };
+        if !self.start_program(channel, program).await {
             return session.channel_failure(channel);
         }
         let name = name.to_owned();
@@ -763,6 +856,7 @@ impl russh::server::Handler for Connection {
                 .upstream
                 .window_change(col_width, row_height, pix_width, pix_height)
                 .await;
+            pair.audit.resize(col_width, row_height).await;
         }
         Ok(())
     }
@@ -878,6 +972,14 @@ impl Connection {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) {
+        if self.door.recordings.policy().required {
+            let message = format!(
+                "this gateway records every session, and jump mode (-J) is encrypted end to \
+                 end so it cannot be: log in as ssh {target}@<gateway> instead"
+            );
+            reply_unavailable(reply, session, &message).await;
+            return;
+        }
         // Recorded before the checks: a revocation after them then finds this
         // connection (one before them is seen by them).
         if let Some(live) = &self.live {

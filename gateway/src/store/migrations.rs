@@ -36,6 +36,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "token_revocation",
         include_str!("../../migrations/0004_token_revocation.sql"),
     ),
+    (
+        5,
+        "ssh_channels",
+        include_str!("../../migrations/0005_ssh_channels.sql"),
+    ),
 ];
 
 #[derive(Debug)]

@@ -70,9 +70,10 @@ pub use self::api_queries::RunnerUsage;
 pub use self::error::StoreError;
 pub use self::ids::{ApiKeyId, JoinTokenId, ParseError, RunnerId, SshKeyId, SshSessionId, UserId};
 pub use self::model::{
-    ApiKey, ApiKeyOwner, CreatedApiKey, CreatedJoinToken, Label, NewRunner, NewSandbox,
-    NewSshSession, Runner, RunnerState, Sandbox, SandboxCursor, SandboxEvent, SandboxPage,
-    SandboxQuery, SandboxState, SessionEnd, SessionExit, SshKey, SshSession, Timestamp, User,
+    ApiKey, ApiKeyOwner, ChannelKind, CreatedApiKey, CreatedJoinToken, Label, NewRunner,
+    NewSandbox, NewSshChannel, NewSshSession, Runner, RunnerState, Sandbox, SandboxCursor,
+    SandboxEvent, SandboxPage, SandboxQuery, SandboxState, SessionEnd, SessionExit, SshChannel,
+    SshKey, SshSession, Timestamp, User,
 };
 
 /// The SQLite file's name inside the data dir.

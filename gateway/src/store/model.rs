@@ -432,6 +432,63 @@ pub struct SshSession {
     pub exit: Option<SessionExit>,
 }
 
+/// What a session channel ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelKind {
+    Shell,
+    Exec,
+    Subsystem,
+}
+
+impl ChannelKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelKind::Shell => "shell",
+            ChannelKind::Exec => "exec",
+            ChannelKind::Subsystem => "subsystem",
+        }
+    }
+}
+
+impl std::str::FromStr for ChannelKind {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<ChannelKind, ParseError> {
+        match s {
+            "shell" => Ok(ChannelKind::Shell),
+            "exec" => Ok(ChannelKind::Exec),
+            "subsystem" => Ok(ChannelKind::Subsystem),
+            _ => Err(ParseError::new("channel kind")),
+        }
+    }
+}
+
+/// What is recorded when a session channel starts its program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSshChannel {
+    pub session_id: SshSessionId,
+    /// 1 for the session's first session channel, then 2, …
+    pub seq: u32,
+    pub kind: ChannelKind,
+    /// The command line of an exec (lossy UTF-8), the name of a subsystem.
+    pub command: Option<String>,
+    pub terminal: bool,
+}
+
+/// One session channel's audit record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshChannel {
+    pub session_id: SshSessionId,
+    pub seq: u32,
+    pub kind: ChannelKind,
+    pub command: Option<String>,
+    pub terminal: bool,
+    pub started_at: Timestamp,
+    pub ended_at: Option<Timestamp>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub exit: Option<SessionExit>,
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, ensure};
 use tempfile::TempDir;
 use warren_gateway::dial::TunnelDialer;
+use warren_gateway::recordings::{RecordingPolicy, Recordings};
 use warren_gateway::ssh::{self, FailureLimiter, FrontDoor};
 use warren_gateway::store::{NewSandbox, RunnerId, SandboxState, Store, User};
 use warren_gateway::tunnel::RunnerHub;
@@ -67,6 +68,8 @@ pub struct Stack {
     pub verifier: String,
     /// The front door's live connections, shared with [`Stack::api`]'s state.
     pub live: Arc<warren_gateway::ssh::live::LiveConnections>,
+    /// The terminal sessions' recordings (in the stack's data dir).
+    pub recordings: Arc<Recordings>,
 }
 
 /// The store's row of a sandbox the tests make through the tunnel themselves.
@@ -87,12 +90,18 @@ pub fn sandbox_row(id: &SandboxId, runner: &RunnerProc, owner: &User) -> NewSand
 
 impl Stack {
     pub fn start() -> Result<Stack> {
+        Stack::start_recording(RecordingPolicy::default())
+    }
+
+    /// A stack whose gateway records by `policy`.
+    pub fn start_recording(policy: RecordingPolicy) -> Result<Stack> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()?;
         let dir = TempDir::new()?;
         let live = Arc::new(warren_gateway::ssh::live::LiveConnections::default());
+        let recordings = Arc::new(Recordings::in_data_dir(dir.path(), policy));
         let (store, hub, ssh_port, host_key, verifier) = rt.block_on(async {
             let store = Store::open_in_data_dir(dir.path()).await?;
             let key = warren_keys::load_or_generate_host_key(&dir.path().join("host_key"))?;
@@ -118,6 +127,7 @@ impl Stack {
                 host_key_line,
             );
             console.live = live.clone();
+            console.recordings = recordings.clone();
             let door = Arc::new(FrontDoor {
                 store: store.clone(),
                 signer,
@@ -125,6 +135,7 @@ impl Stack {
                 limiter: FailureLimiter::default(),
                 live: live.clone(),
                 console: Some(Arc::new(console)),
+                recordings: recordings.clone(),
             });
             let host_key = key.public_key().clone();
             tokio::spawn(ssh::serve(listener, ssh::ssh_config(key), door));
@@ -139,6 +150,7 @@ impl Stack {
             host_key,
             verifier,
             live,
+            recordings,
         })
     }
 
@@ -374,6 +386,7 @@ impl Stack {
                 host_key_line,
             );
             lifecycle.live = self.live.clone();
+            lifecycle.recordings = self.recordings.clone();
             let state = Arc::new(api::ApiState::over(Arc::new(lifecycle)));
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let base = format!("http://{}", listener.local_addr()?);

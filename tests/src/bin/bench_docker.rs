@@ -138,6 +138,7 @@ fn main() -> Result<()> {
             limiter: FailureLimiter::default(),
             live: Default::default(),
             console: None,
+            recordings: Arc::new(warren_gateway::recordings::Recordings::off()),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();

@@ -10,10 +10,14 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
-use crate::api::views::{CreatedSandbox, SandboxList, SandboxView, SshKeyList, SshKeyView};
+use crate::api::views::{
+    CreatedSandbox, SandboxList, SandboxView, SessionList, SessionView, SshKeyList, SshKeyView,
+};
+use crate::lifecycle::audit::OpenRecording;
 use crate::lifecycle::pulls::CreatePullRequest;
 use crate::lifecycle::{CreateSandbox, Error, Lifecycle};
-use crate::store::{Sandbox, SandboxQuery, SessionExit, SshSession, User};
+use crate::recordings::replay::ReplayOptions;
+use crate::store::{Sandbox, SandboxQuery, User};
 
 /// Exit status of a command the lifecycle refused or that failed.
 pub const EXIT_REFUSED: u32 = 1;
@@ -93,11 +97,26 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Lists the SSH sessions of a sandbox, oldest first.
+    /// Lists the SSH sessions of a sandbox, oldest first, with what each ran and
+    /// which terminal sessions were recorded.
     Sessions {
         id: String,
         #[arg(long)]
         json: bool,
+    },
+    /// Plays a recorded terminal session back (q or ctrl-c stops it).
+    Replay {
+        /// The session's id (`ses_…`, from `sessions`).
+        session: String,
+        /// Which of its channels (default: its first recorded one).
+        #[arg(long)]
+        channel: Option<u32>,
+        /// Play faster (2) or slower (0.5), 0.01 to 1000.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Shorten pauses to at most this many seconds.
+        #[arg(long, default_value_t = 2.0)]
+        idle_limit: f64,
     },
     /// Lists your SSH keys; `keys add` registers the public key read on stdin.
     Keys {
@@ -154,6 +173,15 @@ pub struct Outcome {
     pub status: u32,
     /// Open this sandbox's shell next (`new` or `attach` with a terminal).
     pub attach: Option<Sandbox>,
+    /// Play this recording next (`replay`).
+    pub replay: Option<Replay>,
+}
+
+/// A recording to play, and how.
+#[derive(Debug)]
+pub struct Replay {
+    pub recording: OpenRecording,
+    pub options: ReplayOptions,
 }
 
 impl Outcome {
@@ -329,6 +357,30 @@ async fn execute(
                 Outcome::out(format!("{}\n", pull.url))
             }
         }
+        Command::Replay {
+            session,
+            channel,
+            speed,
+            idle_limit,
+        } => {
+            if !(0.01..=1000.0).contains(&speed) {
+                return Err(Error::invalid("--speed is from 0.01 to 1000"));
+            }
+            if !(idle_limit > 0.0 && idle_limit <= 86_400.0) {
+                return Err(Error::invalid("--idle-limit is from 0 to 86400 seconds"));
+            }
+            let recording = lc.recording(user, &session, channel).await?;
+            Outcome {
+                replay: Some(Replay {
+                    recording,
+                    options: ReplayOptions {
+                        speed,
+                        idle_limit: std::time::Duration::from_secs_f64(idle_limit),
+                    },
+                }),
+                ..Outcome::default()
+            }
+        }
         Command::Sessions { id, json } => {
             let sessions = lc.ssh_sessions(user, &id).await?;
             let views: Vec<SessionView> = sessions.iter().map(SessionView::from).collect();
@@ -397,44 +449,6 @@ fn sandbox_table(sandboxes: &[Sandbox]) -> String {
     text
 }
 
-/// One SSH session of a sandbox, from the audit trail. Times are Unix seconds.
-#[derive(Debug, Serialize)]
-pub struct SessionView {
-    pub id: String,
-    /// The account that logged in (none for a sandbox token).
-    pub user_id: Option<String>,
-    pub source: String,
-    pub started_at: i64,
-    pub ended_at: Option<i64>,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    /// `status:N`, `signal:NAME`, or null.
-    pub exit: Option<String>,
-}
-
-impl From<&SshSession> for SessionView {
-    fn from(s: &SshSession) -> SessionView {
-        SessionView {
-            id: s.id.as_str().to_owned(),
-            user_id: s.user_id.as_ref().map(|u| u.as_str().to_owned()),
-            source: s.source_addr.to_string(),
-            started_at: s.started_at.unix_seconds(),
-            ended_at: s.ended_at.map(|t| t.unix_seconds()),
-            bytes_in: s.bytes_in,
-            bytes_out: s.bytes_out,
-            exit: s.exit.as_ref().map(|e| match e {
-                SessionExit::Status(n) => format!("status:{n}"),
-                SessionExit::Signal(name) => format!("signal:{name}"),
-            }),
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct SessionList {
-    pub sessions: Vec<SessionView>,
-}
-
 fn session_table(sessions: &[SessionView]) -> String {
     let mut text = format!(
         "{:<26} {:<22} {:>11} {:>11} {:>11} {}\n",
@@ -452,6 +466,30 @@ fn session_table(sessions: &[SessionView]) -> String {
                 .as_deref()
                 .unwrap_or(if s.ended_at.is_some() { "-" } else { "open" })
         ));
+        for c in &s.channels {
+            let what = match &c.command {
+                Some(command) => format!("{} {command}", c.kind),
+                None => c.kind.clone(),
+            };
+            let mut notes = Vec::new();
+            if c.terminal {
+                notes.push("tty");
+            }
+            if c.recorded {
+                notes.push("recorded");
+            }
+            text.push_str(&format!(
+                "  #{:<3} {:<40} {:>11} {:>11} {} {}\n",
+                c.seq,
+                what,
+                c.bytes_in,
+                c.bytes_out,
+                c.exit
+                    .as_deref()
+                    .unwrap_or(if c.ended_at.is_some() { "-" } else { "open" }),
+                notes.join(",")
+            ));
+        }
     }
     text
 }

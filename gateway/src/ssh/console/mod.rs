@@ -20,13 +20,16 @@ use russh::{Channel, ChannelId, ChannelMsg, ChannelWriteHalf, Pty};
 use tokio::sync::{mpsc, watch};
 use warren_keys::Scope;
 
-use self::commands::{EXIT_REFUSED, Outcome};
+use self::commands::{EXIT_REFUSED, Outcome, Replay};
 use self::editor::{Edit, LineEditor};
 use super::FrontDoor;
+use super::channel_audit::{ChannelAudit, Program, Terminal};
 use super::pipe::{self, Grant};
 use super::upstream::{self, AgentEvents};
 use crate::lifecycle::Lifecycle;
-use crate::store::{NewSshSession, Sandbox, SandboxState, SessionEnd, SessionExit, User};
+use crate::recordings::asciicast::Header;
+use crate::recordings::replay;
+use crate::store::{ChannelKind, NewSshSession, Sandbox, SandboxState, SessionEnd, User};
 
 /// The most stdin a command reads (`keys add`: one public key line).
 const MAX_STDIN: usize = 16 * 1024;
@@ -185,6 +188,9 @@ impl ConsoleChannel {
                             };
                             self.print(&outcome.stdout).await;
                             self.print_err(&outcome.stderr).await;
+                            if let Some(replay) = outcome.replay {
+                                self.replay(&ctx, replay).await;
+                            }
                             if let Some(sandbox) = outcome.attach {
                                 // What was typed after the line is the shell's.
                                 let ahead = data.slice(at + 1..);
@@ -223,12 +229,72 @@ impl ConsoleChannel {
 
     /// Prints `outcome` and ends the channel with its status, or goes on into the
     /// sandbox it names.
-    async fn finish(self, ctx: Context, outcome: Outcome) {
+    async fn finish(mut self, ctx: Context, outcome: Outcome) {
         self.print(&outcome.stdout).await;
         self.print_err(&outcome.stderr).await;
+        if let Some(replay) = outcome.replay {
+            let status = self.replay(&ctx, replay).await;
+            self.close(status).await;
+            return;
+        }
         match outcome.attach {
             Some(sandbox) => self.attach(ctx, sandbox, Bytes::new()).await,
             None => self.close(outcome.status).await,
+        }
+    }
+
+    /// Plays a recording on this channel until its end, or until the user stops it
+    /// (q or ctrl-c on a terminal; closing the channel anywhere); the exit status.
+    async fn replay(&mut self, ctx: &Context, replay: Replay) -> u32 {
+        let terminal = self.pty.as_ref().map(|p| (p.cols, p.rows));
+        let (id, grant) = (self.id, ctx.grant.clone());
+        let input = &mut self.input;
+        let output = &self.output;
+        let stopped = async {
+            while let Some(msg) = input.recv().await {
+                match msg {
+                    ChannelMsg::Data { data } => {
+                        grant(id, u32::try_from(data.len()).unwrap_or(u32::MAX));
+                        if terminal.is_some() && data.iter().any(|b| matches!(b, 3 | 4 | b'q')) {
+                            return;
+                        }
+                    }
+                    ChannelMsg::Close => return,
+                    // Stdin's end (ssh -n) is no reason to stop.
+                    _ => {}
+                }
+            }
+        };
+        let note = |h: &Header| match terminal {
+            Some((cols, rows)) if cols < h.width || rows < h.height => Some(format!(
+                "(recorded on a {}x{} terminal, this one is {cols}x{rows}: widen it for a \
+                 faithful replay)\r\n",
+                h.width, h.height
+            )),
+            _ => None,
+        };
+        let reader = tokio::io::BufReader::new(replay.recording.file);
+        let played = replay::play(reader, replay.options, note, |text| async move {
+            output.data_bytes(Bytes::from(text)).await.is_ok()
+        });
+        let result = tokio::select! {
+            result = played => Some(result),
+            () = stopped => None,
+        };
+        match result {
+            Some(Ok(_)) | None => {
+                if terminal.is_some() {
+                    // Whatever the session left set (colours, a hidden cursor) ends here.
+                    let _ = output
+                        .data_bytes(Bytes::from_static(b"\x1b[0m\x1b[?25h\r\n"))
+                        .await;
+                }
+                0
+            }
+            Some(Err(e)) => {
+                self.print_err(&format!("error: {e}\n")).await;
+                EXIT_REFUSED
+            }
         }
     }
 
@@ -353,6 +419,24 @@ impl ConsoleChannel {
             .await
             .map_err(|e| tracing::warn!(error = %e, "cannot record the session for audit"))
             .ok();
+        let channel_audit = Arc::new(ChannelAudit::default());
+        let terminal = Terminal {
+            term: pty.term.clone(),
+            cols,
+            rows,
+        };
+        let program = Program {
+            kind: ChannelKind::Shell,
+            command: None,
+        };
+        let title = format!("{} on {}", ctx.user.name, sandbox.id);
+        let session_id = audit.as_ref().map(|row| &row.id);
+        if let Err(reason) = channel_audit
+            .start(&ctx.door, session_id, 1, program, Some(&terminal), title)
+            .await
+        {
+            return Err((self, reason));
+        }
         let up_write = Arc::new(up_write);
         let ConsoleChannel {
             id,
@@ -362,23 +446,34 @@ impl ConsoleChannel {
             ..
         } = self;
         let resize_to = up_write.clone();
+        let resize_audit = channel_audit.clone();
         let resizer = tokio::spawn(async move {
             while windows.changed().await.is_ok() {
                 let size = *windows.borrow();
                 if let Some((c, r, pw, ph)) = size {
                     let _ = resize_to.window_change(c, r, pw, ph).await;
+                    resize_audit.resize(c, r).await;
                 }
             }
         });
         let to_agent = up_write.clone();
         let grant = ctx.grant.clone();
+        let input_tap = channel_audit.input_tap();
         let inbound = tokio::spawn(async move {
-            pipe::channel_to_channel(input, id, grant, &to_agent, |_| None)
+            pipe::channel_to_channel(input, id, grant, &to_agent, |_| None, Some(&input_tap))
                 .await
                 .0
         });
-        let (bytes_out, exit) =
-            pipe::channel_to_channel(from_agent, up_id, up.grant(), &output, |_| None).await;
+        let output_tap = channel_audit.output_tap();
+        let (bytes_out, exit) = pipe::channel_to_channel(
+            from_agent,
+            up_id,
+            up.grant(),
+            &output,
+            |_| None,
+            Some(&output_tap),
+        )
+        .await;
         resizer.abort();
         // The client closes its side once ours is closed; don't wait on one that won't.
         let abort = inbound.abort_handle();
@@ -389,17 +484,15 @@ impl ConsoleChannel {
                 0
             }
         };
+        channel_audit.add_bytes_in(bytes_in);
+        channel_audit.finish(&ctx.door.store, bytes_out, exit).await;
+        drop(output_tap);
+        drop(channel_audit);
         if let Some(row) = audit {
             let end = SessionEnd {
                 bytes_in,
                 bytes_out,
-                exit: match exit {
-                    pipe::Exit {
-                        status: Some(s), ..
-                    } => Some(SessionExit::Status(s)),
-                    pipe::Exit { signal: true, .. } => Some(SessionExit::Signal("signal".into())),
-                    _ => None,
-                },
+                exit: exit.as_session_exit(),
             };
             if let Err(e) = ctx.door.store.close_ssh_session(&row.id, &end).await {
                 tracing::warn!(error = %e, "cannot close the session's audit record");

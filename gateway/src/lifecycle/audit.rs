@@ -1,0 +1,126 @@
+//! The audit trail as owners and admins read it: a sandbox's SSH sessions, each
+//! with its channels (what ran, how it ended) and which of them were recorded, and
+//! the recordings themselves.
+//!
+//! An owner sees their sandboxes' sessions, an admin everyone's; an unknown session
+//! and someone else's look the same.
+
+use warren_keys::SandboxId;
+
+use super::{Error, Kind, Lifecycle, Result};
+use crate::recordings::RecordingError;
+use crate::store::{Sandbox, SshChannel, SshSession, SshSessionId, StoreError, User};
+
+/// One SSH session with its channels.
+#[derive(Debug, Clone)]
+pub struct SessionRecord {
+    pub session: SshSession,
+    pub channels: Vec<SshChannel>,
+    /// The channels (their `seq`) whose recording is kept.
+    pub recorded: Vec<u32>,
+}
+
+/// A recording opened for reading.
+#[derive(Debug)]
+pub struct OpenRecording {
+    pub session: SshSessionId,
+    pub channel: u32,
+    pub file: tokio::fs::File,
+}
+
+impl Lifecycle {
+    /// `id` if `caller` may read its audit trail: its owner, or an admin.
+    async fn audited(&self, caller: &User, id: &SandboxId) -> Result<Sandbox> {
+        match self.store.get_sandbox(id).await {
+            Ok(s) if s.owner_id == caller.id || caller.is_admin => Ok(s),
+            Ok(_) | Err(StoreError::NotFound(_)) => Err(Error::not_found("sandbox")),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The SSH sessions of sandbox `id`, oldest first.
+    pub async fn ssh_sessions(&self, caller: &User, id: &str) -> Result<Vec<SessionRecord>> {
+        let id = SandboxId::parse(id).map_err(|_| Error::not_found("sandbox"))?;
+        let sandbox = self.audited(caller, &id).await?;
+        let sessions = self.store.list_ssh_sessions(&sandbox.id).await?;
+        let mut records = Vec::with_capacity(sessions.len());
+        for session in sessions {
+            records.push(self.session_record(session).await?);
+        }
+        Ok(records)
+    }
+
+    /// One SSH session, by id.
+    pub async fn ssh_session(&self, caller: &User, id: &str) -> Result<SessionRecord> {
+        let session = self.readable_session(caller, id).await?;
+        self.session_record(session).await
+    }
+
+    async fn readable_session(&self, caller: &User, id: &str) -> Result<SshSession> {
+        let not_found = || Error::not_found("session");
+        let id = SshSessionId::parse(id).map_err(|_| not_found())?;
+        let session = match self.store.get_ssh_session(&id).await {
+            Ok(session) => session,
+            Err(StoreError::NotFound(_)) => return Err(not_found()),
+            Err(e) => return Err(e.into()),
+        };
+        match self.audited(caller, &session.sandbox_id).await {
+            Ok(_) => Ok(session),
+            Err(e) if e.kind == Kind::NotFound => Err(not_found()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn session_record(&self, session: SshSession) -> Result<SessionRecord> {
+        let channels = self.store.list_ssh_channels(&session.id).await?;
+        let recordings = self.recordings.clone();
+        let id = session.id.clone();
+        let recorded = tokio::task::spawn_blocking(move || recordings.channels(&id))
+            .await
+            .unwrap_or_default();
+        Ok(SessionRecord {
+            session,
+            channels,
+            recorded,
+        })
+    }
+
+    /// The recording of channel `channel` of session `id` (default: its first
+    /// recorded channel).
+    pub async fn recording(
+        &self,
+        caller: &User,
+        id: &str,
+        channel: Option<u32>,
+    ) -> Result<OpenRecording> {
+        let record = self.ssh_session(caller, id).await?;
+        let none = || {
+            let why = if self.recordings.records() {
+                "only terminal sessions are recorded, and kept for the retention time"
+            } else {
+                "this gateway records no sessions"
+            };
+            Error::new(
+                Kind::NotFound,
+                "not_found",
+                format!("recording not found: {why}"),
+            )
+        };
+        let channel = match channel {
+            Some(n) => n,
+            None => *record.recorded.first().ok_or_else(none)?,
+        };
+        match self.recordings.open(&record.session.id, channel).await {
+            Ok(file) => Ok(OpenRecording {
+                session: record.session.id,
+                channel,
+                file,
+            }),
+            Err(RecordingError::NotFound | RecordingError::Off) => Err(none()),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read a recording");
+                Err(Error::internal())
+            }
+        }
+    }
+}

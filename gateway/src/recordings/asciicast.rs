@@ -1,0 +1,228 @@
+//! The asciicast v2 format, as asciinema plays it: a JSON header on the first line,
+//! then one JSON array per event, `[seconds, code, data]`, code `o` (output), `i`
+//! (input) or `r` (a resize, data `COLSxROWS`).
+//!
+//! Event data is text, so bytes are decoded as UTF-8 per stream without splitting a
+//! character across two events; bytes that are not UTF-8 become U+FFFD.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The first line of a recording.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    pub version: u32,
+    pub width: u32,
+    pub height: u32,
+    /// When it started, Unix seconds.
+    pub timestamp: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Env::is_empty")]
+    pub env: Env,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Env {
+    #[serde(rename = "TERM", default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<String>,
+}
+
+impl Env {
+    fn is_empty(&self) -> bool {
+        self.term.is_none()
+    }
+}
+
+impl Header {
+    pub fn new(width: u32, height: u32, timestamp: i64) -> Header {
+        Header {
+            version: 2,
+            width,
+            height,
+            timestamp,
+            command: None,
+            title: None,
+            env: Env::default(),
+        }
+    }
+
+    /// The header's line, newline included.
+    pub fn line(&self) -> String {
+        // A struct of strings and numbers always serializes.
+        let mut line = serde_json::to_string(self).unwrap_or_default();
+        line.push('\n');
+        line
+    }
+}
+
+/// An event's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    Output,
+    Input,
+    Resize,
+}
+
+impl Code {
+    fn as_str(self) -> &'static str {
+        match self {
+            Code::Output => "o",
+            Code::Input => "i",
+            Code::Resize => "r",
+        }
+    }
+}
+
+/// Appends one event's line to `out`.
+pub fn push_event(out: &mut Vec<u8>, at: Duration, code: Code, text: &str) {
+    use std::io::Write;
+    let _ = write!(out, "[{:.6}, \"{}\", ", at.as_secs_f64(), code.as_str());
+    // Writing a str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, text);
+    out.extend_from_slice(b"]\n");
+}
+
+/// Decodes one stream's chunks as UTF-8, holding back an incomplete character at a
+/// chunk's end until the next chunk completes it.
+#[derive(Debug, Default)]
+pub struct Utf8Stream {
+    carry: Vec<u8>,
+}
+
+impl Utf8Stream {
+    /// The text of `chunk` (with what was held back before it); may be empty.
+    pub fn push(&mut self, chunk: &[u8]) -> String {
+        let joined;
+        let bytes = if self.carry.is_empty() {
+            chunk
+        } else {
+            self.carry.extend_from_slice(chunk);
+            joined = std::mem::take(&mut self.carry);
+            &joined[..]
+        };
+        let mut text = String::with_capacity(bytes.len());
+        let mut rest = bytes;
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(valid) => {
+                    text.push_str(valid);
+                    break;
+                }
+                Err(e) => {
+                    let (valid, after) = rest.split_at(e.valid_up_to());
+                    // Valid: from_utf8 just said so.
+                    text.push_str(std::str::from_utf8(valid).unwrap_or_default());
+                    match e.error_len() {
+                        Some(bad) => {
+                            text.push(char::REPLACEMENT_CHARACTER);
+                            rest = &after[bad..];
+                        }
+                        None => {
+                            // A character cut at the chunk's end: keep it for later.
+                            self.carry = after.to_vec();
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        text
+    }
+
+    /// What is still held back, as text (the stream ended mid-character).
+    pub fn finish(&mut self) -> String {
+        let rest = std::mem::take(&mut self.carry);
+        String::from_utf8_lossy(&rest).into_owned()
+    }
+}
+
+/// One event read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub at: f64,
+    pub code: String,
+    pub data: String,
+}
+
+/// Why a recording could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error("line {0}: {1}")]
+    Json(usize, serde_json::Error),
+    #[error("line {0}: not an asciicast event ([time, code, data])")]
+    NotAnEvent(usize),
+    #[error("the header says version {0}; only asciicast v2 is read")]
+    Version(u32),
+}
+
+/// Parses a header line.
+pub fn parse_header(line: &str) -> Result<Header, ParseError> {
+    let header: Header = serde_json::from_str(line).map_err(|e| ParseError::Json(1, e))?;
+    if header.version != 2 {
+        return Err(ParseError::Version(header.version));
+    }
+    Ok(header)
+}
+
+/// Parses the event on line number `number` (for messages).
+pub fn parse_event(line: &str, number: usize) -> Result<Event, ParseError> {
+    let (at, code, data): (f64, String, String) =
+        serde_json::from_str(line).map_err(|e| ParseError::Json(number, e))?;
+    if !at.is_finite() || at < 0.0 {
+        return Err(ParseError::NotAnEvent(number));
+    }
+    Ok(Event { at, code, data })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn characters_cut_between_chunks_are_joined_and_bad_bytes_replaced() {
+        let mut s = Utf8Stream::default();
+        let snow = "☃".as_bytes();
+        assert_eq!(s.push(&[b'a', snow[0]]), "a");
+        assert_eq!(s.push(&snow[1..2]), "");
+        assert_eq!(s.push(&[snow[2], b'b']), "☃b");
+        assert_eq!(s.push(&[0xff, b'c', 0xc3]), "\u{fffd}c");
+        assert_eq!(s.finish(), "\u{fffd}");
+        assert_eq!(s.push(b"plain"), "plain");
+    }
+
+    #[test]
+    fn events_and_headers_read_back_as_written() {
+        let mut header = Header::new(80, 24, 1_700_000_000);
+        header.env.term = Some("xterm-256color".into());
+        let line = header.line();
+        assert!(line.ends_with('\n'));
+        assert_eq!(parse_header(line.trim_end()).unwrap(), header);
+
+        let mut out = Vec::new();
+        push_event(
+            &mut out,
+            Duration::from_millis(1500),
+            Code::Output,
+            "a\"\u{1b}[1m\r\n",
+        );
+        push_event(&mut out, Duration::from_secs(2), Code::Resize, "100x30");
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            parse_event(lines[0], 2).unwrap(),
+            Event {
+                at: 1.5,
+                code: "o".into(),
+                data: "a\"\u{1b}[1m\r\n".into()
+            }
+        );
+        assert_eq!(parse_event(lines[1], 3).unwrap().data, "100x30");
+        assert!(parse_event("[1, \"o\"]", 4).is_err());
+        assert!(parse_header(r#"{"version":1,"width":1,"height":1,"timestamp":0}"#).is_err());
+    }
+}
