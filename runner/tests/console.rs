@@ -8,24 +8,10 @@ mod common;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use common::Stack;
 use common::docker::DockerStack;
+use common::{Stack, console, run};
 use warren_keys::SandboxId;
-use warren_tests::{Client, Output, Target};
-
-fn console(stack: &Stack, client: &Client, account: &str) -> Client {
-    client
-        .clone()
-        .with_target(Target::new("127.0.0.1", stack.ssh_port, account))
-}
-
-fn run(client: &Client, line: &str) -> Result<Output> {
-    client
-        .exec(line)
-        .timeout(Duration::from_secs(120))
-        .run()
-        .with_context(|| format!("ssh … {line}"))
-}
+use warren_tests::Client;
 
 fn ok(client: &Client, line: &str) -> Result<String> {
     let out = run(client, line)?;

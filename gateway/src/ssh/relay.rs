@@ -977,7 +977,13 @@ impl Connection {
                 "this gateway records every session, and jump mode (-J) is encrypted end to \
                  end so it cannot be: log in as ssh {target}@<gateway> instead"
             );
-            reply_unavailable(reply, session, &message).await;
+            // OpenSSH prints the reason: "open failed: administratively prohibited: …".
+            tracing::info!(peer = %self.peer, "jump mode refused: recording is required");
+            let prohibited = ChannelOpenFailure::Other {
+                code: 1,
+                reason: message,
+            };
+            reply.reject(prohibited).await;
             return;
         }
         // Recorded before the checks: a revocation after them then finds this

@@ -20,7 +20,7 @@ use warren_gateway::store::{NewSandbox, RunnerId, SandboxState, Store, User};
 use warren_gateway::tunnel::RunnerHub;
 use warren_keys::{SandboxId, TokenSigner};
 use warren_runner::protocol::{Request, Response, SandboxSpec};
-use warren_tests::{Client, Target, bin_path};
+use warren_tests::{Client, Output, Target, bin_path};
 
 const RUNNER: &str = env!("CARGO_BIN_EXE_warren-runner");
 
@@ -70,6 +70,23 @@ pub struct Stack {
     pub live: Arc<warren_gateway::ssh::live::LiveConnections>,
     /// The terminal sessions' recordings (in the stack's data dir).
     pub recordings: Arc<Recordings>,
+}
+
+/// `client`'s key logging in to the gateway as `account`: the account console.
+pub fn console(stack: &Stack, client: &Client, account: &str) -> Client {
+    client
+        .clone()
+        .with_target(Target::new("127.0.0.1", stack.ssh_port, account))
+}
+
+/// `ssh … <line>` with `client`, two minutes at most.
+pub fn run(client: &Client, line: &str) -> Result<Output> {
+    use anyhow::Context;
+    client
+        .exec(line)
+        .timeout(Duration::from_secs(120))
+        .run()
+        .with_context(|| format!("ssh … {line}"))
 }
 
 /// The store's row of a sandbox the tests make through the tunnel themselves.
@@ -152,6 +169,11 @@ impl Stack {
             live,
             recordings,
         })
+    }
+
+    /// The gateway's data directory (keys, the store, `recordings/`).
+    pub fn data_dir(&self) -> PathBuf {
+        self._dir.path().to_owned()
     }
 
     /// The gateway's token signer (the front door's own, loaded again), to mint
