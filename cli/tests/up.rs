@@ -309,10 +309,73 @@ fn warren_up_serves_a_real_terminal_and_keeps_sandboxes_in_check() {
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(std::fs::read_to_string(&status_file).unwrap().trim(), "3");
 
-    // Creates that cannot work store nothing, or nothing that takes room.
+    // The terminal session was recorded: the API hands out its asciicast, and the
+    // console (`up`'s account has this key) plays it back.
     let base = format!("http://127.0.0.1:{}", ports[1]);
     let admin = std::fs::read_to_string(data.path().join("admin-api-key")).unwrap();
     let admin = admin.trim();
+    let sandbox = target
+        .trim_matches('\'')
+        .split('@')
+        .next()
+        .unwrap()
+        .to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let session = loop {
+        let (status, list) = api(
+            &base,
+            admin,
+            "GET",
+            &format!("/v1/sandboxes/{sandbox}/sessions"),
+            None,
+        );
+        assert_eq!(status, 200, "{list}");
+        let recorded =
+            list["sessions"].as_array().unwrap().iter().find(|s| {
+                s["channels"].as_array().unwrap().iter().any(|c| {
+                    c["kind"] == "shell" && c["recorded"] == true && c["exit"] == "status:3"
+                })
+            });
+        if let Some(s) = recorded {
+            break s["id"].as_str().unwrap().to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no recorded shell: {list}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let cast = Command::new("curl")
+        .args(["-s", "-f", "-H", &format!("Authorization: Bearer {admin}")])
+        .arg(format!("{base}/v1/sessions/{session}/recording"))
+        .output()
+        .unwrap();
+    assert!(cast.status.success(), "GET the recording: {cast:?}");
+    let cast = String::from_utf8_lossy(&cast.stdout).into_owned();
+    let header: serde_json::Value = serde_json::from_str(cast.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (header["version"].as_u64(), header["width"].as_u64()),
+        (Some(2), Some(100)),
+        "{header}"
+    );
+    assert!(
+        cast.contains("READY42") && cast.contains("\"120x40\""),
+        "{cast}"
+    );
+    let console = ssh_line.replace(
+        &target,
+        &format!(
+            "admin@{}",
+            target.trim_matches('\'').split('@').nth(1).unwrap()
+        ),
+    );
+    let replayed = run_ssh_line(&console, &key, &format!("replay {session} --speed 100"));
+    assert!(
+        replayed.status.success() && String::from_utf8_lossy(&replayed.stdout).contains("AFTER42"),
+        "replay: {replayed:?}"
+    );
+
+    // Creates that cannot work store nothing, or nothing that takes room.
     let count = || {
         let (_, list) = api(&base, admin, "GET", "/v1/sandboxes?limit=500", None);
         list["sandboxes"].as_array().unwrap().len()

@@ -59,7 +59,7 @@ fn every_console_command_works_and_refuses_like_the_api() -> Result<()> {
 
     let help = ok(&alice, "help")?;
     for command in [
-        "ls", "new", "stop", "start", "rm", "pr", "sessions", "keys", "attach",
+        "ls", "new", "stop", "start", "rm", "pr", "sessions", "replay", "keys", "attach",
     ] {
         ensure!(help.contains(command), "help lacks {command}: {help}");
     }

@@ -210,6 +210,20 @@ pub fn cat_up(s: &impl Endpoint, bytes: u64) -> Result<Duration> {
     Ok(elapsed)
 }
 
+/// Reads a streamed stdout ([`Cmd::stream_stdout`]) to its end; the bytes read.
+pub fn drain_stdout(running: &mut Running) -> Result<u64> {
+    let mut stdout = running.take_stdout().context("stdout")?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = stdout.read(&mut buf)?;
+        if n == 0 {
+            return Ok(total);
+        }
+        total += n as u64;
+    }
+}
+
 /// `ssh host 'cat file'` read to the end.
 pub fn cat_down(s: &impl Endpoint, source: &Path, bytes: u64) -> Result<Duration> {
     let started = Instant::now();
@@ -219,16 +233,7 @@ pub fn cat_down(s: &impl Endpoint, source: &Path, bytes: u64) -> Result<Duration
         .stream_stdout()
         .timeout(BULK)
         .spawn()?;
-    let mut stdout = ssh.take_stdout().context("stdout")?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = stdout.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-    }
+    let total = drain_stdout(&mut ssh)?;
     ssh.wait()?.success()?;
     let elapsed = started.elapsed();
     ensure!(

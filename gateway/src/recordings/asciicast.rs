@@ -79,11 +79,62 @@ impl Code {
 
 /// Appends one event's line to `out`.
 pub fn push_event(out: &mut Vec<u8>, at: Duration, code: Code, text: &str) {
+    open_event(out, at, code);
+    escape_into(out, text);
+    out.extend_from_slice(b"\"]\n");
+}
+
+/// Appends the event of a chunk of one stream's bytes, decoded by `stream`; nothing
+/// if the chunk holds no whole character yet. No allocation on the way: the text is
+/// escaped from the chunk itself.
+pub fn push_chunk(
+    out: &mut Vec<u8>,
+    at: Duration,
+    code: Code,
+    stream: &mut Utf8Stream,
+    chunk: &[u8],
+) {
+    let start = out.len();
+    open_event(out, at, code);
+    let text_at = out.len();
+    stream.decode(chunk, |piece| escape_into(out, piece));
+    if out.len() == text_at {
+        out.truncate(start);
+    } else {
+        out.extend_from_slice(b"\"]\n");
+    }
+}
+
+fn open_event(out: &mut Vec<u8>, at: Duration, code: Code) {
     use std::io::Write;
-    let _ = write!(out, "[{:.6}, \"{}\", ", at.as_secs_f64(), code.as_str());
-    // Writing a str into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, text);
-    out.extend_from_slice(b"]\n");
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "[{:.6}, \"{}\", \"", at.as_secs_f64(), code.as_str());
+}
+
+/// `text` as the inside of a JSON string.
+fn escape_into(out: &mut Vec<u8>, text: &str) {
+    let bytes = text.as_bytes();
+    let mut run = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escaped: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x00..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[run..i]);
+        if escaped.is_empty() {
+            use std::io::Write;
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.extend_from_slice(escaped);
+        }
+        run = i + 1;
+    }
+    out.extend_from_slice(&bytes[run..]);
 }
 
 /// Decodes one stream's chunks as UTF-8, holding back an incomplete character at a
@@ -94,43 +145,70 @@ pub struct Utf8Stream {
 }
 
 impl Utf8Stream {
-    /// The text of `chunk` (with what was held back before it); may be empty.
-    pub fn push(&mut self, chunk: &[u8]) -> String {
-        let joined;
-        let bytes = if self.carry.is_empty() {
-            chunk
-        } else {
-            self.carry.extend_from_slice(chunk);
-            joined = std::mem::take(&mut self.carry);
-            &joined[..]
-        };
-        let mut text = String::with_capacity(bytes.len());
-        let mut rest = bytes;
+    /// Hands the text of `chunk` (with what was held back before it) to `text`, in
+    /// pieces: valid runs, and U+FFFD for each invalid sequence.
+    pub fn decode(&mut self, chunk: &[u8], mut text: impl FnMut(&str)) {
+        let mut rest = chunk;
+        if !self.carry.is_empty() {
+            // Complete the held-back character from the chunk's first bytes.
+            let mut joined = std::mem::take(&mut self.carry);
+            let take = rest.len().min(4 - joined.len().min(4));
+            joined.extend_from_slice(&rest[..take]);
+            match std::str::from_utf8(&joined) {
+                Ok(valid) => {
+                    text(valid);
+                    rest = &rest[take..];
+                }
+                Err(e) if e.valid_up_to() > 0 => {
+                    let used = e.valid_up_to() - (joined.len() - take);
+                    text(std::str::from_utf8(&joined[..e.valid_up_to()]).unwrap_or_default());
+                    rest = &rest[used..];
+                }
+                Err(e) => match e.error_len() {
+                    None => {
+                        // Still incomplete: the chunk was shorter than the character.
+                        self.carry = joined;
+                        return;
+                    }
+                    Some(bad) => {
+                        text("\u{fffd}");
+                        let used = bad.saturating_sub(joined.len() - take);
+                        rest = &rest[used..];
+                    }
+                },
+            }
+        }
         loop {
             match std::str::from_utf8(rest) {
                 Ok(valid) => {
-                    text.push_str(valid);
-                    break;
+                    text(valid);
+                    return;
                 }
                 Err(e) => {
                     let (valid, after) = rest.split_at(e.valid_up_to());
                     // Valid: from_utf8 just said so.
-                    text.push_str(std::str::from_utf8(valid).unwrap_or_default());
+                    text(std::str::from_utf8(valid).unwrap_or_default());
                     match e.error_len() {
                         Some(bad) => {
-                            text.push(char::REPLACEMENT_CHARACTER);
+                            text("\u{fffd}");
                             rest = &after[bad..];
                         }
                         None => {
                             // A character cut at the chunk's end: keep it for later.
                             self.carry = after.to_vec();
-                            break;
+                            return;
                         }
                     }
                 }
             }
         }
-        text
+    }
+
+    /// [`Utf8Stream::decode`] into a string.
+    pub fn push(&mut self, chunk: &[u8]) -> String {
+        let mut out = String::new();
+        self.decode(chunk, |piece| out.push_str(piece));
+        out
     }
 
     /// What is still held back, as text (the stream ended mid-character).
@@ -193,6 +271,21 @@ mod tests {
         assert_eq!(s.push(&[0xff, b'c', 0xc3]), "\u{fffd}c");
         assert_eq!(s.finish(), "\u{fffd}");
         assert_eq!(s.push(b"plain"), "plain");
+        // A cut character followed by something else is replaced, not lost.
+        assert_eq!(s.push(&[0xe2]), "");
+        assert_eq!(s.push(b"A"), "\u{fffd}A");
+
+        // Cut anywhere, in one, two or three pieces, text comes back whole.
+        let text = "a☃b€𝄞c\u{1b}[0m";
+        let bytes = text.as_bytes();
+        for i in 0..=bytes.len() {
+            for j in i..=bytes.len() {
+                let mut s = Utf8Stream::default();
+                let got = s.push(&bytes[..i]) + &s.push(&bytes[i..j]) + &s.push(&bytes[j..]);
+                assert_eq!(got, text, "cut at {i} and {j}");
+                assert_eq!(s.finish(), "");
+            }
+        }
     }
 
     #[test]
@@ -222,6 +315,21 @@ mod tests {
             }
         );
         assert_eq!(parse_event(lines[1], 3).unwrap().data, "100x30");
+        // Every control character survives the trip.
+        let all: String = (0u8..0x80).map(char::from).collect();
+        let mut out = Vec::new();
+        let mut stream = Utf8Stream::default();
+        push_chunk(
+            &mut out,
+            Duration::ZERO,
+            Code::Output,
+            &mut stream,
+            all.as_bytes(),
+        );
+        push_chunk(&mut out, Duration::ZERO, Code::Output, &mut stream, &[0xe2]);
+        assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1, "one event");
+        let line = String::from_utf8(out).unwrap();
+        assert_eq!(parse_event(line.trim_end(), 2).unwrap().data, all);
         assert!(parse_event("[1, \"o\"]", 4).is_err());
         assert!(parse_header(r#"{"version":1,"width":1,"height":1,"timestamp":0}"#).is_err());
     }

@@ -463,38 +463,16 @@ fn encode(
 ) -> Duration {
     match event {
         Event::Output(at, data) => {
-            let text = output.push(&data);
-            if !text.is_empty() {
-                asciicast::push_event(batch, at, Code::Output, &text);
-            }
+            asciicast::push_chunk(batch, at, Code::Output, output, &data);
             at
         }
         Event::Input(at, data) => {
-            let text = input.push(&data);
-            if !text.is_empty() {
-                asciicast::push_event(batch, at, Code::Input, &text);
-            }
+            asciicast::push_chunk(batch, at, Code::Input, input, &data);
             at
         }
         Event::Resize(at, cols, rows) => {
             asciicast::push_event(batch, at, Code::Resize, &format!("{cols}x{rows}"));
             at
-        }
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ages_parse_with_their_units() {
-        assert_eq!(parse_age("30d"), Ok(Duration::from_secs(30 * 86_400)));
-        assert_eq!(parse_age("12h"), Ok(Duration::from_secs(12 * 3_600)));
-        assert_eq!(parse_age("90"), Ok(Duration::from_secs(90)));
-        for bad in ["", "0s", "d", "3w", "-1d", "99999999999999999999d"] {
-            assert!(parse_age(bad).is_err(), "{bad:?}");
         }
     }
 }
