@@ -26,14 +26,32 @@ pub enum SecretError {
     MalformedHash,
 }
 
-/// A bearer secret. `Debug` and `Display` print `<redacted>`.
-#[derive(Clone)]
+/// A secret string: an API key, a token, an `env` value. `Debug` and `Display`
+/// print `<redacted>`; serde writes it as itself (the runner protocol carries
+/// secrets), so never put one in a view that is not meant to show it.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
 impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
     /// The secret text, to show the user once or to send. Never log it.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+}
+
+impl serde::Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Secret, D::Error> {
+        String::deserialize(deserializer).map(Secret)
     }
 }
 

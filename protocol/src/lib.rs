@@ -144,22 +144,8 @@ pub struct SandboxKeys {
     pub keys: Vec<String>,
 }
 
-/// A secret string: serialized as itself, never shown by `Debug`.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+/// Secrets on the wire: serialized as themselves, never shown by `Debug`.
+pub use warren_keys::Secret;
 
 /// How a sandbox is made. Every field is optional; the runner fills in defaults.
 /// `env` values and the repository token are secrets: `Debug` never shows them.
@@ -352,7 +338,7 @@ mod tests {
             author_email: "a@x".into(),
             base: None,
             remote_url: None,
-            token: Some(Secret("s3cret".into())),
+            token: Some(Secret::new("s3cret")),
         };
         let line = serde_json::to_string(&req).unwrap();
         assert_eq!(

@@ -316,7 +316,7 @@ async fn handle_control(request: Request, backend: &Backend, capacity: RunnerCap
         Request::Env { sandbox } => backend.env(&sandbox).await.map(|env| Response::Env {
             env: env
                 .into_iter()
-                .map(|(k, v)| (k, protocol::Secret(v)))
+                .map(|(k, v)| (k, protocol::Secret::new(v)))
                 .collect(),
         }),
         Request::Check { spec } => backend.check(&spec).await.map(|()| Response::Ok),

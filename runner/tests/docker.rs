@@ -570,7 +570,7 @@ fn a_repository_is_cloned_onto_its_branch_pushed_back_and_secrets_stay_out_of_lo
             author_email: "alice@example.test".into(),
             base: None,
             remote_url: None,
-            token: Some(Secret(token.into())),
+            token: Some(Secret::new(token)),
         })
     };
     let commit = match push("ghp_warrentesttoken123")? {

@@ -11,28 +11,9 @@ use russh::keys::PublicKey;
 use russh_sftp::client::RawSftpSession;
 use russh_sftp::client::rawsession::Limits;
 
+use crate::Secret;
 use crate::error::SyncError;
 use crate::remote::Sftp;
-
-/// A secret (an API key or a sandbox token) that never shows in `Debug`.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
 
 /// How to log in: what `ssh <id>@gateway` accepts.
 #[derive(Clone, Debug)]

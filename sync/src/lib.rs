@@ -16,8 +16,10 @@ mod seed;
 mod tree;
 mod upload;
 
-pub use connect::{Credential, Endpoint, Secret};
+pub use connect::{Credential, Endpoint};
 pub use error::SyncError;
 pub use mirror::{MirrorOptions, mirror};
 pub use progress::{Event, Op, Progress, Stage};
 pub use seed::{SeedOptions, SeedSummary, seed};
+/// An API key or a sandbox token: never shown by `Debug`.
+pub use warren_keys::Secret;

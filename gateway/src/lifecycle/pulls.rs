@@ -182,7 +182,7 @@ impl Lifecycle {
                 author_email: format!("{author}@users.warren.invalid"),
                 base: body.base.clone(),
                 remote_url: None,
-                token: Some(Secret(token.clone())),
+                token: Some(Secret::new(token.clone())),
             };
             let (commit, default_branch) = match lc.hub.control(&runner, &request).await? {
                 Response::Pushed {

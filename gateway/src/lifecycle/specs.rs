@@ -46,7 +46,10 @@ pub(super) async fn remembered_spec(lc: &Lifecycle, sandbox: &Sandbox) -> Sandbo
     };
     match lc.hub.control(runner, &request).await {
         Ok(warren_protocol::Response::Env { env }) => {
-            spec.env = env.into_iter().map(|(k, v)| (k, v.0)).collect();
+            spec.env = env
+                .into_iter()
+                .map(|(k, v)| (k, v.expose().to_owned()))
+                .collect();
             lc.specs().insert(sandbox.id.clone(), spec.clone());
         }
         Ok(warren_protocol::Response::Error { message }) => {
