@@ -16,6 +16,27 @@ const GENERATED_PREFIX: &str = "sbx-";
 const BASE32_LOWER: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
 const GENERATED_RANDOM_CHARS: usize = 12;
 
+/// `prefix`, then `N` lowercase base32 characters (5 bits each) from the OS CSPRNG:
+/// the one way Warren makes ids (sandboxes here, the store's rows with their own
+/// prefixes).
+///
+/// # Panics
+///
+/// If the OS random number generator fails.
+pub fn random_id<const N: usize>(prefix: &str) -> String {
+    let mut id = String::with_capacity(prefix.len() + N);
+    id.push_str(prefix);
+    for b in random_bytes::<N>() {
+        id.push(char::from(BASE32_LOWER[usize::from(b & 31)]));
+    }
+    id
+}
+
+/// Whether `s` is `N` characters of what [`random_id`] draws from.
+pub fn is_random_part<const N: usize>(s: &str) -> bool {
+    s.len() == N && s.bytes().all(|b| BASE32_LOWER.contains(&b))
+}
+
 /// Why a string is not a sandbox id. Messages never echo the input: a user who types a
 /// token where an id belongs must not find it in the logs.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -63,12 +84,7 @@ impl SandboxId {
     ///
     /// If the OS random number generator fails.
     pub fn generate() -> SandboxId {
-        let mut id = String::with_capacity(GENERATED_PREFIX.len() + GENERATED_RANDOM_CHARS);
-        id.push_str(GENERATED_PREFIX);
-        for b in random_bytes::<GENERATED_RANDOM_CHARS>() {
-            id.push(char::from(BASE32_LOWER[usize::from(b & 31)]));
-        }
-        SandboxId(id)
+        SandboxId(random_id::<GENERATED_RANDOM_CHARS>(GENERATED_PREFIX))
     }
 
     pub fn as_str(&self) -> &str {

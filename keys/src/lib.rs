@@ -21,7 +21,7 @@ pub mod tls;
 mod token;
 
 pub use host_key::{HostKeyError, fingerprint, load_host_key, load_or_generate_host_key};
-pub use ids::{IdError, SandboxId};
+pub use ids::{IdError, SandboxId, is_random_part, random_id};
 pub use login::{Attach, LoginName, MAX_SESSION_NAME_LEN, SessionName, SessionNameError};
 pub use secret::{
     Secret, SecretError, SecretHash, constant_time_eq, generate_secret, hash_secret, secret_prefix,

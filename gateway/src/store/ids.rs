@@ -1,15 +1,14 @@
 //! Row ids: one newtype per table, `<prefix>-` plus 16 random base32 characters
-//! (80 bits from the OS CSPRNG), e.g. `usr-k3j5b2mq7x4hd6ta`. Sandbox ids are
-//! [`warren_keys::SandboxId`], because the SSH front door and the tokens use them too.
+//! (80 bits, drawn by [`warren_keys::random_id`]), e.g. `usr-k3j5b2mq7x4hd6ta`.
+//! Sandbox ids are [`warren_keys::SandboxId`], because the SSH front door and the
+//! tokens use them too.
 
 use std::fmt;
 use std::str::FromStr;
 
-use ring::rand::{SecureRandom, SystemRandom};
 use thiserror::Error;
 
-/// RFC 4648 base32, lowercased: 32 symbols, so `byte & 31` picks one without bias.
-const BASE32_LOWER: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+/// 80 bits: 16 base32 characters of 5 bits.
 const RANDOM_CHARS: usize = 16;
 
 /// Why a string is not a valid value of some store type (an id, a state, a label, a
@@ -27,26 +26,13 @@ impl ParseError {
 }
 
 fn generate(prefix: &str) -> String {
-    let mut bytes = [0u8; RANDOM_CHARS];
-    if SystemRandom::new().fill(&mut bytes).is_err() {
-        // As in warren-keys: predictable ids would be worse than stopping.
-        panic!("the operating system's random number generator failed");
-    }
-    let mut id = String::with_capacity(prefix.len() + 1 + RANDOM_CHARS);
-    id.push_str(prefix);
-    id.push('-');
-    for b in bytes {
-        id.push(char::from(BASE32_LOWER[usize::from(b & 31)]));
-    }
-    id
+    warren_keys::random_id::<RANDOM_CHARS>(&format!("{prefix}-"))
 }
 
 fn is_valid(prefix: &str, s: &str) -> bool {
     s.strip_prefix(prefix)
         .and_then(|rest| rest.strip_prefix('-'))
-        .is_some_and(|random| {
-            random.len() == RANDOM_CHARS && random.bytes().all(|b| BASE32_LOWER.contains(&b))
-        })
+        .is_some_and(warren_keys::is_random_part::<RANDOM_CHARS>)
 }
 
 macro_rules! id_type {
