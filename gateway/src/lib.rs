@@ -5,8 +5,8 @@
 //! - [`tunnel`]: the endpoint runners dial; their reverse tunnels carry the bytes to
 //!   agents and the sandbox lifecycle requests.
 //! - [`dial`]: the glue that routes the front door through a sandbox's runner.
-//! - [`store`]: users, keys, runners, sandboxes and the audit trail, in SQLite by
-//!   default or PostgreSQL.
+//! - [`store`]: the `warren-store` crate (users, keys, runners, sandboxes and the
+//!   audit trail, in SQLite by default or PostgreSQL), under its old path.
 //!
 //! - [`lifecycle`]: what a sandbox may become and who may ask: placement, state
 //!   changes, reconcile and reaping, key sync, pull requests.
@@ -22,7 +22,7 @@ pub mod lifecycle;
 pub mod recordings;
 pub mod server;
 pub mod ssh;
-pub mod store;
+pub use warren_store as store;
 pub mod tunnel;
 
 /// Locks `mutex`, taking the data as it is if a thread panicked holding it: the

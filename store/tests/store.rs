@@ -19,7 +19,7 @@ use russh::keys::{PrivateKey, PublicKey};
 use sqlx::Connection;
 use tempfile::TempDir;
 use tokio::sync::Barrier;
-use warren_gateway::store::{
+use warren_store::{
     Backend, Label, NewRunner, NewSandbox, NewSshSession, RunnerState, SandboxId, SandboxQuery,
     SandboxState, SessionEnd, SessionExit, Store, StoreError, UserId,
 };
@@ -526,7 +526,7 @@ async fn runners_join_once_and_report_state(db: &TestDb) {
     let west_seen = store.get_runner(&west.id).await.unwrap();
     assert_eq!(west_seen.state, RunnerState::Offline);
     assert!(west_seen.last_seen_at.is_some());
-    let missing = warren_gateway::store::RunnerId::generate();
+    let missing = warren_store::RunnerId::generate();
     assert_not_found(store.set_runner_state(&missing, RunnerState::Online).await);
     assert_not_found(store.touch_runner(&missing).await);
 
@@ -887,7 +887,7 @@ async fn ssh_session_audit(db: &TestDb) {
     assert_not_found(
         store
             .close_ssh_session(
-                &warren_gateway::store::SshSessionId::generate(),
+                &warren_store::SshSessionId::generate(),
                 &SessionEnd::default(),
             )
             .await,
@@ -921,7 +921,7 @@ async fn ssh_session_audit(db: &TestDb) {
 }
 
 async fn ssh_channel_audit(db: &TestDb) {
-    use warren_gateway::store::{ChannelKind, NewSshChannel};
+    use warren_store::{ChannelKind, NewSshChannel};
     let store = db.open().await;
     let alice = store.create_user("alice", false).await.unwrap();
     let sandbox = store
@@ -957,7 +957,7 @@ async fn ssh_channel_audit(db: &TestDb) {
         .unwrap();
     assert_conflict(store.open_ssh_channel(&exec).await);
     let unknown = NewSshChannel {
-        session_id: warren_gateway::store::SshSessionId::generate(),
+        session_id: warren_store::SshSessionId::generate(),
         ..exec.clone()
     };
     assert_not_found(store.open_ssh_channel(&unknown).await);

@@ -1,4 +1,4 @@
-//! The schema migrations in `gateway/migrations/`, compiled into the binary and run by
+//! The schema migrations in `store/migrations/`, compiled into the binary and run by
 //! sqlx's migrator at open (it records them in `_sqlx_migrations`, checks the
 //! checksums of those already applied and, on PostgreSQL, holds an advisory lock so
 //! two gateways starting together do not both migrate).
@@ -16,30 +16,26 @@ use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 /// `(version, description, sql)`, in version order. Never edit a released entry:
 /// add a new file and a new line.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (
-        1,
-        "initial",
-        include_str!("../../migrations/0001_initial.sql"),
-    ),
+    (1, "initial", include_str!("../migrations/0001_initial.sql")),
     (
         2,
         "sandbox_shares",
-        include_str!("../../migrations/0002_sandbox_shares.sql"),
+        include_str!("../migrations/0002_sandbox_shares.sql"),
     ),
     (
         3,
         "share_secrets",
-        include_str!("../../migrations/0003_share_secrets.sql"),
+        include_str!("../migrations/0003_share_secrets.sql"),
     ),
     (
         4,
         "token_revocation",
-        include_str!("../../migrations/0004_token_revocation.sql"),
+        include_str!("../migrations/0004_token_revocation.sql"),
     ),
     (
         5,
         "ssh_channels",
-        include_str!("../../migrations/0005_ssh_channels.sql"),
+        include_str!("../migrations/0005_ssh_channels.sql"),
     ),
 ];
 

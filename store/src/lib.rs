@@ -13,7 +13,7 @@
 //! SQLite by default: one file in the data dir ([`Store::open_in_data_dir`]), created
 //! on first start (mode 0600), in WAL mode with foreign keys enforced. PostgreSQL when
 //! the database URL says `postgres://` or `postgresql://` ([`Store::open`]). One set of
-//! migrations (`gateway/migrations/`, portable SQL) is applied at open on both.
+//! migrations (`store/migrations/`, portable SQL) is applied at open on both.
 //!
 //! # Why `sqlx::AnyPool`, not an enum over `SqlitePool` and `PgPool`
 //!

@@ -133,7 +133,7 @@ impl KeyCache {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::store::{Timestamp, User, UserId};
+    use crate::{Timestamp, User, UserId};
 
     fn owner() -> ApiKeyOwner {
         ApiKeyOwner {
