@@ -4,9 +4,9 @@
 //! run's environment (`WARREN_GIT_PASSWORD`, read by the askpass helper), never
 //! through arguments, git config, the workspace or a log.
 
-use std::fmt;
-
 use anyhow::Result;
+
+use crate::Error;
 
 /// Settings every git run gets: no credential helper (one from a global config
 /// could store the token), no prompts for signing keys.
@@ -34,29 +34,6 @@ pub trait GitExec {
         args: &[&str],
         password: Option<&str>,
     ) -> impl Future<Output = Result<GitOutput>> + Send;
-}
-
-/// A refusal with a machine-readable code, answered as `Response::Refused`.
-#[derive(Debug)]
-pub struct Refusal {
-    pub code: &'static str,
-    pub message: String,
-}
-
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for Refusal {}
-
-pub(crate) fn refuse(code: &'static str, message: impl Into<String>) -> anyhow::Error {
-    Refusal {
-        code,
-        message: message.into(),
-    }
-    .into()
 }
 
 /// What to commit and where to push it.
@@ -122,17 +99,20 @@ async fn must<E: GitExec>(exec: &E, args: &[&str], token: Option<&str>) -> Resul
 }
 
 /// Commits everything in the workspace on `req.branch` and pushes it.
-pub async fn commit_and_push<E: GitExec>(exec: &E, req: &CommitPush<'_>) -> Result<Pushed> {
+pub async fn commit_and_push<E: GitExec>(exec: &E, req: &CommitPush<'_>) -> crate::Result<Pushed> {
     let inside = run(exec, &["rev-parse", "--is-inside-work-tree"], None).await?;
     if !inside.ok() || inside.stdout.trim() != "true" {
-        return Err(refuse(
+        return Err(Error::refused(
             "no_repo",
             "the sandbox's workspace is not a git repository",
         ));
     }
     let check = run(exec, &["check-ref-format", "--branch", req.branch], None).await?;
     if !check.ok() {
-        return Err(refuse("invalid_branch", "the branch name is not valid"));
+        return Err(Error::refused(
+            "invalid_branch",
+            "the branch name is not valid",
+        ));
     }
     // On the sandbox's branch (made from the current HEAD if missing); uncommitted
     // changes come along.
@@ -173,10 +153,12 @@ pub async fn commit_and_push<E: GitExec>(exec: &E, req: &CommitPush<'_>) -> Resu
             .await?;
             true
         }
-        code => anyhow::bail!(
-            "git diff failed (exit {code}): {}",
-            redact(staged.stderr.trim(), None)
-        ),
+        code => {
+            return Err(Error::failed(format_args!(
+                "git diff failed (exit {code}): {}",
+                redact(staged.stderr.trim(), None)
+            )));
+        }
     };
     let default_branch = run(
         exec,
@@ -221,7 +203,7 @@ pub async fn commit_and_push<E: GitExec>(exec: &E, req: &CommitPush<'_>) -> Resu
             }
         };
         if ahead.trim() == "0" {
-            return Err(refuse(
+            return Err(Error::refused(
                 "nothing_to_commit",
                 "nothing to commit: the workspace has no changes and no commits beyond the base",
             ));
@@ -238,7 +220,7 @@ pub async fn commit_and_push<E: GitExec>(exec: &E, req: &CommitPush<'_>) -> Resu
     .await?;
     if !pushed.ok() {
         let message = redact(pushed.stderr.trim(), req.token);
-        return Err(refuse(
+        return Err(Error::refused(
             "push_refused",
             format!("the remote refused the push: {message}"),
         ));

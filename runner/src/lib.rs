@@ -8,14 +8,18 @@
 //! - [`backend`]: where sandboxes run: the `process` backend (no isolation) or
 //!   the `docker` backend; [`netpolicy`]: a Docker sandbox's firewall rules.
 //! - [`git`]: git in a sandbox's workspace (clone, the API's commit-and-push).
+//! - [`Error`]: a refusal to pass on, or a failure.
 //! - [`stream`]: tunnel channels as byte streams with consumption-based windows.
 
 pub mod backend;
+mod error;
 pub mod git;
 pub mod netpolicy;
 pub mod service;
 pub mod state;
 pub mod tunnel;
+
+pub use error::{Error, Result};
 
 // The protocol lives in its own crate, shared with the gateway; these keep its old
 // paths (`warren_runner::protocol`, `crate::stream`).

@@ -354,12 +354,12 @@ async fn handle_control(request: Request, backend: &Backend, capacity: RunnerCap
                 })
         }
     };
-    result.unwrap_or_else(|e| match e.downcast_ref::<crate::git::Refusal>() {
-        Some(refusal) => Response::Refused {
-            code: refusal.code.to_owned(),
-            message: refusal.message.clone(),
+    result.unwrap_or_else(|e| match e {
+        crate::Error::Refused { code, message } => Response::Refused {
+            code: code.to_owned(),
+            message,
         },
-        None => Response::Error {
+        crate::Error::Failed(e) => Response::Error {
             message: format!("{e:#}"),
         },
     })

@@ -9,9 +9,9 @@ pub mod process;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
 use warren_keys::SandboxId;
 
+use crate::Result;
 use crate::protocol::{SandboxSpec, SandboxStatus};
 
 /// One of the backends; the tunnel serves whichever the runner was started with.
@@ -53,10 +53,10 @@ impl Backend {
     }
 
     /// Whether a create from `spec` could work here (the spec's fields, and on
-    /// Docker its image), without making anything. A refusal is a
-    /// [`crate::git::Refusal`] with code `invalid_spec` or `image_not_found`.
+    /// Docker its image), without making anything. A refusal has code
+    /// `invalid_spec` or `image_not_found`.
     pub async fn check(&self, spec: &SandboxSpec) -> Result<()> {
-        validate_spec(spec).map_err(|e| crate::git::refuse("invalid_spec", format!("{e:#}")))?;
+        validate_spec(spec)?;
         match self {
             Backend::Process(_) => Ok(()),
             Backend::Docker(b) => b.image_info(spec).await.map(|_| ()),
@@ -64,24 +64,24 @@ impl Backend {
     }
 
     pub async fn stop(&self, id: &SandboxId) -> Result<()> {
-        match self {
+        Ok(match self {
             Backend::Process(b) => b.stop(id).await,
             Backend::Docker(b) => b.stop(id).await,
-        }
+        }?)
     }
 
     pub async fn delete(&self, id: &SandboxId) -> Result<()> {
-        match self {
+        Ok(match self {
             Backend::Process(b) => b.delete(id).await,
             Backend::Docker(b) => b.delete(id).await,
-        }
+        }?)
     }
 
     pub async fn list(&self) -> Result<Vec<SandboxStatus>> {
-        match self {
+        Ok(match self {
             Backend::Process(b) => b.list().await,
             Backend::Docker(b) => b.list().await,
-        }
+        }?)
     }
 
     /// Replaces the keys the sandbox's agent accepts (it reads the file at every
@@ -99,10 +99,10 @@ impl Backend {
 
     /// The environment the sandbox was created with (its secrets included).
     pub async fn env(&self, id: &SandboxId) -> Result<BTreeMap<String, String>> {
-        match self {
+        Ok(match self {
             Backend::Process(b) => b.env(id).await,
             Backend::Docker(b) => b.env(id).await,
-        }
+        }?)
     }
 
     /// Commits the sandbox's workspace and pushes it (the API's pull requests).
@@ -119,14 +119,14 @@ impl Backend {
 
     /// Activity for the idle reaper (the process backend has no reaper).
     pub async fn keepalive(&self, id: &SandboxId) -> Result<()> {
-        match self {
+        Ok(match self {
             Backend::Process(b) => b
                 .agent_socket(id)
                 .await
                 .map(|_| ())
                 .ok_or_else(|| anyhow::anyhow!("unknown or stopped sandbox {id}")),
             Backend::Docker(b) => b.keepalive(id).await,
-        }
+        }?)
     }
 
     /// At runner shutdown: process sandboxes die with the runner; containers keep
@@ -142,7 +142,10 @@ impl Backend {
 
 /// Writes `keys` (OpenSSH lines) as `dir/authorized_keys`, atomically: the agent may
 /// be reading it for a login.
-pub(crate) fn write_authorized_keys(dir: &Path, keys: &[String]) -> Result<std::path::PathBuf> {
+pub(crate) fn write_authorized_keys(
+    dir: &Path,
+    keys: &[String],
+) -> anyhow::Result<std::path::PathBuf> {
     let path = dir.join("authorized_keys");
     let mut text = keys.join("\n");
     text.push('\n');
@@ -152,9 +155,11 @@ pub(crate) fn write_authorized_keys(dir: &Path, keys: &[String]) -> Result<std::
 
 /// Checks what a create request may name before anything is made: the rules the
 /// gateway's API applied ([`SandboxSpec::validate`]), again, as a last check (a
-/// runner may be driven by another gateway version, or by hand).
+/// runner may be driven by another gateway version, or by hand). A refusal has
+/// code `invalid_spec`.
 pub fn validate_spec(spec: &SandboxSpec) -> Result<()> {
-    spec.validate().map_err(|e| anyhow::anyhow!("{e}"))
+    spec.validate()
+        .map_err(|e| crate::Error::refused("invalid_spec", e.to_string()))
 }
 
 #[cfg(test)]

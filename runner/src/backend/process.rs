@@ -99,9 +99,19 @@ impl ProcessBackend {
         token_key: &str,
         authorized_keys: &[String],
         spec: &SandboxSpec,
+    ) -> crate::Result<()> {
+        super::validate_spec(spec)?;
+        Ok(self.start(id, token_key, authorized_keys, spec).await?)
+    }
+
+    async fn start(
+        &self,
+        id: &SandboxId,
+        token_key: &str,
+        authorized_keys: &[String],
+        spec: &SandboxSpec,
     ) -> Result<()> {
         warren_keys::TokenVerifier::from_base64(token_key).context("invalid token_key")?;
-        super::validate_spec(spec)?;
         let dir = self.sandbox_dir(id);
         fs::DirBuilder::new()
             .recursive(true)
@@ -245,17 +255,16 @@ impl ProcessBackend {
         &self,
         id: &SandboxId,
         req: &git::CommitPush<'_>,
-    ) -> Result<git::Pushed> {
+    ) -> crate::Result<git::Pushed> {
         if !self.sandbox_dir(id).is_dir() {
-            bail!("unknown sandbox {id}");
+            return Err(crate::Error::failed(format_args!("unknown sandbox {id}")));
         }
         let workspace = self.workspace(id);
         if !workspace.is_dir() {
-            return Err(git::Refusal {
-                code: "no_repo",
-                message: "the sandbox has no repository".into(),
-            }
-            .into());
+            return Err(crate::Error::refused(
+                "no_repo",
+                "the sandbox has no repository",
+            ));
         }
         let exec = HostGit {
             cwd: workspace,

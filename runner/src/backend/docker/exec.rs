@@ -144,7 +144,7 @@ impl DockerBackend {
         &self,
         id: &SandboxId,
         req: &git::CommitPush<'_>,
-    ) -> Result<git::Pushed> {
+    ) -> crate::Result<git::Pushed> {
         let user = self
             .session_user(id)
             .with_context(|| format!("unknown or never started sandbox {id}"))?;

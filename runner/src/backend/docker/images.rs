@@ -9,7 +9,7 @@ impl DockerBackend {
     pub(crate) async fn image_info(
         &self,
         spec: &SandboxSpec,
-    ) -> Result<bollard::models::ImageInspect> {
+    ) -> crate::Result<bollard::models::ImageInspect> {
         let image = spec.image.as_deref().unwrap_or(&self.defaults.image);
         let is_default = image == self.defaults.image;
         let allowed = |r: &str| image_allowed(r, &self.defaults.allowed_images);
@@ -22,7 +22,7 @@ impl DockerBackend {
         let unavailable = || {
             let mut shown = vec![self.defaults.image.as_str()];
             shown.extend(self.defaults.allowed_images.iter().map(String::as_str));
-            crate::git::refuse(
+            crate::Error::refused(
                 "image_not_found",
                 format!(
                     "image {image:?} is not on this runner (allowed here: {}); its operator \
@@ -39,7 +39,7 @@ impl DockerBackend {
             if is_not_found(&e) {
                 unavailable()
             } else {
-                anyhow::Error::new(e).context("inspecting the image")
+                anyhow::Error::new(e).context("inspecting the image").into()
             }
         })?;
         // The engine also finds images by (a prefix of) their id: `deadbeef` may

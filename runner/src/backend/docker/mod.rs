@@ -312,11 +312,13 @@ impl DockerBackend {
         token_key: &str,
         authorized_keys: &[String],
         spec: &SandboxSpec,
-    ) -> Result<()> {
+    ) -> crate::Result<()> {
         warren_keys::TokenVerifier::from_base64(token_key).context("invalid token_key")?;
         super::validate_spec(spec)?;
         if self.marked(id, DELETING_MARKER) {
-            bail!("sandbox {id} is being deleted");
+            return Err(crate::Error::failed(format_args!(
+                "sandbox {id} is being deleted"
+            )));
         }
         let _ = fs::remove_file(self.private_dir(id).join(STOPPED_MARKER));
 
@@ -341,7 +343,11 @@ impl DockerBackend {
                 return Ok(());
             }
             Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(e).context("asking the Docker engine"),
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context("asking the Docker engine")
+                    .into());
+            }
         }
         if self.claim(id, token_key, authorized_keys, spec).await? {
             return Ok(());
@@ -383,7 +389,7 @@ impl DockerBackend {
         image: &str,
         spec: &SandboxSpec,
         name: &str,
-    ) -> Result<()> {
+    ) -> crate::Result<()> {
         let mut labels = self.labels(id);
         if matches!(serves, Serves::Pool) {
             labels.insert(LABEL_POOL.to_owned(), image.to_owned());
@@ -402,6 +408,7 @@ impl DockerBackend {
                 })
                 .await
                 .context("creating the workspace volume")
+                .map_err(crate::Error::from)
         };
         let network = async {
             match &spec.network {
@@ -412,7 +419,7 @@ impl DockerBackend {
                     netpolicy::apply(id, &spec.network, &self.defaults.host_access)
                         .await
                         .context("firewall rules for the sandbox's network")?;
-                    Ok::<_, anyhow::Error>(net)
+                    Ok::<_, crate::Error>(net)
                 }
             }
         };

@@ -202,7 +202,7 @@ impl DockerBackend {
         token_key: &str,
         authorized_keys: &[String],
         spec: &SandboxSpec,
-    ) -> Result<bool> {
+    ) -> crate::Result<bool> {
         if !self.poolable(spec) {
             return Ok(false);
         }
@@ -229,7 +229,7 @@ impl DockerBackend {
             && let Err(e) = self.clone_repo(id, repo).await
         {
             self.remove_all(id).await?;
-            return Err(e);
+            return Err(e.into());
         }
         Ok(true)
     }
