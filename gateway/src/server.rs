@@ -1,5 +1,7 @@
 //! A whole gateway in one call: the SSH front door, the runners' endpoint and the
-//! HTTP API on one store, as `warren-gateway serve` and `warren up` run it.
+//! HTTP API on one store, as `warren-gateway serve` and `warren up` run it, and as
+//! the tests and benchmarks start it (with [`Options::dialer`] when their agents
+//! are not behind a runner).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -13,7 +15,7 @@ use crate::api::{self, ApiState};
 use crate::dial::TunnelDialer;
 use crate::lifecycle::{self, Lifecycle};
 use crate::recordings::{RecordingPolicy, Recordings};
-use crate::ssh::{self, FailureLimiter, FrontDoor, PreauthLimits};
+use crate::ssh::{self, AgentDialer, FailureLimiter, FrontDoor, PreauthLimits};
 use crate::store::Store;
 use crate::tunnel::RunnerHub;
 
@@ -46,11 +48,42 @@ pub struct Preauth {
 }
 
 /// How a gateway runs, beyond where it listens.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone)]
 pub struct Options {
     pub preauth: Preauth,
     /// What is recorded, under `<data-dir>/recordings`.
     pub recording: RecordingPolicy,
+    /// How the front door reaches a sandbox's agent. None (the default): through
+    /// its runner's tunnel. Tests put agents they started themselves here.
+    pub dialer: Option<Arc<dyn AgentDialer>>,
+    /// How often the store is reconciled with the runners (and TTLs reaped);
+    /// None: never, for tests that drive runners by hand.
+    pub reconcile_every: Option<std::time::Duration>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            preauth: Preauth::default(),
+            recording: RecordingPolicy::default(),
+            dialer: None,
+            reconcile_every: Some(lifecycle::RECONCILE_EVERY),
+        }
+    }
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("preauth", &self.preauth)
+            .field("recording", &self.recording)
+            .field(
+                "dialer",
+                &self.dialer.as_ref().map_or("tunnel", |_| "injected"),
+            )
+            .field("reconcile_every", &self.reconcile_every)
+            .finish()
+    }
 }
 
 impl Default for Preauth {
@@ -68,6 +101,10 @@ pub struct Gateway {
     pub hub: Arc<RunnerHub>,
     pub api: Arc<ApiState>,
     pub signer: Arc<TokenSigner>,
+    /// Logged-in SSH connections, for revocation (the lifecycle's).
+    pub live: Arc<ssh::live::LiveConnections>,
+    /// Where terminal sessions are recorded (the lifecycle's).
+    pub recordings: Arc<Recordings>,
     pub ssh_addr: SocketAddr,
     pub http_addr: SocketAddr,
     ssh_listener: TcpListener,
@@ -76,6 +113,7 @@ pub struct Gateway {
     host_key: russh::keys::PrivateKey,
     tls: Option<warren_keys::tls::TlsIdentity>,
     ssh_limits: PreauthLimits,
+    reconcile_every: Option<std::time::Duration>,
 }
 
 impl Gateway {
@@ -145,17 +183,21 @@ impl Gateway {
             store: store.clone(),
             signer: TokenSigner::load_or_generate(&data_dir.join("token_signer"))
                 .context("the gateway's token signer")?,
-            dialer: Arc::new(TunnelDialer::new(hub.clone())),
+            dialer: options
+                .dialer
+                .unwrap_or_else(|| Arc::new(TunnelDialer::new(hub.clone()))),
             limiter: FailureLimiter::default(),
             live: lifecycle.live.clone(),
             console: Some(lifecycle.clone()),
-            recordings,
+            recordings: recordings.clone(),
         });
         Ok(Gateway {
             store,
             hub,
             api,
             signer,
+            live: lifecycle.live.clone(),
+            recordings,
             ssh_addr,
             http_addr,
             ssh_listener,
@@ -164,6 +206,7 @@ impl Gateway {
             host_key,
             tls: None,
             ssh_limits: preauth.ssh,
+            reconcile_every: options.reconcile_every,
         })
     }
 
@@ -171,6 +214,11 @@ impl Gateway {
     pub fn with_tls(mut self, identity: warren_keys::tls::TlsIdentity) -> Gateway {
         self.tls = Some(identity);
         self
+    }
+
+    /// The front door's host key (runners and users see the same one).
+    pub fn host_key(&self) -> &russh::keys::PublicKey {
+        self.host_key.public_key()
     }
 
     /// The runners' endpoint address and the host key fingerprint runners pin.
@@ -184,8 +232,9 @@ impl Gateway {
         self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
-        let reconciler =
-            lifecycle::spawn_reconciler(self.api.lifecycle.clone(), lifecycle::RECONCILE_EVERY);
+        let reconciler = self
+            .reconcile_every
+            .map(|every| lifecycle::spawn_reconciler(self.api.lifecycle.clone(), every));
         let sweeper = self.api.lifecycle.recordings.clone().spawn_sweeper();
         let result = tokio::select! {
             result = ssh::serve_with(
@@ -201,7 +250,9 @@ impl Gateway {
             }
             () = shutdown => Ok(()),
         };
-        reconciler.abort();
+        if let Some(reconciler) = reconciler {
+            reconciler.abort();
+        }
         sweeper.abort();
         result
     }

@@ -1,6 +1,7 @@
-//! A gateway front door for tests, run in-process on its own tokio runtime: a fresh
-//! SQLite store, one account with a registered key, and sandboxes that route to
-//! agents the test started (or to nowhere, to see "runner offline").
+//! A gateway for tests, run in-process on its own tokio runtime: the real
+//! [`server::Gateway`] on a fresh SQLite store, with accounts and sandboxes the test
+//! adds, its front door routing each sandbox to an agent the test started (or to
+//! nowhere, to see "runner offline") instead of through a runner.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -10,12 +11,11 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use tempfile::TempDir;
-use warren_gateway::recordings::{RecordingPolicy, Recordings};
-use warren_gateway::ssh::{
-    self, AgentDialer, AgentStream, DialError, Dialing, FailureLimiter, FrontDoor,
-};
+use warren_gateway::recordings::RecordingPolicy;
+use warren_gateway::server::{self, Listen, Options};
+use warren_gateway::ssh::{AgentDialer, AgentStream, DialError, Dialing};
 use warren_gateway::store::{NewSandbox, Sandbox, SandboxState, Store, User};
-use warren_keys::{SandboxId, TokenSigner};
+use warren_keys::SandboxId;
 
 use crate::client::{Client, Target};
 
@@ -68,25 +68,27 @@ impl Gateway {
             .prefix("warren-gateway-")
             .tempdir()?;
         let dialer = DirectDialer::default();
-        let signer_path = dir.path().join("token_signer");
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let listen = Listen {
+            ssh: loopback,
+            runners: loopback,
+            http: loopback,
+            public_host: None,
+        };
+        let options = Options {
+            recording: policy.unwrap_or(RecordingPolicy {
+                enabled: false,
+                ..RecordingPolicy::default()
+            }),
+            dialer: Some(Arc::new(dialer.clone())),
+            ..Options::default()
+        };
         let (store, port) = runtime.block_on(async {
             let store = Store::open_in_data_dir(dir.path()).await?;
-            let host_key = warren_keys::load_or_generate_host_key(&dir.path().join("host_key"))?;
-            let door = Arc::new(FrontDoor {
-                store: store.clone(),
-                signer: TokenSigner::load_or_generate(&signer_path)?,
-                dialer: Arc::new(dialer.clone()),
-                limiter: FailureLimiter::default(),
-                live: Default::default(),
-                console: None,
-                recordings: Arc::new(match policy {
-                    Some(policy) => Recordings::in_data_dir(dir.path(), policy),
-                    None => Recordings::off(),
-                }),
-            });
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let port = listener.local_addr()?.port();
-            tokio::spawn(ssh::serve(listener, ssh::ssh_config(host_key), door));
+            let gateway =
+                server::Gateway::bind_with(store.clone(), dir.path(), listen, options).await?;
+            let port = gateway.ssh_addr.port();
+            tokio::spawn(gateway.serve(std::future::pending()));
             anyhow::Ok((store, port))
         })?;
         Ok(Gateway {

@@ -1,5 +1,6 @@
-//! The stack the runner's end-to-end tests share: one gateway in-process, real
-//! `warren-runner` processes joined to it, sandboxes made through the tunnel.
+//! The stack the runner's end-to-end tests share: one gateway in-process (the real
+//! [`server::Gateway`], without its reconciler: the tests drive runners by hand),
+//! real `warren-runner` processes joined to it, sandboxes made through the tunnel.
 
 #![allow(dead_code)]
 
@@ -13,9 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use tempfile::TempDir;
-use warren_gateway::dial::TunnelDialer;
 use warren_gateway::recordings::{RecordingPolicy, Recordings};
-use warren_gateway::ssh::{self, FailureLimiter, FrontDoor};
+use warren_gateway::server::{self, Listen, Options};
 use warren_gateway::store::{NewSandbox, RunnerId, SandboxState, Store, User};
 use warren_gateway::tunnel::RunnerHub;
 use warren_keys::{SandboxId, TokenSigner};
@@ -117,46 +117,35 @@ impl Stack {
             .enable_all()
             .build()?;
         let dir = TempDir::new()?;
-        let live = Arc::new(warren_gateway::ssh::live::LiveConnections::default());
-        let recordings = Arc::new(Recordings::in_data_dir(dir.path(), policy));
-        let (store, hub, ssh_port, host_key, verifier) = rt.block_on(async {
+        let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let listen = Listen {
+            ssh: loopback,
+            runners: loopback,
+            http: loopback,
+            public_host: None,
+        };
+        let options = Options {
+            recording: policy,
+            reconcile_every: None,
+            ..Options::default()
+        };
+        // The account console is the gateway's lifecycle; the API of `Stack::api`
+        // has its own, so that a test can "restart" the API and lose its memory.
+        let (store, hub, ssh_port, host_key, verifier, live, recordings) = rt.block_on(async {
             let store = Store::open_in_data_dir(dir.path()).await?;
-            let key = warren_keys::load_or_generate_host_key(&dir.path().join("host_key"))?;
-            let hub = Arc::new(
-                RunnerHub::bind(store.clone(), key.clone(), "127.0.0.1:0".parse()?).await?,
+            let gateway =
+                server::Gateway::bind_with(store.clone(), dir.path(), listen, options).await?;
+            let parts = (
+                store,
+                gateway.hub.clone(),
+                gateway.ssh_addr.port(),
+                gateway.host_key().clone(),
+                gateway.signer.verifier().to_base64(),
+                gateway.live.clone(),
+                gateway.recordings.clone(),
             );
-            let signer = TokenSigner::load_or_generate(&dir.path().join("token_signer"))?;
-            let verifier = signer.verifier().to_base64();
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let port = listener.local_addr()?.port();
-            // The account console's lifecycle (the API of `Stack::api` has its own,
-            // so that a test can "restart" the API and lose its memory).
-            let host_key_line =
-                russh::keys::PublicKey::new(key.public_key().key_data().clone(), "")
-                    .to_openssh()?;
-            let console_signer = TokenSigner::load_or_generate(&dir.path().join("token_signer"))?;
-            let mut console = warren_gateway::lifecycle::Lifecycle::new(
-                store.clone(),
-                hub.clone(),
-                Arc::new(console_signer),
-                "127.0.0.1".into(),
-                port,
-                host_key_line,
-            );
-            console.live = live.clone();
-            console.recordings = recordings.clone();
-            let door = Arc::new(FrontDoor {
-                store: store.clone(),
-                signer,
-                dialer: Arc::new(TunnelDialer::new(hub.clone())),
-                limiter: FailureLimiter::default(),
-                live: live.clone(),
-                console: Some(Arc::new(console)),
-                recordings: recordings.clone(),
-            });
-            let host_key = key.public_key().clone();
-            tokio::spawn(ssh::serve(listener, ssh::ssh_config(key), door));
-            anyhow::Ok((store, hub, port, host_key, verifier))
+            tokio::spawn(gateway.serve(std::future::pending()));
+            anyhow::Ok(parts)
         })?;
         Ok(Stack {
             rt,

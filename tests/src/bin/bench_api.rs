@@ -29,10 +29,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use warren_gateway::api::{self, ApiState};
+use warren_gateway::api;
+use warren_gateway::server::{self, Listen};
 use warren_gateway::store::{NewSandbox, RunnerId, SandboxState, Store};
 use warren_gateway::tunnel::{DEFAULT_RUNNER_CAPACITY, RunnerHub};
-use warren_keys::{SandboxId, TokenSigner};
+use warren_keys::SandboxId;
 use warren_tests::{Profile, build_bin};
 
 struct Options {
@@ -95,33 +96,26 @@ struct Gateway {
 
 async fn start_gateway(dir: &Path, sandboxes: usize) -> Result<Gateway> {
     let store = Store::open_in_data_dir(dir).await?;
-    let key = warren_keys::load_or_generate_host_key(&dir.join("host_key"))?;
-    let host_key_line =
-        russh::keys::PublicKey::new(key.public_key().key_data().clone(), "").to_openssh()?;
-    let hub = Arc::new(RunnerHub::bind(store.clone(), key, "127.0.0.1:0".parse()?).await?);
-    let signer = TokenSigner::load_or_generate(&dir.join("token_signer"))?;
-    let state = Arc::new(ApiState::new(
-        store.clone(),
-        hub.clone(),
-        Arc::new(signer),
-        "127.0.0.1".into(),
-        2222,
-        host_key_line,
-    ));
-    let router = api::router(state.clone());
-    let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let http = format!("http://{}", plain.local_addr()?);
-    tokio::spawn(api::serve(plain, router.clone()));
+    let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let listen = Listen {
+        ssh: loopback,
+        runners: loopback,
+        http: loopback,
+        public_host: None,
+    };
+    // As `warren-gateway serve` runs it (the reconciler asks the runner for `List`
+    // every 10 s), serving plain HTTP; the same API over TLS on a second listener.
+    let gateway =
+        server::Gateway::bind_with(store.clone(), dir, listen, server::Options::default()).await?;
+    let http = format!("http://{}", gateway.http_addr);
+    let hub = gateway.hub.clone();
+    let router = api::router(gateway.api.clone());
     let identity = warren_keys::tls::load_or_generate_tls_identity(dir, &[])?;
     let cert_pem = std::fs::read(identity.cert_path())?;
     let tls = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let https = format!("https://{}", tls.local_addr()?);
     tokio::spawn(api::tls::serve_tls(tls, router, identity));
-    // As `warren-gateway serve` runs it (the runner answers `List` every 10 s).
-    warren_gateway::lifecycle::spawn_reconciler(
-        state.lifecycle.clone(),
-        warren_gateway::lifecycle::RECONCILE_EVERY,
-    );
+    tokio::spawn(gateway.serve(std::future::pending()));
 
     let user = store.create_user("bench", false).await?;
     let api_key = store

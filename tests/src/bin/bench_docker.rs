@@ -16,15 +16,12 @@
 //! `cargo run --release -p warren-tests --bin bench-docker [-- --creates 20 --idle 50
 //! --pool 2 --image warren-busybox:latest]` (as root, with a Docker engine).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use warren_gateway::dial::TunnelDialer;
-use warren_gateway::ssh::{self, FailureLimiter, FrontDoor};
+use warren_gateway::server::{self, Gateway, Listen};
 use warren_gateway::store::{NewSandbox, SandboxState, Store};
-use warren_gateway::tunnel::RunnerHub;
-use warren_keys::{SandboxId, TokenSigner};
+use warren_keys::SandboxId;
 use warren_runner::protocol::{Request, Response, SandboxSpec};
 use warren_tests::util::{self, container_memory_kib, wait_until};
 use warren_tests::{Client, Cmd, Profile, Target, build_bin};
@@ -125,24 +122,23 @@ fn main() -> Result<()> {
         let data = work.path().join("gateway");
         std::fs::create_dir(&data)?;
         let store = Store::open_in_data_dir(&data).await?;
-        let host_key = warren_keys::load_or_generate_host_key(&data.join("host_key"))?;
-        let signer = TokenSigner::load_or_generate(&data.join("token_signer"))?;
-        let verifier = signer.verifier().to_base64();
-        let hub = Arc::new(
-            RunnerHub::bind(store.clone(), host_key.clone(), "127.0.0.1:0".parse()?).await?,
-        );
-        let door = Arc::new(FrontDoor {
-            store: store.clone(),
-            signer,
-            dialer: Arc::new(TunnelDialer::new(hub.clone())),
-            limiter: FailureLimiter::default(),
-            live: Default::default(),
-            console: None,
-            recordings: Arc::new(warren_gateway::recordings::Recordings::off()),
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let port = listener.local_addr()?.port();
-        tokio::spawn(ssh::serve(listener, ssh::ssh_config(host_key), door));
+        let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let listen = Listen {
+            ssh: loopback,
+            runners: loopback,
+            http: loopback,
+            public_host: None,
+        };
+        // The bench makes sandboxes through the tunnel itself: no reconciler.
+        let options = server::Options {
+            reconcile_every: None,
+            ..server::Options::default()
+        };
+        let gateway = Gateway::bind_with(store.clone(), &data, listen, options).await?;
+        let verifier = gateway.signer.verifier().to_base64();
+        let hub = gateway.hub.clone();
+        let port = gateway.ssh_addr.port();
+        tokio::spawn(gateway.serve(std::future::pending()));
         let user = store.create_user("bench", false).await?;
         store.add_ssh_key(&user.id, "bench", &key).await?;
         anyhow::Ok((store, hub, verifier, user, port))
