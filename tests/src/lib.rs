@@ -12,7 +12,11 @@
 //!   a hang fails a test instead of blocking CI; [`Pty`] runs one on a terminal, and
 //!   [`Tmux`] gives tests real terminals whose screens they read.
 //!
-//! Not for unit tests of a single crate: those live beside their code.
+//! The system tests are in `tests/tests/`: the whole stack (gateway, runners on the
+//! process and Docker backends, agents) driven through SSH, the HTTP API and the
+//! account console; `tests/tests/common` is their shared stack. Not for unit tests
+//! of a single crate: those live beside their code (`runner/tests/tunnel.rs` is the
+//! runner's own tunnel client against a bare hub).
 
 // The harness exists to fail loudly inside tests.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

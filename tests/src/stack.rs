@@ -9,7 +9,7 @@
 //! runner reconnects by itself and its sandboxes keep running.
 //!
 //! Not for tests that need the API or to create sandboxes later: those use the
-//! in-process stacks (`runner/tests/common`, [`crate::gateway`]).
+//! in-process stacks (`tests/tests/common`, [`crate::gateway`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! The stack the runner's end-to-end tests share: one gateway in-process (the real
+//! The stack the system tests share: one gateway in-process (the real
 //! [`server::Gateway`], without its reconciler: the tests drive runners by hand),
 //! real `warren-runner` processes joined to it, sandboxes made through the tunnel.
 
@@ -22,7 +22,9 @@ use warren_keys::{SandboxId, TokenSigner};
 use warren_runner::protocol::{Request, Response, SandboxSpec};
 use warren_tests::{Client, Output, Target, bin_path};
 
-const RUNNER: &str = env!("CARGO_BIN_EXE_warren-runner");
+fn runner_bin() -> std::path::PathBuf {
+    bin_path("warren-runner")
+}
 
 /// A runner process in its own process group, killed (group and all) on drop.
 pub struct RunnerProc {
@@ -185,7 +187,7 @@ impl Stack {
         let token = self
             .rt
             .block_on(self.store.create_join_token(Duration::from_secs(600)))?;
-        let out = std::process::Command::new(RUNNER)
+        let out = std::process::Command::new(runner_bin())
             .args(["join", "--gateway", &self.hub.local_addr().to_string()])
             .args([
                 "--token",
@@ -316,7 +318,7 @@ fn spawn_runner(
         .create(true)
         .append(true)
         .open(log)?;
-    let mut cmd = std::process::Command::new(RUNNER);
+    let mut cmd = std::process::Command::new(runner_bin());
     cmd.args(["run", "--data-dir"]).arg(data);
     if let Some(listen) = listen {
         cmd.arg("--listen-dir").arg(listen);

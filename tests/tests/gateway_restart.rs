@@ -15,7 +15,9 @@ use anyhow::{Context, Result, ensure};
 use warren_tests::util::free_port;
 use warren_tests::{Client, Target, Tmux, bin_path, persistent};
 
-const RUNNER: &str = env!("CARGO_BIN_EXE_warren-runner");
+fn runner_bin() -> std::path::PathBuf {
+    bin_path("warren-runner")
+}
 
 /// A child in its own process group, killed (group and all) on drop.
 struct Proc(Child);
@@ -143,14 +145,14 @@ fn start() -> Result<Restartable> {
     let gateway = serve(data.path(), ports)?;
     std::thread::sleep(Duration::from_millis(500));
     output_of(
-        Command::new(RUNNER)
+        Command::new(runner_bin())
             .args(["join", "--gateway", &format!("127.0.0.1:{}", ports[1])])
             .args(["--token", &token, "--fingerprint", &fingerprint])
             .args(["--name", "r1", "--data-dir"])
             .arg(runner_data.path()),
     )?;
     let runner = Proc(
-        Command::new(RUNNER)
+        Command::new(runner_bin())
             .args(["run", "--backend", "process", "--data-dir"])
             .arg(runner_data.path())
             .env("WARREN_AGENT_BIN", bin_path("warren-agent"))
