@@ -2,10 +2,11 @@
 //! operator allows, with the static agent bind-mounted in as its main process (PID 1,
 //! reaping children).
 //!
-//! Here: the backend, creating a sandbox (`create`, `container_config`); beside it
-//! [`images`] (the allow-list, image lookup, the static agent), `network` (its
-//! bridge), `exec` (git in the container), `lifecycle` (stop, delete, list, the
-//! idle reaper, adoption) and [`pool`] (started containers waiting to be claimed).
+//! Here: the backend, creating a sandbox (`create`, `make`); beside it `container`
+//! (the hardened container's configuration), [`images`] (the allow-list, image
+//! lookup, the static agent), `network` (its bridge), `exec` (git in the
+//! container), `lifecycle` (stop, delete, list, the idle reaper, adoption) and
+//! [`pool`] (started containers waiting to be claimed).
 //!
 //! Per sandbox `<id>`, everything carries the label [`LABEL_SANDBOX`]:
 //! - container `warren-<id>`; its agent listens on `agent.sock` in a runner-owned
@@ -48,6 +49,7 @@ use crate::netpolicy;
 use crate::protocol::{NetworkPolicy, RepoSpec, SandboxSpec, SandboxStatus};
 use crate::state::write_file;
 
+mod container;
 mod exec;
 mod hostname;
 pub mod images;
@@ -55,6 +57,7 @@ mod lifecycle;
 mod network;
 pub mod pool;
 
+use container::NewContainer;
 pub use images::{DEFAULT_ALLOWED_IMAGES, ensure_static, image_allowed};
 pub use pool::PoolSize;
 
@@ -142,17 +145,6 @@ enum Serves<'a> {
     Pool,
 }
 
-/// What a new container is made of.
-struct NewContainer<'a> {
-    id: &'a SandboxId,
-    serves: Serves<'a>,
-    image: &'a str,
-    image_user: Option<&'a str>,
-    spec: &'a SandboxSpec,
-    network_mode: String,
-    labels: HashMap<String, String>,
-}
-
 pub struct DockerBackend {
     docker: Docker,
     /// Held while a network's subnet is picked and the network made.
@@ -166,11 +158,6 @@ pub struct DockerBackend {
     /// Boxed: it would make `Backend::Docker` much larger than `Backend::Process`.
     pool: Box<pool::Pool>,
 }
-
-/// Capabilities the agent keeps: switching to the sandbox user (SETUID, SETGID),
-/// giving it the workspace and the agent-forwarding socket (CHOWN), and signalling
-/// its sessions (KILL). Sessions run as that user and so have none (CapEff 0).
-const AGENT_CAPS: [&str; 4] = ["CHOWN", "SETUID", "SETGID", "KILL"];
 
 fn container_name(id: &SandboxId) -> String {
     format!("warren-{}", id.as_str())
@@ -483,118 +470,6 @@ impl DockerBackend {
                 tracing::warn!(error = %e, "docker info; using this host's resources");
                 local
             }
-        }
-    }
-
-    fn labels(&self, id: &SandboxId) -> HashMap<String, String> {
-        HashMap::from([
-            (LABEL_SANDBOX.to_owned(), id.as_str().to_owned()),
-            (LABEL_RUNNER.to_owned(), self.runner.clone()),
-        ])
-    }
-
-    /// The memory (bytes), CPU (nano-CPUs) and pids limits of a sandbox of `spec`.
-    fn limits(&self, spec: &SandboxSpec) -> (i64, i64, i64) {
-        let d = &self.defaults;
-        let memory = i64::try_from(spec.memory_mb.unwrap_or(d.memory_mb))
-            .unwrap_or(i64::MAX / (1 << 20))
-            * (1 << 20);
-        let nano_cpus = i64::from(spec.millicpus.unwrap_or(d.millicpus)) * 1_000_000;
-        let pids = i64::from(spec.pids_limit.unwrap_or(d.pids_limit));
-        (memory, nano_cpus, pids)
-    }
-
-    fn container_config(&self, new: NewContainer<'_>) -> ContainerCreateBody {
-        let NewContainer {
-            id,
-            serves,
-            image,
-            image_user,
-            spec,
-            network_mode,
-            labels,
-        } = new;
-        let d = &self.defaults;
-        let (memory, nano_cpus, pids) = self.limits(spec);
-        let files = i64::from(d.open_files);
-        let mut env = match serves {
-            Serves::Sandbox { token_key } => vec![
-                format!("WARREN_SANDBOX_ID={}", id.as_str()),
-                format!("WARREN_TOKEN_KEY={token_key}"),
-            ],
-            Serves::Pool => vec![format!(
-                "WARREN_IDENTITY_FILE={RUN_MOUNT}/{}",
-                pool::IDENTITY
-            )],
-        };
-        env.extend([
-            format!("WARREN_AGENT_LISTEN=unix:{RUN_MOUNT}/agent.sock"),
-            format!("WARREN_AGENT_HOST_KEY={RUN_MOUNT}/host_key"),
-            format!("WARREN_AUTHORIZED_KEYS={RUN_MOUNT}/authorized_keys"),
-            format!("WARREN_USER_FILE={RUN_MOUNT}/user"),
-            format!("WARREN_ACTIVITY_FILE={RUN_MOUNT}/activity"),
-            format!("WARREN_SANDBOX_USER={}", image_user.unwrap_or("auto")),
-            format!("WARREN_WORKDIR={WORKSPACE}"),
-            "WARREN_OWN_WORKDIR=true".to_owned(),
-            // Reached only through the runner's encrypted tunnel.
-            "WARREN_AGENT_ALLOW_UNENCRYPTED=true".to_owned(),
-        ]);
-        if let Some(ttl) = self.session_detached_ttl {
-            env.push(format!("WARREN_SESSION_DETACHED_TTL_S={}", ttl.as_secs()));
-        }
-        if !spec.env.is_empty() {
-            let names: Vec<&str> = spec.env.keys().map(String::as_str).collect();
-            env.push(format!("WARREN_PASS_ENV={}", names.join(",")));
-            env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
-        }
-        let agent = self.agent_bin.display();
-        let run = self.sandbox_run_dir(id);
-        let host_config = HostConfig {
-            binds: Some(vec![
-                format!("{agent}:{AGENT_MOUNT}:ro"),
-                format!("{agent}:{ASKPASS_MOUNT}:ro"),
-                format!("{}:{RUN_MOUNT}:rw", run.display()),
-            ]),
-            mounts: Some(vec![Mount {
-                target: Some(WORKSPACE.into()),
-                source: Some(volume_name(id)),
-                typ: Some(MountType::VOLUME),
-                ..Default::default()
-            }]),
-            network_mode: Some(network_mode),
-            privileged: Some(false),
-            cap_drop: Some(vec!["ALL".into()]),
-            cap_add: Some(AGENT_CAPS.iter().map(|c| (*c).to_owned()).collect()),
-            security_opt: Some(vec!["no-new-privileges:true".into()]),
-            memory: Some(memory),
-            memory_swap: Some(memory),
-            nano_cpus: Some(nano_cpus),
-            pids_limit: Some(pids),
-            ulimits: Some(vec![ResourcesUlimits {
-                name: Some("nofile".into()),
-                soft: Some(files),
-                hard: Some(files),
-            }]),
-            readonly_rootfs: Some(spec.read_only_root),
-            tmpfs: spec.read_only_root.then(|| {
-                HashMap::from([("/tmp".to_owned(), "rw,nosuid,nodev,size=512m".to_owned())])
-            }),
-            runtime: self.defaults.runtime.clone(),
-            init: Some(false),
-            ..Default::default()
-        };
-        ContainerCreateBody {
-            image: Some(image.to_owned()),
-            hostname: Some(id.as_str().to_owned()),
-            user: Some("0:0".into()),
-            entrypoint: Some(vec![AGENT_MOUNT.into(), "serve".into()]),
-            cmd: Some(vec![]),
-            env: Some(env),
-            working_dir: Some("/".into()),
-            labels: Some(labels),
-            stop_signal: Some("SIGTERM".into()),
-            host_config: Some(host_config),
-            ..Default::default()
         }
     }
 
