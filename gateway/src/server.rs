@@ -40,6 +40,19 @@ pub struct Listen {
     pub public_host: Option<String>,
 }
 
+impl Listen {
+    /// Every listener on 127.0.0.1, each on a free port (tests and benchmarks).
+    pub fn loopback() -> Listen {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Listen {
+            ssh: any,
+            runners: any,
+            http: any,
+            public_host: None,
+        }
+    }
+}
+
 /// Bounds on connections that have not logged in yet, per SSH listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Preauth {
@@ -101,10 +114,6 @@ pub struct Gateway {
     pub hub: Arc<RunnerHub>,
     pub api: Arc<ApiState>,
     pub signer: Arc<TokenSigner>,
-    /// Logged-in SSH connections, for revocation (the lifecycle's).
-    pub live: Arc<ssh::live::LiveConnections>,
-    /// Where terminal sessions are recorded (the lifecycle's).
-    pub recordings: Arc<Recordings>,
     pub ssh_addr: SocketAddr,
     pub http_addr: SocketAddr,
     ssh_listener: TcpListener,
@@ -189,15 +198,13 @@ impl Gateway {
             limiter: FailureLimiter::default(),
             live: lifecycle.live.clone(),
             console: Some(lifecycle.clone()),
-            recordings: recordings.clone(),
+            recordings,
         });
         Ok(Gateway {
             store,
             hub,
             api,
             signer,
-            live: lifecycle.live.clone(),
-            recordings,
             ssh_addr,
             http_addr,
             ssh_listener,

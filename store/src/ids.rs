@@ -25,10 +25,6 @@ impl ParseError {
     }
 }
 
-fn generate(prefix: &str) -> String {
-    warren_keys::random_id::<RANDOM_CHARS>(&format!("{prefix}-"))
-}
-
 fn is_valid(prefix: &str, s: &str) -> bool {
     s.strip_prefix(prefix)
         .and_then(|rest| rest.strip_prefix('-'))
@@ -51,7 +47,7 @@ macro_rules! id_type {
             ///
             /// If the OS random number generator fails.
             pub fn generate() -> $name {
-                $name(generate($prefix))
+                $name(warren_keys::random_id::<RANDOM_CHARS>(concat!($prefix, "-")))
             }
 
             /// Accepts exactly what [`Self::generate`] makes.

@@ -68,13 +68,7 @@ impl Gateway {
             .prefix("warren-gateway-")
             .tempdir()?;
         let dialer = DirectDialer::default();
-        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-        let listen = Listen {
-            ssh: loopback,
-            runners: loopback,
-            http: loopback,
-            public_host: None,
-        };
+        let listen = Listen::loopback();
         let options = Options {
             recording: policy.unwrap_or(RecordingPolicy {
                 enabled: false,

@@ -41,13 +41,7 @@ struct Running {
 async fn start() -> Running {
     let dir = TempDir::new().unwrap();
     let store = Store::open_in_data_dir(dir.path()).await.unwrap();
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let listen = Listen {
-        ssh: any,
-        runners: any,
-        http: any,
-        public_host: None,
-    };
+    let listen = Listen::loopback();
     let preauth = Preauth {
         ssh: LIMITS,
         runners: LIMITS,

@@ -96,13 +96,7 @@ struct Gateway {
 
 async fn start_gateway(dir: &Path, sandboxes: usize) -> Result<Gateway> {
     let store = Store::open_in_data_dir(dir).await?;
-    let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let listen = Listen {
-        ssh: loopback,
-        runners: loopback,
-        http: loopback,
-        public_host: None,
-    };
+    let listen = Listen::loopback();
     // As `warren-gateway serve` runs it (the reconciler asks the runner for `List`
     // every 10 s), serving plain HTTP; the same API over TLS on a second listener.
     let gateway =

@@ -122,13 +122,7 @@ fn main() -> Result<()> {
         let data = work.path().join("gateway");
         std::fs::create_dir(&data)?;
         let store = Store::open_in_data_dir(&data).await?;
-        let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-        let listen = Listen {
-            ssh: loopback,
-            runners: loopback,
-            http: loopback,
-            public_host: None,
-        };
+        let listen = Listen::loopback();
         // The bench makes sandboxes through the tunnel itself: no reconciler.
         let options = server::Options {
             reconcile_every: None,

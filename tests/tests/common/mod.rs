@@ -119,13 +119,7 @@ impl Stack {
             .enable_all()
             .build()?;
         let dir = TempDir::new()?;
-        let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-        let listen = Listen {
-            ssh: loopback,
-            runners: loopback,
-            http: loopback,
-            public_host: None,
-        };
+        let listen = Listen::loopback();
         let options = Options {
             recording: policy,
             reconcile_every: None,
@@ -143,8 +137,8 @@ impl Stack {
                 gateway.ssh_addr.port(),
                 gateway.host_key().clone(),
                 gateway.signer.verifier().to_base64(),
-                gateway.live.clone(),
-                gateway.recordings.clone(),
+                gateway.api.lifecycle.live.clone(),
+                gateway.api.lifecycle.recordings.clone(),
             );
             tokio::spawn(gateway.serve(std::future::pending()));
             anyhow::Ok(parts)
