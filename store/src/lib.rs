@@ -49,6 +49,7 @@ mod key_cache;
 mod keys;
 mod migrations;
 mod model;
+mod page_cache;
 mod row;
 mod runners;
 mod sandboxes;
@@ -93,6 +94,8 @@ pub struct Store {
     backend: Backend,
     /// API keys verified in the last few seconds (see `key_cache`).
     api_keys: std::sync::Arc<key_cache::KeyCache>,
+    /// Sandbox pages listed since the last sandbox write (see `page_cache`).
+    pages: std::sync::Arc<page_cache::PageCache>,
 }
 
 impl Store {
@@ -190,6 +193,7 @@ impl Store {
             pool,
             backend,
             api_keys: Default::default(),
+            pages: Default::default(),
         })
     }
 

@@ -226,7 +226,9 @@ impl Store {
             )
         })?;
         append_event(&mut tx, &sandbox.id, now, None, sandbox.state, "created").await?;
-        tx.commit().await?;
+        let committed = tx.commit().await;
+        self.pages.invalidate();
+        committed?;
         Ok(sandbox)
     }
 
@@ -249,6 +251,19 @@ impl Store {
         query: &SandboxQuery,
     ) -> Result<SandboxPage, StoreError> {
         let limit = query.limit.clamp(1, SandboxQuery::MAX_LIMIT);
+        let key = (
+            owner.as_str().to_owned(),
+            limit,
+            query.include_deleted,
+            query
+                .after
+                .as_ref()
+                .map(|c| (c.created_at.unix_seconds(), c.id.as_str().to_owned())),
+        );
+        if let Some(page) = self.pages.get(&key) {
+            return Ok((*page).clone());
+        }
+        let generation = self.pages.generation();
         // Without a cursor, start past every real row: nothing is created at i64::MAX.
         let (after_time, after_id) = match &query.after {
             Some(c) => (c.created_at.unix_seconds(), c.id.as_str()),
@@ -289,7 +304,10 @@ impl Store {
         } else {
             None
         };
-        Ok(SandboxPage { sandboxes, next })
+        let page = SandboxPage { sandboxes, next };
+        self.pages
+            .put(key, std::sync::Arc::new(page.clone()), generation);
+        Ok(page)
     }
 
     /// The sandboxes placed on `runner` that are not deleted, oldest first.
@@ -346,7 +364,9 @@ impl Store {
                 continue;
             }
             append_event(&mut tx, id, now, Some(from), to, reason).await?;
-            tx.commit().await?;
+            let committed = tx.commit().await;
+            self.pages.invalidate();
+            committed?;
             return Ok(Sandbox {
                 state: to,
                 updated_at: now,
