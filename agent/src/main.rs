@@ -19,6 +19,7 @@ mod pump;
 mod server;
 mod session;
 mod sftp;
+mod unpack;
 mod user;
 mod watch;
 
@@ -56,6 +57,8 @@ enum Command {
     },
     /// Stream changes under a directory, for `warren mirror` (see watch.rs).
     Watch { dir: PathBuf },
+    /// Write a batch of small files read from stdin, for `warren sync` (see unpack.rs).
+    Unpack,
 }
 
 #[derive(clap::Args)]
@@ -155,6 +158,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Chunks { chunk_size } => chunks::run(chunk_size),
         Command::Watch { dir } => watch::run(&dir),
+        Command::Unpack => unpack::run(),
     }
 }
 

@@ -3,6 +3,7 @@
 //! tree to a sandbox directory, `mirror` keeps a local copy of one live; progress is a stream of [`Event`]s, which the
 //! `warren` CLI draws and programs read.
 
+mod batch;
 mod chunks;
 mod connect;
 mod download;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
+use crate::batch::{self, SmallFile};
 use crate::chunks::{self, Ask};
 use crate::connect::{Connection, Endpoint};
 use crate::error::SyncError;
@@ -154,8 +155,43 @@ pub async fn seed(
     }
     make_dirs(sftp, &root, &plan.mkdirs).await?;
 
+    // Small files with nothing to resume go in streams; the rest, and any file a
+    // stream did not land, over SFTP.
+    let small: Vec<SmallFile> = plan
+        .files
+        .iter()
+        .filter(|(path, _)| !chunked.contains_key(path))
+        .filter_map(|(path, _)| match scan.tree.get(path) {
+            Some(Kind::File { size, mode, mtime }) if *size < plan::CHUNKED_FROM => {
+                Some(SmallFile {
+                    path: path.clone(),
+                    local: tree::local_path(&options.source, path),
+                    remote: join(&root, path),
+                    part: join(&root, &part_name(path)),
+                    mode: *mode,
+                    mtime: *mtime,
+                    size: *size,
+                })
+            }
+            _ => None,
+        })
+        .collect();
+    let landed = batch::send(&conn, &options.agent_path, &small, &tracker).await;
+    let mut done = std::collections::HashSet::new();
+    for (file, ok) in small.iter().zip(landed) {
+        if ok {
+            summary.files_sent += 1;
+            summary.bytes_sent += file.size;
+            done.insert(file.path.as_str());
+        }
+    }
+    let over_sftp = plan
+        .files
+        .iter()
+        .filter(|(path, _)| !done.contains(path.as_str()));
+
     let window = Arc::new(tokio::sync::Semaphore::new(WINDOW_REQUESTS));
-    let mut jobs = futures::stream::iter(plan.files.iter().map(|(path, _)| {
+    let mut jobs = futures::stream::iter(over_sftp.map(|(path, _)| {
         let (window, tracker) = (&window, &tracker);
         let have = chunked.get(path).cloned();
         let (root, source) = (&root, &options.source);
