@@ -210,7 +210,12 @@ mod tests {
 
     #[test]
     fn a_malformed_header_is_an_error() {
-        for bad in [&b"/p\0/t\0x 0 0\0"[..], b"/p\0/t\00 0\0", b"p\0t\00 0 0\0"] {
+        let bad: [&[u8]; 3] = [
+            b"/p\x00/t\x00x 0 0\x00",
+            b"/p\x00/t\x000 0\x00",
+            b"p\x00t\x000 0 0\x00",
+        ];
+        for bad in bad {
             assert!(header(&mut std::io::Cursor::new(bad)).is_err());
         }
     }
