@@ -23,8 +23,9 @@ pub const TTL: Duration = Duration::from_secs(2);
 const MAX_ENTRIES: usize = 4096;
 
 /// Which page: the owner, the page size, whether deleted sandboxes are included,
-/// and the cursor (created-at seconds and id) it continues after.
-pub type PageKey = (String, u32, bool, Option<(i64, String)>);
+/// and where it continues (the cursor's created-at seconds and id; the first page
+/// starts past every row).
+pub type PageKey = (String, u32, bool, i64, String);
 
 struct Entry {
     page: Arc<SandboxPage>,
@@ -103,7 +104,7 @@ mod tests {
     use super::*;
 
     fn key(owner: &str) -> PageKey {
-        (owner.to_owned(), 50, false, None)
+        (owner.to_owned(), 50, false, i64::MAX, String::new())
     }
 
     fn page() -> Arc<SandboxPage> {

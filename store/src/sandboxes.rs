@@ -251,24 +251,22 @@ impl Store {
         query: &SandboxQuery,
     ) -> Result<SandboxPage, StoreError> {
         let limit = query.limit.clamp(1, SandboxQuery::MAX_LIMIT);
-        let key = (
-            owner.as_str().to_owned(),
-            limit,
-            query.include_deleted,
-            query
-                .after
-                .as_ref()
-                .map(|c| (c.created_at.unix_seconds(), c.id.as_str().to_owned())),
-        );
-        if let Some(page) = self.pages.get(&key) {
-            return Ok((*page).clone());
-        }
-        let generation = self.pages.generation();
         // Without a cursor, start past every real row: nothing is created at i64::MAX.
         let (after_time, after_id) = match &query.after {
             Some(c) => (c.created_at.unix_seconds(), c.id.as_str()),
             None => (i64::MAX, ""),
         };
+        let key = (
+            owner.as_str().to_owned(),
+            limit,
+            query.include_deleted,
+            after_time,
+            after_id.to_owned(),
+        );
+        if let Some(page) = self.pages.get(&key) {
+            return Ok((*page).clone());
+        }
+        let generation = self.pages.generation();
         let page = format!(
             "SELECT {SANDBOX_COLUMNS} FROM sandboxes \
              WHERE owner_id = $1 AND ($2 OR state <> 'deleted') \
