@@ -1136,7 +1136,9 @@ where
 
     session.begin_rekey()?;
 
-    let join = russh_util::runtime::spawn(session.run(stream, handler));
+    // Warren patch: boxed, so the task does not hold the session's future twice
+    // (once as the spawned value, once as its state).
+    let join = russh_util::runtime::spawn(Box::pin(session.run(stream, handler)));
 
     Ok(RunningSession { handle, join })
 }

@@ -91,7 +91,8 @@ pub enum Msg {
         amount: u32,
     },
     ChannelOpenReply {
-        pending: PendingChannelOpen,
+        // Warren patch: boxed, so a `Msg` (32 per channel block) stays small.
+        pending: Box<PendingChannelOpen>,
         result: Result<(), ChannelOpenFailure>,
     },
 }
@@ -634,7 +635,7 @@ impl Session {
                     .disconnect(reason, &description, &language_tag)?;
             }
             Msg::ChannelOpenReply { pending, result } => {
-                self.finalize_channel_open_reply(pending, result)?;
+                self.finalize_channel_open_reply(*pending, result)?;
             }
             Msg::AdjustWindow { id, amount } => {
                 if let Some(enc) = self.common.encrypted.as_mut() {
@@ -761,7 +762,9 @@ impl Session {
                             std::mem::swap(&mut opening_cipher, &mut self.common.remote_to_local);
 
                             let kex_was_active = self.kex.active();
-                            match reply(&mut self, &mut handler, &mut pkt).await {
+                            // Warren patch: boxed, so an idle session's future does not
+                            // keep room for the largest packet handler (~10 KB).
+                            match Box::pin(reply(&mut self, &mut handler, &mut pkt)).await {
                                 Ok(_) => {},
                                 Err(e) => return Err(e),
                             }
