@@ -381,12 +381,32 @@ impl Default for SandboxQuery {
     }
 }
 
-/// One page of sandboxes, newest first.
-#[derive(Debug, Clone, PartialEq)]
+/// One page of sandboxes, newest first. Shared (an `Arc`) between its readers and
+/// the store's memory of recent pages.
+#[derive(Debug)]
 pub struct SandboxPage {
     pub sandboxes: Vec<Sandbox>,
     /// Where the next page starts; `None` on the last page.
     pub next: Option<SandboxCursor>,
+    /// A reader's encoding of the page (the API's JSON body): made at most once
+    /// and kept as long as the page is, so a page listed again is not encoded again.
+    rendered: std::sync::OnceLock<std::sync::Arc<[u8]>>,
+}
+
+impl SandboxPage {
+    pub fn new(sandboxes: Vec<Sandbox>, next: Option<SandboxCursor>) -> SandboxPage {
+        SandboxPage {
+            sandboxes,
+            next,
+            rendered: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The page as `render` encodes it, made by the first caller and shared with the
+    /// later ones. Every caller must render a page the same way.
+    pub fn rendered(&self, render: impl FnOnce(&SandboxPage) -> Vec<u8>) -> std::sync::Arc<[u8]> {
+        self.rendered.get_or_init(|| render(self).into()).clone()
+    }
 }
 
 /// How the program in an SSH session ended.

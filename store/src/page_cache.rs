@@ -108,10 +108,7 @@ mod tests {
     }
 
     fn page() -> Arc<SandboxPage> {
-        Arc::new(SandboxPage {
-            sandboxes: Vec::new(),
-            next: None,
-        })
+        Arc::new(SandboxPage::new(Vec::new(), None))
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Sandboxes and their state history.
 
+use std::sync::Arc;
+
 use sqlx::AnyConnection;
 use sqlx::any::AnyRow;
 use warren_keys::SandboxId;
@@ -249,7 +251,7 @@ impl Store {
         &self,
         owner: &UserId,
         query: &SandboxQuery,
-    ) -> Result<SandboxPage, StoreError> {
+    ) -> Result<Arc<SandboxPage>, StoreError> {
         let limit = query.limit.clamp(1, SandboxQuery::MAX_LIMIT);
         // Without a cursor, start past every real row: nothing is created at i64::MAX.
         let (after_time, after_id) = match &query.after {
@@ -264,7 +266,7 @@ impl Store {
             after_id.to_owned(),
         );
         if let Some(page) = self.pages.get(&key) {
-            return Ok((*page).clone());
+            return Ok(page);
         }
         let generation = self.pages.generation();
         let page = format!(
@@ -302,9 +304,8 @@ impl Store {
         } else {
             None
         };
-        let page = SandboxPage { sandboxes, next };
-        self.pages
-            .put(key, std::sync::Arc::new(page.clone()), generation);
+        let page = Arc::new(SandboxPage::new(sandboxes, next));
+        self.pages.put(key, page.clone(), generation);
         Ok(page)
     }
 
@@ -403,6 +404,47 @@ impl Store {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    /// A page listed again while nothing changed is the same page, its encoding
+    /// made once; a write gives the next listing a fresh page, encoded afresh.
+    #[tokio::test]
+    async fn a_pages_encoding_lives_until_a_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_in_data_dir(dir.path()).await.unwrap();
+        let owner = store.create_user("alice", false).await.unwrap();
+        let id = SandboxId::generate();
+        store
+            .create_sandbox(&NewSandbox {
+                id: id.clone(),
+                owner_id: owner.id.clone(),
+                runner_id: None,
+                image: "base".into(),
+                repo: None,
+                branch: None,
+                cpus: 1.0,
+                memory_mb: 512,
+                idle_timeout_s: None,
+                ttl_s: None,
+            })
+            .await
+            .unwrap();
+        let query = SandboxQuery::default();
+        let encode = |page: &SandboxPage| format!("{:?}", page.sandboxes[0].state).into_bytes();
+        let first = store.list_sandboxes(&owner.id, &query).await.unwrap();
+        let body = first.rendered(encode);
+        let again = store.list_sandboxes(&owner.id, &query).await.unwrap();
+        let reused = again.rendered(|_| unreachable!("encoded again"));
+        assert!(Arc::ptr_eq(&body, &reused));
+
+        store
+            .set_sandbox_state(&id, SandboxState::Failed, "test")
+            .await
+            .unwrap();
+        let after = store.list_sandboxes(&owner.id, &query).await.unwrap();
+        assert!(!Arc::ptr_eq(&first, &after));
+        assert_eq!(&*after.rendered(encode), b"Failed");
+        assert_eq!(&*body, b"Creating");
+    }
 
     /// A SQLite page (one JSON value) reads back exactly what `get_sandbox` reads,
     /// CPU limits to the last bit included.

@@ -757,8 +757,8 @@ async fn sandboxes_are_paginated_per_owner(db: &TestDb) {
     loop {
         let page = store.list_sandboxes(&alice.id, &query).await.unwrap();
         sizes.push(page.sandboxes.len());
-        seen.extend(page.sandboxes);
-        match page.next {
+        seen.extend(page.sandboxes.iter().cloned());
+        match &page.next {
             // Cursors survive a round trip through text, as in an HTTP query.
             Some(next) => query.after = Some(next.to_string().parse().unwrap()),
             None => break,

@@ -166,7 +166,7 @@ impl Lifecycle {
     }
 
     /// `owner`'s sandboxes, newest first, a page at a time.
-    pub async fn list(&self, owner: &User, query: &SandboxQuery) -> Result<SandboxPage> {
+    pub async fn list(&self, owner: &User, query: &SandboxQuery) -> Result<Arc<SandboxPage>> {
         Ok(self.store.list_sandboxes(&owner.id, query).await?)
     }
 

@@ -284,7 +284,7 @@ async fn execute(
                         .iter()
                         .map(|s| SandboxView::new(lc, s))
                         .collect(),
-                    next_cursor: page.next.map(|c| c.to_string()),
+                    next_cursor: page.next.as_ref().map(ToString::to_string),
                 }))
             } else {
                 Outcome::out(sandbox_table(&page.sandboxes))
