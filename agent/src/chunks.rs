@@ -26,8 +26,13 @@ pub fn run(chunk_size: u64) -> anyhow::Result<()> {
         let path = Path::new(OsStr::from_bytes(&path));
         if !seed.is_empty() && std::fs::symlink_metadata(path).is_err() {
             let seed = Path::new(OsStr::from_bytes(&seed));
-            // A failed copy leaves the path missing, answered `-`: sent whole.
-            let _ = copy(seed, path);
+            // The copy is hashed as it is written, so the part is read once. A
+            // failed copy is answered by hashing what it left (nothing, `-`,
+            // when the path could not be made).
+            if let Ok(line) = copy(seed, path, &mut buf) {
+                writeln!(out, "{line}")?;
+                continue;
+            }
         }
         match hash_file(path, &mut buf) {
             Ok(line) => writeln!(out, "{line}")?,
@@ -50,43 +55,86 @@ fn field(input: &mut impl BufRead) -> std::io::Result<Option<Vec<u8>>> {
     Ok(Some(field))
 }
 
-fn copy(seed: &Path, path: &Path) -> std::io::Result<()> {
-    let mut from = std::fs::OpenOptions::new()
+/// Copies `seed` to a new file at `path` (mode 0600), answering the copy's line.
+/// The kernel copies a chunk at a time (`copy_file_range`, no trip through this
+/// process) while this thread hashes the chunks that have landed, read back from
+/// the copy: the answer describes what the copy holds, even if the seed changes.
+fn copy(seed: &Path, path: &Path, buf: &mut [u8]) -> std::io::Result<String> {
+    let from = open_regular(seed)?;
+    let to = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(seed)?;
-    if !from.metadata()?.is_file() {
-        return Err(std::io::ErrorKind::InvalidInput.into());
-    }
-    let mut to = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)?;
-    std::io::copy(&mut from, &mut to)?;
-    Ok(())
+    let chunk = buf.len() as u64;
+    std::thread::scope(|scope| {
+        let (landed_tx, landed) = std::sync::mpsc::sync_channel::<u64>(8);
+        let (from, to) = (&from, &to);
+        let copier = scope.spawn(move || -> std::io::Result<()> {
+            loop {
+                let n = std::io::copy(&mut from.take(chunk), &mut &*to)?;
+                if n == 0 || landed_tx.send(n).is_err() || n < chunk {
+                    return Ok(());
+                }
+            }
+        });
+        let mut size = 0u64;
+        let mut line = String::new();
+        let mut read_back = Ok(());
+        for n in landed {
+            let piece = &mut buf[..n as usize];
+            if let Err(e) = std::os::unix::fs::FileExt::read_exact_at(to, piece, size) {
+                read_back = Err(e);
+                break;
+            }
+            size += n;
+            push_hash(&mut line, piece);
+        }
+        copier
+            .join()
+            .map_err(|_| std::io::Error::other("the copy panicked"))??;
+        read_back?;
+        Ok(format!("{size}{line}"))
+    })
 }
 
 fn hash_file(path: &Path, buf: &mut [u8]) -> std::io::Result<String> {
-    let mut file = std::fs::OpenOptions::new()
+    hash_chunks(&mut open_regular(path)?, buf)
+}
+
+/// Appends ` HEX` (the SHA-256 of `chunk`) to `line`.
+fn push_hash(line: &mut String, chunk: &[u8]) {
+    use std::fmt::Write as _;
+    line.push(' ');
+    for byte in Sha256::digest(chunk) {
+        let _ = write!(line, "{byte:02x}");
+    }
+}
+
+/// A regular file, opened for reading without following a link.
+fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)?;
     if !file.metadata()?.is_file() {
         return Err(std::io::ErrorKind::InvalidInput.into());
     }
+    Ok(file)
+}
+
+/// Reads `file` a chunk (`buf`) at a time; answers `SIZE HEX…`.
+fn hash_chunks(file: &mut impl Read, buf: &mut [u8]) -> std::io::Result<String> {
     let mut size = 0u64;
     let mut line = String::new();
     loop {
-        let n = read_full(&mut file, buf)?;
+        let n = read_full(file, buf)?;
         if n == 0 {
             break;
         }
         size += n as u64;
-        line.push(' ');
-        for byte in Sha256::digest(&buf[..n]) {
-            line.push_str(&format!("{byte:02x}"));
-        }
+        push_hash(&mut line, &buf[..n]);
         if n < buf.len() {
             break;
         }
@@ -122,8 +170,12 @@ mod tests {
         assert_eq!(words[0], "11");
         assert_eq!(words.len(), 1 + 3);
         let part = dir.path().join(".a.part");
-        copy(&seed, &part).unwrap_or_else(|e| panic!("{e}"));
+        let copied = copy(&seed, &part, &mut buf).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(copied, line, "a copy answers the seed's hashes");
         assert_eq!(std::fs::read(&part).unwrap_or_default(), b"hello world");
-        assert!(copy(&seed, &part).is_err(), "an existing part is kept");
+        assert!(
+            copy(&seed, &part, &mut buf).is_err(),
+            "an existing part is kept"
+        );
     }
 }

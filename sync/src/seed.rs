@@ -5,6 +5,7 @@
 //! resumes: equal files are skipped and a large file's temp part keeps the chunks
 //! that made it.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -12,7 +13,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
 use crate::batch::{self, SmallFile};
-use crate::chunks::{self, Ask};
+use crate::chunks::{self, Ask, Chunks};
 use crate::connect::{Connection, Endpoint};
 use crate::error::SyncError;
 use crate::plan::{self, Send};
@@ -123,7 +124,10 @@ pub async fn seed(
     };
 
     // Hashes decide what "maybe equal" and resumable files still need.
-    let chunked = hash_candidates(&conn, options, &root, &scan.tree, &mut plan).await;
+    let Hashed {
+        have: chunked,
+        mine: local_hashes,
+    } = hash_candidates(&conn, options, &root, &scan.tree, &mut plan).await;
     summary.files_skipped = plan.skipped;
 
     let sending: u64 = plan
@@ -194,6 +198,7 @@ pub async fn seed(
     let mut jobs = futures::stream::iter(over_sftp.map(|(path, _)| {
         let (window, tracker) = (&window, &tracker);
         let have = chunked.get(path).cloned();
+        let mine = local_hashes.get(path).cloned();
         let (root, source) = (&root, &options.source);
         let kind = scan.tree.get(path).cloned();
         async move {
@@ -213,6 +218,7 @@ pub async fn seed(
                     mode,
                     mtime,
                     have,
+                    mine,
                 },
             )
             .await
@@ -310,18 +316,26 @@ fn report_dry_run(events: &Events, plan: &plan::Plan) {
     }
 }
 
+/// What the chunk hashes said about the files still to send.
+#[derive(Default)]
+struct Hashed {
+    /// What each kept (resumed or seeded) part in the sandbox holds.
+    have: HashMap<String, Chunks>,
+    /// The local file's own hashes where they were already computed (a patch),
+    /// so that sending it reads only the chunks that differ.
+    mine: HashMap<String, Chunks>,
+}
+
 /// Asks the sandbox for chunk hashes of files whose sizes say they may be equal
 /// (then dropped from the plan when they are) or resumable (their part kept, or
-/// seeded from the old copy). Returns what each kept part holds. Without the
-/// helper, everything is sent whole.
+/// seeded from the old copy). Without the helper, everything is sent whole.
 async fn hash_candidates(
     conn: &Connection,
     options: &SeedOptions,
     root: &str,
     local: &Tree,
     plan: &mut plan::Plan,
-) -> std::collections::HashMap<String, chunks::Chunks> {
-    let mut have = std::collections::HashMap::new();
+) -> Hashed {
     let maybe: Vec<String> = plan
         .files
         .iter()
@@ -335,22 +349,36 @@ async fn hash_candidates(
             seed: None,
         })
         .collect();
-    let Ok(answers) = chunks::remote(conn, &options.agent_path, &asks).await else {
+    // The local copies are hashed while the sandbox hashes its own.
+    let local_paths: Vec<PathBuf> = maybe
+        .iter()
+        .map(|p| tree::local_path(&options.source, p))
+        .collect();
+    let local_hashes = tokio::task::spawn_blocking(move || {
+        local_paths
+            .iter()
+            .map(|p| chunks::local(p).ok())
+            .collect::<Vec<_>>()
+    });
+    let (answers, local_hashes) = tokio::join!(
+        chunks::remote(conn, &options.agent_path, &asks),
+        local_hashes
+    );
+    let Ok(answers) = answers else {
         tracing::debug!("no chunk helper in the sandbox: sending changed files whole");
-        return have;
+        return Hashed::default();
     };
+    let local_hashes = local_hashes.unwrap_or_default();
     let mut equal = std::collections::HashSet::new();
-    let mut patch = Vec::new();
-    for (path, answer) in maybe.iter().zip(answers) {
-        let local_path = tree::local_path(&options.source, path);
-        let Some(remote) = answer else { continue };
-        let Ok(mine) = chunks::local(&local_path) else {
+    let mut patch = HashMap::new();
+    for ((path, answer), mine) in maybe.iter().zip(answers).zip(local_hashes) {
+        let (Some(remote), Some(mine)) = (answer, mine) else {
             continue;
         };
         if mine == remote {
             equal.insert(path.clone());
         } else if mine.size >= plan::CHUNKED_FROM {
-            patch.push(path.clone());
+            patch.insert(path.clone(), mine);
         }
     }
     plan.files.retain(|(p, _)| !equal.contains(p));
@@ -364,7 +392,7 @@ async fn hash_candidates(
         let seed = match send {
             Send::Chunked { resume_part: true } => None,
             Send::Chunked { resume_part: false } => Some(join(root, path)),
-            _ if patch.contains(path) => Some(join(root, path)),
+            _ if patch.contains_key(path) => Some(join(root, path)),
             _ => continue,
         };
         asks.push(Ask {
@@ -373,14 +401,18 @@ async fn hash_candidates(
         });
         names.push(path.clone());
     }
+    let mut hashed = Hashed::default();
     if let Ok(answers) = chunks::remote(conn, &options.agent_path, &asks).await {
         for (path, answer) in names.into_iter().zip(answers) {
             if let (Some(chunks), Some(Kind::File { .. })) = (answer, local.get(&path)) {
-                have.insert(path, chunks);
+                if let Some(mine) = patch.remove(&path) {
+                    hashed.mine.insert(path.clone(), mine);
+                }
+                hashed.have.insert(path, chunks);
             }
         }
     }
-    have
+    hashed
 }
 
 async fn make_dirs(sftp: &Sftp, root: &str, dirs: &[(String, u32)]) -> Result<(), SyncError> {

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::Semaphore;
 
 use crate::chunks::{self, CHUNK, Chunks};
@@ -27,6 +27,19 @@ pub struct FileJob<'a> {
     pub mtime: i64,
     /// What the part already holds (a resumed or seeded part); `None` writes it all.
     pub have: Option<Chunks>,
+    /// The local file's chunk hashes when they are already known: chunks the part
+    /// holds are then skipped without being read again.
+    pub mine: Option<Chunks>,
+}
+
+/// Whether chunk `index` (at `offset`, `len` bytes) of the local file, hashed
+/// `mine`, is already in the part that holds `have`.
+fn known_equal(mine: &Chunks, have: &Chunks, index: usize, offset: u64, len: u64) -> bool {
+    offset + len <= have.size
+        && matches!(
+            (mine.hashes.get(index), have.hashes.get(index)),
+            (Some(a), Some(b)) if a == b
+        )
 }
 
 /// What sending one file cost.
@@ -51,7 +64,23 @@ pub async fn send_file(
     let mut buf = vec![0u8; CHUNK as usize];
     let mut index = 0usize;
     let result: Result<(), SyncError> = async {
+        let mut moved = false;
         loop {
+            if let (Some(mine), Some(have)) = (&job.mine, &job.have) {
+                let len = mine.size.saturating_sub(offset).min(CHUNK);
+                if len > 0 && known_equal(mine, have, index, offset, len) {
+                    tracker.add_bytes(len);
+                    offset += len;
+                    index += 1;
+                    moved = true;
+                    continue;
+                }
+                if std::mem::take(&mut moved) {
+                    file.seek(std::io::SeekFrom::Start(offset))
+                        .await
+                        .map_err(|e| SyncError::Local(job.local.to_owned(), e))?;
+                }
+            }
             let n = read_full(&mut file, &mut buf)
                 .await
                 .map_err(|e| SyncError::Local(job.local.to_owned(), e))?;
