@@ -20,8 +20,8 @@ use sqlx::Connection;
 use tempfile::TempDir;
 use tokio::sync::Barrier;
 use warren_store::{
-    Backend, Label, NewRunner, NewSandbox, NewSshSession, RunnerState, SandboxId, SandboxQuery,
-    SandboxState, SessionEnd, SessionExit, Store, StoreError, UserId,
+    Backend, Label, NewRunner, NewSandbox, NewSshSession, RunnerState, SandboxId, SandboxPage,
+    SandboxQuery, SandboxState, SessionEnd, SessionExit, Store, StoreError, UserId,
 };
 
 const POSTGRES_URL_VAR: &str = "WARREN_TEST_POSTGRES_URL";
@@ -155,6 +155,7 @@ store_tests!(
     illegal_transitions_change_nothing,
     concurrent_transitions_have_one_winner,
     sandboxes_are_paginated_per_owner,
+    a_pages_encoding_lives_until_a_write,
     ssh_session_audit,
     ssh_channel_audit,
     authorized_keys_are_the_owners_and_the_shared_users,
@@ -819,6 +820,33 @@ async fn sandboxes_are_paginated_per_owner(db: &TestDb) {
     let page = store.list_sandboxes(&alice.id, &one).await.unwrap();
     assert_eq!(page.sandboxes.len(), 1);
     assert!(page.next.is_some());
+}
+
+/// A page listed again while nothing changed is the same page, its encoding
+/// made once; a write gives the next listing a fresh page, encoded afresh.
+async fn a_pages_encoding_lives_until_a_write(db: &TestDb) {
+    let store = db.open().await;
+    let alice = store.create_user("alice", false).await.unwrap();
+    let sandbox = store
+        .create_sandbox(&new_sandbox(&alice.id, "sbx-cached"))
+        .await
+        .unwrap();
+    let query = SandboxQuery::default();
+    let encode = |page: &SandboxPage| format!("{:?}", page.sandboxes[0].state).into_bytes();
+    let first = store.list_sandboxes(&alice.id, &query).await.unwrap();
+    let body = first.rendered(encode);
+    let again = store.list_sandboxes(&alice.id, &query).await.unwrap();
+    let reused = again.rendered(|_| unreachable!("encoded again"));
+    assert!(Arc::ptr_eq(&body, &reused));
+
+    store
+        .set_sandbox_state(&sandbox.id, SandboxState::Failed, "test")
+        .await
+        .unwrap();
+    let after = store.list_sandboxes(&alice.id, &query).await.unwrap();
+    assert!(!Arc::ptr_eq(&first, &after));
+    assert_eq!(&*after.rendered(encode), b"Failed");
+    assert_eq!(&*body, b"Creating");
 }
 
 async fn ssh_session_audit(db: &TestDb) {
