@@ -94,16 +94,8 @@ pub async fn list(
     // A page the store still remembers was encoded by an earlier request: its
     // bytes are reused (dashboards poll this route while nothing changes).
     let body = page.rendered(|page| {
-        let list = SandboxList {
-            sandboxes: page
-                .sandboxes
-                .iter()
-                .map(|s| SandboxView::new(&state.lifecycle, s))
-                .collect(),
-            next_cursor: page.next.as_ref().map(ToString::to_string),
-        };
         // Plain structs of strings and numbers: encoding them cannot fail.
-        serde_json::to_vec(&list).unwrap_or_default()
+        serde_json::to_vec(&SandboxList::new(&state.lifecycle, page)).unwrap_or_default()
     });
     Ok((
         [(header::CONTENT_TYPE, "application/json")],

@@ -100,6 +100,22 @@ pub struct SandboxList {
     pub next_cursor: Option<String>,
 }
 
+impl SandboxList {
+    pub fn new(
+        state: &crate::lifecycle::Lifecycle,
+        page: &crate::store::SandboxPage,
+    ) -> SandboxList {
+        SandboxList {
+            sandboxes: page
+                .sandboxes
+                .iter()
+                .map(|s| SandboxView::new(state, s))
+                .collect(),
+            next_cursor: page.next.as_ref().map(ToString::to_string),
+        }
+    }
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EventView {
     pub seq: u32,

@@ -278,14 +278,7 @@ async fn execute(
             };
             let page = lc.list(user, &query).await?;
             if json {
-                Outcome::out(to_json(&SandboxList {
-                    sandboxes: page
-                        .sandboxes
-                        .iter()
-                        .map(|s| SandboxView::new(lc, s))
-                        .collect(),
-                    next_cursor: page.next.as_ref().map(ToString::to_string),
-                }))
+                Outcome::out(to_json(&SandboxList::new(lc, &page)))
             } else {
                 Outcome::out(sandbox_table(&page.sandboxes))
             }
