@@ -243,8 +243,55 @@ async fn ipv6_available() -> bool {
     ok
 }
 
-/// Installs the sandbox's rules (replacing any left from before). On failure, removes
-/// what it installed.
+/// The rules as one `iptables-restore --noflush` batch for the filter table: chain
+/// creations as its `:CHAIN` lines, the rest as written. Pure.
+fn restore_batch(rules: &[Vec<String>]) -> String {
+    let mut batch = String::from("*filter\n");
+    for rule in rules {
+        match rule.as_slice() {
+            [n, chain] if n == "-N" => batch.push_str(&format!(":{chain} - [0:0]\n")),
+            _ => {
+                batch.push_str(&rule.join(" "));
+                batch.push('\n');
+            }
+        }
+    }
+    batch.push_str("COMMIT\n");
+    batch
+}
+
+/// Installs `rules` with one `iptables-restore --noflush` (or ip6tables-restore):
+/// one process instead of one per rule, and the kernel takes the whole batch or
+/// none of it.
+async fn restore(family: Family, rules: &[Vec<String>]) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let program = match family {
+        Family::V4 => "iptables-restore",
+        Family::V6 => "ip6tables-restore",
+    };
+    let mut child = Command::new(program)
+        .args(["-w", "--noflush"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("running {program} (the docker backend needs it)"))?;
+    let mut stdin = child.stdin.take().context("no stdin")?;
+    stdin.write_all(restore_batch(rules).as_bytes()).await?;
+    drop(stdin);
+    let out = child.wait_with_output().await?;
+    if !out.status.success() {
+        bail!(
+            "{program} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Installs the sandbox's rules (replacing any left from before), one batch per
+/// family. On failure, removes what it installed.
 pub async fn apply(id: &SandboxId, policy: &NetworkPolicy, host: &HostAccess) -> Result<()> {
     remove(id).await;
     let installed = async {
@@ -253,9 +300,11 @@ pub async fn apply(id: &SandboxId, policy: &NetworkPolicy, host: &HostAccess) ->
             must(Family::V4, &argv(&["-N", "DOCKER-USER"])).await?;
             must(Family::V4, &argv(&["-I", "FORWARD", "-j", "DOCKER-USER"])).await?;
         }
-        for args in rules(id, policy, host, Family::V4, "DOCKER-USER")? {
-            must(Family::V4, &args).await?;
-        }
+        restore(
+            Family::V4,
+            &rules(id, policy, host, Family::V4, "DOCKER-USER")?,
+        )
+        .await?;
         if ipv6_available().await {
             // Docker makes the IPv6 DOCKER-USER only when its ip6tables support is on.
             let parent = if ok(Family::V6, &["-n", "-L", "DOCKER-USER"]).await {
@@ -263,9 +312,7 @@ pub async fn apply(id: &SandboxId, policy: &NetworkPolicy, host: &HostAccess) ->
             } else {
                 "FORWARD"
             };
-            for args in rules(id, policy, host, Family::V6, parent)? {
-                must(Family::V6, &args).await?;
-            }
+            restore(Family::V6, &rules(id, policy, host, Family::V6, parent)?).await?;
         }
         anyhow::Ok(())
     }
@@ -350,6 +397,29 @@ mod tests {
         NetworkPolicy::Allow {
             cidrs: cidrs.iter().map(|s| (*s).to_owned()).collect(),
         }
+    }
+
+    #[test]
+    fn a_batch_makes_the_chains_then_fills_them_in_order() {
+        let r = rules(
+            &id(),
+            &NetworkPolicy::All,
+            &HostAccess::default(),
+            Family::V4,
+            "DOCKER-USER",
+        )
+        .unwrap();
+        let batch = restore_batch(&r);
+        let lines: Vec<&str> = batch.lines().collect();
+        assert_eq!(lines.first(), Some(&"*filter"));
+        assert_eq!(lines.last(), Some(&"COMMIT"));
+        assert_eq!(lines[1], ":WARREN-abcdefghijkl - [0:0]");
+        assert!(lines.contains(&":WARREN-abcdefghijkl-H - [0:0]"));
+        assert_eq!(
+            lines[lines.len() - 2],
+            "-I INPUT -i wr-abcdefghijkl -j WARREN-abcdefghijkl-H"
+        );
+        assert_eq!(lines.len(), r.len() + 2);
     }
 
     #[test]

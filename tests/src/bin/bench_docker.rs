@@ -33,6 +33,8 @@ struct Options {
     idle: usize,
     pool: usize,
     image: String,
+    /// `RUST_LOG` for the runner; its log is printed at the end when given.
+    runner_log: Option<String>,
 }
 
 fn options() -> Result<Options> {
@@ -41,6 +43,7 @@ fn options() -> Result<Options> {
         idle: 50,
         pool: 2,
         image: "warren-busybox:latest".into(),
+        runner_log: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -50,6 +53,7 @@ fn options() -> Result<Options> {
             "--idle" => o.idle = value()?.parse()?,
             "--pool" => o.pool = value()?.parse::<usize>()?.max(1),
             "--image" => o.image = value()?,
+            "--runner-log" => o.runner_log = Some(value()?),
             other => bail!("unknown argument {other}"),
         }
     }
@@ -158,7 +162,7 @@ fn main() -> Result<()> {
             .arg(&runner_data)
             .arg("--agent-bin")
             .arg(&agent)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", opts.runner_log.as_deref().unwrap_or("warn"))
             .timeout(FOREVER);
         if let Some(pool) = pool {
             cmd = cmd.args(["--pool", &pool]);
@@ -228,14 +232,16 @@ fn main() -> Result<()> {
             },
         ));
     };
-    // Create → first `ssh true`, one sandbox at a time.
-    let create_and_login = |made: &mut Vec<SandboxId>| -> Result<Duration> {
+    // Create → first `ssh true`, one sandbox at a time; also how long the create
+    // request alone took.
+    let create_and_login = |made: &mut Vec<SandboxId>| -> Result<(Duration, Duration)> {
         let id = SandboxId::generate();
         let c = client
             .clone()
             .with_target(Target::new("127.0.0.1", ssh_port, id.as_str()));
         let started = Instant::now();
         create(&id)?;
+        let created = started.elapsed();
         made.push(id);
         loop {
             let out = c.exec("true").timeout(Duration::from_secs(20)).run()?;
@@ -244,17 +250,22 @@ fn main() -> Result<()> {
             }
             ensure!(started.elapsed() < Duration::from_secs(60), "no ssh: {out}");
         }
-        Ok(started.elapsed())
+        Ok((created, started.elapsed()))
     };
     let run_dir = runner_data.join("sandboxes");
 
     let result = (|| -> Result<()> {
         let baseline = docker_run_baseline(&opts.image, opts.creates)?;
         let mut cold = Vec::new();
+        let mut cold_requests = Vec::new();
         for _ in 0..opts.creates {
-            cold.push(create_and_login(&mut made)?);
+            let (request, login) = create_and_login(&mut made)?;
+            cold_requests.push(request);
+            cold.push(login);
         }
         cold.sort();
+        cold_requests.sort();
+        let cold_log = runner.stderr().contents_str();
         // The same creates from a warm pool: the runner again, with one.
         for id in made.drain(..) {
             delete(&id);
@@ -276,7 +287,7 @@ fn main() -> Result<()> {
                 "the pool did not fill:\n{}",
                 runner.stderr().contents_str()
             );
-            warm.push(create_and_login(&mut made)?);
+            warm.push(create_and_login(&mut made)?.1);
         }
         warm.sort();
         let latencies = &cold;
@@ -330,6 +341,11 @@ fn main() -> Result<()> {
             ms(latencies, 0.5) as f64 / ms(&baseline, 0.5).max(1) as f64
         );
         println!(
+            "| … of which the create request (the runner's create) | {} ms | {} ms | |",
+            ms(&cold_requests, 0.5),
+            ms(&cold_requests, 0.95)
+        );
+        println!(
             "| warm-pool create → first `ssh true` (pool of {}) | {} ms | {} ms | p50 < 150 ms, p95 < 300 ms |",
             opts.pool,
             ms(&warm, 0.5),
@@ -353,6 +369,9 @@ fn main() -> Result<()> {
             made.len(),
             runner_rss as f64 / 1024.0
         );
+        if opts.runner_log.is_some() {
+            println!("\n## the runner's log, cold creates\n\n{cold_log}");
+        }
         Ok(())
     })();
 

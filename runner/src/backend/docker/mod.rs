@@ -366,9 +366,9 @@ impl DockerBackend {
     /// Makes and starts a new sandbox's (or pool member's) volume, network,
     /// firewall rules and container, and waits for its agent: for a sandbox until it
     /// accepts connections (then its repository is cloned), for a pool member until
-    /// it has set up its user and waits to be claimed. The image lookup, the volume
-    /// and the network with its rules do not depend on each other, so they are made
-    /// at once.
+    /// it has set up its user and waits to be claimed. What does not depend on
+    /// each other is made at once: the image lookup with the volume, then the
+    /// network, its rules and the container.
     async fn make(
         &self,
         id: &SandboxId,
@@ -397,49 +397,74 @@ impl DockerBackend {
                 .context("creating the workspace volume")
                 .map_err(crate::Error::from)
         };
-        let network = async {
-            match &spec.network {
-                NetworkPolicy::None => Ok("none".to_owned()),
-                NetworkPolicy::All | NetworkPolicy::Allow { .. } => {
-                    let net = network_name(id);
-                    self.create_network(id, &net, &labels).await?;
-                    netpolicy::apply(id, &spec.network, &self.defaults.host_access)
-                        .await
-                        .context("firewall rules for the sandbox's network")?;
-                    Ok::<_, crate::Error>(net)
-                }
-            }
-        };
-        let (image_info, _, network_mode) =
-            tokio::try_join!(self.image_info(spec), volume, network)?;
+        let began = std::time::Instant::now();
+        let (image_info, _volume) = tokio::try_join!(self.image_info(spec), volume)?;
         let image_user = image_info
             .config
             .and_then(|c| c.user)
             .filter(|u| !u.is_empty() && u != "root" && u != "0" && !u.starts_with("0:"));
-
+        let own_network = !matches!(spec.network, NetworkPolicy::None);
+        let network_mode = if own_network {
+            network_name(id)
+        } else {
+            "none".to_owned()
+        };
+        let network = async {
+            if own_network {
+                // The rules name the bridge, not its address: they can go in while
+                // Docker makes it. Both are done before the container starts.
+                let rules = async {
+                    netpolicy::apply(id, &spec.network, &self.defaults.host_access)
+                        .await
+                        .context("firewall rules for the sandbox's network")
+                };
+                tokio::try_join!(self.create_network(id, &network_mode, &labels), rules)?;
+            }
+            Ok::<_, crate::Error>(())
+        };
         let config = self.container_config(NewContainer {
             id,
             serves,
             image,
             image_user: image_user.as_deref(),
             spec,
-            network_mode,
+            network_mode: network_mode.clone(),
             labels: container_labels,
         });
-        self.docker
-            .create_container(
+        let create = |config| {
+            self.docker.create_container(
                 Some(CreateContainerOptions {
                     name: Some(name.to_owned()),
                     ..Default::default()
                 }),
                 config,
             )
-            .await
-            .with_context(|| format!("creating container {name}"))?;
+        };
+        // The engine resolves the network at start, so the container is made while
+        // the network is.
+        let (networked, created) = tokio::join!(network, create(config.clone()));
+        let prepared = began.elapsed();
+        networked?;
+        match created {
+            Ok(_) => {}
+            // An engine that looks the network up at create found it not made yet.
+            Err(e) if own_network && is_not_found(&e) => {
+                create(config)
+                    .await
+                    .with_context(|| format!("creating container {name}"))?;
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("creating container {name}"))
+                    .into());
+            }
+        }
+        let created = began.elapsed();
         self.docker
             .start_container(name, None)
             .await
             .with_context(|| format!("starting {name}"))?;
+        let started = began.elapsed();
         match serves {
             Serves::Sandbox { .. } => {
                 self.wait_for_agent(id).await?;
@@ -449,6 +474,15 @@ impl DockerBackend {
             }
             Serves::Pool => self.wait_for_setup(id).await?,
         }
+        // Where a create's time goes, for whoever tunes it.
+        tracing::debug!(
+            sandbox = %id,
+            prepared_ms = prepared.as_millis(),
+            created_ms = created.as_millis(),
+            started_ms = started.as_millis(),
+            ready_ms = began.elapsed().as_millis(),
+            "made"
+        );
         Ok(())
     }
 
