@@ -112,6 +112,11 @@ enum Command {
         /// another image (its members are then replaced).
         #[arg(long, default_value_t = 30)]
         pool_check_interval_s: u64,
+        /// Docker: keep N networks (with their volume and firewall rules) made
+        /// ahead, so a cold create starts with its container (0: none). Each holds
+        /// one /28 of the network pool.
+        #[arg(long, default_value_t = 2)]
+        spare_networks: usize,
     },
 }
 
@@ -155,6 +160,7 @@ async fn main() -> Result<()> {
             session_detached_ttl_s,
             pool,
             pool_check_interval_s,
+            spare_networks,
         } => {
             let data = DataDir::open(&data_dir)?;
             let options = RunnerOptions {
@@ -179,6 +185,7 @@ async fn main() -> Result<()> {
                     },
                     pool,
                     pool_check_interval: Duration::from_secs(pool_check_interval_s.max(1)),
+                    spare_networks,
                     ..DockerDefaults::default()
                 },
                 reap_interval: Duration::from_secs(reap_interval_s),

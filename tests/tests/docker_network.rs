@@ -181,6 +181,22 @@ fn container_ip(id: &SandboxId) -> Result<String> {
     Ok(ip)
 }
 
+/// The id sandbox `id`'s network and firewall chains are named after: its own, or
+/// the slot of the spare network (or pool member) it was made on.
+fn rules_id(id: &SandboxId) -> Result<SandboxId> {
+    let network = run_ok(
+        "docker",
+        &[
+            "inspect",
+            "--format",
+            "{{range $name, $_ := .NetworkSettings.Networks}}{{$name}}{{end}}",
+            &format!("warren-{id}"),
+        ],
+    )?;
+    SandboxId::parse(network.trim_start_matches("warren-"))
+        .with_context(|| format!("sandbox {id}'s network {network:?}"))
+}
+
 fn gateway_ip(id: &SandboxId) -> Result<String> {
     let ip = run_ok(
         "docker",
@@ -236,6 +252,7 @@ fn default_policy_keeps_sandboxes_off_the_host_link_local_and_each_other() -> Re
     let (a_id, a) = busybox(&d)?;
     let (b_id, b) = busybox(&d)?;
     let gw = gateway_ip(&a_id)?;
+    let (a_rules, b_rules) = (rules_id(&a_id)?, rules_id(&b_id)?);
     let b_ip = container_ip(&b_id)?;
     ensure!(gw != primary, "the bridge gateway is the primary address");
 
@@ -310,7 +327,7 @@ fn default_policy_keeps_sandboxes_off_the_host_link_local_and_each_other() -> Re
     let host = HostAccess {
         tcp_ports: vec![open],
     };
-    apply(&d, &a_id, &NetworkPolicy::All, &host)?;
+    apply(&d, &a_rules, &NetworkPolicy::All, &host)?;
     let seen = reachable(&a, &probes(true))?;
     expect(
         &seen,
@@ -323,10 +340,10 @@ fn default_policy_keeps_sandboxes_off_the_host_link_local_and_each_other() -> Re
     let everything = NetworkPolicy::Allow {
         cidrs: vec!["0.0.0.0/0".into()],
     };
-    apply(&d, &a_id, &everything, &HostAccess::default())?;
+    apply(&d, &a_rules, &everything, &HostAccess::default())?;
     let seen = reachable(&a, &probes(false))?;
     expect(&seen, &[], "allow 0.0.0.0/0")?;
-    apply(&d, &a_id, &everything, &host)?;
+    apply(&d, &a_rules, &everything, &host)?;
     let seen = reachable(&a, &probes(false))?;
     expect(
         &seen,
@@ -336,7 +353,7 @@ fn default_policy_keeps_sandboxes_off_the_host_link_local_and_each_other() -> Re
 
     // The control: without the sandbox's rules, what they dropped answers (when the
     // host's own firewall lets it), so the drops above are the rules' doing.
-    let short = a_id.as_str().trim_start_matches("sbx-").to_owned();
+    let short = a_rules.as_str().trim_start_matches("sbx-").to_owned();
     let a_chain = format!("WARREN-{short}");
     let v6 = run("ip6tables", &["-w", "-n", "-L", "INPUT"]).is_ok_and(|o| o.code() == Some(0));
     ensure!(
@@ -353,7 +370,7 @@ fn default_policy_keeps_sandboxes_off_the_host_link_local_and_each_other() -> Re
     } else {
         eprintln!("note: ip6tables unavailable here; no IPv6 rules to check");
     }
-    d.stack.rt.block_on(netpolicy::remove(&a_id));
+    d.stack.rt.block_on(netpolicy::remove(&a_rules));
     for program in ["iptables", "ip6tables"] {
         let left = rules(program);
         ensure!(
@@ -379,10 +396,10 @@ fn default_policy_keeps_sandboxes_off_the_host_link_local_and_each_other() -> Re
         eprintln!("note: the host's INPUT policy is not ACCEPT; the control is skipped");
     }
     // remove is idempotent.
-    d.stack.rt.block_on(netpolicy::remove(&a_id));
+    d.stack.rt.block_on(netpolicy::remove(&a_rules));
 
     // Deleting a sandbox removes every rule of it, IPv4 and IPv6.
-    let b_chain = format!("WARREN-{}", b_id.as_str().trim_start_matches("sbx-"));
+    let b_chain = format!("WARREN-{}", b_rules.as_str().trim_start_matches("sbx-"));
     ensure!(rules("iptables").contains(&b_chain), "B has no rules");
     let _ = server.kill();
     for id in [&a_id, &b_id] {

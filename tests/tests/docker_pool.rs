@@ -2,6 +2,8 @@
 //! then cold sandboxes; a claimed sandbox has its own id, token, env, limits and
 //! network; the pool refills; a changed image replaces its members; claimed
 //! sandboxes survive a stop/start and a runner restart, unclaimed members do not.
+//! Cold creates take the spare networks made ahead, never one twice; the spares are
+//! made again, go with their sandbox's delete, and a restart replaces untaken ones.
 //! In CI a missing engine is a failure, not a skip.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -367,5 +369,153 @@ fn start_again(d: &DockerStack, id: &SandboxId, spec: SandboxSpec) -> Result<()>
         spec,
     })?;
     ensure!(answer == Response::Ok, "start: {answer:?}");
+    Ok(())
+}
+
+/// The runner's spare networks (made ahead for cold creates) nobody took, by slot.
+fn untaken_spares(d: &DockerStack) -> Result<BTreeSet<String>> {
+    let slots = docker_ok(&[
+        "network",
+        "ls",
+        "--filter",
+        &format!("label=org.warren.runner={}", d.runner.id),
+        "--filter",
+        &format!("label={POOL_LABEL}=spare"),
+        "--format",
+        "{{.Label \"org.warren.sandbox\"}}",
+    ])?;
+    let private = d.runner.listen_dir().join(".runner");
+    Ok(slots
+        .split_whitespace()
+        .filter(|slot| !private.join(slot).join("claimed").exists())
+        .map(str::to_owned)
+        .collect())
+}
+
+fn wait_for_spares(d: &DockerStack, n: usize, what: &str) -> Result<BTreeSet<String>> {
+    let ready = wait_until(Duration::from_secs(60), || {
+        untaken_spares(d).is_ok_and(|s| s.len() == n)
+    });
+    ensure!(
+        ready,
+        "{what}: not {n} spare networks: {:?}\n{}",
+        untaken_spares(d)?,
+        d.runner_log()
+    );
+    untaken_spares(d)
+}
+
+/// The network of sandbox `id`'s container.
+fn network_of(id: &SandboxId) -> Result<String> {
+    inspect(
+        &format!("warren-{id}"),
+        "{{range $name, $_ := .NetworkSettings.Networks}}{{$name}}{{end}}",
+    )
+}
+
+/// The host's IPv4 filter rules (`iptables -S`).
+fn iptables_rules() -> String {
+    Cmd::new("iptables")
+        .args(["-w", "-S"])
+        .run()
+        .map(|o| o.stdout_str().to_owned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn cold_creates_take_spare_networks_and_each_sandbox_still_has_its_own() -> Result<()> {
+    let Some(mut d) = DockerStack::start(&["--spare-networks", "2"])? else {
+        return Ok(());
+    };
+    let first = wait_for_spares(&d, 2, "at start")?;
+
+    // Three cold creates at once against two spares: no spare goes to two.
+    let specs = (0..3).map(|i| spec(BUSYBOX, &format!("who-{i}"))).collect();
+    let ids = create_all(&d, specs)?;
+    let mut networks = BTreeSet::new();
+    let mut on_spares = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let network = network_of(id)?;
+        ensure!(networks.insert(network.clone()), "{network} serves two");
+        if first.iter().any(|s| network == format!("warren-{s}")) {
+            on_spares.push((id.clone(), network.trim_start_matches("warren-").to_owned()));
+        }
+        // Its own identity, hostname, env and run directory, as a cold create has.
+        ensure!(who(&d, id)? == format!("who-{i}"), "{id} has another's env");
+        ensure!(hostname(&d, id)? == id.as_str(), "{id}'s hostname");
+        ensure!(slot(id)?.is_none(), "{id} looks like a pool claim");
+    }
+    ensure!(
+        on_spares.len() == 2,
+        "{} of 3 creates took the 2 spares:\n{}",
+        on_spares.len(),
+        d.runner_log()
+    );
+    // Each spare's firewall chains guard its sandbox's bridge.
+    let rules = iptables_rules();
+    for (id, slot) in &on_spares {
+        let short = slot.trim_start_matches("sbx-");
+        ensure!(
+            rules.contains(&format!("-A INPUT -i wr-{short} -j WARREN-{short}-H")),
+            "no host chain for {id} on spare {slot}:\n{rules}"
+        );
+    }
+
+    // The spares are made again.
+    let again = wait_for_spares(&d, 2, "after the creates")?;
+    ensure!(again.is_disjoint(&first), "a taken spare is offered again");
+
+    // A delete takes the spare's volume, network and rules with it.
+    let (gone, gone_slot) = &on_spares[0];
+    ensure!(
+        d.control(Request::Delete {
+            sandbox: gone.clone()
+        })? == Response::Ok,
+        "delete"
+    );
+    for what in ["network", "volume"] {
+        let left = docker_ok(&[
+            what,
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label=org.warren.sandbox={gone_slot}"),
+        ])?;
+        ensure!(left.is_empty(), "the deleted sandbox's {what} is left");
+    }
+    let short = gone_slot.trim_start_matches("sbx-");
+    ensure!(
+        !iptables_rules().contains(&format!("WARREN-{short}")),
+        "the deleted sandbox's chains are left"
+    );
+
+    // A restart removes the spares nobody took and makes new ones; the sandbox on
+    // a spare is adopted and works.
+    d.restart_runner()?;
+    let (kept, kept_slot) = &on_spares[1];
+    let fresh = wait_for_spares(&d, 2, "after the restart")?;
+    ensure!(
+        fresh.is_disjoint(&again),
+        "untaken spares outlived the restart"
+    );
+    for slot in &again {
+        let left = docker_ok(&[
+            "network",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label=org.warren.sandbox={slot}"),
+        ])?;
+        ensure!(left.is_empty(), "untaken spare {slot} is left");
+    }
+    let i = ids.iter().position(|id| id == kept).unwrap();
+    ensure!(
+        who(&d, kept)? == format!("who-{i}"),
+        "{kept} after the restart"
+    );
+    ensure!(
+        network_of(kept)? == format!("warren-{kept_slot}"),
+        "{kept} changed network"
+    );
     Ok(())
 }

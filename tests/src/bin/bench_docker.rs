@@ -5,7 +5,10 @@
 //! Prints, all measured in the same run:
 //! - the baseline: `docker run --rm IMAGE true`, p50 and p95 over N runs;
 //! - cold: create → first successful `ssh <id>@gateway true`, p50 and p95 over N
-//!   sandboxes (from an image already on the runner; the runner has no pool);
+//!   sandboxes (from an image already on the runner; the runner has no pool and
+//!   `--spare-networks 0`), with the create request's own share;
+//! - cold on spares: the same with the runner's default 2 networks made ahead (the
+//!   bench waits for them to be made again between creates);
 //! - warm: the same with the runner restarted with `--pool IMAGE=P`, each create a
 //!   claim (the bench waits for the pool to refill between creates);
 //! - with M idle sandboxes: the runner's RSS and each container's memory (cgroup
@@ -14,7 +17,9 @@
 //! Creates ask for the gateway's default limits (1 CPU, 1024 MiB), as the API does.
 //!
 //! `cargo run --release -p warren-tests --bin bench-docker [-- --creates 20 --idle 50
-//! --pool 2 --image warren-busybox:latest]` (as root, with a Docker engine).
+//! --pool 2 --image warren-busybox:latest --runner-log warn,warren_runner=debug]` (as
+//! root, with a Docker engine; `--runner-log` prints the runner's log at the end,
+//! where `made` lines say where each create's time went).
 
 use std::time::{Duration, Instant};
 
@@ -79,6 +84,27 @@ fn docker_run_baseline(image: &str, n: usize) -> Result<Vec<Duration>> {
     }
     times.sort();
     Ok(times)
+}
+
+/// The runner's default number of spare networks (`--spare-networks`).
+const SPARES: usize = 2;
+
+/// The runner's spare networks nobody took: its networks labelled as spares whose
+/// slot has no `claimed` marker.
+fn ready_spares(runner: &str, run_dir: &std::path::Path) -> usize {
+    let Ok(out) = Cmd::new("docker")
+        .args(["network", "ls", "--filter"])
+        .arg(format!("label=org.warren.runner={runner}"))
+        .args(["--filter", "label=org.warren.pool=spare", "--format"])
+        .arg("{{.Label \"org.warren.sandbox\"}}")
+        .run()
+    else {
+        return 0;
+    };
+    out.stdout_str()
+        .lines()
+        .filter(|slot| !run_dir.join(".runner").join(slot).join("claimed").exists())
+        .count()
 }
 
 /// The runner's pool members waiting to be claimed: containers still named after
@@ -156,7 +182,7 @@ fn main() -> Result<()> {
         .arg(&runner_data)
         .run()?
         .success()?;
-    let start_runner = |pool: Option<String>| {
+    let start_runner = |pool: Option<String>, spares: usize| {
         let mut cmd = Cmd::new(&runner_bin)
             .args(["run", "--backend", "docker", "--data-dir"])
             .arg(&runner_data)
@@ -167,9 +193,10 @@ fn main() -> Result<()> {
         if let Some(pool) = pool {
             cmd = cmd.args(["--pool", &pool]);
         }
+        cmd = cmd.args(["--spare-networks", &spares.to_string()]);
         cmd.spawn()
     };
-    let mut runner = start_runner(None)?;
+    let mut runner = start_runner(None, 0)?;
     let runner_id = rt
         .block_on(store.list_runners())?
         .into_iter()
@@ -266,19 +293,46 @@ fn main() -> Result<()> {
         cold.sort();
         cold_requests.sort();
         let cold_log = runner.stderr().contents_str();
-        // The same creates from a warm pool: the runner again, with one.
-        for id in made.drain(..) {
-            delete(&id);
+        // Removes what `made` holds and starts the runner again with other flags.
+        let restart = |runner: &mut warren_tests::Running,
+                       made: &mut Vec<SandboxId>,
+                       pool: Option<String>,
+                       spares: usize|
+         -> Result<()> {
+            for id in made.drain(..) {
+                delete(&id);
+            }
+            Cmd::new("kill")
+                .args(["-9", &runner.pid().to_string()])
+                .run()?;
+            ensure!(
+                wait_until(Duration::from_secs(30), || !hub.is_online(&runner_id)),
+                "the runner stayed online"
+            );
+            *runner = start_runner(pool, spares)?;
+            Ok(())
+        };
+        // The same cold creates with networks made ahead (the runner's default).
+        restart(&mut runner, &mut made, None, SPARES)?;
+        let mut spared = Vec::new();
+        for _ in 0..opts.creates {
+            ensure!(
+                wait_until(Duration::from_secs(60), || hub.is_online(&runner_id)
+                    && ready_spares(runner_id.as_str(), &run_dir) == SPARES),
+                "the spare networks were not made:\n{}",
+                runner.stderr().contents_str()
+            );
+            spared.push(create_and_login(&mut made)?.1);
         }
-        Cmd::new("kill")
-            .args(["-9", &runner.pid().to_string()])
-            .run()?;
-        ensure!(
-            wait_until(Duration::from_secs(30), || !hub.is_online(&runner_id)),
-            "the runner stayed online"
-        );
-        let pooled = start_runner(Some(format!("{}={}", opts.image, opts.pool)))?;
-        drop(std::mem::replace(&mut runner, pooled));
+        spared.sort();
+        let spare_log = runner.stderr().contents_str();
+        // The same creates from a warm pool: the runner again, with one.
+        restart(
+            &mut runner,
+            &mut made,
+            Some(format!("{}={}", opts.image, opts.pool)),
+            SPARES,
+        )?;
         let mut warm = Vec::new();
         for _ in 0..opts.creates {
             ensure!(
@@ -335,7 +389,7 @@ fn main() -> Result<()> {
             ms(&baseline, 0.95)
         );
         println!(
-            "| cold create → first `ssh true` | {} ms | {} ms | ≤ 1.3× baseline ({:.2}× here) |",
+            "| cold create, no networks made ahead → first `ssh true` | {} ms | {} ms | ({:.2}× baseline) |",
             ms(latencies, 0.5),
             ms(latencies, 0.95),
             ms(latencies, 0.5) as f64 / ms(&baseline, 0.5).max(1) as f64
@@ -344,6 +398,12 @@ fn main() -> Result<()> {
             "| … of which the create request (the runner's create) | {} ms | {} ms | |",
             ms(&cold_requests, 0.5),
             ms(&cold_requests, 0.95)
+        );
+        println!(
+            "| cold create, {SPARES} networks made ahead → first `ssh true` | {} ms | {} ms | ≤ 1.3× baseline ({:.2}× here) |",
+            ms(&spared, 0.5),
+            ms(&spared, 0.95),
+            ms(&spared, 0.5) as f64 / ms(&baseline, 0.5).max(1) as f64
         );
         println!(
             "| warm-pool create → first `ssh true` (pool of {}) | {} ms | {} ms | p50 < 150 ms, p95 < 300 ms |",
@@ -371,6 +431,7 @@ fn main() -> Result<()> {
         );
         if opts.runner_log.is_some() {
             println!("\n## the runner's log, cold creates\n\n{cold_log}");
+            println!("\n## the runner's log, cold creates on spares\n\n{spare_log}");
         }
         Ok(())
     })();

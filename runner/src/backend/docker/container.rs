@@ -92,7 +92,7 @@ impl DockerBackend {
             ]),
             mounts: Some(vec![Mount {
                 target: Some(WORKSPACE.into()),
-                source: Some(volume_name(id)),
+                source: Some(volume_name(&self.objects_slot(id))),
                 typ: Some(MountType::VOLUME),
                 ..Default::default()
             }]),

@@ -59,10 +59,12 @@ impl DockerBackend {
         Ok(())
     }
 
-    /// Removes everything of `id` (a sandbox, or a pool member's slot); a sandbox
-    /// claimed from the pool has its member's objects.
+    /// Removes everything of `id` (a sandbox, or a pool member's or spare's slot);
+    /// a sandbox claimed from the pool has its member's objects, one made on a
+    /// spare the spare's volume and network.
     pub(super) async fn remove_all(&self, id: &SandboxId) -> Result<()> {
         let slot = self.slot_of(id);
+        let objects = self.objects_slot(id);
         // A claim interrupted before the rename left the member's name.
         for name in [container_name(id), container_name(&slot)] {
             match self
@@ -85,7 +87,7 @@ impl DockerBackend {
         match self
             .docker
             .remove_volume(
-                &volume_name(&slot),
+                &volume_name(&objects),
                 Some(RemoveVolumeOptions { force: true }),
             )
             .await
@@ -94,17 +96,18 @@ impl DockerBackend {
             Err(e) if is_not_found(&e) => {}
             Err(e) => return Err(e).context("removing the workspace volume"),
         }
-        match self.docker.remove_network(&network_name(&slot)).await {
+        match self.docker.remove_network(&network_name(&objects)).await {
             Ok(()) => {}
             Err(e) if is_not_found(&e) => {}
             Err(e) => return Err(e).context("removing the network"),
         }
-        netpolicy::remove(&slot).await;
+        netpolicy::remove(&objects).await;
         // remove_dir_all does not follow links, whatever the container left there.
         // The sandbox's own markers (its slot among them) go last.
         let dirs = [
             self.run_dir.join(slot.as_str()),
             self.private_dir(&slot),
+            self.private_dir(&objects),
             self.private_dir(id),
         ];
         for dir in dirs {

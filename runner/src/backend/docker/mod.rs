@@ -5,8 +5,9 @@
 //! Here: the backend, creating a sandbox (`create`, `make`); beside it `container`
 //! (the hardened container's configuration), [`images`] (the allow-list, image
 //! lookup, the static agent), `network` (its bridge), `exec` (git in the
-//! container), `lifecycle` (stop, delete, list, the idle reaper, adoption) and
-//! [`pool`] (started containers waiting to be claimed).
+//! container), `lifecycle` (stop, delete, list, the idle reaper, adoption),
+//! [`pool`] (started containers waiting to be claimed) and `spare` (networks made
+//! ahead for cold creates).
 //!
 //! Per sandbox `<id>`, everything carries the label [`LABEL_SANDBOX`]:
 //! - container `warren-<id>`; its agent listens on `agent.sock` in a runner-owned
@@ -20,7 +21,9 @@
 //! runs and removes what belongs to deleted sandboxes (see [`DockerBackend::adopt`]).
 //! A sandbox claimed from the warm pool keeps the objects of its pool member (a
 //! *slot*, itself a sandbox id, with [`LABEL_POOL`]); the runner's private markers
-//! map the sandbox to its slot and back (see [`pool`]).
+//! map the sandbox to its slot and back (see [`pool`]). A cold sandbox made on a
+//! spare network has that slot's volume, network and chains, and its own container
+//! and run directory.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -56,6 +59,7 @@ pub mod images;
 mod lifecycle;
 mod network;
 pub mod pool;
+mod spare;
 
 use container::NewContainer;
 pub use images::{DEFAULT_ALLOWED_IMAGES, ensure_static, image_allowed};
@@ -112,6 +116,9 @@ pub struct DockerDefaults {
     /// How often the pool looks whether an image changed (members are also checked
     /// at each claim).
     pub pool_check_interval: Duration,
+    /// Networks (with their volume and rules) kept made ahead for cold creates
+    /// (see [`spare`]).
+    pub spare_networks: usize,
     /// The images a create may name, as patterns for [`image_allowed`] (`image`
     /// is always allowed besides). Default: Warren's own, `warren-*`.
     pub allowed_images: Vec<String>,
@@ -131,6 +138,7 @@ impl Default for DockerDefaults {
             host_access: netpolicy::HostAccess::default(),
             pool: Vec::new(),
             pool_check_interval: Duration::from_secs(30),
+            spare_networks: 2,
             allowed_images: DEFAULT_ALLOWED_IMAGES.map(String::from).into(),
         }
     }
@@ -157,6 +165,7 @@ pub struct DockerBackend {
     session_detached_ttl: Option<Duration>,
     /// Boxed: it would make `Backend::Docker` much larger than `Backend::Process`.
     pool: Box<pool::Pool>,
+    spares: Box<spare::Spares>,
 }
 
 fn container_name(id: &SandboxId) -> String {
@@ -219,6 +228,7 @@ impl DockerBackend {
             agent_bin,
             runner,
             pool: Box::new(pool::Pool::new(&defaults.pool)),
+            spares: Box::new(spare::Spares::new(defaults.spare_networks)),
             defaults,
             session_detached_ttl: None,
         })
@@ -340,6 +350,7 @@ impl DockerBackend {
             return Ok(());
         }
 
+        self.take_spare(id, spec)?;
         let dir = self.sandbox_run_dir(id);
         fs::DirBuilder::new()
             .recursive(true)
@@ -353,6 +364,7 @@ impl DockerBackend {
         let made = self
             .make(id, Serves::Sandbox { token_key }, image, spec, &name)
             .await;
+        self.refill_spares();
         if let Err(e) = made {
             if let Err(cleanup) = self.remove_all(id).await {
                 tracing::warn!(sandbox = %id, error = %format!("{cleanup:#}"), "cleaning up a failed create");
@@ -386,39 +398,38 @@ impl DockerBackend {
             .idle_timeout_s
             .unwrap_or(self.defaults.idle_timeout.as_secs());
         container_labels.insert(LABEL_IDLE_TIMEOUT.to_owned(), idle.to_string());
+        let slot = self.objects_slot(id);
+        // A spare's volume, network and default rules are made already.
+        let spare = slot != *id;
         let volume = async {
-            self.docker
-                .create_volume(VolumeCreateRequest {
-                    name: Some(volume_name(id)),
-                    labels: Some(labels.clone()),
-                    ..Default::default()
-                })
-                .await
-                .context("creating the workspace volume")
-                .map_err(crate::Error::from)
+            if !spare {
+                self.make_volume(id, &labels).await?;
+            }
+            Ok::<_, crate::Error>(())
         };
         let began = std::time::Instant::now();
-        let (image_info, _volume) = tokio::try_join!(self.image_info(spec), volume)?;
+        let (image_info, ()) = tokio::try_join!(self.image_info(spec), volume)?;
         let image_user = image_info
             .config
             .and_then(|c| c.user)
             .filter(|u| !u.is_empty() && u != "root" && u != "0" && !u.starts_with("0:"));
-        let own_network = !matches!(spec.network, NetworkPolicy::None);
+        let own_network = spec.network != NetworkPolicy::None;
         let network_mode = if own_network {
-            network_name(id)
+            network_name(&slot)
         } else {
             "none".to_owned()
         };
         let network = async {
-            if own_network {
-                // The rules name the bridge, not its address: they can go in while
-                // Docker makes it. Both are done before the container starts.
-                let rules = async {
-                    netpolicy::apply(id, &spec.network, &self.defaults.host_access)
+            match (own_network, spare) {
+                (false, _) => {}
+                (true, false) => self.make_network(id, &labels, &spec.network).await?,
+                // A spare has the default policy's rules; another replaces them.
+                (true, true) if spec.network != NetworkPolicy::All => {
+                    netpolicy::apply(&slot, &spec.network, &self.defaults.host_access)
                         .await
-                        .context("firewall rules for the sandbox's network")
-                };
-                tokio::try_join!(self.create_network(id, &network_mode, &labels), rules)?;
+                        .context("firewall rules for the sandbox's network")?;
+                }
+                (true, true) => {}
             }
             Ok::<_, crate::Error>(())
         };
@@ -483,6 +494,37 @@ impl DockerBackend {
             ready_ms = began.elapsed().as_millis(),
             "made"
         );
+        Ok(())
+    }
+
+    /// Makes the workspace volume of `slot` (a sandbox's, a member's or a spare's).
+    async fn make_volume(&self, slot: &SandboxId, labels: &HashMap<String, String>) -> Result<()> {
+        self.docker
+            .create_volume(VolumeCreateRequest {
+                name: Some(volume_name(slot)),
+                labels: Some(labels.clone()),
+                ..Default::default()
+            })
+            .await
+            .context("creating the workspace volume")?;
+        Ok(())
+    }
+
+    /// Makes the bridge network of `slot` and its firewall rules for `policy`. The
+    /// rules name the bridge, not its address, so they go in while Docker makes it.
+    async fn make_network(
+        &self,
+        slot: &SandboxId,
+        labels: &HashMap<String, String>,
+        policy: &NetworkPolicy,
+    ) -> Result<()> {
+        let rules = async {
+            netpolicy::apply(slot, policy, &self.defaults.host_access)
+                .await
+                .context("firewall rules for the sandbox's network")
+        };
+        let name = network_name(slot);
+        tokio::try_join!(self.create_network(slot, &name, labels), rules)?;
         Ok(())
     }
 

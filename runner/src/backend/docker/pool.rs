@@ -31,6 +31,7 @@ use super::*;
 pub const IDENTITY: &str = "identity";
 const POOL_MARKER: &str = "pool";
 const SLOT_MARKER: &str = "slot";
+const SPARE_MARKER: &str = "spare";
 const CLAIMED_MARKER: &str = "claimed";
 const IDENTITY_MARKER: &str = "identity";
 /// A filler that failed waits this long before it tries again.
@@ -132,19 +133,31 @@ impl Pool {
 }
 
 impl DockerBackend {
-    /// The slot whose objects the sandbox uses: its pool member's, or its own.
+    /// The slot whose container and run directory the sandbox has: its pool
+    /// member's, or its own.
     pub(super) fn slot_of(&self, id: &SandboxId) -> SandboxId {
-        fs::read_to_string(self.private_dir(id).join(SLOT_MARKER))
+        self.marked_slot(id, SLOT_MARKER)
+            .unwrap_or_else(|| id.clone())
+    }
+
+    /// The slot whose volume, network and firewall rules the sandbox has: a
+    /// spare's, its pool member's, or its own.
+    pub(super) fn objects_slot(&self, id: &SandboxId) -> SandboxId {
+        self.marked_slot(id, SPARE_MARKER)
+            .unwrap_or_else(|| self.slot_of(id))
+    }
+
+    fn marked_slot(&self, id: &SandboxId, marker: &str) -> Option<SandboxId> {
+        fs::read_to_string(self.private_dir(id).join(marker))
             .ok()
             .and_then(|s| SandboxId::parse(s.trim()).ok())
-            .unwrap_or_else(|| id.clone())
     }
 
     /// The sandbox that claimed `slot`, if a claim finished.
     fn claimed_by(&self, slot: &SandboxId) -> Option<SandboxId> {
         let text = fs::read_to_string(self.private_dir(slot).join(CLAIMED_MARKER)).ok()?;
         let id = SandboxId::parse(text.trim()).ok()?;
-        (self.slot_of(&id) == *slot).then_some(id)
+        (self.objects_slot(&id) == *slot).then_some(id)
     }
 
     /// The sandbox a Docker object belongs to, from its labels: `None` for another
@@ -299,6 +312,13 @@ impl DockerBackend {
             .context("setting the pool member's limits")
     }
 
+    /// Records that sandbox `id` has the volume, network and rules of `slot` (a
+    /// spare's); its container and run directory are its own.
+    pub(super) fn bind_spare(&self, id: &SandboxId, slot: &SandboxId) -> Result<()> {
+        self.mark(id, SPARE_MARKER, slot.as_str().as_bytes())?;
+        self.mark(slot, CLAIMED_MARKER, id.as_str().as_bytes())
+    }
+
     /// After a claimed sandbox's container started again (Docker gave it its slot's
     /// hostname back): its own hostname.
     pub(super) async fn restore_hostname(&self, id: &SandboxId) -> Result<()> {
@@ -382,10 +402,14 @@ impl DockerBackend {
         }
     }
 
-    /// Keeps every pool at its size until [`drain_pool`](Self::drain_pool): refills
-    /// after claims, and removes members whose image changed (checked every
-    /// `pool_check_interval`, and at each claim).
+    /// Keeps every pool at its size, and the spare networks ready, until
+    /// [`drain_pool`](Self::drain_pool): refills after claims, and removes members
+    /// whose image changed (checked every `pool_check_interval`, and at each claim).
     pub async fn keep_pool_filled(&self) {
+        tokio::join!(self.keep_members_ready(), self.keep_spares_ready());
+    }
+
+    async fn keep_members_ready(&self) {
         if self.pool.sizes.is_empty() {
             return;
         }
@@ -437,9 +461,10 @@ impl DockerBackend {
         self.drain_pool().await;
     }
 
-    /// At shutdown: removes every member nobody claimed (a member holds nothing of
-    /// a user's); the filler stops.
+    /// At shutdown: removes every member nobody claimed and every spare nobody took
+    /// (they hold nothing of a user's); the fillers stop.
     pub async fn drain_pool(&self) {
+        self.drain_spares().await;
         self.pool.closed.store(true, Ordering::SeqCst);
         self.pool.wake.notify_one();
         let members = std::mem::take(&mut *self.pool.ready());
