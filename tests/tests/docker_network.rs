@@ -419,3 +419,69 @@ fn default_policy_keeps_sandboxes_off_the_host_link_local_and_each_other() -> Re
     }
     Ok(())
 }
+
+/// A create with an allow-list made on a spare network (made ahead with the default
+/// policy's rules) gets the allow-list's rules before it starts, not the default's,
+/// as one made after it does (cold, or on the spare made again meanwhile).
+#[test]
+fn an_allow_list_replaces_a_spare_networks_default_rules() -> Result<()> {
+    let Some(d) = DockerStack::start(&["--spare-networks", "1"])? else {
+        return Ok(());
+    };
+    let spare = format!("label=org.warren.runner={}", d.runner.id);
+    ensure!(
+        wait_until(Duration::from_secs(60), || {
+            run_ok(
+                "docker",
+                &[
+                    "network",
+                    "ls",
+                    "-q",
+                    "--filter",
+                    &spare,
+                    "--filter",
+                    "label=org.warren.pool=spare",
+                ],
+            )
+            .is_ok_and(|ids| !ids.is_empty())
+        }),
+        "no spare network was made:\n{}",
+        d.runner_log()
+    );
+    let closed = host_server("0.0.0.0:0", "host-closed")?;
+    let allow = || SandboxSpec {
+        image: Some(BUSYBOX.into()),
+        network: NetworkPolicy::Allow {
+            cidrs: vec!["10.99.0.0/16".into()],
+        },
+        ..SandboxSpec::default()
+    };
+    // The first takes the spare.
+    let (on_spare, a) = d.sandbox(allow())?;
+    let (cold, b) = d.sandbox(allow())?;
+    let spare_slot = rules_id(&on_spare)?;
+    ensure!(
+        spare_slot != on_spare,
+        "the first create did not take the spare"
+    );
+    for (id, c, slot) in [(&on_spare, &a, spare_slot), (&cold, &b, rules_id(&cold)?)] {
+        let chain = format!("WARREN-{}", slot.as_str().trim_start_matches("sbx-"));
+        let listing = rules("iptables");
+        for rule in [
+            format!("-A {chain} -d 10.99.0.0/16 -j RETURN"),
+            format!("-A {chain} -j DROP"),
+        ] {
+            ensure!(
+                listing.lines().any(|l| l == rule),
+                "{id}: no {rule:?} in:\n{listing}"
+            );
+        }
+        let gw = gateway_ip(id)?;
+        let seen = reachable(
+            c,
+            &[("gw_closed", format!("http://{gw}:{closed}/"), "host-closed")],
+        )?;
+        expect(&seen, &[], "an allow-list sandbox and the host")?;
+    }
+    Ok(())
+}
