@@ -75,18 +75,36 @@ pub async fn seed(
             options.excludes.clone(),
             events.clone(),
         );
-        let mut last = std::time::Instant::now();
-        tokio::task::spawn_blocking(move || {
-            tree::scan(&root, &excludes, |files, bytes| {
-                if last.elapsed() >= progress::TICK {
-                    last = std::time::Instant::now();
-                    progress::stage(&events, Stage::Discovering, 0, files, bytes);
-                }
+        async move {
+            let mut last = std::time::Instant::now();
+            tokio::task::spawn_blocking(move || {
+                tree::scan(&root, &excludes, |files, bytes| {
+                    if last.elapsed() >= progress::TICK {
+                        last = std::time::Instant::now();
+                        progress::stage(&events, Stage::Discovering, 0, files, bytes);
+                    }
+                })
             })
-        })
-        .await
-        .map_err(|_| SyncError::Cancelled)??
+            .await
+            .map_err(|_| SyncError::Cancelled)?
+        }
     };
+    // The connection and the target's listing change nothing, so they are made
+    // while the local tree is read; a target to create waits for the scan, so that
+    // a bad source leaves the sandbox as it was.
+    let remote = async {
+        let conn = Connection::open(endpoint).await?;
+        let sftp = conn.sftp().await?;
+        let root = resolve_root(&sftp, &options.target, true).await?;
+        let listing = match &root {
+            Some(root) => sftp.list(root).await?,
+            None => Listing::default(),
+        };
+        Ok::<_, SyncError>((conn, sftp, root, listing))
+    };
+    // A bad source is told at once, not after the connection.
+    let (scan, (conn, sftp, root, listing)) = tokio::try_join!(scan, remote)?;
+    let sftp = &sftp;
     for link in &scan.refused_links {
         let _ = events.send(Event::Warning {
             message: format!("{link}: a link out of the tree, not sent"),
@@ -101,12 +119,9 @@ pub async fn seed(
     };
 
     progress::stage(&events, Stage::Indexing, 0, files_total, bytes_total);
-    let conn = Connection::open(endpoint).await?;
-    let sftp = &conn.sftp().await?;
-    let root = resolve_root(sftp, &options.target, options.dry_run).await?;
-    let listing = match &root {
-        Some(root) => sftp.list(root).await?,
-        None => Listing::default(),
+    let root = match root {
+        Some(root) => Some(root),
+        None => resolve_root(sftp, &options.target, options.dry_run).await?,
     };
     let mut plan = plan::plan(&scan.tree, &listing, options.delete);
     summary.files_skipped = plan.skipped;

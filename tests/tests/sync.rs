@@ -373,6 +373,26 @@ fn a_seed_sends_a_real_tree_and_a_second_run_sends_nothing() -> Result<()> {
     ensure!(deleted.deleted == 102, "{deleted:?}");
     let got = read_tree(fetch(&f.client, "/workspace/proj")?.path());
     ensure!(!got.contains_key("src/mod02") && !got.contains_key("link-in"));
+
+    // A source that is not there is an error, and the target it named is not made
+    // (the connection is opened while the source is read).
+    let missing = src.path().join("not-here");
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let failed = f.stack.stack.rt.block_on(warren_sync::seed(
+        &f.endpoint,
+        &options(&missing, "/workspace/never"),
+        tx,
+    ));
+    let message = failed.err().map(|e| e.to_string()).unwrap_or_default();
+    ensure!(
+        message.contains("not-here"),
+        "a missing source: {message:?}"
+    );
+    let made = f.client.exec("test -e /workspace/never").run()?;
+    ensure!(
+        made.code() == Some(1),
+        "a failed seed made its target: {made}"
+    );
     Ok(())
 }
 
