@@ -202,7 +202,21 @@ fn containers_are_hardened() -> Result<()> {
         fields[5] == (256u64 << 20).to_string() && fields[5] == fields[6],
         "memory: {inspect}"
     );
-    ensure!(fields[7] == name, "network: {inspect}");
+    // Its own network: named after it, or after the spare it was made on; no other
+    // container on it.
+    ensure!(fields[7].starts_with("warren-sbx-"), "network: {inspect}");
+    let members = docker_ok(&[
+        "network",
+        "inspect",
+        "--format",
+        "{{range .Containers}}{{.Name}} {{end}}",
+        fields[7],
+    ])?;
+    ensure!(
+        members.trim() == name,
+        "network {} holds {members}",
+        fields[7]
+    );
     ensure!(fields[8].contains("nofile"), "ulimits: {inspect}");
     ensure!(
         !inspect.contains("docker.sock"),
@@ -338,22 +352,34 @@ fn workspace_survives_stop_and_start_and_delete_removes_everything() -> Result<(
     let out = c.exec("cat /workspace/note").run()?.success()?;
     ensure!(out.stdout_trimmed() == "kept", "{out}");
 
+    // The sandbox's volume and network are its own or a spare's: asked for by name.
+    let name = format!("warren-{id}");
+    let network = docker_ok(&["inspect", "--format", "{{.HostConfig.NetworkMode}}", &name])?;
+    let volume = docker_ok(&[
+        "inspect",
+        "--format",
+        "{{range .Mounts}}{{if eq .Destination \"/workspace\"}}{{.Name}}{{end}}{{end}}",
+        &name,
+    ])?;
+    ensure!(
+        network.starts_with("warren-sbx-") && volume.starts_with("warren-sbx-"),
+        "network {network:?}, volume {volume:?}"
+    );
     ensure!(
         d.control(Request::Delete {
             sandbox: id.clone()
         })? == Response::Ok
     );
-    let name = format!("warren-{id}");
     ensure!(
         docker(&["inspect", &name])?.code() != Some(0),
         "container left"
     );
     ensure!(
-        docker(&["volume", "inspect", &format!("{name}-workspace")])?.code() != Some(0),
+        docker(&["volume", "inspect", &volume])?.code() != Some(0),
         "volume left"
     );
     ensure!(
-        docker(&["network", "inspect", &name])?.code() != Some(0),
+        docker(&["network", "inspect", &network])?.code() != Some(0),
         "network left"
     );
     ensure!(d.status(&id)?.is_none(), "a deleted sandbox is listed");

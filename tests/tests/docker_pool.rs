@@ -429,6 +429,19 @@ fn cold_creates_take_spare_networks_and_each_sandbox_still_has_its_own() -> Resu
     };
     let first = wait_for_spares(&d, 2, "at start")?;
 
+    // A create with a missing image fails and keeps the spares for the next.
+    let missing = d.control(Request::Create {
+        sandbox: SandboxId::generate(),
+        token_key: d.stack.verifier.clone(),
+        authorized_keys: vec![],
+        spec: spec("warren-not-here:latest", "nobody"),
+    })?;
+    ensure!(missing != Response::Ok, "a missing image was created");
+    ensure!(
+        untaken_spares(&d)? == first,
+        "a failed create used up a spare"
+    );
+
     // Three cold creates at once against two spares: no spare goes to two.
     let specs = (0..3).map(|i| spec(BUSYBOX, &format!("who-{i}"))).collect();
     let ids = create_all(&d, specs)?;

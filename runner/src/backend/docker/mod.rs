@@ -350,7 +350,6 @@ impl DockerBackend {
             return Ok(());
         }
 
-        self.take_spare(id, spec)?;
         let dir = self.sandbox_run_dir(id);
         fs::DirBuilder::new()
             .recursive(true)
@@ -398,6 +397,9 @@ impl DockerBackend {
             .idle_timeout_s
             .unwrap_or(self.defaults.idle_timeout.as_secs());
         container_labels.insert(LABEL_IDLE_TIMEOUT.to_owned(), idle.to_string());
+        if matches!(serves, Serves::Sandbox { .. }) {
+            self.take_spare(id, spec)?;
+        }
         let slot = self.objects_slot(id);
         // A spare's volume, network and default rules are made already.
         let spare = slot != *id;
@@ -408,7 +410,17 @@ impl DockerBackend {
             Ok::<_, crate::Error>(())
         };
         let began = std::time::Instant::now();
-        let (image_info, ()) = tokio::try_join!(self.image_info(spec), volume)?;
+        let (image_info, ()) = match tokio::try_join!(self.image_info(spec), volume) {
+            Ok(found) => found,
+            Err(e) => {
+                // A refused or missing image has not touched the spare: it goes
+                // back, so bad requests cost no networks.
+                if spare {
+                    self.return_spare(id, &slot);
+                }
+                return Err(e);
+            }
+        };
         let image_user = image_info
             .config
             .and_then(|c| c.user)

@@ -31,8 +31,8 @@ use super::*;
 pub const IDENTITY: &str = "identity";
 const POOL_MARKER: &str = "pool";
 const SLOT_MARKER: &str = "slot";
-const SPARE_MARKER: &str = "spare";
-const CLAIMED_MARKER: &str = "claimed";
+pub(super) const SPARE_MARKER: &str = "spare";
+pub(super) const CLAIMED_MARKER: &str = "claimed";
 const IDENTITY_MARKER: &str = "identity";
 /// A filler that failed waits this long before it tries again.
 const FILL_RETRY: Duration = Duration::from_secs(5);

@@ -49,8 +49,8 @@ impl Spares {
 
 impl DockerBackend {
     /// Gives sandbox `id` a spare slot if one is ready and the sandbox has a
-    /// network of its own; its objects are then the slot's. Before anything of the
-    /// sandbox is made.
+    /// network of its own; its volume, network and rules are then the slot's.
+    /// Before any of them is made.
     pub(super) fn take_spare(&self, id: &SandboxId, spec: &SandboxSpec) -> Result<()> {
         if spec.network == NetworkPolicy::None {
             return Ok(());
@@ -68,6 +68,13 @@ impl DockerBackend {
             tracing::debug!(sandbox = %id, slot = %slot, "took a spare network");
         }
         bound
+    }
+
+    /// Gives back the spare `id` took and has not used (nothing of `id` is on it).
+    pub(super) fn return_spare(&self, id: &SandboxId, slot: &SandboxId) {
+        let _ = fs::remove_file(self.private_dir(id).join(pool::SPARE_MARKER));
+        let _ = fs::remove_file(self.private_dir(slot).join(pool::CLAIMED_MARKER));
+        self.spares.ready().push(slot.clone());
     }
 
     /// After a create, taken a spare or not: the filler may make the next.
