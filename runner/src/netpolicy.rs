@@ -399,16 +399,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_batch_makes_the_chains_then_fills_them_in_order() {
-        let r = rules(
+    /// The default policy's IPv4 rules for [`id`].
+    fn default_v4() -> Vec<Vec<String>> {
+        rules(
             &id(),
             &NetworkPolicy::All,
             &HostAccess::default(),
             Family::V4,
             "DOCKER-USER",
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn a_batch_makes_the_chains_then_fills_them_in_order() {
+        let r = default_v4();
         let batch = restore_batch(&r);
         let lines: Vec<&str> = batch.lines().collect();
         assert_eq!(lines.first(), Some(&"*filter"));
@@ -444,14 +449,7 @@ mod tests {
 
     #[test]
     fn default_policy_drops_link_local_and_the_host() {
-        let r = rules(
-            &id(),
-            &NetworkPolicy::All,
-            &HostAccess::default(),
-            Family::V4,
-            "DOCKER-USER",
-        )
-        .unwrap();
+        let r = default_v4();
         assert_eq!(
             lines(&r),
             [

@@ -119,9 +119,10 @@ pub async fn seed(
     };
 
     progress::stage(&events, Stage::Indexing, 0, files_total, bytes_total);
+    // A target that is not there yet is made now (or, in a dry run, stays absent).
     let root = match root {
-        Some(root) => Some(root),
         None => resolve_root(sftp, &options.target, options.dry_run).await?,
+        found => found,
     };
     let mut plan = plan::plan(&scan.tree, &listing, options.delete);
     summary.files_skipped = plan.skipped;

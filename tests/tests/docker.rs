@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use common::docker::{DockerStack, docker, docker_ok, image};
+use common::docker::{DockerStack, docker, docker_ok, image, network_of};
 use warren_keys::SandboxId;
 use warren_runner::protocol::{NetworkPolicy, RepoSpec, Request, Response, SandboxSpec, Secret};
 use warren_tests::util::{self, free_port, wait_until};
@@ -354,7 +354,7 @@ fn workspace_survives_stop_and_start_and_delete_removes_everything() -> Result<(
 
     // The sandbox's volume and network are its own or a spare's: asked for by name.
     let name = format!("warren-{id}");
-    let network = docker_ok(&["inspect", "--format", "{{.HostConfig.NetworkMode}}", &name])?;
+    let network = network_of(&id)?;
     let volume = docker_ok(&[
         "inspect",
         "--format",

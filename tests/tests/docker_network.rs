@@ -16,7 +16,7 @@ use std::net::TcpListener;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use common::docker::DockerStack;
+use common::docker::{DockerStack, network_of};
 use warren_keys::SandboxId;
 use warren_runner::netpolicy::{self, HostAccess};
 use warren_runner::protocol::{NetworkPolicy, Request, Response, SandboxSpec};
@@ -184,15 +184,7 @@ fn container_ip(id: &SandboxId) -> Result<String> {
 /// The id sandbox `id`'s network and firewall chains are named after: its own, or
 /// the slot of the spare network (or pool member) it was made on.
 fn rules_id(id: &SandboxId) -> Result<SandboxId> {
-    let network = run_ok(
-        "docker",
-        &[
-            "inspect",
-            "--format",
-            "{{range $name, $_ := .NetworkSettings.Networks}}{{$name}}{{end}}",
-            &format!("warren-{id}"),
-        ],
-    )?;
+    let network = network_of(id)?;
     SandboxId::parse(network.trim_start_matches("warren-"))
         .with_context(|| format!("sandbox {id}'s network {network:?}"))
 }

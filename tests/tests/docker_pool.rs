@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use common::docker::{DockerStack, POOL_LABEL, docker, docker_ok};
+use common::docker::{DockerStack, POOL_LABEL, docker, docker_ok, network_of};
 use common::sandbox_row;
 use warren_gateway::store::SandboxState;
 use warren_keys::{SandboxId, Scope};
@@ -403,14 +403,6 @@ fn wait_for_spares(d: &DockerStack, n: usize, what: &str) -> Result<BTreeSet<Str
         d.runner_log()
     );
     untaken_spares(d)
-}
-
-/// The network of sandbox `id`'s container.
-fn network_of(id: &SandboxId) -> Result<String> {
-    inspect(
-        &format!("warren-{id}"),
-        "{{range $name, $_ := .NetworkSettings.Networks}}{{$name}}{{end}}",
-    )
 }
 
 /// The host's IPv4 filter rules (`iptables -S`).

@@ -34,6 +34,17 @@ pub fn docker_ok(args: &[&str]) -> Result<String> {
     Ok(docker(args)?.success()?.stdout_trimmed().to_owned())
 }
 
+/// The network of sandbox `id`'s container: `warren-<id>`, or `warren-<slot>` for a
+/// sandbox made on a spare network or claimed from the pool.
+pub fn network_of(id: &SandboxId) -> Result<String> {
+    docker_ok(&[
+        "inspect",
+        "--format",
+        "{{range $name, $_ := .NetworkSettings.Networks}}{{$name}}{{end}}",
+        &format!("warren-{id}"),
+    ])
+}
+
 pub fn docker_available() -> bool {
     docker(&["version", "--format", "{{.Server.APIVersion}}"]).is_ok_and(|o| o.code() == Some(0))
 }

@@ -437,9 +437,7 @@ impl DockerBackend {
                 (true, false) => self.make_network(id, &labels, &spec.network).await?,
                 // A spare has the default policy's rules; another replaces them.
                 (true, true) if spec.network != NetworkPolicy::All => {
-                    netpolicy::apply(&slot, &spec.network, &self.defaults.host_access)
-                        .await
-                        .context("firewall rules for the sandbox's network")?;
+                    self.apply_rules(&slot, &spec.network).await?;
                 }
                 (true, true) => {}
             }
@@ -451,7 +449,7 @@ impl DockerBackend {
             image,
             image_user: image_user.as_deref(),
             spec,
-            network_mode: network_mode.clone(),
+            network_mode,
             labels: container_labels,
         });
         let create = |config| {
@@ -530,14 +528,19 @@ impl DockerBackend {
         labels: &HashMap<String, String>,
         policy: &NetworkPolicy,
     ) -> Result<()> {
-        let rules = async {
-            netpolicy::apply(slot, policy, &self.defaults.host_access)
-                .await
-                .context("firewall rules for the sandbox's network")
-        };
         let name = network_name(slot);
-        tokio::try_join!(self.create_network(slot, &name, labels), rules)?;
+        tokio::try_join!(
+            self.create_network(slot, &name, labels),
+            self.apply_rules(slot, policy)
+        )?;
         Ok(())
+    }
+
+    /// Installs (or replaces) the firewall rules of `slot`'s network for `policy`.
+    async fn apply_rules(&self, slot: &SandboxId, policy: &NetworkPolicy) -> Result<()> {
+        netpolicy::apply(slot, policy, &self.defaults.host_access)
+            .await
+            .context("firewall rules for the sandbox's network")
     }
 
     /// The memory and CPUs the engine's host has.

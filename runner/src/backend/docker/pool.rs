@@ -35,7 +35,7 @@ pub(super) const SPARE_MARKER: &str = "spare";
 pub(super) const CLAIMED_MARKER: &str = "claimed";
 const IDENTITY_MARKER: &str = "identity";
 /// A filler that failed waits this long before it tries again.
-const FILL_RETRY: Duration = Duration::from_secs(5);
+pub(super) const FILL_RETRY: Duration = Duration::from_secs(5);
 
 /// How many started sandboxes of `image` to keep waiting (`--pool IMAGE=N`).
 #[derive(Debug, Clone, PartialEq, Eq)]
