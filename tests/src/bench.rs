@@ -251,6 +251,9 @@ pub struct Server<'a> {
     pub id: usize,
     pub client: Client,
     pub memory: Box<dyn Fn() -> Memory + 'a>,
+    /// Counts the CPU time of the server's processes and all they fork (the far
+    /// end's `cat` included), for [`Cost`]; `None` where no cgroup could be made.
+    pub cpu: Option<util::CpuGroup>,
     /// Scratch directory on the server side (same machine).
     pub dir: PathBuf,
 }
@@ -287,6 +290,66 @@ pub fn memory_of(pids: &[u32]) -> Memory {
     m
 }
 
+/// A cgroup holding `pids` (and what they fork), or `None`, said on stderr, where
+/// one cannot be made (not root, no cgroup file system).
+pub fn cpu_group(name: &str, pids: &[u32]) -> Option<util::CpuGroup> {
+    let made = util::CpuGroup::new(name).and_then(|group| {
+        for &pid in pids {
+            group.add(pid)?;
+        }
+        Ok(group)
+    });
+    made.map_err(|e| eprintln!("{name}: no CPU figures: {e:#}"))
+        .ok()
+}
+
+/// What one transfer cost: the server side's CPU per GiB moved, and how busy the
+/// whole machine was meanwhile (clients included). When the machine is saturated,
+/// throughput is the cores divided by everyone's CPU per byte, so this says where
+/// the ceiling is.
+#[derive(Clone, Copy)]
+pub struct Cost {
+    pub server_cpu_s_per_gib: f64,
+    pub busy_pct: f64,
+}
+
+impl Default for Cost {
+    fn default() -> Cost {
+        Cost {
+            server_cpu_s_per_gib: f64::NAN,
+            busy_pct: f64::NAN,
+        }
+    }
+}
+
+/// Runs `transfer` (which moves `bytes` and returns MiB/s, NaN when it failed) and
+/// weighs it.
+pub fn costed(s: &Server, bytes: u64, transfer: impl FnOnce() -> f64) -> (f64, Cost) {
+    let usage = || s.cpu.as_ref().and_then(util::CpuGroup::usage);
+    let (cpu_before, machine_before) = (usage(), util::machine_cpu());
+    let rate = transfer();
+    let (cpu_after, machine_after) = (usage(), util::machine_cpu());
+    if !rate.is_finite() {
+        return (rate, Cost::default());
+    }
+    let server_cpu = match (cpu_before, cpu_after) {
+        (Some(before), Some(after)) => after.saturating_sub(before).as_secs_f64(),
+        _ => f64::NAN,
+    };
+    let busy_pct = match (machine_before, machine_after) {
+        (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => 100.0 * (b1 - b0) as f64 / (t1 - t0) as f64,
+        _ => f64::NAN,
+    };
+    let gib = bytes as f64 / f64::from(1u32 << 30);
+    (
+        rate,
+        Cost {
+            server_cpu_s_per_gib: server_cpu / gib,
+            busy_pct,
+        },
+    )
+}
+
 /// What one server scored (NaN, shown as n/a: not measured).
 pub struct Scores {
     pub scp_up: f64,
@@ -295,6 +358,8 @@ pub struct Scores {
     pub sftp_down: f64,
     pub cat_up: f64,
     pub cat_down: f64,
+    pub cat_up_cost: Cost,
+    pub cat_down_cost: Cost,
     pub true_mean_ms: f64,
     pub true_p50_ms: f64,
     pub key_p50_ms: f64,
@@ -312,6 +377,8 @@ impl Default for Scores {
             sftp_down: f64::NAN,
             cat_up: f64::NAN,
             cat_down: f64::NAN,
+            cat_up_cost: Cost::default(),
+            cat_down_cost: Cost::default(),
             true_mean_ms: f64::NAN,
             true_p50_ms: f64::NAN,
             key_p50_ms: f64::NAN,
@@ -427,8 +494,12 @@ pub fn measure(
     if wants("cat") {
         for (s, score) in servers.iter().zip(&mut scores) {
             eprintln!("{}: cat over exec", s.name);
-            score.cat_up = rate(s, "cat upload", bytes, || cat_up(s, bytes));
-            score.cat_down = rate(s, "cat download", bytes, || cat_down(s, source, bytes));
+            (score.cat_up, score.cat_up_cost) = costed(s, bytes, || {
+                rate(s, "cat upload", bytes, || cat_up(s, bytes))
+            });
+            (score.cat_down, score.cat_down_cost) = costed(s, bytes, || {
+                rate(s, "cat download", bytes, || cat_down(s, source, bytes))
+            });
         }
     }
     if wants("memory") {
@@ -575,6 +646,24 @@ pub fn throughput_rows(size_mib: u64) -> [(String, Figure); 6] {
         ("`cat` over exec, download", |s| s.cat_down),
     ];
     rows.map(|(name, pick)| (format!("{name} ({size_mib} MiB)"), pick))
+}
+
+/// The cost rows of the `cat` transfers: label, unit, decimals and figure.
+pub fn cost_rows() -> [(&'static str, &'static str, usize, Figure); 4] {
+    [
+        ("server CPU per GiB, `cat` upload", "s", 2, |s| {
+            s.cat_up_cost.server_cpu_s_per_gib
+        }),
+        ("server CPU per GiB, `cat` download", "s", 2, |s| {
+            s.cat_down_cost.server_cpu_s_per_gib
+        }),
+        ("machine busy, `cat` upload", "%", 0, |s| {
+            s.cat_up_cost.busy_pct
+        }),
+        ("machine busy, `cat` download", "%", 0, |s| {
+            s.cat_down_cost.busy_pct
+        }),
+    ]
 }
 
 /// The connection-time rows, in ms, of `runs` connections.

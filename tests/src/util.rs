@@ -142,6 +142,81 @@ pub fn proc_parent_and_comm(pid: u32) -> Option<(u32, String)> {
     Some((ppid, comm))
 }
 
+/// A cgroup that counts the CPU time of the processes put in it and of everything
+/// they fork from then on, exited or not (cgroup v1's cpuacct, or v2). Removed when
+/// dropped, its processes moved back to the root group.
+pub struct CpuGroup {
+    dir: PathBuf,
+    root: PathBuf,
+    v1: bool,
+}
+
+impl CpuGroup {
+    /// A new group named after `name` and this process (needs root).
+    pub fn new(name: &str) -> Result<CpuGroup> {
+        let v1 = Path::new("/sys/fs/cgroup/cpuacct/cpuacct.usage").is_file();
+        let root = PathBuf::from(if v1 {
+            "/sys/fs/cgroup/cpuacct"
+        } else {
+            "/sys/fs/cgroup"
+        });
+        let dir = root.join(format!("warren-bench-{name}-{}", std::process::id()));
+        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(CpuGroup { dir, root, v1 })
+    }
+
+    /// Moves process `pid` (all its threads) into the group.
+    pub fn add(&self, pid: u32) -> Result<()> {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string())
+            .with_context(|| format!("moving {pid} into {}", self.dir.display()))
+    }
+
+    /// The CPU time used in the group so far.
+    pub fn usage(&self) -> Option<Duration> {
+        if self.v1 {
+            let ns = std::fs::read_to_string(self.dir.join("cpuacct.usage")).ok()?;
+            Some(Duration::from_nanos(ns.trim().parse().ok()?))
+        } else {
+            let stat = std::fs::read_to_string(self.dir.join("cpu.stat")).ok()?;
+            let us = stat
+                .lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))?
+                .trim()
+                .parse()
+                .ok()?;
+            Some(Duration::from_micros(us))
+        }
+    }
+}
+
+impl Drop for CpuGroup {
+    fn drop(&mut self) {
+        if let Ok(procs) = std::fs::read_to_string(self.dir.join("cgroup.procs")) {
+            for pid in procs.lines() {
+                let _ = std::fs::write(self.root.join("cgroup.procs"), pid);
+            }
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// The machine's CPU time so far as (busy, total) jiffies, from /proc/stat's first
+/// line (idle and iowait are the idle part).
+pub fn machine_cpu() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
 /// All live descendants of `root` (children, grandchildren, …), with their names.
 pub fn descendants(root: u32) -> Vec<(u32, String)> {
     let Ok(entries) = std::fs::read_dir("/proc") else {

@@ -15,8 +15,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail, ensure};
 use warren_tests::bench::{
-    Scores, Server, Workload, bench_client, cell, conditions, connect_rows, keystroke_row, measure,
-    memory_of, memory_rows, mib, ratio, throughput_rows,
+    Scores, Server, Workload, bench_client, cell, conditions, connect_rows, cost_rows, cpu_group,
+    keystroke_row, measure, memory_of, memory_rows, mib, ratio, throughput_rows,
 };
 use warren_tests::util;
 use warren_tests::{Agent, Profile, Sshd, build_bin};
@@ -108,6 +108,14 @@ fn main() -> Result<()> {
             } else {
                 Box::new(|| memory_of(&[agent.pid()]))
             },
+            cpu: cpu_group(
+                name,
+                &[if name == "sshd" {
+                    sshd.pid()
+                } else {
+                    agent.pid()
+                }],
+            ),
         });
     }
 
@@ -131,6 +139,9 @@ fn print_table(opts: &Options, scores: &[Scores]) {
     };
     for (label, pick) in throughput_rows(opts.size_mib) {
         row(label, pick(sshd), pick(agent), "MiB/s", 0);
+    }
+    for (label, unit, decimals, pick) in cost_rows() {
+        row(label.into(), pick(sshd), pick(agent), unit, decimals);
     }
     for (label, pick) in connect_rows(opts.runs) {
         row(label, pick(sshd), pick(agent), "ms", 1);

@@ -24,7 +24,8 @@ use anyhow::{Context, Result, bail, ensure};
 use warren_tests::bench::KEYS;
 use warren_tests::bench::{
     MEASUREMENTS, Memory, Scores, Server, Workload, bench_client, cell, conditions, connect_rows,
-    keystroke_row, measure, memory_of, memory_rows, mib, ratio, throughput_rows,
+    cost_rows, cpu_group, keystroke_row, measure, memory_of, memory_rows, mib, ratio,
+    throughput_rows,
 };
 use warren_tests::bench_persistent::{self, DETACHED_SESSIONS};
 use warren_tests::stack::{Backend, GatewayStack, StackOptions};
@@ -159,6 +160,21 @@ fn main() -> Result<()> {
                 ..memory_of(&[gateway_pid])
             }),
         };
+        // The gateway path's server side is three processes: the gateway, the
+        // runner and the agent the runner started (with the programs it runs).
+        let cpu = match name {
+            "sshd" => cpu_group(name, &[sshd.pid()]),
+            "warren-agent" => cpu_group(name, &[agent.pid()]),
+            _ => {
+                let mut pids = vec![gateway_pid, runner_pid];
+                pids.extend(
+                    util::descendants(runner_pid)
+                        .into_iter()
+                        .map(|(pid, _)| pid),
+                );
+                cpu_group(name, &pids)
+            }
+        };
         let dir = match name {
             "sshd" => load.server_dir_for(name, sshd.user())?,
             _ => load.server_dir(name)?,
@@ -169,6 +185,7 @@ fn main() -> Result<()> {
             client,
             dir,
             memory,
+            cpu,
         });
     }
 
@@ -259,6 +276,10 @@ fn print_table(opts: &Options, scores: &[Scores]) {
             .map(|(s, g)| g >= THROUGHPUT_TARGET * s);
         let target = format!("≥ {THROUGHPUT_TARGET:.2} × sshd {}", verdict(met));
         row(label, s, g, pick_agent(&pick), "MiB/s", 0, target);
+    }
+    for (label, unit, decimals, pick) in cost_rows() {
+        let (s, g, a) = (pick(sshd), pick(gw), pick_agent(&pick));
+        row(label.into(), s, g, a, unit, decimals, String::new());
     }
     for (label, pick) in connect_rows(opts.runs) {
         row(
