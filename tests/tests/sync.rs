@@ -669,8 +669,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// The benchmark beside rsync over the same gateway path, in the same run (a base
-/// sandbox: it has rsync). Not part of the suite; run it with
-/// `cargo nextest run -p warren-runner --test sync --run-ignored only --no-capture`
+/// sandbox: it has rsync). Not part of the suite; run it with release binaries, as
+/// in production (the tests' own runner is a debug build, slow enough to set both
+/// sides' pace): `cargo build --release -p warren-runner`, then
+/// `WARREN_TEST_BIN_DIR=target/release cargo nextest run --release -p warren-tests
+/// --test sync --run-ignored only --no-capture bench_sync_beside_rsync`
 /// (`WARREN_BENCH_BIG_MIB`, default 1024; `WARREN_BENCH_SMALL`, default 5000 files).
 #[test]
 #[ignore = "a benchmark: prints figures"]
@@ -855,6 +858,15 @@ fn bench_sync_beside_rsync() -> Result<()> {
 /// `ws-NAME`: their times, and what the seed sent.
 fn race(f: &Fixture, src: &Path, name: &str) -> Result<(Duration, (SeedSummary, Duration))> {
     let c = &f.client;
+    // Each starts with nothing left to write back from the one before (sync(2) is
+    // the whole machine's), so neither pays for the other's disk writes.
+    let settle = || {
+        c.exec("sync")
+            .timeout(Duration::from_secs(600))
+            .run()?
+            .success()
+    };
+    settle()?;
     let (_, rsync) = timed(|| {
         c.rsync(
             &["-a"],
@@ -867,6 +879,7 @@ fn race(f: &Fixture, src: &Path, name: &str) -> Result<(Duration, (SeedSummary, 
         .run()?
         .success()
     })?;
+    settle()?;
     let ((summary, _), ours) =
         timed(|| seed(f, &SeedOptions::new(src, format!("/workspace/ws-{name}"))))?;
     Ok((rsync, (summary, ours)))
