@@ -78,6 +78,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    warren_protocol::stream::keep_freed_buffers();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -122,6 +122,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    warren_protocol::stream::keep_freed_buffers();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
