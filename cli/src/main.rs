@@ -136,7 +136,6 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    warren_runner::stream::keep_freed_buffers();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -171,6 +170,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             pool_size,
             recording,
         } => {
+            // Only `warren up` relays sandboxes' bytes; the client commands keep
+            // glibc's defaults.
+            warren_runner::stream::keep_freed_buffers();
             up::up(up::UpOptions {
                 recording: recording.policy(),
                 data_dir: data_dir.unwrap_or_else(warren_gateway::server::default_data_dir),
