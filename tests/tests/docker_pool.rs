@@ -388,6 +388,8 @@ fn untaken_spares(d: &DockerStack) -> Result<BTreeSet<String>> {
     Ok(slots
         .split_whitespace()
         .filter(|slot| !private.join(slot).join("claimed").exists())
+        // Its network is listed a moment before the runner offers it.
+        .filter(|slot| d.runner_logged("spare network ready", slot))
         .map(str::to_owned)
         .collect())
 }

@@ -180,10 +180,21 @@ impl DockerStack {
             .collect())
     }
 
-    /// Whether the member's agent has set up its user (and waits for an identity).
+    /// Whether the member can be claimed: its agent has set up its user (and waits
+    /// for an identity), and the runner has put it in the pool. The agent's files
+    /// come a moment before the runner's list, so a create in between went cold.
     pub fn member_waits(&self, name: &str) -> bool {
         let slot = name.trim_start_matches("warren-");
         self.runner.listen_dir().join(slot).join("user").is_file()
+            && self.runner_logged("pool member ready", slot)
+    }
+
+    /// Whether the runner logged `what` about `slot` (a debug line).
+    pub fn runner_logged(&self, what: &str, slot: &str) -> bool {
+        let slot = format!("slot={slot}");
+        self.runner_log()
+            .lines()
+            .any(|l| l.contains(what) && l.contains(&slot))
     }
 
     /// Waits until exactly `n` members wait to be claimed; returns their names.

@@ -302,6 +302,9 @@ impl Stack {
 }
 
 /// `warren-runner run` on `data`, its stderr appended to `log`.
+/// The runner's log filter for its Docker backend in tests.
+const DOCKER_DEBUG: &str = "warren_runner::backend::docker=debug";
+
 fn spawn_runner(
     data: &Path,
     listen: Option<&Path>,
@@ -323,6 +326,10 @@ fn spawn_runner(
     if !args.contains(&"--backend") {
         cmd.args(["--backend", "process"]);
     }
+    // The Docker backend's debug lines say when a pool member or a spare network
+    // can be taken, which the pool tests wait for (and which explain a failure).
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
+    cmd.env("RUST_LOG", format!("{filter},{DOCKER_DEBUG}"));
     Ok(cmd
         .args(args)
         .stdin(Stdio::null())

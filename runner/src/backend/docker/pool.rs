@@ -436,8 +436,10 @@ impl DockerBackend {
                 while self.pool.count(image) < *size && !self.pool.closed.load(Ordering::SeqCst) {
                     match self.fill_one(image).await {
                         Ok(member) => {
-                            tracing::debug!(image, slot = %member.slot, "pool member ready");
+                            let slot = member.slot.clone();
                             self.pool.ready().push(member);
+                            // Logged once claimable: tests wait for this line.
+                            tracing::debug!(image, slot = %slot, "pool member ready");
                         }
                         Err(e) => {
                             tracing::warn!(image, error = %format!("{e:#}"), "could not fill the pool");

@@ -108,7 +108,11 @@ impl DockerBackend {
                 && !self.spares.closed.load(Ordering::SeqCst)
             {
                 match self.make_spare().await {
-                    Ok(slot) => self.spares.ready().push(slot),
+                    Ok(slot) => {
+                        self.spares.ready().push(slot.clone());
+                        // Logged once takeable: tests wait for this line.
+                        tracing::debug!(slot = %slot, "spare network ready");
+                    }
                     Err(e) => {
                         tracing::warn!(error = %format!("{e:#}"), "could not make a spare network");
                         failed = true;
