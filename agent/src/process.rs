@@ -1,8 +1,9 @@
 //! Starting a session's program as the sandbox user, the way sshd does.
 //!
 //! Every session gets its own process session (`setsid`), a clean environment
-//! (HOME, USER, LOGNAME, SHELL, PATH, plus what the client was allowed to set) and,
-//! when the agent runs as root, the sandbox user's uid, gid and groups.
+//! (HOME, USER, LOGNAME, SHELL, PATH, WARREN_AGENT, plus what the client was
+//! allowed to set) and, when the agent runs as root, the sandbox user's uid, gid
+//! and groups.
 
 use std::ffi::{CString, OsString};
 use std::os::fd::OwnedFd;
@@ -64,6 +65,15 @@ fn default_path(uid: u32) -> &'static str {
     }
 }
 
+/// This agent's binary, for `WARREN_AGENT`: clients run its helpers (`chunks`,
+/// `unpack`, `watch`) from it, wherever the backend put it.
+fn agent_binary() -> Option<&'static Path> {
+    static BINARY: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    BINARY
+        .get_or_init(|| std::env::current_exe().ok())
+        .as_deref()
+}
+
 impl Launch<'_> {
     fn login_env(&self) -> Vec<(OsString, OsString)> {
         let user = self.user;
@@ -74,6 +84,9 @@ impl Launch<'_> {
             ("SHELL".into(), user.shell.clone().into()),
             ("PATH".into(), default_path(user.uid).into()),
         ];
+        if let Some(binary) = agent_binary() {
+            env.push(("WARREN_AGENT".into(), binary.into()));
+        }
         for (name, value) in self.env {
             env.retain(|(n, _)| n != name.as_str());
             env.push((name.into(), value.into()));

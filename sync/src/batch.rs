@@ -13,7 +13,7 @@ use std::sync::Arc;
 use futures::future::join_all;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
 
-use crate::chunks::shell_quote;
+use crate::chunks::agent_word;
 use crate::connect::Connection;
 use crate::error::SyncError;
 use crate::progress::Tracker;
@@ -35,7 +35,7 @@ pub struct SmallFile {
 /// Sends `files`; returns, per file in the order given, whether it landed.
 pub async fn send(
     conn: &Connection,
-    agent: &str,
+    agent: Option<&str>,
     files: &[SmallFile],
     tracker: &Arc<Tracker>,
 ) -> Vec<bool> {
@@ -44,7 +44,7 @@ pub async fn send(
         let n = lanes.len();
         lanes[i % n].push(i);
     }
-    let command = format!("{} unpack", shell_quote(agent));
+    let command = format!("{} unpack", agent_word(agent));
     let results = join_all(
         lanes
             .iter()

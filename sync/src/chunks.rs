@@ -19,6 +19,16 @@ pub fn hash(data: &[u8]) -> Hash {
 /// Where the runner puts the agent in a Docker sandbox (read-only bind mount).
 pub const AGENT_IN_SANDBOX: &str = "/.warren/bin/warren-agent";
 
+/// The shell word that runs the agent's helpers: `agent` when given, else the
+/// session's own agent (`WARREN_AGENT`, which every agent sets in its sessions,
+/// wherever its backend put it; the Docker mount for agents older than that).
+pub fn agent_word(agent: Option<&str>) -> String {
+    match agent {
+        Some(path) => shell_quote(path),
+        None => format!("\"${{WARREN_AGENT:-{AGENT_IN_SANDBOX}}}\""),
+    }
+}
+
 /// One question for the helper: hash `path`, after copying `seed` to it when
 /// `path` is missing (so a changed file is patched in a copy, never in place).
 pub struct Ask {
@@ -37,7 +47,7 @@ pub struct Chunks {
 /// `Err(Helper)` when there is no helper (a sandbox without the agent at its path).
 pub async fn remote(
     conn: &Connection,
-    agent: &str,
+    agent: Option<&str>,
     asks: &[Ask],
 ) -> Result<Vec<Option<Chunks>>, SyncError> {
     if asks.is_empty() {
@@ -50,7 +60,7 @@ pub async fn remote(
         input.extend_from_slice(ask.seed.as_deref().unwrap_or("").as_bytes());
         input.push(0);
     }
-    let command = format!("{} chunks --chunk-size {CHUNK}", shell_quote(agent));
+    let command = format!("{} chunks --chunk-size {CHUNK}", agent_word(agent));
     let out = conn.exec(&command, &input).await?;
     if out.status != Some(0) {
         return Err(SyncError::Helper(format!(

@@ -26,7 +26,9 @@ pub struct MirrorOptions {
     pub source: String,
     pub target: PathBuf,
     pub backup: bool,
-    pub agent_path: String,
+    /// The agent binary in the sandbox, for its watcher; `None`: the session's
+    /// own (`WARREN_AGENT`).
+    pub agent_path: Option<String>,
 }
 
 impl MirrorOptions {
@@ -35,7 +37,7 @@ impl MirrorOptions {
             source: source.into(),
             target: target.into(),
             backup: false,
-            agent_path: chunks::AGENT_IN_SANDBOX.to_owned(),
+            agent_path: None,
         }
     }
 }
@@ -150,7 +152,7 @@ async fn session(
     // The watcher first, so nothing that changes during the pull is missed.
     let command = format!(
         "{} watch {}",
-        shell_quote(&options.agent_path),
+        chunks::agent_word(options.agent_path.as_deref()),
         shell_quote(&root)
     );
     let watcher = conn.exec_channel(&command).await?;

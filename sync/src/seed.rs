@@ -30,8 +30,9 @@ pub struct SeedOptions {
     pub excludes: Vec<String>,
     pub delete: bool,
     pub dry_run: bool,
-    /// The agent binary in the sandbox, for chunk hashes.
-    pub agent_path: String,
+    /// The agent binary in the sandbox, for chunk hashes and small files; `None`:
+    /// the session's own (`WARREN_AGENT`).
+    pub agent_path: Option<String>,
 }
 
 impl SeedOptions {
@@ -42,7 +43,7 @@ impl SeedOptions {
             excludes: Vec::new(),
             delete: false,
             dry_run: false,
-            agent_path: chunks::AGENT_IN_SANDBOX.to_owned(),
+            agent_path: None,
         }
     }
 }
@@ -196,7 +197,7 @@ pub async fn seed(
             _ => None,
         })
         .collect();
-    let landed = batch::send(&conn, &options.agent_path, &small, &tracker).await;
+    let landed = batch::send(&conn, options.agent_path.as_deref(), &small, &tracker).await;
     let mut done = std::collections::HashSet::new();
     for (file, ok) in small.iter().zip(landed) {
         if ok {
@@ -377,7 +378,7 @@ async fn hash_candidates(
             .collect::<Vec<_>>()
     });
     let (answers, local_hashes) = tokio::join!(
-        chunks::remote(conn, &options.agent_path, &asks),
+        chunks::remote(conn, options.agent_path.as_deref(), &asks),
         local_hashes
     );
     let Ok(answers) = answers else {
@@ -418,7 +419,7 @@ async fn hash_candidates(
         names.push(path.clone());
     }
     let mut hashed = Hashed::default();
-    if let Ok(answers) = chunks::remote(conn, &options.agent_path, &asks).await {
+    if let Ok(answers) = chunks::remote(conn, options.agent_path.as_deref(), &asks).await {
         for (path, answer) in names.into_iter().zip(answers) {
             if let (Some(chunks), Some(Kind::File { .. })) = (answer, local.get(&path)) {
                 if let Some(mine) = patch.remove(&path) {

@@ -1,8 +1,9 @@
 //! A gateway restart as an operator does it: the real `warren-gateway serve` process
 //! is killed and started again on the same data directory; the runner reconnects by
 //! itself and `ssh <sandbox>@gateway` works again within seconds, through the front
-//! door, with the sandbox made through the HTTP API before the restart; and a
-//! persistent session started before the restart is still there after it.
+//! door, with the sandbox made through the HTTP API before the restart; a
+//! persistent session started before the restart is still there after it; and a
+//! `warren mirror` started before it catches up by itself after it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -12,8 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use warren_tests::util::free_port;
-use warren_tests::{Client, Target, Tmux, bin_path, persistent};
+use warren_tests::util::{free_port, wait_until};
+use warren_tests::{Client, Profile, Target, Tmux, bin_path, build_bin, persistent};
 
 fn runner_bin() -> std::path::PathBuf {
     bin_path("warren-runner")
@@ -89,6 +90,8 @@ struct Restartable {
     gateway: Proc,
     _runner: Proc,
     client: Client,
+    api_key: String,
+    sandbox: String,
 }
 
 impl Restartable {
@@ -200,6 +203,8 @@ fn start() -> Result<Restartable> {
         gateway,
         _runner: runner,
         client,
+        api_key,
+        sandbox: id,
     })
 }
 
@@ -230,4 +235,89 @@ fn a_persistent_session_survives_a_gateway_restart() -> Result<()> {
     let before = persistent::last_tick(&tmux.screen("a")?);
     ssh_works_within(&s.client, Duration::from_secs(30))?;
     persistent::reattach_sees_it_kept_running(&tmux, "b", &rw, before)
+}
+
+/// `warren mirror` as a person runs it, through the gateway's front door: the
+/// gateway is killed under it, the sandbox changes while it is down, and the mirror
+/// reconnects by itself once it is back, catches up, and follows live changes again.
+#[test]
+fn a_mirror_catches_up_by_itself_after_a_gateway_restart() -> Result<()> {
+    let mut s = start()?;
+    let workspace = s.client.exec("pwd").run()?.success()?.stdout_trimmed();
+    let remote = Path::new(&workspace).join("m");
+    std::fs::create_dir_all(&remote)?;
+    std::fs::write(remote.join("a"), "one")?;
+    let local = tempfile::TempDir::new()?;
+    let events = local.path().join("events.jsonl");
+    let mirrored = local.path().join("m");
+    let mut mirror = Proc(
+        Command::new(build_bin("warren-cli", "warren", Profile::Debug)?)
+            .arg("mirror")
+            .arg(format!("{}:{}", s.sandbox, remote.display()))
+            .arg(&mirrored)
+            .args(["--progress", "json"])
+            .env("WARREN_URL", format!("http://127.0.0.1:{}", s.ports[2]))
+            .env("WARREN_API_KEY", &s.api_key)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&events)?)
+            .stderr(std::fs::File::create(local.path().join("stderr"))?)
+            .process_group(0)
+            .spawn()?,
+    );
+    let has = |name: &str, text: &str| {
+        std::fs::read_to_string(mirrored.join(name)).is_ok_and(|t| t == text)
+    };
+    let shown = || {
+        format!(
+            "events:\n{}\nstderr:\n{}",
+            std::fs::read_to_string(&events).unwrap_or_default(),
+            std::fs::read_to_string(local.path().join("stderr")).unwrap_or_default()
+        )
+    };
+    ensure!(
+        wait_until(Duration::from_secs(30), || has("a", "one")),
+        "the first pull did not arrive\n{}",
+        shown()
+    );
+
+    // The sandbox changes while the gateway is down (the process backend's files
+    // are the host's): an edit, a new file, a delete.
+    s.restart_gateway()?;
+    std::fs::write(remote.join("a"), "uno")?;
+    std::fs::write(remote.join("b"), "two")?;
+    ensure!(
+        wait_until(Duration::from_secs(45), || has("a", "uno")
+            && has("b", "two")),
+        "the mirror did not catch up after the restart\n{}",
+        shown()
+    );
+    // And it is live again: a change made through the new gateway arrives.
+    s.client
+        .exec(&format!(
+            "echo three > {}/c && rm {}/b",
+            remote.display(),
+            remote.display()
+        ))
+        .run()?
+        .success()?;
+    ensure!(
+        wait_until(Duration::from_secs(30), || {
+            has("c", "three\n") && !mirrored.join("b").exists()
+        }),
+        "a change after the restart did not arrive\n{}",
+        shown()
+    );
+    ensure!(
+        mirror.0.try_wait()?.is_none(),
+        "the mirror exited\n{}",
+        shown()
+    );
+    let log = std::fs::read_to_string(&events)?;
+    ensure!(
+        log.contains("\"state\":\"reconnecting\""),
+        "the mirror never said it was reconnecting\n{}",
+        shown()
+    );
+    mirror.kill();
+    Ok(())
 }

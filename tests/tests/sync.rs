@@ -306,7 +306,7 @@ fn a_seed_sends_a_real_tree_and_a_second_run_sends_nothing() -> Result<()> {
     // The small files went through the agent's unpack streams; a sandbox without
     // the helper gets the same tree over SFTP alone.
     let mut plain = options(src.path(), "/workspace/plain");
-    plain.agent_path = "/no/such/warren-agent".into();
+    plain.agent_path = Some("/no/such/warren-agent".into());
     let (over_sftp, _) = seed(&f, &plain)?;
     ensure!(over_sftp.files_sent == 3002, "{over_sftp:?}");
     ensure!(
