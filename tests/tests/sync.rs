@@ -937,9 +937,12 @@ fn the_cli_sends_a_tree_and_draws_its_progress_in_a_terminal() -> Result<()> {
             return false;
         };
         last = out.stdout_str();
-        let mid = ["3", "4", "5", "6"]
-            .iter()
-            .any(|d| last.contains(&format!("] {d}")));
+        // The percent is right-aligned after the bar: `]  42%`.
+        let percent = last
+            .split_once("] ")
+            .and_then(|(_, rest)| rest.split_once('%'))
+            .and_then(|(p, _)| p.trim().parse::<u32>().ok());
+        let mid = percent.is_some_and(|p| (30..=70).contains(&p));
         if last.contains("uploading") && (moving.is_empty() || mid) {
             moving = last.clone();
         }
