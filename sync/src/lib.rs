@@ -1,7 +1,12 @@
 //! Local ⇄ sandbox files over SSH through the gateway (relay mode: SFTP and exec
 //! channels on one connection; no HTTP endpoint of its own). `seed` sends a local
-//! tree to a sandbox directory, `mirror` keeps a local copy of one live; progress is a stream of [`Event`]s, which the
-//! `warren` CLI draws and programs read.
+//! tree to a sandbox directory, `mirror` keeps a local copy of one live; progress is
+//! a stream of [`Event`]s, which the `warren` CLI draws and programs read.
+//!
+//! A seed is cancelled (or paused) by dropping its future, as Ctrl-C does in the
+//! CLI; nothing half-written has a final name, and the same seed run again resumes
+//! (finished files skipped, a large file continued from its last whole chunk). A
+//! mirror runs until its `stop` future completes.
 
 mod batch;
 mod chunks;

@@ -13,7 +13,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use common::docker::DockerStack;
 use warren_keys::SandboxId;
 use warren_runner::protocol::SandboxSpec;
@@ -891,9 +891,11 @@ fn bail_missing() -> Result<()> {
 
 /// The CLI as a person runs it, in a real terminal (tmux): `warren sync` finds the
 /// sandbox through the API, pins the gateway's key, logs in with the API key and
-/// draws its bar; the screen is printed (the README's picture comes from here).
+/// draws its bar; Ctrl-C mid-upload stops it, and the same command again finishes
+/// without sending what had landed. The screen is printed (the README's picture
+/// comes from here).
 #[test]
-fn the_cli_sends_a_tree_and_draws_its_progress_in_a_terminal() -> Result<()> {
+fn the_cli_draws_its_progress_in_a_terminal_and_resumes_after_ctrl_c() -> Result<()> {
     let Some(f) = fixture()? else { return Ok(()) };
     let api = f.stack.stack.api(Duration::from_secs(3600))?;
     let key = f
@@ -910,13 +912,19 @@ fn the_cli_sends_a_tree_and_draws_its_progress_in_a_terminal() -> Result<()> {
             .args(args.iter().copied())
             .run()
     };
-    let command = format!(
-        "WARREN_URL={} WARREN_API_KEY={} {} sync {} {}:/workspace/cli; echo exit=$?; sleep 60",
-        api.base,
-        key.secret.expose(),
+    let sync = format!(
+        "{} sync {} {}:/workspace/cli",
         warren_tests::build_bin("warren-cli", "warren", warren_tests::Profile::Debug)?.display(),
         src.path().display(),
         f.endpoint.sandbox
+    );
+    // A trap (not an ignored signal, which the CLI would inherit) keeps the shell
+    // going after Ctrl-C ends the first run.
+    let command = format!(
+        "trap 'echo interrupted' INT; export WARREN_URL={} WARREN_API_KEY={}; \
+         {sync}; echo exit=$?; {sync}; echo again=$?; sleep 60",
+        api.base,
+        key.secret.expose(),
     );
     tmux(&[
         "new-session",
@@ -930,30 +938,65 @@ fn the_cli_sends_a_tree_and_draws_its_progress_in_a_terminal() -> Result<()> {
         &command,
     ])?
     .success()?;
+    let screen = || {
+        tmux(&["capture-pane", "-p", "-t", "s"])
+            .map(|o| o.stdout_str())
+            .unwrap_or_default()
+    };
+    // Ctrl-C once the bar is midway.
     let mut moving = String::new();
     let mut last = String::new();
-    let ok = warren_tests::util::wait_until(Duration::from_secs(150), || {
-        let Ok(out) = tmux(&["capture-pane", "-p", "-t", "s"]) else {
-            return false;
-        };
-        last = out.stdout_str();
+    let cut_or_done = warren_tests::util::wait_until(Duration::from_secs(150), || {
+        last = screen();
         // The percent is right-aligned after the bar: `]  42%`.
         let percent = last
             .split_once("] ")
             .and_then(|(_, rest)| rest.split_once('%'))
             .and_then(|(p, _)| p.trim().parse::<u32>().ok());
-        let mid = percent.is_some_and(|p| (30..=70).contains(&p));
-        if last.contains("uploading") && (moving.is_empty() || mid) {
+        if last.contains("uploading") && percent.is_some_and(|p| (30..=70).contains(&p)) {
             moving = last.clone();
+            return true;
         }
         last.contains("exit=")
     });
+    ensure!(cut_or_done, "the CLI drew no bar midway:\n{last}");
+    if !moving.is_empty() {
+        tmux(&["send-keys", "-t", "s", "C-c"])?.success()?;
+    }
+    let finished = warren_tests::util::wait_until(Duration::from_secs(150), || {
+        last = screen();
+        last.contains("again=")
+    });
+    let all = tmux(&["capture-pane", "-p", "-S", "-", "-t", "s"])?.stdout_str();
     let _ = tmux(&["kill-server"]);
     println!("while uploading:\n{moving}\nat the end:\n{last}");
     ensure!(
-        ok && last.contains("exit=0"),
-        "the CLI did not finish well:\n{last}"
+        finished && all.contains("again=0"),
+        "the second run did not finish well:\n{all}"
     );
-    ensure!(moving.contains("uploading"), "no bar was drawn:\n{last}");
+    // `sent N of M files (…), K unchanged, 0 removed` from the second run.
+    let summary = all
+        .lines()
+        .rfind(|l| l.starts_with("sent "))
+        .with_context(|| format!("no summary:\n{all}"))?;
+    let numbers: Vec<u64> = summary
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let (sent, unchanged) = (numbers[0], numbers[numbers.len() - 2]);
+    if moving.is_empty() {
+        // The first run finished before it could be cut: nothing is left to send.
+        ensure!(all.contains("exit=0"), "the first run failed:\n{all}");
+        ensure!(sent == 0, "a finished seed sent again: {summary}");
+    } else {
+        ensure!(
+            all.contains("exit=130"),
+            "Ctrl-C did not stop the first run:\n{all}"
+        );
+        ensure!(
+            unchanged > 0 && sent < 1003,
+            "the run after Ctrl-C sent everything again: {summary}"
+        );
+    }
     Ok(())
 }
