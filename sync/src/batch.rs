@@ -39,7 +39,10 @@ pub async fn send(
     files: &[SmallFile],
     tracker: &Arc<Tracker>,
 ) -> Vec<bool> {
-    let mut lanes: Vec<Vec<usize>> = vec![Vec::new(); STREAMS.min(files.len()).max(1)];
+    if files.is_empty() {
+        return Vec::new();
+    }
+    let mut lanes: Vec<Vec<usize>> = vec![Vec::new(); STREAMS.min(files.len())];
     for i in 0..files.len() {
         let n = lanes.len();
         lanes[i % n].push(i);

@@ -36,6 +36,18 @@ pub struct Plan {
 /// Files at least this big are compared and resumed in chunks.
 pub const CHUNKED_FROM: u64 = 4 * crate::chunks::CHUNK;
 
+impl Plan {
+    /// Whether carrying it out writes nothing in the sandbox.
+    pub fn changes_nothing(&self) -> bool {
+        self.remove.is_empty()
+            && self.mkdirs.is_empty()
+            && self.files.is_empty()
+            && self.links.is_empty()
+            && self.touch.is_empty()
+            && self.stale_parts.is_empty()
+    }
+}
+
 pub fn plan(local: &Tree, remote: &Listing, delete: bool) -> Plan {
     let mut plan = Plan::default();
     let mut removed: BTreeSet<String> = BTreeSet::new();
@@ -169,6 +181,16 @@ mod tests {
         );
         assert_eq!(p.remove.len(), 1);
         assert_eq!(p.remove[0].0, "x");
+        assert!(!p.changes_nothing());
+        // The same tree again, and a stray part of an earlier run: only the part
+        // is work.
+        let mut same = Listing {
+            tree: local.clone(),
+            parts: Default::default(),
+        };
+        assert!(plan(&local, &same, true).changes_nothing());
+        same.parts.insert("c".into(), 3);
+        assert!(!plan(&local, &same, true).changes_nothing());
     }
 
     #[test]

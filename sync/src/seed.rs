@@ -277,7 +277,13 @@ pub async fn seed(
         files_total,
         bytes_total,
     );
-    verify(sftp, &root, &scan.tree).await?;
+    // A run that wrote nothing is checked against the listing it began with.
+    let listing = if plan.changes_nothing() {
+        listing
+    } else {
+        sftp.list(&root).await?
+    };
+    verify(sftp, &root, &scan.tree, &listing).await?;
     progress::stage(&events, Stage::Done, files_total, files_total, bytes_total);
     conn.close().await;
     Ok(summary)
@@ -432,16 +438,21 @@ async fn hash_candidates(
     hashed
 }
 
+/// `items` grouped by the depth of their path, shallowest first.
+fn levels<T>(items: impl IntoIterator<Item = T>, path: impl Fn(&T) -> &str) -> Vec<Vec<T>> {
+    let mut by_depth: std::collections::BTreeMap<usize, Vec<T>> = Default::default();
+    for item in items {
+        by_depth
+            .entry(path(&item).matches('/').count())
+            .or_default()
+            .push(item);
+    }
+    by_depth.into_values().collect()
+}
+
 async fn make_dirs(sftp: &Sftp, root: &str, dirs: &[(String, u32)]) -> Result<(), SyncError> {
     // Level by level: every directory of one depth at once, parents made before.
-    let mut by_depth: std::collections::BTreeMap<usize, Vec<&(String, u32)>> = Default::default();
-    for dir in dirs {
-        by_depth
-            .entry(dir.0.matches('/').count())
-            .or_default()
-            .push(dir);
-    }
-    for level in by_depth.values() {
+    for level in levels(dirs, |(path, _)| path.as_str()) {
         let mut made: FuturesUnordered<_> = level
             .iter()
             .map(|(path, _)| {
@@ -457,12 +468,11 @@ async fn make_dirs(sftp: &Sftp, root: &str, dirs: &[(String, u32)]) -> Result<()
     Ok(())
 }
 
-/// Lists the target again: every local entry must be there with its size, mtime,
-/// mode or link text. Directory modes and mtimes are set here, last, deepest
-/// first, since writing into a directory changes its mtime.
-async fn verify(sftp: &Sftp, root: &str, local: &Tree) -> Result<(), SyncError> {
-    let listing = sftp.list(root).await?;
-    let mut dirs: Vec<_> = local
+/// Checks the target's listing: every local entry must be there with its size,
+/// mtime, mode or link text. Directory modes and mtimes are set here, last, deepest
+/// level first, since writing into a directory changes its mtime.
+async fn verify(sftp: &Sftp, root: &str, local: &Tree, listing: &Listing) -> Result<(), SyncError> {
+    let dirs: Vec<_> = local
         .iter()
         .filter_map(|(path, kind)| match (kind, listing.tree.get(path)) {
             (Kind::Dir { mode, mtime }, Some(Kind::Dir { mode: m, mtime: t }))
@@ -473,9 +483,18 @@ async fn verify(sftp: &Sftp, root: &str, local: &Tree) -> Result<(), SyncError> 
             _ => None,
         })
         .collect();
-    dirs.sort_by(|a, b| b.0.cmp(a.0));
-    for (path, mode, mtime) in dirs {
-        sftp.set_mode_mtime(&join(root, path), mode, mtime).await?;
+    // A level at a time, deepest first (a parent made unsearchable must not hide
+    // its children yet); the directories of one level all at once.
+    for level in levels(dirs, |(path, _, _)| path.as_str()).into_iter().rev() {
+        let mut set: FuturesUnordered<_> = level
+            .into_iter()
+            .map(|(path, mode, mtime)| async move {
+                sftp.set_mode_mtime(&join(root, path), mode, mtime).await
+            })
+            .collect();
+        while let Some(done) = set.next().await {
+            done?;
+        }
     }
     let mut wrong = Vec::new();
     for (path, kind) in local {

@@ -880,9 +880,61 @@ fn race(f: &Fixture, src: &Path, name: &str) -> Result<(Duration, (SeedSummary, 
         .success()
     })?;
     settle()?;
-    let ((summary, _), ours) =
-        timed(|| seed(f, &SeedOptions::new(src, format!("/workspace/ws-{name}"))))?;
+    let options = SeedOptions::new(src, format!("/workspace/ws-{name}"));
+    let ((summary, stages), ours) = timed(|| seed_by_stage(f, &options))?;
+    println!(
+        "{name}: rsync {:.2} s, ours {:.2} s: {}",
+        rsync.as_secs_f64(),
+        ours.as_secs_f64(),
+        stages
+            .iter()
+            .map(|(stage, took)| format!("{stage:?} {:.0} ms", took.as_secs_f64() * 1000.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     Ok((rsync, (summary, ours)))
+}
+
+/// A seed, and how long it spent in each stage (from one stage's first event to
+/// the next one's).
+fn seed_by_stage(
+    f: &Fixture,
+    options: &SeedOptions,
+) -> Result<(SeedSummary, Vec<(Stage, Duration)>)> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let started = std::time::Instant::now();
+    let (summary, mut marks) = f.stack.stack.rt.block_on(async {
+        let record = async {
+            let mut marks: Vec<(Stage, std::time::Instant)> = Vec::new();
+            while let Some(event) = rx.recv().await {
+                if let Event::Progress(p) = event
+                    && marks.last().is_none_or(|(s, _)| *s != p.stage)
+                {
+                    marks.push((p.stage, std::time::Instant::now()));
+                }
+            }
+            marks
+        };
+        tokio::join!(warren_sync::seed(&f.endpoint, options, tx), record)
+    });
+    let summary = summary?;
+    let ended = std::time::Instant::now();
+    marks.insert(0, (Stage::Discovering, started));
+    let stages = marks
+        .iter()
+        .zip(marks.iter().skip(1).map(|(_, at)| *at).chain([ended]))
+        .map(|((stage, from), to)| (*stage, to.duration_since(*from)))
+        .filter(|(stage, _)| *stage != Stage::Done)
+        .collect::<Vec<_>>();
+    // The first mark is the seed's own Discovering event, right after the start.
+    let mut merged: Vec<(Stage, Duration)> = Vec::new();
+    for (stage, took) in stages {
+        match merged.last_mut() {
+            Some((s, t)) if *s == stage => *t += took,
+            _ => merged.push((stage, took)),
+        }
+    }
+    Ok((summary, merged))
 }
 
 fn bail_missing() -> Result<()> {
