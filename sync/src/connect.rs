@@ -67,6 +67,15 @@ pub struct ExecOutput {
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Ciphers, AES-GCM first: with AES-NI (any x86-64 server of the last decade) it
+/// costs a fraction of ChaCha20-Poly1305, russh's first choice, which was an eighth
+/// of the machine's CPU time in a 1 GiB seed (our side and the gateway's).
+const CIPHERS: &[russh::cipher::Name] = &[
+    russh::cipher::AES_256_GCM,
+    russh::cipher::AES_128_GCM,
+    russh::cipher::CHACHA20_POLY1305,
+];
+
 /// Seconds an SFTP request may take before the session is taken for dead.
 const SFTP_TIMEOUT_S: u64 = 120;
 
@@ -78,6 +87,10 @@ impl Connection {
             return Err(SyncError::NoHostKey(endpoint.host.clone()));
         }
         let config = Arc::new(client::Config {
+            preferred: russh::Preferred {
+                cipher: CIPHERS.into(),
+                ..russh::Preferred::default()
+            },
             keepalive_interval: Some(Duration::from_secs(10)),
             keepalive_max: 3,
             inactivity_timeout: None,

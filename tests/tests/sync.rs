@@ -867,8 +867,11 @@ fn race(f: &Fixture, src: &Path, name: &str) -> Result<(Duration, (SeedSummary, 
             .success()
     };
     settle()?;
+    // rsync's ssh with the cipher our side negotiates (OpenSSH's first choice is
+    // ChaCha20-Poly1305), so that both pay the same for their encryption.
+    let aes = c.clone().with_option("Ciphers=aes256-gcm@openssh.com");
     let (_, rsync) = timed(|| {
-        c.rsync(
+        aes.rsync(
             &["-a"],
             &[
                 &format!("{}/", src.display()),
