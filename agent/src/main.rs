@@ -147,6 +147,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
+            process::remember_agent_binary();
             init::become_init_if_pid1();
             init_logging();
             runtime()?.block_on(serve(*args))

@@ -66,12 +66,24 @@ fn default_path(uid: u32) -> &'static str {
 }
 
 /// This agent's binary, for `WARREN_AGENT`: clients run its helpers (`chunks`,
-/// `unpack`, `watch`) from it, wherever the backend put it.
+/// `unpack`, `watch`) from it, wherever the backend put it. Read at start-up
+/// ([`remember_agent_binary`]): once the file is replaced (an upgrade in place),
+/// `/proc/self/exe` names it `… (deleted)`, which would run nothing.
 fn agent_binary() -> Option<&'static Path> {
-    static BINARY: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
-    BINARY
-        .get_or_init(|| std::env::current_exe().ok())
+    AGENT_BINARY
+        .get_or_init(|| {
+            std::env::current_exe()
+                .ok()
+                .filter(|p| !p.as_os_str().as_bytes().ends_with(b" (deleted)"))
+        })
         .as_deref()
+}
+
+static AGENT_BINARY: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+
+/// Records this agent's binary while it is still the file that was started.
+pub fn remember_agent_binary() {
+    agent_binary();
 }
 
 impl Launch<'_> {

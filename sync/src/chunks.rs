@@ -19,13 +19,17 @@ pub fn hash(data: &[u8]) -> Hash {
 /// Where the runner puts the agent in a Docker sandbox (read-only bind mount).
 pub const AGENT_IN_SANDBOX: &str = "/.warren/bin/warren-agent";
 
-/// The shell word that runs the agent's helpers: `agent` when given, else the
-/// session's own agent (`WARREN_AGENT`, which every agent sets in its sessions,
-/// wherever its backend put it; the Docker mount for agents older than that).
+/// The command words that run the agent's helpers (the helper's name and
+/// arguments follow): `agent` when given, else the session's own agent
+/// (`WARREN_AGENT`, which every agent sets in its sessions, wherever its backend
+/// put it; the Docker mount for agents older than that). The variable is expanded
+/// by `sh`, whatever the user's login shell (fish and csh read `${…:-…}` otherwise).
 pub fn agent_word(agent: Option<&str>) -> String {
     match agent {
         Some(path) => shell_quote(path),
-        None => format!("\"${{WARREN_AGENT:-{AGENT_IN_SANDBOX}}}\""),
+        None => {
+            format!("sh -c 'exec \"${{WARREN_AGENT:-{AGENT_IN_SANDBOX}}}\" \"$@\"' warren-agent")
+        }
     }
 }
 

@@ -3,10 +3,10 @@
 //! tree to a sandbox directory, `mirror` keeps a local copy of one live; progress is
 //! a stream of [`Event`]s, which the `warren` CLI draws and programs read.
 //!
-//! A seed is cancelled (or paused) by dropping its future, as Ctrl-C does in the
-//! CLI; nothing half-written has a final name, and the same seed run again resumes
-//! (finished files skipped, a large file continued from its last whole chunk). A
-//! mirror runs until its `stop` future completes.
+//! A seed is cancelled (or paused) by dropping its future, or by ending the process
+//! (Ctrl-C in the CLI); nothing half-written has a final name, and the same seed
+//! run again resumes (finished files skipped, a large file continued from its last
+//! whole chunk). A mirror runs until its `stop` future completes.
 
 mod batch;
 mod chunks;

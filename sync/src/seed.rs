@@ -61,7 +61,8 @@ pub struct SeedSummary {
     pub refused_links: Vec<String>,
 }
 
-/// Files sent at once (each a few requests, all pipelined on one session).
+/// Files sent (or directories made or set) at once: each a few requests, all
+/// pipelined on one session.
 const FILE_CONCURRENCY: usize = 64;
 
 pub async fn seed(
@@ -453,14 +454,12 @@ fn levels<T>(items: impl IntoIterator<Item = T>, path: impl Fn(&T) -> &str) -> V
 async fn make_dirs(sftp: &Sftp, root: &str, dirs: &[(String, u32)]) -> Result<(), SyncError> {
     // Level by level: every directory of one depth at once, parents made before.
     for level in levels(dirs, |(path, _)| path.as_str()) {
-        let mut made: FuturesUnordered<_> = level
-            .iter()
-            .map(|(path, _)| {
-                let full = join(root, path);
-                // 0700 while it fills; the verify stage gives it its own mode.
-                async move { sftp.mkdir(&full, 0o700).await }
-            })
-            .collect();
+        let mut made = futures::stream::iter(level.iter().map(|(path, _)| {
+            let full = join(root, path);
+            // 0700 while it fills; the verify stage gives it its own mode.
+            async move { sftp.mkdir(&full, 0o700).await }
+        }))
+        .buffer_unordered(FILE_CONCURRENCY);
         while let Some(done) = made.next().await {
             done?;
         }
@@ -486,12 +485,11 @@ async fn verify(sftp: &Sftp, root: &str, local: &Tree, listing: &Listing) -> Res
     // A level at a time, deepest first (a parent made unsearchable must not hide
     // its children yet); the directories of one level all at once.
     for level in levels(dirs, |(path, _, _)| path.as_str()).into_iter().rev() {
-        let mut set: FuturesUnordered<_> = level
-            .into_iter()
-            .map(|(path, mode, mtime)| async move {
+        let mut set =
+            futures::stream::iter(level.into_iter().map(|(path, mode, mtime)| async move {
                 sftp.set_mode_mtime(&join(root, path), mode, mtime).await
-            })
-            .collect();
+            }))
+            .buffer_unordered(FILE_CONCURRENCY);
         while let Some(done) = set.next().await {
             done?;
         }
