@@ -77,6 +77,11 @@ struct State {
     failed: BTreeMap<String, (Instant, u32)>,
     applied: u64,
     last_rev: u64,
+    /// The newest file mtime the mirror has pulled or found equal. SFTP's mtimes
+    /// are whole seconds, so a file rewritten with the same size in the second of
+    /// the copy we hold looks unchanged; after a reconnect, files that new are
+    /// pulled again rather than trusted.
+    newest: Option<i64>,
 }
 
 const RETRY_FIRST: Duration = Duration::from_millis(200);
@@ -283,8 +288,11 @@ async fn full_pull(ctx: &Ctx<'_>, state: &mut State) -> Result<(), SyncError> {
     let local = local_tree(ctx.target);
     let total = listing.tree.len() as u64;
     let mut done = 0;
+    // What changed while no watcher ran may have kept its size and second.
+    let since = state.newest;
     for (rel, kind) in &listing.tree {
-        put(ctx, state, rel, kind.clone()).await?;
+        let changed = matches!((kind, since), (Kind::File { mtime, .. }, Some(n)) if *mtime >= n);
+        put(ctx, state, rel, kind.clone(), changed).await?;
         done += 1;
         if done % 256 == 0 {
             crate::progress::stage(ctx.events, Stage::Downloading, done, total, 0);
@@ -353,7 +361,7 @@ async fn apply(ctx: &Ctx<'_>, state: &mut State, change: Change) -> Result<(), S
     match change {
         Change::Ready => Ok(()),
         Change::Overflow => full_pull(ctx, state).await,
-        Change::Written(rel) => written(ctx, state, &rel).await,
+        Change::Written(rel) => written(ctx, state, &rel, true).await,
         Change::Deleted(rel) => {
             state.written.remove(&rel);
             apply_local(ctx, state, &rel, |path| {
@@ -382,14 +390,21 @@ async fn apply(ctx: &Ctx<'_>, state: &mut State, change: Change) -> Result<(), S
                     path: to.clone(),
                 });
             }
-            // Whatever the rename did, what is there now is the truth.
-            written(ctx, state, &to).await
+            // Whatever the rename did, what is there now is the truth (a moved
+            // file is not pulled again when it matches).
+            written(ctx, state, &to, false).await
         }
     }
 }
 
-/// Brings `rel` in line with what the sandbox has there now.
-async fn written(ctx: &Ctx<'_>, state: &mut State, rel: &str) -> Result<(), SyncError> {
+/// Brings `rel` in line with what the sandbox has there now; `changed`: the
+/// sandbox wrote it, so a file is pulled even if its size and mtime match.
+async fn written(
+    ctx: &Ctx<'_>,
+    state: &mut State,
+    rel: &str,
+    changed: bool,
+) -> Result<(), SyncError> {
     if part_target(rel).is_some() {
         return Ok(());
     }
@@ -413,7 +428,7 @@ async fn written(ctx: &Ctx<'_>, state: &mut State, rel: &str) -> Result<(), Sync
             Ok(())
         }
         Some(kind @ Kind::Dir { .. }) => {
-            put(ctx, state, rel, kind).await?;
+            put(ctx, state, rel, kind, false).await?;
             // What was in a directory moved in or made before its watch came: pulled now.
             let listing = match ctx.sftp.list(&full).await {
                 Ok(listing) => listing,
@@ -421,16 +436,23 @@ async fn written(ctx: &Ctx<'_>, state: &mut State, rel: &str) -> Result<(), Sync
                 Err(e) => return Err(e),
             };
             for (sub, kind) in listing.tree {
-                put(ctx, state, &format!("{rel}/{sub}"), kind).await?;
+                put(ctx, state, &format!("{rel}/{sub}"), kind, false).await?;
             }
             Ok(())
         }
-        Some(kind) => put(ctx, state, rel, kind).await,
+        Some(kind) => put(ctx, state, rel, kind, changed).await,
     }
 }
 
-/// Makes the local `rel` what `kind` says, downloading a file that differs.
-async fn put(ctx: &Ctx<'_>, state: &mut State, rel: &str, kind: Kind) -> Result<(), SyncError> {
+/// Makes the local `rel` what `kind` says, downloading a file that differs (or,
+/// when `changed`, one whose size and mtime match).
+async fn put(
+    ctx: &Ctx<'_>,
+    state: &mut State,
+    rel: &str,
+    kind: Kind,
+    changed: bool,
+) -> Result<(), SyncError> {
     let path = match local::resolve(ctx.target, rel) {
         Ok(p) => p,
         Err(e) => {
@@ -457,10 +479,12 @@ async fn put(ctx: &Ctx<'_>, state: &mut State, rel: &str, kind: Kind) -> Result<
         }
         Kind::File { size, mtime, mode } => {
             use std::os::unix::fs::MetadataExt;
+            state.newest = Some(state.newest.map_or(mtime, |n| n.max(mtime)));
             let here = std::fs::symlink_metadata(&path).ok();
-            if here
-                .as_ref()
-                .is_some_and(|m| m.is_file() && m.len() == size && m.mtime() == mtime)
+            if !changed
+                && here
+                    .as_ref()
+                    .is_some_and(|m| m.is_file() && m.len() == size && m.mtime() == mtime)
             {
                 state.written.insert(rel.to_owned(), (size, mtime));
                 return Ok(());
@@ -558,7 +582,7 @@ async fn retry_due(ctx: &Ctx<'_>, state: &mut State) -> Result<(), SyncError> {
         .map(|(p, _)| p.clone())
         .collect();
     for rel in due {
-        written(ctx, state, &rel).await?;
+        written(ctx, state, &rel, true).await?;
     }
     Ok(())
 }

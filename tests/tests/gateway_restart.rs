@@ -246,7 +246,15 @@ fn a_mirror_catches_up_by_itself_after_a_gateway_restart() -> Result<()> {
     let workspace = s.client.exec("pwd").run()?.success()?.stdout_trimmed();
     let remote = Path::new(&workspace).join("m");
     std::fs::create_dir_all(&remote)?;
-    std::fs::write(remote.join("a"), "one")?;
+    // SFTP's mtimes are whole seconds: each rewrite below keeps the file's size
+    // and second, which only the mirror's own bookkeeping can tell apart.
+    let second = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let rewrite = |path: &Path, text: &str, mtime: std::time::SystemTime| {
+        let mut file = std::fs::File::create(path)?;
+        std::io::Write::write_all(&mut file, text.as_bytes())?;
+        file.set_modified(mtime)
+    };
+    rewrite(&remote.join("a"), "one", second)?;
     let local = tempfile::TempDir::new()?;
     let events = local.path().join("events.jsonl");
     let mirrored = local.path().join("m");
@@ -281,9 +289,9 @@ fn a_mirror_catches_up_by_itself_after_a_gateway_restart() -> Result<()> {
     );
 
     // The sandbox changes while the gateway is down (the process backend's files
-    // are the host's): an edit and a new file.
+    // are the host's): an edit (same size, same second) and a new file.
     s.gateway.kill();
-    std::fs::write(remote.join("a"), "uno")?;
+    rewrite(&remote.join("a"), "uno", second)?;
     std::fs::write(remote.join("b"), "two")?;
     s.gateway = serve(s.data.path(), s.ports)?;
     ensure!(
@@ -307,6 +315,15 @@ fn a_mirror_catches_up_by_itself_after_a_gateway_restart() -> Result<()> {
             has("c", "three\n") && !mirrored.join("b").exists()
         }),
         "a change after the restart did not arrive\n{}",
+        shown()
+    );
+    // A live rewrite that keeps the size and the second.
+    let c = remote.join("c");
+    let mtime = std::fs::metadata(&c)?.modified()?;
+    rewrite(&c, "THREE\n", mtime)?;
+    ensure!(
+        wait_until(Duration::from_secs(30), || has("c", "THREE\n")),
+        "a same-size rewrite in the same second did not arrive\n{}",
         shown()
     );
     ensure!(
