@@ -16,8 +16,8 @@
 //!
 //! Passing a chain means `RETURN`, never `ACCEPT`: the host's own firewall still
 //! applies. Docker's embedded DNS server (127.0.0.11) lives in the container's own
-//! network namespace, so dropping `INPUT` leaves name resolution alone. Separate
-//! bridges already keep sandboxes apart: Docker isolates its networks.
+//! network namespace, so dropping `INPUT` leaves name resolution alone. Docker
+//! isolates its networks too; the `wr-+` rule does not rely on it.
 //!
 //! IPv6 rules are installed whenever `ip6tables` works on the host, whether or not the
 //! bridge carries IPv6 (Docker's default is not); without it they are skipped.
@@ -140,6 +140,9 @@ pub fn rules(
     for dst in link_local {
         out.push(argv(&["-A", &fwd, "-d", dst, "-j", "DROP"]));
     }
+    // Never into another sandbox's bridge, whatever Docker's own isolation chains
+    // are doing at the moment (one CI run saw a sandbox fetch a page from another).
+    out.push(argv(&["-A", &fwd, "-o", "wr-+", "-j", "DROP"]));
     if let NetworkPolicy::Allow { cidrs } = policy {
         let mut replies = argv(&["-A", &fwd]);
         replies.extend(argv(&REPLIES));
@@ -456,6 +459,7 @@ mod tests {
                 "-N WARREN-abcdefghijkl",
                 "-A WARREN-abcdefghijkl -d 169.254.169.254/32 -j DROP",
                 "-A WARREN-abcdefghijkl -d 169.254.0.0/16 -j DROP",
+                "-A WARREN-abcdefghijkl -o wr-+ -j DROP",
                 "-N WARREN-abcdefghijkl-H",
                 "-A WARREN-abcdefghijkl-H -d 169.254.169.254/32 -j DROP",
                 "-A WARREN-abcdefghijkl-H -d 169.254.0.0/16 -j DROP",
@@ -519,6 +523,7 @@ mod tests {
             [
                 "-A WARREN-abcdefghijkl -d 169.254.169.254/32 -j DROP",
                 "-A WARREN-abcdefghijkl -d 169.254.0.0/16 -j DROP",
+                "-A WARREN-abcdefghijkl -o wr-+ -j DROP",
                 "-A WARREN-abcdefghijkl -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN",
                 "-A WARREN-abcdefghijkl -d 10.0.0.0/8 -j RETURN",
                 "-A WARREN-abcdefghijkl -d 169.254.0.0/16 -j RETURN",
@@ -554,6 +559,7 @@ mod tests {
                 "-N WARREN-abcdefghijkl",
                 "-A WARREN-abcdefghijkl -d fe80::/10 -j DROP",
                 "-A WARREN-abcdefghijkl -d fd00:ec2::254/128 -j DROP",
+                "-A WARREN-abcdefghijkl -o wr-+ -j DROP",
                 "-N WARREN-abcdefghijkl-H",
                 "-A WARREN-abcdefghijkl-H -p ipv6-icmp -m icmp6 --icmpv6-type neighbour-solicitation -j RETURN",
                 "-A WARREN-abcdefghijkl-H -p ipv6-icmp -m icmp6 --icmpv6-type neighbour-advertisement -j RETURN",
@@ -587,6 +593,7 @@ mod tests {
             [
                 "-A WARREN-abcdefghijkl -d fe80::/10 -j DROP",
                 "-A WARREN-abcdefghijkl -d fd00:ec2::254/128 -j DROP",
+                "-A WARREN-abcdefghijkl -o wr-+ -j DROP",
                 "-A WARREN-abcdefghijkl -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN",
                 "-A WARREN-abcdefghijkl -j DROP",
             ]

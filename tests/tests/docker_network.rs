@@ -428,14 +428,20 @@ fn an_allow_list_replaces_a_spare_networks_default_rules() -> Result<()> {
                 &[
                     "network",
                     "ls",
-                    "-q",
                     "--filter",
                     &spare,
                     "--filter",
                     "label=org.warren.pool=spare",
+                    "--format",
+                    "{{.Label \"org.warren.sandbox\"}}",
                 ],
             )
-            .is_ok_and(|ids| !ids.is_empty())
+            // Listed a moment before the runner offers it.
+            .is_ok_and(|slots| {
+                slots
+                    .split_whitespace()
+                    .any(|slot| d.runner_logged("spare network ready", slot))
+            })
         }),
         "no spare network was made:\n{}",
         d.runner_log()
