@@ -77,11 +77,6 @@ struct State {
     failed: BTreeMap<String, (Instant, u32)>,
     applied: u64,
     last_rev: u64,
-    /// The newest file mtime the mirror has pulled or found equal. SFTP's mtimes
-    /// are whole seconds, so a file rewritten with the same size in the second of
-    /// the copy we hold looks unchanged; after a reconnect, files that new are
-    /// pulled again rather than trusted.
-    newest: Option<i64>,
 }
 
 const RETRY_FIRST: Duration = Duration::from_millis(200);
@@ -288,8 +283,10 @@ async fn full_pull(ctx: &Ctx<'_>, state: &mut State) -> Result<(), SyncError> {
     let local = local_tree(ctx.target);
     let total = listing.tree.len() as u64;
     let mut done = 0;
-    // What changed while no watcher ran may have kept its size and second.
-    let since = state.newest;
+    // What changed while no watcher ran may have kept its size and second (SFTP's
+    // mtimes are whole seconds): files as new as the newest copy held are pulled
+    // again rather than trusted.
+    let since = state.written.values().map(|(_, mtime)| *mtime).max();
     for (rel, kind) in &listing.tree {
         let changed = matches!((kind, since), (Kind::File { mtime, .. }, Some(n)) if *mtime >= n);
         put(ctx, state, rel, kind.clone(), changed).await?;
@@ -479,7 +476,6 @@ async fn put(
         }
         Kind::File { size, mtime, mode } => {
             use std::os::unix::fs::MetadataExt;
-            state.newest = Some(state.newest.map_or(mtime, |n| n.max(mtime)));
             let here = std::fs::symlink_metadata(&path).ok();
             if !changed
                 && here
