@@ -1,0 +1,193 @@
+"""Files in the sandbox over SFTP, on the sandbox's one SSH connection."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import stat as statmod
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, Awaitable, Callable, Union
+
+import asyncssh
+
+from ._ssh import SshConnection, ssh_error
+from .errors import WarrenError
+from .models import FileInfo
+
+__all__ = ["AsyncFiles", "FileError", "RemoteFileNotFound", "RemotePermissionError"]
+
+
+class FileError(WarrenError, OSError):
+    """An SFTP operation failed (also an :class:`OSError`)."""
+
+
+class RemoteFileNotFound(FileError, FileNotFoundError):
+    """No such file or directory in the sandbox."""
+
+
+class RemotePermissionError(FileError, PermissionError):
+    """The sandbox user may not do that."""
+
+
+def _file_error(e: BaseException, path: str) -> BaseException:
+    if isinstance(e, asyncssh.SFTPNoSuchFile):
+        return RemoteFileNotFound(f"{path}: no such file or directory")
+    if isinstance(e, asyncssh.SFTPPermissionDenied):
+        return RemotePermissionError(f"{path}: permission denied")
+    if isinstance(e, asyncssh.SFTPError):
+        return FileError(f"{path}: {e.reason}")
+    return ssh_error(e)
+
+
+@asynccontextmanager
+async def _mapped(path: str) -> AsyncIterator[None]:
+    try:
+        yield
+    except (OSError, asyncssh.Error) as e:
+        if isinstance(e, FileError):
+            raise
+        raise _file_error(e, path) from None
+
+
+def _info(path: str, name: str, attrs: asyncssh.SFTPAttrs) -> FileInfo:
+    mode = attrs.permissions or 0
+    return FileInfo(
+        name=name,
+        path=path,
+        size=attrs.size or 0,
+        mode=statmod.S_IMODE(mode),
+        mtime=int(attrs.mtime or 0),
+        is_dir=statmod.S_ISDIR(mode),
+        is_file=statmod.S_ISREG(mode),
+        is_link=statmod.S_ISLNK(mode),
+    )
+
+
+class AsyncFiles:
+    """``sb.files``: read, write, list and move files in the sandbox."""
+
+    def __init__(self, connection: Callable[[], Awaitable[SshConnection]]) -> None:
+        self._connection = connection
+
+    async def read(self, path: str) -> bytes:
+        """The whole file."""
+        async with _mapped(path):
+            sftp = await (await self._connection()).sftp()
+            async with sftp.open(path, "rb") as f:
+                data = await f.read()
+                return bytes(data)
+
+    async def read_text(self, path: str, encoding: str = "utf-8") -> str:
+        return (await self.read(path)).decode(encoding)
+
+    async def write(self, path: str, data: Union[bytes, str], *, mode: int | None = None) -> None:
+        """Creates or replaces the file with ``data`` (text is written as UTF-8)."""
+        if isinstance(data, str):
+            data = data.encode()
+        async with _mapped(path):
+            sftp = await (await self._connection()).sftp()
+            async with sftp.open(path, "wb") as f:
+                await f.write(data)
+            if mode is not None:
+                await sftp.chmod(path, mode)
+
+    async def list(self, path: str = ".") -> list[FileInfo]:
+        """The entries of a directory (without ``.`` and ``..``), sorted by name."""
+        async with _mapped(path):
+            sftp = await (await self._connection()).sftp()
+            names = await sftp.readdir(path)
+        entries = [
+            _info(posixpath.join(path, str(n.filename)), str(n.filename), n.attrs)
+            for n in names
+            if n.filename not in (".", "..", b".", b"..")
+        ]
+        return sorted(entries, key=lambda e: e.name)
+
+    async def stat(self, path: str) -> FileInfo:
+        """A path's size, mode and mtime (links are not followed)."""
+        async with _mapped(path):
+            sftp = await (await self._connection()).sftp()
+            attrs = await sftp.lstat(path)
+        return _info(path, posixpath.basename(path.rstrip("/")) or path, attrs)
+
+    async def exists(self, path: str) -> bool:
+        async with _mapped(path):
+            sftp = await (await self._connection()).sftp()
+            return bool(await sftp.exists(path))
+
+    async def remove(self, path: str, *, recursive: bool = False) -> None:
+        """Removes a file, an empty directory, or with ``recursive`` a whole tree."""
+        async with _mapped(path):
+            sftp = await (await self._connection()).sftp()
+            attrs = await sftp.lstat(path)
+            if statmod.S_ISDIR(attrs.permissions or 0):
+                if recursive:
+                    await sftp.rmtree(path)
+                else:
+                    await sftp.rmdir(path)
+            else:
+                await sftp.remove(path)
+
+    async def rename(self, src: str, dst: str) -> None:
+        """Renames ``src`` to ``dst``, replacing ``dst`` if it exists."""
+        async with _mapped(src):
+            sftp = await (await self._connection()).sftp()
+            try:
+                await sftp.posix_rename(src, dst)
+            except asyncssh.SFTPOpUnsupported:
+                await sftp.rename(src, dst)
+
+    async def mkdir(self, path: str, *, parents: bool = True, exist_ok: bool = True) -> None:
+        async with _mapped(path):
+            sftp = await (await self._connection()).sftp()
+            if parents:
+                await sftp.makedirs(path, exist_ok=exist_ok)
+            elif not (exist_ok and await sftp.isdir(path)):
+                await sftp.mkdir(path)
+
+    async def upload(self, local: Union[str, os.PathLike[str]], remote: str) -> None:
+        """Copies a local file or directory tree into the sandbox (parallel
+        requests; modes and mtimes kept)."""
+        async with _mapped(remote):
+            sftp = await (await self._connection()).sftp()
+            await sftp.put(os.fspath(local), remote, recurse=True, preserve=True)
+
+    async def download(self, remote: str, local: Union[str, os.PathLike[str]]) -> None:
+        """Copies a file or directory tree out of the sandbox to ``local``.
+
+        Names come from the sandbox, so they are checked before anything local is
+        touched: one without ``/``, ``.`` or ``..`` only; links in the sandbox are
+        not copied or followed; nothing is written through a local link.
+        """
+        local = os.fspath(local)
+        async with _mapped(remote):
+            sftp = await (await self._connection()).sftp()
+            attrs = await sftp.stat(remote)
+            if statmod.S_ISDIR(attrs.permissions or 0):
+                await self._download_tree(sftp, remote, local)
+            else:
+                _refuse_local_link(local)
+                await sftp.get(remote, local, preserve=True)
+
+    async def _download_tree(self, sftp: asyncssh.SFTPClient, remote: str, local: str) -> None:
+        _refuse_local_link(local)
+        os.makedirs(local, exist_ok=True)
+        for entry in await sftp.readdir(remote):
+            name = entry.filename if isinstance(entry.filename, str) else entry.filename.decode("utf-8", "replace")
+            if name in (".", ".."):
+                continue
+            if "/" in name or "\x00" in name or not name:
+                raise FileError(f"{remote}: the sandbox listed a bad name {name!r}; refused")
+            mode = entry.attrs.permissions or 0
+            src, dst = posixpath.join(remote, name), os.path.join(local, name)
+            if statmod.S_ISDIR(mode):
+                await self._download_tree(sftp, src, dst)
+            elif statmod.S_ISREG(mode):
+                _refuse_local_link(dst)
+                await sftp.get(src, dst, preserve=True)
+            # Links, devices, sockets: not copied.
+
+
+def _refuse_local_link(path: str) -> None:
+    if os.path.islink(path):
+        raise FileError(f"{path} is a local symbolic link: not written through")

@@ -1,0 +1,57 @@
+//! The Python SDK (`sdk/python`) end to end: its pytest suite runs against a real
+//! gateway with its HTTP API, a Docker runner and the agent, as a program driving
+//! sandboxes would. `scripts/test` makes the virtualenv (`target/sdk-venv`, with
+//! asyncssh, httpx, pytest and the SDK); without it, or without Docker, this fails.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::{Result, bail, ensure};
+use common::docker::DockerStack;
+use warren_tests::{Cmd, workspace_root};
+
+/// The whole suite against one stack: one sandbox shared by most cases, a second for
+/// the lifecycle (context manager, stop/start), refusals, and the async twin.
+#[test]
+fn the_python_sdk_drives_sandboxes_through_the_gateway() -> Result<()> {
+    let python = workspace_root().join("target/sdk-venv/bin/python");
+    if !python.exists() {
+        bail!(
+            "{} is missing: scripts/test makes it (python3 -m venv, then pip install \
+             pytest pytest-asyncio ./sdk/python)",
+            python.display()
+        );
+    }
+    let Some(stack) = DockerStack::start(&[])? else {
+        bail!("the SDK tests need a Docker engine and root");
+    };
+    let api = stack.stack.api(Duration::from_secs(3600))?;
+    let key = stack
+        .stack
+        .rt
+        .block_on(stack.stack.store.create_api_key(&stack.owner.id, "sdk"))?;
+    let config = tempfile::TempDir::new()?;
+    let out = Cmd::new(&python)
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "sdk/python/tests"])
+        .current_dir(workspace_root())
+        // The source under test, whatever copy the venv holds.
+        .env("PYTHONPATH", workspace_root().join("sdk/python/src"))
+        .env("WARREN_URL", &api.base)
+        .env("WARREN_API_KEY", key.secret.expose())
+        .env("WARREN_TEST_IMAGE", "warren-busybox:latest")
+        // Nothing from the machine's own `warren login` is read.
+        .env("XDG_CONFIG_HOME", config.path())
+        .env_remove("WARREN_CACERT")
+        .timeout(Duration::from_secs(600))
+        .run()?;
+    eprintln!("{}", out.stdout_str());
+    ensure!(out.code() == Some(0), "the SDK's pytest suite failed:\n{out}");
+    ensure!(
+        out.stdout_str().contains(" passed"),
+        "pytest ran no tests:\n{out}"
+    );
+    Ok(())
+}
