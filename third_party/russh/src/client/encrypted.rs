@@ -527,6 +527,15 @@ impl Session {
                 let channel_num = map_err!(ChannelId::decode(&mut r))?;
                 map_err!(ensure_end(&r))?;
                 if !self.common.is_established_channel(channel_num) {
+                    // Warren patch: the peer's answer to a close we sent first (`close` already
+                    // took the channel out of `enc.channels`). End its reader and tell the
+                    // handler, as for a close the peer starts; upstream ignores it, so the
+                    // channel's state (and a server's per-connection session count) lives as
+                    // long as the connection.
+                    if let Some(chan) = self.channels.remove(&channel_num) {
+                        let _ = chan.send(ChannelMsg::Close).await;
+                        return client.channel_close(channel_num, self).await;
+                    }
                     return Ok(());
                 }
                 if let Some(ref mut enc) = self.common.encrypted {
