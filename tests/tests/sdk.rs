@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail, ensure};
 use common::docker::DockerStack;
+use warren_runner::protocol::SandboxSpec;
 use warren_tests::{Cmd, workspace_root};
 
 /// The whole suite against one stack: one sandbox shared by most cases, a second for
@@ -28,6 +29,7 @@ fn the_python_sdk_drives_sandboxes_through_the_gateway() -> Result<()> {
     let Some(stack) = DockerStack::start(&[])? else {
         bail!("the SDK tests need a Docker engine and root");
     };
+    one_connection_serves_more_commands_than_the_agents_session_limit(&stack)?;
     let api = stack.stack.api(Duration::from_secs(3600))?;
     let key = stack
         .stack
@@ -53,5 +55,29 @@ fn the_python_sdk_drives_sandboxes_through_the_gateway() -> Result<()> {
         out.stdout_str().contains(" passed"),
         "pytest ran no tests:\n{out}"
     );
+    Ok(())
+}
+
+/// One OpenSSH connection (ControlMaster, as VS Code and the SDK hold theirs) runs
+/// more commands than the agent's 64 sessions per connection: each closed channel is
+/// forgotten on both sides (third_party/russh, patch 2).
+fn one_connection_serves_more_commands_than_the_agents_session_limit(
+    stack: &DockerStack,
+) -> Result<()> {
+    let (_id, c) = stack.sandbox(SandboxSpec {
+        image: Some("warren-busybox:latest".into()),
+        ..SandboxSpec::default()
+    })?;
+    let dir = tempfile::TempDir::new()?;
+    let path = format!("ControlPath={}", dir.path().join("cm").display());
+    let shared = ["-o", "ControlMaster=auto", "-o", &path, "-o", "ControlPersist=120"];
+    for i in 0..80 {
+        let out = c.ssh(&shared, &format!("echo {i}")).run()?;
+        ensure!(
+            out.stdout_trimmed() == i.to_string(),
+            "command {i} on the shared connection:\n{out}"
+        );
+    }
+    let _ = c.ssh(&["-o", &path, "-O", "exit"], "").run();
     Ok(())
 }

@@ -57,7 +57,7 @@ class _Client(asyncssh.SSHClient):
         self._holder = holder
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
-        self._holder._lost()
+        self._holder._lost(self)
 
 
 class SshConnection:
@@ -81,6 +81,7 @@ class SshConnection:
         self._host_keys = host_keys
         self._connect_timeout = connect_timeout
         self._conn: Optional[asyncssh.SSHClientConnection] = None
+        self._client: Optional[_Client] = None
         self._sftp: Optional[asyncssh.SFTPClient] = None
         self._lock = asyncio.Lock()
         self.slots = asyncio.Semaphore(max_channels)
@@ -89,9 +90,13 @@ class SshConnection:
     def __repr__(self) -> str:
         return f"SshConnection({self.username}@{self.host}:{self.port})"
 
-    def _lost(self) -> None:
+    def _lost(self, client: Optional["_Client"] = None) -> None:
+        # A late notice from a connection already replaced changes nothing.
+        if client is not None and client is not self._client:
+            return
         self._conn = None
         self._sftp = None
+        self._client = None
 
     async def get(self) -> asyncssh.SSHClientConnection:
         """The live connection, connecting if there is none."""
@@ -107,7 +112,7 @@ class SshConnection:
 
     async def _connect(self) -> asyncssh.SSHClientConnection:
         try:
-            conn, _ = await asyncio.wait_for(
+            conn, client = await asyncio.wait_for(
                 asyncssh.create_connection(
                     lambda: _Client(self),
                     self.host,
@@ -140,6 +145,7 @@ class SshConnection:
             raise ConnectionLost(f"no SSH connection to {self.host}:{self.port} within {self._connect_timeout:g}s") from None
         except (OSError, asyncssh.Error) as e:
             raise ConnectionLost(f"cannot connect to {self.host}:{self.port} over SSH: {e}") from None
+        self._client = client
         return conn
 
     async def sftp(self) -> asyncssh.SFTPClient:
