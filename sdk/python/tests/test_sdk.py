@@ -293,3 +293,20 @@ async def test_the_async_twin_runs_streams_and_moves_files(asb: AsyncSandbox) ->
 
 async def test_the_sync_api_works_inside_a_running_event_loop(sb: warren.Sandbox) -> None:
     assert sb.run("echo inside").stdout == "inside\n"
+
+
+def test_watch_follows_changes_in_a_directory(sb: warren.Sandbox) -> None:
+    sb.files.mkdir("/tmp/watched")
+    with sb.files.watch("/tmp/watched") as w:
+        # The watcher is up once a first change comes through.
+        def first() -> bool:
+            sb.files.write("/tmp/watched/probe", "x")
+            return w.next(timeout=1) is not None
+        assert poll(first, limit=20)
+        sb.run("echo a > /tmp/watched/a && mv /tmp/watched/a /tmp/watched/b && rm /tmp/watched/b", check=True)
+        seen = []
+        while not any(c.kind == "delete" and c.path == "b" for c in seen):
+            change = w.next(timeout=10)
+            assert change is not None, seen
+            seen.append(change)
+        assert any(c.kind == "move" and (c.path, c.dest) == ("a", "b") for c in seen), seen

@@ -24,7 +24,7 @@ with warnings.catch_warnings():
 
 from . import errors
 from ._files import FileError, RemoteFileNotFound, RemotePermissionError
-from ._sync import Files, Forward, Process, Sandbox, Terminal, Warren
+from ._sync import Files, Forward, Process, Sandbox, Terminal, Warren, Watch
 from .aio import AsyncForward, AsyncSandbox, AsyncWarren
 from .errors import (
     ApiError,
@@ -49,14 +49,14 @@ from .errors import (
     Unauthorized,
     WarrenError,
 )
-from .models import CommandResult, FileInfo, PullRequest, SandboxInfo
+from .models import CommandResult, FileChange, FileInfo, PullRequest, SandboxInfo
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Warren", "Sandbox", "Process", "Terminal", "Files", "Forward",
+    "Warren", "Sandbox", "Process", "Terminal", "Files", "Forward", "Watch",
     "AsyncWarren", "AsyncSandbox", "AsyncForward",
-    "CommandResult", "FileInfo", "PullRequest", "SandboxInfo",
+    "CommandResult", "FileChange", "FileInfo", "PullRequest", "SandboxInfo",
     "errors", "WarrenError", "ConfigError", "ApiError", "InvalidRequest", "ImageNotFound",
     "Unauthorized", "Forbidden", "NotFound", "Conflict", "NothingToCommit", "NoCapacity",
     "RunnerError", "RateLimited", "InternalError", "SshError", "ConnectionLost",

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import os
 import posixpath
+import shlex
 import stat as statmod
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Awaitable, Callable, Union
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Optional, Union
 
 import asyncssh
 
 from ._ssh import SshConnection, ssh_error
 from .errors import WarrenError
-from .models import FileInfo
+from .models import FileChange, FileInfo
+
+if TYPE_CHECKING:
+    from ._process import AsyncProcess
 
 __all__ = ["AsyncFiles", "FileError", "RemoteFileNotFound", "RemotePermissionError"]
 
@@ -68,6 +72,15 @@ class AsyncFiles:
 
     def __init__(self, connection: Callable[[], Awaitable[SshConnection]]) -> None:
         self._connection = connection
+
+    async def watch(self, path: str) -> "AsyncWatch":
+        """Follows changes under the directory ``path`` (the agent's inotify
+        watcher, as ``warren mirror`` uses it): ``async for change in watch``;
+        ``close()`` stops it."""
+        from ._process import spawn
+
+        command = f'exec "${{WARREN_AGENT:-/.warren/bin/warren-agent}}" watch {shlex.quote(path)}'
+        return AsyncWatch(await spawn(await self._connection(), command))
 
     async def read(self, path: str) -> bytes:
         """The whole file."""
@@ -191,3 +204,57 @@ class AsyncFiles:
 def _refuse_local_link(path: str) -> None:
     if os.path.islink(path):
         raise FileError(f"{path} is a local symbolic link: not written through")
+
+
+_KINDS = {"W": "write", "D": "delete", "M": "move", "O": "overflow"}
+
+
+class AsyncWatch:
+    """Changes under a directory, as they happen (see :meth:`AsyncFiles.watch`)."""
+
+    def __init__(self, process: "AsyncProcess") -> None:
+        self._p = process
+        self._buffer = b""
+        self._ready: list[FileChange] = []
+
+    def __aiter__(self) -> "AsyncWatch":
+        return self
+
+    async def __anext__(self) -> FileChange:
+        change = await self.next(None)
+        if change is None:
+            raise StopAsyncIteration
+        return change
+
+    async def next(self, timeout: Optional[float] = None) -> Optional[FileChange]:
+        """The next change; None when the watcher ended or ``timeout`` passed."""
+        import asyncio
+
+        while not self._ready:
+            try:
+                chunk = await asyncio.wait_for(self._p.stdout.next_chunk(), timeout)
+            except asyncio.TimeoutError:
+                return None
+            if chunk is None:
+                if self._p.stderr.data():
+                    raise FileError(self._p.stderr.data().decode("utf-8", "replace").strip())
+                return None
+            self._buffer += chunk
+            *records, self._buffer = self._buffer.split(b"\x00")
+            for record in records:
+                fields = record.decode("utf-8", "replace").split("\t")
+                if len(fields) < 2 or not fields[0].isdigit() or fields[1] not in _KINDS:
+                    continue
+                path = fields[2] if len(fields) > 2 else ""
+                dest = fields[3] if len(fields) > 3 else None
+                self._ready.append(FileChange(int(fields[0]), _KINDS[fields[1]], path, dest))
+        return self._ready.pop(0)
+
+    async def close(self) -> None:
+        await self._p.kill()
+
+    async def __aenter__(self) -> "AsyncWatch":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

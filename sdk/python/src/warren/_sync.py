@@ -15,9 +15,9 @@ from . import aio
 from ._files import AsyncFiles
 from ._process import AsyncProcess, Input, OutputCallback, OutputStream
 from ._terminal import AsyncTerminal
-from .models import CommandResult, FileInfo, PullRequest, SandboxInfo
+from .models import CommandResult, FileChange, FileInfo, PullRequest, SandboxInfo
 
-__all__ = ["Warren", "Sandbox", "Process", "Terminal", "Files", "Forward"]
+__all__ = ["Warren", "Sandbox", "Process", "Terminal", "Files", "Forward", "Watch"]
 
 T = TypeVar("T")
 
@@ -373,6 +373,35 @@ class Files:
 
     def download(self, remote: str, local: Union[str, "os.PathLike[str]"]) -> None:
         _run(self._a.download(remote, local))
+
+    def watch(self, path: str) -> "Watch":
+        """Follows changes under the directory ``path``: iterate it; ``close()``."""
+        return Watch(_run(self._a.watch(path)))
+
+
+class Watch:
+    def __init__(self, inner: Any) -> None:
+        self._a = inner
+
+    def __iter__(self) -> Iterator[FileChange]:
+        while True:
+            change = _run(self._a.next(None))
+            if change is None:
+                return
+            yield change
+
+    def next(self, timeout: Optional[float] = None) -> Optional[FileChange]:
+        """The next change; None when it ended or ``timeout`` passed."""
+        return _run(self._a.next(timeout))
+
+    def close(self) -> None:
+        _run(self._a.close())
+
+    def __enter__(self) -> "Watch":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class Forward:

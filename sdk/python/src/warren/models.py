@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-__all__ = ["SandboxInfo", "CommandResult", "FileInfo", "PullRequest"]
+__all__ = ["SandboxInfo", "CommandResult", "FileInfo", "FileChange", "PullRequest"]
 
 
 @dataclass(frozen=True)
@@ -105,3 +105,20 @@ class FileInfo:
 class PullRequest:
     number: int
     url: str
+
+
+@dataclass(frozen=True)
+class FileChange:
+    """One change under a watched directory, from the agent's inotify watcher.
+
+    ``kind`` is ``"write"`` (written, created or its mode changed: look at what is
+    there now), ``"delete"`` (removed or moved out), ``"move"`` (renamed inside the
+    tree, to ``dest``) or ``"overflow"`` (the kernel dropped events: rescan).
+    ``path`` and ``dest`` are relative to the watched directory, as the sandbox
+    named them (untrusted).
+    """
+
+    rev: int
+    kind: str
+    path: str
+    dest: Optional[str] = None
