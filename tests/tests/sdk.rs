@@ -37,7 +37,14 @@ fn the_python_sdk_drives_sandboxes_through_the_gateway() -> Result<()> {
         .block_on(stack.stack.store.create_api_key(&stack.owner.id, "sdk"))?;
     let config = tempfile::TempDir::new()?;
     let out = Cmd::new(&python)
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "sdk/python/tests"])
+        .args([
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "sdk/python/tests",
+        ])
         .current_dir(workspace_root())
         // The source under test, whatever copy the venv holds.
         .env("PYTHONPATH", workspace_root().join("sdk/python/src"))
@@ -50,7 +57,10 @@ fn the_python_sdk_drives_sandboxes_through_the_gateway() -> Result<()> {
         .timeout(Duration::from_secs(600))
         .run()?;
     eprintln!("{}", out.stdout_str());
-    ensure!(out.code() == Some(0), "the SDK's pytest suite failed:\n{out}");
+    ensure!(
+        out.code() == Some(0),
+        "the SDK's pytest suite failed:\n{out}"
+    );
     ensure!(
         out.stdout_str().contains(" passed"),
         "pytest ran no tests:\n{out}"
@@ -70,7 +80,14 @@ fn one_connection_serves_more_commands_than_the_agents_session_limit(
     })?;
     let dir = tempfile::TempDir::new()?;
     let path = format!("ControlPath={}", dir.path().join("cm").display());
-    let shared = ["-o", "ControlMaster=auto", "-o", &path, "-o", "ControlPersist=120"];
+    let shared = [
+        "-o",
+        "ControlMaster=auto",
+        "-o",
+        &path,
+        "-o",
+        "ControlPersist=120",
+    ];
     for i in 0..80 {
         let out = c.ssh(&shared, &format!("echo {i}")).run()?;
         ensure!(
