@@ -88,7 +88,7 @@ class AsyncFiles:
             sftp = await (await self._connection()).sftp()
             async with sftp.open(path, "rb") as f:
                 data = await f.read()
-                return bytes(data)
+                return data if isinstance(data, bytes) else data.encode()
 
     async def read_text(self, path: str, encoding: str = "utf-8") -> str:
         return (await self.read(path)).decode(encoding)

@@ -145,7 +145,7 @@ class SshConnection:
             raise ConnectionLost(f"no SSH connection to {self.host}:{self.port} within {self._connect_timeout:g}s") from None
         except (OSError, asyncssh.Error) as e:
             raise ConnectionLost(f"cannot connect to {self.host}:{self.port} over SSH: {e}") from None
-        self._client = client
+        self._client = client if isinstance(client, _Client) else None
         return conn
 
     async def sftp(self) -> asyncssh.SFTPClient:
@@ -161,7 +161,7 @@ class SshConnection:
                     raise ssh_error(e) from None
             return self._sftp
 
-    async def open_session(self, factory: Any, command: Optional[str], **kwargs: Any) -> tuple[asyncssh.SSHClientChannel, Any]:
+    async def open_session(self, factory: Any, command: Optional[str], **kwargs: Any) -> tuple["asyncssh.SSHClientChannel[bytes]", Any]:
         """Opens a session channel; a connection found dead is made again once
         (nothing ran on it yet)."""
         for attempt in (0, 1):

@@ -12,7 +12,7 @@ from concurrent.futures import Future
 from typing import Any, Coroutine, Iterator, Mapping, Optional, Sequence, TypeVar, Union
 
 from . import aio
-from ._files import AsyncFiles
+from ._files import AsyncFiles, AsyncWatch
 from ._process import AsyncProcess, Input, OutputCallback, OutputStream
 from ._terminal import AsyncTerminal
 from .models import CommandResult, FileChange, FileInfo, PullRequest, SandboxInfo
@@ -380,7 +380,9 @@ class Files:
 
 
 class Watch:
-    def __init__(self, inner: Any) -> None:
+    """Changes under a directory (see :meth:`Files.watch`)."""
+
+    def __init__(self, inner: "AsyncWatch") -> None:
         self._a = inner
 
     def __iter__(self) -> Iterator[FileChange]:
