@@ -335,6 +335,7 @@ fn a_policy_that_requires_recording_refuses_what_it_cannot_record() -> Result<()
     let stack = Stack::start_recording(RecordingPolicy {
         required: true,
         input: true,
+        max_size: 256 << 10,
         ..RecordingPolicy::default()
     })?;
     let runner = stack.runner("r1")?;
@@ -381,6 +382,21 @@ fn a_policy_that_requires_recording_refuses_what_it_cannot_record() -> Result<()
     )?;
     let input = check_asciicast(&reply.text)?.input;
     ensure!(input.contains("echo typed-$((2+3))"), "input: {input:?}");
+
+    // A required recording that is cut ends its session, saying why: nothing runs
+    // unrecorded.
+    let flood = 64u64 << 20;
+    let out = sandbox
+        .clone()
+        .with_option("RequestTTY=force")
+        .pipeline(&format!("{{ssh}} 'head -c {flood} /dev/zero' | wc -c"))
+        .timeout(Duration::from_secs(300))
+        .run()?;
+    let got: u64 = out.stdout_trimmed().parse()?;
+    ensure!(
+        got < flood && out.stderr_str().contains("recording stopped"),
+        "a cut required recording: {got} bytes went through; {out:?}"
+    );
 
     // Where nothing can be written (the recordings folder is a file: as a full disk,
     // every write fails), a terminal session is refused; an exec still runs.

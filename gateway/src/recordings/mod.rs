@@ -664,6 +664,22 @@ mod tests {
         assert!(parse_size("99999999T").is_err());
     }
 
+    #[tokio::test]
+    async fn nothing_starts_under_the_free_space_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = RecordingPolicy {
+            min_free: u64::MAX / 4,
+            ..RecordingPolicy::default()
+        };
+        let recordings = Recordings::in_data_dir(dir.path(), policy);
+        let started = recordings.start(&SshSessionId::generate(), 1, &Header::new(80, 24, 0));
+        let Err(RecordingError::NoRoom(shortage)) = started else {
+            panic!("a recording started with no room");
+        };
+        assert!(shortage.to_string().contains("--recording-min-free"));
+        assert!(!dir.path().join("recordings").exists());
+    }
+
     /// Waits until the recording at `path` ends with a marker.
     async fn cut(path: &Path) -> String {
         for _ in 0..500 {

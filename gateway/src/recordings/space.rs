@@ -245,8 +245,21 @@ impl Space {
     }
 }
 
-/// Bytes an unprivileged writer may still use on `path`'s file system.
+/// Bytes an unprivileged writer may still use on `path`'s file system (that of its
+/// nearest existing folder, before the recordings' own is made).
 fn free_space(path: &Path) -> std::io::Result<u64> {
+    let mut error = None;
+    for at in path.ancestors() {
+        match statvfs_free(at) {
+            Ok(free) => return Ok(free),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => error = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(error.unwrap_or_else(|| std::io::ErrorKind::NotFound.into()))
+}
+
+fn statvfs_free(path: &Path) -> std::io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
