@@ -9,9 +9,9 @@
 //! erasing and scrolling, and the modes a full-screen program draws with. Dropped:
 //! every OSC (clipboard writes with 52, window titles, hyperlinks with 8, palette
 //! changes and queries), every DCS, SOS, PM and APC string (DECRQSS, XTGETTCAP,
-//! sixels), and every sequence that makes a terminal answer or changes how it reads
+//! sixels), every sequence that makes a terminal answer or changes how it reads
 //! keys (DA, DSR, window reports `CSI t`, DECRQM, ENQ, DECID, mouse and paste
-//! modes). A sequence cut between two events is held by the parser until it ends,
+//! modes), and erasing the viewer's scrollback (`CSI 3 J`); repeats are bounded. A sequence cut between two events is held by the parser until it ends,
 //! so what is sent is always whole: the viewer's terminal never sits inside a
 //! sequence the next chunk could finish.
 
@@ -79,6 +79,9 @@ struct Rewriter {
 /// synchronized output (2026). Not mouse, focus or paste reporting, nor cursor-key
 /// modes: those change what the viewer's terminal sends after the replay.
 const DEC_MODES: [u16; 9] = [6, 7, 12, 25, 47, 1047, 1048, 1049, 2026];
+
+/// The most a repeat (REP, `CSI n b`) may draw: a wide line.
+const MAX_REPEAT: u16 = 1024;
 
 impl Rewriter {
     fn csi(&mut self, private: &str, params: &[Vec<u16>], action: char) {
@@ -155,11 +158,20 @@ impl Perform for Rewriter {
             // Cursor movement and tab stops.
             | ([], 'A' | 'B' | 'C' | 'D' | 'E' | 'F' | 'G' | 'H' | 'f' | 'd' | 'e' | 'a' | '`')
             | ([], 'I' | 'Z' | 'g' | 's' | 'u')
-            // Erasing, inserting and deleting, scrolling, repeating.
-            | ([], 'J' | 'K' | 'X' | 'P' | '@' | 'L' | 'M' | 'S' | 'b')
+            // Erasing, inserting and deleting, scrolling.
+            | ([], 'K' | 'X' | 'P' | '@' | 'L' | 'M' | 'S')
             | ([b'?'], 'J' | 'K') => {
                 let private = if intermediates.is_empty() { "" } else { "?" };
                 self.csi(private, &params, action);
+            }
+            // ED, but not 3: the viewer's scrollback is not the recording's to erase.
+            ([], 'J') if params.iter().all(|p| p.as_slice() != [3]) => {
+                self.csi("", &params, action);
+            }
+            // REP, its count bounded: a few bytes must not draw millions of cells.
+            ([], 'b') if params.len() == 1 && params[0].len() == 1 => {
+                let count = params[0][0].min(MAX_REPEAT);
+                self.csi("", &[vec![count]], action);
             }
             // SD; with more parameters `T` starts xterm's mouse highlight tracking.
             ([], 'T') if params.len() == 1 => self.csi("", &params, action),
@@ -306,6 +318,9 @@ mod tests {
         assert_eq!(filtered("a\u{9d}52;c;eA==\u{9c}b"), "a52;c;eA==b");
         // Allowed and refused modes in one sequence: only the allowed pass.
         assert_eq!(filtered("\x1b[?1000;25;2004h"), "\x1b[?25h");
+        // The viewer's scrollback stays; a repeat is bounded.
+        assert_eq!(filtered("a\x1b[3Jb\x1b[2J"), "ab\x1b[2J");
+        assert_eq!(filtered("x\x1b[65535b\x1b[5b"), "x\x1b[1024b\x1b[5b");
     }
 
     #[test]
