@@ -13,10 +13,12 @@
 //! - [`api`]: the thin HTTP API over the lifecycle (and accounts and keys).
 //! - [`github`]: the GitHub REST calls behind the API's pull requests.
 //! - [`recordings`]: terminal sessions kept as asciicast files, and their replay.
+//! - [`escape`]: tenant text made safe to print on a person's terminal.
 //! - [`server`]: all of it bound and served together (`serve`, `warren up`).
 
 pub mod api;
 pub mod dial;
+pub mod escape;
 pub mod github;
 pub mod lifecycle;
 pub mod recordings;

@@ -1,7 +1,9 @@
 //! The account console, driven by real OpenSSH clients: `ssh alice@gw <command>`
 //! for every command with its refusals and exit codes, `ssh -t alice@gw new` into
 //! the new sandbox's shell on a real terminal, and the interactive console — on
-//! the process backend and on Docker (the path users take).
+//! the process backend and on Docker (the path users take). What the console
+//! prints has its control characters escaped (`recordings.rs` shows it for text a
+//! sandbox chose).
 
 mod common;
 
@@ -105,6 +107,19 @@ fn every_console_command_works_and_refuses_like_the_api() -> Result<()> {
     // Bad command lines are usage errors (2), as the API's 422 are refusals (1).
     refused(&alice, "new --bogus", 2, "--bogus")?;
     refused(&alice, "frobnicate", 2, "frobnicate")?;
+    // What a message quotes reaches the terminal with its control characters
+    // escaped (clap drops 7-bit escape sequences and DEL itself; an 8-bit CSI, a
+    // cursor report request to a terminal that takes C1, is the console's).
+    let quoted = run(&alice, "frobnicate\u{9b}6n\x7f\x1b]52;c;cHduZWQ=\x07")?;
+    ensure!(
+        quoted.code() == Some(2)
+            && !quoted
+                .stderr_str()
+                .chars()
+                .any(|c| c.is_control() && c != '\n')
+            && quoted.stderr_str().contains(r"frobnicate\u009b6n"),
+        "a quoted control sequence: {quoted:?}"
+    );
     refused(&alice, "stop", 2, "<ID>")?;
     refused(&alice, "new --memory-mb 1", 1, "memory_mb must be between")?;
     refused(&alice, "new --branch x", 1, "branch needs repo")?;

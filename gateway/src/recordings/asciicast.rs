@@ -1,6 +1,6 @@
 //! The asciicast v2 format, as asciinema plays it: a JSON header on the first line,
 //! then one JSON array per event, `[seconds, code, data]`, code `o` (output), `i`
-//! (input) or `r` (a resize, data `COLSxROWS`).
+//! (input), `r` (a resize, data `COLSxROWS`) or `m` (a marker, data its label).
 //!
 //! Event data is text, so bytes are decoded as UTF-8 per stream without splitting a
 //! character across two events; bytes that are not UTF-8 become U+FFFD.
@@ -65,6 +65,8 @@ pub enum Code {
     Output,
     Input,
     Resize,
+    /// A marker (asciicast v2 `m`), here where a recording was cut.
+    Marker,
 }
 
 impl Code {
@@ -73,6 +75,7 @@ impl Code {
             Code::Output => "o",
             Code::Input => "i",
             Code::Resize => "r",
+            Code::Marker => "m",
         }
     }
 }
@@ -103,6 +106,49 @@ pub fn push_chunk(
     } else {
         out.extend_from_slice(b"\"]\n");
     }
+}
+
+/// The start of `line` (one output or input event as [`push_chunk`] writes it,
+/// newline included) in at most `max` bytes, closed again as an event; `None` if
+/// not one character of its text fits. The cut falls between two escapes or
+/// characters, never inside one.
+pub fn cut_event(line: &[u8], max: usize) -> Option<Vec<u8>> {
+    const CLOSE: &[u8] = b"\"]\n";
+    // `[time, "o", "`: the text starts after the third quote.
+    let open = line
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'"')
+        .nth(2)?
+        .0
+        + 1;
+    let code = line.get(open.checked_sub(5)?)?;
+    if !matches!(code, b'o' | b'i') {
+        return None;
+    }
+    let budget = max.checked_sub(CLOSE.len())?;
+    let text_end = line.len().checked_sub(CLOSE.len())?;
+    let mut end = open;
+    while end < text_end {
+        let step = match line[end] {
+            b'\\' if line.get(end + 1) == Some(&b'u') => 6,
+            b'\\' => 2,
+            0xf0.. => 4,
+            0xe0.. => 3,
+            0xc0.. => 2,
+            _ => 1,
+        };
+        if end + step > budget {
+            break;
+        }
+        end += step;
+    }
+    if end == open {
+        return None;
+    }
+    let mut cut = line[..end].to_vec();
+    cut.extend_from_slice(CLOSE);
+    Some(cut)
 }
 
 fn open_event(out: &mut Vec<u8>, at: Duration, code: Code) {
@@ -286,6 +332,30 @@ mod tests {
                 assert_eq!(s.finish(), "");
             }
         }
+    }
+
+    #[test]
+    fn an_event_is_cut_between_escapes_and_characters() {
+        let mut line = Vec::new();
+        push_event(&mut line, Duration::from_secs(1), Code::Output, "ab\0☃\"c");
+        let whole = String::from_utf8(line.clone()).unwrap();
+        assert_eq!(whole, "[1.000000, \"o\", \"ab\\u0000☃\\\"c\"]\n");
+        let mut texts = Vec::new();
+        for max in 0..=line.len() {
+            let Some(cut) = cut_event(&line, max) else {
+                continue;
+            };
+            assert!(cut.len() <= max, "{max}");
+            let event = parse_event(std::str::from_utf8(&cut).unwrap().trim_end(), 2).unwrap();
+            assert!("ab\0☃\"c".starts_with(&event.data), "{max}: {event:?}");
+            texts.push(event.data);
+        }
+        texts.dedup();
+        assert_eq!(texts, ["a", "ab", "ab\0", "ab\0☃", "ab\0☃\"", "ab\0☃\"c"]);
+        // Resizes are not cut.
+        let mut resize = Vec::new();
+        push_event(&mut resize, Duration::ZERO, Code::Resize, "100x30");
+        assert_eq!(cut_event(&resize, 20), None);
     }
 
     #[test]

@@ -3,23 +3,34 @@
 //! changes, and what the user typed if the policy says so.
 //!
 //! Files live under `<data-dir>/recordings/<ssh-session-id>/<channel>.cast` (0600),
-//! one per recorded channel of an SSH session; the session's audit rows (the store)
-//! say whose they are. A sweeper deletes recordings older than the retention.
-//! Jump mode is end to end encrypted and cannot be recorded: a policy that requires
-//! recording refuses it.
+//! or under `--recording-dir`, one per recorded channel of an SSH session; the
+//! session's audit rows (the store) say whose they are. A sweeper deletes
+//! recordings older than the retention. Jump mode is end to end encrypted and
+//! cannot be recorded: a policy that requires recording refuses it.
+//!
+//! A sandbox chooses how much it prints, so the disk they take is bounded, in bytes
+//! on disk: each recording by `--recording-max-size` (then cut, with a final marker
+//! event saying why), all of them by `--recording-max-total` (the oldest finished
+//! ones deleted first), and recording stops while their file system has less than
+//! `--recording-min-free` left, so that it never fills the disk the store is on
+//! ([`space`]). A recording that stops is a session no longer recorded: with
+//! `--require-recording` that session ends, and new terminal sessions are refused
+//! until there is room again.
 //!
 //! Writing happens in a task per recording, fed by a bounded queue: the relay hands
 //! over a reference-counted chunk and goes on; a full queue (a disk slower than the
-//! session) slows the session down rather than losing its record.
+//! session) slows the session down rather than losing its record. Once a recording
+//! has stopped, the session's output no longer goes to it.
 
 pub mod asciicast;
+pub mod filter;
 pub mod replay;
+pub mod space;
 
-use std::collections::HashSet;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -27,6 +38,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use self::asciicast::{Code, Header, Utf8Stream};
+use self::space::{Shortage, Size, Space};
 use crate::store::SshSessionId;
 
 /// What the gateway records, and for how long it keeps it.
@@ -42,7 +54,20 @@ pub struct RecordingPolicy {
     pub required: bool,
     /// How long a recording is kept after its last write.
     pub retention: Duration,
+    /// The most one recording takes on disk, in bytes; it is cut there.
+    pub max_size: u64,
+    /// The most all recordings take on disk; the oldest go to stay under it.
+    pub max_total: u64,
+    /// Free space left on the recordings' file system: recording stops below it.
+    pub min_free: u64,
+    /// Where recordings go (default: `<data-dir>/recordings`).
+    pub dir: Option<PathBuf>,
 }
+
+/// The bounds' defaults, as the flags show them.
+const DEFAULT_MAX_SIZE: &str = "64M";
+const DEFAULT_MAX_TOTAL: &str = "4G";
+const DEFAULT_MIN_FREE: &str = "1G";
 
 impl Default for RecordingPolicy {
     fn default() -> RecordingPolicy {
@@ -51,6 +76,10 @@ impl Default for RecordingPolicy {
             input: false,
             required: false,
             retention: Duration::from_secs(30 * 24 * 3600),
+            max_size: parse_size(DEFAULT_MAX_SIZE).unwrap_or(64 << 20),
+            max_total: parse_size(DEFAULT_MAX_TOTAL).unwrap_or(4 << 30),
+            min_free: parse_size(DEFAULT_MIN_FREE).unwrap_or(1 << 30),
+            dir: None,
         }
     }
 }
@@ -72,6 +101,21 @@ pub struct RecordingArgs {
     /// Delete recordings this long after their last write: 90d, 12h, 30m, 45s.
     #[arg(long, default_value = "30d", value_parser = parse_age)]
     pub recording_retention: Duration,
+    /// Cut a recording when it reaches this size on disk (a final marker says so):
+    /// 64M, 512K, 1G.
+    #[arg(long, default_value = DEFAULT_MAX_SIZE, value_parser = parse_size)]
+    pub recording_max_size: u64,
+    /// Delete the oldest recordings when all of them together pass this size.
+    #[arg(long, default_value = DEFAULT_MAX_TOTAL, value_parser = parse_size)]
+    pub recording_max_total: u64,
+    /// Stop recording while the recordings' file system has less free space than
+    /// this (room kept for the store and everything else on that disk).
+    #[arg(long, default_value = DEFAULT_MIN_FREE, value_parser = parse_size)]
+    pub recording_min_free: u64,
+    /// Keep recordings in this folder (default: <data-dir>/recordings), e.g. on a
+    /// file system of their own.
+    #[arg(long)]
+    pub recording_dir: Option<PathBuf>,
 }
 
 impl RecordingArgs {
@@ -81,20 +125,37 @@ impl RecordingArgs {
             input: self.record_input,
             required: self.require_recording,
             retention: self.recording_retention,
+            max_size: self.recording_max_size,
+            max_total: self.recording_max_total,
+            min_free: self.recording_min_free,
+            dir: self.recording_dir.clone(),
         }
+    }
+}
+
+/// A size in bytes: `64M`, `512K`, `4G`, `1T` (powers of 1024; `MiB`, `MB` and
+/// lower case too), or plain bytes; at least 4 KiB.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let (n, unit) = number_and_unit(text, "", "K, M, G or T (e.g. 64M)")?;
+    let unit = unit.trim().to_ascii_lowercase();
+    let shift = match unit.trim_end_matches("ib").trim_end_matches('b') {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        _ => return Err(format!("{text:?}: the unit is K, M, G or T (e.g. 64M)")),
+    };
+    match n.checked_mul(1 << shift) {
+        Some(bytes) if bytes >= 4096 => Ok(bytes),
+        Some(_) => Err(format!("{text:?}: at least 4K")),
+        None => Err(format!("{text:?}: too large")),
     }
 }
 
 /// `90d`, `12h`, `30m`, `45s` (or plain seconds).
 pub fn parse_age(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(at) => text.split_at(at),
-        None => (text, "s"),
-    };
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?}: a number and d, h, m or s (e.g. 30d)"))?;
+    let (n, unit) = number_and_unit(text, "s", "d, h, m or s (e.g. 30d)")?;
     let unit_s = match unit {
         "d" => 86_400,
         "h" => 3_600,
@@ -108,6 +169,24 @@ pub fn parse_age(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// `64M` as 64 and `M` (`default` when there is no unit); `units` says which
+/// there are, for the message.
+fn number_and_unit<'a>(
+    text: &'a str,
+    default: &'a str,
+    units: &str,
+) -> Result<(u64, &'a str), String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, default),
+    };
+    let n = number
+        .parse()
+        .map_err(|_| format!("{text:?}: a number and {units}"))?;
+    Ok((n, unit))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RecordingError {
     #[error("no such recording")]
@@ -116,43 +195,53 @@ pub enum RecordingError {
     Off,
     #[error("recording {0}: {1}")]
     Io(PathBuf, std::io::Error),
+    #[error("{0}")]
+    NoRoom(Shortage),
 }
 
-/// The gateway's recordings: where they go, the policy, and those being written.
+/// The gateway's recordings: where they go, the policy, and the disk they use.
 #[derive(Debug)]
 pub struct Recordings {
-    dir: Option<PathBuf>,
+    /// `None`: recordings are off.
+    space: Option<Arc<Space>>,
     policy: RecordingPolicy,
-    /// Recordings being written (the sweeper leaves them alone).
-    active: Active,
 }
-
-type Active = Arc<Mutex<HashSet<PathBuf>>>;
 
 /// Events queued per recording before the session waits for the disk.
 const QUEUE: usize = 256;
 /// Bytes of encoded events gathered before a write.
 const BATCH: usize = 1 << 20;
+/// Room kept at the end of a recording for the marker that says it was cut.
+const MARKER_ROOM: u64 = 512;
+/// The most of a command line or title a recording's header keeps.
+const HEADER_TEXT: usize = 1024;
 
 impl Recordings {
     /// Records nothing (gateways in tests that do not look at recordings).
     pub fn off() -> Recordings {
         Recordings {
-            dir: None,
+            space: None,
             policy: RecordingPolicy {
                 enabled: false,
                 ..RecordingPolicy::default()
             },
-            active: Active::default(),
         }
     }
 
-    /// Recordings under `data_dir/recordings`, by `policy`.
+    /// Recordings under `data_dir/recordings` (or the policy's folder), by
+    /// `policy`; those already there are counted.
     pub fn in_data_dir(data_dir: &Path, policy: RecordingPolicy) -> Recordings {
+        let root = policy
+            .dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("recordings"));
         Recordings {
-            dir: Some(data_dir.join("recordings")),
+            space: Some(Arc::new(Space::new(
+                root,
+                policy.max_total,
+                policy.min_free,
+            ))),
             policy,
-            active: Active::default(),
         }
     }
 
@@ -162,12 +251,17 @@ impl Recordings {
 
     /// Whether terminal sessions are recorded.
     pub fn records(&self) -> bool {
-        self.policy.enabled && self.dir.is_some()
+        self.policy.enabled && self.space.is_some()
+    }
+
+    /// Bytes all recordings take on disk, as counted.
+    pub fn total_size(&self) -> u64 {
+        self.space.as_ref().map_or(0, |s| s.total())
     }
 
     fn session_dir(&self, session: &SshSessionId) -> Option<PathBuf> {
         // Session ids are generated (letters, digits, `_`): safe as a file name.
-        Some(self.dir.as_ref()?.join(session.as_str()))
+        Some(self.space.as_ref()?.root().join(session.as_str()))
     }
 
     fn path(&self, session: &SshSessionId, channel: u32) -> Option<PathBuf> {
@@ -182,31 +276,56 @@ impl Recordings {
         channel: u32,
         header: &Header,
     ) -> Result<Recorder, RecordingError> {
-        let (Some(dir), Some(path)) = (self.session_dir(session), self.path(session, channel))
-        else {
+        let (Some(space), Some(dir), Some(path)) = (
+            self.space.clone(),
+            self.session_dir(session),
+            self.path(session, channel),
+        ) else {
             return Err(RecordingError::Off);
         };
-        let io = |e| RecordingError::Io(path.clone(), e);
-        create_private_dir(self.dir.as_deref().unwrap_or(&dir)).map_err(io)?;
-        create_private_dir(&dir).map_err(io)?;
-        let mut file = {
+        let mut header = header.clone();
+        for text in [&mut header.command, &mut header.title]
+            .into_iter()
+            .flatten()
+        {
+            truncate(text, HEADER_TEXT);
+        }
+        let header = header.line();
+        // Deletes the oldest if the total is over (file system work, as below).
+        space
+            .make_room(header.len() as u64 + MARKER_ROOM)
+            .map_err(RecordingError::NoRoom)?;
+        // Active from here: a scan leaves its folder alone.
+        space.begin(path.clone());
+        let created = (|| {
+            create_private_dir(space.root())?;
+            create_private_dir(&dir)?;
             use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
+            let mut file = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
-                .open(&path)
-                .map_err(io)?
+                .open(&path)?;
+            file.write_all(header.as_bytes())?;
+            Ok::<_, std::io::Error>(file)
+        })();
+        let file = match created {
+            Ok(file) => file,
+            Err(e) => {
+                space.end(&path);
+                return Err(RecordingError::Io(path, e));
+            }
         };
-        file.write_all(header.line().as_bytes()).map_err(io)?;
-        crate::unpoisoned(&self.active).insert(path.clone());
+        space.wrote(header.len() as u64);
         let (tx, rx) = mpsc::channel(QUEUE);
         let failed = Arc::new(AtomicBool::new(false));
         let writer = Writer {
             file: tokio::fs::File::from_std(file),
             path,
             failed: failed.clone(),
-            active: self.active.clone(),
+            space,
+            written: header.len() as u64,
+            max_size: self.policy.max_size,
         };
         tokio::spawn(writer.run(rx));
         Ok(Recorder {
@@ -251,39 +370,13 @@ impl Recordings {
     }
 
     /// Deletes recordings last written before `now - retention` (not those being
-    /// written), and session folders left empty; returns how many it deleted.
+    /// written), then the oldest if all of them are over the total, and session
+    /// folders left empty; returns how many it deleted.
     pub fn sweep(&self, now: SystemTime) -> usize {
-        let Some(root) = &self.dir else { return 0 };
-        let Ok(sessions) = std::fs::read_dir(root) else {
-            return 0;
-        };
-        let active = crate::unpoisoned(&self.active).clone();
-        let mut deleted = 0;
-        for session in sessions.flatten() {
-            let dir = session.path();
-            let Ok(files) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for file in files.flatten() {
-                let path = file.path();
-                let old = file
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|written| now.duration_since(written).ok())
-                    .is_some_and(|age| age > self.policy.retention);
-                if old && !active.contains(&path) {
-                    match std::fs::remove_file(&path) {
-                        Ok(()) => deleted += 1,
-                        Err(e) => tracing::warn!(path = %path.display(), error = %e,
-                            "cannot delete an expired recording"),
-                    }
-                }
-            }
-            // Fails (and stays) while it still holds recordings.
-            let _ = std::fs::remove_dir(&dir);
+        match &self.space {
+            Some(space) => space.sweep(now, self.policy.retention),
+            None => 0,
         }
-        deleted
     }
 
     /// Sweeps now and then: a tenth of the retention, between a second and ten
@@ -304,6 +397,17 @@ impl Recordings {
                 }
             }
         })
+    }
+}
+
+/// Cuts `text` to at most `max` bytes, at a character's boundary.
+fn truncate(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut at = max;
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        text.truncate(at);
     }
 }
 
@@ -357,8 +461,8 @@ impl Recorder {
     }
 
     async fn send(&self, event: Event) -> bool {
-        let sent = self.tx.send(event).await.is_ok();
-        let ok = sent && !self.failed.load(Ordering::Relaxed);
+        // A recording that stopped (cut, or the disk failed) takes nothing more.
+        let ok = !self.failed.load(Ordering::Relaxed) && self.tx.send(event).await.is_ok();
         ok || !self.stop_on_failure
     }
 }
@@ -402,8 +506,12 @@ impl Tap {
 struct Writer {
     file: tokio::fs::File,
     path: PathBuf,
+    /// Set once nothing more is written (cut, or a write failed).
     failed: Arc<AtomicBool>,
-    active: Active,
+    space: Arc<Space>,
+    /// Bytes in the file.
+    written: u64,
+    max_size: u64,
 }
 
 impl Writer {
@@ -412,6 +520,10 @@ impl Writer {
         let mut batch = Vec::with_capacity(64 * 1024);
         let mut last = Duration::ZERO;
         while let Some(event) = rx.recv().await {
+            if self.stopped() {
+                // Events queued before the stop: let the session go on.
+                continue;
+            }
             let mut next = Some(event);
             // Gather what is queued, so a busy session is written in large pieces.
             while let Some(event) = next.take() {
@@ -420,7 +532,7 @@ impl Writer {
                     next = rx.try_recv().ok();
                 }
             }
-            self.write(&mut batch).await;
+            self.write(&mut batch, last).await;
         }
         let (out_rest, in_rest) = (output.finish(), input.finish());
         if !out_rest.is_empty() {
@@ -429,22 +541,81 @@ impl Writer {
         if !in_rest.is_empty() {
             asciicast::push_event(&mut batch, last, Code::Input, &in_rest);
         }
-        self.write(&mut batch).await;
+        self.write(&mut batch, last).await;
         if let Err(e) = self.file.flush().await {
             self.fail(&e);
         }
-        // Finished: the sweeper may delete it once it is old.
-        crate::unpoisoned(&self.active).remove(&self.path);
+        // Finished: the oldest may be deleted, and the sweeper deletes it once old.
+        self.space.end(&self.path);
     }
 
-    async fn write(&mut self, batch: &mut Vec<u8>) {
-        if !batch.is_empty()
-            && !self.failed.load(Ordering::Relaxed)
-            && let Err(e) = self.file.write_all(batch).await
-        {
-            self.fail(&e);
+    fn stopped(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Writes `batch` (whole event lines), or what of it fits before the recording
+    /// is cut, then the marker saying why.
+    async fn write(&mut self, batch: &mut Vec<u8>, at: Duration) {
+        if batch.is_empty() || self.stopped() {
+            batch.clear();
+            return;
+        }
+        let room = self
+            .max_size
+            .saturating_sub(self.written.saturating_add(MARKER_ROOM));
+        let (keep, mut cut) = if batch.len() as u64 <= room {
+            (batch.len(), None)
+        } else {
+            // The events that fit whole, and the start of the next one.
+            let room = usize::try_from(room).unwrap_or(usize::MAX);
+            let whole = batch[..room]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i + 1);
+            let next_end = batch[whole..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(batch.len(), |i| whole + i + 1);
+            let part = asciicast::cut_event(&batch[whole..next_end], room - whole);
+            batch.truncate(whole);
+            batch.extend_from_slice(&part.unwrap_or_default());
+            let why = format!(
+                "recording cut: it reached its size limit of {} (--recording-max-size); \
+                 the session went on unrecorded",
+                Size(self.max_size)
+            );
+            (batch.len(), Some(why))
+        };
+        let space = self.space.clone();
+        let need = keep as u64;
+        let fits = tokio::task::spawn_blocking(move || space.make_room(need))
+            .await
+            .unwrap_or(Ok(()));
+        let keep = match fits {
+            Ok(()) => keep,
+            Err(shortage) => {
+                cut = Some(format!(
+                    "recording stopped: {shortage}; the session went on unrecorded"
+                ));
+                0
+            }
+        };
+        batch.truncate(keep);
+        if let Some(why) = &cut {
+            asciicast::push_event(batch, at, Code::Marker, why);
+        }
+        match self.file.write_all(batch).await {
+            Ok(()) => {
+                self.written += batch.len() as u64;
+                self.space.wrote(batch.len() as u64);
+            }
+            Err(e) => self.fail(&e),
         }
         batch.clear();
+        if let Some(why) = cut {
+            self.failed.store(true, Ordering::Relaxed);
+            tracing::warn!(path = %self.path.display(), "{why}");
+        }
     }
 
     fn fail(&self, e: &std::io::Error) {
@@ -474,5 +645,102 @@ fn encode(
             asciicast::push_event(batch, at, Code::Resize, &format!("{cols}x{rows}"));
             at
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_as_people_write_them() {
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("4GiB"), Ok(4 << 30));
+        assert_eq!(parse_size("512kb"), Ok(512 << 10));
+        assert_eq!(parse_size("8192"), Ok(8192));
+        assert!(parse_size("1K").is_err_and(|e| e.contains("at least")));
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("99999999T").is_err());
+    }
+
+    #[tokio::test]
+    async fn nothing_starts_under_the_free_space_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = RecordingPolicy {
+            min_free: u64::MAX / 4,
+            ..RecordingPolicy::default()
+        };
+        let recordings = Recordings::in_data_dir(dir.path(), policy);
+        let started = recordings.start(&SshSessionId::generate(), 1, &Header::new(80, 24, 0));
+        let Err(RecordingError::NoRoom(shortage)) = started else {
+            panic!("a recording started with no room");
+        };
+        assert!(shortage.to_string().contains("--recording-min-free"));
+        assert!(!dir.path().join("recordings").exists());
+    }
+
+    /// Waits until the recording at `path` ends with a marker.
+    async fn cut(path: &Path) -> String {
+        for _ in 0..500 {
+            let text = std::fs::read_to_string(path).unwrap();
+            if text.lines().last().is_some_and(|l| l.contains("\"m\"")) {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{} never cut", path.display());
+    }
+
+    #[tokio::test]
+    async fn a_flood_is_cut_at_the_size_and_the_oldest_go_for_the_total() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = RecordingPolicy {
+            max_size: 64 << 10,
+            max_total: 150 << 10,
+            min_free: 0,
+            ..RecordingPolicy::default()
+        };
+        let recordings = Recordings::in_data_dir(dir.path(), policy);
+        let header = Header::new(80, 24, 0);
+        let nuls = Bytes::from(vec![0u8; 5000]);
+        let mut paths = Vec::new();
+        for _ in 0..3 {
+            let session = SshSessionId::generate();
+            let recorder = recordings.start(&session, 1, &header).unwrap();
+            // 200 KB of NULs: 1.2 MB as asciicast.
+            for _ in 0..40 {
+                assert!(recorder.output(&nuls).await);
+            }
+            let path = recordings.path(&session, 1).unwrap();
+            let text = cut(&path).await;
+            drop(recorder);
+            let size = text.len() as u64;
+            assert!((63 << 10..=64 << 10).contains(&size), "{size} bytes");
+            let lines: Vec<&str> = text.lines().skip(1).collect();
+            let (last, events) = lines.split_last().unwrap();
+            let marker = asciicast::parse_event(last, 0).unwrap();
+            assert!(marker.data.contains("recording cut"), "{marker:?}");
+            for line in events {
+                let event = asciicast::parse_event(line, 0).unwrap();
+                assert!(event.code == "o" && event.data.chars().all(|c| c == '\0'));
+            }
+            paths.push(path);
+            // The writer finishes once every handle is gone.
+            for _ in 0..500 {
+                if !recordings
+                    .space
+                    .as_ref()
+                    .unwrap()
+                    .is_active(paths.last().unwrap())
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        // Three recordings of 64 KiB do not fit in 150: the first went.
+        assert!(!paths[0].exists() && paths[1].exists() && paths[2].exists());
+        assert!(recordings.total_size() <= 150 << 10);
     }
 }

@@ -1,4 +1,7 @@
 //! Plays a recording back at its own pace (`ssh <account>@gateway replay …`).
+//! Output goes through the [`ReplayFilter`] the caller holds (it resets the viewer's
+//! terminal after the end, or after a stop); a marker (`m`, as where a recording
+//! was cut) is shown as a line of its own.
 
 use std::future::Future;
 use std::time::Duration;
@@ -6,6 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 use super::asciicast::{self, Header, ParseError};
+use super::filter::ReplayFilter;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ReplayOptions {
@@ -45,11 +49,12 @@ pub struct Played {
 }
 
 /// Reads the header and emits what `on_header` makes of it (a note before the
-/// playback), then each output event's text at its time. `emit` returns `false` to
-/// stop.
+/// playback), then each output event's text, through `filter`, and each marker at
+/// its time. `emit` returns `false` to stop.
 pub async fn play<R, F, Fut>(
     reader: R,
     options: ReplayOptions,
+    filter: &mut ReplayFilter,
     on_header: impl FnOnce(&Header) -> Option<String>,
     mut emit: F,
 ) -> Result<Played, ReplayError>
@@ -92,12 +97,17 @@ where
         let gap = Duration::from_secs_f64((event.at - previous).max(0.0)).min(options.idle_limit);
         previous = event.at;
         clock += gap.div_f64(speed);
-        if event.code != "o" {
-            continue;
-        }
+        let text = match event.code.as_str() {
+            "o" => filter.feed(&event.data),
+            "m" => format!(
+                "\r\n\x1b[0;7m[{}]\x1b[0m\r\n",
+                crate::escape::field(&event.data)
+            ),
+            _ => continue,
+        };
         tokio::time::sleep_until(started + clock).await;
         events += 1;
-        if !emit(event.data).await {
+        if !text.is_empty() && !emit(text).await {
             return Ok(Played {
                 header,
                 events,
@@ -134,6 +144,7 @@ mod tests {
                 speed: 10.0,
                 idle_limit: Duration::from_secs(2),
             },
+            &mut ReplayFilter::default(),
             |h| {
                 assert_eq!((h.width, h.height), (80, 24));
                 None
@@ -160,11 +171,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn output_is_filtered_and_markers_shown() {
+        // An OSC 52 cut between two events, around coloured text; then a marker.
+        let cast = concat!(
+            "{\"version\":2,\"width\":80,\"height\":24,\"timestamp\":0}\n",
+            "[0.1, \"o\", \"\\u001b[31mred\\u001b]52;c;Y3VybA\"]\n",
+            "[0.2, \"o\", \"==\\u0007\\u001b[0m!\"]\n",
+            "[0.3, \"m\", \"cut\\u001b]0;x\\u0007\"]\n",
+        );
+        let seen = std::sync::Mutex::new(String::new());
+        let mut filter = ReplayFilter::default();
+        play(
+            cast.as_bytes(),
+            ReplayOptions {
+                speed: 100.0,
+                ..ReplayOptions::default()
+            },
+            &mut filter,
+            |_| None,
+            |text| {
+                seen.lock().unwrap().push_str(&text);
+                async { true }
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            seen.into_inner().unwrap(),
+            "\x1b[31mred\x1b[m!\r\n\x1b[0;7m[cut\\u001b]0;x\\u0007]\x1b[0m\r\n"
+        );
+    }
+
+    #[tokio::test]
     async fn a_broken_recording_says_where() {
         let cast = "{\"version\":2,\"width\":80,\"height\":24,\"timestamp\":0}\nnot json\n";
         let err = play(
             cast.as_bytes(),
             ReplayOptions::default(),
+            &mut ReplayFilter::default(),
             |_| None,
             |_| async { true },
         )
@@ -175,6 +219,7 @@ mod tests {
             play(
                 &b""[..],
                 ReplayOptions::default(),
+                &mut ReplayFilter::default(),
                 |_| None,
                 |_| async { true }
             )

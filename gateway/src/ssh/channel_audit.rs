@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::FrontDoor;
 use super::pipe::Exit;
 use crate::recordings::asciicast::Header;
-use crate::recordings::{RecorderSlot, Tap};
+use crate::recordings::{RecorderSlot, RecordingError, Tap};
 use crate::store::{ChannelKind, NewSshChannel, SessionEnd, SshSessionId, Store, Timestamp};
 
 /// The terminal a channel asked for.
@@ -91,9 +91,15 @@ impl ChannelAudit {
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot start a session recording");
                     if required {
-                        return Err("the session cannot be recorded, and this gateway \
-                                    records every terminal session"
-                            .into());
+                        // A full recording disk says so; other errors name paths.
+                        let why = match &e {
+                            RecordingError::NoRoom(shortage) => format!(" ({shortage})"),
+                            _ => String::new(),
+                        };
+                        return Err(format!(
+                            "the session cannot be recorded{why}, and this gateway \
+                             records every terminal session"
+                        ));
                     }
                 }
             }

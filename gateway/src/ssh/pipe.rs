@@ -110,7 +110,7 @@ where
             ChannelMsg::Data { data } => {
                 let n = len_u32(&data);
                 bytes += u64::from(n);
-                let kept = observe(tap, &data).await;
+                let kept = observe(tap, &data, to).await;
                 let sent = to.data_bytes(data).await.is_ok();
                 grant(from_id, n);
                 sent && kept
@@ -118,7 +118,7 @@ where
             ChannelMsg::ExtendedData { data, ext } => {
                 let n = len_u32(&data);
                 bytes += u64::from(n);
-                let kept = observe(tap, &data).await;
+                let kept = observe(tap, &data, to).await;
                 let sent = to.extended_data_bytes(ext, data).await.is_ok();
                 grant(from_id, n);
                 sent && kept
@@ -149,11 +149,24 @@ where
     (bytes, exit)
 }
 
-async fn observe(tap: Option<&Tap>, data: &Bytes) -> bool {
-    match tap {
+/// Whether the session goes on after `tap` saw `data`; if not (its recording is
+/// required and stopped), the user is told why on stderr.
+async fn observe<S>(tap: Option<&Tap>, data: &Bytes, to: &ChannelWriteHalf<S>) -> bool
+where
+    S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static,
+{
+    let kept = match tap {
         Some(tap) => tap.observe(data).await,
         None => true,
+    };
+    if !kept {
+        let why = "\r\nwarren: this session's recording stopped (size or disk limit), and \
+                   this gateway records every terminal session: the session ends here\r\n";
+        let _ = to
+            .extended_data_bytes(1, Bytes::from_static(why.as_bytes()))
+            .await;
     }
+    kept
 }
 
 /// Joins a channel and a raw stream (the jump mode's pipe to an agent): both ways,

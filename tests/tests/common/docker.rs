@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
+use warren_gateway::recordings::RecordingPolicy;
 use warren_gateway::store::User;
 use warren_keys::SandboxId;
 use warren_runner::protocol::{Request, Response, SandboxSpec};
@@ -87,6 +88,11 @@ pub struct DockerStack {
 impl DockerStack {
     /// `None` when Docker or root is missing outside CI (the test is then skipped).
     pub fn start(extra: &[&str]) -> Result<Option<DockerStack>> {
+        DockerStack::start_recording(RecordingPolicy::default(), extra)
+    }
+
+    /// The same, its gateway recording by `policy`.
+    pub fn start_recording(policy: RecordingPolicy, extra: &[&str]) -> Result<Option<DockerStack>> {
         if !prerequisite(docker_available(), "a Docker engine")? {
             return Ok(None);
         }
@@ -98,7 +104,7 @@ impl DockerStack {
         }
         let agent = static_agent()?;
         image("build-busybox")?;
-        let stack = Stack::start()?;
+        let stack = Stack::start_recording(policy)?;
         let mut args = vec![
             "--backend".to_owned(),
             "docker".to_owned(),

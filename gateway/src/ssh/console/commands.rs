@@ -2,6 +2,10 @@
 //! run against the [`Lifecycle`] as the logged-in account, answered as text or
 //! (`--json`) the HTTP API's JSON shapes.
 //!
+//! Tables escape each field a tenant chose ([`crate::escape::field`]), so a name
+//! or command line stays on its own line; the console escapes whatever else it
+//! prints on the way out.
+//!
 //! Exit codes: 0 done, 1 refused or failed (the lifecycle's message on stderr, or
 //! `{"error":{"code","message"}}` with `--json`), 2 a bad command line.
 
@@ -13,6 +17,7 @@ use serde::Serialize;
 use crate::api::views::{
     CreatedSandbox, SandboxList, SandboxView, SessionList, SessionView, SshKeyList, SshKeyView,
 };
+use crate::escape::field;
 use crate::lifecycle::audit::OpenRecording;
 use crate::lifecycle::pulls::CreatePullRequest;
 use crate::lifecycle::{CreateSandbox, Error, Lifecycle};
@@ -393,7 +398,12 @@ async fn execute(
                 } else {
                     let mut text = String::new();
                     for k in &keys {
-                        text.push_str(&format!("{}  {}  {}\n", k.id, k.fingerprint, k.name));
+                        text.push_str(&format!(
+                            "{}  {}  {}\n",
+                            k.id,
+                            k.fingerprint,
+                            field(&k.name)
+                        ));
                     }
                     Outcome::out(text)
                 }
@@ -405,7 +415,12 @@ async fn execute(
                 if json {
                     Outcome::out(to_json(&SshKeyView::from(&key)))
                 } else {
-                    Outcome::out(format!("{}  {}  {}\n", key.id, key.fingerprint, key.name))
+                    Outcome::out(format!(
+                        "{}  {}  {}\n",
+                        key.id,
+                        key.fingerprint,
+                        field(&key.name)
+                    ))
                 }
             }
             Some(KeysAction::Rm { key }) => {
@@ -435,8 +450,8 @@ fn sandbox_table(sandboxes: &[Sandbox]) -> String {
             "{:<26} {:<9} {:<24} {}\n",
             s.id,
             s.state,
-            s.image,
-            s.repo.as_deref().unwrap_or("-")
+            field(&s.image),
+            field(s.repo.as_deref().unwrap_or("-"))
         ));
     }
     text
@@ -455,13 +470,16 @@ fn session_table(sessions: &[SessionView]) -> String {
             s.started_at,
             s.bytes_in,
             s.bytes_out,
-            s.exit
-                .as_deref()
-                .unwrap_or(if s.ended_at.is_some() { "-" } else { "open" })
+            field(
+                s.exit
+                    .as_deref()
+                    .unwrap_or(if s.ended_at.is_some() { "-" } else { "open" })
+            )
         ));
         for c in &s.channels {
             let what = match &c.command {
-                Some(command) => format!("{} {command}", c.kind),
+                // Typed by whoever logged in (a shared user, code in the sandbox).
+                Some(command) => format!("{} {}", c.kind, field(command)),
                 None => c.kind.clone(),
             };
             let mut notes = Vec::new();
@@ -477,9 +495,11 @@ fn session_table(sessions: &[SessionView]) -> String {
                 what,
                 c.bytes_in,
                 c.bytes_out,
-                c.exit
-                    .as_deref()
-                    .unwrap_or(if c.ended_at.is_some() { "-" } else { "open" }),
+                field(
+                    c.exit
+                        .as_deref()
+                        .unwrap_or(if c.ended_at.is_some() { "-" } else { "open" })
+                ),
                 notes.join(",")
             ));
         }

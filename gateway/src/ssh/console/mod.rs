@@ -28,6 +28,7 @@ use super::pipe::{self, Grant};
 use super::upstream::{self, AgentEvents};
 use crate::lifecycle::Lifecycle;
 use crate::recordings::asciicast::Header;
+use crate::recordings::filter::ReplayFilter;
 use crate::recordings::replay;
 use crate::store::{ChannelKind, NewSshSession, Sandbox, SandboxState, SessionEnd, User};
 
@@ -274,9 +275,14 @@ impl ConsoleChannel {
             _ => None,
         };
         let reader = tokio::io::BufReader::new(replay.recording.file);
-        let played = replay::play(reader, replay.options, note, |text| async move {
-            output.data_bytes(Bytes::from(text)).await.is_ok()
-        });
+        let mut filter = ReplayFilter::default();
+        let played = replay::play(
+            reader,
+            replay.options,
+            &mut filter,
+            note,
+            |text| async move { output.data_bytes(Bytes::from(text)).await.is_ok() },
+        );
         let result = tokio::select! {
             result = played => Some(result),
             () = stopped => None,
@@ -284,10 +290,10 @@ impl ConsoleChannel {
         match result {
             Some(Ok(_)) | None => {
                 if terminal.is_some() {
-                    // Whatever the session left set (colours, a hidden cursor) ends here.
-                    let _ = output
-                        .data_bytes(Bytes::from_static(b"\x1b[0m\x1b[?25h\r\n"))
-                        .await;
+                    // What the session left set (colours, a hidden cursor, the
+                    // alternate screen) ends here.
+                    let reset = format!("{}\r\n", filter.reset());
+                    let _ = output.data_bytes(Bytes::from(reset)).await;
                 }
                 0
             }
@@ -318,12 +324,15 @@ impl ConsoleChannel {
         };
     }
 
-    /// `\n` as `\r\n` on a terminal (the client's is raw).
+    /// What the console prints, as the client receives it: control characters
+    /// escaped (tenants chose names, command lines and runners' reasons in it; JSON
+    /// stays JSON), and `\n` as `\r\n` on a terminal (the client's is raw).
     fn terminal_text(&self, text: &str) -> Bytes {
+        let text = crate::escape::output(text);
         if self.pty.is_some() {
             Bytes::from(text.replace('\n', "\r\n"))
         } else {
-            Bytes::from(text.to_owned())
+            Bytes::from(text.into_owned())
         }
     }
 
