@@ -29,7 +29,8 @@ impl Authenticator {
         let verifier = self.tokens.as_ref()?;
         match verifier.verify(token, &self.sandbox, SystemTime::now()) {
             Ok(claims) => Some(Grant {
-                secrets: claims.scope == Scope::Ssh,
+                secrets: claims.scope != Scope::SshWithoutSecrets,
+                forward_agent: claims.scope == Scope::SshWithAgent,
             }),
             Err(e) => {
                 tracing::info!(reason = %e, "token refused");
@@ -49,7 +50,7 @@ impl Authenticator {
                 return None;
             }
         };
-        // Our own option is taken off by hand: ssh-key's parser takes a line of two
+        // Our own options are taken off by hand: ssh-key's parser takes a line of two
         // spaces for a bare key (`warren-no-secrets ssh-ed25519 AAAA…`).
         let listed: Vec<Grant> = text
             .lines()
@@ -58,12 +59,9 @@ impl Authenticator {
                 if line.is_empty() || line.starts_with('#') {
                     return None;
                 }
-                Some(match line.strip_prefix(NO_SECRETS_OPTION) {
-                    Some(rest) if rest.starts_with(' ') => (rest.trim_start(), false),
-                    _ => (line, true),
-                })
+                Some(warren_options(line))
             })
-            .filter_map(|(line, secrets)| {
+            .filter_map(|(line, grant)| {
                 let entry = match AuthorizedKeys::new(line).next()? {
                     Ok(entry) => entry,
                     Err(e) => {
@@ -80,23 +78,49 @@ impl Authenticator {
                     tracing::warn!(path = %path.display(), "ignoring an authorized key with options");
                     return None;
                 }
-                Some(Grant { secrets })
+                Some(grant)
             })
             .collect();
         // Listed twice (the owner's key also a shared user's): the larger grant.
-        listed.iter().copied().max_by_key(|g| g.secrets)
+        listed.into_iter().reduce(|a, b| Grant {
+            secrets: a.secrets || b.secrets,
+            forward_agent: a.forward_agent || b.forward_agent,
+        })
+    }
+}
+
+/// Takes Warren's own options off the front of an authorized-keys line: the rest
+/// of the line, and what they grant (without any: the secrets, no forwarding).
+fn warren_options(mut line: &str) -> (&str, Grant) {
+    let mut grant = Grant {
+        secrets: true,
+        forward_agent: false,
+    };
+    loop {
+        let (option, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match option {
+            NO_SECRETS_OPTION => grant.secrets = false,
+            FORWARD_AGENT_OPTION => grant.forward_agent = true,
+            _ => return (line, grant),
+        }
+        line = rest.trim_start();
     }
 }
 
 /// The authorized-keys option the runner puts before the keys of users a sandbox
 /// is shared with without its secrets.
 pub const NO_SECRETS_OPTION: &str = "warren-no-secrets";
+/// The option the runner puts before the owner's keys when the sandbox's owner let
+/// their sessions forward an SSH agent (`ssh -A`); without it `-A` is refused.
+pub const FORWARD_AGENT_OPTION: &str = "warren-forward-agent";
 
 /// What a login may have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Grant {
     /// Sessions get the sandbox's create-time environment (its secrets).
     pub secrets: bool,
+    /// Sessions may forward the client's SSH agent (`ssh -A`).
+    pub forward_agent: bool,
 }
 
 #[cfg(test)]
@@ -119,10 +143,13 @@ mod tests {
         std::fs::write(
             &path,
             format!(
-                "# comment\n{}\n{NO_SECRETS_OPTION} {}\nrestrict {}\n",
+                "# comment\n{}\n{NO_SECRETS_OPTION} {}\nrestrict {}\n\
+                 {FORWARD_AGENT_OPTION} {}\n{NO_SECRETS_OPTION} {FORWARD_AGENT_OPTION} {}\n",
                 line(1),
                 line(2),
-                line(3)
+                line(3),
+                line(5),
+                line(6)
             ),
         )
         .unwrap();
@@ -131,9 +158,17 @@ mod tests {
             tokens: None,
             authorized_keys: Some(path),
         };
-        assert_eq!(auth.authorized_key(&key(1)), Some(Grant { secrets: true }));
-        assert_eq!(auth.authorized_key(&key(2)), Some(Grant { secrets: false }));
+        let grant = |secrets, forward_agent| {
+            Some(Grant {
+                secrets,
+                forward_agent,
+            })
+        };
+        assert_eq!(auth.authorized_key(&key(1)), grant(true, false));
+        assert_eq!(auth.authorized_key(&key(2)), grant(false, false));
         assert_eq!(auth.authorized_key(&key(3)), None);
         assert_eq!(auth.authorized_key(&key(4)), None);
+        assert_eq!(auth.authorized_key(&key(5)), grant(true, true));
+        assert_eq!(auth.authorized_key(&key(6)), grant(false, true));
     }
 }

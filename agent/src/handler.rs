@@ -461,6 +461,21 @@ impl russh::server::Handler for Connection {
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<bool, Self::Error> {
+        // Only a login the owner let forward (a `warren-forward-agent` key, a
+        // `SshWithAgent` token): otherwise code in the sandbox could sign with the
+        // client's keys. OpenSSH asks without wanting a reply, so say why on stderr.
+        if !self.grant.is_some_and(|g| g.forward_agent) {
+            tracing::info!(
+                ?channel,
+                "agent forwarding refused: not enabled for this login"
+            );
+            let _ = session.extended_data(
+                channel,
+                1,
+                warren_keys::AGENT_FORWARDING_REFUSED.as_bytes().to_vec(),
+            );
+            return Ok(false);
+        }
         if self.agent_socket.is_none() {
             let owner = self.agent.owner();
             match AgentSocket::create(session.handle(), owner) {

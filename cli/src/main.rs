@@ -59,6 +59,8 @@ enum Command {
         pool_size: usize,
         #[command(flatten)]
         recording: warren_gateway::recordings::RecordingArgs,
+        #[command(flatten)]
+        admission: warren_gateway::ssh::AdmissionArgs,
     },
     /// Save a gateway's API URL and your API key (read from WARREN_API_KEY or stdin).
     Login {
@@ -77,6 +79,9 @@ enum Command {
         repo: Option<String>,
         #[arg(long)]
         branch: Option<String>,
+        /// Let your own `ssh -A` sessions forward your SSH agent into the sandbox.
+        #[arg(long)]
+        forward_agent: bool,
         /// A variable for every session (repeatable): `NAME` takes its value from
         /// your environment (keeping secrets out of argv), `NAME=VALUE` is given.
         #[arg(long = "env", value_name = "NAME[=VALUE]")]
@@ -169,11 +174,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
             reap_interval_s,
             pool_size,
             recording,
+            admission,
         } => {
             // Only `warren up` relays sandboxes' bytes; the client commands keep
             // glibc's defaults.
             warren_runner::stream::keep_freed_buffers();
+            // One process relays every connection: as many descriptors as allowed.
+            warren_gateway::ssh::raise_open_file_limit();
             up::up(up::UpOptions {
+                admission,
                 recording: recording.policy(),
                 data_dir: data_dir.unwrap_or_else(warren_gateway::server::default_data_dir),
                 ssh: ssh_listen,
@@ -221,6 +230,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             image,
             repo,
             branch,
+            forward_agent,
             env,
             env_files,
             cpus,
@@ -234,6 +244,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 ("image", image.map(Value::from)),
                 ("repo", repo.map(Value::from)),
                 ("branch", branch.map(Value::from)),
+                ("forward_agent", forward_agent.then_some(Value::Bool(true))),
                 ("cpus", cpus.map(Value::from)),
                 ("memory_mb", memory_mb.map(Value::from)),
                 ("idle_timeout_s", idle_timeout_s.map(Value::from)),

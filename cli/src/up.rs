@@ -33,6 +33,9 @@ pub struct UpOptions {
     pub pool_size: usize,
     /// What the gateway records (`<data-dir>/recordings`).
     pub recording: RecordingPolicy,
+    /// The SSH front door's bounds: logins per address, and what logged-in
+    /// accounts and sandboxes hold.
+    pub admission: warren_gateway::ssh::AdmissionArgs,
 }
 
 const ADMIN: &str = "admin";
@@ -56,6 +59,11 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         },
         Options {
             recording: opts.recording.clone(),
+            preauth: warren_gateway::server::Preauth {
+                ssh: opts.admission.preauth(),
+                ..Default::default()
+            },
+            sessions: opts.admission.limits(),
             ..Options::default()
         },
     )

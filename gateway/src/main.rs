@@ -57,6 +57,8 @@ enum Command {
         public_host: Option<String>,
         #[command(flatten)]
         recording: warren_gateway::recordings::RecordingArgs,
+        #[command(flatten)]
+        admission: warren_gateway::ssh::AdmissionArgs,
     },
     /// Print a one-time token for `warren-runner join`.
     JoinToken {
@@ -121,7 +123,9 @@ async fn run(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
             insecure_http,
             public_host,
             recording,
+            admission,
         } => {
+            warren_gateway::ssh::raise_open_file_limit();
             let tls = match (tls_cert, tls_key) {
                 (Some(cert), Some(key)) => Some(warren_keys::tls::load_tls_identity(&cert, &key)?),
                 _ if tls || (!http_listen.ip().is_loopback() && !insecure_http) => {
@@ -143,6 +147,11 @@ async fn run(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
             };
             let options = Options {
                 recording: recording.policy(),
+                preauth: warren_gateway::server::Preauth {
+                    ssh: admission.preauth(),
+                    ..Default::default()
+                },
+                sessions: admission.limits(),
                 ..Options::default()
             };
             serve(store, &data_dir, listen, options, tls).await

@@ -15,7 +15,9 @@ use crate::api::{self, ApiState};
 use crate::dial::TunnelDialer;
 use crate::lifecycle::{self, Lifecycle};
 use crate::recordings::{RecordingPolicy, Recordings};
-use crate::ssh::{self, AgentDialer, FailureLimiter, FrontDoor, PreauthLimits};
+use crate::ssh::{
+    self, AgentDialer, FailureLimiter, FrontDoor, PreauthLimits, SessionBounds, SessionLimits,
+};
 use crate::store::Store;
 use crate::tunnel::RunnerHub;
 
@@ -64,6 +66,8 @@ pub struct Preauth {
 #[derive(Clone)]
 pub struct Options {
     pub preauth: Preauth,
+    /// Bounds on what logged-in accounts and sandboxes hold at once.
+    pub sessions: SessionLimits,
     /// What is recorded, under `<data-dir>/recordings`.
     pub recording: RecordingPolicy,
     /// How the front door reaches a sandbox's agent. None (the default): through
@@ -78,6 +82,7 @@ impl Default for Options {
     fn default() -> Options {
         Options {
             preauth: Preauth::default(),
+            sessions: SessionLimits::default(),
             recording: RecordingPolicy::default(),
             dialer: None,
             reconcile_every: Some(lifecycle::RECONCILE_EVERY),
@@ -89,6 +94,7 @@ impl std::fmt::Debug for Options {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Options")
             .field("preauth", &self.preauth)
+            .field("sessions", &self.sessions)
             .field("recording", &self.recording)
             .field(
                 "dialer",
@@ -199,6 +205,7 @@ impl Gateway {
             live: lifecycle.live.clone(),
             console: Some(lifecycle.clone()),
             recordings,
+            bounds: SessionBounds::new(options.sessions),
         });
         Ok(Gateway {
             store,

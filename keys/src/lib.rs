@@ -28,6 +28,6 @@ pub use secret::{
     verify_secret,
 };
 pub use token::{
-    Claims, MAX_TOKEN_LEN, SandboxToken, Scope, TOKEN_PREFIX, TokenError, TokenSigner,
-    TokenVerifier,
+    AGENT_FORWARDING_REFUSED, Claims, MAX_TOKEN_LEN, SandboxToken, Scope, TOKEN_PREFIX, TokenError,
+    TokenSigner, TokenVerifier,
 };

@@ -42,6 +42,12 @@ const NONCE_LEN: usize = 16;
 const SIGNATURE_LEN: usize = 64;
 const PUBLIC_KEY_LEN: usize = 32;
 
+/// What a client asking for `ssh -A` is told (on the session's stderr: OpenSSH asks
+/// without wanting a reply) when its login may not forward, by the gateway in relay
+/// mode and by the agent in jump mode.
+pub const AGENT_FORWARDING_REFUSED: &str = "warren: agent forwarding is off for this \
+     sandbox (only its owner can turn it on, at create: forward_agent)\r\n";
+
 /// What a token lets its bearer do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scope {
@@ -50,6 +56,10 @@ pub enum Scope {
     /// The same, but sessions do not get the sandbox's create-time environment
     /// (its secrets): what a user the sandbox is shared with gets by default.
     SshWithoutSecrets,
+    /// [`Scope::Ssh`], and the sessions may forward the client's SSH agent (`ssh -A`):
+    /// only what the gateway gives a sandbox's owner when the sandbox has
+    /// `forward_agent`. The other scopes never forward.
+    SshWithAgent,
 }
 
 impl Scope {
@@ -57,6 +67,7 @@ impl Scope {
         match self {
             Scope::Ssh => 1,
             Scope::SshWithoutSecrets => 2,
+            Scope::SshWithAgent => 3,
         }
     }
 
@@ -65,6 +76,7 @@ impl Scope {
         match b {
             1 => Some(Scope::Ssh),
             2 => Some(Scope::SshWithoutSecrets),
+            3 => Some(Scope::SshWithAgent),
             _ => None,
         }
     }

@@ -37,6 +37,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "ssh_channels",
         include_str!("../migrations/0005_ssh_channels.sql"),
     ),
+    (
+        7,
+        "forward_agent",
+        include_str!("../migrations/0007_forward_agent.sql"),
+    ),
 ];
 
 #[derive(Debug)]

@@ -279,6 +279,8 @@ pub struct NewSandbox {
     pub image: String,
     pub repo: Option<String>,
     pub branch: Option<String>,
+    /// The owner's sessions may forward their SSH agent (`ssh -A`); shared users' never.
+    pub forward_agent: bool,
     /// CPU limit in CPUs (fractions allowed, like `docker run --cpus`); positive.
     pub cpus: f64,
     /// Memory limit in MiB; positive.
@@ -298,6 +300,7 @@ pub struct Sandbox {
     pub image: String,
     pub repo: Option<String>,
     pub branch: Option<String>,
+    pub forward_agent: bool,
     pub state: SandboxState,
     pub cpus: f64,
     pub memory_mb: u32,

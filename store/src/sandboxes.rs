@@ -13,8 +13,8 @@ use super::model::{
 };
 use super::{Backend, Store, StoreError, row};
 
-const SANDBOX_COLUMNS: &str = "id, owner_id, runner_id, image, repo, branch, state, cpus, \
-     memory_mb, idle_timeout_s, ttl_s, created_at, updated_at";
+const SANDBOX_COLUMNS: &str = "id, owner_id, runner_id, image, repo, branch, forward_agent, \
+     state, cpus, memory_mb, idle_timeout_s, ttl_s, created_at, updated_at";
 
 /// How often a state change re-reads and retries after losing a race to another
 /// change of the same sandbox before giving up with `Conflict`.
@@ -28,6 +28,7 @@ fn sandbox_from_row(r: &AnyRow) -> Result<Sandbox, sqlx::Error> {
         image: row::text(r, "image")?,
         repo: row::opt_text(r, "repo")?,
         branch: row::opt_text(r, "branch")?,
+        forward_agent: row::flag(r, "forward_agent")?,
         state: row::parsed(r, "state")?,
         cpus: sqlx::Row::try_get(r, "cpus")?,
         memory_mb: row::unsigned(r, "memory_mb")?,
@@ -48,7 +49,7 @@ fn sandbox_from_row(r: &AnyRow) -> Result<Sandbox, sqlx::Error> {
 /// it to 15). The aggregate's order is not guaranteed, so the page is sorted again.
 /// `owner_id` is left out: it is the owner asked for.
 const SQLITE_PAGE_JSON: &str = "json_group_array(json_array(id, runner_id, image, repo, \
-     branch, state, printf('%!.17g', cpus), memory_mb, idle_timeout_s, ttl_s, created_at, \
+     branch, forward_agent, state, printf('%!.17g', cpus), memory_mb, idle_timeout_s, ttl_s, created_at, \
      updated_at))";
 
 /// One sandbox of [`SQLITE_PAGE_JSON`].
@@ -58,6 +59,7 @@ type SandboxJson = (
     String,
     Option<String>,
     Option<String>,
+    i64,
     String,
     String,
     i64,
@@ -86,41 +88,42 @@ fn sandboxes_from_json(owner: &UserId, json: &str) -> Result<Vec<Sandbox>, sqlx:
         u32::try_from(v).map_err(|_| invalid(col, "value out of range"))
     }
     let items: Vec<SandboxJson> = serde_json::from_str(json).map_err(|e| invalid("page", e))?;
-    let mut out =
-        items
-            .into_iter()
-            .map(|item| {
-                let (
-                    id,
-                    runner,
-                    image,
-                    repo,
-                    branch,
-                    state,
-                    cpus,
-                    memory,
-                    idle,
-                    ttl,
-                    created,
-                    updated,
-                ) = item;
-                Ok(Sandbox {
-                    id: parse("id", &id)?,
-                    owner_id: owner.clone(),
-                    runner_id: runner.map(|r| parse("runner_id", &r)).transpose()?,
-                    image,
-                    repo,
-                    branch,
-                    state: parse("state", &state)?,
-                    cpus: parse("cpus", &cpus)?,
-                    memory_mb: unsigned("memory_mb", memory)?,
-                    idle_timeout_s: idle.map(|v| unsigned("idle_timeout_s", v)).transpose()?,
-                    ttl_s: ttl.map(|v| unsigned("ttl_s", v)).transpose()?,
-                    created_at: Timestamp::from_unix_seconds(created),
-                    updated_at: Timestamp::from_unix_seconds(updated),
-                })
+    let mut out = items
+        .into_iter()
+        .map(|item| {
+            let (
+                id,
+                runner,
+                image,
+                repo,
+                branch,
+                forward_agent,
+                state,
+                cpus,
+                memory,
+                idle,
+                ttl,
+                created,
+                updated,
+            ) = item;
+            Ok(Sandbox {
+                id: parse("id", &id)?,
+                owner_id: owner.clone(),
+                runner_id: runner.map(|r| parse("runner_id", &r)).transpose()?,
+                image,
+                repo,
+                branch,
+                forward_agent: forward_agent != 0,
+                state: parse("state", &state)?,
+                cpus: parse("cpus", &cpus)?,
+                memory_mb: unsigned("memory_mb", memory)?,
+                idle_timeout_s: idle.map(|v| unsigned("idle_timeout_s", v)).transpose()?,
+                ttl_s: ttl.map(|v| unsigned("ttl_s", v)).transpose()?,
+                created_at: Timestamp::from_unix_seconds(created),
+                updated_at: Timestamp::from_unix_seconds(updated),
             })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
     out.sort_by(|a, b| {
         (b.created_at.unix_seconds(), b.id.as_str())
             .cmp(&(a.created_at.unix_seconds(), a.id.as_str()))
@@ -192,6 +195,7 @@ impl Store {
             image: new.image.clone(),
             repo: new.repo.clone(),
             branch: new.branch.clone(),
+            forward_agent: new.forward_agent,
             state: SandboxState::Creating,
             cpus: new.cpus,
             memory_mb: new.memory_mb,
@@ -203,8 +207,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO sandboxes (id, owner_id, runner_id, image, repo, branch, state, cpus, \
-             memory_mb, idle_timeout_s, ttl_s, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)",
+             memory_mb, idle_timeout_s, ttl_s, created_at, updated_at, forward_agent) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13)",
         )
         .bind(sandbox.id.as_str())
         .bind(sandbox.owner_id.as_str())
@@ -218,6 +222,7 @@ impl Store {
         .bind(sandbox.idle_timeout_s.map(i64::from))
         .bind(sandbox.ttl_s.map(i64::from))
         .bind(now.unix_seconds())
+        .bind(i64::from(sandbox.forward_agent))
         .execute(&mut *tx)
         .await
         .map_err(|e| {
@@ -428,6 +433,7 @@ mod tests {
                     image: format!("img \"{i}\"\n\\é"),
                     repo: (i % 2 == 0).then(|| format!("https://example.com/{i}.git")),
                     branch: (i == 2).then(|| "main".to_owned()),
+                    forward_agent: i == 4,
                     cpus,
                     memory_mb: 512 + u32::try_from(i).unwrap(),
                     idle_timeout_s: (i == 1).then_some(60),

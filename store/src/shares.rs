@@ -12,6 +12,9 @@ use super::{Store, StoreError, row};
 /// The agent's authorized-keys option for a key whose sessions do not get the
 /// sandbox's secrets (`agent/src/auth.rs` reads it).
 pub const NO_SECRETS_OPTION: &str = "warren-no-secrets";
+/// The option before the owner's keys when the sandbox lets the owner forward an
+/// SSH agent (`forward_agent`); the agent refuses `ssh -A` to every other key.
+pub const FORWARD_AGENT_OPTION: &str = "warren-forward-agent";
 
 impl Store {
     /// Lets `user` ssh into `sandbox`, with its create-time environment (secrets)
@@ -148,7 +151,7 @@ impl Store {
         let with_keys = [
             // The owner's keys.
             format!(
-                "SELECT s.id AS sandbox_id, k.public_key FROM sandboxes s \
+                "SELECT s.id AS sandbox_id, k.public_key, s.forward_agent FROM sandboxes s \
                  JOIN ssh_keys k ON k.user_id = s.owner_id WHERE {live}"
             ),
             // The keys of the users it is shared with; without the sandbox's
@@ -164,8 +167,11 @@ impl Store {
                 let sandbox: SandboxId = row::parsed(r, "sandbox_id")?;
                 let key = row::text(r, "public_key")?;
                 let withheld = sql.contains("sh.secrets") && !row::flag(r, "secrets")?;
+                let forwards = !sql.contains("sh.secrets") && row::flag(r, "forward_agent")?;
                 let line = if withheld {
                     format!("{NO_SECRETS_OPTION} {key}")
+                } else if forwards {
+                    format!("{FORWARD_AGENT_OPTION} {key}")
                 } else {
                     key
                 };

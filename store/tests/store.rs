@@ -175,6 +175,7 @@ fn new_sandbox(owner: &UserId, id: &str) -> NewSandbox {
         image: "debian:12".into(),
         repo: Some("https://example.com/r.git".into()),
         branch: Some("main".into()),
+        forward_agent: false,
         cpus: 1.5,
         memory_mb: 2048,
         idle_timeout_s: Some(900),

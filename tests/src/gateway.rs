@@ -131,6 +131,8 @@ impl Gateway {
                     image: "test".into(),
                     repo: None,
                     branch: None,
+                    // The shared scenarios include `ssh -A`, which sshd allows.
+                    forward_agent: true,
                     cpus: 1.0,
                     memory_mb: 512,
                     idle_timeout_s: None,

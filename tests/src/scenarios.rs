@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 
 use crate::client::Client;
-use crate::process::{Cmd, shell_quote};
+use crate::process::{Cmd, Output, Running, shell_quote};
 use crate::util::{
     EchoServer, first_word, free_port, random_bytes, random_file, sample_tree, sha256_hex,
     sha256sum, tcp_roundtrip, tree, wait_until,
@@ -668,58 +668,91 @@ pub fn agent_forwarding(c: &Client) -> Result<()> {
     agent_forwarding_checked(c, true)
 }
 
+/// A real `ssh-agent` holding one fresh key, for `ssh -A`; killed when dropped.
+pub struct ForwardedAgent {
+    _agent: Running,
+    sock: std::path::PathBuf,
+    /// The key's SHA-256 fingerprint, as `ssh-add -l` prints it.
+    pub fingerprint: String,
+}
+
+impl ForwardedAgent {
+    /// Starts it in `c`'s directory.
+    pub fn start(c: &Client) -> Result<ForwardedAgent> {
+        let sock = c.dir().join("agent.sock");
+        let _ = std::fs::remove_file(&sock);
+        let agent = Cmd::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&sock)
+            .timeout(Duration::from_secs(600))
+            .spawn()?;
+        if !wait_until(Duration::from_secs(10), || sock.exists()) {
+            bail!("ssh-agent did not start:\n{}", agent.kill());
+        }
+        let key = c.dir().join("forwarded_key");
+        let _ = std::fs::remove_file(&key);
+        let _ = std::fs::remove_file(key.with_extension("pub"));
+        Cmd::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "forwarded-key", "-f"])
+            .arg(&key)
+            .run()?
+            .success()?;
+        Cmd::new("ssh-add")
+            .arg(&key)
+            .env("SSH_AUTH_SOCK", &sock)
+            .run()?
+            .success()?;
+        let fp = Cmd::new("ssh-keygen")
+            .arg("-lf")
+            .arg(key.with_extension("pub"))
+            .run()?
+            .success()?;
+        let fingerprint = fp
+            .stdout_str()
+            .split_whitespace()
+            .nth(1)
+            .context("fingerprint")?
+            .to_owned();
+        Ok(ForwardedAgent {
+            _agent: agent,
+            sock,
+            fingerprint,
+        })
+    }
+
+    /// `ssh -A <extra…> host command` with `c`, this agent forwarded.
+    pub fn run(&self, c: &Client, extra: &[&str], command: &str) -> Result<Output> {
+        let mut args = vec!["-A"];
+        args.extend_from_slice(extra);
+        c.ssh(&args, command)
+            .env("SSH_AUTH_SOCK", &self.sock)
+            .timeout(Duration::from_secs(120))
+            .run()
+    }
+}
+
+/// `ssh -A host command` with a real ssh-agent behind it: what the session saw.
+pub fn with_forwarded_agent(c: &Client, command: &str) -> Result<Output> {
+    ForwardedAgent::start(c)?.run(c, &[], command)
+}
+
 /// [`agent_forwarding`] for an image without `ssh-add` (`ssh_add` false): the
 /// forwarded socket is there and answers.
 pub fn agent_forwarding_checked(c: &Client, ssh_add: bool) -> Result<()> {
-    let sock = c.dir().join("agent.sock");
-    let agent = Cmd::new("ssh-agent")
-        .arg("-D")
-        .arg("-a")
-        .arg(&sock)
-        .timeout(Duration::from_secs(600))
-        .spawn()?;
-    if !wait_until(Duration::from_secs(10), || sock.exists()) {
-        bail!("ssh-agent did not start:\n{}", agent.kill());
-    }
-    let key = c.dir().join("forwarded_key");
-    Cmd::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "forwarded-key", "-f"])
-        .arg(&key)
-        .run()?
-        .success()?;
-    Cmd::new("ssh-add")
-        .arg(&key)
-        .env("SSH_AUTH_SOCK", &sock)
-        .run()?
-        .success()?;
-    let fp = Cmd::new("ssh-keygen")
-        .arg("-lf")
-        .arg(key.with_extension("pub"))
-        .run()?
-        .success()?;
-    let fingerprint = fp
-        .stdout_str()
-        .split_whitespace()
-        .nth(1)
-        .context("fingerprint")?
-        .to_owned();
+    let agent = ForwardedAgent::start(c)?;
     if !ssh_add {
-        let out = c
-            .ssh(&["-A"], r#"test -S "$SSH_AUTH_SOCK" && echo forwarded"#)
-            .env("SSH_AUTH_SOCK", &sock)
-            .run()?;
+        let out = agent.run(c, &[], r#"test -S "$SSH_AUTH_SOCK" && echo forwarded"#)?;
         ensure!(
             out.status.success() && out.stdout_trimmed() == "forwarded",
             "the session has no forwarded agent socket:\n{out}"
         );
         return Ok(());
     }
-    let out = c
-        .ssh(&["-A"], r#"test -S "$SSH_AUTH_SOCK" && ssh-add -l"#)
-        .env("SSH_AUTH_SOCK", &sock)
-        .run()?;
+    let out = agent.run(c, &[], r#"test -S "$SSH_AUTH_SOCK" && ssh-add -l"#)?;
+    let fingerprint = &agent.fingerprint;
     ensure!(
-        out.status.success() && out.stdout_str().contains(&fingerprint),
+        out.status.success() && out.stdout_str().contains(fingerprint.as_str()),
         "ssh-add -l in the session should list {fingerprint}:\n{out}"
     );
     Ok(())

@@ -329,6 +329,7 @@ async fn create_all(
                     image,
                     repo: None,
                     branch: None,
+                    forward_agent: false,
                     cpus: f64::from(spec.millicpus.unwrap_or(1000)) / 1000.0,
                     memory_mb: spec
                         .memory_mb

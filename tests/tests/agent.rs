@@ -256,8 +256,33 @@ fn remote_forward_and_cancel() -> Result<()> {
 
 #[test]
 fn agent_forwarding_lists_the_key() -> Result<()> {
-    let (_agent, c, _) = agent_and_client()?;
+    let agent = Agent::start()?;
+    // The runner marks the owner's keys so when the sandbox has `forward_agent`.
+    let c = Client::new(agent.target())?;
+    agent.authorize(&format!("warren-forward-agent {}", c.public_key().trim()))?;
     scenarios::agent_forwarding(&c)
+}
+
+/// Jump mode ends at the agent, so the agent itself refuses `ssh -A` to a key
+/// without `warren-forward-agent` (a shared user's, or any key of a sandbox whose
+/// owner did not turn it on) and to tokens without the scope, and says why.
+#[test]
+fn agent_forwarding_is_refused_without_the_grant() -> Result<()> {
+    let (agent, key_client, _) = agent_and_client()?;
+    let token_client = agent.token_client()?;
+    for c in [&key_client, &token_client] {
+        let out = scenarios::with_forwarded_agent(c, r#"echo "sock=${SSH_AUTH_SOCK:-none}""#)?;
+        ensure!(
+            out.status.success() && out.stdout_str().contains("sock=none"),
+            "a session got an agent socket without the grant:\n{out}"
+        );
+        ensure!(
+            out.stderr_str()
+                .contains("agent forwarding is off for this sandbox"),
+            "the client was not told why:\n{out}"
+        );
+    }
+    Ok(())
 }
 
 #[test]

@@ -906,6 +906,7 @@ fn the_reconciler_records_runner_stops_and_deletes_after_ttl() -> Result<()> {
                 image: "default".into(),
                 repo: None,
                 branch: None,
+                forward_agent: false,
                 cpus: 1.0,
                 memory_mb: 512,
                 idle_timeout_s: None,

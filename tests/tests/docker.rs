@@ -91,10 +91,14 @@ fn every_scenario_in(image: &str, pooled: bool) -> Result<()> {
         d.wait_for_pool(1, "before the create")?;
     }
     let busybox = image == BUSYBOX;
-    let (id, c) = d.sandbox(SandboxSpec {
-        image: Some(image.into()),
-        ..SandboxSpec::default()
-    })?;
+    // With `forward_agent`: the `-A` step below forwards.
+    let (id, c) = d.sandbox_forwarding(
+        true,
+        SandboxSpec {
+            image: Some(image.into()),
+            ..SandboxSpec::default()
+        },
+    )?;
     ensure!(
         d.claimed(&id)? == pooled,
         "claimed from the pool: {}",

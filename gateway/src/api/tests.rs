@@ -35,6 +35,7 @@ async fn exercise(store: &Store) {
         image: "default".into(),
         repo: None,
         branch: None,
+        forward_agent: false,
         cpus: 1.0,
         memory_mb: 512,
         idle_timeout_s: None,

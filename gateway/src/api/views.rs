@@ -49,6 +49,8 @@ pub struct SandboxView {
     pub image: String,
     pub repo: Option<String>,
     pub branch: Option<String>,
+    /// The owner's sessions may forward their SSH agent (`ssh -A`).
+    pub forward_agent: bool,
     pub cpus: f64,
     pub memory_mb: u32,
     pub idle_timeout_s: Option<u32>,
@@ -67,6 +69,7 @@ impl SandboxView {
             image: s.image.clone(),
             repo: s.repo.clone(),
             branch: s.branch.clone(),
+            forward_agent: s.forward_agent,
             cpus: s.cpus,
             memory_mb: s.memory_mb,
             idle_timeout_s: s.idle_timeout_s,

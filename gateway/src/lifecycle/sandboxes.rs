@@ -39,6 +39,11 @@ pub struct CreateSandbox {
     /// The branch made for the sandbox's work (default `warren/<sandbox-id>`); needs
     /// `repo`.
     pub branch: Option<String>,
+    /// Let the owner's sessions forward their SSH agent (`ssh -A`) into the sandbox
+    /// (default false). Code in the sandbox can then sign with the owner's keys while
+    /// a session is open; never given to users the sandbox is shared with.
+    #[serde(default)]
+    pub forward_agent: bool,
     /// Environment for every session (at most 64; names `[A-Za-z_][A-Za-z0-9_]*`, not
     /// `WARREN_*`; values up to 32 KiB). Never stored by the gateway: it keeps it in
     /// memory, the runner in the sandbox (its container's config). `GITHUB_TOKEN`, if
@@ -148,6 +153,7 @@ impl Lifecycle {
             image: body.image.unwrap_or_else(|| DEFAULT_IMAGE.to_owned()),
             repo: body.repo,
             branch,
+            forward_agent: body.forward_agent,
             cpus,
             memory_mb,
             idle_timeout_s: body.idle_timeout_s,

@@ -5,6 +5,7 @@
 //! Not here: the runner tunnel ([`crate::tunnel`]) that carries the bytes to agents,
 //! and the state ([`crate::store`]).
 
+mod bounds;
 mod channel_audit;
 pub mod console;
 mod limiter;
@@ -28,8 +29,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use warren_keys::TokenSigner;
 
+pub use bounds::{AdmissionArgs, SessionBounds, SessionLimits};
+pub(crate) use limiter::{Admission, PreauthGate, PreauthSlot};
 pub use limiter::{FailureLimiter, failures_total as limiter_failures_total};
-pub(crate) use limiter::{PreauthGate, PreauthSlot};
 pub use upstream::{AgentDialer, AgentStream, DialError, Dialing};
 
 use crate::store::Store;
@@ -49,6 +51,8 @@ pub struct FrontDoor {
     pub console: Option<Arc<crate::lifecycle::Lifecycle>>,
     /// Where terminal sessions are recorded, and the policy.
     pub recordings: Arc<crate::recordings::Recordings>,
+    /// What logged-in accounts and sandboxes hold, against their bounds.
+    pub bounds: Arc<SessionBounds>,
 }
 
 /// russh settings for the users' side: keepalives instead of an inactivity cut,
@@ -82,30 +86,42 @@ pub fn ssh_config(host_key: russh::keys::PrivateKey) -> Config {
 /// Bounds on connections that have not logged in yet, like sshd's LoginGraceTime and
 /// MaxStartups: a connection gets `login_grace` from accept to log in, and at most
 /// `per_address` of them from one source (an IPv4 address or an IPv6 /64) and
-/// `total` in all wait at once; beyond that new connections are closed at accept.
+/// `total` in all go through the handshake at once. Past that, up to
+/// `backlog_per_address` from one source and `backlog` in all wait (within their
+/// grace time, silently, like a listen backlog) for a place; beyond those too, new
+/// connections are closed at accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PreauthLimits {
     pub login_grace: Duration,
     pub per_address: usize,
     pub total: usize,
+    pub backlog_per_address: usize,
+    pub backlog: usize,
 }
 
 impl PreauthLimits {
     /// The users' front door. Logins here are keys (milliseconds, a few seconds with
     /// a hardware key's touch) or a pasted API key or token, never a typed system
-    /// password: 30 s, not sshd's 120 s. 256 in all stays well under the usual 1024
-    /// open files; 10 per address leave room for a few users behind one NAT.
+    /// password: 30 s, not sshd's 120 s. 32 per address in the handshake keep a
+    /// busy client host (an orchestrator, a CI box behind NAT) at the speed the CPU
+    /// allows, and its bursts wait their turn in the backlog (128 from one address,
+    /// 512 in all) instead of being dropped; 256 + 512 sockets stay under the usual
+    /// 1024 open files even where the limit cannot be raised.
     pub const FRONT_DOOR: PreauthLimits = PreauthLimits {
         login_grace: Duration::from_secs(30),
-        per_address: 10,
+        per_address: 32,
         total: 256,
+        backlog_per_address: 128,
+        backlog: 512,
     };
     /// The runners' endpoint: runners log in by key or join by token, unattended,
-    /// and reconnect with backoff if dropped.
+    /// and reconnect with backoff if dropped, so no backlog.
     pub const RUNNERS: PreauthLimits = PreauthLimits {
         login_grace: Duration::from_secs(30),
         per_address: 10,
         total: 64,
+        backlog_per_address: 0,
+        backlog: 0,
     };
 }
 
@@ -132,7 +148,13 @@ pub async fn serve_with(
     limits: PreauthLimits,
 ) -> std::io::Result<()> {
     let config = Arc::new(config);
-    let gate = PreauthGate::new(limits.per_address, limits.total, "SSH front door");
+    let gate = PreauthGate::with_backlog(
+        limits.per_address,
+        limits.total,
+        limits.backlog_per_address,
+        limits.backlog,
+        "SSH front door",
+    );
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(pair) => pair,
@@ -147,20 +169,29 @@ pub async fn serve_with(
             continue;
         }
         // Logged (rate-limited) by the gate; closing the socket is the answer.
-        let Ok(slot) = gate.admit(peer.ip()) else {
+        let Ok(admission) = gate.admit_or_queue(peer.ip()) else {
             continue;
         };
-        let _ = stream.set_nodelay(true);
-        let (preauth, logged_in) = Preauth::new(slot);
-        let handler = relay::Connection::new(door.clone(), peer, preauth);
-        tokio::spawn(run_with_grace(
-            config.clone(),
-            stream,
-            handler,
-            logged_in,
-            limits.login_grace,
-            peer,
-        ));
+        let deadline = tokio::time::Instant::now() + limits.login_grace;
+        let (config, door) = (config.clone(), door.clone());
+        tokio::spawn(async move {
+            let slot = match admission {
+                Admission::Now(slot) => slot,
+                // The client has sent its version line (or nothing) and waits for
+                // ours, as it would in a listen backlog; the grace time runs.
+                Admission::Queued(ticket) => match ticket.wait(deadline).await {
+                    Some(slot) => slot,
+                    None => {
+                        return tracing::debug!(%peer, "no place within the grace time; closed");
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let (preauth, logged_in) = Preauth::new(slot);
+            let handler = relay::Connection::new(door, peer, preauth);
+            let grace = limits.login_grace;
+            run_until(config, stream, handler, logged_in, deadline, grace, peer).await;
+        });
     }
 }
 
@@ -212,6 +243,23 @@ pub(crate) async fn run_with_grace<H>(
     H::Error: std::fmt::Display,
 {
     let deadline = tokio::time::Instant::now() + grace;
+    run_until(config, stream, handler, logged_in, deadline, grace, peer).await;
+}
+
+/// [`run_with_grace`] with the grace time (`grace`, for the message) ending at
+/// `deadline`: a connection that waited for its place has had part of it.
+async fn run_until<H>(
+    config: Arc<Config>,
+    stream: TcpStream,
+    handler: H,
+    logged_in: Arc<AtomicBool>,
+    deadline: tokio::time::Instant,
+    grace: Duration,
+    peer: SocketAddr,
+) where
+    H: russh::server::Handler + Send + 'static,
+    H::Error: std::fmt::Display,
+{
     let severance = Arc::new(Severance::default());
     let stream = Severable {
         inner: stream,
@@ -366,6 +414,43 @@ impl AsyncWrite for Severable {
         self.severance.check(cx, WRITING)?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
+}
+
+/// Raises this process's open-file limit to its hard limit (every connection, its
+/// agent leg and the store need descriptors), logs what it got, and returns it.
+pub fn raise_open_file_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        tracing::warn!(error = %io::Error::last_os_error(), "cannot read the open-file limit");
+        return None;
+    }
+    let before = limit.rlim_cur;
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            tracing::warn!(
+                error = %io::Error::last_os_error(), open_files = before,
+                "cannot raise the open-file limit; keeping it"
+            );
+            return Some(before);
+        }
+    }
+    let now = limit.rlim_cur;
+    let wanted = PreauthLimits::FRONT_DOOR.total + PreauthLimits::FRONT_DOOR.backlog + 1024;
+    if usize::try_from(now).is_ok_and(|n| n < wanted) {
+        tracing::warn!(
+            open_files = now,
+            "the open-file limit is low for a gateway (raise the hard limit: ulimit -Hn)"
+        );
+    } else {
+        tracing::info!(open_files = now, was = before, "open-file limit");
+    }
+    Some(now)
 }
 
 /// The local address a listener is bound to, for logs and tests.

@@ -25,6 +25,7 @@ use russh::{
 use tokio::sync::{mpsc, watch};
 use warren_keys::{SandboxId, Scope};
 
+use super::bounds::{Permit, Refused};
 use super::channel_audit::{ChannelAudit, Program, Terminal};
 use super::console::{ConsoleChannel, Context, PtyParams, WindowSize};
 use super::live::{LiveEntry, Via};
@@ -83,6 +84,11 @@ pub struct Connection {
     /// their window changes go.
     consoles: HashMap<ChannelId, ConsoleChannel>,
     console_windows: HashMap<ChannelId, watch::Sender<Option<WindowSize>>>,
+    /// This connection's place among its account's and sandbox's connections, and
+    /// each open channel's; or why a login was refused at that bound.
+    place: Option<Permit>,
+    channel_places: HashMap<ChannelId, Permit>,
+    over_bound: Option<Refused>,
 }
 
 impl Connection {
@@ -104,6 +110,9 @@ impl Connection {
             live: None,
             consoles: HashMap::new(),
             console_windows: HashMap::new(),
+            place: None,
+            channel_places: HashMap::new(),
+            over_bound: None,
         }
     }
 
@@ -166,6 +175,17 @@ impl Connection {
         if !allowed {
             return self.failed();
         }
+        // A login past its account's or sandbox's bound is accepted (it proved who
+        // it is) and then told why it is closed: a refusal would read as a wrong
+        // key. It gets no principal, so nothing it sends meanwhile is served.
+        let sandbox_id = sandbox.as_ref().map(|s| &s.id);
+        match self.door.bounds.connection(principal.user(), sandbox_id) {
+            Ok(place) => self.place = Some(place),
+            Err(refused) => {
+                self.over_bound = Some(refused);
+                return Auth::Accept;
+            }
+        }
         tracing::info!(
             peer = %self.peer,
             login = name.without_token(),
@@ -209,7 +229,8 @@ impl Connection {
             self.door
                 .signer
                 .mint(&sandbox.id, self.scope(sandbox).await, UPSTREAM_TOKEN_TTL);
-        let events = AgentEvents::new(session.handle(), user_grant(session));
+        let events = AgentEvents::new(session.handle(), user_grant(session))
+            .forwarding_agent(self.forwards_agent());
         // The user name goes on (without its token): its `+<session>` part is the agent's.
         let user = match &self.name {
             Some(name @ LoginName::Sandbox { .. }) => name.without_token(),
@@ -264,15 +285,33 @@ impl Connection {
         }
     }
 
+    /// Whether this login may forward the user's SSH agent into its sandbox: only
+    /// the owner's own, and only if they turned it on for the sandboxes at create.
+    /// Never a shared user (every session runs as the same user, so others could
+    /// sign with their keys), never a token bearer.
+    fn forwards_agent(&self) -> bool {
+        match (
+            &self.sandbox,
+            self.principal.as_ref().and_then(|p| p.user()),
+        ) {
+            (Some(sandbox), Some(user)) => sandbox.forward_agent && user.id == sandbox.owner_id,
+            _ => false,
+        }
+    }
+
     /// What the agent may give this login's sessions: everything for the owner and
-    /// token bearers, the sandbox's secrets for a shared user only if the share
-    /// says so.
+    /// token bearers (agent forwarding for the owner if the sandbox allows it), the
+    /// sandbox's secrets for a shared user only if the share says so.
     async fn scope(&self, sandbox: &Sandbox) -> Scope {
         let Some(user) = self.principal.as_ref().and_then(|p| p.user()) else {
             return Scope::Ssh;
         };
         if user.id == sandbox.owner_id {
-            return Scope::Ssh;
+            return if self.forwards_agent() {
+                Scope::SshWithAgent
+            } else {
+                Scope::Ssh
+            };
         }
         match self
             .door
@@ -370,6 +409,23 @@ impl Connection {
         })
     }
 
+    /// A place for a new channel of this login, into `sandbox` if it reaches one;
+    /// refused (with the reason OpenSSH prints) at its account's or sandbox's bound,
+    /// or before a login.
+    fn channel_place(&self, sandbox: Option<&SandboxId>) -> Result<Permit, ChannelOpenFailure> {
+        let Some(principal) = &self.principal else {
+            return Err(ChannelOpenFailure::AdministrativelyProhibited);
+        };
+        self.door
+            .bounds
+            .channel(principal.user(), sandbox)
+            .map_err(|refused| ChannelOpenFailure::Other {
+                // OpenSSH: "channel 2: open failed: resource shortage: too many …".
+                code: 4,
+                reason: refused.to_string(),
+            })
+    }
+
     fn reply(session: &mut Session, channel: ChannelId, ok: bool) -> Result<(), russh::Error> {
         if ok {
             session.channel_success(channel)
@@ -416,6 +472,15 @@ impl russh::server::Handler for Connection {
     type Error = russh::Error;
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        if let Some(refused) = &self.over_bound {
+            // OpenSSH shows it: "Received disconnect from …: too many connections …".
+            tracing::info!(peer = %self.peer, %refused, "login refused");
+            return session.disconnect(
+                russh::Disconnect::TooManyConnections,
+                &refused.to_string(),
+                "",
+            );
+        }
         if let Some(via) = self.via.clone() {
             let user = self
                 .principal
@@ -556,11 +621,19 @@ impl russh::server::Handler for Connection {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        let place = match self.channel_place(self.sandbox.as_ref().map(|s| &s.id)) {
+            Ok(place) => place,
+            Err(refused) => {
+                reply.reject(refused).await;
+                return Ok(());
+            }
+        };
         if self.sandbox.is_none() && self.door.console.is_some() {
             let id = channel.id();
             let (console, windows) = ConsoleChannel::new(channel);
             self.consoles.insert(id, console);
             self.console_windows.insert(id, windows);
+            self.channel_places.insert(id, place);
             reply.accept().await;
             return Ok(());
         }
@@ -665,6 +738,7 @@ impl russh::server::Handler for Connection {
                 audit,
             },
         );
+        self.channel_places.insert(user_id, place);
         reply.accept().await;
         Ok(())
     }
@@ -677,6 +751,7 @@ impl russh::server::Handler for Connection {
         self.sessions.remove(&channel);
         self.consoles.remove(&channel);
         self.console_windows.remove(&channel);
+        self.channel_places.remove(&channel);
         Ok(())
     }
 
@@ -876,8 +951,22 @@ impl russh::server::Handler for Connection {
     async fn agent_request(
         &mut self,
         channel: ChannelId,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<bool, Self::Error> {
+        if !self.sessions.contains_key(&channel) {
+            return Ok(false);
+        }
+        if !self.forwards_agent() {
+            // OpenSSH asks without wanting a reply: a line on the channel's stderr is
+            // the only way the user learns why `ssh -A` gave them no agent.
+            tracing::info!(peer = %self.peer, "agent forwarding refused");
+            let _ = session.extended_data(
+                channel,
+                1,
+                warren_keys::AGENT_FORWARDING_REFUSED.as_bytes().to_vec(),
+            );
+            return Ok(false);
+        }
         Ok(self
             .forward_request(channel, |up| async move { up.agent_forward(true).await })
             .await)
@@ -902,6 +991,13 @@ impl russh::server::Handler for Connection {
             return Ok(());
         }
         // Relay mode `ssh -L`: the agent connects from inside the sandbox.
+        let place = match self.channel_place(self.sandbox.as_ref().map(|s| &s.id)) {
+            Ok(place) => place,
+            Err(refused) => {
+                reply.reject(refused).await;
+                return Ok(());
+            }
+        };
         let up = match self.upstream(session).await {
             Ok(up) => up,
             Err(message) => {
@@ -921,6 +1017,7 @@ impl russh::server::Handler for Connection {
         match opened {
             Ok(up_channel) => {
                 let (user_g, up_g) = (user_grant(session), up.grant());
+                self.channel_places.insert(channel.id(), place);
                 reply.accept().await;
                 tokio::spawn(pipe::relay_channels(channel, user_g, up_channel, up_g));
             }
@@ -1012,6 +1109,14 @@ impl Connection {
                 return;
             }
         };
+        // Counted against the sandbox only once it is known to be this login's.
+        let place = match self.channel_place(Some(&sandbox.id)) {
+            Ok(place) => place,
+            Err(refused) => {
+                reply.reject(refused).await;
+                return;
+            }
+        };
         let stream = match self.door.dialer.dial(&sandbox, self.peer).await {
             Ok(stream) => stream,
             Err(e) => {
@@ -1028,6 +1133,7 @@ impl Connection {
         let from_user = pipe::drain(read, None);
         let grant = user_grant(session);
         let tally = self.tally.clone();
+        self.channel_places.insert(id, place);
         reply.accept().await;
         tokio::spawn(async move {
             let (n_in, n_out) = pipe::channel_to_stream(from_user, id, grant, write, stream).await;

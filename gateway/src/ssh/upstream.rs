@@ -149,6 +149,9 @@ pub struct AgentEvents {
     pub user: russh::server::Handle,
     pub user_grant: Grant,
     upstream_grant: Option<Grant>,
+    /// Whether this login may forward the user's SSH agent; the agent's requests
+    /// for it are refused otherwise, whatever the agent says.
+    forward_agent: bool,
 }
 
 impl AgentEvents {
@@ -157,7 +160,14 @@ impl AgentEvents {
             user,
             user_grant,
             upstream_grant: None,
+            forward_agent: false,
         }
+    }
+
+    /// Lets the agent open agent-forwarding channels to the user (`ssh -A`).
+    pub fn forwarding_agent(mut self, allowed: bool) -> AgentEvents {
+        self.forward_agent = allowed;
+        self
     }
 }
 
@@ -209,6 +219,15 @@ impl client::Handler for AgentEvents {
         reply: client::ChannelOpenHandle,
         session: &mut client::Session,
     ) -> Result<(), Self::Error> {
+        if !self.forward_agent {
+            tracing::warn!(
+                "the agent asked for the user's SSH agent, which this login does not forward"
+            );
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
         let user = self.user.clone();
         let user_grant = self.user_grant.clone();
         let up_grant = self.upstream_grant(session);

@@ -129,6 +129,7 @@ async fn start_gateway(dir: &Path, sandboxes: usize) -> Result<Gateway> {
                 image: "default".into(),
                 repo: Some("https://github.com/example/repo.git".into()),
                 branch: Some("main".into()),
+                forward_agent: false,
                 cpus: 1.0,
                 memory_mb: 512,
                 idle_timeout_s: Some(3600),

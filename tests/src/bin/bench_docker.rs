@@ -220,6 +220,7 @@ fn main() -> Result<()> {
                     image: opts.image.clone(),
                     repo: None,
                     branch: None,
+                    forward_agent: false,
                     cpus: 1.0,
                     memory_mb: 512,
                     idle_timeout_s: None,

@@ -133,6 +133,21 @@ impl DockerStack {
         Ok((id, c))
     }
 
+    /// A sandbox of the owner's whose store row says `forward_agent`, made from
+    /// `spec`; its agent trusts the keys the store gives it (jump mode).
+    pub fn sandbox_forwarding(
+        &self,
+        forward_agent: bool,
+        spec: SandboxSpec,
+    ) -> Result<(SandboxId, Client)> {
+        let mut row = super::sandbox_row(&SandboxId::generate(), &self.runner, &self.owner);
+        row.forward_agent = forward_agent;
+        let id = self.stack.sandbox_from(&self.runner, row, spec, true)?;
+        self.made.borrow_mut().push(id.clone());
+        let c = self.client.clone().with_target(self.stack.target(&id));
+        Ok((id, c))
+    }
+
     pub fn control(&self, request: Request) -> Result<Response> {
         self.stack
             .rt

@@ -100,6 +100,7 @@ pub fn sandbox_row(id: &SandboxId, runner: &RunnerProc, owner: &User) -> NewSand
         image: "process".into(),
         repo: None,
         branch: None,
+        forward_agent: false,
         cpus: 1.0,
         memory_mb: 512,
         idle_timeout_s: None,
@@ -114,6 +115,14 @@ impl Stack {
 
     /// A stack whose gateway records by `policy`.
     pub fn start_recording(policy: RecordingPolicy) -> Result<Stack> {
+        Stack::start_with(Options {
+            recording: policy,
+            ..Options::default()
+        })
+    }
+
+    /// A stack whose gateway runs with `options` (never its reconciler).
+    pub fn start_with(options: Options) -> Result<Stack> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -121,9 +130,8 @@ impl Stack {
         let dir = TempDir::new()?;
         let listen = Listen::loopback();
         let options = Options {
-            recording: policy,
             reconcile_every: None,
-            ..Options::default()
+            ..options
         };
         // The account console is the gateway's lifecycle; the API of `Stack::api`
         // has its own, so that a test can "restart" the API and lose its memory.
@@ -262,10 +270,32 @@ impl Stack {
         spec: SandboxSpec,
     ) -> Result<SandboxId> {
         let id = SandboxId::generate();
+        self.sandbox_from(runner, sandbox_row(&id, runner, owner), spec, false)?;
+        Ok(id)
+    }
+
+    /// A running sandbox of the store row `row` (its id, owner, `forward_agent`)
+    /// made from `spec`; its agent trusts the keys the store says (for jump mode) if
+    /// `with_keys`, none otherwise.
+    pub fn sandbox_from(
+        &self,
+        runner: &RunnerProc,
+        row: NewSandbox,
+        spec: SandboxSpec,
+        with_keys: bool,
+    ) -> Result<SandboxId> {
+        let id = row.id.clone();
         self.rt.block_on(async {
-            self.store
-                .create_sandbox(&sandbox_row(&id, runner, owner))
-                .await?;
+            self.store.create_sandbox(&row).await?;
+            let authorized_keys = if with_keys {
+                self.store
+                    .sandbox_authorized_keys(&id)
+                    .await?
+                    .into_iter()
+                    .collect()
+            } else {
+                vec![]
+            };
             let created = self
                 .hub
                 .control(
@@ -273,7 +303,7 @@ impl Stack {
                     &Request::Create {
                         sandbox: id.clone(),
                         token_key: self.verifier.clone(),
-                        authorized_keys: vec![],
+                        authorized_keys,
                         spec,
                     },
                 )

@@ -65,6 +65,9 @@ pub enum Command {
         /// The branch made for the sandbox's work (needs --repo).
         #[arg(long)]
         branch: Option<String>,
+        /// Let your own `ssh -A` sessions forward your SSH agent into it.
+        #[arg(long)]
+        forward_agent: bool,
         /// CPUs, 0.1 to 16.
         #[arg(long)]
         cpus: Option<f64>,
@@ -292,6 +295,7 @@ async fn execute(
             image,
             repo,
             branch,
+            forward_agent,
             cpus,
             memory_mb,
             env,
@@ -309,6 +313,7 @@ async fn execute(
                 image,
                 repo,
                 branch,
+                forward_agent,
                 env: vars,
                 cpus,
                 memory_mb,
