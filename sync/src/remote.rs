@@ -13,7 +13,7 @@ use russh_sftp::client::error::Error as SftpErr;
 use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
 
 use crate::error::SyncError;
-use crate::tree::{Kind, Tree, part_target};
+use crate::tree::{Kind, Tree, is_part_name, part_target, plain_name};
 
 /// An SFTP session and the largest write the server takes.
 #[derive(Clone)]
@@ -31,6 +31,12 @@ pub struct Listing {
 
 /// How many directories are read at once while listing.
 const LIST_CONCURRENCY: usize = 32;
+
+/// Most entries a listing holds (a sandbox could answer `readdir` forever).
+pub const MAX_ENTRIES: usize = 2_000_000;
+
+/// Longest relative path taken from a sandbox (PATH_MAX).
+pub const MAX_PATH: usize = 4096;
 
 pub fn is_missing(e: &SftpErr) -> bool {
     matches!(e, SftpErr::Status(s) if s.status_code == StatusCode::NoSuchFile)
@@ -147,7 +153,9 @@ impl Sftp {
                 break;
             };
             for (name, attrs) in entries? {
-                if name == "." || name == ".." {
+                // Names are the sandbox's choice: one plain component each, or
+                // nothing (`.`, `..`, `a/b` and over-long paths are left out).
+                if !plain_name(&name) || dir_rel.len() + name.len() >= MAX_PATH {
                     continue;
                 }
                 let rel = if dir_rel.is_empty() {
@@ -158,9 +166,19 @@ impl Sftp {
                 let Some(kind) = kind_of(&attrs) else {
                     continue;
                 };
-                if let (Some(target), Kind::File { size, .. }) = (part_target(&rel), &kind) {
-                    listing.parts.insert(target, *size);
+                // Our temp names, of every type, are never part of a tree; a
+                // seed resumes from the regular ones.
+                if is_part_name(rel.rsplit('/').next().unwrap_or_default()) {
+                    if let (Some(target), Kind::File { size, .. }) = (part_target(&rel), &kind) {
+                        listing.parts.insert(target, *size);
+                    }
                     continue;
+                }
+                if listing.tree.len() + listing.parts.len() >= MAX_ENTRIES {
+                    return Err(SyncError::TooLarge {
+                        what: "the sandbox's listing",
+                        limit: MAX_ENTRIES,
+                    });
                 }
                 match kind {
                     Kind::Dir { .. } => queue.push_back(rel.clone()),
@@ -202,7 +220,16 @@ impl Sftp {
         let mut out = Vec::new();
         loop {
             match self.raw.readdir(handle.as_str()).await {
-                Ok(name) => out.extend(name.files.into_iter().map(|f| (f.filename, f.attrs))),
+                Ok(name) => {
+                    out.extend(name.files.into_iter().map(|f| (f.filename, f.attrs)));
+                    if out.len() > MAX_ENTRIES {
+                        let _ = self.raw.close(handle).await;
+                        return Err(SyncError::TooLarge {
+                            what: "a directory in the sandbox",
+                            limit: MAX_ENTRIES,
+                        });
+                    }
+                }
                 Err(SftpErr::Status(s)) if s.status_code == StatusCode::Eof => break,
                 Err(e) => return Err(SyncError::remote("readdir", path)(e)),
             }
