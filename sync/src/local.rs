@@ -326,9 +326,13 @@ impl LocalDir {
         match meta.kind {
             Type::Link => out.extend(self.read_link(rel).map(|t| (String::new(), t))),
             Type::Dir => {
-                let (dir, name) = self.parent(rel, false)?.ok_or(LocalError::BadName)?;
-                let fd = open_dir(&dir, name)?;
-                let tree = walk(fd)?;
+                let tree = walk(|sub| {
+                    self.open_dir(&if sub.is_empty() {
+                        rel.to_owned()
+                    } else {
+                        format!("{rel}/{sub}")
+                    })
+                })?;
                 for (sub, kind) in tree {
                     if let Kind::Symlink { target } = kind {
                         out.push((format!("/{sub}"), target));
@@ -343,16 +347,39 @@ impl LocalDir {
     /// The whole local tree, links not followed; our part files and backups left
     /// out.
     pub fn tree(&self) -> Result<BTreeMap<String, Kind>, LocalError> {
-        let root = rustix::fs::openat(&self.root, ".", DIR_FLAGS, Mode::empty())?;
-        walk(root)
+        walk(|rel| self.open_dir(rel))
+    }
+
+    /// The directory `rel` ("" for the root), never through a link.
+    fn open_dir(&self, rel: &str) -> Result<OwnedFd, LocalError> {
+        if rel.is_empty() {
+            return Ok(rustix::fs::openat(
+                &self.root,
+                ".",
+                DIR_FLAGS,
+                Mode::empty(),
+            )?);
+        }
+        let (dir, name) = self.parent(rel, false)?.ok_or(LocalError::BadName)?;
+        open_dir(&dir, name)
     }
 }
 
-/// Everything below the open directory `top`, by relative path.
-fn walk(top: OwnedFd) -> Result<BTreeMap<String, Kind>, LocalError> {
+/// Everything below the directory `open("")` gives, by path relative to it;
+/// each directory is opened (by `open(rel)`) only when its turn comes, so a wide
+/// tree does not hold a descriptor per directory.
+fn walk(
+    open: impl Fn(&str) -> Result<OwnedFd, LocalError>,
+) -> Result<BTreeMap<String, Kind>, LocalError> {
     let mut out = BTreeMap::new();
-    let mut stack = vec![(top, String::new(), 0usize)];
-    while let Some((dir, rel, depth)) = stack.pop() {
+    let mut stack = vec![(String::new(), 0usize)];
+    while let Some((rel, depth)) = stack.pop() {
+        let dir = match open(&rel) {
+            Ok(dir) => dir,
+            // Gone or replaced since it was listed: nothing of it to compare.
+            Err(_) if !rel.is_empty() => continue,
+            Err(e) => return Err(e),
+        };
         for name in entries(&dir)? {
             if crate::tree::is_part_name(&name) || name.ends_with(".warren-backup") {
                 continue;
@@ -375,10 +402,8 @@ fn walk(top: OwnedFd) -> Result<BTreeMap<String, Kind>, LocalError> {
                 }
                 Type::Dir => {
                     // Deeper than the mirror makes: not ours to compare.
-                    if depth < MAX_DEPTH
-                        && let Ok(fd) = open_dir(&dir, &name)
-                    {
-                        stack.push((fd, child.clone(), depth + 1));
+                    if depth + 1 < MAX_DEPTH {
+                        stack.push((child.clone(), depth + 1));
                     }
                     Kind::Dir {
                         mode: meta.mode,
