@@ -90,6 +90,12 @@ fn components(rel: &str) -> Result<Vec<&str>, LocalError> {
     Ok(parts)
 }
 
+/// Whether `rel` is a name the mirror would take (plain components, not too deep,
+/// none of them our temp names).
+pub fn is_plain(rel: &str) -> bool {
+    components(rel).is_ok()
+}
+
 const DIR_FLAGS: OFlags = OFlags::RDONLY
     .union(OFlags::DIRECTORY)
     .union(OFlags::NOFOLLOW)

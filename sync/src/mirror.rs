@@ -478,6 +478,12 @@ async fn written(
     if has_part_component(rel) {
         return Ok(());
     }
+    if !crate::local::is_plain(rel) {
+        // Checked before the sandbox is asked about it (`../../etc` would list
+        // the sandbox's /etc only to refuse each name).
+        warn(ctx, format!("{rel}: not a plain relative path; ignored"));
+        return Ok(());
+    }
     let full = join(ctx.root, rel);
     let kind = match ctx.sftp.lstat(&full).await? {
         Some(Kind::Symlink { .. }) => {
