@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -142,12 +143,14 @@ impl Sftp {
         let mut queue: VecDeque<String> = VecDeque::from([String::new()]);
         let mut reading = FuturesUnordered::new();
         let mut links = Vec::new();
+        let read = Arc::new(AtomicUsize::new(0));
         loop {
             while reading.len() < LIST_CONCURRENCY {
                 let Some(rel) = queue.pop_front() else { break };
                 let this = self.clone();
                 let path = join(root, &rel);
-                reading.push(async move { (rel, this.read_dir(&path).await) });
+                let read = read.clone();
+                reading.push(async move { (rel, this.read_dir(&path, &read).await) });
             }
             let Some((dir_rel, entries)) = reading.next().await else {
                 break;
@@ -173,12 +176,6 @@ impl Sftp {
                         listing.parts.insert(target, *size);
                     }
                     continue;
-                }
-                if listing.tree.len() + listing.parts.len() >= MAX_ENTRIES {
-                    return Err(SyncError::TooLarge {
-                        what: "the sandbox's listing",
-                        limit: MAX_ENTRIES,
-                    });
                 }
                 match kind {
                     Kind::Dir { .. } => queue.push_back(rel.clone()),
@@ -210,7 +207,13 @@ impl Sftp {
         Ok(listing)
     }
 
-    async fn read_dir(&self, path: &str) -> Result<Vec<(String, FileAttributes)>, SyncError> {
+    /// One directory's entries; `read` counts the entries of the whole listing,
+    /// whose directories are read at once, so that together they stay bounded.
+    async fn read_dir(
+        &self,
+        path: &str,
+        read: &AtomicUsize,
+    ) -> Result<Vec<(String, FileAttributes)>, SyncError> {
         let handle = self
             .raw
             .opendir(path)
@@ -221,14 +224,15 @@ impl Sftp {
         loop {
             match self.raw.readdir(handle.as_str()).await {
                 Ok(name) => {
-                    out.extend(name.files.into_iter().map(|f| (f.filename, f.attrs)));
-                    if out.len() > MAX_ENTRIES {
+                    let n = name.files.len();
+                    if read.fetch_add(n, Ordering::Relaxed) + n > MAX_ENTRIES {
                         let _ = self.raw.close(handle).await;
                         return Err(SyncError::TooLarge {
-                            what: "a directory in the sandbox",
+                            what: "the sandbox's listing",
                             limit: MAX_ENTRIES,
                         });
                     }
+                    out.extend(name.files.into_iter().map(|f| (f.filename, f.attrs)));
                 }
                 Err(SftpErr::Status(s)) if s.status_code == StatusCode::Eof => break,
                 Err(e) => return Err(SyncError::remote("readdir", path)(e)),
