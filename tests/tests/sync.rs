@@ -1453,7 +1453,7 @@ fn the_cli_prints_sandbox_names_escaped(f: &Fixture) -> Result<()> {
     ))?;
     let local = tempfile::TempDir::new()?;
     let bin = warren_tests::build_bin("warren-cli", "warren", warren_tests::Profile::Debug)?;
-    let mut child = std::process::Command::new(bin)
+    let mut child = std::process::Command::new(&bin)
         .args(["mirror", "--progress", "none"])
         .arg(format!("{}:/workspace/t", f.endpoint.sandbox))
         .arg(local.path())
@@ -1490,5 +1490,28 @@ fn the_cli_prints_sandbox_names_escaped(f: &Fixture) -> Result<()> {
         "raw control bytes reached the terminal: {text:?}"
     );
     ensure!(std::fs::read_to_string(local.path().join("plain"))? == "ok\n");
+
+    // `warren sync` the other way: a dry run with `--delete` names what it would
+    // remove in the sandbox, the OSC 52 link among them.
+    let empty = tempfile::TempDir::new()?;
+    let dry = Cmd::new(&bin)
+        .args(["sync", "-n", "--delete", "--progress", "none"])
+        .arg(empty.path())
+        .arg(format!("{}:/workspace/t", f.endpoint.sandbox))
+        .env("WARREN_URL", &api.base)
+        .env("WARREN_API_KEY", &f.api_key)
+        .timeout(Duration::from_secs(60))
+        .run()?
+        .success()?;
+    let text = dry.stderr_str();
+    println!("the dry run printed:\n{text}");
+    ensure!(
+        text.contains(&format!("delete  {escaped}")),
+        "no escaped name in the dry run: {text:?}"
+    );
+    ensure!(
+        !dry.stderr.iter().any(|b| *b == 0x1b || *b == 0x07),
+        "raw control bytes reached the terminal: {text:?}"
+    );
     Ok(())
 }
