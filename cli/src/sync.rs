@@ -3,7 +3,9 @@
 //! sandbox and the gateway's host key through the API, logs in as `ssh <id>@gateway`
 //! does with the saved API key, and draws the library's progress events: an
 //! `indicatif` bar on a terminal, JSON lines with `--progress json`, nothing
-//! otherwise.
+//! otherwise. Names, link texts and error messages may come from the sandbox:
+//! everything drawn for a person goes through `escape_controls` (JSON lines are
+//! escaped as JSON).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -13,7 +15,7 @@ use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::Method;
 use tokio::sync::mpsc;
-use warren_sync::{Credential, Endpoint, Event, Progress, Secret, Stage};
+use warren_sync::{Credential, Endpoint, Event, Progress, Secret, Stage, escape_controls};
 
 use crate::client::{Api, Config};
 
@@ -113,7 +115,7 @@ pub async fn sync(args: SyncArgs) -> anyhow::Result<()> {
     let display = tokio::spawn(show(rx, args.progress, args.dry_run));
     let result = warren_sync::seed(&endpoint, &options, tx).await;
     let _ = display.await;
-    let summary = result?;
+    let summary = result.map_err(shown)?;
     if args.progress != ProgressMode::Json {
         let verb = if args.dry_run { "would send" } else { "sent" };
         eprintln!(
@@ -140,8 +142,13 @@ pub async fn mirror(args: MirrorArgs) -> anyhow::Result<()> {
     };
     let result = warren_sync::mirror(&endpoint, &options, tx, stop).await;
     let _ = display.await;
-    result?;
+    result.map_err(shown)?;
     Ok(())
+}
+
+/// A library error as the terminal may show it (its text can quote the sandbox).
+fn shown(e: warren_sync::SyncError) -> anyhow::Error {
+    anyhow::anyhow!("{}", escape_controls(&e.to_string()))
 }
 
 fn human_bytes(n: u64) -> String {
@@ -163,10 +170,14 @@ pub async fn show(mut rx: mpsc::UnboundedReceiver<Event>, mode: ProgressMode, dr
                     println!("{line}");
                 }
             }
-            (Event::Change { op, path }, _) if dry_run => {
-                bar.println(&format!("{:<7} {path}", format!("{op:?}").to_lowercase()))
+            (Event::Change { op, path }, _) if dry_run => bar.println(&format!(
+                "{:<7} {}",
+                format!("{op:?}").to_lowercase(),
+                escape_controls(path)
+            )),
+            (Event::Warning { message }, _) => {
+                bar.println(&format!("warning: {}", escape_controls(message)))
             }
-            (Event::Warning { message }, _) => bar.println(&format!("warning: {message}")),
             (Event::Progress(p), ProgressMode::Bar) => bar.update(p),
             (Event::Status { .. }, ProgressMode::Bar) => bar.status(&event),
             _ => {}
@@ -227,7 +238,7 @@ impl Bar {
             ));
         }
         if let Some(current) = &p.current {
-            msg.push_str(&format!("  {}", shorten(current, 24)));
+            msg.push_str(&format!("  {}", shorten(&escape_controls(current), 24)));
         }
         bar.set_message(msg);
     }

@@ -11,12 +11,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::future::join_all;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 
 use crate::chunks::agent_word;
 use crate::connect::Connection;
 use crate::error::SyncError;
 use crate::progress::Tracker;
+
+/// Longest answer line taken from the helper.
+const MAX_ANSWER: u64 = 4096;
 
 /// Streams at once (each one exec channel and one writer in the sandbox).
 pub const STREAMS: usize = 4;
@@ -108,8 +111,21 @@ async fn stream(
     };
     let mut landed = vec![false; lane.len()];
     let receive = async {
-        let mut lines = BufReader::new(read.make_reader()).lines();
-        while let Some(line) = lines.next_line().await? {
+        let mut reader = BufReader::new(read.make_reader());
+        loop {
+            // An answer is a short line; one without an end is not our helper.
+            let mut raw = Vec::new();
+            (&mut reader)
+                .take(MAX_ANSWER)
+                .read_until(b'\n', &mut raw)
+                .await?;
+            if raw.is_empty() {
+                break;
+            }
+            if raw.pop() != Some(b'\n') {
+                return Err(std::io::Error::other("an answer longer than 4 KiB"));
+            }
+            let line = String::from_utf8_lossy(&raw);
             let Some(k) = sent_rx.recv().await else {
                 break; // more answers than records: not our helper
             };

@@ -76,6 +76,11 @@ const CIPHERS: &[russh::cipher::Name] = &[
     russh::cipher::CHACHA20_POLY1305,
 ];
 
+/// Most a helper run with [`Connection::exec`] may print: its answer (chunk
+/// hashes: 65 bytes per MiB of the files asked about) and its error output.
+const MAX_EXEC_STDOUT: usize = 64 << 20;
+const MAX_EXEC_STDERR: usize = 16 << 10;
+
 /// Seconds an SFTP request may take before the session is taken for dead.
 const SFTP_TIMEOUT_S: u64 = 120;
 
@@ -164,8 +169,20 @@ impl Connection {
         };
         while let Some(msg) = channel.wait().await {
             match msg {
-                russh::ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
-                russh::ChannelMsg::ExtendedData { data, .. } => out.stderr.extend_from_slice(&data),
+                russh::ChannelMsg::Data { data } => {
+                    if out.stdout.len() + data.len() > MAX_EXEC_STDOUT {
+                        return Err(SyncError::TooLarge {
+                            what: "a helper's answer",
+                            limit: MAX_EXEC_STDOUT,
+                        });
+                    }
+                    out.stdout.extend_from_slice(&data);
+                }
+                russh::ChannelMsg::ExtendedData { data, .. } => {
+                    // Only for a message: the first few KiB are plenty.
+                    let room = MAX_EXEC_STDERR.saturating_sub(out.stderr.len());
+                    out.stderr.extend_from_slice(&data[..data.len().min(room)]);
+                }
                 russh::ChannelMsg::ExitStatus { exit_status } => out.status = Some(exit_status),
                 _ => {}
             }

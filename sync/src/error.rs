@@ -34,6 +34,10 @@ pub enum SyncError {
     Helper(String),
     #[error("verification failed: {0}")]
     Verify(String),
+    #[error("{0}: not a regular file when opened (a link to a device or a pipe?); not mirrored")]
+    NotRegular(String),
+    #[error("{what} from the sandbox is over its limit ({limit}); refused")]
+    TooLarge { what: &'static str, limit: usize },
     #[error("cancelled")]
     Cancelled,
 }

@@ -19,6 +19,7 @@ mod plan;
 mod progress;
 mod remote;
 mod seed;
+mod text;
 mod tree;
 mod upload;
 
@@ -27,5 +28,6 @@ pub use error::SyncError;
 pub use mirror::{MirrorOptions, mirror};
 pub use progress::{Event, Op, Progress, Stage};
 pub use seed::{SeedOptions, SeedSummary, seed};
+pub use text::escape_controls;
 /// An API key or a sandbox token: never shown by `Debug`.
 pub use warren_keys::Secret;

@@ -6,19 +6,27 @@
 //! retried with backoff and reported, without stopping the others. A dropped
 //! connection (a gateway restart, the network) is retried by itself; on reconnect a
 //! full rescan catches up before the mirror is live again.
+//!
+//! Everything from the sandbox is hostile: names, link texts, sizes, the
+//! watcher's stream. Every local write goes through [`LocalDir`] (no path
+//! outside the directory, none through a link); links are made only when they
+//! keep [`link_stays_beneath`]; a file is read no further than its listed size;
+//! the watcher's records and the queue of changes are bounded (a flood becomes
+//! one full rescan).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::chunks::{self, shell_quote};
 use crate::connect::{Connection, Endpoint};
 use crate::download;
 use crate::error::SyncError;
-use crate::local::{self, LocalError};
+use crate::local::{LocalDir, LocalError, Type};
 use crate::progress::{Event, Events, Op, Stage};
 use crate::remote::{Sftp, is_missing, join};
-use crate::tree::{Kind, part_target};
+use crate::tree::{Kind, has_part_component, link_stays_beneath};
 
 #[derive(Clone, Debug)]
 pub struct MirrorOptions {
@@ -91,13 +99,13 @@ pub async fn mirror(
     events: Events,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), SyncError> {
-    std::fs::create_dir_all(&options.target)
-        .map_err(|e| SyncError::Local(options.target.clone(), e))?;
+    let local =
+        LocalDir::open(&options.target).map_err(|e| SyncError::Local(options.target.clone(), e))?;
     let mut state = State::default();
     let mut backoff = Duration::from_millis(500);
     tokio::pin!(stop);
     loop {
-        let run = session(endpoint, options, &mut state, &events);
+        let run = session(endpoint, options, &local, &mut state, &events);
         let result = tokio::select! {
             r = run => r,
             () = &mut stop => return Ok(()),
@@ -134,6 +142,7 @@ fn status(events: &Events, state: Stage, s: &State, pending: u64) {
 async fn session(
     endpoint: &Endpoint,
     options: &MirrorOptions,
+    local: &LocalDir,
     state: &mut State,
     events: &Events,
 ) -> Result<(), SyncError> {
@@ -157,22 +166,25 @@ async fn session(
     );
     let watcher = conn.exec_channel(&command).await?;
     // Its own task drains the channel always, so its queue never fills while
-    // changes are being applied (a full channel queue stalls the whole connection).
-    let (records_tx, mut records) = tokio::sync::mpsc::unbounded_channel();
-    let reader = tokio::spawn(read_records(watcher, records_tx));
+    // changes are being applied (a full channel queue stalls the whole connection);
+    // what it drains waits in a bounded inbox.
+    let inbox = Arc::new(Inbox::default());
+    let reader = tokio::spawn(read_records(watcher, inbox.clone()));
     let _reader = AbortOnDrop(reader);
     let mut queue: VecDeque<Change> = VecDeque::new();
-    loop {
-        match next(&mut records).await? {
-            (_, Change::Ready) => break,
-            (_, other) => queue.push_back(other),
+    while !queue.contains(&Change::Ready) {
+        queue.extend(inbox.take(None).await?.0);
+        if queue.len() > MAX_PENDING {
+            // A watcher that floods before it is ready: the pull covers it all.
+            queue.retain(|c| *c == Change::Ready);
         }
     }
+    queue.retain(|c| *c != Change::Ready);
     status(events, Stage::CatchingUp, state, 0);
     let ctx = Ctx {
         sftp: &sftp,
         root: &root,
-        target: &options.target,
+        local,
         backup: options.backup,
         events,
     };
@@ -190,21 +202,21 @@ async fn session(
             .map(|(at, _)| at.saturating_duration_since(Instant::now()))
             .min()
             .unwrap_or(Duration::from_secs(3600));
-        tokio::select! {
-            record = next(&mut records) => {
-                let (rev, change) = record?;
-                state.last_rev = rev;
-                queue.push_back(change);
-                // Whatever else is already there goes in the same round.
-                while let Ok(Ok(more)) = records.try_recv() {
-                    state.last_rev = more.0;
-                    queue.push_back(more.1);
-                }
-            }
-            () = tokio::time::sleep(wait) => {}
-        }
+        let (changes, rev) = inbox.take(Some(wait)).await?;
+        state.last_rev = state.last_rev.max(rev);
+        queue.extend(changes);
     }
 }
+
+/// Longest record the watcher may send (two paths of PATH_MAX and change).
+const MAX_RECORD: usize = 2 * crate::remote::MAX_PATH + 64;
+
+/// Changes waiting to be applied, at most this many: past it they are dropped
+/// for one full rescan, which covers them all.
+const MAX_PENDING: usize = 50_000;
+
+/// Changes the session takes from the inbox at once.
+const TAKE_AT_ONCE: usize = 256;
 
 #[derive(Default)]
 struct Records {
@@ -212,18 +224,121 @@ struct Records {
 }
 
 impl Records {
-    fn pop(&mut self) -> Option<(u64, Change)> {
+    /// The next whole record; an error once more than [`MAX_RECORD`] bytes came
+    /// without one ending.
+    fn pop(&mut self) -> Result<Option<(u64, Change)>, SyncError> {
         loop {
-            let end = self.buf.iter().position(|b| *b == 0)?;
+            let Some(end) = self.buf.iter().position(|b| *b == 0) else {
+                if self.buf.len() > MAX_RECORD {
+                    return Err(SyncError::TooLarge {
+                        what: "a record from the watcher",
+                        limit: MAX_RECORD,
+                    });
+                }
+                return Ok(None);
+            };
             let record: Vec<u8> = self.buf.drain(..=end).collect();
-            if let Some(parsed) = parse(&record[..end]) {
-                return Some(parsed);
+            if end <= MAX_RECORD
+                && let Some(parsed) = parse(&record[..end])
+            {
+                return Ok(Some(parsed));
             }
         }
     }
 }
 
-type Record = Result<(u64, Change), SyncError>;
+/// What the watcher sent and the session has not taken yet.
+#[derive(Default)]
+struct Pending {
+    changes: VecDeque<Change>,
+    last_rev: u64,
+    /// An overflow is queued: the rescan it makes covers everything after it.
+    rescan: bool,
+    ended: Option<SyncError>,
+}
+
+impl Pending {
+    fn push(&mut self, rev: u64, change: Change) {
+        self.last_rev = self.last_rev.max(rev);
+        if change == Change::Ready {
+            // Once per watcher: what the session waits for before its first pull.
+            self.changes.push_back(change);
+            return;
+        }
+        if self.rescan {
+            return;
+        }
+        if change == Change::Overflow || self.changes.len() >= MAX_PENDING {
+            let ready = self.changes.contains(&Change::Ready);
+            self.changes.clear();
+            if ready {
+                self.changes.push_back(Change::Ready);
+            }
+            self.changes.push_back(Change::Overflow);
+            self.rescan = true;
+            return;
+        }
+        self.changes.push_back(change);
+    }
+}
+
+#[derive(Default)]
+struct Inbox {
+    pending: Mutex<Pending>,
+    ready: tokio::sync::Notify,
+}
+
+impl Inbox {
+    fn with<T>(&self, f: impl FnOnce(&mut Pending) -> T) -> T {
+        let mut pending = match self.pending.lock() {
+            Ok(p) => p,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&mut pending)
+    }
+
+    /// Everything waiting, once something is (or `wait` has passed); the end of
+    /// the watcher once all before it is taken.
+    async fn take(&self, wait: Option<Duration>) -> Result<(Vec<Change>, u64), SyncError> {
+        let deadline = wait.map(|w| tokio::time::Instant::now() + w);
+        loop {
+            let notified = self.ready.notified();
+            let taken = self.with(|p| {
+                if !p.changes.is_empty() {
+                    // A few at a time, so an overflow behind them is seen soon.
+                    let n = p.changes.len().min(TAKE_AT_ONCE);
+                    let taken = p.changes.drain(..n).collect();
+                    if p.changes.is_empty() {
+                        p.rescan = false;
+                    }
+                    return Some(Ok((taken, p.last_rev)));
+                }
+                p.ended.take().map(Err)
+            });
+            if let Some(taken) = taken {
+                return taken;
+            }
+            match deadline {
+                Some(at) => {
+                    if tokio::time::timeout_at(at, notified).await.is_err() {
+                        return Ok((Vec::new(), self.with(|p| p.last_rev)));
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    fn push(&self, rev: u64, change: Change) {
+        self.with(|p| p.push(rev, change));
+        self.ready.notify_one();
+    }
+
+    fn end(&self, e: SyncError) {
+        self.with(|p| p.ended = Some(e));
+        self.ready.notify_one();
+    }
+}
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -233,38 +348,26 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn next(records: &mut tokio::sync::mpsc::UnboundedReceiver<Record>) -> Record {
-    records
-        .recv()
-        .await
-        .unwrap_or(Err(SyncError::Ssh(russh::Error::Disconnect)))
-}
-
 /// Reads the watcher's records until its channel ends; the end is an error (the
 /// session then reconnects).
-async fn read_records(
-    mut channel: russh::Channel<russh::client::Msg>,
-    tx: tokio::sync::mpsc::UnboundedSender<Record>,
-) {
+async fn read_records(mut channel: russh::Channel<russh::client::Msg>, inbox: Arc<Inbox>) {
     let mut records = Records::default();
     loop {
-        while let Some(record) = records.pop() {
-            if tx.send(Ok(record)).is_err() {
-                return;
+        loop {
+            match records.pop() {
+                Ok(Some((rev, change))) => inbox.push(rev, change),
+                Ok(None) => break,
+                Err(e) => return inbox.end(e),
             }
         }
         match channel.wait().await {
             Some(russh::ChannelMsg::Data { data }) => records.buf.extend_from_slice(&data),
             Some(russh::ChannelMsg::ExitStatus { exit_status }) if exit_status != 0 => {
                 let message = format!("the watcher exited with {exit_status}");
-                let _ = tx.send(Err(SyncError::Helper(message)));
-                return;
+                return inbox.end(SyncError::Helper(message));
             }
             Some(_) => {}
-            None => {
-                let _ = tx.send(Err(SyncError::Ssh(russh::Error::Disconnect)));
-                return;
-            }
+            None => return inbox.end(SyncError::Ssh(russh::Error::Disconnect)),
         }
     }
 }
@@ -272,7 +375,7 @@ async fn read_records(
 struct Ctx<'a> {
     sftp: &'a Sftp,
     root: &'a str,
-    target: &'a Path,
+    local: &'a LocalDir,
     backup: bool,
     events: &'a Events,
 }
@@ -280,7 +383,7 @@ struct Ctx<'a> {
 /// Everything in the sandbox copied where it differs; local extras removed.
 async fn full_pull(ctx: &Ctx<'_>, state: &mut State) -> Result<(), SyncError> {
     let listing = ctx.sftp.list(ctx.root).await?;
-    let local = local_tree(ctx.target);
+    let here = ctx.local.tree().unwrap_or_default();
     let total = listing.tree.len() as u64;
     let mut done = 0;
     // What changed while no watcher ran may have kept its size and second (SFTP's
@@ -295,88 +398,47 @@ async fn full_pull(ctx: &Ctx<'_>, state: &mut State) -> Result<(), SyncError> {
             crate::progress::stage(ctx.events, Stage::Downloading, done, total, 0);
         }
     }
-    let mut extras: Vec<&String> = local
+    let mut extras: Vec<&String> = here
         .keys()
         .filter(|k| !listing.tree.contains_key(*k))
         .collect();
     extras.sort_by(|a, b| b.cmp(a));
     for rel in extras {
-        apply_local(ctx, state, rel, |path| {
-            local::remove(path)?;
+        apply_local(ctx, state, rel, |local| {
+            local.remove(rel)?;
             Ok(Op::Delete)
         });
     }
     Ok(())
 }
 
-/// The local tree as (size, mtime) per path, for the first pull's comparison.
-fn local_tree(root: &Path) -> BTreeMap<String, Kind> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![(root.to_owned(), String::new())];
-    while let Some((dir, rel)) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                continue;
-            };
-            let child = if rel.is_empty() {
-                name
-            } else {
-                format!("{rel}/{name}")
-            };
-            if part_target(&child).is_some() || child.ends_with(".warren-backup") {
-                continue;
-            }
-            let Ok(meta) = entry.metadata() else { continue };
-            use std::os::unix::fs::MetadataExt;
-            let kind = if meta.file_type().is_symlink() {
-                Kind::Symlink {
-                    target: String::new(),
-                }
-            } else if meta.is_dir() {
-                stack.push((entry.path(), child.clone()));
-                Kind::Dir {
-                    mode: meta.mode() & 0o7777,
-                    mtime: meta.mtime(),
-                }
-            } else {
-                Kind::File {
-                    size: meta.len(),
-                    mtime: meta.mtime(),
-                    mode: meta.mode() & 0o7777,
-                }
-            };
-            out.insert(child, kind);
-        }
-    }
-    out
-}
-
 async fn apply(ctx: &Ctx<'_>, state: &mut State, change: Change) -> Result<(), SyncError> {
     match change {
         Change::Ready => Ok(()),
-        Change::Overflow => full_pull(ctx, state).await,
+        Change::Overflow => {
+            warn(
+                ctx,
+                "the sandbox changed faster than the mirror keeps up with; rescanning".into(),
+            );
+            full_pull(ctx, state).await
+        }
         Change::Written(rel) => written(ctx, state, &rel, true).await,
         Change::Deleted(rel) => {
             state.written.remove(&rel);
-            apply_local(ctx, state, &rel, |path| {
-                local::remove(path)?;
+            apply_local(ctx, state, &rel, |local| {
+                local.remove(&rel)?;
                 Ok(Op::Delete)
             });
             Ok(())
         }
         Change::Moved(from, to) => {
-            let moved = match (
-                local::resolve(ctx.target, &from),
-                local::resolve(ctx.target, &to),
-            ) {
-                (Ok(a), Ok(b)) if std::fs::symlink_metadata(&a).is_ok() => {
-                    local::make_parents(&b).is_ok() && std::fs::rename(&a, &b).is_ok()
-                }
-                _ => false,
-            };
+            let moved = moved_links_keep_the_rule(ctx.local, &from, &to)
+                && ctx.local.rename(&from, &to).unwrap_or(false);
+            if !moved {
+                // Not moved here (a link that would point out from its new depth,
+                // or a failed rename): what was there goes, and `to` is pulled.
+                let _ = ctx.local.remove(&from);
+            }
             if let Some(w) = state.written.remove(&from) {
                 state.written.insert(to.clone(), w);
             }
@@ -394,6 +456,17 @@ async fn apply(ctx: &Ctx<'_>, state: &mut State, change: Change) -> Result<(), S
     }
 }
 
+/// Whether every link at or under `from` still keeps the link rule once at `to`
+/// (its `..`s are counted from its new depth).
+fn moved_links_keep_the_rule(local: &LocalDir, from: &str, to: &str) -> bool {
+    match local.links_under(from) {
+        Ok(links) => links
+            .iter()
+            .all(|(sub, target)| link_stays_beneath(&format!("{to}{sub}"), target)),
+        Err(_) => false,
+    }
+}
+
 /// Brings `rel` in line with what the sandbox has there now; `changed`: the
 /// sandbox wrote it, so a file is pulled even if its size and mtime match.
 async fn written(
@@ -402,7 +475,13 @@ async fn written(
     rel: &str,
     changed: bool,
 ) -> Result<(), SyncError> {
-    if part_target(rel).is_some() {
+    if has_part_component(rel) {
+        return Ok(());
+    }
+    if !crate::local::is_plain(rel) {
+        // Checked before the sandbox is asked about it (`../../etc` would list
+        // the sandbox's /etc only to refuse each name).
+        warn(ctx, format!("{rel}: not a plain relative path; ignored"));
         return Ok(());
     }
     let full = join(ctx.root, rel);
@@ -418,8 +497,8 @@ async fn written(
     };
     match kind {
         None => {
-            apply_local(ctx, state, rel, |path| {
-                local::remove(path)?;
+            apply_local(ctx, state, rel, |local| {
+                local.remove(rel)?;
                 Ok(Op::Delete)
             });
             Ok(())
@@ -450,71 +529,83 @@ async fn put(
     kind: Kind,
     changed: bool,
 ) -> Result<(), SyncError> {
-    let path = match local::resolve(ctx.target, rel) {
-        Ok(p) => p,
+    let here = match ctx.local.stat(rel) {
+        Ok(here) => here,
         Err(e) => {
-            warn(ctx, format!("{rel}: {e}"));
+            fail(ctx, state, rel, e);
             return Ok(());
         }
     };
     match kind {
         Kind::Dir { mode, .. } => {
-            apply_local(ctx, state, rel, |p| local::dir(p, mode).map(|()| Op::Mkdir));
-            let _ = path;
+            apply_local(ctx, state, rel, |local| {
+                local.dir(rel, mode).map(|()| Op::Mkdir)
+            });
         }
         Kind::Symlink { target } => {
-            if !crate::tree::stays_inside(Path::new(rel), Path::new(&target)) {
-                warn(ctx, format!("{rel}: a link out of the tree, not mirrored"));
+            if !link_stays_beneath(rel, &target) {
+                // Not made; nor is anything left at its name.
+                if here.is_some() {
+                    let _ = ctx.local.remove(rel);
+                }
+                warn(
+                    ctx,
+                    format!(
+                        "{rel}: a link that may resolve out of the tree (-> {target}), not made"
+                    ),
+                );
                 return Ok(());
             }
-            let same = std::fs::read_link(&path).is_ok_and(|t| t == Path::new(&target));
-            if !same {
-                apply_local(ctx, state, rel, |p| {
-                    local::link(p, &target).map(|()| Op::Link)
+            if ctx.local.read_link(rel).as_deref() != Some(target.as_str()) {
+                apply_local(ctx, state, rel, |local| {
+                    local.link(rel, &target).map(|()| Op::Link)
                 });
             }
         }
         Kind::File { size, mtime, mode } => {
-            use std::os::unix::fs::MetadataExt;
-            let here = std::fs::symlink_metadata(&path).ok();
-            if !changed
-                && here
-                    .as_ref()
-                    .is_some_and(|m| m.is_file() && m.len() == size && m.mtime() == mtime)
-            {
+            let is_file = here.filter(|m| m.kind == Type::File);
+            if !changed && is_file.is_some_and(|m| m.size == size && m.mtime == mtime) {
                 state.written.insert(rel.to_owned(), (size, mtime));
                 return Ok(());
             }
-            let modified_here = here.as_ref().is_some_and(|m| {
-                m.is_file() && state.written.get(rel) != Some(&(m.len(), m.mtime()))
-            });
-            if let Err(e) = local::make_parents(&path) {
-                fail(ctx, state, rel, e);
-                return Ok(());
-            }
-            let part = local::part_of(&path);
-            match download::fetch(ctx.sftp, &join(ctx.root, rel), &part).await {
+            let modified_here =
+                is_file.is_some_and(|m| state.written.get(rel) != Some(&(m.size, m.mtime)));
+            let part = match ctx.local.part(rel) {
+                Ok(part) => part,
+                Err(e) => {
+                    fail(ctx, state, rel, e);
+                    return Ok(());
+                }
+            };
+            match download::fetch(ctx.sftp, &join(ctx.root, rel), part.file(), size).await {
                 Ok(_) => {}
                 // Gone again before it could be read: its removal is the next record.
                 Err(SyncError::Remote { source, .. }) if is_missing(&source) => return Ok(()),
+                Err(e @ SyncError::NotRegular(_)) => {
+                    warn(ctx, e.to_string());
+                    return Ok(());
+                }
+                Err(SyncError::Local(_, e)) => {
+                    fail(ctx, state, rel, LocalError::Io(e));
+                    return Ok(());
+                }
                 Err(e) => return Err(e),
             }
             if ctx.backup && modified_here {
-                match local::backup(&path) {
+                match ctx.local.backup(rel) {
                     Ok(to) => {
                         let _ = ctx.events.send(Event::Change {
                             op: Op::Backup,
-                            path: to.display().to_string(),
+                            path: to,
                         });
                     }
                     Err(e) => {
-                        let _ = std::fs::remove_file(&part);
                         fail(ctx, state, rel, e);
                         return Ok(());
                     }
                 }
             }
-            match local::commit(&part, &path, mode, mtime) {
+            match part.commit(mode, mtime) {
                 Ok(()) => {
                     state.written.insert(rel.to_owned(), (size, mtime));
                     state.failed.remove(rel);
@@ -536,10 +627,9 @@ fn apply_local(
     ctx: &Ctx<'_>,
     state: &mut State,
     rel: &str,
-    change: impl FnOnce(&Path) -> Result<Op, LocalError>,
+    change: impl FnOnce(&LocalDir) -> Result<Op, LocalError>,
 ) {
-    let result = local::resolve(ctx.target, rel).and_then(|p| change(&p));
-    match result {
+    match change(ctx.local) {
         Ok(op) => {
             state.failed.remove(rel);
             state.applied += 1;
@@ -602,8 +692,37 @@ mod tests {
         let mut r = Records {
             buf: b"1\tS\x002\tD\tx\x003\tW".to_vec(),
         };
-        assert_eq!(r.pop(), Some((1, Change::Ready)));
-        assert_eq!(r.pop(), Some((2, Change::Deleted("x".into()))));
-        assert_eq!(r.pop(), None);
+        assert_eq!(r.pop().ok(), Some(Some((1, Change::Ready))));
+        assert_eq!(r.pop().ok(), Some(Some((2, Change::Deleted("x".into())))));
+        assert_eq!(r.pop().ok(), Some(None));
+    }
+
+    #[test]
+    fn a_record_without_end_is_bounded() {
+        let mut r = Records {
+            buf: vec![b'a'; MAX_RECORD],
+        };
+        assert!(matches!(r.pop(), Ok(None)));
+        r.buf.push(b'a');
+        assert!(matches!(r.pop(), Err(SyncError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn a_flood_of_changes_becomes_one_rescan() {
+        let mut p = Pending::default();
+        p.push(1, Change::Ready);
+        for rev in 2..(MAX_PENDING as u64 * 3) {
+            p.push(rev, Change::Written(format!("f{rev}")));
+        }
+        assert_eq!(
+            p.changes.iter().cloned().collect::<Vec<_>>(),
+            vec![Change::Ready, Change::Overflow]
+        );
+        assert_eq!(p.last_rev, MAX_PENDING as u64 * 3 - 1);
+        // Once taken, changes queue again.
+        p.changes.clear();
+        p.rescan = false;
+        p.push(9, Change::Deleted("x".into()));
+        assert_eq!(p.changes.len(), 1);
     }
 }

@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -13,7 +14,7 @@ use russh_sftp::client::error::Error as SftpErr;
 use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
 
 use crate::error::SyncError;
-use crate::tree::{Kind, Tree, part_target};
+use crate::tree::{Kind, Tree, is_part_name, part_target, plain_name};
 
 /// An SFTP session and the largest write the server takes.
 #[derive(Clone)]
@@ -31,6 +32,12 @@ pub struct Listing {
 
 /// How many directories are read at once while listing.
 const LIST_CONCURRENCY: usize = 32;
+
+/// Most entries a listing holds (a sandbox could answer `readdir` forever).
+pub const MAX_ENTRIES: usize = 2_000_000;
+
+/// Longest relative path taken from a sandbox (PATH_MAX).
+pub const MAX_PATH: usize = 4096;
 
 pub fn is_missing(e: &SftpErr) -> bool {
     matches!(e, SftpErr::Status(s) if s.status_code == StatusCode::NoSuchFile)
@@ -136,18 +143,22 @@ impl Sftp {
         let mut queue: VecDeque<String> = VecDeque::from([String::new()]);
         let mut reading = FuturesUnordered::new();
         let mut links = Vec::new();
+        let read = Arc::new(AtomicUsize::new(0));
         loop {
             while reading.len() < LIST_CONCURRENCY {
                 let Some(rel) = queue.pop_front() else { break };
                 let this = self.clone();
                 let path = join(root, &rel);
-                reading.push(async move { (rel, this.read_dir(&path).await) });
+                let read = read.clone();
+                reading.push(async move { (rel, this.read_dir(&path, &read).await) });
             }
             let Some((dir_rel, entries)) = reading.next().await else {
                 break;
             };
             for (name, attrs) in entries? {
-                if name == "." || name == ".." {
+                // Names are the sandbox's choice: one plain component each, or
+                // nothing (`.`, `..`, `a/b` and over-long paths are left out).
+                if !plain_name(&name) || dir_rel.len() + name.len() >= MAX_PATH {
                     continue;
                 }
                 let rel = if dir_rel.is_empty() {
@@ -158,8 +169,12 @@ impl Sftp {
                 let Some(kind) = kind_of(&attrs) else {
                     continue;
                 };
-                if let (Some(target), Kind::File { size, .. }) = (part_target(&rel), &kind) {
-                    listing.parts.insert(target, *size);
+                // Our temp names, of every type, are never part of a tree; a
+                // seed resumes from the regular ones.
+                if is_part_name(rel.rsplit('/').next().unwrap_or_default()) {
+                    if let (Some(target), Kind::File { size, .. }) = (part_target(&rel), &kind) {
+                        listing.parts.insert(target, *size);
+                    }
                     continue;
                 }
                 match kind {
@@ -192,7 +207,13 @@ impl Sftp {
         Ok(listing)
     }
 
-    async fn read_dir(&self, path: &str) -> Result<Vec<(String, FileAttributes)>, SyncError> {
+    /// One directory's entries; `read` counts the entries of the whole listing,
+    /// whose directories are read at once, so that together they stay bounded.
+    async fn read_dir(
+        &self,
+        path: &str,
+        read: &AtomicUsize,
+    ) -> Result<Vec<(String, FileAttributes)>, SyncError> {
         let handle = self
             .raw
             .opendir(path)
@@ -202,7 +223,17 @@ impl Sftp {
         let mut out = Vec::new();
         loop {
             match self.raw.readdir(handle.as_str()).await {
-                Ok(name) => out.extend(name.files.into_iter().map(|f| (f.filename, f.attrs))),
+                Ok(name) => {
+                    let n = name.files.len();
+                    if read.fetch_add(n, Ordering::Relaxed) + n > MAX_ENTRIES {
+                        let _ = self.raw.close(handle).await;
+                        return Err(SyncError::TooLarge {
+                            what: "the sandbox's listing",
+                            limit: MAX_ENTRIES,
+                        });
+                    }
+                    out.extend(name.files.into_iter().map(|f| (f.filename, f.attrs)));
+                }
                 Err(SftpErr::Status(s)) if s.status_code == StatusCode::Eof => break,
                 Err(e) => return Err(SyncError::remote("readdir", path)(e)),
             }

@@ -47,6 +47,62 @@ pub fn part_target(rel: &str) -> Option<String> {
     })
 }
 
+/// Whether a single name is one of our temp names (`.NAME.warren-part`, whatever
+/// NAME is): such names are never taken from a sandbox, of any type.
+pub fn is_part_name(name: &str) -> bool {
+    part_target(name).is_some()
+}
+
+/// Whether any component of `rel` is a temp name.
+pub fn has_part_component(rel: &str) -> bool {
+    rel.split('/').any(is_part_name)
+}
+
+/// Longest name a component may have (NAME_MAX on Linux and macOS).
+pub const NAME_MAX: usize = 255;
+
+/// Whether `name` (one entry of a directory, as a sandbox lists it) can be one
+/// component of a local path: not empty, not `.` or `..`, no `/` or NUL, at most
+/// [`NAME_MAX`] bytes.
+pub fn plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name.len() <= NAME_MAX
+        && !name.contains(['/', '\0'])
+}
+
+/// Whether the mirror may make a link at `rel` (a checked relative path) whose
+/// text is `target`. The rule: relative; its `..` components all come first, and
+/// there are no more of them than directories above the link; the rest are plain
+/// names (and `.`). A link that keeps it resolves inside the tree whatever else
+/// the tree holds or comes to hold: its `..`s climb real directories (the mirror
+/// never writes through a link, so the link's own directory is reached through
+/// none), and below that it only descends, through entries that each stay inside
+/// by the same rule. Judging a target by its text alone is not enough: `d/u -> ..`
+/// and `x -> d/u/../.bashrc` both look inside, and `x` resolves to the parent.
+pub fn link_stays_beneath(rel: &str, target: &str) -> bool {
+    if target.is_empty() || target.starts_with('/') || target.contains('\0') {
+        return false;
+    }
+    let depth = rel.split('/').count().saturating_sub(1);
+    let (mut ups, mut descended) = (0usize, false);
+    for part in target.split('/') {
+        match part {
+            "" | "." => {}
+            ".." if descended => return false,
+            ".." => {
+                ups += 1;
+                if ups > depth {
+                    return false;
+                }
+            }
+            _ => descended = true,
+        }
+    }
+    true
+}
+
 /// What a scan found besides the tree: links it would not follow.
 #[derive(Debug, Default)]
 pub struct Scan {
@@ -180,6 +236,48 @@ mod tests {
         assert!(!stays_inside(Path::new("a/l"), Path::new("../../x")));
         assert!(!stays_inside(Path::new("l"), Path::new("/etc/passwd")));
         assert!(stays_inside(Path::new("a/b/l"), Path::new("./../../c")));
+    }
+
+    #[test]
+    fn mirrored_links_climb_first_and_never_past_the_root() {
+        // The attack: each looks inside by its text.
+        assert!(link_stays_beneath("d/u", ".."));
+        assert!(!link_stays_beneath("x", "d/u/../.bashrc"));
+        assert!(!link_stays_beneath(".x.warren-part", "d/u/../.bashrc"));
+        // Ordinary links in a workspace.
+        assert!(link_stays_beneath(
+            "node_modules/.bin/tsc",
+            "../typescript/bin/tsc"
+        ));
+        assert!(link_stays_beneath("a/b/l", "../../c"));
+        assert!(link_stays_beneath("l", "./a.txt"));
+        assert!(link_stays_beneath("l", "sub/"));
+        // Out, or not judged by position: refused.
+        assert!(!link_stays_beneath("l", "../x"));
+        assert!(!link_stays_beneath("a/l", "../../x"));
+        assert!(!link_stays_beneath("l", "/etc/passwd"));
+        assert!(!link_stays_beneath("a/l", "b/../c"));
+        assert!(!link_stays_beneath("a/l", "./b/.."));
+        assert!(!link_stays_beneath("l", ""));
+    }
+
+    #[test]
+    fn names_from_a_listing() {
+        for good in [
+            "a",
+            ".hidden",
+            "a b",
+            "\u{1b}]52;c;x\u{7}",
+            &"n".repeat(255),
+        ] {
+            assert!(plain_name(good), "{good:?}");
+        }
+        for bad in ["", ".", "..", "a/b", "/", "a\0b", &"n".repeat(256)] {
+            assert!(!plain_name(bad), "{bad:?}");
+        }
+        assert!(has_part_component("d/.x.warren-part/y"));
+        assert!(has_part_component(".x.warren-part"));
+        assert!(!has_part_component("d/x.warren-part"));
     }
 
     #[test]

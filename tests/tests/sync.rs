@@ -2,30 +2,35 @@
 //! user's path: a gateway, a Docker runner, a busybox sandbox, and the library
 //! logging in through the front door with the owner's API key, as the CLI does.
 //! The result is checked file by file from inside the sandbox (a `tar` of the
-//! target, read through `ssh`): contents, modes, mtimes, links.
+//! target, read through `ssh`): contents, modes, mtimes, links. And `warren mirror`
+//! against a hostile sandbox (the last section).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use common::docker::DockerStack;
+use common::docker::{DockerStack, docker_ok};
 use warren_keys::SandboxId;
 use warren_runner::protocol::SandboxSpec;
-use warren_sync::{Credential, Endpoint, Event, SeedOptions, SeedSummary, Stage};
-use warren_tests::{Client, Cmd};
+use warren_sync::{Credential, Endpoint, Event, MirrorOptions, SeedOptions, SeedSummary, Stage};
+use warren_tests::{Client, Cmd, util};
 
 const BUSYBOX: &str = "warren-busybox:latest";
 
 struct Fixture {
     stack: DockerStack,
+    id: SandboxId,
     client: Client,
     endpoint: Endpoint,
+    api_key: String,
 }
 
 fn fixture() -> Result<Option<Fixture>> {
@@ -43,8 +48,10 @@ fn fixture() -> Result<Option<Fixture>> {
     let endpoint = endpoint(&stack, &id, key.secret.expose());
     Ok(Some(Fixture {
         stack,
+        id,
         client,
         endpoint,
+        api_key: key.secret.expose().to_owned(),
     }))
 }
 
@@ -694,7 +701,9 @@ fn bench_sync_beside_rsync() -> Result<()> {
     let f = Fixture {
         endpoint: endpoint(&stack, &id, key.secret.expose()),
         stack,
+        id,
         client: c.clone(),
+        api_key: key.secret.expose().to_owned(),
     };
     let small = env_or("WARREN_BENCH_SMALL", 5000) as usize;
     let big_mib = env_or("WARREN_BENCH_BIG_MIB", 1024);
@@ -1070,5 +1079,439 @@ fn the_cli_draws_its_progress_in_a_terminal_and_resumes_after_ctrl_c() -> Result
             "the run after Ctrl-C sent everything again: {summary}"
         );
     }
+    Ok(())
+}
+
+// `warren mirror` against a hostile sandbox, on the Docker backend: what the
+// sandbox user and container root can put in the mirrored tree (links through
+// links, part-named links, setuid bits, a file turned into `/dev/zero`, names with
+// terminal escapes) and what a hostile watcher can send (a flood, a record without
+// end). Nothing may change outside the local directory, no link in it may resolve
+// outside it, writes and memory stay bounded, and the CLI prints sandbox names
+// escaped.
+
+/// The OSC 52 name of the issue: it would write "hello" to the clipboard.
+const OSC52: &str = "\x1b]52;c;aGVsbG8=\x07";
+
+impl Fixture {
+    /// A shell command as the sandbox user.
+    fn user(&self, script: &str) -> Result<()> {
+        self.client.exec(script).run()?.success()?;
+        Ok(())
+    }
+
+    /// A shell command as root in the container.
+    fn root(&self, script: &str) -> Result<()> {
+        docker_ok(&[
+            "exec",
+            "-u",
+            "0",
+            &format!("warren-{}", self.id),
+            "sh",
+            "-c",
+            script,
+        ])?;
+        Ok(())
+    }
+
+    /// Starts a mirror in the background; its events are collected.
+    fn mirror(&self, options: MirrorOptions) -> Mirror {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let seen = events.clone();
+        self.stack.stack.rt.spawn(async move {
+            while let Some(e) = rx.recv().await {
+                seen.lock().unwrap().push(e);
+            }
+        });
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let endpoint = self.endpoint.clone();
+        let task = self.stack.stack.rt.spawn(async move {
+            warren_sync::mirror(&endpoint, &options, tx, async {
+                let _ = stop_rx.await;
+            })
+            .await
+        });
+        Mirror {
+            events,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+}
+
+struct Mirror {
+    events: Arc<Mutex<Vec<Event>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), warren_sync::SyncError>>>,
+}
+
+impl Mirror {
+    fn warned(&self, what: &[&str]) -> bool {
+        self.events.lock().unwrap().iter().any(
+            |e| matches!(e, Event::Warning { message } if what.iter().all(|w| message.contains(w))),
+        )
+    }
+
+    fn warnings(&self) -> String {
+        let events = self.events.lock().unwrap();
+        let lines: Vec<String> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Warning { message } => Some(format!("{message:?}")),
+                _ => None,
+            })
+            .take(60)
+            .collect();
+        lines.join("\n")
+    }
+
+    fn stop(mut self, rt: &tokio::runtime::Runtime) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ =
+                rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), task).await });
+        }
+    }
+}
+
+/// Every entry under `root`, links not followed.
+fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(path.clone());
+            }
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// What must hold of a local directory whatever the sandbox did: every link
+/// resolves inside it (or nowhere), no part-named entry and no setuid, setgid or
+/// sticky bit is left, and the canaries beside it are untouched.
+fn check_contained(base: &Path, local: &Path) -> Result<()> {
+    let root = local.canonicalize()?;
+    for path in walk(local) {
+        let meta = std::fs::symlink_metadata(&path)?;
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        ensure!(
+            !name.ends_with(".warren-part"),
+            "a part-named entry was left: {}",
+            path.display()
+        );
+        if meta.file_type().is_symlink() {
+            if let Ok(real) = path.canonicalize() {
+                ensure!(
+                    real.starts_with(&root),
+                    "{} resolves out of the mirror, to {}",
+                    path.display(),
+                    real.display()
+                );
+            }
+        } else {
+            ensure!(
+                meta.mode() & 0o7000 == 0,
+                "{} has mode {:o}",
+                path.display(),
+                meta.mode()
+            );
+        }
+    }
+    ensure!(std::fs::read_to_string(base.join(".bashrc"))? == "canary\n");
+    ensure!(std::fs::read_to_string(base.join("outside/keep"))? == "keep\n");
+    let beside: Vec<PathBuf> = walk(base)
+        .into_iter()
+        .filter(|p| !p.starts_with(local))
+        .collect();
+    ensure!(
+        beside.len() == 3,
+        "something appeared beside the mirror: {beside:?}"
+    );
+    Ok(())
+}
+
+/// One stack for all of it: the CLI's output, the attacks on the tree, the
+/// hostile watchers.
+#[test]
+fn a_hostile_sandbox_cannot_reach_past_the_mirrored_directory() -> Result<()> {
+    let Some(f) = fixture()? else { return Ok(()) };
+    the_cli_prints_sandbox_names_escaped(&f)?;
+    let base = tempfile::TempDir::new()?;
+    let local = base.path().join("w");
+    links_and_parts_stay_inside(&f, base.path(), &local)?;
+    hostile_watchers_are_bounded(&f, base.path(), &local)
+}
+
+/// The issue's attack and its relatives, by the sandbox user and by container
+/// root, on the first pull and live: `../` through links, a part-named link, links
+/// that move to a shallower depth, setuid files, a file that becomes `/dev/zero`.
+fn links_and_parts_stay_inside(f: &Fixture, base: &Path, local: &Path) -> Result<()> {
+    // As the sandbox user, before the mirror starts (the first pull).
+    f.user(
+        "mkdir -p /workspace/m && chmod 777 /workspace/m && cd /workspace/m && mkdir d && ln -s .. d/u \
+         && ln -s d/u/../.bashrc .x.warren-part && echo evil > x \
+         && mkdir -p a/b && ln -s ../.. a/b/up && ln -s a/b/up/../../.bashrc y \
+         && ln -s ../../.. deep && ln -s /etc abs && mkdir .z.warren-part && echo z > .z.warren-part/f \
+         && ln -s / .q.warren-part && echo s > suid && chmod 6755 suid \
+         && mkdir -p node_modules/.bin node_modules/tool && echo t > node_modules/tool/cli \
+         && ln -s ../tool/cli node_modules/.bin/cli \
+         && for i in $(seq 1000 2999); do echo $i > n$i; done && head -c 1000 /dev/urandom > zz",
+    )?;
+    // As container root (no CAP_DAC_OVERRIDE: in the directory the user opened to
+    // it): the same through a root-owned directory, and root's setuid file.
+    f.root(
+        "cd /workspace/m && mkdir r && ln -s .. r/u && ln -s r/u/../.bashrc .r.warren-part \
+         && echo evil > rr && echo s > rootsuid && chmod 4755 rootsuid",
+    )?;
+    // Root, once the mirror's watcher runs (so the listing is taken): `zz` becomes
+    // a link to /dev/zero before the pull reaches it (2,000 files come first).
+    let name = format!("warren-{}", f.id);
+    docker_ok(&[
+        "exec",
+        "-d",
+        "-u",
+        "0",
+        &name,
+        "sh",
+        "-c",
+        "while ! ps | grep -q '[w]atch /workspace/m'; do usleep 50000; done; \
+         usleep 300000; ln -sf /dev/zero /workspace/m/zz",
+    ])?;
+
+    std::fs::write(base.join(".bashrc"), "canary\n")?;
+    std::fs::create_dir(base.join("outside"))?;
+    std::fs::write(base.join("outside/keep"), "keep\n")?;
+    let m = f.mirror(MirrorOptions::new("/workspace/m", local));
+    let read = |p: &str| std::fs::read_to_string(local.join(p)).unwrap_or_default();
+    let pulled = wait_for("the first pull", Duration::from_secs(90), || {
+        read("x") == "evil\n" && read("rr") == "evil\n" && read("n2999") == "2999\n"
+    });
+    if pulled.is_err() {
+        anyhow::bail!("the first pull did not finish:\n{}", m.warnings());
+    }
+    // The link that keeps the rule is made; the others are not, and say so.
+    ensure!(std::fs::read_link(local.join("node_modules/.bin/cli"))? == Path::new("../tool/cli"));
+    ensure!(read("node_modules/.bin/cli") == "t\n");
+    ensure!(std::fs::read_link(local.join("d/u"))? == Path::new(".."));
+    for refused in [
+        "y",
+        "deep",
+        "abs",
+        ".x.warren-part",
+        ".q.warren-part",
+        ".z.warren-part",
+    ] {
+        ensure!(
+            std::fs::symlink_metadata(local.join(refused)).is_err(),
+            "{refused} was made"
+        );
+    }
+    wait_for("the refusals reported", Duration::from_secs(10), || {
+        m.warned(&["y: a link that may resolve out of the tree"])
+            && m.warned(&["abs: a link that may resolve out of the tree (-> /etc)"])
+    })?;
+    ensure!(std::fs::metadata(local.join("suid"))?.permissions().mode() & 0o7777 == 0o755);
+    ensure!(
+        std::fs::metadata(local.join("rootsuid"))?
+            .permissions()
+            .mode()
+            & 0o7777
+            == 0o755
+    );
+    // `zz` became /dev/zero after it was listed: not read at all, or at most its
+    // listed 1000 bytes; then its link is refused.
+    let handled = wait_for("zz handled", Duration::from_secs(30), || {
+        std::fs::symlink_metadata(local.join("zz")).is_err()
+            && m.warned(&["zz: a link that may resolve out of the tree (-> /dev/zero)"])
+    });
+    if handled.is_err() {
+        let there = f.client.exec("ls -la /workspace/m/zz").run()?.stdout_str();
+        anyhow::bail!(
+            "zz: {there}; local {:?}; warnings:\n{}",
+            std::fs::symlink_metadata(local.join("zz")).map(|m| m.len()),
+            m.warnings()
+        );
+    }
+    println!(
+        "zz was {}",
+        if m.warned(&["zz: not a regular file when opened"]) {
+            "opened as /dev/zero and refused (not a regular file)"
+        } else {
+            "seen as a link first"
+        }
+    );
+    check_contained(base, local)?;
+
+    // Live, through the watcher: the same attack again, by the user and by root,
+    // and a move that would take a link's `..`s past the root.
+    f.user(
+        "cd /workspace/m && mkdir e && ln -s .. e/u && ln -s e/u/../.bashrc .x2.warren-part \
+         && echo evil > x2 && ln -s e/u/../.bashrc x3 && mkdir -p m1/m2 && ln -s ../../d m1/m2/ok \
+         && echo 1 > m1/m2/file",
+    )?;
+    f.root(
+        "cd /workspace/m && ln -s r/u/../.bashrc .rr.warren-part && echo evil > rr2 \
+         && ln -sf /dev/zero n1000 && echo s > suid2 && chmod 7777 suid2",
+    )?;
+    wait_for("the live changes", Duration::from_secs(30), || {
+        read("x2") == "evil\n" && read("rr2") == "evil\n" && read("m1/m2/file") == "1\n"
+    })?;
+    ensure!(std::fs::read_link(local.join("m1/m2/ok"))? == Path::new("../../d"));
+    f.user("cd /workspace/m && mv m1/m2 m2top && echo after > after")?;
+    wait_for("the move", Duration::from_secs(30), || {
+        read("m2top/file") == "1\n" && read("after") == "after\n"
+    })?;
+    wait_for("n1000 and suid2", Duration::from_secs(20), || {
+        std::fs::symlink_metadata(local.join("n1000")).is_err() && read("suid2") == "s\n"
+    })?;
+    ensure!(
+        std::fs::symlink_metadata(local.join("m2top/ok")).is_err(),
+        "a link moved to where its ../.. leaves the tree was kept"
+    );
+    ensure!(std::fs::symlink_metadata(local.join("x3")).is_err());
+    ensure!(std::fs::metadata(local.join("suid2"))?.permissions().mode() & 0o7777 == 0o777);
+    check_contained(base, local)?;
+    m.stop(&f.stack.stack.rt);
+    Ok(())
+}
+
+fn hostile_watchers_are_bounded(f: &Fixture, base: &Path, local: &Path) -> Result<()> {
+    // A watcher that floods (container root can make the session's watcher any
+    // program): the queue collapses into rescans and memory stays bounded; one
+    // that sends a record without end is cut off.
+    let scripts = [
+        (
+            "/tmp/flood",
+            "#!/bin/sh\nprintf '1\\tS\\000'\nseq 2 999999999 | sed 's/^.*$/&\tW\tf&/' | tr '\\n' '\\000'\n",
+        ),
+        (
+            "/tmp/endless",
+            "#!/bin/sh\nprintf '1\\tS\\000'\ntr '\\000' a < /dev/zero\n",
+        ),
+    ];
+    for (path, script) in scripts {
+        f.client
+            .exec(&format!("cat > {path} && chmod +x {path}"))
+            .stdin(script.as_bytes().to_vec())
+            .run()?
+            .success()?;
+    }
+    let rss = || {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+            / 1024
+    };
+    for (agent, expect) in [
+        ("/tmp/flood", "rescanning"),
+        ("/tmp/endless", "a record from the watcher"),
+    ] {
+        let before = rss();
+        let mut options = MirrorOptions::new("/workspace/m", local);
+        options.agent_path = Some(agent.into());
+        let m = f.mirror(options);
+        let warned = wait_for(expect, Duration::from_secs(60), || m.warned(&[expect]));
+        if warned.is_err() {
+            anyhow::bail!("{agent}: no warning {expect:?}:\n{}", m.warnings());
+        }
+        // Ten seconds more of it.
+        let mut peak = 0;
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(500));
+            peak = peak.max(rss());
+        }
+        m.stop(&f.stack.stack.rt);
+        println!("{agent}: RSS {before} MiB before, {peak} MiB at most while it ran");
+        ensure!(
+            peak < before + 256,
+            "{agent}: memory grew from {before} to {peak} MiB"
+        );
+    }
+    check_contained(base, local)?;
+    Ok(())
+}
+
+/// The CLI as a person runs it: a sandbox name carrying OSC 52 (and the mirror's
+/// warning about it) reaches the terminal escaped, never as raw control bytes.
+fn the_cli_prints_sandbox_names_escaped(f: &Fixture) -> Result<()> {
+    let api = f.stack.stack.api(Duration::from_secs(3600))?;
+    f.user(&format!(
+        "mkdir -p /workspace/t && cd /workspace/t && echo ok > plain && ln -s /etc \"$(printf '{}')\"",
+        OSC52.replace('\x1b', "\\033").replace('\x07', "\\007")
+    ))?;
+    let local = tempfile::TempDir::new()?;
+    let bin = warren_tests::build_bin("warren-cli", "warren", warren_tests::Profile::Debug)?;
+    let mut child = std::process::Command::new(&bin)
+        .args(["mirror", "--progress", "none"])
+        .arg(format!("{}:/workspace/t", f.endpoint.sandbox))
+        .arg(local.path())
+        .env("WARREN_URL", &api.base)
+        .env("WARREN_API_KEY", &f.api_key)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stderr = child.stderr.take().unwrap();
+    let output = Arc::new(Mutex::new(Vec::new()));
+    let sink = output.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let escaped = "\\x1b]52;c;aGVsbG8=\\x07";
+    let seen = util::wait_until(Duration::from_secs(60), || {
+        String::from_utf8_lossy(&output.lock().unwrap()).contains(escaped)
+            && local.path().join("plain").exists()
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let out = output.lock().unwrap().clone();
+    let text = String::from_utf8_lossy(&out);
+    println!("the CLI printed:\n{text}");
+    ensure!(seen, "no escaped name in the CLI's output:\n{text:?}");
+    ensure!(
+        !out.iter().any(|b| *b == 0x1b || *b == 0x07),
+        "raw control bytes reached the terminal: {text:?}"
+    );
+    ensure!(std::fs::read_to_string(local.path().join("plain"))? == "ok\n");
+
+    // `warren sync` the other way: a dry run with `--delete` names what it would
+    // remove in the sandbox, the OSC 52 link among them.
+    let empty = tempfile::TempDir::new()?;
+    let dry = Cmd::new(&bin)
+        .args(["sync", "-n", "--delete", "--progress", "none"])
+        .arg(empty.path())
+        .arg(format!("{}:/workspace/t", f.endpoint.sandbox))
+        .env("WARREN_URL", &api.base)
+        .env("WARREN_API_KEY", &f.api_key)
+        .timeout(Duration::from_secs(60))
+        .run()?
+        .success()?;
+    let text = dry.stderr_str();
+    println!("the dry run printed:\n{text}");
+    ensure!(
+        text.contains(&format!("delete  {escaped}")),
+        "no escaped name in the dry run: {text:?}"
+    );
+    ensure!(
+        !dry.stderr.iter().any(|b| *b == 0x1b || *b == 0x07),
+        "raw control bytes reached the terminal: {text:?}"
+    );
     Ok(())
 }
