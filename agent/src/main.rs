@@ -164,12 +164,33 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn askpass(prompt: &str) {
+    // A runner's push names the only place the password is for; git asks with the
+    // URL it is talking to ("Password for 'https://user@host': "), which a
+    // redirect or a rewritten URL would change.
+    if let Ok(origin) = std::env::var("WARREN_GIT_ORIGIN")
+        && prompt_origin(prompt).as_deref() != Some(origin.as_str())
+    {
+        eprintln!("askpass: no credentials for this host");
+        std::process::exit(1);
+    }
     let answer = if prompt.to_ascii_lowercase().starts_with("username") {
         std::env::var("WARREN_GIT_USERNAME").unwrap_or_else(|_| "x-access-token".into())
     } else {
         std::env::var("WARREN_GIT_PASSWORD").unwrap_or_default()
     };
     println!("{answer}");
+}
+
+/// `scheme://host[:port]` (lowercase, without a user) of the URL quoted in one of
+/// git's credential prompts.
+fn prompt_origin(prompt: &str) -> Option<String> {
+    let start = prompt.find('\'')? + 1;
+    let end = start + prompt[start..].find('\'')?;
+    let url = &prompt[start..end];
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split('/').next()?;
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    Some(format!("{scheme}://{host}").to_ascii_lowercase())
 }
 
 /// The variables named in `names`, read from this process's environment. A name
@@ -329,4 +350,26 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let config = server::ssh_config_with(host_key, args.allow_unencrypted);
     server::serve(args.listen, config, agent).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompts_name_their_origin() {
+        assert_eq!(
+            prompt_origin("Username for 'https://github.com': ").as_deref(),
+            Some("https://github.com")
+        );
+        assert_eq!(
+            prompt_origin("Password for 'https://x-access-token@GitHub.com:8443': ").as_deref(),
+            Some("https://github.com:8443")
+        );
+        assert_eq!(
+            prompt_origin("Password for 'http://evil.example/': ").as_deref(),
+            Some("http://evil.example")
+        );
+        assert_eq!(prompt_origin("Password: "), None);
+    }
 }

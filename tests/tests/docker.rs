@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use common::docker::{DockerStack, docker, docker_ok, image, network_of};
+use common::docker::{DockerStack, docker, docker_host_ip, docker_ok, image, network_of};
 use warren_keys::SandboxId;
 use warren_runner::protocol::{NetworkPolicy, RepoSpec, Request, Response, SandboxSpec, Secret};
 use warren_tests::util::{self, free_port, wait_until};
@@ -495,7 +495,8 @@ fn the_idle_reaper_stops_idle_sandboxes_and_spares_busy_ones() -> Result<()> {
 }
 
 #[test]
-fn a_repository_is_cloned_onto_its_branch_pushed_back_and_secrets_stay_out_of_logs() -> Result<()> {
+fn a_repository_is_cloned_onto_its_branch_refuses_unpinned_pushes_and_keeps_secrets_out_of_logs()
+-> Result<()> {
     // The git server runs on the host, which sandboxes reach only on the ports the
     // operator allows.
     let port = free_port()?;
@@ -545,19 +546,7 @@ fn a_repository_is_cloned_onto_its_branch_pushed_back_and_secrets_stay_out_of_lo
         .stderr(std::process::Stdio::null())
         .spawn()?;
     let _daemon = KillOnDrop(daemon);
-    // The host as containers see it: docker0's address.
-    let addr = Cmd::new("ip")
-        .args(["-4", "-o", "addr", "show", "docker0"])
-        .run()?
-        .success()?;
-    let host_ip = addr
-        .stdout_str()
-        .split_whitespace()
-        .skip_while(|w| *w != "inet")
-        .nth(1)
-        .and_then(|cidr| cidr.split('/').next())
-        .context("docker0 has no IPv4 address")?
-        .to_owned();
+    let host_ip = docker_host_ip()?;
     let secret = "sk-warren-test-secret-3f9a1c";
     let mut spec = base_spec();
     spec.env.insert("ANTHROPIC_API_KEY".into(), secret.into());
@@ -586,50 +575,38 @@ fn a_repository_is_cloned_onto_its_branch_pushed_back_and_secrets_stay_out_of_lo
         out.stdout_trimmed() == secret,
         "the environment did not reach the session"
     );
-    // A pull request's push, from inside the container as the sandbox user: a
-    // commit by the requesting user on the sandbox's branch, in the remote.
+    // A pull request's push goes only to the https repository the sandbox was made
+    // from, from the runner (tests/tests/pulls.rs): a request without that URL, or
+    // naming another transport, is refused and nothing reaches the remote.
     c.exec("cd /workspace && echo change > change.txt")
         .run()?
         .success()?;
-    let push = |token: &str| {
-        d.control(Request::CommitAndPush {
+    for remote_url in [None, Some(format!("git://{host_ip}:{port}/project.git"))] {
+        let answer = d.control(Request::CommitAndPush {
             sandbox: id.clone(),
-            message: "Change things\n\nFrom the sandbox.".into(),
+            message: "Change things".into(),
             branch: "warren/feature".into(),
             author_name: "alice".into(),
             author_email: "alice@example.test".into(),
             base: None,
-            remote_url: None,
-            token: Some(Secret::new(token)),
-        })
-    };
-    let commit = match push("ghp_warrentesttoken123")? {
-        Response::Pushed {
-            commit,
-            committed: true,
-            ..
-        } => commit,
-        other => bail!("commit and push: {other:?}"),
-    };
-    let remote = Cmd::new("git")
+            remote_url: remote_url.clone(),
+            token: Some(Secret::new("ghp_warrentesttoken123")),
+        })?;
+        ensure!(
+            matches!(&answer, Response::Refused { code, .. } if code == "no_repo"),
+            "a push to {remote_url:?}: {answer:?}"
+        );
+    }
+    let branches = Cmd::new("git")
         .arg("--git-dir")
         .arg(&repo)
-        .args(["log", "-1", "--format=%H %an <%ae> %s", "warren/feature"])
+        .args(["branch", "--list"])
         .run()?
         .success()?;
     ensure!(
-        remote.stdout_trimmed() == format!("{commit} alice <alice@example.test> Change things"),
-        "the remote's branch: {remote}"
+        !branches.stdout_str().contains("warren/feature"),
+        "the remote got a push: {branches}"
     );
-    // Again with nothing new: no second commit, the same one pushed.
-    match push("ghp_warrentesttoken123")? {
-        Response::Pushed {
-            commit: again,
-            committed: false,
-            ..
-        } if again == commit => {}
-        other => bail!("a second push with nothing new: {other:?}"),
-    }
     // The runner gives the create-time env back (a restarted gateway asks for it),
     // just that env, from the container, across a runner restart.
     d.restart_runner()?;

@@ -67,6 +67,8 @@ pub struct Lifecycle {
     locks: KeyedLocks<SandboxId>,
     /// GitHub's REST API base for pull requests ([`crate::github`]).
     github_api: Mutex<String>,
+    /// Whether `http://` repositories are accepted ([`Self::allows_http_repos`]).
+    http_repos: std::sync::atomic::AtomicBool,
     /// What each runner said it has room for, and when ([`placement`]).
     capacities: Mutex<HashMap<RunnerId, (Instant, RunnerCapacity)>>,
     /// The front door's logged-in connections: revoking access ends them.
@@ -96,6 +98,7 @@ impl Lifecycle {
             key_sync_locks: Mutex::default(),
             locks: Mutex::default(),
             github_api: Mutex::new(crate::github::api_base_from_env()),
+            http_repos: std::sync::atomic::AtomicBool::new(http_repos_from_env()),
             capacities: Mutex::default(),
             live: Arc::default(),
             recordings: Arc::new(crate::recordings::Recordings::off()),
@@ -106,6 +109,18 @@ impl Lifecycle {
     /// `WARREN_GITHUB_API`), `https://HOST/api/v3` for GitHub Enterprise.
     pub fn set_github_api(&self, base: &str) {
         *crate::unpoisoned(&self.github_api) = base.to_owned();
+    }
+
+    /// Plain `http://` repositories: off unless the operator sets
+    /// `WARREN_ALLOW_HTTP_REPOS=1` (a Git server on a trusted network; tests), since
+    /// the push token would cross the network in the clear.
+    pub fn allows_http_repos(&self) -> bool {
+        self.http_repos.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_allow_http_repos(&self, allow: bool) {
+        self.http_repos
+            .store(allow, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn github(&self) -> crate::github::GitHub {
@@ -161,6 +176,12 @@ impl Lifecycle {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// `WARREN_ALLOW_HTTP_REPOS` set to `1` or `true`.
+fn http_repos_from_env() -> bool {
+    std::env::var("WARREN_ALLOW_HTTP_REPOS")
+        .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true"))
 }
 
 /// Runs `work` in its own task, so a client that hangs up mid-request does not

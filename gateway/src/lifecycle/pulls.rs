@@ -1,6 +1,7 @@
 //! Pull requests: commit a sandbox's work on its branch, push
-//! it with the credentials given at create time, open a GitHub pull request; and
-//! merge one.
+//! it with the credentials given at create time to the repository given at create
+//! time (never the workspace's own remotes, which sandbox code can rewrite), open a
+//! GitHub pull request; and merge one.
 //!
 //! The push token is the create request's `GITHUB_TOKEN`, kept in the gateway's
 //! memory only (after a gateway restart it is asked of the runner, which holds the
@@ -72,8 +73,10 @@ fn upstream(message: impl Into<String>) -> Error {
     Error::new(Kind::Upstream, "upstream_error", message)
 }
 
-/// The sandbox's repository on GitHub, or a 409 saying why there is none.
-fn repo_of(sandbox: &Sandbox) -> Result<(String, RepoRef), Error> {
+/// The sandbox's repository as given at create (the URL pushes go to, whatever
+/// the workspace's `origin` says now) and on GitHub, or a 409 saying why there is
+/// none.
+fn repo_of(lc: &Lifecycle, sandbox: &Sandbox) -> Result<(String, RepoRef), Error> {
     let url = sandbox.repo.as_deref().ok_or_else(|| {
         Error::new(
             Kind::Conflict,
@@ -81,6 +84,20 @@ fn repo_of(sandbox: &Sandbox) -> Result<(String, RepoRef), Error> {
             "the sandbox was created without a repo; pull requests need one",
         )
     })?;
+    // Checked again: a sandbox made before URLs were checked at create may name a
+    // local path, and the operator may have withdrawn http since.
+    let pushable = match validate::repo(url) {
+        Ok(validate::RepoTransport::Https) => true,
+        Ok(validate::RepoTransport::Http) => lc.allows_http_repos(),
+        Err(_) => false,
+    };
+    if !pushable {
+        return Err(Error::new(
+            Kind::Conflict,
+            "no_repo",
+            "the sandbox's repo is not an https:// URL; pull requests push only there",
+        ));
+    }
     let repo = RepoRef::parse(url).ok_or_else(|| {
         Error::new(
             Kind::Conflict,
@@ -146,7 +163,7 @@ impl Lifecycle {
     ) -> Result<PullRequestView> {
         check_create(&body)?;
         let sandbox = self.owned(owner, id).await?;
-        let (_, repo) = repo_of(&sandbox)?;
+        let (url, repo) = repo_of(self, &sandbox)?;
         let token = token_of(self, &sandbox).await?;
         let github = self.github();
         let author = owner.name.clone();
@@ -181,7 +198,8 @@ impl Lifecycle {
                 author_name: author.clone(),
                 author_email: format!("{author}@users.warren.invalid"),
                 base: body.base.clone(),
-                remote_url: None,
+                // Pinned: the runner pushes here, never to the workspace's remotes.
+                remote_url: Some(url),
                 token: Some(Secret::new(token.clone())),
             };
             let (commit, default_branch) = match lc.hub.control(&runner, &request).await? {
@@ -208,6 +226,9 @@ impl Lifecycle {
                     )));
                 }
             };
+            // The default branch is read from the workspace: a name the sandbox
+            // chose, so checked like any other.
+            let default_branch = default_branch.filter(|b| validate::branch(b).is_ok());
             let base = body
                 .base
                 .clone()
@@ -250,7 +271,7 @@ impl Lifecycle {
             .ok()
             .filter(|n| (1..=u64::from(u32::MAX)).contains(n))
             .ok_or_else(|| Error::not_found("pull request"))?;
-        let (_, repo) = repo_of(&sandbox)?;
+        let (_, repo) = repo_of(self, &sandbox)?;
         let token = token_of(self, &sandbox).await?;
         let merged = self
             .github()

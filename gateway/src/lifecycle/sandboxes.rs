@@ -33,8 +33,8 @@ const REPO_TOKEN_ENV: &str = "GITHUB_TOKEN";
 pub struct CreateSandbox {
     /// An image reference (default: the runner's base image).
     pub image: Option<String>,
-    /// A repository cloned into the workspace: an https/http/ssh/git/file URL,
-    /// `user@host:path`, or an absolute path on the runner.
+    /// A repository cloned into the workspace, and where pull requests push to: an
+    /// `https://` URL (`http://` only where the operator allows it).
     pub repo: Option<String>,
     /// The branch made for the sandbox's work (default `warren/<sandbox-id>`); needs
     /// `repo`.
@@ -115,9 +115,16 @@ struct Step {
 impl Lifecycle {
     /// Creates a sandbox for `owner` on the online runner with room for it.
     /// Nothing is stored unless every field passes and the runner could create it;
-    /// a runner failing the create leaves it `failed` (an upstream error).
+    /// a runner failing the create is an upstream error that leaves nothing in the
+    /// owner's list ([`Self::discard_failed_create`]).
     pub async fn create(self: &Arc<Self>, owner: &User, body: CreateSandbox) -> Result<Created> {
         check_create(&body)?;
+        let transport = body.repo.as_deref().map(validate::repo).transpose()?;
+        if transport == Some(validate::RepoTransport::Http) && !self.allows_http_repos() {
+            return Err(Error::invalid(
+                "repo must be an https:// URL (http:// would send the token in the clear)",
+            ));
+        }
         let id = SandboxId::generate();
         let cpus = body.cpus.unwrap_or(DEFAULT_CPUS);
         let memory_mb = body.memory_mb.unwrap_or(DEFAULT_MEMORY_MB);
@@ -161,14 +168,44 @@ impl Lifecycle {
         };
         let lc = self.clone();
         let sandbox = detached(async move {
-            let _guard = lc.lock(&new.id).await;
+            let guard = lc.lock(&new.id).await;
             let sandbox = lc.store.create_sandbox(&new).await?;
             lc.specs().insert(sandbox.id.clone(), spec.clone());
-            run_on_runner(&lc, &sandbox, spec, "created").await
+            let made = run_on_runner(&lc, &sandbox, spec, "created").await;
+            if made.is_err() {
+                lc.discard_failed_create(&sandbox).await;
+                drop(guard);
+                lc.forget(&sandbox.id);
+            }
+            made
         })
         .await?;
         let token = self.signer.mint(&sandbox.id, Scope::Ssh, SANDBOX_TOKEN_TTL);
         Ok(Created { sandbox, token })
+    }
+
+    /// A create the runner failed (now `failed`, its reason in the events): the
+    /// caller never got its id, so whatever the runner made of it is removed and it
+    /// is `deleted` at once; the list shows it only with `include_deleted`. Runs
+    /// under the sandbox's lock.
+    async fn discard_failed_create(&self, sandbox: &Sandbox) {
+        if let Some(runner) = &sandbox.runner_id {
+            let request = Request::Delete {
+                sandbox: sandbox.id.clone(),
+            };
+            if let Err(e) = expect_ok(self, runner, request).await {
+                // Usually nothing was made (the runner undoes a create it fails).
+                tracing::info!(sandbox = %sandbox.id, "removing a failed create: {}", e.message);
+            }
+        }
+        let reason = "create failed; removed";
+        if let Err(e) = self
+            .store
+            .set_sandbox_state(&sandbox.id, SandboxState::Deleted, reason)
+            .await
+        {
+            tracing::warn!(sandbox = %sandbox.id, "discarding a failed create: {e}");
+        }
     }
 
     /// `owner`'s sandboxes, newest first, a page at a time.

@@ -48,9 +48,47 @@ pub fn branch(name: &str) -> Result<(), Error> {
     spec::branch(name).map_err(invalid)
 }
 
-/// A repository to clone ([`spec::repo`]).
-pub fn repo(url: &str) -> Result<(), Error> {
-    spec::repo(url).map_err(invalid)
+/// How a repository is reached: the only transports the API accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepoTransport {
+    Https,
+    /// Plain `http://`: the token would cross the network in the clear, so only
+    /// where the operator allows it ([`super::Lifecycle::allows_http_repos`]).
+    Http,
+}
+
+/// A repository to clone and to push pull requests to: `https://host[:port]/path`
+/// (or `http://`, see [`RepoTransport::Http`]). Local paths, `file://`, `ssh://`,
+/// scp-like `host:path`, `git://` and git's `transport::address` forms are refused:
+/// a path names the runner's own disk, and the others either carry no token or
+/// run programs of git's choosing.
+pub fn repo(url: &str) -> Result<RepoTransport, Error> {
+    spec::repo(url).map_err(invalid)?;
+    let err = || {
+        Error::invalid(
+            "repo must be an https:// URL of a remote repository (local paths, file://, \
+             ssh and other git transports are not supported)",
+        )
+    };
+    let (transport, rest) = if let Some(rest) = url.strip_prefix("https://") {
+        (RepoTransport::Https, rest)
+    } else if let Some(rest) = url.strip_prefix("http://") {
+        (RepoTransport::Http, rest)
+    } else {
+        return Err(err());
+    };
+    let (authority, path) = rest.split_once('/').ok_or_else(err)?;
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_:[]".contains(&b));
+    if !host_ok || path.trim_matches('/').is_empty() {
+        return Err(err());
+    }
+    Ok(transport)
 }
 
 pub fn network(policy: &NetworkPolicy) -> Result<(), Error> {
@@ -82,5 +120,44 @@ mod tests {
         assert!(range("cpus", 0.05, CPUS).is_err());
         assert!(range("cpus", 0.1, CPUS).is_ok());
         assert!(range("memory_mb", 65_537, MEMORY_MB).is_err());
+    }
+
+    #[test]
+    fn repositories_are_remote_https() {
+        for good in [
+            "https://github.com/acme/widgets.git",
+            "https://ghe.example.com:8443/acme/widgets",
+            "https://[2001:db8:0:0:0:0:0:1]:8443/acme/widgets",
+        ] {
+            assert_eq!(repo(good).ok(), Some(RepoTransport::Https), "{good}");
+        }
+        assert_eq!(
+            repo("http://10.0.0.5/acme/widgets.git").ok(),
+            Some(RepoTransport::Http)
+        );
+        for bad in [
+            "/x",
+            "/etc",
+            "file:///etc",
+            "FILE:///etc",
+            "file://localhost/etc",
+            "ext::sh -c touch% /tmp/pwned",
+            "ext::sh",
+            "fd::0",
+            "fd::3,4",
+            "ssh://git@github.com/acme/widgets.git",
+            "git@github.com:acme/widgets.git",
+            "git://github.com/acme/widgets.git",
+            "https://",
+            "https:///etc",
+            "https://github.com",
+            "https://github.com/",
+            "https://gith\\ub.com/a/b",
+            "--upload-pack=touch /tmp/pwned",
+            "../../etc",
+            "HTTPS://github.com/a/b",
+        ] {
+            assert!(repo(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -270,7 +270,12 @@ impl ProcessBackend {
             cwd: workspace,
             askpass: self.askpass(id)?,
         };
-        git::commit_and_push(&exec, req).await
+        // Beside the sandboxes' directories (a name no sandbox id has).
+        let place = git::PushPlace {
+            scratch: self.sandboxes_dir.join(format!(".push-{id}")),
+            agent_bin: &self.agent_bin,
+        };
+        git::commit_and_push(&exec, &place, req).await
     }
 
     /// Stops the sandbox's agent (SIGTERM, SIGKILL after 5 s), keeping its work
@@ -342,8 +347,8 @@ struct HostGit {
     askpass: PathBuf,
 }
 
-impl git::GitExec for HostGit {
-    async fn git(&self, args: &[&str], password: Option<&str>) -> Result<git::GitOutput> {
+impl HostGit {
+    fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("git");
         cmd.args(args)
             .current_dir(&self.cwd)
@@ -356,6 +361,13 @@ impl git::GitExec for HostGit {
             .env_remove("GIT_INDEX_FILE")
             .stdin(Stdio::null())
             .kill_on_drop(true);
+        cmd
+    }
+}
+
+impl git::GitExec for HostGit {
+    async fn git(&self, args: &[&str], password: Option<&str>) -> Result<git::GitOutput> {
+        let mut cmd = self.command(args);
         if let Some(password) = password {
             cmd.env("WARREN_GIT_PASSWORD", password);
         }
@@ -364,6 +376,39 @@ impl git::GitExec for HostGit {
             code: out.status.code().map_or(-1, i64::from),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    async fn git_to_file(
+        &self,
+        args: &[&str],
+        out: &mut git::BoundedFile,
+    ) -> Result<git::GitOutput> {
+        use tokio::io::AsyncReadExt;
+        let mut cmd = self.command(args);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().context("running git")?;
+        let mut stdout = child.stdout.take().context("git's stdout")?;
+        let mut stderr = child.stderr.take().context("git's stderr")?;
+        let errors = tokio::spawn(async move {
+            let mut text = Vec::new();
+            let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut text).await;
+            text
+        });
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let n = stdout.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            out.write(&chunk[..n]).await?;
+        }
+        let status = child.wait().await?;
+        let stderr = errors.await.unwrap_or_default();
+        Ok(git::GitOutput {
+            code: status.code().map_or(-1, i64::from),
+            stdout: String::new(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
         })
     }
 }

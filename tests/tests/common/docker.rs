@@ -46,6 +46,22 @@ pub fn network_of(id: &SandboxId) -> Result<String> {
     ])
 }
 
+/// The host as containers see it: docker0's IPv4 address.
+pub fn docker_host_ip() -> Result<String> {
+    let addr = Cmd::new("ip")
+        .args(["-4", "-o", "addr", "show", "docker0"])
+        .run()?
+        .success()?;
+    Ok(addr
+        .stdout_str()
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .context("docker0 has no IPv4 address")?
+        .to_owned())
+}
+
 pub fn docker_available() -> bool {
     docker(&["version", "--format", "{{.Server.APIVersion}}"]).is_ok_and(|o| o.code() == Some(0))
 }

@@ -53,7 +53,9 @@ impl DockerBackend {
         argv: &[&str],
         git_password: Option<&str>,
     ) -> Result<String> {
-        let out = self.exec_output(id, user, argv, git_password, "/").await?;
+        let out = self
+            .exec_output(id, user, argv, git_password, "/", None)
+            .await?;
         let code = out.code;
         if code != 0 {
             let mut message = out.stderr.trim().to_owned();
@@ -70,6 +72,8 @@ impl DockerBackend {
 
     /// Runs `argv` in the sandbox as `user` in `working_dir` and returns its exit
     /// code and output, whatever the code (the environment as [`Self::exec_as`]'s).
+    /// Its stdout goes to `file` if one is given (the output's `stdout` is then
+    /// empty).
     pub async fn exec_output(
         &self,
         id: &SandboxId,
@@ -77,6 +81,7 @@ impl DockerBackend {
         argv: &[&str],
         git_password: Option<&str>,
         working_dir: &str,
+        mut file: Option<&mut git::BoundedFile>,
     ) -> Result<git::GitOutput> {
         let mut env = vec![
             format!("GIT_ASKPASS={ASKPASS_MOUNT}"),
@@ -119,7 +124,10 @@ impl DockerBackend {
         {
             while let Some(chunk) = output.next().await {
                 match chunk? {
-                    LogOutput::StdOut { message } => stdout.extend_from_slice(&message),
+                    LogOutput::StdOut { message } => match file.as_mut() {
+                        Some(file) => file.write(&message).await?,
+                        None => stdout.extend_from_slice(&message),
+                    },
                     LogOutput::StdErr { message } => stderr.extend_from_slice(&message),
                     _ => {}
                 }
@@ -153,7 +161,13 @@ impl DockerBackend {
             id,
             user,
         };
-        git::commit_and_push(&exec, req).await
+        // The push itself runs here on the host, never in the container (which
+        // only hands over a bundle): never mounted, as `.runner`.
+        let place = git::PushPlace {
+            scratch: self.run_dir.join(format!(".push-{id}")),
+            agent_bin: &self.agent_bin,
+        };
+        git::commit_and_push(&exec, &place, req).await
     }
 }
 
@@ -177,7 +191,19 @@ impl git::GitExec for ContainerGit<'_> {
         ];
         argv.extend_from_slice(args);
         self.backend
-            .exec_output(self.id, &self.user, &argv, password, WORKSPACE)
+            .exec_output(self.id, &self.user, &argv, password, WORKSPACE, None)
+            .await
+    }
+
+    async fn git_to_file(
+        &self,
+        args: &[&str],
+        out: &mut git::BoundedFile,
+    ) -> Result<git::GitOutput> {
+        let mut argv = vec!["git"];
+        argv.extend_from_slice(args);
+        self.backend
+            .exec_output(self.id, &self.user, &argv, None, WORKSPACE, Some(out))
             .await
     }
 }
