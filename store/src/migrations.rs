@@ -37,6 +37,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "ssh_channels",
         include_str!("../migrations/0005_ssh_channels.sql"),
     ),
+    (
+        6,
+        "sandbox_disk",
+        include_str!("../migrations/0006_sandbox_disk.sql"),
+    ),
 ];
 
 #[derive(Debug)]

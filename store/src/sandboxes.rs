@@ -14,7 +14,7 @@ use super::model::{
 use super::{Backend, Store, StoreError, row};
 
 const SANDBOX_COLUMNS: &str = "id, owner_id, runner_id, image, repo, branch, state, cpus, \
-     memory_mb, idle_timeout_s, ttl_s, created_at, updated_at";
+     memory_mb, idle_timeout_s, ttl_s, disk_mb, created_at, updated_at";
 
 /// How often a state change re-reads and retries after losing a race to another
 /// change of the same sandbox before giving up with `Conflict`.
@@ -33,6 +33,7 @@ fn sandbox_from_row(r: &AnyRow) -> Result<Sandbox, sqlx::Error> {
         memory_mb: row::unsigned(r, "memory_mb")?,
         idle_timeout_s: row::opt_unsigned(r, "idle_timeout_s")?,
         ttl_s: row::opt_unsigned(r, "ttl_s")?,
+        disk_mb: row::opt_unsigned(r, "disk_mb")?,
         created_at: row::time(r, "created_at")?,
         updated_at: row::time(r, "updated_at")?,
     })
@@ -49,7 +50,7 @@ fn sandbox_from_row(r: &AnyRow) -> Result<Sandbox, sqlx::Error> {
 /// `owner_id` is left out: it is the owner asked for.
 const SQLITE_PAGE_JSON: &str = "json_group_array(json_array(id, runner_id, image, repo, \
      branch, state, printf('%!.17g', cpus), memory_mb, idle_timeout_s, ttl_s, created_at, \
-     updated_at))";
+     updated_at, disk_mb))";
 
 /// One sandbox of [`SQLITE_PAGE_JSON`].
 type SandboxJson = (
@@ -65,6 +66,7 @@ type SandboxJson = (
     Option<i64>,
     i64,
     i64,
+    Option<i64>,
 );
 
 /// The sandboxes of a [`SQLITE_PAGE_JSON`] value, all owned by `owner`, newest first.
@@ -86,41 +88,42 @@ fn sandboxes_from_json(owner: &UserId, json: &str) -> Result<Vec<Sandbox>, sqlx:
         u32::try_from(v).map_err(|_| invalid(col, "value out of range"))
     }
     let items: Vec<SandboxJson> = serde_json::from_str(json).map_err(|e| invalid("page", e))?;
-    let mut out =
-        items
-            .into_iter()
-            .map(|item| {
-                let (
-                    id,
-                    runner,
-                    image,
-                    repo,
-                    branch,
-                    state,
-                    cpus,
-                    memory,
-                    idle,
-                    ttl,
-                    created,
-                    updated,
-                ) = item;
-                Ok(Sandbox {
-                    id: parse("id", &id)?,
-                    owner_id: owner.clone(),
-                    runner_id: runner.map(|r| parse("runner_id", &r)).transpose()?,
-                    image,
-                    repo,
-                    branch,
-                    state: parse("state", &state)?,
-                    cpus: parse("cpus", &cpus)?,
-                    memory_mb: unsigned("memory_mb", memory)?,
-                    idle_timeout_s: idle.map(|v| unsigned("idle_timeout_s", v)).transpose()?,
-                    ttl_s: ttl.map(|v| unsigned("ttl_s", v)).transpose()?,
-                    created_at: Timestamp::from_unix_seconds(created),
-                    updated_at: Timestamp::from_unix_seconds(updated),
-                })
+    let mut out = items
+        .into_iter()
+        .map(|item| {
+            let (
+                id,
+                runner,
+                image,
+                repo,
+                branch,
+                state,
+                cpus,
+                memory,
+                idle,
+                ttl,
+                created,
+                updated,
+                disk,
+            ) = item;
+            Ok(Sandbox {
+                id: parse("id", &id)?,
+                owner_id: owner.clone(),
+                runner_id: runner.map(|r| parse("runner_id", &r)).transpose()?,
+                image,
+                repo,
+                branch,
+                state: parse("state", &state)?,
+                cpus: parse("cpus", &cpus)?,
+                memory_mb: unsigned("memory_mb", memory)?,
+                idle_timeout_s: idle.map(|v| unsigned("idle_timeout_s", v)).transpose()?,
+                ttl_s: ttl.map(|v| unsigned("ttl_s", v)).transpose()?,
+                disk_mb: disk.map(|v| unsigned("disk_mb", v)).transpose()?,
+                created_at: Timestamp::from_unix_seconds(created),
+                updated_at: Timestamp::from_unix_seconds(updated),
             })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
     out.sort_by(|a, b| {
         (b.created_at.unix_seconds(), b.id.as_str())
             .cmp(&(a.created_at.unix_seconds(), a.id.as_str()))
@@ -176,6 +179,9 @@ fn check_new_sandbox(new: &NewSandbox) -> Result<(), StoreError> {
             "memory limit (must be positive)".into(),
         ));
     }
+    if new.disk_mb == Some(0) {
+        return Err(StoreError::Invalid("disk quota (must be positive)".into()));
+    }
     Ok(())
 }
 
@@ -197,14 +203,15 @@ impl Store {
             memory_mb: new.memory_mb,
             idle_timeout_s: new.idle_timeout_s,
             ttl_s: new.ttl_s,
+            disk_mb: new.disk_mb,
             created_at: now,
             updated_at: now,
         };
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO sandboxes (id, owner_id, runner_id, image, repo, branch, state, cpus, \
-             memory_mb, idle_timeout_s, ttl_s, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)",
+             memory_mb, idle_timeout_s, ttl_s, created_at, updated_at, disk_mb) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13)",
         )
         .bind(sandbox.id.as_str())
         .bind(sandbox.owner_id.as_str())
@@ -218,6 +225,7 @@ impl Store {
         .bind(sandbox.idle_timeout_s.map(i64::from))
         .bind(sandbox.ttl_s.map(i64::from))
         .bind(now.unix_seconds())
+        .bind(sandbox.disk_mb.map(i64::from))
         .execute(&mut *tx)
         .await
         .map_err(|e| {
@@ -432,6 +440,7 @@ mod tests {
                     memory_mb: 512 + u32::try_from(i).unwrap(),
                     idle_timeout_s: (i == 1).then_some(60),
                     ttl_s: (i == 3).then_some(u32::MAX),
+                    disk_mb: (i == 4).then_some(2048),
                 })
                 .await
                 .unwrap();

@@ -910,6 +910,7 @@ fn the_reconciler_records_runner_stops_and_deletes_after_ttl() -> Result<()> {
                 memory_mb: 512,
                 idle_timeout_s: None,
                 ttl_s: Some(1),
+                disk_mb: None,
             })
             .await?;
         let created = stack

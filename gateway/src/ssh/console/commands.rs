@@ -66,6 +66,9 @@ pub enum Command {
         /// Memory in MiB, 128 to 65536.
         #[arg(long)]
         memory_mb: Option<u32>,
+        /// Disk quota in MiB, 256 to 1048576 (default: the runner's).
+        #[arg(long)]
+        disk_mb: Option<u32>,
         /// Environment for every session, NAME=value (repeatable).
         #[arg(long = "env", value_name = "NAME=VALUE")]
         env: Vec<String>,
@@ -289,6 +292,7 @@ async fn execute(
             branch,
             cpus,
             memory_mb,
+            disk_mb,
             env,
             detach,
             json,
@@ -307,6 +311,7 @@ async fn execute(
                 env: vars,
                 cpus,
                 memory_mb,
+                disk_mb,
                 ..CreateSandbox::default()
             };
             let created = lc.create(user, body).await?;

@@ -184,7 +184,9 @@ impl DockerBackend {
     }
 
     /// What the pools hold back from the capacity the runner reports: the memory
-    /// limits of all their members and their number.
+    /// limits of all their members and their number. Not their disks: a waiting
+    /// member's is an empty sparse file, and a claimed one is counted by the gateway
+    /// as any sandbox's quota.
     pub fn pool_reserve(&self) -> (u64, u32) {
         let members: usize = self.pool.sizes.iter().map(|s| s.size).sum();
         let members = u32::try_from(members).unwrap_or(u32::MAX);
@@ -195,12 +197,14 @@ impl DockerBackend {
     }
 
     /// Whether a member (made with the runner's defaults) can serve `spec`: what a
-    /// running container cannot change must be the default. Memory, CPUs and pids
-    /// are set at claim; the image is matched by id at claim.
+    /// running container cannot change must be the default (its disk too: another
+    /// quota is a cold create). Memory, CPUs and pids are set at claim; the image is
+    /// matched by id at claim.
     fn poolable(&self, spec: &SandboxSpec) -> bool {
         !self.pool.sizes.is_empty()
             && spec.network == NetworkPolicy::All
             && !spec.read_only_root
+            && self.disk_mb(spec) == self.defaults.disk_mb
             && spec
                 .idle_timeout_s
                 .is_none_or(|s| s == self.defaults.idle_timeout.as_secs())

@@ -1,5 +1,5 @@
-//! Spare networks: a few slots whose workspace volume, bridge network and firewall
-//! rules are made ahead, so that a cold create (no pool member fits) starts with its
+//! Spare networks: a few slots whose bridge network and firewall rules are made
+//! ahead, so that a cold create (no pool member fits) starts with its
 //! container. Docker takes 80–100 ms here to make a bridge network (a fifth of a cold
 //! create), and the network cannot be shared: each sandbox has its own.
 //!
@@ -79,18 +79,15 @@ impl DockerBackend {
         self.spares.wake.notify_one();
     }
 
-    /// Makes one spare: its volume, and its network with the default policy's
-    /// rules (a create with another policy puts its own in).
+    /// Makes one spare: its network with the default policy's rules (a create with
+    /// another policy puts its own in). Its disk is made by the create that takes
+    /// it, of the size it asks for.
     async fn make_spare(&self) -> Result<SandboxId> {
         let slot = SandboxId::generate();
         let mut labels = self.labels(&slot);
         labels.insert(LABEL_POOL.to_owned(), SPARE.to_owned());
-        let made = tokio::try_join!(
-            self.make_volume(&slot, &labels),
-            self.make_network(&slot, &labels, &NetworkPolicy::All)
-        );
-        match made {
-            Ok(_) => Ok(slot),
+        match self.make_network(&slot, &labels, &NetworkPolicy::All).await {
+            Ok(()) => Ok(slot),
             Err(e) => {
                 if let Err(cleanup) = self.remove_all(&slot).await {
                     tracing::warn!(error = %format!("{cleanup:#}"), "cleaning up a failed spare");
