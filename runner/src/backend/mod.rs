@@ -211,4 +211,20 @@ mod tests {
         });
         assert!(validate_spec(&spec).is_ok());
     }
+
+    #[test]
+    fn the_process_backend_refuses_a_disk_quota() {
+        let mut spec = SandboxSpec::default();
+        assert!(no_disk_quota(&spec).is_ok());
+        spec.disk_mb = Some(1024);
+        let refused = no_disk_quota(&spec).err().map(|e| e.to_string());
+        assert!(
+            refused
+                .as_deref()
+                .is_some_and(|m| m.contains("not enforced by the process backend")),
+            "{refused:?}"
+        );
+        spec.disk_mb = Some(1);
+        assert!(validate_spec(&spec).is_err());
+    }
 }
