@@ -25,8 +25,8 @@ const BUSYBOX: &str = "warren-busybox:latest";
 /// 3 GiB in 4 MiB blocks: three times the quota under test.
 const DD_3G: &str = "bs=4M count=768";
 
-/// The mounts and loop devices of the runner's disks (none, when nothing runs).
-fn disk_traces(listen: &Path) -> Result<Vec<String>> {
+/// The mounts and loop devices of the disks of `slots`.
+fn disk_traces(listen: &Path, slots: &[String]) -> Result<Vec<String>> {
     let disks = listen.join(".disks").display().to_string();
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
     let loops = warren_tests::Cmd::new("losetup")
@@ -36,7 +36,7 @@ fn disk_traces(listen: &Path) -> Result<Vec<String>> {
     Ok(mounts
         .lines()
         .chain(loops.stdout_str().lines())
-        .filter(|l| l.contains(&disks))
+        .filter(|l| l.contains(&disks) && slots.iter().any(|s| l.contains(s.as_str())))
         .map(str::to_owned)
         .collect())
 }
@@ -84,7 +84,15 @@ fn as_root(id: &str, command: &str) -> Result<warren_tests::Output> {
 
 #[test]
 fn disk_quota_holds_for_the_user_and_container_root() -> Result<()> {
-    let Some(d) = DockerStack::start(&["--disk-mb", "512", "--capacity-disk-mb", "3072"])? else {
+    let Some(d) = DockerStack::start(&[
+        "--disk-mb",
+        "512",
+        "--capacity-disk-mb",
+        "3072",
+        "--pool",
+        "warren-busybox:latest=1",
+    ])?
+    else {
         return Ok(());
     };
     let stack = &d.stack;
@@ -128,6 +136,7 @@ fn disk_quota_holds_for_the_user_and_container_root() -> Result<()> {
         );
     }
     ensure!(count()? == 0, "a refused create left a sandbox");
+    d.wait_for_pool(1, "before the creates")?;
 
     // Two sandboxes: one asks for 1 GiB, the other gets the runner's default.
     let made = call(
@@ -144,6 +153,21 @@ fn disk_quota_holds_for_the_user_and_container_root() -> Result<()> {
     ensure!(shown["disk_mb"] == 1024, "{shown}");
     let shown = call("GET", &format!("/v1/sandboxes/{b}"), None)?.json();
     ensure!(shown["disk_mb"] == 512, "the runner's default: {shown}");
+    // The pool's member has the default quota: only the default claims it.
+    let ids = [&a, &b].map(|id| SandboxId::parse(id).unwrap());
+    ensure!(
+        !d.claimed(&ids[0])? && d.claimed(&ids[1])?,
+        "another quota must be a cold create, the default a claim"
+    );
+    // The disks' slots (a claimed or spare-made sandbox has its slot's).
+    let slots: Vec<String> = [&a, &b]
+        .into_iter()
+        .map(|id| {
+            let source = workspace_source(id)?;
+            let slot = source.parent().and_then(Path::file_name).context("slot")?;
+            Ok(slot.to_string_lossy().into_owned())
+        })
+        .collect::<Result<_>>()?;
 
     // 1536 of 3072 MiB are held: 2048 more do not fit.
     let refused = call(
@@ -182,7 +206,17 @@ fn disk_quota_holds_for_the_user_and_container_root() -> Result<()> {
         .exec("echo fine > /workspace/n && cat /workspace/n && df -m /workspace | tail -n1")
         .run()?
         .success()?;
-    ensure!(out.stdout_str().starts_with("fine"), "{out}");
+    let size: u64 = out
+        .stdout_str()
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(u64::MAX);
+    ensure!(
+        out.stdout_str().starts_with("fine") && size <= 512,
+        "the neighbour (512 MiB):\n{out}"
+    );
     // Each removes its own (sticky /var/tmp; container root has no DAC override).
     ua.exec("rm -f /workspace/f").run()?.success()?;
     as_root(&a, "rm -f /var/tmp/g")?.success()?;
@@ -256,10 +290,10 @@ fn disk_quota_holds_for_the_user_and_container_root() -> Result<()> {
     // Stop and start leave exactly the running sandbox's mount; the workspace stays.
     let listen = d.runner.listen_dir().to_owned();
     ensure!(call("POST", &format!("/v1/sandboxes/{b}/stop"), None)?.status == 200);
-    let traces = disk_traces(&listen)?;
+    let traces = disk_traces(&listen, &slots)?;
     ensure!(traces.is_empty(), "stopped sandboxes hold: {traces:#?}");
     ensure!(call("POST", &format!("/v1/sandboxes/{b}/start"), None)?.status == 200);
-    let traces = disk_traces(&listen)?;
+    let traces = disk_traces(&listen, &slots)?;
     ensure!(
         traces
             .iter()
@@ -275,11 +309,12 @@ fn disk_quota_holds_for_the_user_and_container_root() -> Result<()> {
     for id in [&a, &b] {
         ensure!(call("DELETE", &format!("/v1/sandboxes/{id}"), None)?.status < 300);
     }
-    let traces = disk_traces(&listen)?;
+    let traces = disk_traces(&listen, &slots)?;
     ensure!(traces.is_empty(), "deleted sandboxes hold: {traces:#?}");
     let left: Vec<_> = std::fs::read_dir(listen.join(".disks"))?
         .flatten()
-        .map(|e| e.file_name())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| slots.iter().any(|s| name.starts_with(s.as_str())))
         .collect();
     ensure!(left.is_empty(), "left in .disks: {left:?}");
     Ok(())
