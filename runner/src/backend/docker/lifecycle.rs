@@ -83,7 +83,7 @@ impl DockerBackend {
 
     /// Removes everything of `id` (a sandbox, or a pool member's or spare's slot);
     /// a sandbox claimed from the pool has its member's objects, one made on a
-    /// spare the spare's volume and network.
+    /// spare the spare's network (and a disk keyed by the spare's slot).
     pub(super) async fn remove_all(&self, id: &SandboxId) -> Result<()> {
         let slot = self.slot_of(id);
         let objects = self.objects_slot(id);

@@ -25,7 +25,8 @@
 //! A sandbox claimed from the warm pool keeps the objects of its pool member (a
 //! *slot*, itself a sandbox id, with [`LABEL_POOL`]); the runner's private markers
 //! map the sandbox to its slot and back (see [`pool`]). A cold sandbox made on a
-//! spare network has that slot's volume, network and chains, and its own container
+//! spare network has that slot's network and chains (its disk is keyed by that
+//! slot too), and its own container
 //! and run directory.
 
 use std::collections::{BTreeMap, HashMap};
@@ -122,7 +123,7 @@ pub struct DockerDefaults {
     /// How often the pool looks whether an image changed (members are also checked
     /// at each claim).
     pub pool_check_interval: Duration,
-    /// Networks (with their volume and rules) kept made ahead for cold creates
+    /// Networks (with their rules) kept made ahead for cold creates
     /// (see [`spare`]).
     pub spare_networks: usize,
     /// The images a create may name, as patterns for [`image_allowed`] (`image`
@@ -372,7 +373,7 @@ impl DockerBackend {
         super::write_authorized_keys(&dir, authorized_keys)?;
         let image = spec.image.as_deref().unwrap_or(&self.defaults.image);
         // Whatever fails from here on leaves nothing behind: a half-made sandbox
-        // would hold a network, a volume and the runner's capacity for nothing.
+        // would hold a network, a disk and the runner's capacity for nothing.
         let made = self
             .make(id, Serves::Sandbox { token_key }, image, spec, &name)
             .await;
@@ -387,11 +388,11 @@ impl DockerBackend {
         Ok(())
     }
 
-    /// Makes and starts a new sandbox's (or pool member's) volume, network,
+    /// Makes and starts a new sandbox's (or pool member's) disk, network,
     /// firewall rules and container, and waits for its agent: for a sandbox until it
     /// accepts connections (then its repository is cloned), for a pool member until
     /// it has set up its user and waits to be claimed. What does not depend on
-    /// each other is made at once: the image lookup with the volume, then the
+    /// each other is made at once: the image lookup with the disk, then the
     /// network, its rules and the container.
     async fn make(
         &self,

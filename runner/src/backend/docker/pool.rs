@@ -2,7 +2,7 @@
 //! create is a claim plus the new sandbox's identity instead of a container start.
 //!
 //! A member is made exactly like a cold sandbox (same container config, hardening,
-//! own volume, own bridge and firewall chains), under a *slot* id of its own, and
+//! own disk, own bridge and firewall chains), under a *slot* id of its own, and
 //! its agent waits for an identity (`agent/src/identity.rs`) without listening. A
 //! claim takes a member out of the pool under a lock (so no member is handed out
 //! twice), records the sandbox ⇄ slot mapping in the runner's private markers,
@@ -140,7 +140,7 @@ impl DockerBackend {
             .unwrap_or_else(|| id.clone())
     }
 
-    /// The slot whose volume, network and firewall rules the sandbox has: a
+    /// The slot whose disk, network and firewall rules the sandbox has: a
     /// spare's, its pool member's, or its own.
     pub(super) fn objects_slot(&self, id: &SandboxId) -> SandboxId {
         self.marked_slot(id, SPARE_MARKER)
@@ -316,7 +316,7 @@ impl DockerBackend {
             .context("setting the pool member's limits")
     }
 
-    /// Records that sandbox `id` has the volume, network and rules of `slot` (a
+    /// Records that sandbox `id` has the disk, network and rules of `slot` (a
     /// spare's); its container and run directory are its own.
     pub(super) fn bind_spare(&self, id: &SandboxId, slot: &SandboxId) -> Result<()> {
         self.mark(id, SPARE_MARKER, slot.as_str().as_bytes())?;

@@ -6,7 +6,7 @@
 //! A spare is a slot as a pool member is (its objects labelled with the slot and
 //! [`LABEL_POOL`], here [`SPARE`]), without a container. A create takes one under a
 //! lock (never twice) and records in the runner's private markers that the sandbox
-//! has the slot's volume and network (`<sandbox>/spare`, and `<slot>/claimed` as a
+//! has the slot's network (and its disk is keyed by the slot) (`<sandbox>/spare`, and `<slot>/claimed` as a
 //! claim writes); its container, run directory and hostname are its own, made as a
 //! cold create makes them. Spares hold no memory or CPU, so they are not counted
 //! against capacity; each holds one /28 of the network pool.
@@ -47,7 +47,7 @@ impl Spares {
 
 impl DockerBackend {
     /// Gives sandbox `id` a spare slot if one is ready and the sandbox has a
-    /// network of its own; its volume, network and rules are then the slot's.
+    /// network of its own; its disk, network and rules are then the slot's.
     /// Before any of them is made.
     pub(super) fn take_spare(&self, id: &SandboxId, spec: &SandboxSpec) -> Result<()> {
         if spec.network == NetworkPolicy::None {
