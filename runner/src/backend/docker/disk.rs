@@ -172,6 +172,21 @@ fn entry_size(meta: &fs::Metadata) -> u64 {
     meta.blocks().saturating_mul(512).max(MIN_ENTRY)
 }
 
+/// Whether the tools the disks need are here: checked at start, so a runner
+/// without them says so at once rather than at the first create.
+pub(super) async fn check_tools() -> Result<()> {
+    for (tool, arg, package) in [
+        ("mkfs.ext4", "-V", "e2fsprogs"),
+        ("losetup", "--version", "util-linux"),
+        ("mount", "--version", "mount"),
+    ] {
+        run(tool, &[OsStr::new(arg)]).await.with_context(|| {
+            format!("the docker backend needs {tool} ({package}) for the sandboxes' disks")
+        })?;
+    }
+    Ok(())
+}
+
 impl DockerBackend {
     fn disks_dir(&self) -> PathBuf {
         self.run_dir.join(DISKS_DIR)

@@ -219,6 +219,7 @@ impl DockerBackend {
             );
         }
         ensure_static(&agent_bin)?;
+        disk::check_tools().await?;
         let docker = Docker::connect_with_local_defaults()
             .context("connecting to the Docker engine")?
             .negotiate_version()
