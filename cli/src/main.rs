@@ -57,6 +57,14 @@ enum Command {
         /// claim (0: none). Docker only; counted against the capacity.
         #[arg(long, default_value_t = 2)]
         pool_size: usize,
+        /// Docker: the disk quota of sandboxes whose create request names none, in
+        /// MiB (their workspace, /tmp, /var/tmp and writable layer).
+        #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(64..=16 << 20))]
+        disk_mb: u64,
+        /// Docker: the disk quotas of all sandboxes may add up to this, in MiB
+        /// (default: what the data directory's file system has free at start).
+        #[arg(long)]
+        capacity_disk_mb: Option<u64>,
         #[command(flatten)]
         recording: warren_gateway::recordings::RecordingArgs,
         #[command(flatten)]
@@ -94,6 +102,10 @@ enum Command {
         cpus: Option<f64>,
         #[arg(long)]
         memory_mb: Option<u32>,
+        /// Disk quota in MiB (the workspace, /tmp and everything it writes;
+        /// default: the runner's).
+        #[arg(long)]
+        disk_mb: Option<u32>,
         #[arg(long)]
         idle_timeout_s: Option<u32>,
         #[arg(long)]
@@ -173,6 +185,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             idle_timeout_s,
             reap_interval_s,
             pool_size,
+            disk_mb,
+            capacity_disk_mb,
             recording,
             admission,
         } => {
@@ -193,6 +207,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 idle_timeout: std::time::Duration::from_secs(idle_timeout_s),
                 reap_interval: std::time::Duration::from_secs(reap_interval_s),
                 pool_size,
+                disk_mb,
+                capacity_disk_mb,
             })
             .await
         }
@@ -235,6 +251,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             env_files,
             cpus,
             memory_mb,
+            disk_mb,
             idle_timeout_s,
             ttl_s,
         } => {
@@ -247,6 +264,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 ("forward_agent", forward_agent.then_some(Value::Bool(true))),
                 ("cpus", cpus.map(Value::from)),
                 ("memory_mb", memory_mb.map(Value::from)),
+                ("disk_mb", disk_mb.map(Value::from)),
                 ("idle_timeout_s", idle_timeout_s.map(Value::from)),
                 ("ttl_s", ttl_s.map(Value::from)),
             ];

@@ -31,6 +31,10 @@ pub struct UpOptions {
     pub reap_interval: Duration,
     /// Started sandboxes of the default image kept waiting (Docker; 0: none).
     pub pool_size: usize,
+    /// The disk quota of sandboxes whose create names none, in MiB (Docker).
+    pub disk_mb: u64,
+    /// What all sandboxes' disk quotas may add up to (default: the free disk).
+    pub capacity_disk_mb: Option<u64>,
     /// What the gateway records (`<data-dir>/recordings`).
     pub recording: RecordingPolicy,
     /// The SSH front door's bounds: logins per address, and what logged-in
@@ -247,10 +251,14 @@ async fn local_runner(opts: &UpOptions, data: &DataDir) -> anyhow::Result<Runner
                 image: DockerDefaults::default().image,
                 size: opts.pool_size,
             }],
+            disk_mb: opts.disk_mb,
             ..DockerDefaults::default()
         },
         reap_interval: opts.reap_interval,
-        capacity: Default::default(),
+        capacity: warren_runner::service::CapacityLimits {
+            disk_mb: opts.capacity_disk_mb,
+            ..Default::default()
+        },
         // Persistent sessions live until their shell exits or the sandbox stops.
         session_detached_ttl: None,
     };

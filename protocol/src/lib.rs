@@ -177,6 +177,10 @@ pub struct SandboxSpec {
     /// Stopped after this long without activity; none means the runner's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout_s: Option<u64>,
+    /// The disk the sandbox may fill, in MiB (its workspace, scratch directories and
+    /// its container's writable layer); none means the runner's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mb: Option<u64>,
 }
 
 impl fmt::Debug for SandboxSpec {
@@ -191,6 +195,7 @@ impl fmt::Debug for SandboxSpec {
             .field("network", &self.network)
             .field("read_only_root", &self.read_only_root)
             .field("idle_timeout_s", &self.idle_timeout_s)
+            .field("disk_mb", &self.disk_mb)
             .finish()
     }
 }
@@ -239,7 +244,8 @@ pub struct SandboxStatus {
     #[serde(with = "sandbox_id")]
     pub sandbox: SandboxId,
     pub running: bool,
-    /// Why the runner stopped it on its own (`idle`, `oom`, `exited`), if it did.
+    /// Why the runner stopped it on its own (`idle`, `oom`, `exited`, `disk_quota`),
+    /// if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_reason: Option<String>,
 }
@@ -276,12 +282,20 @@ pub enum Response {
 /// most CPUs one sandbox may ask for, and at most how many sandboxes, if the operator
 /// set a number. Computed from the host's resources unless the operator overrides
 /// them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunnerCapacity {
     pub memory_mb: u64,
     pub millicpus: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_sandboxes: Option<u32>,
+    /// The disk quotas (`disk_mb`) of its sandboxes, stopped ones included, may add
+    /// up to this; none: the runner enforces no disk quota (the process backend, or
+    /// an older runner), so it takes no sandbox that asks for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mb: Option<u64>,
+    /// The quota a sandbox gets when its create names none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_disk_mb: Option<u64>,
 }
 
 /// Sandbox ids travel as their text and are checked on the way in.

@@ -34,6 +34,8 @@ pub const MAX_IMAGE: usize = 255;
 pub const MAX_REPO: usize = 2048;
 pub const MAX_BRANCH: usize = 255;
 pub const MAX_CIDRS: usize = 64;
+/// A disk quota in MiB: enough for a file system's own metadata, at most 16 TiB.
+pub const DISK_MB: (u64, u64) = (64, 16 << 20);
 
 impl SandboxSpec {
     /// Every rule a spec's fields must follow.
@@ -49,8 +51,22 @@ impl SandboxSpec {
                 branch(base).map_err(|_| SpecError::new("base is not a valid branch name"))?;
             }
         }
+        if let Some(mb) = self.disk_mb {
+            disk_mb(mb)?;
+        }
         network(&self.network)
     }
+}
+
+/// A disk quota in MiB, within [`DISK_MB`].
+pub fn disk_mb(mb: u64) -> Result<(), SpecError> {
+    let (min, max) = DISK_MB;
+    if !(min..=max).contains(&mb) {
+        return Err(SpecError::new(format!(
+            "disk_mb must be between {min} and {max}"
+        )));
+    }
+    Ok(())
 }
 
 /// An environment variable name: `[A-Za-z_][A-Za-z0-9_]*`, not `WARREN_*`.

@@ -87,6 +87,15 @@ enum Command {
         /// At most this many sandboxes (default: as many as the memory allows).
         #[arg(long)]
         max_sandboxes: Option<u32>,
+        /// Docker: the disk quota of sandboxes whose create request names none, in
+        /// MiB (their workspace, /tmp, /var/tmp and writable layer).
+        #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(64..=16 << 20))]
+        disk_mb: u64,
+        /// Docker: the disk quotas of all sandboxes (stopped ones too) may add up to
+        /// this, in MiB (default: what the file system of the run directory has
+        /// free for them at start).
+        #[arg(long)]
+        capacity_disk_mb: Option<u64>,
         /// Docker: a TCP port on this host's own addresses that sandboxes may reach
         /// (repeatable; e.g. a package cache). By default the host is unreachable.
         #[arg(long = "host-tcp-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
@@ -156,6 +165,8 @@ async fn main() -> Result<()> {
             reap_interval_s,
             capacity_memory_mb,
             max_sandboxes,
+            disk_mb,
+            capacity_disk_mb,
             host_tcp_ports,
             allow_images,
             session_detached_ttl_s,
@@ -187,12 +198,14 @@ async fn main() -> Result<()> {
                     pool,
                     pool_check_interval: Duration::from_secs(pool_check_interval_s.max(1)),
                     spare_networks,
+                    disk_mb,
                     ..DockerDefaults::default()
                 },
                 reap_interval: Duration::from_secs(reap_interval_s),
                 capacity: CapacityLimits {
                     memory_mb: capacity_memory_mb,
                     max_sandboxes,
+                    disk_mb: capacity_disk_mb,
                 },
                 session_detached_ttl: session_detached_ttl_s
                     .filter(|s| *s > 0)

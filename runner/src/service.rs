@@ -33,6 +33,9 @@ pub struct CapacityLimits {
     pub memory_mb: Option<u64>,
     /// At most this many sandboxes (default: as many as the memory allows).
     pub max_sandboxes: Option<u32>,
+    /// The disk quotas of all sandboxes may add up to this, in MiB (Docker; default:
+    /// what the run directory's file system has free for them).
+    pub disk_mb: Option<u64>,
 }
 
 /// How to start a runner.
@@ -65,6 +68,8 @@ impl Runner {
     /// (Docker) and works out the capacity to report.
     pub async fn start(data: &DataDir, opts: RunnerOptions) -> Result<Runner> {
         let mut reserve = (0, 0);
+        // Docker: (the disk all quotas may add up to, the default quota).
+        let mut disk = None;
         let (backend, host) = match opts.backend {
             BackendKind::Process => {
                 let listen_dir = opts
@@ -88,6 +93,11 @@ impl Runner {
                 tracing::info!(adopted = adopted.len(), "docker backend ready");
                 let host = docker.host_resources().await;
                 reserve = docker.pool_reserve();
+                let total = opts
+                    .capacity
+                    .disk_mb
+                    .unwrap_or_else(|| docker.disk_capacity_mb());
+                disk = Some((total, docker.default_disk_mb()));
                 (Backend::Docker(docker), host)
             }
         };
@@ -105,11 +115,14 @@ impl Runner {
                 .capacity
                 .max_sandboxes
                 .map(|n| n.saturating_sub(pool_members)),
+            disk_mb: disk.map(|(total, _)| total),
+            default_disk_mb: disk.map(|(_, default)| default),
         };
         tracing::info!(
             memory_mb = capacity.memory_mb,
             millicpus = capacity.millicpus,
             max_sandboxes = ?capacity.max_sandboxes,
+            disk_mb = ?capacity.disk_mb,
             pool_members,
             "capacity"
         );
@@ -162,9 +175,23 @@ impl Runner {
                 }
             })
         });
+        let disk_watcher = matches!(&*self.backend, Backend::Docker(_)).then(|| {
+            let backend = self.backend.clone();
+            tokio::spawn(async move {
+                let Backend::Docker(docker) = &*backend else {
+                    return;
+                };
+                loop {
+                    tokio::time::sleep(crate::backend::docker::disk::WATCH_EVERY).await;
+                    if let Err(e) = docker.enforce_disk_quotas().await {
+                        tracing::warn!(error = %format!("{e:#}"), "disk quota watcher");
+                    }
+                }
+            })
+        });
         let result = tunnel::run(data, self.backend.clone(), self.capacity, shutdown).await;
-        if let Some(reaper) = reaper {
-            reaper.abort();
+        for task in [reaper, disk_watcher].into_iter().flatten() {
+            task.abort();
         }
         // The tunnel's end drained the pool, which stops the filler (after it
         // removes a member it was making).

@@ -14,16 +14,24 @@ pub struct RunnerUsage {
     pub sandboxes: u64,
     /// The sum of their memory limits.
     pub memory_mb: u64,
+    /// The sum of the disk quotas of its sandboxes that hold a disk: the live ones
+    /// and the stopped ones (a stopped sandbox keeps its workspace).
+    pub disk_mb: u64,
 }
 
 impl Store {
-    /// What the live (creating or running) sandboxes of each runner take; stopped,
-    /// failed and deleted ones take nothing (runners with none are absent).
+    /// What the live (creating or running) sandboxes of each runner take; stopped
+    /// ones take only their disk, failed and deleted ones nothing (runners with none
+    /// are absent).
     pub async fn runner_usage(&self) -> Result<Vec<(RunnerId, RunnerUsage)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT runner_id, COUNT(*) AS n, CAST(SUM(memory_mb) AS BIGINT) AS memory \
+            "SELECT runner_id, \
+             COUNT(CASE WHEN state <> 'stopped' THEN 1 END) AS n, \
+             CAST(COALESCE(SUM(CASE WHEN state <> 'stopped' THEN memory_mb END), 0) AS BIGINT) \
+             AS memory, \
+             CAST(COALESCE(SUM(disk_mb), 0) AS BIGINT) AS disk \
              FROM sandboxes \
-             WHERE runner_id IS NOT NULL AND state IN ('creating', 'running') \
+             WHERE runner_id IS NOT NULL AND state IN ('creating', 'running', 'stopped') \
              GROUP BY runner_id",
         )
         .fetch_all(&self.pool)
@@ -35,6 +43,7 @@ impl Store {
                     RunnerUsage {
                         sandboxes: row::unsigned(r, "n")?,
                         memory_mb: row::unsigned(r, "memory")?,
+                        disk_mb: row::unsigned(r, "disk")?,
                     },
                 ))
             })

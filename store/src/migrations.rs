@@ -38,6 +38,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0005_ssh_channels.sql"),
     ),
     (
+        6,
+        "sandbox_disk",
+        include_str!("../migrations/0006_sandbox_disk.sql"),
+    ),
+    (
         7,
         "forward_agent",
         include_str!("../migrations/0007_forward_agent.sql"),

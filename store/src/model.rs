@@ -289,6 +289,8 @@ pub struct NewSandbox {
     pub idle_timeout_s: Option<u32>,
     /// Delete this many seconds after creation; `None`: never.
     pub ttl_s: Option<u32>,
+    /// Disk quota in MiB; `None`: none enforced.
+    pub disk_mb: Option<u32>,
 }
 
 /// A sandbox as stored.
@@ -306,6 +308,7 @@ pub struct Sandbox {
     pub memory_mb: u32,
     pub idle_timeout_s: Option<u32>,
     pub ttl_s: Option<u32>,
+    pub disk_mb: Option<u32>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }

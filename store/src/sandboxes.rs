@@ -14,7 +14,7 @@ use super::model::{
 use super::{Backend, Store, StoreError, row};
 
 const SANDBOX_COLUMNS: &str = "id, owner_id, runner_id, image, repo, branch, forward_agent, \
-     state, cpus, memory_mb, idle_timeout_s, ttl_s, created_at, updated_at";
+     state, cpus, memory_mb, idle_timeout_s, ttl_s, disk_mb, created_at, updated_at";
 
 /// How often a state change re-reads and retries after losing a race to another
 /// change of the same sandbox before giving up with `Conflict`.
@@ -34,6 +34,7 @@ fn sandbox_from_row(r: &AnyRow) -> Result<Sandbox, sqlx::Error> {
         memory_mb: row::unsigned(r, "memory_mb")?,
         idle_timeout_s: row::opt_unsigned(r, "idle_timeout_s")?,
         ttl_s: row::opt_unsigned(r, "ttl_s")?,
+        disk_mb: row::opt_unsigned(r, "disk_mb")?,
         created_at: row::time(r, "created_at")?,
         updated_at: row::time(r, "updated_at")?,
     })
@@ -49,8 +50,8 @@ fn sandbox_from_row(r: &AnyRow) -> Result<Sandbox, sqlx::Error> {
 /// it to 15). The aggregate's order is not guaranteed, so the page is sorted again.
 /// `owner_id` is left out: it is the owner asked for.
 const SQLITE_PAGE_JSON: &str = "json_group_array(json_array(id, runner_id, image, repo, \
-     branch, forward_agent, state, printf('%!.17g', cpus), memory_mb, idle_timeout_s, ttl_s, created_at, \
-     updated_at))";
+     branch, forward_agent, state, printf('%!.17g', cpus), memory_mb, idle_timeout_s, ttl_s, \
+     created_at, updated_at, disk_mb))";
 
 /// One sandbox of [`SQLITE_PAGE_JSON`].
 type SandboxJson = (
@@ -67,6 +68,7 @@ type SandboxJson = (
     Option<i64>,
     i64,
     i64,
+    Option<i64>,
 );
 
 /// The sandboxes of a [`SQLITE_PAGE_JSON`] value, all owned by `owner`, newest first.
@@ -105,6 +107,7 @@ fn sandboxes_from_json(owner: &UserId, json: &str) -> Result<Vec<Sandbox>, sqlx:
                 ttl,
                 created,
                 updated,
+                disk,
             ) = item;
             Ok(Sandbox {
                 id: parse("id", &id)?,
@@ -119,6 +122,7 @@ fn sandboxes_from_json(owner: &UserId, json: &str) -> Result<Vec<Sandbox>, sqlx:
                 memory_mb: unsigned("memory_mb", memory)?,
                 idle_timeout_s: idle.map(|v| unsigned("idle_timeout_s", v)).transpose()?,
                 ttl_s: ttl.map(|v| unsigned("ttl_s", v)).transpose()?,
+                disk_mb: disk.map(|v| unsigned("disk_mb", v)).transpose()?,
                 created_at: Timestamp::from_unix_seconds(created),
                 updated_at: Timestamp::from_unix_seconds(updated),
             })
@@ -179,6 +183,9 @@ fn check_new_sandbox(new: &NewSandbox) -> Result<(), StoreError> {
             "memory limit (must be positive)".into(),
         ));
     }
+    if new.disk_mb == Some(0) {
+        return Err(StoreError::Invalid("disk quota (must be positive)".into()));
+    }
     Ok(())
 }
 
@@ -201,14 +208,15 @@ impl Store {
             memory_mb: new.memory_mb,
             idle_timeout_s: new.idle_timeout_s,
             ttl_s: new.ttl_s,
+            disk_mb: new.disk_mb,
             created_at: now,
             updated_at: now,
         };
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO sandboxes (id, owner_id, runner_id, image, repo, branch, state, cpus, \
-             memory_mb, idle_timeout_s, ttl_s, created_at, updated_at, forward_agent) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13)",
+             memory_mb, idle_timeout_s, ttl_s, created_at, updated_at, forward_agent, disk_mb) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13, $14)",
         )
         .bind(sandbox.id.as_str())
         .bind(sandbox.owner_id.as_str())
@@ -223,6 +231,7 @@ impl Store {
         .bind(sandbox.ttl_s.map(i64::from))
         .bind(now.unix_seconds())
         .bind(i64::from(sandbox.forward_agent))
+        .bind(sandbox.disk_mb.map(i64::from))
         .execute(&mut *tx)
         .await
         .map_err(|e| {
@@ -438,6 +447,7 @@ mod tests {
                     memory_mb: 512 + u32::try_from(i).unwrap(),
                     idle_timeout_s: (i == 1).then_some(60),
                     ttl_s: (i == 3).then_some(u32::MAX),
+                    disk_mb: (i == 4).then_some(2048),
                 })
                 .await
                 .unwrap();

@@ -180,6 +180,7 @@ fn new_sandbox(owner: &UserId, id: &str) -> NewSandbox {
         memory_mb: 2048,
         idle_timeout_s: Some(900),
         ttl_s: None,
+        disk_mb: Some(4096),
     }
 }
 
@@ -561,7 +562,19 @@ async fn sandbox_lifecycle_and_events(db: &TestDb) {
     assert_eq!(sandbox.state, SandboxState::Creating);
     assert_eq!(sandbox.cpus, 1.5);
     assert_eq!(sandbox.ttl_s, Some(86_400));
+    assert_eq!(sandbox.disk_mb, Some(4096));
     assert_eq!(store.get_sandbox(&sandbox.id).await.unwrap(), sandbox);
+    let usage = |sandboxes, memory_mb, disk_mb| {
+        vec![(
+            runner.id.clone(),
+            warren_store::RunnerUsage {
+                sandboxes,
+                memory_mb,
+                disk_mb,
+            },
+        )]
+    };
+    assert_eq!(store.runner_usage().await.unwrap(), usage(1, 2048, 4096));
     assert_eq!(
         store.list_runner_sandboxes(&runner.id).await.unwrap(),
         vec![sandbox.clone()]
@@ -597,6 +610,13 @@ async fn sandbox_lifecycle_and_events(db: &TestDb) {
             .unwrap();
         assert_eq!(after.state, to);
         assert_eq!(store.get_sandbox(&sandbox.id).await.unwrap(), after);
+        // A stopped sandbox keeps its disk, not its memory.
+        let expected = match to {
+            SandboxState::Running => usage(1, 2048, 4096),
+            SandboxState::Stopped => usage(0, 0, 4096),
+            _ => vec![],
+        };
+        assert_eq!(store.runner_usage().await.unwrap(), expected, "{reason}");
     }
     let events = store.list_sandbox_events(&sandbox.id).await.unwrap();
     let got: Vec<(u32, Option<SandboxState>, SandboxState, &str)> = events

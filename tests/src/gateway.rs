@@ -137,6 +137,7 @@ impl Gateway {
                     memory_mb: 512,
                     idle_timeout_s: None,
                     ttl_s: None,
+                    disk_mb: None,
                 })
                 .await?;
             self.store

@@ -337,6 +337,7 @@ async fn create_all(
                         .unwrap_or(512),
                     idle_timeout_s: None,
                     ttl_s: None,
+                    disk_mb: None,
                 })
                 .await?;
             let created = hub

@@ -911,6 +911,7 @@ fn the_reconciler_records_runner_stops_and_deletes_after_ttl() -> Result<()> {
                 memory_mb: 512,
                 idle_timeout_s: None,
                 ttl_s: Some(1),
+                disk_mb: None,
             })
             .await?;
         let created = stack
@@ -1549,6 +1550,16 @@ fn capacity_counts_live_sandboxes_and_says_why_a_create_does_not_fit() -> Result
     check_error(&too_big, 503, "no_capacity")?;
     let post = |path: String| stack.call(&api, "POST", &path, Some(&alice.key), None);
     ensure!(post(format!("/v1/sandboxes/{a}/stop"))?.status == 200);
+    // A process runner enforces no disk quota, so it takes none.
+    let quota = stack.call(
+        &api,
+        "POST",
+        "/v1/sandboxes",
+        Some(&alice.key),
+        Some(json!({"disk_mb": 1024})),
+    )?;
+    check_error(&quota, 503, "no_capacity")?;
+    ensure!(quota.text.contains("no disk quota"), "{quota:?}");
     let b = create_sandbox(&stack, &api, &alice.key, json!({}))?;
     let b = b["id"].as_str().context("id")?.to_owned();
     let start = post(format!("/v1/sandboxes/{a}/start"))?;

@@ -122,6 +122,8 @@ fn every_console_command_works_and_refuses_like_the_api() -> Result<()> {
     );
     refused(&alice, "stop", 2, "<ID>")?;
     refused(&alice, "new --memory-mb 1", 1, "memory_mb must be between")?;
+    refused(&alice, "new --disk-mb 1", 1, "disk_mb must be between")?;
+    refused(&alice, "new --disk-mb 2048", 1, "no disk quota")?;
     refused(&alice, "new --branch x", 1, "branch needs repo")?;
     refused(&alice, "new --env WARREN_X=1", 1, "invalid_request")?;
     let json_error = run(&alice, "new --memory-mb 1 --json")?;

@@ -356,18 +356,18 @@ fn workspace_survives_stop_and_start_and_delete_removes_everything() -> Result<(
     let out = c.exec("cat /workspace/note").run()?.success()?;
     ensure!(out.stdout_trimmed() == "kept", "{out}");
 
-    // The sandbox's volume and network are its own or a spare's: asked for by name.
+    // The sandbox's disk and network are its own or a spare's: asked for by name.
     let name = format!("warren-{id}");
     let network = network_of(&id)?;
-    let volume = docker_ok(&[
+    let workspace = docker_ok(&[
         "inspect",
         "--format",
-        "{{range .Mounts}}{{if eq .Destination \"/workspace\"}}{{.Name}}{{end}}{{end}}",
+        "{{range .Mounts}}{{if eq .Destination \"/workspace\"}}{{.Source}}{{end}}{{end}}",
         &name,
     ])?;
     ensure!(
-        network.starts_with("warren-sbx-") && volume.starts_with("warren-sbx-"),
-        "network {network:?}, volume {volume:?}"
+        network.starts_with("warren-sbx-") && workspace.contains("/.disks/sbx-"),
+        "network {network:?}, workspace {workspace:?}"
     );
     ensure!(
         d.control(Request::Delete {
@@ -378,10 +378,7 @@ fn workspace_survives_stop_and_start_and_delete_removes_everything() -> Result<(
         docker(&["inspect", &name])?.code() != Some(0),
         "container left"
     );
-    ensure!(
-        docker(&["volume", "inspect", &volume])?.code() != Some(0),
-        "volume left"
-    );
+    ensure!(!std::path::Path::new(&workspace).exists(), "workspace left");
     ensure!(
         docker(&["network", "inspect", &network])?.code() != Some(0),
         "network left"

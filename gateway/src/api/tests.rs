@@ -40,6 +40,7 @@ async fn exercise(store: &Store) {
         memory_mb: 512,
         idle_timeout_s: None,
         ttl_s,
+        disk_mb: None,
     };
     let a = store.create_sandbox(&new(Some(60))).await.unwrap();
     let b = store.create_sandbox(&new(None)).await.unwrap();

@@ -55,6 +55,8 @@ pub struct SandboxView {
     pub memory_mb: u32,
     pub idle_timeout_s: Option<u32>,
     pub ttl_s: Option<u32>,
+    /// Disk quota in MiB (null: none enforced, as on the process backend).
+    pub disk_mb: Option<u32>,
     pub runner_id: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
@@ -74,6 +76,7 @@ impl SandboxView {
             memory_mb: s.memory_mb,
             idle_timeout_s: s.idle_timeout_s,
             ttl_s: s.ttl_s,
+            disk_mb: s.disk_mb,
             runner_id: s.runner_id.as_ref().map(|r| RunnerId::as_str(r).to_owned()),
             created_at: s.created_at.unix_seconds(),
             updated_at: s.updated_at.unix_seconds(),

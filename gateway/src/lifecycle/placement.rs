@@ -11,6 +11,29 @@ use crate::store::{RunnerId, RunnerUsage, StoreError};
 pub(super) struct Demand {
     pub memory_mb: u64,
     pub millicpus: u32,
+    pub disk: Disk,
+}
+
+/// The disk a sandbox asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Disk {
+    /// None new: a stopped sandbox's disk is counted while it is stopped.
+    Held,
+    /// The runner's default quota, if it has one.
+    Default,
+    /// This quota in MiB; only a runner that enforces quotas can take it.
+    Asks(u64),
+}
+
+impl Disk {
+    /// The quota a new sandbox gets on a runner of `capacity` (`None`: none).
+    fn quota(self, capacity: &RunnerCapacity) -> Option<u64> {
+        match self {
+            Disk::Held => None,
+            Disk::Default => capacity.default_disk_mb,
+            Disk::Asks(mb) => Some(mb),
+        }
+    }
 }
 
 /// Why a runner cannot take a sandbox, for the error message; `None` when it can.
@@ -39,6 +62,19 @@ fn misfit(
             capacity.memory_mb, demand.memory_mb
         ));
     }
+    let disk = demand.disk.quota(capacity)?;
+    let Some(total) = capacity.disk_mb else {
+        return Some(format!(
+            "{name} enforces no disk quota (disk_mb), so it cannot take one"
+        ));
+    };
+    let free = total.saturating_sub(usage.disk_mb);
+    if disk > free {
+        return Some(format!(
+            "{name} has {free} MiB of {total} MiB of disk free for sandboxes, this one \
+             asks for {disk} MiB"
+        ));
+    }
     None
 }
 
@@ -62,13 +98,18 @@ async fn runner_capacity(lc: &Lifecycle, runner: &crate::store::Runner) -> Runne
             memory_mb: u64::MAX,
             millicpus: u32::MAX,
             max_sandboxes: Some(runner.capacity),
+            ..RunnerCapacity::default()
         },
     }
 }
 
 /// The online runner with room for `demand` whose live sandboxes take the least
-/// memory; a 503 saying why none fits otherwise.
-pub(super) async fn pick_runner(lc: &Lifecycle, demand: Demand) -> Result<RunnerId, Error> {
+/// memory, and the disk quota the sandbox gets there; a 503 saying why none fits
+/// otherwise.
+pub(super) async fn pick_runner(
+    lc: &Lifecycle,
+    demand: Demand,
+) -> Result<(RunnerId, Option<u64>), Error> {
     let mut online = lc.hub.online_runners();
     if online.is_empty() {
         return Err(Error::new(
@@ -80,7 +121,7 @@ pub(super) async fn pick_runner(lc: &Lifecycle, demand: Demand) -> Result<Runner
     online.sort();
     let usage: std::collections::HashMap<RunnerId, RunnerUsage> =
         lc.store.runner_usage().await?.into_iter().collect();
-    let mut best: Option<(u64, RunnerId)> = None;
+    let mut best: Option<(u64, RunnerId, Option<u64>)> = None;
     let mut reasons = Vec::new();
     for id in online {
         let Ok(runner) = lc.store.get_runner(&id).await else {
@@ -92,11 +133,11 @@ pub(super) async fn pick_runner(lc: &Lifecycle, demand: Demand) -> Result<Runner
             reasons.push(reason);
             continue;
         }
-        if best.as_ref().is_none_or(|(m, _)| used.memory_mb < *m) {
-            best = Some((used.memory_mb, id));
+        if best.as_ref().is_none_or(|(m, _, _)| used.memory_mb < *m) {
+            best = Some((used.memory_mb, id, demand.disk.quota(&capacity)));
         }
     }
-    best.map(|(_, id)| id).ok_or_else(|| {
+    best.map(|(_, id, disk)| (id, disk)).ok_or_else(|| {
         Error::new(
             Kind::Unavailable,
             "no_capacity",
@@ -136,5 +177,52 @@ pub(super) async fn room_on(
             "no_capacity",
             format!("the sandbox's runner has no room for it now: {reason}"),
         )),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_quotas_are_counted() {
+        let docker = RunnerCapacity {
+            memory_mb: 8192,
+            millicpus: 2000,
+            max_sandboxes: None,
+            disk_mb: Some(3072),
+            default_disk_mb: Some(512),
+        };
+        let used = RunnerUsage {
+            sandboxes: 1,
+            memory_mb: 1024,
+            disk_mb: 1536,
+        };
+        let demand = |disk| Demand {
+            memory_mb: 1024,
+            millicpus: 1000,
+            disk,
+        };
+        assert_eq!(misfit("r", &docker, used, demand(Disk::Asks(1536))), None);
+        assert_eq!(misfit("r", &docker, used, demand(Disk::Default)), None);
+        let full = misfit("r", &docker, used, demand(Disk::Asks(2048))).unwrap();
+        assert!(full.contains("1536 MiB of 3072 MiB of disk free"), "{full}");
+        // Starting a stopped sandbox again takes no new disk.
+        let packed = RunnerUsage {
+            disk_mb: 3072,
+            ..used
+        };
+        assert_eq!(misfit("r", &docker, packed, demand(Disk::Held)), None);
+        assert!(misfit("r", &docker, packed, demand(Disk::Default)).is_some());
+        // A runner without quotas takes sandboxes that ask for none.
+        let process = RunnerCapacity {
+            disk_mb: None,
+            default_disk_mb: None,
+            ..docker
+        };
+        assert_eq!(misfit("p", &process, used, demand(Disk::Default)), None);
+        let refused = misfit("p", &process, used, demand(Disk::Asks(1024))).unwrap();
+        assert!(refused.contains("no disk quota"), "{refused}");
     }
 }

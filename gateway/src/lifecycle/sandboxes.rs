@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use warren_keys::{SandboxId, SandboxToken, Scope};
 use warren_protocol::{NetworkPolicy, RepoSpec, Request, SandboxSpec};
 
-use super::placement::{Demand, pick_runner, room_on};
+use super::placement::{Demand, Disk, pick_runner, room_on};
 use super::runner_calls::{check_on_runner, expect_ok, run_on_runner};
 use super::specs::{default_branch, millicpus, remembered_spec};
 use super::{Error, Lifecycle, Result, SANDBOX_TOKEN_TTL, detached, validate};
@@ -63,6 +63,10 @@ pub struct CreateSandbox {
     /// `{"mode":"allow","cidrs":["10.0.0.0/8"]}`.
     #[schema(value_type = Option<Object>)]
     pub network: Option<NetworkPolicy>,
+    /// Disk quota in MiB, 256 to 1048576 (default: the runner's): the workspace,
+    /// /tmp, /var/tmp and everything else the sandbox writes. Writes beyond it fail
+    /// (ENOSPC) or the sandbox is stopped (`disk_quota`).
+    pub disk_mb: Option<u32>,
 }
 
 /// Checks every field of a create request; nothing is touched before this passes.
@@ -91,6 +95,9 @@ pub fn check_create(body: &CreateSandbox) -> Result<(), Error> {
     }
     if let Some(ttl) = body.ttl_s {
         validate::range("ttl_s", ttl, validate::TTL_S)?;
+    }
+    if let Some(disk) = body.disk_mb {
+        validate::range("disk_mb", disk, validate::DISK_MB)?;
     }
     if let Some(network) = &body.network {
         validate::network(network)?;
@@ -131,8 +138,11 @@ impl Lifecycle {
         let demand = Demand {
             memory_mb: u64::from(memory_mb),
             millicpus: millicpus(cpus),
+            disk: body
+                .disk_mb
+                .map_or(Disk::Default, |mb| Disk::Asks(u64::from(mb))),
         };
-        let runner = pick_runner(self, demand).await?;
+        let (runner, disk_mb) = pick_runner(self, demand).await?;
         let branch = body
             .repo
             .as_ref()
@@ -150,6 +160,7 @@ impl Lifecycle {
             memory_mb: Some(u64::from(memory_mb)),
             idle_timeout_s: body.idle_timeout_s.map(u64::from),
             network: body.network.unwrap_or_default(),
+            disk_mb,
             ..SandboxSpec::default()
         };
         check_on_runner(self, &runner, &spec).await?;
@@ -165,6 +176,7 @@ impl Lifecycle {
             memory_mb,
             idle_timeout_s: body.idle_timeout_s,
             ttl_s: body.ttl_s,
+            disk_mb: disk_mb.and_then(|mb| u32::try_from(mb).ok()),
         };
         let lc = self.clone();
         let sandbox = detached(async move {
@@ -254,6 +266,8 @@ impl Lifecycle {
                 let demand = Demand {
                     memory_mb: u64::from(sandbox.memory_mb),
                     millicpus: millicpus(sandbox.cpus),
+                    // A stopped sandbox's disk is counted already.
+                    disk: Disk::Held,
                 };
                 room_on(&lc, runner, demand).await?;
             }
@@ -422,7 +436,7 @@ mod tests {
             check_create(&body(
                 r#"{"image":"debian:12","repo":"https://github.com/o/r","branch":"x",
                     "env":{"A":"1"},"cpus":0.5,"memory_mb":512,"idle_timeout_s":60,
-                    "ttl_s":3600,"network":{"mode":"none"}}"#
+                    "ttl_s":3600,"network":{"mode":"none"},"disk_mb":1024}"#
             ))
             .is_ok()
         );
@@ -430,6 +444,8 @@ mod tests {
             r#"{"cpus":0}"#,
             r#"{"cpus":16.5}"#,
             r#"{"memory_mb":64}"#,
+            r#"{"disk_mb":0}"#,
+            r#"{"disk_mb":1048577}"#,
             r#"{"idle_timeout_s":59}"#,
             r#"{"ttl_s":1}"#,
             r#"{"branch":"x"}"#,

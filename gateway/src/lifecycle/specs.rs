@@ -24,6 +24,7 @@ fn spec_from_store(sandbox: &Sandbox) -> SandboxSpec {
         millicpus: Some(millicpus(sandbox.cpus)),
         memory_mb: Some(u64::from(sandbox.memory_mb)),
         idle_timeout_s: sandbox.idle_timeout_s.map(u64::from),
+        disk_mb: sandbox.disk_mb.map(u64::from),
         ..SandboxSpec::default()
     }
 }

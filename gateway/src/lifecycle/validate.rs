@@ -12,6 +12,8 @@ use super::Error;
 
 pub const CPUS: (f64, f64) = (0.1, 16.0);
 pub const MEMORY_MB: (u32, u32) = (128, 65_536);
+/// A disk quota: 256 MiB (a file system and a checkout) to 1 TiB.
+pub const DISK_MB: (u32, u32) = (256, 1_048_576);
 pub const IDLE_TIMEOUT_S: (u32, u32) = (60, 604_800);
 /// A sandbox lives at most a year.
 pub const TTL_S: (u32, u32) = (60, 31_536_000);
@@ -120,6 +122,8 @@ mod tests {
         assert!(range("cpus", 0.05, CPUS).is_err());
         assert!(range("cpus", 0.1, CPUS).is_ok());
         assert!(range("memory_mb", 65_537, MEMORY_MB).is_err());
+        assert!(range("disk_mb", 255, DISK_MB).is_err());
+        assert!(range("disk_mb", 1024, DISK_MB).is_ok());
     }
 
     #[test]

@@ -15,6 +15,8 @@ use crate::Result;
 use crate::protocol::{SandboxSpec, SandboxStatus};
 
 /// One of the backends; the tunnel serves whichever the runner was started with.
+// One per runner, behind an `Arc`: boxing the larger variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Backend {
     Process(process::ProcessBackend),
     Docker(docker::DockerBackend),
@@ -47,7 +49,10 @@ impl Backend {
         spec: &SandboxSpec,
     ) -> Result<()> {
         match self {
-            Backend::Process(b) => b.create(id, token_key, authorized_keys, spec).await,
+            Backend::Process(b) => {
+                no_disk_quota(spec)?;
+                b.create(id, token_key, authorized_keys, spec).await
+            }
             Backend::Docker(b) => b.create(id, token_key, authorized_keys, spec).await,
         }
     }
@@ -58,7 +63,7 @@ impl Backend {
     pub async fn check(&self, spec: &SandboxSpec) -> Result<()> {
         validate_spec(spec)?;
         match self {
-            Backend::Process(_) => Ok(()),
+            Backend::Process(_) => no_disk_quota(spec),
             Backend::Docker(b) => b.image_info(spec).await.map(|_| ()),
         }
     }
@@ -162,6 +167,19 @@ pub fn validate_spec(spec: &SandboxSpec) -> Result<()> {
         .map_err(|e| crate::Error::refused("invalid_spec", e.to_string()))
 }
 
+/// The process backend isolates nothing, so it cannot hold a disk quota: a spec
+/// asking for one is refused rather than run without it.
+fn no_disk_quota(spec: &SandboxSpec) -> Result<()> {
+    match spec.disk_mb {
+        None => Ok(()),
+        Some(_) => Err(crate::Error::refused(
+            "invalid_spec",
+            "disk_mb is not enforced by the process backend (no isolation): create the \
+             sandbox without it, or on a Docker runner",
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,5 +210,21 @@ mod tests {
             token: None,
         });
         assert!(validate_spec(&spec).is_ok());
+    }
+
+    #[test]
+    fn the_process_backend_refuses_a_disk_quota() {
+        let mut spec = SandboxSpec::default();
+        assert!(no_disk_quota(&spec).is_ok());
+        spec.disk_mb = Some(1024);
+        let refused = no_disk_quota(&spec).err().map(|e| e.to_string());
+        assert!(
+            refused
+                .as_deref()
+                .is_some_and(|m| m.contains("not enforced by the process backend")),
+            "{refused:?}"
+        );
+        spec.disk_mb = Some(1);
+        assert!(validate_spec(&spec).is_err());
     }
 }

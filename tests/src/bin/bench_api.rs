@@ -134,6 +134,7 @@ async fn start_gateway(dir: &Path, sandboxes: usize) -> Result<Gateway> {
                 memory_mb: 512,
                 idle_timeout_s: Some(3600),
                 ttl_s: None,
+                disk_mb: None,
             })
             .await?;
         store

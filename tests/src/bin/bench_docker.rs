@@ -225,6 +225,7 @@ fn main() -> Result<()> {
                     memory_mb: 512,
                     idle_timeout_s: None,
                     ttl_s: None,
+                    disk_mb: None,
                 })
                 .await?;
             let spec = SandboxSpec {

@@ -302,5 +302,21 @@ impl Drop for DockerStack {
         for id in self.made.borrow().iter() {
             self.stack.rt.block_on(warren_runner::netpolicy::remove(id));
         }
+        unmount_disks(self.runner.listen_dir());
+    }
+}
+
+/// Unmounts the sandboxes' disks under a runner's run directory (their loop
+/// devices go with the mounts): a killed runner leaves them, as it leaves its
+/// containers.
+pub fn unmount_disks(run_dir: &std::path::Path) {
+    let disks = run_dir.join(".disks");
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    for mount in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {
+        if std::path::Path::new(mount).starts_with(&disks) {
+            let _ = Cmd::new("umount").args(["-l", mount]).run();
+        }
     }
 }

@@ -105,6 +105,7 @@ pub fn sandbox_row(id: &SandboxId, runner: &RunnerProc, owner: &User) -> NewSand
         memory_mb: 512,
         idle_timeout_s: None,
         ttl_s: None,
+        disk_mb: None,
     }
 }
 

@@ -74,6 +74,9 @@ pub enum Command {
         /// Memory in MiB, 128 to 65536.
         #[arg(long)]
         memory_mb: Option<u32>,
+        /// Disk quota in MiB, 256 to 1048576 (default: the runner's).
+        #[arg(long)]
+        disk_mb: Option<u32>,
         /// Environment for every session, NAME=value (repeatable).
         #[arg(long = "env", value_name = "NAME=VALUE")]
         env: Vec<String>,
@@ -298,6 +301,7 @@ async fn execute(
             forward_agent,
             cpus,
             memory_mb,
+            disk_mb,
             env,
             detach,
             json,
@@ -317,6 +321,7 @@ async fn execute(
                 env: vars,
                 cpus,
                 memory_mb,
+                disk_mb,
                 ..CreateSandbox::default()
             };
             let created = lc.create(user, body).await?;

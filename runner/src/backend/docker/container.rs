@@ -90,12 +90,8 @@ impl DockerBackend {
                 format!("{agent}:{ASKPASS_MOUNT}:ro"),
                 format!("{}:{RUN_MOUNT}:rw", run.display()),
             ]),
-            mounts: Some(vec![Mount {
-                target: Some(WORKSPACE.into()),
-                source: Some(volume_name(&self.objects_slot(id))),
-                typ: Some(MountType::VOLUME),
-                ..Default::default()
-            }]),
+            // /workspace, /tmp and /var/tmp: directories of the sandbox's disk.
+            mounts: Some(self.disk_mounts(&self.objects_slot(id))),
             network_mode: Some(network_mode),
             privileged: Some(false),
             cap_drop: Some(vec!["ALL".into()]),
@@ -111,8 +107,14 @@ impl DockerBackend {
                 hard: Some(files),
             }]),
             readonly_rootfs: Some(spec.read_only_root),
-            tmpfs: spec.read_only_root.then(|| {
-                HashMap::from([("/tmp".to_owned(), "rw,nosuid,nodev,size=512m".to_owned())])
+            // The agent's stderr is the container's log, and container root can
+            // write to it: bounded to 2 files of 1 MiB.
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("json-file".into()),
+                config: Some(HashMap::from([
+                    ("max-size".to_owned(), "1m".to_owned()),
+                    ("max-file".to_owned(), "2".to_owned()),
+                ])),
             }),
             runtime: self.defaults.runtime.clone(),
             init: Some(false),

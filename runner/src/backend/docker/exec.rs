@@ -6,7 +6,7 @@ use super::*;
 impl DockerBackend {
     /// Clones `repo` into the workspace as the sandbox user and checks out its
     /// branch. A token goes to git only through the exec's environment and the
-    /// askpass helper: never into the volume, the container's config or logs.
+    /// askpass helper: never into the workspace, the container's config or logs.
     pub(super) async fn clone_repo(&self, id: &SandboxId, repo: &RepoSpec) -> Result<()> {
         let user = self.session_user(id)?;
         let mut clone = vec![

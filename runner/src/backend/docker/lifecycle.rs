@@ -36,11 +36,33 @@ impl DockerBackend {
             Err(e) => return Err(e).context("stopping the container"),
         }
         let _ = fs::remove_file(self.sandbox_run_dir(id).join(AGENT_SOCKET));
+        // A stopped sandbox holds no mount and no loop device.
+        self.unmount_disk(&self.objects_slot(id)).await?;
         tracing::info!(sandbox = %id, "sandbox stopped");
         Ok(())
     }
 
-    /// Removes the container, its workspace volume, network and run directory.
+    /// Stops the sandbox at once (SIGKILL, no grace), remembering `reason`.
+    pub(super) async fn kill_for(&self, id: &SandboxId, reason: &str) -> Result<()> {
+        if self.sandbox_run_dir(id).is_dir() {
+            self.mark(id, STOPPED_MARKER, reason.as_bytes())?;
+        }
+        let kill = self
+            .docker
+            .kill_container(
+                &container_name(id),
+                Some(bollard::query_parameters::KillContainerOptions {
+                    signal: "SIGKILL".into(),
+                }),
+            )
+            .await;
+        if let Err(e) = kill {
+            tracing::debug!(sandbox = %id, error = %e, "killing the container");
+        }
+        self.stop_for(id, reason).await
+    }
+
+    /// Removes the container, its disk, network and run directory.
     pub async fn delete(&self, id: &SandboxId) -> Result<()> {
         let dir = self.sandbox_run_dir(id);
         let known = dir.is_dir()
@@ -61,7 +83,7 @@ impl DockerBackend {
 
     /// Removes everything of `id` (a sandbox, or a pool member's or spare's slot);
     /// a sandbox claimed from the pool has its member's objects, one made on a
-    /// spare the spare's volume and network.
+    /// spare the spare's network (and a disk keyed by the spare's slot).
     pub(super) async fn remove_all(&self, id: &SandboxId) -> Result<()> {
         let slot = self.slot_of(id);
         let objects = self.objects_slot(id);
@@ -84,6 +106,8 @@ impl DockerBackend {
                 Err(e) => return Err(e).context("removing the container"),
             }
         }
+        self.remove_disk(&objects).await?;
+        // A sandbox made before disks had a workspace volume.
         match self
             .docker
             .remove_volume(
@@ -129,7 +153,10 @@ impl DockerBackend {
     }
 
     /// This runner's containers: all of them, or only the running ones.
-    async fn containers(&self, all: bool) -> Result<Vec<bollard::models::ContainerSummary>> {
+    pub(super) async fn containers(
+        &self,
+        all: bool,
+    ) -> Result<Vec<bollard::models::ContainerSummary>> {
         self.docker
             .list_containers(Some(ListContainersOptions {
                 all,
@@ -298,6 +325,9 @@ impl DockerBackend {
             .filter_map(|l| self.sandbox_of(l.as_ref()))
             .collect();
         let mut adopted = Vec::new();
+        // The slots whose disks stay, and of those the ones to mount.
+        let mut live = std::collections::BTreeSet::new();
+        let mut mounted = std::collections::BTreeSet::new();
         for id in ids {
             let dir = self.sandbox_run_dir(&id);
             if !dir.is_dir() || self.marked(&id, DELETING_MARKER) {
@@ -311,11 +341,14 @@ impl DockerBackend {
                 self.sandbox_of(c.labels.as_ref()).as_ref() == Some(&id)
                     && c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
             });
+            live.insert(self.objects_slot(&id));
             if running {
+                mounted.insert(self.objects_slot(&id));
                 tracing::info!(sandbox = %id, "adopted a running sandbox");
                 adopted.push(id);
             }
         }
+        self.reconcile_disks(&mounted, &live).await;
         Ok(adopted)
     }
 }

@@ -5,7 +5,8 @@
 //! Here: the backend, creating a sandbox (`create`, `make`); beside it `container`
 //! (the hardened container's configuration), [`images`] (the allow-list, image
 //! lookup, the static agent), `network` (its bridge), `exec` (git in the
-//! container), `lifecycle` (stop, delete, list, the idle reaper, adoption),
+//! container), `disk` (its disk quota: a loop-mounted file system and a watcher),
+//! `lifecycle` (stop, delete, list, the idle reaper, adoption),
 //! [`pool`] (started containers waiting to be claimed) and `spare` (networks made
 //! ahead for cold creates).
 //!
@@ -13,7 +14,9 @@
 //! - container `warren-<id>`; its agent listens on `agent.sock` in a runner-owned
 //!   directory (`<run-dir>/<id>`, mode 0700) bind-mounted at [`RUN_MOUNT`] — no TCP
 //!   port is published;
-//! - volume `warren-<id>-workspace` at `/workspace` (survives stop/start);
+//! - its disk, `<run-dir>/.disks/<id>.img`, a file system of its quota whose
+//!   directories are `/workspace`, `/tmp` and `/var/tmp` (survives stop/start; see
+//!   [`disk`]);
 //! - network `warren-<id>`, a bridge of its own (so sandboxes cannot reach each
 //!   other), or none at all.
 //!
@@ -22,7 +25,8 @@
 //! A sandbox claimed from the warm pool keeps the objects of its pool member (a
 //! *slot*, itself a sandbox id, with [`LABEL_POOL`]); the runner's private markers
 //! map the sandbox to its slot and back (see [`pool`]). A cold sandbox made on a
-//! spare network has that slot's volume, network and chains, and its own container
+//! spare network has that slot's network and chains (its disk is keyed by that
+//! slot too), and its own container
 //! and run directory.
 
 use std::collections::{BTreeMap, HashMap};
@@ -36,8 +40,8 @@ use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
-    ContainerCreateBody, HostConfig, Ipam, IpamConfig, Mount, MountType, NetworkCreateRequest,
-    ResourcesUlimits, VolumeCreateRequest,
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, Ipam, IpamConfig, Mount, MountType,
+    NetworkCreateRequest, ResourcesUlimits,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, ListContainersOptions, ListNetworksOptions, ListVolumesOptions,
@@ -53,6 +57,7 @@ use crate::protocol::{NetworkPolicy, RepoSpec, SandboxSpec, SandboxStatus};
 use crate::state::write_file;
 
 mod container;
+pub mod disk;
 mod exec;
 mod hostname;
 pub mod images;
@@ -71,6 +76,8 @@ pub const LABEL_SANDBOX: &str = "org.warren.sandbox";
 pub const LABEL_RUNNER: &str = "org.warren.runner";
 /// The sandbox's idle timeout in seconds (0: never stopped for idleness).
 pub const LABEL_IDLE_TIMEOUT: &str = "org.warren.idle-timeout-s";
+/// The sandbox's disk quota in MiB (see [`disk`]).
+pub const LABEL_DISK_MB: &str = "org.warren.disk-mb";
 /// Made for the warm pool (valued with the pool's image): its sandbox label is a
 /// slot, which becomes a sandbox only when claimed.
 pub const LABEL_POOL: &str = "org.warren.pool";
@@ -116,12 +123,14 @@ pub struct DockerDefaults {
     /// How often the pool looks whether an image changed (members are also checked
     /// at each claim).
     pub pool_check_interval: Duration,
-    /// Networks (with their volume and rules) kept made ahead for cold creates
+    /// Networks (with their rules) kept made ahead for cold creates
     /// (see [`spare`]).
     pub spare_networks: usize,
     /// The images a create may name, as patterns for [`image_allowed`] (`image`
     /// is always allowed besides). Default: Warren's own, `warren-*`.
     pub allowed_images: Vec<String>,
+    /// The disk quota of a sandbox whose spec names none, in MiB.
+    pub disk_mb: u64,
 }
 
 impl Default for DockerDefaults {
@@ -140,6 +149,7 @@ impl Default for DockerDefaults {
             pool_check_interval: Duration::from_secs(30),
             spare_networks: 2,
             allowed_images: DEFAULT_ALLOWED_IMAGES.map(String::from).into(),
+            disk_mb: 4 * 1024,
         }
     }
 }
@@ -166,6 +176,8 @@ pub struct DockerBackend {
     /// Boxed: it would make `Backend::Docker` much larger than `Backend::Process`.
     pool: Box<pool::Pool>,
     spares: Box<spare::Spares>,
+    /// Where each running container's writable layer is (container id → dir).
+    upper_dirs: std::sync::Mutex<HashMap<String, PathBuf>>,
 }
 
 fn container_name(id: &SandboxId) -> String {
@@ -207,6 +219,7 @@ impl DockerBackend {
             );
         }
         ensure_static(&agent_bin)?;
+        disk::check_tools().await?;
         let docker = Docker::connect_with_local_defaults()
             .context("connecting to the Docker engine")?
             .negotiate_version()
@@ -231,6 +244,7 @@ impl DockerBackend {
             spares: Box::new(spare::Spares::new(defaults.spare_networks)),
             defaults,
             session_detached_ttl: None,
+            upper_dirs: std::sync::Mutex::default(),
         })
     }
 
@@ -327,6 +341,7 @@ impl DockerBackend {
                 let running = existing.state.and_then(|s| s.running).unwrap_or(false);
                 if !running {
                     let _ = fs::remove_file(dir.join("agent.sock"));
+                    self.mount_disk(&self.objects_slot(id)).await?;
                     // A sandbox from the pool is told who it is again.
                     self.reissue_identity(id)?;
                     self.docker
@@ -359,7 +374,7 @@ impl DockerBackend {
         super::write_authorized_keys(&dir, authorized_keys)?;
         let image = spec.image.as_deref().unwrap_or(&self.defaults.image);
         // Whatever fails from here on leaves nothing behind: a half-made sandbox
-        // would hold a network, a volume and the runner's capacity for nothing.
+        // would hold a network, a disk and the runner's capacity for nothing.
         let made = self
             .make(id, Serves::Sandbox { token_key }, image, spec, &name)
             .await;
@@ -374,11 +389,11 @@ impl DockerBackend {
         Ok(())
     }
 
-    /// Makes and starts a new sandbox's (or pool member's) volume, network,
+    /// Makes and starts a new sandbox's (or pool member's) disk, network,
     /// firewall rules and container, and waits for its agent: for a sandbox until it
     /// accepts connections (then its repository is cloned), for a pool member until
     /// it has set up its user and waits to be claimed. What does not depend on
-    /// each other is made at once: the image lookup with the volume, then the
+    /// each other is made at once: the image lookup with the disk, then the
     /// network, its rules and the container.
     async fn make(
         &self,
@@ -397,25 +412,30 @@ impl DockerBackend {
             .idle_timeout_s
             .unwrap_or(self.defaults.idle_timeout.as_secs());
         container_labels.insert(LABEL_IDLE_TIMEOUT.to_owned(), idle.to_string());
+        let disk_mb = self.disk_mb(spec);
+        container_labels.insert(LABEL_DISK_MB.to_owned(), disk_mb.to_string());
         if matches!(serves, Serves::Sandbox { .. }) {
             self.take_spare(id, spec)?;
         }
         let slot = self.objects_slot(id);
-        // A spare's volume, network and default rules are made already.
+        // A spare's network and default rules are made already; the disk is
+        // made here, of the size the spec asks for.
         let spare = slot != *id;
-        let volume = async {
-            if !spare {
-                self.make_volume(id, &labels).await?;
-            }
+        let disk = async {
+            self.make_disk(&slot, disk_mb).await?;
             Ok::<_, crate::Error>(())
         };
         let began = std::time::Instant::now();
-        let (image_info, ()) = match tokio::try_join!(self.image_info(spec), volume) {
+        let (image_info, ()) = match tokio::try_join!(self.image_info(spec), disk) {
             Ok(found) => found,
             Err(e) => {
                 // A refused or missing image has not touched the spare: it goes
                 // back, so bad requests cost no networks.
                 if spare {
+                    // Its disk is this sandbox's, made beside the lookup.
+                    if let Err(e) = self.remove_disk(&slot).await {
+                        tracing::warn!(slot = %slot, error = %format!("{e:#}"), "removing a disk");
+                    }
                     self.return_spare(id, &slot);
                 }
                 return Err(e);
@@ -504,19 +524,6 @@ impl DockerBackend {
             ready_ms = began.elapsed().as_millis(),
             "made"
         );
-        Ok(())
-    }
-
-    /// Makes the workspace volume of `slot` (a sandbox's, a member's or a spare's).
-    async fn make_volume(&self, slot: &SandboxId, labels: &HashMap<String, String>) -> Result<()> {
-        self.docker
-            .create_volume(VolumeCreateRequest {
-                name: Some(volume_name(slot)),
-                labels: Some(labels.clone()),
-                ..Default::default()
-            })
-            .await
-            .context("creating the workspace volume")?;
         Ok(())
     }
 

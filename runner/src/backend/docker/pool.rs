@@ -2,7 +2,7 @@
 //! create is a claim plus the new sandbox's identity instead of a container start.
 //!
 //! A member is made exactly like a cold sandbox (same container config, hardening,
-//! own volume, own bridge and firewall chains), under a *slot* id of its own, and
+//! own disk, own bridge and firewall chains), under a *slot* id of its own, and
 //! its agent waits for an identity (`agent/src/identity.rs`) without listening. A
 //! claim takes a member out of the pool under a lock (so no member is handed out
 //! twice), records the sandbox ⇄ slot mapping in the runner's private markers,
@@ -140,7 +140,7 @@ impl DockerBackend {
             .unwrap_or_else(|| id.clone())
     }
 
-    /// The slot whose volume, network and firewall rules the sandbox has: a
+    /// The slot whose disk, network and firewall rules the sandbox has: a
     /// spare's, its pool member's, or its own.
     pub(super) fn objects_slot(&self, id: &SandboxId) -> SandboxId {
         self.marked_slot(id, SPARE_MARKER)
@@ -184,7 +184,9 @@ impl DockerBackend {
     }
 
     /// What the pools hold back from the capacity the runner reports: the memory
-    /// limits of all their members and their number.
+    /// limits of all their members and their number. Not their disks: a waiting
+    /// member's is an empty sparse file, and a claimed one is counted by the gateway
+    /// as any sandbox's quota.
     pub fn pool_reserve(&self) -> (u64, u32) {
         let members: usize = self.pool.sizes.iter().map(|s| s.size).sum();
         let members = u32::try_from(members).unwrap_or(u32::MAX);
@@ -195,12 +197,14 @@ impl DockerBackend {
     }
 
     /// Whether a member (made with the runner's defaults) can serve `spec`: what a
-    /// running container cannot change must be the default. Memory, CPUs and pids
-    /// are set at claim; the image is matched by id at claim.
+    /// running container cannot change must be the default (its disk too: another
+    /// quota is a cold create). Memory, CPUs and pids are set at claim; the image is
+    /// matched by id at claim.
     fn poolable(&self, spec: &SandboxSpec) -> bool {
         !self.pool.sizes.is_empty()
             && spec.network == NetworkPolicy::All
             && !spec.read_only_root
+            && self.disk_mb(spec) == self.defaults.disk_mb
             && spec
                 .idle_timeout_s
                 .is_none_or(|s| s == self.defaults.idle_timeout.as_secs())
@@ -312,7 +316,7 @@ impl DockerBackend {
             .context("setting the pool member's limits")
     }
 
-    /// Records that sandbox `id` has the volume, network and rules of `slot` (a
+    /// Records that sandbox `id` has the disk, network and rules of `slot` (a
     /// spare's); its container and run directory are its own.
     pub(super) fn bind_spare(&self, id: &SandboxId, slot: &SandboxId) -> Result<()> {
         self.mark(id, SPARE_MARKER, slot.as_str().as_bytes())?;

@@ -1,12 +1,12 @@
-//! Spare networks: a few slots whose workspace volume, bridge network and firewall
-//! rules are made ahead, so that a cold create (no pool member fits) starts with its
+//! Spare networks: a few slots whose bridge network and firewall rules are made
+//! ahead, so that a cold create (no pool member fits) starts with its
 //! container. Docker takes 80–100 ms here to make a bridge network (a fifth of a cold
 //! create), and the network cannot be shared: each sandbox has its own.
 //!
 //! A spare is a slot as a pool member is (its objects labelled with the slot and
 //! [`LABEL_POOL`], here [`SPARE`]), without a container. A create takes one under a
 //! lock (never twice) and records in the runner's private markers that the sandbox
-//! has the slot's volume and network (`<sandbox>/spare`, and `<slot>/claimed` as a
+//! has the slot's network (and its disk is keyed by the slot) (`<sandbox>/spare`, and `<slot>/claimed` as a
 //! claim writes); its container, run directory and hostname are its own, made as a
 //! cold create makes them. Spares hold no memory or CPU, so they are not counted
 //! against capacity; each holds one /28 of the network pool.
@@ -47,7 +47,7 @@ impl Spares {
 
 impl DockerBackend {
     /// Gives sandbox `id` a spare slot if one is ready and the sandbox has a
-    /// network of its own; its volume, network and rules are then the slot's.
+    /// network of its own; its disk, network and rules are then the slot's.
     /// Before any of them is made.
     pub(super) fn take_spare(&self, id: &SandboxId, spec: &SandboxSpec) -> Result<()> {
         if spec.network == NetworkPolicy::None {
@@ -79,18 +79,15 @@ impl DockerBackend {
         self.spares.wake.notify_one();
     }
 
-    /// Makes one spare: its volume, and its network with the default policy's
-    /// rules (a create with another policy puts its own in).
+    /// Makes one spare: its network with the default policy's rules (a create with
+    /// another policy puts its own in). Its disk is made by the create that takes
+    /// it, of the size it asks for.
     async fn make_spare(&self) -> Result<SandboxId> {
         let slot = SandboxId::generate();
         let mut labels = self.labels(&slot);
         labels.insert(LABEL_POOL.to_owned(), SPARE.to_owned());
-        let made = tokio::try_join!(
-            self.make_volume(&slot, &labels),
-            self.make_network(&slot, &labels, &NetworkPolicy::All)
-        );
-        match made {
-            Ok(_) => Ok(slot),
+        match self.make_network(&slot, &labels, &NetworkPolicy::All).await {
+            Ok(()) => Ok(slot),
             Err(e) => {
                 if let Err(cleanup) = self.remove_all(&slot).await {
                     tracing::warn!(error = %format!("{cleanup:#}"), "cleaning up a failed spare");

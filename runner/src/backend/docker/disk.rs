@@ -1,0 +1,500 @@
+//! Each sandbox's disk quota (`disk_mb`). Docker here cannot bound a container's
+//! writable layer (`--storage-opt size` needs overlay2 on xfs with project quotas;
+//! fuse-overlayfs on ext4 has none), so the quota is held in two ways:
+//!
+//! - **A file system of the quota's size**: a sparse file holding ext4, loop-mounted
+//!   on the runner host while the sandbox runs; its directories are the container's
+//!   `/workspace`, `/tmp` and `/var/tmp` (sticky, 1777). Writes there beyond it fail
+//!   with ENOSPC, for the sandbox user and container root alike (no reserved
+//!   blocks). The file system's root is never mounted into the container.
+//! - **Measured, for the rest**: every [`WATCH_EVERY`] the watcher adds what the disk
+//!   holds to what the container wrote elsewhere (its writable layer, walked on the
+//!   host, each entry counted as at least a block, and its run directory) and kills a
+//!   sandbox over its quota, stopped with reason [`DISK_QUOTA`]. A layer that cannot
+//!   be measured counts as over.
+//!
+//! Files, per objects slot (as the workspace volume was): `<run dir>/.disks/<slot>.img`
+//! (the image: a plain file, so a snapshot can copy it while it is unmounted) and
+//! `<run dir>/.disks/<slot>/` (its mount point). A stopped sandbox holds no mount and
+//! no loop device (mounts are made at start with `mount -o loop`, whose loop device
+//! goes with the mount); a runner start mounts what runs, unmounts what does not and
+//! removes the disks of sandboxes that are gone.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use tokio::process::Command;
+
+use super::*;
+
+/// The directory beside the run directories that holds the disks (sandbox ids
+/// cannot start with a dot).
+const DISKS_DIR: &str = ".disks";
+/// The reason a sandbox over its quota is stopped with.
+pub const DISK_QUOTA: &str = "disk_quota";
+/// How often running sandboxes are measured.
+pub const WATCH_EVERY: Duration = Duration::from_secs(1);
+/// Each entry of a writable layer counts as at least this much (an inode and a
+/// directory entry on the host), so a flood of empty files is bounded too.
+const MIN_ENTRY: u64 = 4096;
+/// The disk's directories mounted into the container, and their modes.
+const DISK_DIRS: [(&str, &str, u32); 3] = [
+    ("workspace", WORKSPACE, 0o755),
+    ("tmp", "/tmp", 0o1777),
+    ("var-tmp", "/var/tmp", 0o1777),
+];
+
+/// Runs a system tool, failing with its stderr.
+async fn run(program: &str, args: &[&OsStr]) -> Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .await
+        .with_context(|| format!("running {program} (util-linux and e2fsprogs are needed)"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether `path` is a mount point in this mount namespace (the Docker engine's: the
+/// runner runs beside it on the host).
+fn is_mounted(path: &Path) -> bool {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|m| Path::new(&unescape_mountinfo(m)) == path)
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(field: &str) -> String {
+    let mut out = Vec::with_capacity(field.len());
+    let bytes = field.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+            std::str::from_utf8(d)
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(b)) => {
+                out.push(b);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Bytes in use on the file system at `path` (`statvfs`).
+fn used_bytes(path: &Path) -> io::Result<u64> {
+    let (total, free, _) = statvfs(path)?;
+    Ok(total.saturating_sub(free))
+}
+
+/// `(size, free, available to non-root)` of the file system at `path`, in bytes.
+fn statvfs(path: &Path) -> io::Result<(u64, u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `c` is a NUL-terminated path and `st` is a valid buffer for one statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statvfs succeeded, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    let block = st.f_frsize;
+    Ok((
+        st.f_blocks.saturating_mul(block),
+        st.f_bfree.saturating_mul(block),
+        st.f_bavail.saturating_mul(block),
+    ))
+}
+
+/// What the trees at `roots` take on disk, without following links: each entry's
+/// blocks, at least [`MIN_ENTRY`]. Stops counting once past `limit`. Entries that
+/// vanish during the walk are skipped; any other error is returned (the caller
+/// counts an unmeasurable tree as over its quota).
+pub(super) fn tree_usage(roots: &[PathBuf], limit: u64) -> io::Result<u64> {
+    let mut total = 0u64;
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for root in roots {
+        match fs::symlink_metadata(root) {
+            Ok(m) if m.is_dir() => dirs.push(root.clone()),
+            Ok(m) => total = total.saturating_add(entry_size(&m)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    while let Some(dir) = dirs.pop() {
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        total = total.saturating_add(MIN_ENTRY);
+        for entry in entries {
+            let entry = entry?;
+            // DirEntry::metadata does not follow links.
+            let meta = match entry.metadata() {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            if meta.is_dir() {
+                dirs.push(entry.path());
+            } else {
+                total = total.saturating_add(entry_size(&meta));
+            }
+            if total > limit {
+                return Ok(total);
+            }
+        }
+    }
+    Ok(total)
+}
+
+fn entry_size(meta: &fs::Metadata) -> u64 {
+    meta.blocks().saturating_mul(512).max(MIN_ENTRY)
+}
+
+/// Whether the tools the disks need are here: checked at start, so a runner
+/// without them says so at once rather than at the first create.
+pub(super) async fn check_tools() -> Result<()> {
+    for (tool, arg, package) in [
+        ("mkfs.ext4", "-V", "e2fsprogs"),
+        ("losetup", "--version", "util-linux"),
+        ("mount", "--version", "mount"),
+    ] {
+        run(tool, &[OsStr::new(arg)]).await.with_context(|| {
+            format!("the docker backend needs {tool} ({package}) for the sandboxes' disks")
+        })?;
+    }
+    Ok(())
+}
+
+impl DockerBackend {
+    fn disks_dir(&self) -> PathBuf {
+        self.run_dir.join(DISKS_DIR)
+    }
+
+    fn disk_image(&self, slot: &SandboxId) -> PathBuf {
+        self.disks_dir().join(format!("{}.img", slot.as_str()))
+    }
+
+    fn disk_mount(&self, slot: &SandboxId) -> PathBuf {
+        self.disks_dir().join(slot.as_str())
+    }
+
+    /// The quota of a sandbox whose spec names none, in MiB.
+    pub fn default_disk_mb(&self) -> u64 {
+        self.defaults.disk_mb
+    }
+
+    /// The quota of a sandbox of `spec`, in MiB.
+    pub(super) fn disk_mb(&self, spec: &SandboxSpec) -> u64 {
+        spec.disk_mb.unwrap_or(self.defaults.disk_mb)
+    }
+
+    /// The container's mounts from the disk of `slot`.
+    pub(super) fn disk_mounts(&self, slot: &SandboxId) -> Vec<Mount> {
+        let root = self.disk_mount(slot);
+        DISK_DIRS
+            .iter()
+            .map(|(dir, target, _)| Mount {
+                target: Some((*target).into()),
+                source: Some(root.join(dir).display().to_string()),
+                typ: Some(MountType::BIND),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    /// Makes and mounts the disk of `slot`: a sparse image of `mb` MiB with an empty
+    /// ext4 file system and the container's directories.
+    pub(super) async fn make_disk(&self, slot: &SandboxId, mb: u64) -> Result<()> {
+        let dir = self.disks_dir();
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        let image = self.disk_image(slot);
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&image)
+            .with_context(|| format!("creating {}", image.display()))?;
+        file.set_len(mb.saturating_mul(1 << 20))
+            .context("sizing the sandbox's disk")?;
+        drop(file);
+        // No blocks reserved for root (container root gets no more than the user);
+        // an inode per 8 KiB (checkouts have many small files); lazy init so making
+        // it writes almost nothing.
+        run(
+            "mkfs.ext4",
+            &[
+                OsStr::new("-q"),
+                OsStr::new("-F"),
+                OsStr::new("-m"),
+                OsStr::new("0"),
+                OsStr::new("-i"),
+                OsStr::new("8192"),
+                OsStr::new("-E"),
+                OsStr::new("lazy_itable_init=1,lazy_journal_init=1,nodiscard"),
+                image.as_os_str(),
+            ],
+        )
+        .await
+        .context("making the sandbox's file system")?;
+        self.mount_disk(slot).await?;
+        let root = self.disk_mount(slot);
+        for (name, _, mode) in DISK_DIRS {
+            let path = root.join(name);
+            fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
+        }
+        let lost = root.join("lost+found");
+        let _ = fs::remove_dir(lost);
+        Ok(())
+    }
+
+    /// Mounts the disk of `slot` if it has one and it is not mounted (before its
+    /// container starts: its mounts would otherwise be missing, and the engine
+    /// refuses to start it).
+    pub(super) async fn mount_disk(&self, slot: &SandboxId) -> Result<()> {
+        let image = self.disk_image(slot);
+        let mount = self.disk_mount(slot);
+        if !image.exists() || is_mounted(&mount) {
+            return Ok(());
+        }
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&mount)
+            .or_else(|e| match e.kind() {
+                io::ErrorKind::AlreadyExists => Ok(()),
+                _ => Err(e),
+            })
+            .with_context(|| format!("creating {}", mount.display()))?;
+        run(
+            "mount",
+            &[
+                OsStr::new("-t"),
+                OsStr::new("ext4"),
+                OsStr::new("-o"),
+                OsStr::new("loop,nosuid,nodev,discard"),
+                image.as_os_str(),
+                mount.as_os_str(),
+            ],
+        )
+        .await
+        .context("mounting the sandbox's disk")?;
+        Ok(())
+    }
+
+    /// Unmounts the disk of `slot` (its container has stopped) and detaches any
+    /// loop device still bound to its image.
+    pub(super) async fn unmount_disk(&self, slot: &SandboxId) -> Result<()> {
+        let image = self.disk_image(slot);
+        let mount = self.disk_mount(slot);
+        if is_mounted(&mount)
+            && let Err(e) = run("umount", &[mount.as_os_str()]).await
+        {
+            // Busy (something on the host holds it): detached now, gone when let go.
+            tracing::warn!(slot = %slot, error = %format!("{e:#}"), "unmounting lazily");
+            run("umount", &[OsStr::new("-l"), mount.as_os_str()]).await?;
+        }
+        if image.exists() {
+            let bound = run("losetup", &[OsStr::new("-j"), image.as_os_str()]).await?;
+            for device in bound.lines().filter_map(|l| l.split(':').next()) {
+                if !device.is_empty() {
+                    let _ = run("losetup", &[OsStr::new("-d"), OsStr::new(device)]).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the disk of `slot`: unmounted, its mount point and its image.
+    pub(super) async fn remove_disk(&self, slot: &SandboxId) -> Result<()> {
+        self.unmount_disk(slot).await?;
+        let mount = self.disk_mount(slot);
+        // Never recursive: were it still mounted, that would empty the workspace
+        // through it and leave the mount.
+        match fs::remove_dir(&mount) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", mount.display())),
+        }
+        match fs::remove_file(self.disk_image(slot)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).context("removing the sandbox's disk"),
+        }
+    }
+
+    /// At runner start: mounts the disks of running sandboxes, unmounts those of
+    /// sandboxes that are not running, removes those of slots not in `live`.
+    pub(super) async fn reconcile_disks(
+        &self,
+        running: &std::collections::BTreeSet<SandboxId>,
+        live: &std::collections::BTreeSet<SandboxId>,
+    ) {
+        let Ok(entries) = fs::read_dir(self.disks_dir()) else {
+            return;
+        };
+        let mut slots = std::collections::BTreeSet::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let name = name.strip_suffix(".img").unwrap_or(&name);
+            if let Ok(slot) = SandboxId::parse(name) {
+                slots.insert(slot);
+            }
+        }
+        for slot in slots {
+            let done = if !live.contains(&slot) {
+                tracing::info!(slot = %slot, "removing the disk of a sandbox that is gone");
+                self.remove_disk(&slot).await
+            } else if running.contains(&slot) {
+                self.mount_disk(&slot).await
+            } else {
+                self.unmount_disk(&slot).await
+            };
+            if let Err(e) = done {
+                tracing::warn!(slot = %slot, error = %format!("{e:#}"), "reconciling a disk");
+            }
+        }
+    }
+
+    /// What the disk quotas of all sandboxes may add up to when the operator does
+    /// not say: what the run directory's file system has available, plus what the
+    /// disks already there hold (they are counted at their full quota).
+    pub fn disk_capacity_mb(&self) -> u64 {
+        let available = statvfs(&self.run_dir).map_or(0, |(_, _, avail)| avail);
+        let held: u64 = fs::read_dir(self.disks_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.blocks().saturating_mul(512))
+            .sum();
+        available.saturating_add(held) >> 20
+    }
+
+    /// Kills every running sandbox whose disk and writable layer together exceed
+    /// its quota, stopped with reason [`DISK_QUOTA`]. Returns those it stopped.
+    pub async fn enforce_disk_quotas(&self) -> Result<Vec<SandboxId>> {
+        let running = self.containers(false).await?;
+        // Forget the layers of containers that are gone.
+        self.upper_dirs()
+            .retain(|container, _| running.iter().any(|c| c.id.as_deref() == Some(container)));
+        let mut stopped = Vec::new();
+        for c in running {
+            let Some(id) = self.sandbox_of(c.labels.as_ref()) else {
+                continue;
+            };
+            let Some(quota) = c
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_DISK_MB))
+                .and_then(|v| v.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let limit = quota.saturating_mul(1 << 20);
+            let Some(container) = c.id.clone() else {
+                continue;
+            };
+            let Some(upper) = self.upper_dir(&container).await else {
+                continue;
+            };
+            let mount = self.disk_mount(&self.objects_slot(&id));
+            let run = self.sandbox_run_dir(&id);
+            let measured = tokio::task::spawn_blocking(move || {
+                let disk = if is_mounted(&mount) {
+                    used_bytes(&mount)?
+                } else {
+                    0
+                };
+                let rest = tree_usage(&[upper, run], limit.saturating_sub(disk))?;
+                Ok::<_, io::Error>(disk.saturating_add(rest))
+            })
+            .await
+            .context("measuring a sandbox's disk")?;
+            let over = match measured {
+                Ok(used) if used <= limit => continue,
+                Ok(used) => format!("{} MiB of {quota} MiB", used >> 20),
+                Err(e) => format!("its writable layer cannot be measured ({e})"),
+            };
+            tracing::warn!(sandbox = %id, usage = %over, "over its disk quota: stopping it");
+            self.kill_for(&id, DISK_QUOTA).await?;
+            stopped.push(id);
+        }
+        Ok(stopped)
+    }
+
+    /// Where the container's writable layer is on the host (remembered: it does
+    /// not change while the container exists).
+    async fn upper_dir(&self, container: &str) -> Option<PathBuf> {
+        if let Some(dir) = self.upper_dirs().get(container) {
+            return Some(dir.clone());
+        }
+        let info = self.docker.inspect_container(container, None).await.ok()?;
+        let dir = PathBuf::from(info.graph_driver?.data.get("UpperDir")?);
+        self.upper_dirs().insert(container.to_owned(), dir.clone());
+        Some(dir)
+    }
+
+    fn upper_dirs(&self) -> std::sync::MutexGuard<'_, HashMap<String, PathBuf>> {
+        self.upper_dirs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_paths_are_unescaped() {
+        assert_eq!(unescape_mountinfo(r"/a\040b\134c"), r"/a b\c");
+        assert_eq!(unescape_mountinfo(r"/plain\0"), r"/plain\0");
+    }
+
+    #[test]
+    fn trees_are_measured_without_following_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("t");
+        fs::create_dir_all(root.join("a/b")).unwrap();
+        fs::write(root.join("a/b/f"), vec![1u8; 100_000]).unwrap();
+        for i in 0..10 {
+            fs::write(root.join(format!("e{i}")), b"").unwrap();
+        }
+        // A link to something big counts as a link.
+        std::os::unix::fs::symlink("/usr", root.join("usr")).unwrap();
+        let used = tree_usage(std::slice::from_ref(&root), u64::MAX).unwrap();
+        assert!(used >= 100_000 + 11 * MIN_ENTRY, "{used}");
+        assert!(used < 1 << 20, "{used}");
+        // Past the limit the walk stops early.
+        assert!(tree_usage(&[root], 10_000).unwrap() > 10_000);
+        assert_eq!(tree_usage(&[dir.path().join("none")], 1).unwrap(), 0);
+    }
+}
