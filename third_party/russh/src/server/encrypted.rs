@@ -1451,7 +1451,16 @@ impl Session {
                     // took the channel out of `enc.channels`). End its reader and tell the
                     // handler, as for a close the peer starts; upstream ignores it, so the
                     // channel's state (and a server's per-connection session count) lives as
-                    // long as the connection.
+                    // long as the connection. A channel still in `enc.channels` (one we
+                    // opened that the peer has not confirmed) is not ours to end here.
+                    let still_open = self
+                        .common
+                        .encrypted
+                        .as_ref()
+                        .is_some_and(|enc| enc.channels.contains_key(&channel_num));
+                    if still_open {
+                        return Ok(());
+                    }
                     if let Some(chan) = self.channels.remove(&channel_num) {
                         let _ = chan.send(ChannelMsg::Close).await;
                         return handler.channel_close(channel_num, self).await;
