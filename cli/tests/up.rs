@@ -398,14 +398,16 @@ fn warren_up_serves_a_real_terminal_and_keeps_sandboxes_in_check() {
         "a create with a missing image stored a sandbox"
     );
     if in_docker {
-        // More failed clones than the old fixed capacity of 16.
+        // More failed clones than the old fixed capacity of 16. An https URL (local
+        // paths are refused before anything is made) whose clone fails at once: the
+        // container's own loopback has nothing on port 1.
         for _ in 0..17 {
             let (status, body) = api(
                 &base,
                 admin,
                 "POST",
                 "/v1/sandboxes",
-                Some(r#"{"repo":"/nonexistent/warren-test.git","memory_mb":128}"#),
+                Some(r#"{"repo":"https://127.0.0.1:1/nonexistent/warren-test.git","memory_mb":128}"#),
             );
             assert_eq!(status, 502, "{body}");
             assert!(
