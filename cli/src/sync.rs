@@ -151,6 +151,26 @@ fn shown(e: warren_sync::SyncError) -> anyhow::Error {
     anyhow::anyhow!("{}", escape_controls(&e.to_string()))
 }
 
+/// A JSON line with DEL, the C1 controls (U+0080–U+009F) and the bidirectional
+/// overrides and isolates written as `\u00XX` escapes: serde leaves them raw, and
+/// a sandbox's names would reach a terminal that shows the line. They can only
+/// stand inside strings, where the escape means the same character.
+fn json_controls_escaped(line: &str) -> std::borrow::Cow<'_, str> {
+    let raw = |c: char| matches!(c as u32, 0x7f..=0x9f | 0x202a..=0x202e | 0x2066..=0x2069);
+    if !line.chars().any(raw) {
+        return std::borrow::Cow::Borrowed(line);
+    }
+    let mut out = String::with_capacity(line.len() + 16);
+    for c in line.chars() {
+        if raw(c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 fn human_bytes(n: u64) -> String {
     indicatif::HumanBytes(n).to_string()
 }
@@ -167,7 +187,7 @@ pub async fn show(mut rx: mpsc::UnboundedReceiver<Event>, mode: ProgressMode, dr
         match (&event, mode) {
             (_, ProgressMode::Json) => {
                 if let Ok(line) = serde_json::to_string(&event) {
-                    println!("{line}");
+                    println!("{}", json_controls_escaped(&line));
                 }
             }
             (Event::Change { op, path }, _) if dry_run => bar.println(&format!(
@@ -311,5 +331,31 @@ mod tests {
         assert_eq!(split_remote("sbx-1:").ok(), Some(("sbx-1", "")));
         assert!(split_remote("/nowhere").is_err());
         assert_eq!(shorten("abcdef", 4), "…def");
+    }
+
+    #[test]
+    fn json_progress_carries_no_raw_controls() {
+        let event = Event::Change {
+            op: warren_sync::Op::Download,
+            path: "a\u{9b}6n\u{9d}52;c;eA==\u{9c}\u{7f}\u{202e}\x1b]0;x\x07".into(),
+        };
+        let line = serde_json::to_string(&event).unwrap_or_default();
+        let escaped = json_controls_escaped(&line);
+        assert!(
+            !escaped.chars().any(|c| c.is_control() || c == '\u{202e}'),
+            "{escaped}"
+        );
+        assert!(escaped.contains("\\u009b6n"), "{escaped}");
+        // The same string, read back.
+        let back: serde_json::Value = serde_json::from_str(&escaped).unwrap_or_default();
+        let path = back.pointer("/path").and_then(|p| p.as_str());
+        assert_eq!(
+            path,
+            Some("a\u{9b}6n\u{9d}52;c;eA==\u{9c}\u{7f}\u{202e}\x1b]0;x\x07")
+        );
+        assert!(matches!(
+            json_controls_escaped("{\"a\":1}"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 }

@@ -323,7 +323,9 @@ impl LocalDir {
     }
 
     /// The links at or below `rel`, with their text (for a move, whose links must
-    /// still keep the rule at their new depth).
+    /// still keep the rule at their new depth). Fails rather than leave out what
+    /// it could not read: a directory it cannot open, or one past [`MAX_DEPTH`],
+    /// may hold the very link that a move would carry out of the tree.
     pub fn links_under(&self, rel: &str) -> Result<Vec<(String, String)>, LocalError> {
         let mut out = Vec::new();
         let Some(meta) = self.stat(rel)? else {
@@ -332,7 +334,7 @@ impl LocalDir {
         match meta.kind {
             Type::Link => out.extend(self.read_link(rel).map(|t| (String::new(), t))),
             Type::Dir => {
-                let tree = walk(|sub| {
+                let tree = walk(Walk::Complete, |sub| {
                     self.open_dir(&if sub.is_empty() {
                         rel.to_owned()
                     } else {
@@ -353,7 +355,7 @@ impl LocalDir {
     /// The whole local tree, links not followed; our part files and backups left
     /// out.
     pub fn tree(&self) -> Result<BTreeMap<String, Kind>, LocalError> {
-        walk(|rel| self.open_dir(rel))
+        walk(Walk::BestEffort, |rel| self.open_dir(rel))
     }
 
     /// The directory `rel` ("" for the root), never through a link.
@@ -371,10 +373,21 @@ impl LocalDir {
     }
 }
 
+/// What a walk does with a directory it cannot read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    /// Leaves it out (comparing trees: what is missing is pulled again).
+    BestEffort,
+    /// Fails, unless it is simply gone (checking links: a part left out could
+    /// hold the link that matters).
+    Complete,
+}
+
 /// Everything below the directory `open("")` gives, by path relative to it;
 /// each directory is opened (by `open(rel)`) only when its turn comes, so a wide
 /// tree does not hold a descriptor per directory.
 fn walk(
+    how: Walk,
     open: impl Fn(&str) -> Result<OwnedFd, LocalError>,
 ) -> Result<BTreeMap<String, Kind>, LocalError> {
     let mut out = BTreeMap::new();
@@ -382,8 +395,9 @@ fn walk(
     while let Some((rel, depth)) = stack.pop() {
         let dir = match open(&rel) {
             Ok(dir) => dir,
-            // Gone or replaced since it was listed: nothing of it to compare.
-            Err(_) if !rel.is_empty() => continue,
+            Err(LocalError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            // Replaced since it was listed: nothing of it to compare.
+            Err(_) if !rel.is_empty() && how == Walk::BestEffort => continue,
             Err(e) => return Err(e),
         };
         for name in entries(&dir)? {
@@ -407,9 +421,12 @@ fn walk(
                     Kind::Symlink { target: text }
                 }
                 Type::Dir => {
-                    // Deeper than the mirror makes: not ours to compare.
+                    // Deeper than the mirror makes: not ours to compare,
+                    // but not known to be free of links either.
                     if depth + 1 < MAX_DEPTH {
                         stack.push((child.clone(), depth + 1));
+                    } else if how == Walk::Complete {
+                        return Err(LocalError::BadName);
                     }
                     Kind::Dir {
                         mode: meta.mode,

@@ -432,11 +432,14 @@ async fn apply(ctx: &Ctx<'_>, state: &mut State, change: Change) -> Result<(), S
             Ok(())
         }
         Change::Moved(from, to) => {
-            let moved = moved_links_keep_the_rule(ctx.local, &from, &to)
+            let moved = may_move_here(ctx.local, &from, &to)
                 && ctx.local.rename(&from, &to).unwrap_or(false);
             if !moved {
-                // Not moved here (a link that would point out from its new depth,
-                // or a failed rename): what was there goes, and `to` is pulled.
+                // Not moved here (a move to a shallower place, a link that would
+                // point out from its new depth, or a failed rename): what was
+                // there goes, and `to` is pulled, each link judged as it comes.
+                // Should that pull fail (a listing too big), `to` is left
+                // incomplete, never holding a link that points out.
                 let _ = ctx.local.remove(&from);
             }
             if let Some(w) = state.written.remove(&from) {
@@ -456,9 +459,16 @@ async fn apply(ctx: &Ctx<'_>, state: &mut State, change: Change) -> Result<(), S
     }
 }
 
-/// Whether every link at or under `from` still keeps the link rule once at `to`
-/// (its `..`s are counted from its new depth).
-fn moved_links_keep_the_rule(local: &LocalDir, from: &str, to: &str) -> bool {
+/// Whether the local `from` may simply be renamed to `to`: only when that
+/// cannot make any link under it shallower (a link's `..`s are counted from its
+/// depth), and, as a second check, when every link found under it keeps the
+/// link rule at `to` (any part that cannot be read: no). Otherwise the caller
+/// removes it and pulls `to` afresh, which never relies on reading it all.
+fn may_move_here(local: &LocalDir, from: &str, to: &str) -> bool {
+    let depth = |rel: &str| rel.split('/').count();
+    if depth(to) < depth(from) {
+        return false;
+    }
     match local.links_under(from) {
         Ok(links) => links
             .iter()
@@ -676,6 +686,30 @@ async fn retry_due(ctx: &Ctx<'_>, state: &mut State) -> Result<(), SyncError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_move_never_carries_a_link_out_of_the_tree() {
+        let base = std::env::temp_dir().join(format!("warren-sync-move-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        // A link past the depth the mirror walks, keeping the rule where it is
+        // (302 `..`s at depth 302) but not once `a/b` becomes `c`.
+        let deep = base.join("a/b").join(vec!["d"; 300].join("/"));
+        std::fs::create_dir_all(&deep).unwrap_or_else(|e| panic!("{e}"));
+        let target = format!("{}x", "../".repeat(302));
+        std::os::unix::fs::symlink(&target, deep.join("l")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(base.join("e/f")).unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::symlink("../x", base.join("e/f/l")).unwrap_or_else(|e| panic!("{e}"));
+        let local = LocalDir::open(&base).unwrap_or_else(|e| panic!("{e}"));
+
+        assert!(local.links_under("a/b").is_err(), "a part it cannot walk");
+        assert!(!may_move_here(&local, "a/b", "c"));
+        assert!(!may_move_here(&local, "a/b", "c/d"), "not readable in full");
+        // Shallower: refused even with no link in sight; deeper or level: moved.
+        assert!(!may_move_here(&local, "e/f", "g"));
+        assert!(may_move_here(&local, "e/f", "g/h"));
+        assert!(may_move_here(&local, "e/f", "g/h/i"));
+        let _ = std::fs::remove_dir_all(&base);
+    }
 
     #[test]
     fn records_parse() {

@@ -1377,6 +1377,34 @@ fn links_and_parts_stay_inside(f: &Fixture, base: &Path, local: &Path) -> Result
     );
     ensure!(std::fs::symlink_metadata(local.join("x3")).is_err());
     ensure!(std::fs::metadata(local.join("suid2"))?.permissions().mode() & 0o7777 == 0o777);
+    // A link 250 levels deep with 250 `..`s (inside), moved deeper (to past the
+    // 256 levels the mirror walks), then shallower than it began: once there its
+    // `..`s leave the tree, and nothing of it past the cut-off is trusted unread.
+    f.user(
+        "cd /workspace/m && d=$(printf 'd/%.0s' $(seq 248)) && mkdir -p p/q/$d \
+         && ln -s $(printf '../%.0s' $(seq 250))x p/q/${d}l && mkdir -p p/s1/s2/s3/s4/s5/s6/s7",
+    )?;
+    let deep = format!("{}l", "d/".repeat(248));
+    wait_for("the deep link", Duration::from_secs(60), || {
+        std::fs::symlink_metadata(local.join("p/q").join(&deep)).is_ok()
+            && local.join("p/s1/s2/s3/s4/s5/s6/s7").is_dir()
+    })?;
+    f.user("cd /workspace/m && mv p/q p/s1/s2/s3/s4/s5/s6/s7/q")?;
+    wait_for("the move down", Duration::from_secs(30), || {
+        !local.join("p/q").exists() && local.join("p/s1/s2/s3/s4/s5/s6/s7/q/d").is_dir()
+    })?;
+    f.user("cd /workspace/m && mv p/s1/s2/s3/s4/s5/s6/s7/q up1 && echo after > after2")?;
+    wait_for("the move up", Duration::from_secs(60), || {
+        read("after2") == "after\n" && local.join("up1/d/d").is_dir()
+    })?;
+    ensure!(
+        std::fs::symlink_metadata(local.join("up1").join(&deep)).is_err(),
+        "a link moved up from past the walked depth was kept, pointing out of the tree"
+    );
+    f.user("rm -rf /workspace/m/up1 /workspace/m/p")?;
+    wait_for("the deep tree gone", Duration::from_secs(60), || {
+        !local.join("up1").exists() && !local.join("p").exists()
+    })?;
     check_contained(base, local)?;
     m.stop(&f.stack.stack.rt);
     Ok(())

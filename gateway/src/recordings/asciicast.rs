@@ -23,6 +23,13 @@ pub struct Header {
     pub title: Option<String>,
     #[serde(default, skip_serializing_if = "Env::is_empty")]
     pub env: Env,
+    /// The account whose sandbox is recorded (its share of the recordings' total).
+    #[serde(
+        rename = "warren_account",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub account: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -47,6 +54,7 @@ impl Header {
             command: None,
             title: None,
             env: Env::default(),
+            account: None,
         }
     }
 

@@ -47,6 +47,7 @@ impl ReplayFilter {
             (set.no_autowrap, "\x1b[?7h"),
             (set.insert_mode, "\x1b[4l"),
             (set.charsets, "\x1b(B\x1b)B\x0f"),
+            (set.synchronized_output, "\x1b[?2026l"),
         ] {
             // Only what was set: DECSTBM and DECOM also move the cursor.
             if left_set {
@@ -66,6 +67,8 @@ struct Set {
     no_autowrap: bool,
     insert_mode: bool,
     charsets: bool,
+    /// Left on, the viewer's terminal would stop drawing what follows.
+    synchronized_output: bool,
 }
 
 #[derive(Default)]
@@ -116,6 +119,7 @@ impl Rewriter {
                 6 => self.set.origin_mode = on,
                 7 => self.set.no_autowrap = !on,
                 47 | 1047 | 1049 => self.set.alternate_screen = on,
+                2026 => self.set.synchronized_output = on,
                 _ => {}
             }
         }
@@ -160,13 +164,15 @@ impl Perform for Rewriter {
             | ([], 'I' | 'Z' | 'g' | 's' | 'u')
             // Erasing, inserting and deleting, scrolling.
             | ([], 'K' | 'X' | 'P' | '@' | 'L' | 'M' | 'S')
-            | ([b'?'], 'J' | 'K') => {
+            | ([b'?'], 'K') => {
                 let private = if intermediates.is_empty() { "" } else { "?" };
                 self.csi(private, &params, action);
             }
-            // ED, but not 3: the viewer's scrollback is not the recording's to erase.
-            ([], 'J') if params.iter().all(|p| p.as_slice() != [3]) => {
-                self.csi("", &params, action);
+            // ED and DECSED, but not 3 (xterm's "erase saved lines"): the viewer's
+            // scrollback is not the recording's to erase.
+            ([] | [b'?'], 'J') if params.iter().all(|p| p.as_slice() != [3]) => {
+                let private = if intermediates.is_empty() { "" } else { "?" };
+                self.csi(private, &params, action);
             }
             // REP, its count bounded: a few bytes must not draw millions of cells.
             ([], 'b') if params.len() == 1 && params[0].len() == 1 => {
@@ -320,15 +326,17 @@ mod tests {
         assert_eq!(filtered("\x1b[?1000;25;2004h"), "\x1b[?25h");
         // The viewer's scrollback stays; a repeat is bounded.
         assert_eq!(filtered("a\x1b[3Jb\x1b[2J"), "ab\x1b[2J");
+        assert_eq!(filtered("a\x1b[?3Jb\x1b[?2J"), "ab\x1b[?2J");
         assert_eq!(filtered("x\x1b[65535b\x1b[5b"), "x\x1b[1024b\x1b[5b");
     }
 
     #[test]
     fn what_the_recording_left_set_is_reset() {
         let mut f = ReplayFilter::default();
-        f.feed("\x1b[?1049h\x1b[?7l\x1b[2;10r\x1b(0\x1b[31m");
+        f.feed("\x1b[?1049h\x1b[?7l\x1b[2;10r\x1b(0\x1b[31m\x1b[?2026h");
         let reset = f.reset();
         for seq in [
+            "\x1b[?2026l",
             "\x1b[0m",
             "\x1b[?25h",
             "\x1b[?1049l",

@@ -290,13 +290,14 @@ impl Recordings {
         {
             truncate(text, HEADER_TEXT);
         }
+        let account = header.account.clone().unwrap_or_default();
         let header = header.line();
         // Deletes the oldest if the total is over (file system work, as below).
         space
-            .make_room(header.len() as u64 + MARKER_ROOM)
+            .make_room(header.len() as u64 + MARKER_ROOM, &account)
             .map_err(RecordingError::NoRoom)?;
         // Active from here: a scan leaves its folder alone.
-        space.begin(path.clone());
+        space.begin(path.clone(), &account);
         let created = (|| {
             create_private_dir(space.root())?;
             create_private_dir(&dir)?;
@@ -316,7 +317,7 @@ impl Recordings {
                 return Err(RecordingError::Io(path, e));
             }
         };
-        space.wrote(header.len() as u64);
+        space.wrote(header.len() as u64, &account);
         let (tx, rx) = mpsc::channel(QUEUE);
         let failed = Arc::new(AtomicBool::new(false));
         let writer = Writer {
@@ -324,6 +325,7 @@ impl Recordings {
             path,
             failed: failed.clone(),
             space,
+            account,
             written: header.len() as u64,
             max_size: self.policy.max_size,
         };
@@ -509,6 +511,8 @@ struct Writer {
     /// Set once nothing more is written (cut, or a write failed).
     failed: Arc<AtomicBool>,
     space: Arc<Space>,
+    /// Whose share it counts in.
+    account: String,
     /// Bytes in the file.
     written: u64,
     max_size: u64,
@@ -586,9 +590,9 @@ impl Writer {
             );
             (batch.len(), Some(why))
         };
-        let space = self.space.clone();
+        let (space, account) = (self.space.clone(), self.account.clone());
         let need = keep as u64;
-        let fits = tokio::task::spawn_blocking(move || space.make_room(need))
+        let fits = tokio::task::spawn_blocking(move || space.make_room(need, &account))
             .await
             .unwrap_or(Ok(()));
         let keep = match fits {
@@ -607,7 +611,7 @@ impl Writer {
         match self.file.write_all(batch).await {
             Ok(()) => {
                 self.written += batch.len() as u64;
-                self.space.wrote(batch.len() as u64);
+                self.space.wrote(batch.len() as u64, &self.account);
             }
             Err(e) => self.fail(&e),
         }

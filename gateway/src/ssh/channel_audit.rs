@@ -53,12 +53,15 @@ impl ChannelAudit {
     }
 
     /// Records that the program starts, as channel `seq` of `session` (no row
-    /// without a session: its audit record could not be written). `Err` with the
-    /// reason when the policy requires a recording that cannot be made.
+    /// without a session: its audit record could not be written), its recording
+    /// counted in `account`'s share. `Err` with the reason when the policy
+    /// requires a recording that cannot be made.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         &self,
         door: &FrontDoor,
         session: Option<&SshSessionId>,
+        account: &str,
         seq: u32,
         program: Program,
         terminal: Option<&Terminal>,
@@ -84,6 +87,7 @@ impl ChannelAudit {
             header.env.term = Some(terminal.term.clone());
             header.command = program.command.clone();
             header.title = Some(title);
+            header.account = Some(account.to_owned());
             match recordings.start(session, seq, &header) {
                 Ok(recorder) => {
                     let _ = self.recorder.set(recorder);

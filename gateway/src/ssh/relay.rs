@@ -375,11 +375,22 @@ impl Connection {
                 .map_or("a sandbox token", |u| u.name.as_str()),
             self.sandbox.as_ref().map_or("?", |s| s.id.as_str())
         );
+        // A recording counts against the sandbox owner's share: the sandbox
+        // decides what it holds.
+        let account = match (
+            &self.sandbox,
+            self.principal.as_ref().and_then(|p| p.user()),
+        ) {
+            (Some(sandbox), _) => sandbox.owner_id.as_str().to_owned(),
+            (None, Some(user)) => user.id.as_str().to_owned(),
+            (None, None) => String::new(),
+        };
         let started = pair
             .audit
             .start(
                 &self.door,
                 self.audit.as_ref(),
+                &account,
                 self.programs,
                 program,
                 pair.terminal.as_ref(),

@@ -247,6 +247,32 @@ def test_a_download_does_not_follow_the_sandboxs_links(sb: warren.Sandbox, tmp_p
     assert sorted(os.listdir(tmp_path / "tree")) == ["a"]
 
 
+def test_a_download_takes_only_what_was_listed_and_no_setuid(sb: warren.Sandbox, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    sb.run(
+        "rm -rf /tmp/hostile && mkdir -p /tmp/hostile && echo a > /tmp/hostile/a && chmod 4755 /tmp/hostile/a"
+        " && ln -sf /dev/zero /tmp/hostile-zero && truncate -s 1073741824 /tmp/hostile-sparse",
+        check=True,
+    )
+    sb.files.download("/tmp/hostile", tmp_path / "h")
+    assert (tmp_path / "h" / "a").read_bytes() == b"a\n"
+    assert os.stat(tmp_path / "h" / "a").st_mode & 0o7777 == 0o755
+    # A name that opens to a device (a file swapped for `ln -sf /dev/zero`):
+    # the open handle is checked, nothing is written.
+    with pytest.raises(warren.FileError, match="not a regular file"):
+        sb.files.download("/tmp/hostile-zero", tmp_path / "zero")
+    # A sparse gigabyte past the caller's bound.
+    with pytest.raises(warren.FileError, match="max_bytes"):
+        sb.files.download("/tmp/hostile-sparse", tmp_path / "sparse", max_bytes=1 << 20)
+    # A local link at the destination is not written through.
+    (tmp_path / "victim").write_text("keep")
+    os.symlink(tmp_path / "victim", tmp_path / "via")
+    with pytest.raises(warren.FileError, match="local symbolic link"):
+        sb.files.download("/tmp/hostile/a", tmp_path / "via")
+    assert (tmp_path / "victim").read_text() == "keep"
+    assert sorted(os.listdir(tmp_path)) == ["h", "via", "victim"], "no part file left"
+    sb.run("rm -rf /tmp/hostile /tmp/hostile-zero /tmp/hostile-sparse", check=True)
+
+
 def test_forward_reaches_a_server_in_the_sandbox(sb: warren.Sandbox) -> None:
     server = sb.spawn("mkdir -p /tmp/www && echo hello > /tmp/www/hello.txt && exec httpd -f -p 127.0.0.1:8000 -h /tmp/www")
     try:

@@ -441,7 +441,15 @@ impl ConsoleChannel {
         let title = format!("{} on {}", ctx.user.name, sandbox.id);
         let session_id = audit.as_ref().map(|row| &row.id);
         if let Err(reason) = channel_audit
-            .start(&ctx.door, session_id, 1, program, Some(&terminal), title)
+            .start(
+                &ctx.door,
+                session_id,
+                sandbox.owner_id.as_str(),
+                1,
+                program,
+                Some(&terminal),
+                title,
+            )
             .await
         {
             return Err((self, reason));

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
+import secrets
 import shlex
 import stat as statmod
 from contextlib import asynccontextmanager
@@ -165,24 +167,36 @@ class AsyncFiles:
             sftp = await (await self._connection()).sftp()
             await sftp.put(os.fspath(local), remote, recurse=True, preserve=True)
 
-    async def download(self, remote: str, local: Union[str, os.PathLike[str]]) -> None:
+    async def download(
+        self,
+        remote: str,
+        local: Union[str, os.PathLike[str]],
+        *,
+        max_bytes: Optional[int] = None,
+    ) -> None:
         """Copies a file or directory tree out of the sandbox to ``local``.
 
-        Names come from the sandbox, so they are checked before anything local is
-        touched: one without ``/``, ``.`` or ``..`` only; links in the sandbox are
-        not copied or followed; nothing is written through a local link.
+        What the sandbox says is hostile, so it is checked before anything local
+        is touched: names must be one component (no ``/``, ``.`` or ``..``);
+        links in the sandbox are not copied; a file is copied only if the
+        handle opened for it is a regular file (not a link swapped to
+        ``/dev/zero``), no further than the size listed for it; modes keep only
+        their ``0o777`` bits (no setuid); each file lands through a new local
+        temporary file (``O_EXCL | O_NOFOLLOW``) renamed into place, so nothing
+        is written through a local link. ``max_bytes`` bounds the bytes written
+        in all (a sandbox can list a sparse terabyte): past it, FileError.
         """
         local = os.fspath(local)
+        budget = _Budget(max_bytes)
         async with _mapped(remote):
             sftp = await (await self._connection()).sftp()
             attrs = await sftp.stat(remote)
             if statmod.S_ISDIR(attrs.permissions or 0):
-                await self._download_tree(sftp, remote, local)
+                await self._download_tree(sftp, remote, local, budget)
             else:
-                _refuse_local_link(local)
-                await sftp.get(remote, local, preserve=True)
+                await _download_file(sftp, remote, local, attrs.size or 0, budget)
 
-    async def _download_tree(self, sftp: asyncssh.SFTPClient, remote: str, local: str) -> None:
+    async def _download_tree(self, sftp: asyncssh.SFTPClient, remote: str, local: str, budget: "_Budget") -> None:
         _refuse_local_link(local)
         os.makedirs(local, exist_ok=True)
         for entry in await sftp.readdir(remote):
@@ -194,11 +208,62 @@ class AsyncFiles:
             mode = entry.attrs.permissions or 0
             src, dst = posixpath.join(remote, name), os.path.join(local, name)
             if statmod.S_ISDIR(mode):
-                await self._download_tree(sftp, src, dst)
+                await self._download_tree(sftp, src, dst, budget)
             elif statmod.S_ISREG(mode):
-                _refuse_local_link(dst)
-                await sftp.get(src, dst, preserve=True)
+                await _download_file(sftp, src, dst, entry.attrs.size or 0, budget)
             # Links, devices, sockets: not copied.
+
+
+class _Budget:
+    """What a download may still write (None: no bound)."""
+
+    def __init__(self, left: Optional[int]) -> None:
+        self.left = left
+
+    def take(self, n: int, path: str) -> None:
+        if self.left is not None:
+            if n > self.left:
+                raise FileError(f"{path}: past the download's max_bytes; not copied")
+            self.left -= n
+
+
+_CHUNK = 4 << 20
+
+
+async def _download_file(sftp: asyncssh.SFTPClient, src: str, dst: str, listed: int, budget: _Budget) -> None:
+    """Copies the regular file ``src`` to ``dst``: at most ``listed`` bytes,
+    through a temporary file that no local link can redirect."""
+    _refuse_local_link(dst)
+    async with sftp.open(src, "rb") as f:
+        # The handle, not the name: the name may have become a link since.
+        attrs = await f.stat()
+        if not statmod.S_ISREG(attrs.permissions or 0):
+            raise FileError(f"{src}: not a regular file when opened; not copied")
+        size = min(listed, attrs.size or 0)
+        budget.take(size, src)
+        directory = os.path.dirname(dst) or "."
+        part = os.path.join(directory, f".{secrets.token_hex(8)}.warren-part")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(part, flags, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                done = 0
+                while done < size:
+                    data = await f.read(min(_CHUNK, size - done), done)
+                    if not data:
+                        break  # shrank since: what there was
+                    data = data if isinstance(data, bytes) else data.encode()
+                    out.write(data)
+                    done += len(data)
+                out.flush()
+                os.fchmod(out.fileno(), statmod.S_IMODE(attrs.permissions or 0o600) & 0o777)
+                if attrs.mtime is not None:
+                    os.utime(out.fileno(), (attrs.atime or attrs.mtime, attrs.mtime))
+            os.replace(part, dst)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(part)
+            raise
 
 
 def _refuse_local_link(path: str) -> None:

@@ -371,8 +371,8 @@ class Files:
     def upload(self, local: Union[str, "os.PathLike[str]"], remote: str) -> None:
         _run(self._a.upload(local, remote))
 
-    def download(self, remote: str, local: Union[str, "os.PathLike[str]"]) -> None:
-        _run(self._a.download(remote, local))
+    def download(self, remote: str, local: Union[str, "os.PathLike[str]"], *, max_bytes: Optional[int] = None) -> None:
+        _run(self._a.download(remote, local, max_bytes=max_bytes))
 
     def watch(self, path: str) -> "Watch":
         """Follows changes under the directory ``path``: iterate it; ``close()``."""
