@@ -9,9 +9,10 @@
 //!   blocks). The file system's root is never mounted into the container.
 //! - **Measured, for the rest**: every [`WATCH_EVERY`] the watcher adds what the disk
 //!   holds to what the container wrote elsewhere (its writable layer, walked on the
-//!   host, each entry counted as at least a block, and its run directory) and kills a
-//!   sandbox over its quota, stopped with reason [`DISK_QUOTA`]. A layer that cannot
-//!   be measured counts as over.
+//!   host, each entry counted as at least a block, its run directory, and the
+//!   deleted files its processes still hold open or mapped: see [`held`]) and kills
+//!   a sandbox over its quota, stopped with reason [`DISK_QUOTA`]. A sandbox that
+//!   cannot be measured counts as over.
 //!
 //! Files, per objects slot (as the workspace volume was): `<run dir>/.disks/<slot>.img`
 //! (the image: a plain file, so a snapshot can copy it while it is unmounted) and
@@ -172,6 +173,50 @@ fn entry_size(meta: &fs::Metadata) -> u64 {
     meta.blocks().saturating_mul(512).max(MIN_ENTRY)
 }
 
+/// Where a running container writes outside its disk, on the host.
+#[derive(Clone, Debug)]
+pub(super) struct Layer {
+    /// Its writable layer.
+    upper: PathBuf,
+    /// The cgroup holding its processes.
+    cgroup: PathBuf,
+}
+
+/// What a sandbox takes of the host's disk, counting until past `limit`: its disk
+/// (what the file system at `mount` holds), its writable `layer` and `run`
+/// directory, and the deleted files its processes still hold.
+fn measure(layer: &Layer, mount: &Path, run: PathBuf, limit: u64) -> io::Result<u64> {
+    let (disk, own_dev) = if is_mounted(mount) {
+        (used_bytes(mount)?, Some(fs::metadata(mount)?.dev()))
+    } else {
+        (0, None)
+    };
+    let mut used = disk.saturating_add(tree_usage(
+        &[layer.upper.clone(), run],
+        limit.saturating_sub(disk),
+    )?);
+    if used <= limit {
+        let held = held::deleted_held(&layer.cgroup, own_dev, limit.saturating_sub(used))?;
+        if held > 0 {
+            tracing::debug!(cgroup = %layer.cgroup.display(), held, "deleted files held open");
+        }
+        used = used.saturating_add(held);
+    }
+    Ok(used)
+}
+
+/// Makes the directory `path` (0700), unless it is there.
+fn private_dir(path: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(path)
+        .or_else(|e| match e.kind() {
+            io::ErrorKind::AlreadyExists => Ok(()),
+            _ => Err(e),
+        })
+        .with_context(|| format!("creating {}", path.display()))
+}
+
 /// Whether the tools the disks need are here: checked at start, so a runner
 /// without them says so at once rather than at the first create.
 pub(super) async fn check_tools() -> Result<()> {
@@ -282,14 +327,7 @@ impl DockerBackend {
         if !image.exists() || is_mounted(&mount) {
             return Ok(());
         }
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&mount)
-            .or_else(|e| match e.kind() {
-                io::ErrorKind::AlreadyExists => Ok(()),
-                _ => Err(e),
-            })
-            .with_context(|| format!("creating {}", mount.display()))?;
+        private_dir(&mount)?;
         run(
             "mount",
             &[
@@ -421,47 +459,68 @@ impl DockerBackend {
             let Some(container) = c.id.clone() else {
                 continue;
             };
-            let Some(upper) = self.upper_dir(&container).await else {
-                continue;
-            };
             let mount = self.disk_mount(&self.objects_slot(&id));
             let run = self.sandbox_run_dir(&id);
-            let measured = tokio::task::spawn_blocking(move || {
-                let disk = if is_mounted(&mount) {
-                    used_bytes(&mount)?
-                } else {
-                    0
-                };
-                let rest = tree_usage(&[upper, run], limit.saturating_sub(disk))?;
-                Ok::<_, io::Error>(disk.saturating_add(rest))
-            })
-            .await
-            .context("measuring a sandbox's disk")?;
+            let measured = match self.layer(&container).await {
+                Ok(layer) => {
+                    tokio::task::spawn_blocking(move || measure(&layer, &mount, run, limit))
+                        .await
+                        .context("measuring a sandbox's disk")?
+                }
+                Err(e) => Err(e),
+            };
             let over = match measured {
                 Ok(used) if used <= limit => continue,
                 Ok(used) => format!("{} MiB of {quota} MiB", used >> 20),
-                Err(e) => format!("its writable layer cannot be measured ({e})"),
+                // Fail closed: what cannot be measured may be anything.
+                Err(e) => format!("its disk use cannot be measured ({e})"),
             };
             tracing::warn!(sandbox = %id, usage = %over, "over its disk quota: stopping it");
-            self.kill_for(&id, DISK_QUOTA).await?;
-            stopped.push(id);
+            // One sandbox that cannot be stopped must not shield the others.
+            match self.kill_for(&id, DISK_QUOTA).await {
+                Ok(()) => stopped.push(id),
+                Err(e) => tracing::error!(
+                    sandbox = %id,
+                    error = %format!("{e:#}"),
+                    "stopping a sandbox over its disk quota"
+                ),
+            }
         }
         Ok(stopped)
     }
 
-    /// Where the container's writable layer is on the host (remembered: it does
-    /// not change while the container exists).
-    async fn upper_dir(&self, container: &str) -> Option<PathBuf> {
-        if let Some(dir) = self.upper_dirs().get(container) {
-            return Some(dir.clone());
+    /// Where the container's writable layer and cgroup are on the host
+    /// (remembered: neither changes while the container exists).
+    async fn layer(&self, container: &str) -> io::Result<Layer> {
+        if let Some(layer) = self.upper_dirs().get(container) {
+            return Ok(layer.clone());
         }
-        let info = self.docker.inspect_container(container, None).await.ok()?;
-        let dir = PathBuf::from(info.graph_driver?.data.get("UpperDir")?);
-        self.upper_dirs().insert(container.to_owned(), dir.clone());
-        Some(dir)
+        let unknown = |what: &str| io::Error::other(format!("its {what} is unknown"));
+        let info = self
+            .docker
+            .inspect_container(container, None)
+            .await
+            .map_err(|e| io::Error::other(format!("inspecting its container: {e}")))?;
+        let upper = info
+            .graph_driver
+            .as_ref()
+            .and_then(|g| g.data.get("UpperDir"))
+            .map(PathBuf::from)
+            .ok_or_else(|| unknown("writable layer"))?;
+        let pid = info
+            .state
+            .as_ref()
+            .and_then(|s| s.pid)
+            .filter(|p| *p > 0)
+            .ok_or_else(|| unknown("first process"))?;
+        let cgroup = held::cgroup_dir(pid)?.ok_or_else(|| unknown("cgroup"))?;
+        let layer = Layer { upper, cgroup };
+        self.upper_dirs()
+            .insert(container.to_owned(), layer.clone());
+        Ok(layer)
     }
 
-    fn upper_dirs(&self) -> std::sync::MutexGuard<'_, HashMap<String, PathBuf>> {
+    fn upper_dirs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Layer>> {
         self.upper_dirs
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -59,6 +59,7 @@ use crate::state::write_file;
 mod container;
 pub mod disk;
 mod exec;
+mod held;
 mod hostname;
 pub mod images;
 mod lifecycle;
@@ -176,8 +177,8 @@ pub struct DockerBackend {
     /// Boxed: it would make `Backend::Docker` much larger than `Backend::Process`.
     pool: Box<pool::Pool>,
     spares: Box<spare::Spares>,
-    /// Where each running container's writable layer is (container id → dir).
-    upper_dirs: std::sync::Mutex<HashMap<String, PathBuf>>,
+    /// Where each running container's writable layer and cgroup are.
+    upper_dirs: std::sync::Mutex<HashMap<String, disk::Layer>>,
 }
 
 fn container_name(id: &SandboxId) -> String {
