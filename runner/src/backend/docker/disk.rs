@@ -40,6 +40,10 @@ pub const WATCH_EVERY: Duration = Duration::from_secs(1);
 /// Each entry of a writable layer counts as at least this much (an inode and a
 /// directory entry on the host), so a flood of empty files is bounded too.
 const MIN_ENTRY: u64 = 4096;
+/// How many volumes (`VOLUME`) an image may declare.
+const MAX_VOLUMES: usize = 32;
+/// The disk's directory holding the image's volumes, one directory each.
+const VOLUMES_DIR: &str = "volumes";
 /// The disk's directories mounted into the container, and their modes.
 const DISK_DIRS: [(&str, &str, u32); 3] = [
     ("workspace", WORKSPACE, 0o755),
@@ -217,6 +221,39 @@ fn private_dir(path: &Path) -> Result<()> {
         .with_context(|| format!("creating {}", path.display()))
 }
 
+/// The names of the image volumes of `slot` start so.
+fn image_volume_prefix(slot: &SandboxId) -> String {
+    format!("warren-{}-volume-", slot.as_str())
+}
+
+/// The volumes an image declares that need a mount of their own: absolute, not
+/// one of the container's other mounts, each once, at most [`MAX_VOLUMES`].
+pub(super) fn image_volumes(declared: Option<&Vec<String>>) -> crate::Result<Vec<String>> {
+    let taken: Vec<&str> = DISK_DIRS
+        .iter()
+        .map(|(_, target, _)| *target)
+        .chain([RUN_MOUNT, AGENT_MOUNT, ASKPASS_MOUNT])
+        .collect();
+    let mut paths: Vec<String> = declared
+        .into_iter()
+        .flatten()
+        .map(|p| p.trim_end_matches('/').to_owned())
+        .filter(|p| p.starts_with('/') && !taken.contains(&p.as_str()))
+        .collect();
+    paths.sort();
+    paths.dedup();
+    if paths.len() > MAX_VOLUMES {
+        return Err(crate::Error::refused(
+            "image_not_found",
+            format!(
+                "the image declares {} volumes; a sandbox's image may declare at most {MAX_VOLUMES}",
+                paths.len()
+            ),
+        ));
+    }
+    Ok(paths)
+}
+
 /// Whether the tools the disks need are here: checked at start, so a runner
 /// without them says so at once rather than at the first create.
 pub(super) async fn check_tools() -> Result<()> {
@@ -267,6 +304,84 @@ impl DockerBackend {
                 ..Default::default()
             })
             .collect()
+    }
+
+    /// The container's mounts for the volumes its image declares (`VOLUME`): each a
+    /// named volume bound to a directory of the disk of `slot`, so what is written
+    /// there is under the quota (an anonymous volume would be on the host's disk,
+    /// unmeasured). The engine copies the image's contents, owner and mode into
+    /// each, as it does for anonymous ones. Makes the directories.
+    pub(super) fn volume_mounts(
+        &self,
+        slot: &SandboxId,
+        paths: &[String],
+        labels: &HashMap<String, String>,
+    ) -> Result<Vec<Mount>> {
+        let dir = self.disk_mount(slot).join(VOLUMES_DIR);
+        if paths.is_empty() {
+            return Ok(Vec::new());
+        }
+        private_dir(&dir)?;
+        let mut mounts = Vec::new();
+        for (i, path) in paths.iter().enumerate() {
+            let source = dir.join(i.to_string());
+            match fs::create_dir(&source) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("creating {}", source.display()));
+                }
+            }
+            let options = HashMap::from([
+                ("type".to_owned(), "none".to_owned()),
+                ("o".to_owned(), "bind".to_owned()),
+                ("device".to_owned(), source.display().to_string()),
+            ]);
+            mounts.push(Mount {
+                target: Some(path.clone()),
+                source: Some(format!("{}{i}", image_volume_prefix(slot))),
+                typ: Some(MountType::VOLUME),
+                volume_options: Some(bollard::models::MountVolumeOptions {
+                    no_copy: Some(false),
+                    labels: Some(labels.clone()),
+                    driver_config: Some(bollard::models::MountVolumeOptionsDriverConfig {
+                        name: Some("local".into()),
+                        options: Some(options),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+        Ok(mounts)
+    }
+
+    /// Removes the named volumes of the image volumes of `slot` (their contents
+    /// are on its disk).
+    async fn remove_image_volumes(&self, slot: &SandboxId) -> Result<()> {
+        let prefix = image_volume_prefix(slot);
+        let listed = self
+            .docker
+            .list_volumes(Some(ListVolumesOptions {
+                filters: Some(HashMap::from([("name".to_owned(), vec![prefix.clone()])])),
+            }))
+            .await
+            .context("listing a sandbox's volumes")?;
+        for volume in listed.volumes.unwrap_or_default() {
+            if !volume.name.starts_with(&prefix) {
+                continue;
+            }
+            match self
+                .docker
+                .remove_volume(&volume.name, Some(RemoveVolumeOptions { force: true }))
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(e).context("removing a sandbox's volume"),
+            }
+        }
+        Ok(())
     }
 
     /// Makes and mounts the disk of `slot`: a sparse image of `mb` MiB with an empty
@@ -369,6 +484,7 @@ impl DockerBackend {
 
     /// Removes the disk of `slot`: unmounted, its mount point and its image.
     pub(super) async fn remove_disk(&self, slot: &SandboxId) -> Result<()> {
+        self.remove_image_volumes(slot).await?;
         self.unmount_disk(slot).await?;
         let mount = self.disk_mount(slot);
         // Never recursive: were it still mounted, that would empty the workspace
