@@ -588,6 +588,9 @@ impl DockerBackend {
             let over = match measured {
                 Ok(used) if used <= limit => continue,
                 Ok(used) => format!("{} MiB of {quota} MiB", used >> 20),
+                // One that stopped meanwhile (its cgroup or process gone) is not
+                // over anything.
+                Err(_) if !self.still_running(&container).await => continue,
                 // Fail closed: what cannot be measured may be anything.
                 Err(e) => format!("its disk use cannot be measured ({e})"),
             };
@@ -634,6 +637,14 @@ impl DockerBackend {
         self.upper_dirs()
             .insert(container.to_owned(), layer.clone());
         Ok(layer)
+    }
+
+    /// Whether the container still runs (an engine that cannot say: yes).
+    async fn still_running(&self, container: &str) -> bool {
+        match self.docker.inspect_container(container, None).await {
+            Ok(info) => info.state.and_then(|s| s.running).unwrap_or(true),
+            Err(e) => !is_not_found(&e),
+        }
     }
 
     fn upper_dirs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Layer>> {

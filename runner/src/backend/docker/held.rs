@@ -56,7 +56,13 @@ fn members(dir: &Path) -> io::Result<Vec<u32>> {
             Err(e) => return Err(e),
         };
         pids.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
-        for entry in fs::read_dir(&dir)?.flatten() {
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            // Gone with its container: nothing held.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries.flatten() {
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
                 dirs.push(entry.path());
             }
