@@ -20,13 +20,52 @@ fn free_port() -> u16 {
         .port()
 }
 
-struct Up(Child);
+/// A running `scripts/up`. Dropped, it deletes its sandboxes through the API
+/// (containers, disks and their loop devices, networks, firewall chains: a test
+/// leaves none behind on the runner host) unless `keep`, then stops (which
+/// drains the warm pool).
+struct Up {
+    child: Child,
+    base: String,
+    data: std::path::PathBuf,
+    keep: bool,
+}
+
+impl Up {
+    /// Never panics (it runs in `drop`, maybe while a test unwinds).
+    fn delete_sandboxes(&self) {
+        let Ok(key) = std::fs::read_to_string(self.data.join("admin-api-key")) else {
+            return;
+        };
+        let curl = |method: &str, path: &str| {
+            Command::new("curl")
+                .args(["-s", "-m", "120", "-X", method])
+                .args(["-H", &format!("Authorization: Bearer {}", key.trim())])
+                .arg(format!("{}{path}", self.base))
+                .output()
+                .map(|o| o.stdout)
+                .unwrap_or_default()
+        };
+        let list: serde_json::Value =
+            serde_json::from_slice(&curl("GET", "/v1/sandboxes?limit=500")).unwrap_or_default();
+        for sandbox in list["sandboxes"].as_array().into_iter().flatten() {
+            if let Some(id) = sandbox["id"].as_str()
+                && sandbox["state"] != "deleted"
+            {
+                curl("DELETE", &format!("/v1/sandboxes/{id}"));
+            }
+        }
+    }
+}
 
 impl Drop for Up {
     fn drop(&mut self) {
+        if !self.keep {
+            self.delete_sandboxes();
+        }
         // SAFETY: kill(2) on our own child's process group.
-        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGTERM) };
-        let _ = self.0.wait();
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGTERM) };
+        let _ = self.child.wait();
     }
 }
 
@@ -52,7 +91,12 @@ fn start_with(home: &Path, data: &Path, ports: &[u16; 3], extra: &[&str]) -> (Up
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let up = Up(child);
+    let up = Up {
+        child,
+        base: format!("http://127.0.0.1:{}", ports[1]),
+        data: data.to_owned(),
+        keep: false,
+    };
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -108,7 +152,9 @@ fn the_first_readme_command_comes_up_and_its_ssh_line_works() {
     let data = tempfile::TempDir::new().unwrap();
     let ports = [free_port(), free_port(), free_port()];
 
-    let (up, lines) = start(home.path(), data.path(), &ports);
+    let (mut up, lines) = start(home.path(), data.path(), &ports);
+    // Its sandbox is looked for again below.
+    up.keep = true;
     let ssh_line = lines.last().unwrap().clone();
     let out = run_ssh_line(&ssh_line, &key, "echo hello > note && cat note && id -u");
     assert!(

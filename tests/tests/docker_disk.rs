@@ -2,8 +2,9 @@
 //! HTTP API: writes beyond it fail (ENOSPC) in /workspace and /var/tmp for the
 //! sandbox user and for container root, a writable layer over it gets the sandbox
 //! stopped (`disk_quota`), the runner's disk holds only the quota, a neighbour keeps
-//! working, capacity counts quotas, and stop/start/delete leave no mount or loop
-//! device behind. One stack, `dd` with large blocks.
+//! working, capacity counts quotas, a file deleted while open counts too, an
+//! image's VOLUME is on the sandbox's disk, and stop/start/delete leave no mount or
+//! loop device behind. One stack, `dd` with large blocks.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -107,6 +108,12 @@ fn disk_quota_holds_for_the_user_and_container_root() -> Result<()> {
     let count = || -> Result<usize> {
         let list = call("GET", "/v1/sandboxes", None)?;
         Ok(list.json()["sandboxes"].as_array().map_or(0, Vec::len))
+    };
+    let quota_stopped = |id: &str| {
+        d.status(&SandboxId::parse(id).unwrap())
+            .ok()
+            .flatten()
+            .is_some_and(|s| !s.running && s.stopped_reason.as_deref() == Some("disk_quota"))
     };
     let ssh = |id: &str| -> Client {
         d.client
@@ -253,12 +260,7 @@ fn disk_quota_holds_for_the_user_and_container_root() -> Result<()> {
         move || as_root(&a, &format!("dd if=/dev/zero of=/big {DD_3G}"))
     });
     let began = Instant::now();
-    let stopped = wait_until(Duration::from_secs(30), || {
-        d.status(&SandboxId::parse(&a).unwrap())
-            .ok()
-            .flatten()
-            .is_some_and(|s| !s.running && s.stopped_reason.as_deref() == Some("disk_quota"))
-    });
+    let stopped = wait_until(Duration::from_secs(30), || quota_stopped(&a));
     let stopped_in = began.elapsed();
     let _ = writer.join();
     ensure!(stopped, "not stopped for its quota:\n{}", d.runner_log());
@@ -305,6 +307,32 @@ fn disk_quota_holds_for_the_user_and_container_root() -> Result<()> {
     let out = ub.exec("cat /workspace/n").run()?.success()?;
     ensure!(out.stdout_trimmed() == "fine", "{out}");
 
+    // A file deleted while open holds its blocks where no walk finds them: the
+    // sandbox user writes through one in its home (on the writable layer).
+    let home = ub.exec("echo $HOME").run()?.success()?;
+    let home = home.stdout_trimmed();
+    ensure!(
+        home.starts_with('/') && !home.starts_with("/workspace") && !home.starts_with("/tmp"),
+        "the sandbox user's home must be on the writable layer: {home}"
+    );
+    let writer = std::thread::spawn({
+        let ub = ub.clone();
+        move || {
+            ub.exec(&format!(
+                "exec 3>\"$HOME/held\"; rm \"$HOME/held\"; dd if=/dev/zero {DD_3G} >&3; sleep 90"
+            ))
+            .timeout(Duration::from_secs(120))
+            .run()
+        }
+    });
+    let stopped = wait_until(Duration::from_secs(60), || quota_stopped(&b));
+    let written = writer.join();
+    ensure!(
+        stopped,
+        "a deleted open file was not counted ({written:?}):\n{}",
+        d.runner_log()
+    );
+
     // Delete leaves nothing: no mount, no loop device, no image.
     for id in [&a, &b] {
         ensure!(call("DELETE", &format!("/v1/sandboxes/{id}"), None)?.status < 300);
@@ -317,5 +345,97 @@ fn disk_quota_holds_for_the_user_and_container_root() -> Result<()> {
         .filter(|name| slots.iter().any(|s| name.starts_with(s.as_str())))
         .collect();
     ensure!(left.is_empty(), "left in .disks: {left:?}");
+
+    // An image's VOLUME is on the sandbox's disk, seeded from the image as Docker
+    // seeds a volume, and goes with the sandbox.
+    let _image = VolumeImage::build()?;
+    let made = call(
+        "POST",
+        "/v1/sandboxes",
+        Some(json!({"image": VolumeImage::TAG, "disk_mb": 256})),
+    )?;
+    ensure!(made.status == 201, "create: {}", made.text);
+    let v = made.json()["id"].as_str().unwrap().to_owned();
+    let slot = workspace_source(&v)?
+        .parent()
+        .and_then(Path::file_name)
+        .context("slot")?
+        .to_string_lossy()
+        .into_owned();
+    let volumes = || {
+        docker_ok(&[
+            "volume",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("name=warren-{slot}-volume-"),
+        ])
+    };
+    ensure!(!volumes()?.is_empty(), "no volume of the sandbox's own");
+    let uv = ssh(&v);
+    let out = uv
+        .exec("cat /data/seed && stat -c %a /data")
+        .run()?
+        .success()?;
+    ensure!(
+        out.stdout_str() == "seed\n1777\n",
+        "not seeded from the image:\n{out}"
+    );
+    let out = uv
+        .exec(&format!("dd if=/dev/zero of=/data/f {DD_3G}"))
+        .timeout(Duration::from_secs(300))
+        .run()?;
+    fills_up(&out, "the sandbox user", "an image's volume")?;
+    // Stop releases the disk (the volume's mount too); start brings it back.
+    ensure!(call("POST", &format!("/v1/sandboxes/{v}/stop"), None)?.status == 200);
+    let traces = disk_traces(&listen, std::slice::from_ref(&slot))?;
+    ensure!(
+        traces.is_empty(),
+        "a stopped sandbox with a volume holds: {traces:#?}"
+    );
+    ensure!(call("POST", &format!("/v1/sandboxes/{v}/start"), None)?.status == 200);
+    let out = uv.exec("cat /data/seed && rm /data/f").run()?.success()?;
+    ensure!(out.stdout_trimmed() == "seed", "{out}");
+    ensure!(call("DELETE", &format!("/v1/sandboxes/{v}"), None)?.status < 300);
+    ensure!(volumes()?.is_empty(), "the volume outlived its sandbox");
+    let traces = disk_traces(&listen, std::slice::from_ref(&slot))?;
+    ensure!(
+        traces.is_empty(),
+        "a deleted sandbox with a volume holds: {traces:#?}"
+    );
     Ok(())
+}
+
+/// An image declaring a volume (seeded, sticky), built on the busybox image
+/// without a registry; its tag goes when dropped.
+struct VolumeImage;
+
+impl VolumeImage {
+    const TAG: &str = "warren-disktest-volume:latest";
+
+    fn build() -> Result<VolumeImage> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(
+            dir.path().join("Dockerfile"),
+            format!(
+                "FROM {BUSYBOX}\nRUN mkdir /data && echo seed > /data/seed && chmod 1777 /data\n\
+                 VOLUME /data\n"
+            ),
+        )?;
+        warren_tests::Cmd::new("docker")
+            .env("DOCKER_BUILDKIT", "0")
+            .args(["build", "-q", "-t", Self::TAG])
+            .arg(dir.path())
+            .timeout(Duration::from_secs(120))
+            .run()?
+            .success()
+            .context("docker build")?;
+        Ok(VolumeImage)
+    }
+}
+
+impl Drop for VolumeImage {
+    fn drop(&mut self) {
+        let _ = docker(&["rmi", "-f", Self::TAG]);
+    }
 }

@@ -15,6 +15,8 @@ pub(super) struct NewContainer<'a> {
     pub(super) serves: Serves<'a>,
     pub(super) image: &'a str,
     pub(super) image_user: Option<&'a str>,
+    /// Mounts for the volumes the image declares (on the sandbox's disk).
+    pub(super) volumes: Vec<Mount>,
     pub(super) spec: &'a SandboxSpec,
     pub(super) network_mode: String,
     pub(super) labels: HashMap<String, String>,
@@ -45,6 +47,7 @@ impl DockerBackend {
             serves,
             image,
             image_user,
+            volumes,
             spec,
             network_mode,
             labels,
@@ -90,8 +93,14 @@ impl DockerBackend {
                 format!("{agent}:{ASKPASS_MOUNT}:ro"),
                 format!("{}:{RUN_MOUNT}:rw", run.display()),
             ]),
-            // /workspace, /tmp and /var/tmp: directories of the sandbox's disk.
-            mounts: Some(self.disk_mounts(&self.objects_slot(id))),
+            // /workspace, /tmp, /var/tmp and the image's volumes: directories of
+            // the sandbox's disk.
+            mounts: Some(
+                self.disk_mounts(&self.objects_slot(id))
+                    .into_iter()
+                    .chain(volumes)
+                    .collect(),
+            ),
             network_mode: Some(network_mode),
             privileged: Some(false),
             cap_drop: Some(vec!["ALL".into()]),

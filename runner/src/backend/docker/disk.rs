@@ -9,9 +9,10 @@
 //!   blocks). The file system's root is never mounted into the container.
 //! - **Measured, for the rest**: every [`WATCH_EVERY`] the watcher adds what the disk
 //!   holds to what the container wrote elsewhere (its writable layer, walked on the
-//!   host, each entry counted as at least a block, and its run directory) and kills a
-//!   sandbox over its quota, stopped with reason [`DISK_QUOTA`]. A layer that cannot
-//!   be measured counts as over.
+//!   host, each entry counted as at least a block, its run directory, and the
+//!   deleted files its processes still hold open or mapped: see [`held`]) and kills
+//!   a sandbox over its quota, stopped with reason [`DISK_QUOTA`]. A sandbox that
+//!   cannot be measured counts as over.
 //!
 //! Files, per objects slot (as the workspace volume was): `<run dir>/.disks/<slot>.img`
 //! (the image: a plain file, so a snapshot can copy it while it is unmounted) and
@@ -39,6 +40,10 @@ pub const WATCH_EVERY: Duration = Duration::from_secs(1);
 /// Each entry of a writable layer counts as at least this much (an inode and a
 /// directory entry on the host), so a flood of empty files is bounded too.
 const MIN_ENTRY: u64 = 4096;
+/// How many volumes (`VOLUME`) an image may declare.
+const MAX_VOLUMES: usize = 32;
+/// The disk's directory holding the image's volumes, one directory each.
+const VOLUMES_DIR: &str = "volumes";
 /// The disk's directories mounted into the container, and their modes.
 const DISK_DIRS: [(&str, &str, u32); 3] = [
     ("workspace", WORKSPACE, 0o755),
@@ -172,6 +177,83 @@ fn entry_size(meta: &fs::Metadata) -> u64 {
     meta.blocks().saturating_mul(512).max(MIN_ENTRY)
 }
 
+/// Where a running container writes outside its disk, on the host.
+#[derive(Clone, Debug)]
+pub(super) struct Layer {
+    /// Its writable layer.
+    upper: PathBuf,
+    /// The cgroup holding its processes.
+    cgroup: PathBuf,
+}
+
+/// What a sandbox takes of the host's disk, counting until past `limit`: its disk
+/// (what the file system at `mount` holds), its writable `layer` and `run`
+/// directory, and the deleted files its processes still hold.
+fn measure(layer: &Layer, mount: &Path, run: PathBuf, limit: u64) -> io::Result<u64> {
+    let (disk, own_dev) = if is_mounted(mount) {
+        (used_bytes(mount)?, Some(fs::metadata(mount)?.dev()))
+    } else {
+        (0, None)
+    };
+    let mut used = disk.saturating_add(tree_usage(
+        &[layer.upper.clone(), run],
+        limit.saturating_sub(disk),
+    )?);
+    if used <= limit {
+        let held = held::deleted_held(&layer.cgroup, own_dev, limit.saturating_sub(used))?;
+        if held > 0 {
+            tracing::debug!(cgroup = %layer.cgroup.display(), held, "deleted files held open");
+        }
+        used = used.saturating_add(held);
+    }
+    Ok(used)
+}
+
+/// Makes the directory `path` (0700), unless it is there.
+fn private_dir(path: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(path)
+        .or_else(|e| match e.kind() {
+            io::ErrorKind::AlreadyExists => Ok(()),
+            _ => Err(e),
+        })
+        .with_context(|| format!("creating {}", path.display()))
+}
+
+/// The names of the image volumes of `slot` start so.
+fn image_volume_prefix(slot: &SandboxId) -> String {
+    format!("warren-{}-volume-", slot.as_str())
+}
+
+/// The volumes an image declares that need a mount of their own: absolute, not
+/// one of the container's other mounts, each once, at most [`MAX_VOLUMES`].
+pub(super) fn image_volumes(declared: Option<&Vec<String>>) -> crate::Result<Vec<String>> {
+    let taken: Vec<&str> = DISK_DIRS
+        .iter()
+        .map(|(_, target, _)| *target)
+        .chain([RUN_MOUNT, AGENT_MOUNT, ASKPASS_MOUNT])
+        .collect();
+    let mut paths: Vec<String> = declared
+        .into_iter()
+        .flatten()
+        .map(|p| p.trim_end_matches('/').to_owned())
+        .filter(|p| p.starts_with('/') && !taken.contains(&p.as_str()))
+        .collect();
+    paths.sort();
+    paths.dedup();
+    if paths.len() > MAX_VOLUMES {
+        return Err(crate::Error::refused(
+            "image_not_found",
+            format!(
+                "the image declares {} volumes; a sandbox's image may declare at most {MAX_VOLUMES}",
+                paths.len()
+            ),
+        ));
+    }
+    Ok(paths)
+}
+
 /// Whether the tools the disks need are here: checked at start, so a runner
 /// without them says so at once rather than at the first create.
 pub(super) async fn check_tools() -> Result<()> {
@@ -222,6 +304,84 @@ impl DockerBackend {
                 ..Default::default()
             })
             .collect()
+    }
+
+    /// The container's mounts for the volumes its image declares (`VOLUME`): each a
+    /// named volume bound to a directory of the disk of `slot`, so what is written
+    /// there is under the quota (an anonymous volume would be on the host's disk,
+    /// unmeasured). The engine copies the image's contents, owner and mode into
+    /// each, as it does for anonymous ones. Makes the directories.
+    pub(super) fn volume_mounts(
+        &self,
+        slot: &SandboxId,
+        paths: &[String],
+        labels: &HashMap<String, String>,
+    ) -> Result<Vec<Mount>> {
+        let dir = self.disk_mount(slot).join(VOLUMES_DIR);
+        if paths.is_empty() {
+            return Ok(Vec::new());
+        }
+        private_dir(&dir)?;
+        let mut mounts = Vec::new();
+        for (i, path) in paths.iter().enumerate() {
+            let source = dir.join(i.to_string());
+            match fs::create_dir(&source) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("creating {}", source.display()));
+                }
+            }
+            let options = HashMap::from([
+                ("type".to_owned(), "none".to_owned()),
+                ("o".to_owned(), "bind".to_owned()),
+                ("device".to_owned(), source.display().to_string()),
+            ]);
+            mounts.push(Mount {
+                target: Some(path.clone()),
+                source: Some(format!("{}{i}", image_volume_prefix(slot))),
+                typ: Some(MountType::VOLUME),
+                volume_options: Some(bollard::models::MountVolumeOptions {
+                    no_copy: Some(false),
+                    labels: Some(labels.clone()),
+                    driver_config: Some(bollard::models::MountVolumeOptionsDriverConfig {
+                        name: Some("local".into()),
+                        options: Some(options),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+        Ok(mounts)
+    }
+
+    /// Removes the named volumes of the image volumes of `slot` (their contents
+    /// are on its disk).
+    async fn remove_image_volumes(&self, slot: &SandboxId) -> Result<()> {
+        let prefix = image_volume_prefix(slot);
+        let listed = self
+            .docker
+            .list_volumes(Some(ListVolumesOptions {
+                filters: Some(HashMap::from([("name".to_owned(), vec![prefix.clone()])])),
+            }))
+            .await
+            .context("listing a sandbox's volumes")?;
+        for volume in listed.volumes.unwrap_or_default() {
+            if !volume.name.starts_with(&prefix) {
+                continue;
+            }
+            match self
+                .docker
+                .remove_volume(&volume.name, Some(RemoveVolumeOptions { force: true }))
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(e).context("removing a sandbox's volume"),
+            }
+        }
+        Ok(())
     }
 
     /// Makes and mounts the disk of `slot`: a sparse image of `mb` MiB with an empty
@@ -282,14 +442,7 @@ impl DockerBackend {
         if !image.exists() || is_mounted(&mount) {
             return Ok(());
         }
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&mount)
-            .or_else(|e| match e.kind() {
-                io::ErrorKind::AlreadyExists => Ok(()),
-                _ => Err(e),
-            })
-            .with_context(|| format!("creating {}", mount.display()))?;
+        private_dir(&mount)?;
         run(
             "mount",
             &[
@@ -331,6 +484,7 @@ impl DockerBackend {
 
     /// Removes the disk of `slot`: unmounted, its mount point and its image.
     pub(super) async fn remove_disk(&self, slot: &SandboxId) -> Result<()> {
+        self.remove_image_volumes(slot).await?;
         self.unmount_disk(slot).await?;
         let mount = self.disk_mount(slot);
         // Never recursive: were it still mounted, that would empty the workspace
@@ -421,47 +575,79 @@ impl DockerBackend {
             let Some(container) = c.id.clone() else {
                 continue;
             };
-            let Some(upper) = self.upper_dir(&container).await else {
-                continue;
-            };
             let mount = self.disk_mount(&self.objects_slot(&id));
             let run = self.sandbox_run_dir(&id);
-            let measured = tokio::task::spawn_blocking(move || {
-                let disk = if is_mounted(&mount) {
-                    used_bytes(&mount)?
-                } else {
-                    0
-                };
-                let rest = tree_usage(&[upper, run], limit.saturating_sub(disk))?;
-                Ok::<_, io::Error>(disk.saturating_add(rest))
-            })
-            .await
-            .context("measuring a sandbox's disk")?;
+            let measured = match self.layer(&container).await {
+                Ok(layer) => {
+                    tokio::task::spawn_blocking(move || measure(&layer, &mount, run, limit))
+                        .await
+                        .context("measuring a sandbox's disk")?
+                }
+                Err(e) => Err(e),
+            };
             let over = match measured {
                 Ok(used) if used <= limit => continue,
                 Ok(used) => format!("{} MiB of {quota} MiB", used >> 20),
-                Err(e) => format!("its writable layer cannot be measured ({e})"),
+                // One that stopped meanwhile (its cgroup or process gone) is not
+                // over anything.
+                Err(_) if !self.still_running(&container).await => continue,
+                // Fail closed: what cannot be measured may be anything.
+                Err(e) => format!("its disk use cannot be measured ({e})"),
             };
             tracing::warn!(sandbox = %id, usage = %over, "over its disk quota: stopping it");
-            self.kill_for(&id, DISK_QUOTA).await?;
-            stopped.push(id);
+            // One sandbox that cannot be stopped must not shield the others.
+            match self.kill_for(&id, DISK_QUOTA).await {
+                Ok(()) => stopped.push(id),
+                Err(e) => tracing::error!(
+                    sandbox = %id,
+                    error = %format!("{e:#}"),
+                    "stopping a sandbox over its disk quota"
+                ),
+            }
         }
         Ok(stopped)
     }
 
-    /// Where the container's writable layer is on the host (remembered: it does
-    /// not change while the container exists).
-    async fn upper_dir(&self, container: &str) -> Option<PathBuf> {
-        if let Some(dir) = self.upper_dirs().get(container) {
-            return Some(dir.clone());
+    /// Where the container's writable layer and cgroup are on the host
+    /// (remembered: neither changes while the container exists).
+    async fn layer(&self, container: &str) -> io::Result<Layer> {
+        if let Some(layer) = self.upper_dirs().get(container) {
+            return Ok(layer.clone());
         }
-        let info = self.docker.inspect_container(container, None).await.ok()?;
-        let dir = PathBuf::from(info.graph_driver?.data.get("UpperDir")?);
-        self.upper_dirs().insert(container.to_owned(), dir.clone());
-        Some(dir)
+        let unknown = |what: &str| io::Error::other(format!("its {what} is unknown"));
+        let info = self
+            .docker
+            .inspect_container(container, None)
+            .await
+            .map_err(|e| io::Error::other(format!("inspecting its container: {e}")))?;
+        let upper = info
+            .graph_driver
+            .as_ref()
+            .and_then(|g| g.data.get("UpperDir"))
+            .map(PathBuf::from)
+            .ok_or_else(|| unknown("writable layer"))?;
+        let pid = info
+            .state
+            .as_ref()
+            .and_then(|s| s.pid)
+            .filter(|p| *p > 0)
+            .ok_or_else(|| unknown("first process"))?;
+        let cgroup = held::cgroup_dir(pid)?.ok_or_else(|| unknown("cgroup"))?;
+        let layer = Layer { upper, cgroup };
+        self.upper_dirs()
+            .insert(container.to_owned(), layer.clone());
+        Ok(layer)
     }
 
-    fn upper_dirs(&self) -> std::sync::MutexGuard<'_, HashMap<String, PathBuf>> {
+    /// Whether the container still runs (an engine that cannot say: yes).
+    async fn still_running(&self, container: &str) -> bool {
+        match self.docker.inspect_container(container, None).await {
+            Ok(info) => info.state.and_then(|s| s.running).unwrap_or(true),
+            Err(e) => !is_not_found(&e),
+        }
+    }
+
+    fn upper_dirs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Layer>> {
         self.upper_dirs
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

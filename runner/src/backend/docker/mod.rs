@@ -59,6 +59,7 @@ use crate::state::write_file;
 mod container;
 pub mod disk;
 mod exec;
+mod held;
 mod hostname;
 pub mod images;
 mod lifecycle;
@@ -176,8 +177,8 @@ pub struct DockerBackend {
     /// Boxed: it would make `Backend::Docker` much larger than `Backend::Process`.
     pool: Box<pool::Pool>,
     spares: Box<spare::Spares>,
-    /// Where each running container's writable layer is (container id → dir).
-    upper_dirs: std::sync::Mutex<HashMap<String, PathBuf>>,
+    /// Where each running container's writable layer and cgroup are.
+    upper_dirs: std::sync::Mutex<HashMap<String, disk::Layer>>,
 }
 
 fn container_name(id: &SandboxId) -> String {
@@ -426,7 +427,13 @@ impl DockerBackend {
             Ok::<_, crate::Error>(())
         };
         let began = std::time::Instant::now();
-        let (image_info, ()) = match tokio::try_join!(self.image_info(spec), disk) {
+        let looked_up = async {
+            let info = self.image_info(spec).await?;
+            let volumes =
+                disk::image_volumes(info.config.as_ref().and_then(|c| c.volumes.as_ref()))?;
+            Ok::<_, crate::Error>((info, volumes))
+        };
+        let ((image_info, volumes), ()) = match tokio::try_join!(looked_up, disk) {
             Ok(found) => found,
             Err(e) => {
                 // A refused or missing image has not touched the spare: it goes
@@ -463,11 +470,13 @@ impl DockerBackend {
             }
             Ok::<_, crate::Error>(())
         };
+        let volumes = self.volume_mounts(&slot, &volumes, &labels)?;
         let config = self.container_config(NewContainer {
             id,
             serves,
             image,
             image_user: image_user.as_deref(),
+            volumes,
             spec,
             network_mode,
             labels: container_labels,
