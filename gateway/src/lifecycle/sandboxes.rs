@@ -63,6 +63,11 @@ pub struct CreateSandbox {
     /// `{"mode":"allow","cidrs":["10.0.0.0/8"]}`.
     #[schema(value_type = Option<Object>)]
     pub network: Option<NetworkPolicy>,
+    /// Follow the repository's `.devcontainer/devcontainer.json` (or
+    /// `.devcontainer.json`) if it has one (default true; only with `repo` and no
+    /// `image`): its image, env and lifecycle commands; the sandbox's events say
+    /// what it did and which keys were ignored or refused.
+    pub devcontainer: Option<bool>,
 }
 
 /// Checks every field of a create request; nothing is touched before this passes.
@@ -150,6 +155,9 @@ impl Lifecycle {
             memory_mb: Some(u64::from(memory_mb)),
             idle_timeout_s: body.idle_timeout_s.map(u64::from),
             network: body.network.unwrap_or_default(),
+            devcontainer: body.repo.is_some()
+                && body.image.is_none()
+                && body.devcontainer != Some(false),
             ..SandboxSpec::default()
         };
         check_on_runner(self, &runner, &spec).await?;

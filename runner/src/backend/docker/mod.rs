@@ -53,6 +53,7 @@ use crate::protocol::{NetworkPolicy, RepoSpec, SandboxSpec, SandboxStatus};
 use crate::state::write_file;
 
 mod container;
+mod devcontainer;
 mod exec;
 mod hostname;
 pub mod images;
