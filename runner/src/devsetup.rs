@@ -26,8 +26,12 @@ const WORKSPACE: &str = "/workspace";
 /// Longest wait for the one file from the repository.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long into a create or start its lifecycle commands may still run: the
-/// gateway waits 60 s for the whole answer.
-const STEPS_DEADLINE: Duration = Duration::from_secs(45);
+/// gateway waits 180 s for the whole answer to a devcontainer create (60 s for
+/// others, whose postStartCommand gets less).
+const STEPS_DEADLINE: Duration = Duration::from_secs(150);
+/// The note for a repository whose devcontainer.json could not be fetched.
+const NOT_READ: &str =
+    "devcontainer: the repository could not be read for a devcontainer.json; defaults used";
 /// Lines of a command's output kept in its note.
 const NOTE_LINES: usize = 15;
 /// Characters of a command's output kept in its note.
@@ -133,12 +137,20 @@ async fn prepare(
     let (path, text) = match tokio::time::timeout(FETCH_TIMEOUT, read).await {
         Ok(Ok(Some(found))) => found,
         Ok(Ok(None)) => return Ok(None),
+        Ok(Err(Error::Refused { message, .. })) => {
+            notes.push(format!("devcontainer: not read: {message}"));
+            return Ok(None);
+        }
+        // The read goes out from the runner host: what went wrong stays in its log,
+        // so a tenant's URL cannot make the events a probe of the host's network.
         Ok(Err(e)) => {
-            notes.push(format!("devcontainer: not read: {e:#}"));
+            tracing::info!(sandbox = %id, "reading its devcontainer.json: {e:#}");
+            notes.push(NOT_READ.to_owned());
             return Ok(None);
         }
         Err(_) => {
-            notes.push("devcontainer: not read: the repository took too long".to_owned());
+            tracing::info!(sandbox = %id, "reading its devcontainer.json: timed out");
+            notes.push(NOT_READ.to_owned());
             return Ok(None);
         }
     };

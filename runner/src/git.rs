@@ -525,9 +525,7 @@ pub async fn read_file_at(
                 )
                 .await?;
             if listed.ok() && !listed.stdout.trim().is_empty() {
-                return Err(Error::failed(format_args!(
-                    "{path} is larger than {max} bytes"
-                )));
+                return Err(too_large(path, max));
             }
             continue;
         }
@@ -540,9 +538,7 @@ pub async fn read_file_at(
             .parse()
             .unwrap_or(usize::MAX);
         if size > max {
-            return Err(Error::failed(format_args!(
-                "{path} is larger than {max} bytes"
-            )));
+            return Err(too_large(path, max));
         }
         let text = host.run(&["cat-file", "blob", &object], None).await?;
         if !text.ok() {
@@ -554,6 +550,10 @@ pub async fn read_file_at(
         return Ok(Some(((*path).to_owned(), text.stdout)));
     }
     Ok(None)
+}
+
+fn too_large(path: &str, max: usize) -> Error {
+    Error::refused("too_large", format!("{path} is larger than {max} bytes"))
 }
 
 /// Settings of every git run on the runner's side of a push: no transport but the

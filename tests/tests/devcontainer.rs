@@ -266,12 +266,13 @@ fn sandboxes_follow_their_devcontainer_json() -> Result<()> {
     // sandbox runs and takes logins; nothing after it ran.
     let (id, c) = create(json!({"repo": url("failing")}))?;
     let seen = events(&id)?;
+    // stdout and stderr both, in whichever order the engine delivered them.
     ensure!(
-        has(
-            &seen,
-            "postCreateCommand failed (exit 3); the sandbox is left running so it can be fixed; \
-             output:\nabout to fail\non stderr"
-        ),
+        seen.iter().any(|e| e.starts_with(
+            "devcontainer: postCreateCommand failed (exit 3); the sandbox is left running so \
+             it can be fixed; output:\n"
+        ) && e.contains("about to fail")
+            && e.contains("on stderr")),
         "{seen:#?}"
     );
     ensure!(!has(&seen, "postStartCommand"), "{seen:#?}");
