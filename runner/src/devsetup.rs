@@ -29,6 +29,9 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
 /// gateway waits 180 s for the whole answer to a devcontainer create (60 s for
 /// others, whose postStartCommand gets less).
 const STEPS_DEADLINE: Duration = Duration::from_secs(150);
+/// The same for a start the gateway sends without `devcontainer` (after its own
+/// restart, it knows no more), which it waits 60 s for.
+const PLAIN_STEPS_DEADLINE: Duration = Duration::from_secs(40);
 /// The note for a repository whose devcontainer.json could not be fetched.
 const NOT_READ: &str =
     "devcontainer: the repository could not be read for a devcontainer.json; defaults used";
@@ -53,7 +56,12 @@ pub async fn create(
     authorized_keys: &[String],
     spec: &SandboxSpec,
 ) -> Result<Response> {
-    let began = Instant::now();
+    let deadline = Instant::now()
+        + if spec.devcontainer {
+            STEPS_DEADLINE
+        } else {
+            PLAIN_STEPS_DEADLINE
+        };
     let Backend::Docker(docker) = backend else {
         backend.create(id, token_key, authorized_keys, spec).await?;
         return Ok(Response::Ok);
@@ -66,7 +74,7 @@ pub async fn create(
             backend.create(id, token_key, authorized_keys, spec).await?;
             let mut notes = Vec::new();
             if !status.running {
-                started(docker, id, began, &mut notes).await;
+                started(docker, id, deadline, &mut notes).await;
             }
             return Ok(answer(notes));
         }
@@ -83,13 +91,12 @@ pub async fn create(
         .await?;
     if let Some(dc) = found {
         keep(docker, id, &dc);
-        let mut steps: Vec<(&str, &Command)> = devcontainer::CREATE_STEPS
+        let steps: Vec<(&str, &Command)> = devcontainer::CREATE_STEPS
             .iter()
             .chain([&devcontainer::START_STEP])
             .filter_map(|step| dc.step(step).map(|c| (*step, c)))
             .collect();
-        steps.dedup_by_key(|(step, _)| *step);
-        run_steps(docker, id, &steps, began, &mut notes).await;
+        run_steps(docker, id, &steps, deadline, &mut notes).await;
     }
     Ok(answer(notes))
 }
@@ -221,7 +228,12 @@ fn keep(docker: &DockerBackend, id: &SandboxId, dc: &DevContainer) {
 }
 
 /// A stopped sandbox was started again: its postStartCommand, if it has one.
-async fn started(docker: &DockerBackend, id: &SandboxId, began: Instant, notes: &mut Vec<String>) {
+async fn started(
+    docker: &DockerBackend,
+    id: &SandboxId,
+    deadline: Instant,
+    notes: &mut Vec<String>,
+) {
     let Ok(json) = std::fs::read(docker.devcontainer_state(id)) else {
         return;
     };
@@ -237,7 +249,7 @@ async fn started(docker: &DockerBackend, id: &SandboxId, began: Instant, notes: 
             docker,
             id,
             &[(devcontainer::START_STEP, command)],
-            began,
+            deadline,
             notes,
         )
         .await;
@@ -249,10 +261,9 @@ async fn run_steps(
     docker: &DockerBackend,
     id: &SandboxId,
     steps: &[(&str, &Command)],
-    began: Instant,
+    deadline: Instant,
     notes: &mut Vec<String>,
 ) {
-    let deadline = began + STEPS_DEADLINE;
     for (step, command) in steps {
         for (name, argv) in command.argvs() {
             let label = if name.is_empty() {
@@ -275,9 +286,8 @@ async fn run_steps(
                 Ok(Err(e)) => (format!("devcontainer: {label} could not run: {e:#}"), false),
                 Err(_) => (
                     format!(
-                        "devcontainer: {label} still running {}s into the create; left \
-                         running, its outcome is not known",
-                        STEPS_DEADLINE.as_secs()
+                        "devcontainer: {label} still running when the create stopped \
+                         waiting; left running, its outcome is not known"
                     ),
                     false,
                 ),
