@@ -181,6 +181,10 @@ pub struct SandboxSpec {
     /// its container's writable layer); none means the runner's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_mb: Option<u64>,
+    /// Follow the repository's devcontainer.json, if it has one (the gateway sets
+    /// this only for a create with a repository and no image of its own).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub devcontainer: bool,
 }
 
 impl fmt::Debug for SandboxSpec {
@@ -196,6 +200,7 @@ impl fmt::Debug for SandboxSpec {
             .field("read_only_root", &self.read_only_root)
             .field("idle_timeout_s", &self.idle_timeout_s)
             .field("disk_mb", &self.disk_mb)
+            .field("devcontainer", &self.devcontainer)
             .finish()
     }
 }
@@ -276,6 +281,9 @@ pub enum Response {
     Env { env: BTreeMap<String, Secret> },
     /// The answer to `capacity`.
     Capacity(RunnerCapacity),
+    /// A create or start that was done, with lines for the sandbox's events (what
+    /// its devcontainer.json did: keys skipped, lifecycle commands' outcomes).
+    Notes { notes: Vec<String> },
 }
 
 /// What a runner has room for: the memory its sandboxes' limits may add up to, the

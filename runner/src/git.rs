@@ -459,6 +459,103 @@ async fn push_pinned<E: GitExec>(
     Ok(commit)
 }
 
+/// The first of `paths` that exists at `reference` (default: the remote's HEAD) of
+/// `url`, with its text: one shallow commit fetched into `place.scratch` (removed
+/// after) with blobs over `max` bytes left on the server where it can filter them,
+/// nothing checked out, nothing of the repository run. A file over `max` bytes is an
+/// error. `token`, as for pushes, goes to git only through the askpass helper.
+pub async fn read_file_at(
+    place: &PushPlace<'_>,
+    url: &str,
+    reference: Option<&str>,
+    paths: &[&str],
+    token: Option<&str>,
+    max: usize,
+) -> crate::Result<Option<(String, String)>> {
+    let remote = Pinned::parse(url).ok_or_else(|| {
+        Error::failed(format_args!(
+            "not an http(s) repository URL: {}",
+            redact(url, None)
+        ))
+    })?;
+    let _scratch = Scratch::make(&place.scratch)?;
+    let host = HostRepo::new(place)?;
+    host.must(&["init", "--quiet", "--bare", "--template="], None)
+        .await?;
+    let allow = format!("protocol.{}.allow=always", remote.scheme);
+    let filter = format!("--filter=blob:limit={}", max + 1);
+    let refspec = format!("+{}:refs/warren/file", reference.unwrap_or("HEAD"));
+    host.must(&["remote", "add", "origin", remote.url], None)
+        .await?;
+    let fetched = host
+        .run(
+            &[
+                "-c",
+                &allow,
+                "fetch",
+                "--quiet",
+                "--depth",
+                "1",
+                "--no-tags",
+                "--no-write-fetch-head",
+                &filter,
+                "origin",
+                "--",
+                &refspec,
+            ],
+            token.map(|t| (t, remote.origin.as_str())),
+        )
+        .await?;
+    if !fetched.ok() {
+        return Err(Error::failed(format_args!(
+            "fetching {}: {}",
+            redact(url, token),
+            redact(fetched.stderr.trim(), token)
+        )));
+    }
+    for path in paths {
+        let object = format!("refs/warren/file:{path}");
+        let kind = host.run(&["cat-file", "-t", &object], None).await?;
+        if !kind.ok() {
+            // Not in the tree, or a blob the filter left behind (too large).
+            let listed = host
+                .run(
+                    &["ls-tree", "--name-only", "refs/warren/file", "--", path],
+                    None,
+                )
+                .await?;
+            if listed.ok() && !listed.stdout.trim().is_empty() {
+                return Err(too_large(path, max));
+            }
+            continue;
+        }
+        if kind.stdout.trim() != "blob" {
+            continue;
+        }
+        let size: usize = host
+            .must(&["cat-file", "-s", &object], None)
+            .await?
+            .parse()
+            .unwrap_or(usize::MAX);
+        if size > max {
+            return Err(too_large(path, max));
+        }
+        let text = host.run(&["cat-file", "blob", &object], None).await?;
+        if !text.ok() {
+            return Err(Error::failed(format_args!(
+                "reading {path}: {}",
+                text.stderr.trim()
+            )));
+        }
+        return Ok(Some(((*path).to_owned(), text.stdout)));
+    }
+    Ok(None)
+}
+
+fn too_large(path: &str, max: usize) -> Error {
+    Error::refused("too_large", format!("{path} is larger than {max} bytes"))
+}
+
 /// Settings of every git run on the runner's side of a push: no transport but the
 /// one a command adds, no redirects (a token for one host never follows one to
 /// another), no helpers, hooks, monitor or signing.
@@ -543,6 +640,9 @@ impl HostRepo {
             .env("GIT_CONFIG_GLOBAL", "/dev/null")
             .env("GIT_TERMINAL_PROMPT", "0")
             .env("GIT_ASKPASS", &self.askpass)
+            // A partial fetch's missing blobs stay missing: never fetched behind
+            // a command's back.
+            .env("GIT_NO_LAZY_FETCH", "1")
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
         if let Some((password, origin)) = secret {

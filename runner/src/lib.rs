@@ -7,11 +7,15 @@
 //! - [`tunnel`]: `join` and the reconnecting tunnel loop.
 //! - [`backend`]: where sandboxes run: the `process` backend (no isolation) or
 //!   the `docker` backend; [`netpolicy`]: a Docker sandbox's firewall rules.
+//! - [`devcontainer`]: a repository's devcontainer.json, parsed and classified;
+//!   [`devsetup`]: a create that follows it.
 //! - [`git`]: git in a sandbox's workspace (clone, the API's commit-and-push).
 //! - [`Error`]: a refusal to pass on, or a failure.
 //! - [`stream`]: tunnel channels as byte streams with consumption-based windows.
 
 pub mod backend;
+pub mod devcontainer;
+pub mod devsetup;
 mod error;
 pub mod git;
 pub mod netpolicy;

@@ -298,13 +298,13 @@ async fn handle_control(request: Request, backend: &Backend, capacity: RunnerCap
             token_key,
             authorized_keys,
             spec,
-        } => backend
-            .create(&sandbox, &token_key, &authorized_keys, &spec)
-            .await
-            .map(|()| Response::Ok),
+        } => crate::devsetup::create(backend, &sandbox, &token_key, &authorized_keys, &spec).await,
         Request::Keepalive { sandbox } => backend.keepalive(&sandbox).await.map(|()| Response::Ok),
         Request::Stop { sandbox } => backend.stop(&sandbox).await.map(|()| Response::Ok),
-        Request::Delete { sandbox } => backend.delete(&sandbox).await.map(|()| Response::Ok),
+        Request::Delete { sandbox } => {
+            crate::devsetup::forget(backend, &sandbox);
+            backend.delete(&sandbox).await.map(|()| Response::Ok)
+        }
         Request::AuthorizedKeys { sandboxes } => {
             for s in &sandboxes {
                 if let Err(e) = backend.set_authorized_keys(&s.sandbox, &s.keys).await {

@@ -391,6 +391,16 @@ impl Store {
         ))
     }
 
+    /// Adds a line to a sandbox's history without changing its state (what a
+    /// create's devcontainer.json did, say).
+    pub async fn note_sandbox_event(&self, id: &SandboxId, reason: &str) -> Result<(), StoreError> {
+        let current = self.get_sandbox(id).await?;
+        let mut conn = self.pool.acquire().await?;
+        let state = current.state;
+        append_event(&mut conn, id, Timestamp::now(), Some(state), state, reason).await?;
+        Ok(())
+    }
+
     /// A sandbox's history, oldest first; `NotFound` for an unknown sandbox (every
     /// sandbox has at least its creation event).
     pub async fn list_sandbox_events(

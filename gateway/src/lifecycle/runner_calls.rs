@@ -7,6 +7,11 @@ use warren_protocol::{Request, Response as RunnerResponse, SandboxSpec};
 use super::{Error, Kind, Lifecycle, Result};
 use crate::store::{RunnerId, Sandbox, SandboxState};
 
+/// At most this many notes of one create or start become events.
+const MAX_NOTES: usize = 64;
+/// And each at most this long.
+const MAX_NOTE_CHARS: usize = 4096;
+
 /// Asks `runner` whether it could create `spec` (its image is there, its fields
 /// pass) before anything is stored. A runner too old to know `check` is let be.
 pub(super) async fn check_on_runner(
@@ -53,6 +58,19 @@ pub(super) async fn run_on_runner(
                 .store
                 .set_sandbox_state(&sandbox.id, SandboxState::Running, reason)
                 .await?);
+        }
+        // Lines from the runner (a devcontainer.json's doings): events after the
+        // state change, each bounded (they carry the sandbox's output).
+        Ok(RunnerResponse::Notes { notes }) => {
+            let running = lc
+                .store
+                .set_sandbox_state(&sandbox.id, SandboxState::Running, reason)
+                .await?;
+            for note in notes.iter().take(MAX_NOTES) {
+                let note: String = note.chars().take(MAX_NOTE_CHARS).collect();
+                lc.store.note_sandbox_event(&sandbox.id, &note).await?;
+            }
+            return Ok(running);
         }
         Ok(RunnerResponse::Error { message }) => Error::runner(message),
         Ok(RunnerResponse::Refused { code, message }) if code == "image_not_found" => {

@@ -67,6 +67,11 @@ pub struct CreateSandbox {
     /// /tmp, /var/tmp and everything else the sandbox writes. Writes beyond it fail
     /// (ENOSPC) or the sandbox is stopped (`disk_quota`).
     pub disk_mb: Option<u32>,
+    /// Follow the repository's `.devcontainer/devcontainer.json` (or
+    /// `.devcontainer.json`) if it has one (default true; only with `repo` and no
+    /// `image`): its image, env and lifecycle commands; the sandbox's events say
+    /// what it did and which keys were ignored or refused.
+    pub devcontainer: Option<bool>,
 }
 
 /// Checks every field of a create request; nothing is touched before this passes.
@@ -161,6 +166,9 @@ impl Lifecycle {
             idle_timeout_s: body.idle_timeout_s.map(u64::from),
             network: body.network.unwrap_or_default(),
             disk_mb,
+            devcontainer: body.repo.is_some()
+                && body.image.is_none()
+                && body.devcontainer != Some(false),
             ..SandboxSpec::default()
         };
         check_on_runner(self, &runner, &spec).await?;

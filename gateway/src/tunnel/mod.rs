@@ -32,6 +32,9 @@ use crate::store::{NewRunner, RunnerId, RunnerState, Store, StoreError};
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a control request may take (creating a sandbox included).
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(60);
+/// A create or start that runs a devcontainer.json's lifecycle commands may take
+/// this long (the runner stops waiting for them at 150 s).
+const DEVCONTAINER_TIMEOUT: Duration = Duration::from_secs(180);
 /// Capacity recorded for a runner that joins (sandboxes at once).
 pub const DEFAULT_RUNNER_CAPACITY: u32 = 16;
 
@@ -211,7 +214,11 @@ impl RunnerHub {
             }
             serde_json::from_str(&answer).map_err(|e| TunnelError::Protocol(e.to_string()))
         };
-        tokio::time::timeout(CONTROL_TIMEOUT, exchange)
+        let limit = match request {
+            Request::Create { spec, .. } if spec.devcontainer => DEVCONTAINER_TIMEOUT,
+            _ => CONTROL_TIMEOUT,
+        };
+        tokio::time::timeout(limit, exchange)
             .await
             .map_err(|_| TunnelError::Protocol("control request timed out".into()))?
     }

@@ -133,17 +133,22 @@ impl DockerBackend {
                 }
             }
         }
-        let code = self
-            .docker
-            .inspect_exec(&exec.id)
-            .await?
-            .exit_code
-            .unwrap_or(-1);
+        let code = self.exit_code(&exec.id).await?;
         Ok(git::GitOutput {
             code,
             stdout: String::from_utf8_lossy(&stdout).into_owned(),
             stderr: String::from_utf8_lossy(&stderr).into_owned(),
         })
+    }
+
+    /// The exit code of a finished exec (-1 if the engine does not say).
+    pub(super) async fn exit_code(&self, exec: &str) -> Result<i64> {
+        Ok(self
+            .docker
+            .inspect_exec(exec)
+            .await?
+            .exit_code
+            .unwrap_or(-1))
     }
 
     /// Commits the workspace's changes as the sandbox user and pushes them (see

@@ -58,6 +58,7 @@ use crate::state::write_file;
 
 mod container;
 pub mod disk;
+mod devcontainer;
 mod exec;
 mod held;
 mod hostname;

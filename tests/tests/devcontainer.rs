@@ -1,0 +1,345 @@
+//! Sandboxes that follow their repository's devcontainer.json, end to end on the
+//! Docker backend: the HTTP API, a real runner, and real repositories on this host
+//! served over git's smart HTTP (`git http-backend` behind a few lines of Python),
+//! reachable from the runner host (which reads the file) and from the containers
+//! (which clone).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use common::docker::{DockerStack, docker_host_ip, image};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use warren_tests::util::free_port;
+use warren_tests::{Client, Target};
+
+/// Git's smart HTTP for the repositories under a root: `git http-backend` as a CGI.
+const GIT_HTTP: &str = r#"
+import http.server, os, subprocess, sys
+root, port = sys.argv[1], int(sys.argv[2])
+class Git(http.server.BaseHTTPRequestHandler):
+    def serve(self):
+        path, _, query = self.path.partition("?")
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        env = dict(os.environ, GIT_PROJECT_ROOT=root, GIT_HTTP_EXPORT_ALL="1",
+                   REQUEST_METHOD=self.command, PATH_INFO=path, QUERY_STRING=query,
+                   CONTENT_TYPE=self.headers.get("Content-Type", ""),
+                   CONTENT_LENGTH=str(len(body)), REMOTE_ADDR="127.0.0.1",
+                   HTTP_GIT_PROTOCOL=self.headers.get("Git-Protocol", ""),
+                   HTTP_CONTENT_ENCODING=self.headers.get("Content-Encoding", ""))
+        out = subprocess.run(["git", "http-backend"], input=body, env=env,
+                             capture_output=True).stdout
+        head, _, payload = out.partition(b"\r\n\r\n")
+        status, headers = 200, []
+        for line in head.decode().split("\r\n"):
+            name, _, value = line.partition(":")
+            if name.lower() == "status":
+                status = int(value.split()[0])
+            elif name:
+                headers.append((name, value.strip()))
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+    do_GET = do_POST = serve
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("0.0.0.0", port), Git).serve_forever()
+"#;
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) -> Result<()> {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=t", "-c", "user.email=t@e"])
+        .args(args)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// A bare repository `<root>/<name>.git` whose one commit holds `files`.
+fn repository(root: &Path, name: &str, files: &[(&str, &str)]) -> Result<()> {
+    let work = root.join(format!("{name}-work"));
+    std::fs::create_dir_all(&work)?;
+    git(&work, &["init", "-q", "-b", "main"])?;
+    for (path, text) in files {
+        let path = work.join(path);
+        std::fs::create_dir_all(path.parent().context("parent")?)?;
+        std::fs::write(path, text)?;
+    }
+    git(&work, &["add", "-A"])?;
+    git(&work, &["commit", "-qm", "first"])?;
+    git(
+        root,
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            &work.to_string_lossy(),
+            &format!("{name}.git"),
+        ],
+    )
+}
+
+/// Everything but the lifecycle commands, which each case adds.
+const FOLLOWED: &str = r#"
+// What the sandbox runs: JSON with comments and trailing commas.
+{
+  "name": "demo",
+  "image": "warren-base:latest",
+  "containerEnv": { "GREETING": "hello ${localEnv:WHO}" },
+  "remoteEnv": { "TOOLS": "${containerWorkspaceFolder}/tools", },
+  "remoteUser": "root",
+  "privileged": true,
+  "capAdd": ["SYS_ADMIN"],
+  "mounts": ["source=/,target=/host,type=bind"],
+  "build": { "dockerfile": "Dockerfile" },
+  "customizations": { "vscode": { "extensions": [] } },
+  "onCreateCommand": "echo on-create >> /workspace/order; id -u > /workspace/uid",
+  "updateContentCommand": ["sh", "-c", "echo update-content >> /workspace/order"],
+  "postCreateCommand": {
+    "a": "echo post-create >> order",
+    "b": "echo \"$GREETING|$TOOLS\" > env.txt; echo visible-output",
+  },
+  "postStartCommand": "echo post-start >> /workspace/order",
+}
+"#;
+
+const FAILING: &str = r#"{
+  "image": "warren-base:latest",
+  "postCreateCommand": "echo about to fail; echo on stderr >&2; exit 3",
+  "postStartCommand": "echo never > /workspace/never",
+}"#;
+
+const MALFORMED: &str = "{\n  \"image\": \"warren-base:latest\",\n  \"postCreateCommand\": ,\n}\n";
+
+const REFUSED_IMAGE: &str = r#"{ "image": "registry.example/evil:1" }"#;
+
+#[test]
+fn sandboxes_follow_their_devcontainer_json() -> Result<()> {
+    let port = free_port()?;
+    let Some(d) = DockerStack::start(&["--host-tcp-port", &port.to_string()])? else {
+        return Ok(());
+    };
+    image("build-base")?;
+    let api = d.stack.api(Duration::from_secs(30))?;
+    let key = d.stack.admin("dana")?;
+    // The stand-in speaks plain http; the operator's switch for that is on.
+    api.state.lifecycle.set_allow_http_repos(true);
+    let call = |method: &str, path: &str, body: Option<Value>| {
+        d.stack.call(&api, method, path, Some(&key), body)
+    };
+    let tmp = TempDir::new()?;
+    let root = tmp.path();
+    repository(
+        root,
+        "followed",
+        &[(".devcontainer/devcontainer.json", FOLLOWED)],
+    )?;
+    repository(root, "failing", &[(".devcontainer.json", FAILING)])?;
+    repository(
+        root,
+        "malformed",
+        &[(".devcontainer/devcontainer.json", MALFORMED)],
+    )?;
+    repository(root, "refused", &[(".devcontainer.json", REFUSED_IMAGE)])?;
+    let server = std::process::Command::new("python3")
+        .args(["-c", GIT_HTTP])
+        .arg(root)
+        .arg(port.to_string())
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    let _server = KillOnDrop(server);
+    let host_ip = docker_host_ip()?;
+    let url = |name: &str| format!("http://{host_ip}:{port}/{name}.git");
+    wait_for_server(&url("followed"))?;
+
+    let create = |body: Value| -> Result<(String, Client)> {
+        let made = call("POST", "/v1/sandboxes", Some(body))?;
+        ensure!(made.status == 201, "create: {made:?}");
+        let id = made.json()["id"].as_str().context("id")?.to_owned();
+        let token = made.json()["token"].as_str().context("token")?.to_owned();
+        let client = Client::new(Target::new(
+            "127.0.0.1",
+            d.stack.ssh_port,
+            format!("{id}#{token}"),
+        ))?;
+        Ok((id, client))
+    };
+    let events = |id: &str| -> Result<Vec<String>> {
+        let reply = call("GET", &format!("/v1/sandboxes/{id}/events"), None)?;
+        ensure!(reply.status == 200, "events: {reply:?}");
+        let list = reply.json();
+        let list = list
+            .as_array()
+            .or_else(|| list["events"].as_array())
+            .context("events list")?
+            .clone();
+        Ok(list
+            .iter()
+            .filter_map(|e| e["reason"].as_str().map(str::to_owned))
+            .collect())
+    };
+    let has = |events: &[String], what: &str| events.iter().any(|e| e.contains(what));
+
+    // The image, env, user and every lifecycle command, in order, with their output.
+    let (id, c) = create(json!({"repo": url("followed"), "env": {"WHO": "tester"}}))?;
+    let seen = events(&id)?;
+    for what in [
+        "devcontainer: following .devcontainer/devcontainer.json",
+        "privileged refused: it would weaken the sandbox's isolation",
+        "capAdd refused",
+        "mounts refused",
+        "build refused: image builds are not supported yet",
+        "remoteUser refused: sessions never run as root",
+        "customizations ignored",
+        "onCreateCommand done",
+        "updateContentCommand done",
+        "postCreateCommand (a) done",
+        "postCreateCommand (b) done; output:\nvisible-output",
+        "postStartCommand done",
+    ] {
+        ensure!(has(&seen, what), "no event with {what:?} in {seen:#?}");
+    }
+    let out = c
+        .exec(
+            "cat /workspace/order; cat /workspace/uid; cat /workspace/env.txt; echo \"$GREETING\"",
+        )
+        .run()?
+        .success()?;
+    let lines: Vec<String> = out.stdout_trimmed().lines().map(str::to_owned).collect();
+    ensure!(
+        lines[..4] == ["on-create", "update-content", "post-create", "post-start"],
+        "order: {lines:?}"
+    );
+    ensure!(
+        lines[4] != "0",
+        "a lifecycle command ran as root: {lines:?}"
+    );
+    ensure!(
+        lines[5] == "hello tester|/workspace/tools" && lines[6] == "hello tester",
+        "env: {lines:?}"
+    );
+
+    // postStartCommand again at the next start, and only it.
+    let stopped = call("POST", &format!("/v1/sandboxes/{id}/stop"), None)?;
+    ensure!(stopped.status == 200, "stop: {stopped:?}");
+    let started = call("POST", &format!("/v1/sandboxes/{id}/start"), None)?;
+    ensure!(started.status == 200, "start: {started:?}");
+    let out = c.exec("cat /workspace/order").run()?.success()?;
+    ensure!(
+        out.stdout_trimmed() == "on-create\nupdate-content\npost-create\npost-start\npost-start",
+        "after a restart: {:?}",
+        out.stdout_trimmed()
+    );
+    let seen = events(&id)?;
+    ensure!(
+        seen.iter()
+            .filter(|e| e.contains("postStartCommand done"))
+            .count()
+            == 2,
+        "{seen:#?}"
+    );
+
+    // A failing postCreateCommand: reported with its exit status and output; the
+    // sandbox runs and takes logins; nothing after it ran.
+    let (id, c) = create(json!({"repo": url("failing")}))?;
+    let seen = events(&id)?;
+    // stdout and stderr both, in whichever order the engine delivered them.
+    ensure!(
+        seen.iter().any(|e| e.starts_with(
+            "devcontainer: postCreateCommand failed (exit 3); the sandbox is left running so \
+             it can be fixed; output:\n"
+        ) && e.contains("about to fail")
+            && e.contains("on stderr")),
+        "{seen:#?}"
+    );
+    ensure!(!has(&seen, "postStartCommand"), "{seen:#?}");
+    let out = c
+        .exec("test -e /workspace/never && echo ran || echo usable")
+        .run()?
+        .success()?;
+    ensure!(
+        out.stdout_trimmed() == "usable",
+        "{:?}",
+        out.stdout_trimmed()
+    );
+
+    // A malformed file: reported with its line; the sandbox is made with defaults.
+    let (id, _) = create(json!({"repo": url("malformed")}))?;
+    let seen = events(&id)?;
+    ensure!(
+        has(
+            &seen,
+            "devcontainer: .devcontainer/devcontainer.json: devcontainer.json line 3"
+        ),
+        "{seen:#?}"
+    );
+
+    // An image outside the runner's allow-list: the create is refused, saying why.
+    let made = call(
+        "POST",
+        "/v1/sandboxes",
+        Some(json!({"repo": url("refused")})),
+    )?;
+    ensure!(
+        made.status == 422
+            && made.error_code() == "image_not_found"
+            && made.text.contains(".devcontainer.json"),
+        "{made:?}"
+    );
+
+    // `devcontainer: false`: the file is not followed.
+    let (id, c) = create(json!({"repo": url("followed"), "devcontainer": false}))?;
+    let seen = events(&id)?;
+    ensure!(!has(&seen, "devcontainer"), "{seen:#?}");
+    let out = c
+        .exec("test -e /workspace/order && echo ran || echo skipped")
+        .run()?;
+    ensure!(
+        out.stdout_trimmed() == "skipped",
+        "{:?}",
+        out.stdout_trimmed()
+    );
+    Ok(())
+}
+
+/// Polls until the stand-in answers git.
+fn wait_for_server(url: &str) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = std::process::Command::new("git")
+            .args(["ls-remote", url])
+            .output()?;
+        if out.status.success() {
+            return Ok(());
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the git server never answered: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
