@@ -453,7 +453,9 @@ fn warren_up_serves_a_real_terminal_and_keeps_sandboxes_in_check() {
                 admin,
                 "POST",
                 "/v1/sandboxes",
-                Some(r#"{"repo":"https://127.0.0.1:1/nonexistent/warren-test.git","memory_mb":128}"#),
+                Some(
+                    r#"{"repo":"https://127.0.0.1:1/nonexistent/warren-test.git","memory_mb":128}"#,
+                ),
             );
             assert_eq!(status, 502, "{body}");
             assert!(

@@ -57,8 +57,8 @@ use crate::protocol::{NetworkPolicy, RepoSpec, SandboxSpec, SandboxStatus};
 use crate::state::write_file;
 
 mod container;
-pub mod disk;
 mod devcontainer;
+pub mod disk;
 mod exec;
 mod held;
 mod hostname;
