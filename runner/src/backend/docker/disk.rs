@@ -464,12 +464,21 @@ impl DockerBackend {
     pub(super) async fn unmount_disk(&self, slot: &SandboxId) -> Result<()> {
         let image = self.disk_image(slot);
         let mount = self.disk_mount(slot);
-        if is_mounted(&mount)
-            && let Err(e) = run("umount", &[mount.as_os_str()]).await
-        {
-            // Busy (something on the host holds it): detached now, gone when let go.
-            tracing::warn!(slot = %slot, error = %format!("{e:#}"), "unmounting lazily");
-            run("umount", &[OsStr::new("-l"), mount.as_os_str()]).await?;
+        if is_mounted(&mount) {
+            // Docker lets go of an image volume's bind mount (it holds the disk) a
+            // moment after the container has stopped: a busy disk is retried for a
+            // few seconds before it is detached lazily (its loop device would then
+            // stay bound until whatever holds it lets go).
+            let mut tries = 0;
+            while let Err(e) = run("umount", &[mount.as_os_str()]).await {
+                tries += 1;
+                if tries >= 50 {
+                    tracing::warn!(slot = %slot, error = %format!("{e:#}"), "unmounting lazily");
+                    run("umount", &[OsStr::new("-l"), mount.as_os_str()]).await?;
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
         }
         if image.exists() {
             let bound = run("losetup", &[OsStr::new("-j"), image.as_os_str()]).await?;
