@@ -389,9 +389,14 @@ fn disk_quota_holds_for_the_user_and_container_root() -> Result<()> {
     // Stop releases the disk (the volume's mount too); start brings it back.
     ensure!(call("POST", &format!("/v1/sandboxes/{v}/stop"), None)?.status == 200);
     let traces = disk_traces(&listen, std::slice::from_ref(&slot))?;
+    let volume_mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")?
+        .lines()
+        .filter(|l| l.contains(&format!("warren-{slot}-volume-")))
+        .map(str::to_owned)
+        .collect();
     ensure!(
         traces.is_empty(),
-        "a stopped sandbox with a volume holds: {traces:#?}"
+        "a stopped sandbox with a volume holds: {traces:#?}; its volumes' mounts: {volume_mounts:#?}"
     );
     ensure!(call("POST", &format!("/v1/sandboxes/{v}/start"), None)?.status == 200);
     let out = uv.exec("cat /data/seed && rm /data/f").run()?.success()?;

@@ -480,13 +480,30 @@ impl DockerBackend {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }
-        if image.exists() {
+        // Another mount of the same file system keeps its loop device bound after
+        // ours is gone: Docker unmounts an image volume's bind of the disk
+        // (`/var/lib/docker/volumes/…/_data`) a moment after the container stopped.
+        // Wait up to 10 s for it; autoclear frees the device when it goes later.
+        let mut tries = 0;
+        while image.exists() {
             let bound = run("losetup", &[OsStr::new("-j"), image.as_os_str()]).await?;
-            for device in bound.lines().filter_map(|l| l.split(':').next()) {
-                if !device.is_empty() {
-                    let _ = run("losetup", &[OsStr::new("-d"), OsStr::new(device)]).await;
-                }
+            let devices: Vec<&str> = bound
+                .lines()
+                .filter_map(|l| l.split(':').next())
+                .filter(|d| !d.is_empty())
+                .collect();
+            if devices.is_empty() {
+                break;
             }
+            for device in &devices {
+                let _ = run("losetup", &[OsStr::new("-d"), OsStr::new(device)]).await;
+            }
+            tries += 1;
+            if tries >= 100 {
+                tracing::warn!(slot = %slot, ?devices, "loop device still in use; freed when let go");
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         Ok(())
     }
