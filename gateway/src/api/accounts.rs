@@ -7,15 +7,14 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use utoipa::ToSchema;
+use warren_api::{NewApiKey, NewSshKey, NewUser};
 
 use super::ApiState;
 use super::auth::Caller;
 use super::error::{ApiError, ApiJson, IdPath, OptionalJson};
 use super::views::{
-    self, ApiKeyList, ApiKeyView, CreatedApiKey, CreatedUser, ErrorBody, Health, RunnerList,
-    SshKeyList, SshKeyView,
+    self, ApiKeyList, CreatedApiKey, CreatedUser, ErrorBody, Health, RunnerList, SshKeyList,
+    SshKeyView,
 };
 use crate::lifecycle::validate;
 use crate::store::ApiKeyId;
@@ -27,15 +26,6 @@ pub async fn healthz() -> Json<Health> {
     Json(Health {
         status: "ok".into(),
     })
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewUser {
-    /// 1 to 64 ASCII letters, digits, `.`, `_`, `-`, starting with a letter or digit.
-    name: String,
-    #[serde(default)]
-    admin: bool,
 }
 
 /// Creates an account (admins only); its first API key is shown once.
@@ -73,15 +63,6 @@ pub async fn create_user(
     ))
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewSshKey {
-    /// A label; defaults to the key's comment.
-    name: Option<String>,
-    /// An OpenSSH public key line (`ssh-ed25519 AAAA… comment`).
-    public_key: String,
-}
-
 /// Registers an SSH public key for logging in to your sandboxes.
 #[utoipa::path(post, path = "/v1/ssh-keys", tag = "keys", request_body = NewSshKey,
     responses(
@@ -98,7 +79,7 @@ pub async fn add_ssh_key(
         .lifecycle
         .add_ssh_key(&caller.user, &body.public_key, body.name)
         .await?;
-    Ok((StatusCode::CREATED, Json(SshKeyView::from(&added))))
+    Ok((StatusCode::CREATED, Json(views::ssh_key_view(&added))))
 }
 
 /// Your SSH keys.
@@ -110,7 +91,7 @@ pub async fn list_ssh_keys(
 ) -> Result<Json<SshKeyList>, ApiError> {
     let keys = state.lifecycle.store.list_ssh_keys(&caller.user.id).await?;
     Ok(Json(SshKeyList {
-        ssh_keys: keys.iter().map(SshKeyView::from).collect(),
+        ssh_keys: keys.iter().map(views::ssh_key_view).collect(),
     }))
 }
 
@@ -131,13 +112,6 @@ pub async fn delete_ssh_key(
     }
     state.lifecycle.remove_ssh_key(&caller.user, &id).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewApiKey {
-    /// A label (default `api key`).
-    name: Option<String>,
 }
 
 /// Creates an API key; the key is shown once. The body is optional.
@@ -161,7 +135,7 @@ pub async fn create_api_key(
     Ok((
         StatusCode::CREATED,
         Json(CreatedApiKey {
-            key: ApiKeyView::from(&created.key),
+            key: views::api_key_view(&created.key),
             api_key: created.secret.expose().to_owned(),
         }),
     ))
@@ -176,7 +150,7 @@ pub async fn list_api_keys(
 ) -> Result<Json<ApiKeyList>, ApiError> {
     let keys = state.lifecycle.store.list_api_keys(&caller.user.id).await?;
     Ok(Json(ApiKeyList {
-        api_keys: keys.iter().map(ApiKeyView::from).collect(),
+        api_keys: keys.iter().map(views::api_key_view).collect(),
     }))
 }
 

@@ -226,9 +226,16 @@ impl From<PathRejection> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let code = self.code.parse().unwrap_or_else(|_| {
+            tracing::error!(
+                code = self.code,
+                "an error code missing from warren_api::ErrorCode"
+            );
+            warren_api::ErrorCode::Internal
+        });
         let body = super::views::ErrorBody {
             error: super::views::ErrorDetail {
-                code: self.code.to_owned(),
+                code,
                 message: self.message,
                 request_id: current_request_id(),
             },

@@ -6,32 +6,13 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
+use warren_api::{NewShare, ShareList};
 
 use super::ApiState;
 use super::auth::Caller;
 use super::error::{ApiError, ApiJson, IdPath};
 use super::views::ErrorBody;
 use crate::store::StoreError;
-
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewShare {
-    /// The account name to share with.
-    pub user: String,
-    /// Whether their sessions also get the sandbox's create-time environment (its
-    /// secrets, e.g. `GITHUB_TOKEN`). Default false. Sharing again updates it.
-    #[serde(default)]
-    pub secrets: bool,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct ShareList {
-    /// Account names the sandbox is shared with.
-    pub users: Vec<String>,
-    /// Those of them whose sessions get the sandbox's secrets.
-    pub with_secrets: Vec<String>,
-}
 
 /// Lets another user ssh into your sandbox.
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/shares", operation_id = "share_sandbox", tag = "sandboxes", params(("id" = String, Path, description = "sandbox id (`sbx-…`)")),

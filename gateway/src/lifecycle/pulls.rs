@@ -11,63 +11,19 @@
 
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+/// The API's request bodies and answers for pull requests.
+pub use warren_api::{CreatePullRequest, MergePullRequest, MergedView, PullRequestView};
 use warren_protocol::{Request, Response, Secret};
 
 use super::specs::remembered_spec;
 use super::{Error, Kind, Lifecycle, Result, detached, validate};
-use crate::github::{MergeMethod, RepoRef};
+use crate::github::RepoRef;
 use crate::store::{Sandbox, SandboxState, User};
 
 /// The env variable of the create request holding the token for pushes and GitHub.
 const TOKEN_ENV: &str = "GITHUB_TOKEN";
 pub const MAX_TITLE: usize = 256;
 pub const MAX_PR_BODY: usize = 60_000;
-
-/// A pull request to open from the sandbox's work.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreatePullRequest {
-    /// The pull request's title (1 to 256 characters), also the commit's subject.
-    pub title: String,
-    /// Its description (Markdown, at most 60000 bytes), also the commit's body.
-    pub body: Option<String>,
-    /// The branch to merge into (default: the repository's default branch).
-    pub base: Option<String>,
-}
-
-/// An opened pull request.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PullRequestView {
-    pub number: u64,
-    /// The pull request's page.
-    pub url: String,
-    /// The branch pushed (the pull request's head).
-    pub branch: String,
-    /// The base it targets.
-    pub base: String,
-    /// The commit pushed.
-    pub commit: String,
-}
-
-/// How to merge.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct MergePullRequest {
-    /// `merge` (default), `squash` or `rebase`.
-    #[serde(default)]
-    #[schema(value_type = Option<String>)]
-    pub method: MergeMethod,
-}
-
-/// A merge's outcome, as GitHub reports it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct MergedView {
-    pub merged: bool,
-    pub sha: Option<String>,
-    pub message: Option<String>,
-}
 
 fn upstream(message: impl Into<String>) -> Error {
     Error::new(Kind::Upstream, "upstream_error", message)

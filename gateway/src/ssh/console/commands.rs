@@ -14,9 +14,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
-use crate::api::views::{
-    CreatedSandbox, SandboxList, SandboxView, SessionList, SessionView, SshKeyList, SshKeyView,
-};
+use crate::api::views::{self, CreatedSandbox, SessionList, SessionView, SshKeyList};
 use crate::escape::field;
 use crate::lifecycle::audit::OpenRecording;
 use crate::lifecycle::pulls::CreatePullRequest;
@@ -289,7 +287,7 @@ async fn execute(
             };
             let page = lc.list(user, &query).await?;
             if json {
-                Outcome::out(to_json(&SandboxList::new(lc, &page)))
+                Outcome::out(to_json(&views::sandbox_list(lc, &page)))
             } else {
                 Outcome::out(sandbox_table(&page.sandboxes))
             }
@@ -327,7 +325,7 @@ async fn execute(
             let created = lc.create(user, body).await?;
             let mut outcome = if json {
                 Outcome::out(to_json(&CreatedSandbox {
-                    sandbox: SandboxView::new(lc, &created.sandbox),
+                    sandbox: views::sandbox_view(lc, &created.sandbox),
                     token: created.token.expose().to_owned(),
                 }))
             } else {
@@ -391,7 +389,7 @@ async fn execute(
         }
         Command::Sessions { id, json } => {
             let sessions = lc.ssh_sessions(user, &id).await?;
-            let views: Vec<SessionView> = sessions.iter().map(SessionView::from).collect();
+            let views: Vec<SessionView> = sessions.iter().map(views::session_view).collect();
             if json {
                 Outcome::out(to_json(&SessionList { sessions: views }))
             } else {
@@ -403,7 +401,7 @@ async fn execute(
                 let keys = lc.ssh_keys(user).await?;
                 if json {
                     Outcome::out(to_json(&SshKeyList {
-                        ssh_keys: keys.iter().map(SshKeyView::from).collect(),
+                        ssh_keys: keys.iter().map(views::ssh_key_view).collect(),
                     }))
                 } else {
                     let mut text = String::new();
@@ -423,7 +421,7 @@ async fn execute(
                     .map_err(|_| Error::invalid("the public key on stdin is not UTF-8"))?;
                 let key = lc.add_ssh_key(user, line, name).await?;
                 if json {
-                    Outcome::out(to_json(&SshKeyView::from(&key)))
+                    Outcome::out(to_json(&views::ssh_key_view(&key)))
                 } else {
                     Outcome::out(format!(
                         "{}  {}  {}\n",
