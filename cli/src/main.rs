@@ -216,10 +216,16 @@ fn api() -> anyhow::Result<Client> {
     Config::load()?.client()
 }
 
-/// Prints a view as the API's JSON.
+/// Prints a view as the API's JSON (a reader that stopped early, as `| head`
+/// does, is no error).
 fn print_json(view: &impl Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(view)?);
-    Ok(())
+    use std::io::Write;
+    let mut text = serde_json::to_string_pretty(view)?;
+    text.push('\n');
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
