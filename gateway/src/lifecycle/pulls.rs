@@ -110,12 +110,12 @@ fn repo_of(lc: &Lifecycle, sandbox: &Sandbox) -> Result<(String, RepoRef), Error
 
 /// The token given at create time (the repo's token, else `env.GITHUB_TOKEN`):
 /// from the gateway's memory or, after a gateway restart, from the runner.
-async fn token_of(lc: &Lifecycle, sandbox: &Sandbox) -> Result<String, Error> {
+async fn token_of(lc: &Lifecycle, sandbox: &Sandbox) -> Result<Secret, Error> {
     let spec = remembered_spec(lc, sandbox).await;
     spec.repo
         .and_then(|r| r.token)
         .or_else(|| spec.env.get(TOKEN_ENV).cloned())
-        .filter(|t| !t.is_empty())
+        .filter(|t| !t.expose().is_empty())
         .ok_or_else(|| {
             Error::new(
                 Kind::Conflict,
@@ -200,7 +200,7 @@ impl Lifecycle {
                 base: body.base.clone(),
                 // Pinned: the runner pushes here, never to the workspace's remotes.
                 remote_url: Some(url),
-                token: Some(Secret::new(token.clone())),
+                token: Some(token.clone()),
             };
             let (commit, default_branch) = match lc.hub.control(&runner, &request).await? {
                 Response::Pushed {
@@ -236,7 +236,7 @@ impl Lifecycle {
                 .unwrap_or_else(|| "main".to_owned());
             let pull = github
                 .create_pull(
-                    &token,
+                    token.expose(),
                     &repo,
                     body.title.trim(),
                     &branch,
@@ -275,7 +275,7 @@ impl Lifecycle {
         let token = token_of(self, &sandbox).await?;
         let merged = self
             .github()
-            .merge_pull(&token, &repo, number, body.method)
+            .merge_pull(token.expose(), &repo, number, body.method)
             .await?;
         tracing::info!(sandbox = %sandbox.id, repo = %repo, number, merged = merged.merged,
             "pull request merge");

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use utoipa::ToSchema;
 use warren_keys::{SandboxId, SandboxToken, Scope};
-use warren_protocol::{NetworkPolicy, RepoSpec, Request, SandboxSpec};
+use warren_protocol::{NetworkPolicy, RepoSpec, Request, SandboxSpec, Secret};
 
 use super::placement::{Demand, Disk, pick_runner, room_on};
 use super::runner_calls::{check_on_runner, expect_ok, run_on_runner};
@@ -158,9 +158,13 @@ impl Lifecycle {
                 url: url.clone(),
                 branch: branch.clone().unwrap_or_else(|| default_branch(&id)),
                 base: None,
-                token: body.env.get(REPO_TOKEN_ENV).cloned(),
+                token: body.env.get(REPO_TOKEN_ENV).cloned().map(Secret::from),
             }),
-            env: body.env,
+            env: body
+                .env
+                .into_iter()
+                .map(|(k, v)| (k, Secret::from(v)))
+                .collect(),
             millicpus: Some(millicpus(cpus)),
             memory_mb: Some(u64::from(memory_mb)),
             idle_timeout_s: body.idle_timeout_s.map(u64::from),

@@ -47,10 +47,7 @@ pub(super) async fn remembered_spec(lc: &Lifecycle, sandbox: &Sandbox) -> Sandbo
     };
     match lc.hub.control(runner, &request).await {
         Ok(warren_protocol::Response::Env { env }) => {
-            spec.env = env
-                .into_iter()
-                .map(|(k, v)| (k, v.expose().to_owned()))
-                .collect();
+            spec.env = env;
             lc.specs().insert(sandbox.id.clone(), spec.clone());
         }
         Ok(warren_protocol::Response::Error { message }) => {
