@@ -19,13 +19,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::chunks::{self, shell_quote};
+use crate::chunks;
 use crate::connect::{Connection, Endpoint};
 use crate::download;
 use crate::error::SyncError;
 use crate::local::{LocalDir, LocalError, Type};
 use crate::progress::{Event, Events, Op, Stage};
 use crate::remote::{Sftp, is_missing, join};
+use crate::shell::shell_quote;
 use crate::tree::{Kind, has_part_component, link_stays_beneath};
 
 #[derive(Clone, Debug)]
