@@ -319,6 +319,7 @@ pub fn network(policy: &NetworkPolicy) -> Result<(), SpecError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use std::net::Ipv4Addr;
 

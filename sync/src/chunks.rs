@@ -136,6 +136,7 @@ fn of_reader(reader: impl std::io::Read) -> std::io::Result<Chunks> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
