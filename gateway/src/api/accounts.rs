@@ -18,7 +18,6 @@ use super::views::{
     SshKeyList, SshKeyView,
 };
 use crate::lifecycle::validate;
-use crate::store::ApiKeyId;
 
 /// Whether the gateway is up.
 #[utoipa::path(get, path = "/healthz", tag = "meta", security(()),
@@ -192,16 +191,7 @@ pub async fn revoke_api_key(
     caller: Caller,
     IdPath(id): IdPath,
 ) -> Result<StatusCode, ApiError> {
-    let id = ApiKeyId::parse(&id).map_err(|_| ApiError::not_found("API key"))?;
-    state
-        .lifecycle
-        .store
-        .revoke_api_key(&caller.user.id, &id)
-        .await?;
-    state
-        .lifecycle
-        .live
-        .end_api_key(&id, "the API key was revoked");
+    state.lifecycle.revoke_api_key(&caller.user, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -2,10 +2,10 @@
 //!
 //! `Authorization: Bearer wk_…`. The key is looked up by its prefix and compared
 //! with the stored hash in constant time by the store
-//! ([`crate::store::Store::find_user_by_api_key`]); revoked keys are refused. The
+//! ([`warren_store::Store::find_user_by_api_key`]); revoked keys are refused. The
 //! key itself is never logged or echoed. An address that presents 30 bad keys (or
 //! none) within a minute gets 429 until the minute is over (the SSH front door's
-//! [`crate::ssh::FailureLimiter`]; behind a proxy, every client shares its address).
+//! [`crate::guard::FailureLimiter`]; behind a proxy, every client shares its address).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,10 +13,10 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
+use warren_store::{ApiKeyId, User};
 
 use super::ApiState;
 use super::error::ApiError;
-use crate::store::{ApiKeyId, User};
 
 /// Longer `Authorization` values are refused unread (real keys are ~50 bytes).
 const MAX_AUTHORIZATION_LEN: usize = 512;

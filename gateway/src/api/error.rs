@@ -12,42 +12,13 @@ use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use ring::rand::{SecureRandom, SystemRandom};
 use serde::de::DeserializeOwned;
+use warren_store::StoreError;
 
-use crate::store::StoreError;
-use crate::tunnel::TunnelError;
-
-tokio::task_local! {
-    static REQUEST_ID: String;
-}
+use crate::lifecycle::request::{self, current_request_id, new_request_id};
 
 /// The response header naming the request.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
-
-/// The current request's id (empty outside a request).
-pub fn current_request_id() -> String {
-    REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
-}
-
-fn new_request_id() -> String {
-    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
-    let mut bytes = [0u8; 16];
-    if SystemRandom::new().fill(&mut bytes).is_err() {
-        // Not a secret: a clock-based id is good enough to correlate logs.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        return format!("req-t{nanos}");
-    }
-    let mut id = String::from("req-");
-    id.extend(
-        bytes
-            .iter()
-            .map(|b| char::from(ALPHABET[usize::from(b & 31)])),
-    );
-    id
-}
 
 /// Gives the request an id (task-local and `x-request-id`), and logs one line per
 /// request: method, path (never the query string or headers, which may hold
@@ -61,7 +32,7 @@ pub async fn request_id_layer(
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let started = Instant::now();
-    let mut response = REQUEST_ID.scope(id.clone(), next.run(request)).await;
+    let mut response = request::serve_as(id.clone(), next.run(request)).await;
     let status = response.status();
     state
         .metrics
@@ -202,12 +173,6 @@ impl From<crate::lifecycle::Error> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
-        crate::lifecycle::Error::from(e).into()
-    }
-}
-
-impl From<TunnelError> for ApiError {
-    fn from(e: TunnelError) -> ApiError {
         crate::lifecycle::Error::from(e).into()
     }
 }

@@ -39,11 +39,8 @@ use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use warren_keys::TokenSigner;
 
 use crate::lifecycle::Lifecycle;
-use crate::store::Store;
-use crate::tunnel::RunnerHub;
 
 pub use self::error::{ApiError, REQUEST_ID_HEADER};
 
@@ -56,29 +53,16 @@ pub struct ApiState {
     pub lifecycle: Arc<Lifecycle>,
     metrics: metrics::Metrics,
     /// Addresses that keep presenting bad API keys get 429 for a while.
-    limiter: crate::ssh::FailureLimiter,
+    limiter: crate::guard::FailureLimiter,
 }
 
 impl ApiState {
-    /// An API over a new [`Lifecycle`].
-    pub fn new(
-        store: Store,
-        hub: Arc<RunnerHub>,
-        signer: Arc<TokenSigner>,
-        ssh_host: String,
-        ssh_port: u16,
-        host_key_line: String,
-    ) -> ApiState {
-        let lifecycle = Lifecycle::new(store, hub, signer, ssh_host, ssh_port, host_key_line);
-        ApiState::over(Arc::new(lifecycle))
-    }
-
     /// An API over `lifecycle` (shared with the SSH console).
     pub fn over(lifecycle: Arc<Lifecycle>) -> ApiState {
         ApiState {
             lifecycle,
             metrics: metrics::Metrics::default(),
-            limiter: crate::ssh::FailureLimiter::default(),
+            limiter: crate::guard::FailureLimiter::default(),
         }
     }
 }

@@ -9,15 +9,15 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
+use warren_store::{SandboxCursor, SandboxQuery};
 
 use super::ApiState;
 use super::auth::Caller;
 use super::error::{ApiError, ApiJson, ApiQuery, IdPath};
 use super::views::{CreatedSandbox, ErrorBody, EventList, EventView, SandboxList, SandboxView};
 use crate::lifecycle::{CreateSandbox, validate};
-use crate::store::{SandboxCursor, SandboxQuery};
 
-fn view(state: &ApiState, s: &crate::store::Sandbox) -> Json<SandboxView> {
+fn view(state: &ApiState, s: &warren_store::Sandbox) -> Json<SandboxView> {
     Json(SandboxView::new(&state.lifecycle, s))
 }
 
@@ -115,7 +115,7 @@ pub async fn get(
     caller: Caller,
     IdPath(id): IdPath,
 ) -> Result<Json<SandboxView>, ApiError> {
-    let sandbox = state.lifecycle.owned(&caller.user, &id).await?;
+    let sandbox = state.lifecycle.managed(&caller.user, &id).await?;
     Ok(view(&state, &sandbox))
 }
 
@@ -250,7 +250,7 @@ pub async fn ssh_config(
     caller: Caller,
     IdPath(id): IdPath,
 ) -> Result<Response, ApiError> {
-    let sandbox = state.lifecycle.owned(&caller.user, &id).await?;
+    let sandbox = state.lifecycle.managed(&caller.user, &id).await?;
     let id = sandbox.id.as_str();
     let text = format!(
         "# Warren sandbox {id} (account {owner})\n\

@@ -3,12 +3,12 @@
 
 use serde::Serialize;
 use utoipa::ToSchema;
-
-use crate::lifecycle::audit::SessionRecord;
-use crate::store::{
+use warren_store::{
     ApiKey, RunnerId, Sandbox, SandboxEvent, SandboxState, SessionExit, SshChannel, SshKey,
     Timestamp,
 };
+
+use crate::lifecycle::audit::SessionRecord;
 
 fn time(t: Option<Timestamp>) -> Option<i64> {
     t.map(Timestamp::unix_seconds)
@@ -109,7 +109,7 @@ pub struct SandboxList {
 impl SandboxList {
     pub fn new(
         state: &crate::lifecycle::Lifecycle,
-        page: &crate::store::SandboxPage,
+        page: &warren_store::SandboxPage,
     ) -> SandboxList {
         SandboxList {
             sandboxes: page
@@ -249,7 +249,7 @@ pub struct Health {
     pub status: String,
 }
 
-pub(super) fn runner_view(r: &crate::store::Runner, online: bool, sandboxes: u64) -> RunnerView {
+pub(super) fn runner_view(r: &warren_store::Runner, online: bool, sandboxes: u64) -> RunnerView {
     RunnerView {
         id: r.id.as_str().to_owned(),
         name: r.name.clone(),

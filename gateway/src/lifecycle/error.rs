@@ -2,8 +2,9 @@
 //! machine-readable code and a message for people. The HTTP API turns the kind into
 //! a status, the SSH console into an exit code. Messages never contain secrets.
 
+use warren_store::StoreError;
+
 use crate::github::GitHubError;
-use crate::store::StoreError;
 use crate::tunnel::TunnelError;
 
 /// What went wrong, as either surface needs to tell it.
@@ -88,7 +89,7 @@ impl From<StoreError> for Error {
             e @ StoreError::InvalidTransition { .. } => Error::conflict(e.to_string()),
             e @ StoreError::Invalid(_) => Error::invalid(e.to_string()),
             e @ StoreError::Database(_) => {
-                tracing::error!(request_id = %crate::api::error::current_request_id(), "store: {e}");
+                tracing::error!(request_id = %super::request::current_request_id(), "store: {e}");
                 Error::internal()
             }
         }

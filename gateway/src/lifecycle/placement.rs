@@ -2,9 +2,9 @@
 //! says it has, and what its live sandboxes take), or a refusal saying why none fits.
 
 use warren_protocol::{Request, Response as RunnerResponse, RunnerCapacity};
+use warren_store::{RunnerId, RunnerUsage, StoreError};
 
 use super::{Error, Kind, Lifecycle, Result};
-use crate::store::{RunnerId, RunnerUsage, StoreError};
 
 /// What a new sandbox asks of a runner.
 #[derive(Debug, Clone, Copy)]
@@ -80,7 +80,7 @@ fn misfit(
 
 /// What `runner` has room for: its answer to `capacity`, remembered a while. A
 /// runner too old to answer gets the stored sandbox count as its only limit.
-async fn runner_capacity(lc: &Lifecycle, runner: &crate::store::Runner) -> RunnerCapacity {
+async fn runner_capacity(lc: &Lifecycle, runner: &warren_store::Runner) -> RunnerCapacity {
     const REMEMBER: std::time::Duration = std::time::Duration::from_secs(30);
     if let Some((at, capacity)) = lc.capacities().get(&runner.id)
         && at.elapsed() < REMEMBER

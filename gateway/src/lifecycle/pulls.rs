@@ -14,11 +14,11 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use warren_protocol::{Request, Response, Secret};
+use warren_store::{Sandbox, SandboxState, User};
 
 use super::specs::remembered_spec;
 use super::{Error, Kind, Lifecycle, Result, detached, validate};
 use crate::github::{MergeMethod, RepoRef};
-use crate::store::{Sandbox, SandboxState, User};
 
 /// The env variable of the create request holding the token for pushes and GitHub.
 const TOKEN_ENV: &str = "GITHUB_TOKEN";
@@ -162,7 +162,7 @@ impl Lifecycle {
         body: CreatePullRequest,
     ) -> Result<PullRequestView> {
         check_create(&body)?;
-        let sandbox = self.owned(owner, id).await?;
+        let sandbox = self.managed(owner, id).await?;
         let (url, repo) = repo_of(self, &sandbox)?;
         let token = token_of(self, &sandbox).await?;
         let github = self.github();
@@ -265,7 +265,7 @@ impl Lifecycle {
         number: &str,
         body: MergePullRequest,
     ) -> Result<MergedView> {
-        let sandbox = self.owned(owner, id).await?;
+        let sandbox = self.managed(owner, id).await?;
         let number = number
             .parse::<u64>()
             .ok()

@@ -3,9 +3,9 @@
 //! runner error naming it.
 
 use warren_protocol::{Request, Response as RunnerResponse, SandboxSpec};
+use warren_store::{RunnerId, Sandbox, SandboxState};
 
 use super::{Error, Kind, Lifecycle, Result};
-use crate::store::{RunnerId, Sandbox, SandboxState};
 
 /// At most this many notes of one create or start become events.
 const MAX_NOTES: usize = 64;

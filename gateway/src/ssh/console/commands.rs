@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use serde::Serialize;
+use warren_store::{Sandbox, SandboxQuery, User};
 
 use crate::api::views::{
     CreatedSandbox, SandboxList, SandboxView, SessionList, SessionView, SshKeyList, SshKeyView,
@@ -22,7 +23,6 @@ use crate::lifecycle::audit::OpenRecording;
 use crate::lifecycle::pulls::CreatePullRequest;
 use crate::lifecycle::{CreateSandbox, Error, Lifecycle};
 use crate::recordings::replay::ReplayOptions;
-use crate::store::{Sandbox, SandboxQuery, User};
 
 /// Exit status of a command the lifecycle refused or that failed.
 pub const EXIT_REFUSED: u32 = 1;
@@ -444,7 +444,7 @@ async fn execute(
                     "attach needs a terminal: ssh -t; or log in as <sandbox-id>@gateway",
                 ));
             }
-            let sandbox = lc.owned(user, &id).await?;
+            let sandbox = lc.managed(user, &id).await?;
             Outcome {
                 attach: Some(sandbox),
                 ..Outcome::default()
