@@ -275,3 +275,17 @@ fn the_scanner_reads_grouped_imports_and_skips_comments() {
     let expected: BTreeSet<String> = ["api", "lifecycle"].into_iter().map(String::from).collect();
     assert_eq!(found, expected);
 }
+/// Source files stay readable: none over 700 lines.
+#[test]
+fn no_source_file_is_over_700_lines() {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let long: Vec<String> = files
+        .iter()
+        .filter_map(|f| {
+            let lines = std::fs::read_to_string(f).ok()?.lines().count();
+            (lines > 700).then(|| format!("{} ({lines} lines)", f.display()))
+        })
+        .collect();
+    assert!(long.is_empty(), "over 700 lines: {long:?}");
+}
