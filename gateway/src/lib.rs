@@ -9,6 +9,8 @@
 //! - [`lifecycle`]: what a sandbox may become and who may ask: placement, state
 //!   changes, reconcile and reaping, key sync, pull requests.
 //! - [`api`]: the thin HTTP API over the lifecycle (and accounts and keys).
+//! - [`views`]: the API's JSON answers built from the store's rows, for the API and
+//!   the console's `--json`.
 //! - [`github`]: the GitHub REST calls behind the API's pull requests.
 //! - [`recordings`]: terminal sessions kept as asciicast files, and their replay.
 //! - [`escape`]: tenant text made safe to print on a person's terminal.
@@ -25,6 +27,7 @@ pub mod recordings;
 pub mod server;
 pub mod ssh;
 pub mod tunnel;
+pub mod views;
 
 /// Locks `mutex`, taking the data as it is if a thread panicked holding it: the
 /// gateway's maps stay usable (a panic is a bug, logged where it happened; losing

@@ -27,7 +27,8 @@ mod shares;
 #[cfg(test)]
 mod tests;
 pub mod tls;
-pub mod views;
+/// The API's answers, built from the store's rows (shared with the console).
+pub use crate::views;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -146,7 +147,7 @@ async fn openapi_json() -> Result<Response, ApiError> {
         Some(json) => {
             Ok(([(header::CONTENT_TYPE, "application/json")], json.clone()).into_response())
         }
-        None => Err(ApiError::internal()),
+        None => Err(crate::lifecycle::Error::internal().into()),
     }
 }
 

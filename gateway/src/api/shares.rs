@@ -7,32 +7,12 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
+use warren_api::{NewShare, ShareList};
 
 use super::ApiState;
 use super::auth::Caller;
 use super::error::{ApiError, ApiJson, IdPath};
-use super::views::ErrorBody;
-use crate::lifecycle::shares::ShareNames;
-
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewShare {
-    /// The account name to share with.
-    pub user: String,
-    /// Whether their sessions also get the sandbox's create-time environment (its
-    /// secrets, e.g. `GITHUB_TOKEN`). Default false. Sharing again updates it.
-    #[serde(default)]
-    pub secrets: bool,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct ShareList {
-    /// Account names the sandbox is shared with.
-    pub users: Vec<String>,
-    /// Those of them whose sessions get the sandbox's secrets.
-    pub with_secrets: Vec<String>,
-}
+use super::views::{self, ErrorBody};
 
 /// Lets another user ssh into your sandbox.
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/shares", operation_id = "share_sandbox", tag = "sandboxes", params(("id" = String, Path, description = "sandbox id (`sbx-…`)")),
@@ -52,7 +32,7 @@ pub async fn share(
         .lifecycle
         .share(&caller.user, &id, &body.user, body.secrets)
         .await?;
-    Ok((StatusCode::CREATED, Json(names.into())))
+    Ok((StatusCode::CREATED, Json(views::share_list(names))))
 }
 
 /// Who your sandbox is shared with.
@@ -66,9 +46,9 @@ pub async fn list(
     caller: Caller,
     IdPath(id): IdPath,
 ) -> Result<Json<ShareList>, ApiError> {
-    Ok(Json(
-        state.lifecycle.shares(&caller.user, &id).await?.into(),
-    ))
+    Ok(Json(views::share_list(
+        state.lifecycle.shares(&caller.user, &id).await?,
+    )))
 }
 
 /// Takes a share back; that user's next login is refused.
@@ -85,13 +65,4 @@ pub async fn unshare(
 ) -> Result<StatusCode, ApiError> {
     state.lifecycle.unshare(&caller.user, &id, &name).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-impl From<ShareNames> for ShareList {
-    fn from(names: ShareNames) -> ShareList {
-        ShareList {
-            users: names.users,
-            with_secrets: names.with_secrets,
-        }
-    }
 }

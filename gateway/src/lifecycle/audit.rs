@@ -8,7 +8,7 @@
 use warren_keys::SandboxId;
 use warren_store::{SshChannel, SshSession, SshSessionId, StoreError, User};
 
-use super::{Error, Kind, Lifecycle, Result};
+use super::{Error, ErrorCode, Lifecycle, Result};
 use crate::recordings::RecordingError;
 
 /// One SSH session with its channels.
@@ -57,7 +57,7 @@ impl Lifecycle {
         };
         match self.audited(caller, &session.sandbox_id).await {
             Ok(_) => Ok(session),
-            Err(e) if e.kind == Kind::NotFound => Err(not_found()),
+            Err(e) if e.code == ErrorCode::NotFound => Err(not_found()),
             Err(e) => Err(e),
         }
     }
@@ -91,11 +91,7 @@ impl Lifecycle {
             } else {
                 "this gateway records no sessions"
             };
-            Error::new(
-                Kind::NotFound,
-                "not_found",
-                format!("recording not found: {why}"),
-            )
+            Error::new(ErrorCode::NotFound, format!("recording not found: {why}"))
         };
         let channel = match channel {
             Some(n) => n,

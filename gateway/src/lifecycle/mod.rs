@@ -43,7 +43,7 @@ use warren_protocol::{RunnerCapacity, SandboxSpec};
 use warren_store::{RunnerId, Store};
 
 pub use self::access::{Access, Principal};
-pub use self::error::{Error, Kind, Result};
+pub use self::error::{Error, ErrorCode, Result};
 pub use self::reconcile::{RECONCILE_EVERY, reconcile_once, spawn_reconciler};
 pub use self::sandboxes::{CreateSandbox, Created, DEFAULT_IMAGE};
 

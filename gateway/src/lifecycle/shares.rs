@@ -10,8 +10,8 @@ use warren_store::{Sandbox, StoreError, User};
 use super::access::Shares;
 use super::{Error, Lifecycle, Result};
 
-/// Who a sandbox is shared with, by account name (the API's `ShareList` shape).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+/// Who a sandbox is shared with, by account name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ShareNames {
     /// Every account it is shared with, oldest share first.
     pub users: Vec<String>,

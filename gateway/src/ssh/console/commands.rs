@@ -15,15 +15,13 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 use warren_store::{Sandbox, SandboxQuery, User};
 
-use crate::api::views::{
-    CreatedSandbox, SandboxList, SandboxView, SessionList, SessionView, SshKeyList, SshKeyView,
-};
 use crate::escape::field;
 use crate::lifecycle::audit::OpenRecording;
 use crate::lifecycle::pulls::CreatePullRequest;
 use crate::lifecycle::shares::ShareNames;
 use crate::lifecycle::{CreateSandbox, Error, Lifecycle};
 use crate::recordings::replay::ReplayOptions;
+use crate::views::{self, CreatedSandbox, NewToken, SessionList, SessionView, SshKeyList};
 
 /// Exit status of a command the lifecycle refused or that failed.
 pub const EXIT_REFUSED: u32 = 1;
@@ -328,7 +326,7 @@ async fn execute(
             };
             let page = lc.list(user, &query).await?;
             if json {
-                Outcome::out(to_json(&SandboxList::new(lc, &page)))
+                Outcome::out(to_json(&views::sandbox_list(lc, &page)))
             } else {
                 Outcome::out(sandbox_table(&page.sandboxes))
             }
@@ -366,7 +364,7 @@ async fn execute(
             let created = lc.create(user, body).await?;
             let mut outcome = if json {
                 Outcome::out(to_json(&CreatedSandbox {
-                    sandbox: SandboxView::new(lc, &created.sandbox),
+                    sandbox: views::sandbox_view(lc, &created.sandbox),
                     token: created.token.expose().to_owned(),
                 }))
             } else {
@@ -430,7 +428,7 @@ async fn execute(
         }
         Command::Sessions { id, json } => {
             let sessions = lc.ssh_sessions(user, &id).await?;
-            let views: Vec<SessionView> = sessions.iter().map(SessionView::from).collect();
+            let views: Vec<SessionView> = sessions.iter().map(views::session_view).collect();
             if json {
                 Outcome::out(to_json(&SessionList { sessions: views }))
             } else {
@@ -442,7 +440,7 @@ async fn execute(
                 let keys = lc.ssh_keys(user).await?;
                 if json {
                     Outcome::out(to_json(&SshKeyList {
-                        ssh_keys: keys.iter().map(SshKeyView::from).collect(),
+                        ssh_keys: keys.iter().map(views::ssh_key_view).collect(),
                     }))
                 } else {
                     let mut text = String::new();
@@ -462,7 +460,7 @@ async fn execute(
                     .map_err(|_| Error::invalid("the public key on stdin is not UTF-8"))?;
                 let key = lc.add_ssh_key(user, line, name).await?;
                 if json {
-                    Outcome::out(to_json(&SshKeyView::from(&key)))
+                    Outcome::out(to_json(&views::ssh_key_view(&key)))
                 } else {
                     Outcome::out(format!(
                         "{}  {}  {}\n",
@@ -485,7 +483,7 @@ async fn execute(
         } => {
             let names = lc.share(user, &id, &name, secrets).await?;
             if json {
-                Outcome::out(to_json(&names))
+                Outcome::out(to_json(&views::share_list(names)))
             } else {
                 Outcome::out(share_table(&names))
             }
@@ -497,7 +495,7 @@ async fn execute(
         Command::Shares { id, json } => {
             let names = lc.shares(user, &id).await?;
             if json {
-                Outcome::out(to_json(&names))
+                Outcome::out(to_json(&views::share_list(names)))
             } else {
                 Outcome::out(share_table(&names))
             }
@@ -505,7 +503,9 @@ async fn execute(
         Command::Token { id, json } => {
             let token = lc.rotate_token(user, &id).await?;
             if json {
-                Outcome::out(to_json(&serde_json::json!({ "token": token.expose() })))
+                Outcome::out(to_json(&NewToken {
+                    token: token.expose().to_owned(),
+                }))
             } else {
                 Outcome::out(format!("{}\n", token.expose()))
             }
