@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use sqlx::Connection;
 use warren_keys::SandboxId;
 
-use crate::store::{
+use warren_store::{
     NewRunner, NewSandbox, NewSshSession, SandboxState, SessionEnd, Store, Timestamp, UserId,
 };
 

@@ -3,9 +3,9 @@
 
 use warren_keys::SandboxId;
 use warren_protocol::{RepoSpec, Request, SandboxSpec};
+use warren_store::Sandbox;
 
 use super::{DEFAULT_IMAGE, Lifecycle};
-use crate::store::Sandbox;
 
 /// The runner's view of a stored sandbox, when the create-time spec is not in
 /// memory (no env, no repository token).
