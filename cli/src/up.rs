@@ -9,11 +9,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use warren_gateway::recordings::RecordingPolicy;
 use warren_gateway::server::{Gateway, Listen, Options};
-use warren_gateway::store::{SandboxState, Store, StoreError, User};
 use warren_runner::backend::docker::{DockerDefaults, PoolSize, ensure_static};
 use warren_runner::backend::process::find_agent_bin;
 use warren_runner::service::{BackendKind, Runner, RunnerOptions};
 use warren_runner::state::DataDir;
+use warren_store::{SandboxState, Store, StoreError, User};
 
 use crate::client::Config;
 
@@ -106,7 +106,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         let _ = stop_gateway.changed().await;
     }));
     let (identity, _) = runner_data.load_identity()?;
-    let runner_id = warren_gateway::store::RunnerId::parse(&identity.runner_id)?;
+    let runner_id = warren_store::RunnerId::parse(&identity.runner_id)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !hub.is_online(&runner_id) {
         if tokio::time::Instant::now() > deadline {

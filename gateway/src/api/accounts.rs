@@ -16,8 +16,7 @@ use super::views::{
     self, ApiKeyList, CreatedApiKey, CreatedUser, ErrorBody, Health, RunnerList, SshKeyList,
     SshKeyView,
 };
-use crate::lifecycle::validate;
-use crate::store::ApiKeyId;
+use crate::lifecycle::{Error, validate};
 
 /// Whether the gateway is up.
 #[utoipa::path(get, path = "/healthz", tag = "meta", security(()),
@@ -108,7 +107,7 @@ pub async fn delete_ssh_key(
     IdPath(id): IdPath,
 ) -> Result<StatusCode, ApiError> {
     if !id.starts_with("ssk-") {
-        return Err(ApiError::not_found("SSH key"));
+        return Err(Error::not_found("SSH key").into());
     }
     state.lifecycle.remove_ssh_key(&caller.user, &id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -166,16 +165,7 @@ pub async fn revoke_api_key(
     caller: Caller,
     IdPath(id): IdPath,
 ) -> Result<StatusCode, ApiError> {
-    let id = ApiKeyId::parse(&id).map_err(|_| ApiError::not_found("API key"))?;
-    state
-        .lifecycle
-        .store
-        .revoke_api_key(&caller.user.id, &id)
-        .await?;
-    state
-        .lifecycle
-        .live
-        .end_api_key(&id, "the API key was revoked");
+    state.lifecycle.revoke_api_key(&caller.user, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -8,15 +8,15 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use warren_api::{CreateSandbox, ListSandboxes, NewToken};
+use warren_store::{SandboxCursor, SandboxQuery};
 
 use super::ApiState;
 use super::auth::Caller;
 use super::error::{ApiError, ApiJson, ApiQuery, IdPath};
 use super::views::{self, CreatedSandbox, ErrorBody, EventList, SandboxList, SandboxView};
-use crate::lifecycle::validate;
-use crate::store::{SandboxCursor, SandboxQuery};
+use crate::lifecycle::{Error, validate};
 
-fn view(state: &ApiState, s: &crate::store::Sandbox) -> Json<SandboxView> {
+fn view(state: &ApiState, s: &warren_store::Sandbox) -> Json<SandboxView> {
     Json(views::sandbox_view(&state.lifecycle, s))
 }
 
@@ -61,14 +61,13 @@ pub async fn list(
 ) -> Result<Response, ApiError> {
     let limit = match params.limit {
         Some(l) => validate::range("limit", l, (1, SandboxQuery::MAX_LIMIT))
-            .map_err(|e| ApiError::bad_request(e.message))?,
+            .map_err(|e| ApiError::from(Error::bad_request(e.message)))?,
         None => SandboxQuery::default().limit,
     };
     let after = match params.cursor.as_deref() {
-        Some(c) => Some(
-            c.parse::<SandboxCursor>()
-                .map_err(|_| ApiError::bad_request("cursor is not a valid page cursor"))?,
-        ),
+        Some(c) => Some(c.parse::<SandboxCursor>().map_err(|_| {
+            ApiError::from(Error::bad_request("cursor is not a valid page cursor"))
+        })?),
         None => None,
     };
     let query = SandboxQuery {
@@ -101,7 +100,7 @@ pub async fn get(
     caller: Caller,
     IdPath(id): IdPath,
 ) -> Result<Json<SandboxView>, ApiError> {
-    let sandbox = state.lifecycle.owned(&caller.user, &id).await?;
+    let sandbox = state.lifecycle.managed(&caller.user, &id).await?;
     Ok(view(&state, &sandbox))
 }
 
@@ -229,7 +228,7 @@ pub async fn ssh_config(
     caller: Caller,
     IdPath(id): IdPath,
 ) -> Result<Response, ApiError> {
-    let sandbox = state.lifecycle.owned(&caller.user, &id).await?;
+    let sandbox = state.lifecycle.managed(&caller.user, &id).await?;
     let id = sandbox.id.as_str();
     let text = format!(
         "# Warren sandbox {id} (account {owner})\n\

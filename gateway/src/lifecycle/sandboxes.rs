@@ -1,4 +1,4 @@
-//! A sandbox's life: create, list, stop, start, delete, token rotation, keepalive
+//! A sandbox's life: create, list, stop, start, delete, keepalive
 //! and its events, for an owner. Every change runs under the sandbox's lock in a
 //! task of its own ([`super::detached`]).
 
@@ -6,15 +6,15 @@ use std::future::Future;
 use std::sync::Arc;
 
 use warren_keys::{SandboxId, SandboxToken, Scope};
-use warren_protocol::{NetworkPolicy, RepoSpec, Request, SandboxSpec};
+use warren_protocol::{NetworkPolicy, RepoSpec, Request, SandboxSpec, Secret};
+use warren_store::{
+    NewSandbox, Sandbox, SandboxEvent, SandboxPage, SandboxQuery, SandboxState, User,
+};
 
 use super::placement::{Demand, Disk, pick_runner, room_on};
 use super::runner_calls::{check_on_runner, expect_ok, run_on_runner};
 use super::specs::{default_branch, millicpus, remembered_spec};
 use super::{Error, Lifecycle, Result, SANDBOX_TOKEN_TTL, detached, validate};
-use crate::store::{
-    NewSandbox, Sandbox, SandboxEvent, SandboxPage, SandboxQuery, SandboxState, Timestamp, User,
-};
 
 /// What the store records as the image when the request names none: the runner's
 /// default image.
@@ -122,9 +122,13 @@ impl Lifecycle {
                 url: url.clone(),
                 branch: branch.clone().unwrap_or_else(|| default_branch(&id)),
                 base: None,
-                token: body.env.get(REPO_TOKEN_ENV).cloned(),
+                token: body.env.get(REPO_TOKEN_ENV).cloned().map(Secret::from),
             }),
-            env: body.env,
+            env: body
+                .env
+                .into_iter()
+                .map(|(k, v)| (k, Secret::from(v)))
+                .collect(),
             millicpus: Some(millicpus(cpus)),
             memory_mb: Some(u64::from(memory_mb)),
             idle_timeout_s: body.idle_timeout_s.map(u64::from),
@@ -268,7 +272,7 @@ impl Lifecycle {
         F: FnOnce(Arc<Lifecycle>, Sandbox) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Sandbox>> + Send,
     {
-        let sandbox = self.owned(owner, id).await?;
+        let sandbox = self.managed(owner, id).await?;
         let lc = self.clone();
         detached(async move {
             let _guard = lc.lock(&sandbox.id).await;
@@ -289,7 +293,7 @@ impl Lifecycle {
 
     /// Deletes `owner`'s sandbox and its workspace (a deleted one is fine).
     pub async fn delete(self: &Arc<Self>, owner: &User, id: &str) -> Result<()> {
-        let sandbox = self.owned(owner, id).await?;
+        let sandbox = self.managed(owner, id).await?;
         let lc = self.clone();
         detached(async move { lc.delete_sandbox(&sandbox.id, "deleted by user").await }).await
     }
@@ -339,41 +343,9 @@ impl Lifecycle {
         Ok(())
     }
 
-    /// Revokes every token of the sandbox handed out so far and returns a new one
-    /// (shown once); logins with the old ones end.
-    pub async fn rotate_token(&self, owner: &User, id: &str) -> Result<SandboxToken> {
-        let sandbox = self.owned(owner, id).await?;
-        if sandbox.state == SandboxState::Deleted {
-            return Err(Error::conflict("the sandbox is deleted"));
-        }
-        let _guard = self.lock(&sandbox.id).await;
-        // Never earlier than the last revocation (a clock stepped back must not bring
-        // revoked tokens back), and a second past it when two come within a second.
-        let now = Timestamp::now().unix_seconds();
-        let at = match self.store.sandbox_tokens_revoked_at(&sandbox.id).await? {
-            Some(last) => now.max(last.unix_seconds() + 1),
-            None => now,
-        };
-        self.store
-            .revoke_sandbox_tokens(&sandbox.id, Timestamp::from_unix_seconds(at))
-            .await?;
-        self.live.end_tokens(
-            &sandbox.id,
-            &format!("the tokens of {} were revoked", sandbox.id),
-        );
-        // One second longer than the revoked ones could live, so that a token minted
-        // in the very second of the revocation is told apart from them.
-        let ahead = u64::try_from(at - now).unwrap_or(0);
-        Ok(self.signer.mint(
-            &sandbox.id,
-            Scope::Ssh,
-            SANDBOX_TOKEN_TTL + std::time::Duration::from_secs(ahead + 1),
-        ))
-    }
-
     /// Counts as activity for the idle reaper of a running sandbox.
     pub async fn keepalive(&self, owner: &User, id: &str) -> Result<()> {
-        let sandbox = self.owned(owner, id).await?;
+        let sandbox = self.managed(owner, id).await?;
         if sandbox.state != SandboxState::Running {
             return Err(Error::conflict(format!(
                 "a sandbox in state {} cannot be kept alive",
@@ -392,7 +364,7 @@ impl Lifecycle {
 
     /// The sandbox's lifecycle changes with their reasons, oldest first.
     pub async fn events(&self, owner: &User, id: &str) -> Result<Vec<SandboxEvent>> {
-        let sandbox = self.owned(owner, id).await?;
+        let sandbox = self.managed(owner, id).await?;
         Ok(self.store.list_sandbox_events(&sandbox.id).await?)
     }
 }

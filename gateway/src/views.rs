@@ -1,19 +1,21 @@
-//! The API's answers built from the store's rows: one function per view of
-//! [`warren_api`] (the wire types, shared with the API's clients). Times are Unix
-//! seconds.
+//! The API's answers built from the store's rows and the lifecycle's answers: one
+//! function per view of [`warren_api`] (the wire types, shared with the API's
+//! clients). The HTTP API answers with them, and the console's `--json` prints the
+//! same. Times are Unix seconds.
 
 pub use warren_api::{
     ApiKeyList, ApiKeyView, ChannelView, CreatedApiKey, CreatedSandbox, CreatedUser, ErrorBody,
-    ErrorDetail, EventList, EventView, Health, RunnerList, RunnerView, SandboxList, SandboxView,
-    SessionList, SessionView, ShareList, SshInfo, SshKeyList, SshKeyView,
+    ErrorDetail, EventList, EventView, Health, NewToken, RunnerList, RunnerView, SandboxList,
+    SandboxView, SessionList, SessionView, ShareList, SshInfo, SshKeyList, SshKeyView,
+};
+use warren_store::{
+    ApiKey, Runner, RunnerId, Sandbox, SandboxEvent, SandboxPage, SandboxState, SessionExit,
+    SshChannel, SshKey, Timestamp,
 };
 
 use crate::lifecycle::Lifecycle;
 use crate::lifecycle::audit::SessionRecord;
-use crate::store::{
-    ApiKey, Runner, RunnerId, Sandbox, SandboxEvent, SandboxPage, SandboxState, SessionExit,
-    SshChannel, SshKey, Timestamp,
-};
+use crate::lifecycle::shares::ShareNames;
 
 fn time(t: Option<Timestamp>) -> Option<i64> {
     t.map(Timestamp::unix_seconds)
@@ -134,5 +136,13 @@ pub fn session_view(r: &SessionRecord) -> SessionView {
             .iter()
             .map(|c| channel_view(c, r.recorded.contains(&c.seq)))
             .collect(),
+    }
+}
+
+/// Who a sandbox is shared with.
+pub fn share_list(names: ShareNames) -> ShareList {
+    ShareList {
+        users: names.users,
+        with_secrets: names.with_secrets,
     }
 }
