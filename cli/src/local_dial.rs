@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 
 use warren_gateway::dial::TunnelDialer;
 use warren_gateway::ssh::{AgentDialer, AgentStream, DialError, Dialing};
-use warren_gateway::store::{RunnerId, Sandbox};
+use warren_store::{RunnerId, Sandbox};
 use warren_runner::backend::Backend;
 
 /// Set up in two steps: the gateway needs its dialer before the local runner
