@@ -4,6 +4,7 @@
 
 mod client;
 mod env;
+mod local_dial;
 mod show;
 mod sync;
 mod up;
@@ -69,6 +70,11 @@ enum Command {
         /// claim (0: none). Docker only; counted against the capacity.
         #[arg(long, default_value_t = 2)]
         pool_size: usize,
+        /// What the pool may grow to while creates come in bursts (one waiting
+        /// sandbox per create in the last minute); it shrinks back to
+        /// `--pool-size` a minute after they stop.
+        #[arg(long, default_value_t = 8)]
+        pool_max: usize,
         /// Docker: the disk quota of sandboxes whose create request names none, in
         /// MiB (their workspace, /tmp, /var/tmp and writable layer).
         #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(64..=16 << 20))]
@@ -240,6 +246,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             idle_timeout_s,
             reap_interval_s,
             pool_size,
+            pool_max,
             disk_mb,
             capacity_disk_mb,
             recording,
@@ -262,6 +269,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 idle_timeout: std::time::Duration::from_secs(idle_timeout_s),
                 reap_interval: std::time::Duration::from_secs(reap_interval_s),
                 pool_size,
+                pool_max,
                 disk_mb,
                 capacity_disk_mb,
             })

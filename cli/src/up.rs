@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -16,6 +17,7 @@ use warren_runner::state::DataDir;
 use warren_store::{SandboxState, Store, StoreError, User};
 
 use crate::client::Config;
+use crate::local_dial::LocalDialer;
 
 pub struct UpOptions {
     pub data_dir: PathBuf,
@@ -30,6 +32,8 @@ pub struct UpOptions {
     pub reap_interval: Duration,
     /// Started sandboxes of the default image kept waiting (Docker; 0: none).
     pub pool_size: usize,
+    /// What the pool may grow to while creates come in bursts.
+    pub pool_max: usize,
     /// The disk quota of sandboxes whose create names none, in MiB (Docker).
     pub disk_mb: u64,
     /// What all sandboxes' disk quotas may add up to (default: the free disk).
@@ -51,6 +55,8 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     let store = Store::open_in_data_dir(data)
         .await
         .with_context(|| format!("opening the store in {}", data.display()))?;
+    // Logins to the local runner's sandboxes skip the tunnel (see local_dial).
+    let dialer = Arc::new(LocalDialer::default());
     let gateway = Gateway::bind_with(
         store.clone(),
         data,
@@ -67,6 +73,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
                 ..Default::default()
             },
             sessions: opts.admission.limits(),
+            dialer: Some(dialer.clone()),
             ..Options::default()
         },
     )
@@ -75,6 +82,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     let http_url = format!("http://{}", gateway.http_addr);
     let ssh_addr = gateway.ssh_addr;
     let hub = gateway.hub.clone();
+    dialer.set_tunnel(warren_gateway::dial::TunnelDialer::new(hub.clone()));
     let signer = gateway.signer.clone();
 
     let (admin, api_key) = admin_account(&store, data).await?;
@@ -95,6 +103,9 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         .context("joining the local runner")?;
     }
     let runner = local_runner(&opts, &runner_data).await?;
+    let (identity, _) = runner_data.load_identity()?;
+    let runner_id = warren_store::RunnerId::parse(&identity.runner_id)?;
+    dialer.set_local(runner_id.clone(), runner.backend().clone());
     let runner_kind = runner.describe();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let runner_task = {
@@ -105,8 +116,6 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     let gateway_task = tokio::spawn(gateway.serve(async move {
         let _ = stop_gateway.changed().await;
     }));
-    let (identity, _) = runner_data.load_identity()?;
-    let runner_id = warren_store::RunnerId::parse(&identity.runner_id)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !hub.is_online(&runner_id) {
         if tokio::time::Instant::now() > deadline {
@@ -248,7 +257,8 @@ async fn local_runner(opts: &UpOptions, data: &DataDir) -> anyhow::Result<Runner
             idle_timeout: opts.idle_timeout,
             pool: vec![PoolSize {
                 image: DockerDefaults::default().image,
-                size: opts.pool_size,
+                min: opts.pool_size,
+                max: opts.pool_max.max(opts.pool_size),
             }],
             disk_mb: opts.disk_mb,
             ..DockerDefaults::default()

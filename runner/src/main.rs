@@ -28,6 +28,8 @@ enum Backend {
     Docker,
 }
 
+// Parsed once at start: the size of `Serve` costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Register this runner with a gateway using a one-time join token.
@@ -113,14 +115,22 @@ enum Command {
         session_detached_ttl_s: Option<u64>,
         /// Docker: keep N started sandboxes of IMAGE waiting to be claimed, so a
         /// create from IMAGE with the default network, root and idle timeout is
-        /// a claim (repeatable; e.g. `warren-base:latest=2`). Counted against the
-        /// capacity; refilled in the background.
-        #[arg(long = "pool", value_name = "IMAGE=N")]
+        /// a claim (repeatable; e.g. `warren-base:latest=2`). `IMAGE=MIN..MAX`
+        /// keeps one per create of IMAGE in the last `--pool-demand-window-s`,
+        /// between MIN and MAX. Counted against the capacity; refilled in the
+        /// background, several at once.
+        #[arg(long = "pool", value_name = "IMAGE=N|IMAGE=MIN..MAX")]
         pool: Vec<warren_runner::backend::docker::PoolSize>,
         /// Docker: how often the pool looks whether an image tag now names
         /// another image (its members are then replaced).
         #[arg(long, default_value_t = 30)]
         pool_check_interval_s: u64,
+        /// Docker: the window of recent creates a `MIN..MAX` pool sizes itself to.
+        #[arg(long, default_value_t = 60)]
+        pool_demand_window_s: u64,
+        /// Docker: how many pool members and spare networks are made at once.
+        #[arg(long, default_value_t = 3)]
+        pool_fill_parallel: usize,
         /// Docker: keep N networks (with their volume and firewall rules) made
         /// ahead, so a cold create starts with its container (0: none). Each holds
         /// one /28 of the network pool.
@@ -172,6 +182,8 @@ async fn main() -> Result<()> {
             session_detached_ttl_s,
             pool,
             pool_check_interval_s,
+            pool_demand_window_s,
+            pool_fill_parallel,
             spare_networks,
         } => {
             let data = DataDir::open(&data_dir)?;
@@ -197,6 +209,8 @@ async fn main() -> Result<()> {
                     },
                     pool,
                     pool_check_interval: Duration::from_secs(pool_check_interval_s.max(1)),
+                    pool_demand_window: Duration::from_secs(pool_demand_window_s.max(1)),
+                    pool_fill_parallel: pool_fill_parallel.max(1),
                     spare_networks,
                     disk_mb,
                     ..DockerDefaults::default()

@@ -526,3 +526,72 @@ fn cold_creates_take_spare_networks_and_each_sandbox_still_has_its_own() -> Resu
     );
     Ok(())
 }
+
+/// A pool with a range follows demand: a burst of 32 creates at once claims every
+/// waiting member exactly once (the rest start cold, in parallel), each sandbox is
+/// its own, the pool grows to its maximum, and it shrinks back to its minimum once
+/// the demand window has passed.
+#[test]
+fn a_burst_grows_the_pool_without_handing_a_member_out_twice_and_it_shrinks_back() -> Result<()> {
+    let pool = format!("{BUSYBOX}=3..5");
+    let Some(d) = DockerStack::start(&[
+        "--pool",
+        &pool,
+        "--pool-check-interval-s",
+        "1",
+        "--pool-demand-window-s",
+        "45",
+        "--disk-mb",
+        "64",
+    ])?
+    else {
+        return Ok(());
+    };
+    let first = d.wait_for_pool(3, "at start")?;
+
+    let started = std::time::Instant::now();
+    let specs = (0..32)
+        .map(|i| spec(BUSYBOX, &format!("burst-{i}")))
+        .collect();
+    let ids = create_all(&d, specs)?;
+    eprintln!("32 creates at once: {:.1?}", started.elapsed());
+    let mut slots = BTreeSet::new();
+    for id in &ids {
+        if let Some(s) = slot(id)? {
+            ensure!(slots.insert(s.clone()), "member {s} was handed out twice");
+        }
+    }
+    let from_first = slots
+        .iter()
+        .filter(|s| first.contains(&format!("warren-{s}")))
+        .count();
+    ensure!(
+        from_first == 3,
+        "{from_first} of the 3 waiting members were claimed:\n{}",
+        d.runner_log()
+    );
+    // The burst asked for more than the maximum: the pool grows to it...
+    let grown = d.wait_for_pool(5, "after the burst")?;
+    ensure!(
+        grown.is_disjoint(&first),
+        "the pool still holds a claimed member: {grown:?}"
+    );
+    // Each claimed sandbox, and a few cold ones, has its own env.
+    let mut cold = 0;
+    for (i, id) in ids.iter().enumerate() {
+        let claimed = slot(id)?.is_some();
+        if claimed || cold < 3 {
+            cold += usize::from(!claimed);
+            ensure!(
+                who(&d, id)? == format!("burst-{i}"),
+                "{id} has another's env"
+            );
+        }
+    }
+
+    // ...and once no create came for a window, it is back at its minimum.
+    d.wait_for_pool(3, "after the demand window")?;
+
+    // (The stack's drop removes the sandboxes, their networks and rules.)
+    Ok(())
+}

@@ -125,6 +125,11 @@ pub struct DockerDefaults {
     /// How often the pool looks whether an image changed (members are also checked
     /// at each claim).
     pub pool_check_interval: Duration,
+    /// A pool with a range (`IMAGE=MIN..MAX`) keeps one member for each create of
+    /// its image within this window.
+    pub pool_demand_window: Duration,
+    /// How many members (and spare networks) are made at once.
+    pub pool_fill_parallel: usize,
     /// Networks (with their rules) kept made ahead for cold creates
     /// (see [`spare`]).
     pub spare_networks: usize,
@@ -149,6 +154,8 @@ impl Default for DockerDefaults {
             host_access: netpolicy::HostAccess::default(),
             pool: Vec::new(),
             pool_check_interval: Duration::from_secs(30),
+            pool_demand_window: Duration::from_secs(60),
+            pool_fill_parallel: 3,
             spare_networks: 2,
             allowed_images: DEFAULT_ALLOWED_IMAGES.map(String::from).into(),
             disk_mb: 4 * 1024,
@@ -167,8 +174,10 @@ enum Serves<'a> {
 
 pub struct DockerBackend {
     docker: Docker,
-    /// Held while a network's subnet is picked and the network made.
+    /// Held while a network's subnet is picked.
     subnet_lock: tokio::sync::Mutex<()>,
+    /// Subnets picked for networks being made (Docker does not list them yet).
+    pending_subnets: std::sync::Mutex<std::collections::HashSet<String>>,
     run_dir: PathBuf,
     agent_bin: PathBuf,
     runner: String,
@@ -239,6 +248,7 @@ impl DockerBackend {
         Ok(DockerBackend {
             docker,
             subnet_lock: tokio::sync::Mutex::new(()),
+            pending_subnets: std::sync::Mutex::default(),
             run_dir,
             agent_bin,
             runner,

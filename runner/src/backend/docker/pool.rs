@@ -19,6 +19,7 @@
 //!   interrupted leaves a member that the next start removes.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use bollard::models::ContainerUpdateBody;
 use bollard::query_parameters::RenameContainerOptions;
@@ -37,11 +38,26 @@ const IDENTITY_MARKER: &str = "identity";
 /// A filler that failed waits this long before it tries again.
 pub(super) const FILL_RETRY: Duration = Duration::from_secs(5);
 
-/// How many started sandboxes of `image` to keep waiting (`--pool IMAGE=N`).
+/// How many started sandboxes of `image` to keep waiting (`--pool IMAGE=N`, or
+/// `IMAGE=MIN..MAX` for a pool that follows demand between the two).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolSize {
     pub image: String,
-    pub size: usize,
+    /// Kept waiting even when nobody creates.
+    pub min: usize,
+    /// The most kept waiting, however busy the runner is.
+    pub max: usize,
+}
+
+impl PoolSize {
+    /// A pool of always `size` members.
+    pub fn fixed(image: &str, size: usize) -> PoolSize {
+        PoolSize {
+            image: image.to_owned(),
+            min: size,
+            max: size,
+        }
+    }
 }
 
 impl std::str::FromStr for PoolSize {
@@ -49,18 +65,37 @@ impl std::str::FromStr for PoolSize {
     fn from_str(s: &str) -> Result<Self, String> {
         let (image, size) = s
             .rsplit_once('=')
-            .ok_or_else(|| format!("{s:?} is not IMAGE=N"))?;
-        let size = size
-            .parse()
-            .map_err(|_| format!("{size:?} in {s:?} is not a number"))?;
+            .ok_or_else(|| format!("{s:?} is not IMAGE=N or IMAGE=MIN..MAX"))?;
+        let number = |n: &str| {
+            n.parse::<usize>()
+                .map_err(|_| format!("{n:?} in {s:?} is not a number"))
+        };
+        let (min, max) = match size.split_once("..") {
+            Some((min, max)) => (number(min)?, number(max)?),
+            None => (number(size)?, number(size)?),
+        };
+        if min > max {
+            return Err(format!(
+                "{s:?}: the minimum {min} is above the maximum {max}"
+            ));
+        }
         if image.is_empty() || image.chars().any(char::is_whitespace) {
             return Err(format!("{image:?} is not an image reference"));
         }
         Ok(PoolSize {
             image: image.to_owned(),
-            size,
+            min,
+            max,
         })
     }
+}
+
+/// How many members a pool wants now: one per create that asked for its image
+/// within the demand window (claimed or not), between its minimum and maximum.
+/// A burst grows the pool at once; when creates stop, it shrinks back to its
+/// minimum one window later.
+pub(super) fn wanted(size: &PoolSize, recent_creates: usize) -> usize {
+    recent_creates.clamp(size.min, size.max)
 }
 
 /// What a claim tells the agent (the JSON `agent/src/identity.rs` reads).
@@ -84,10 +119,18 @@ struct Member {
     image_id: String,
 }
 
+/// The most creates remembered for the pools' demand (a flood of creates must not
+/// grow the runner's memory).
+const DEMAND_MEMORY: usize = 4096;
+
 /// The pools' sizes and their ready members.
 pub(super) struct Pool {
     sizes: Vec<PoolSize>,
     ready: std::sync::Mutex<Vec<Member>>,
+    /// When poolable creates asked for which image id, newest last.
+    demand: std::sync::Mutex<std::collections::VecDeque<(Instant, String)>>,
+    /// How many members each pool (by image reference) wants now.
+    wanted: std::sync::Mutex<HashMap<String, usize>>,
     /// Wakes the filler after a claim.
     wake: tokio::sync::Notify,
     closed: AtomicBool,
@@ -96,8 +139,10 @@ pub(super) struct Pool {
 impl Pool {
     pub(super) fn new(sizes: &[PoolSize]) -> Pool {
         Pool {
-            sizes: sizes.iter().filter(|s| s.size > 0).cloned().collect(),
+            sizes: sizes.iter().filter(|s| s.max > 0).cloned().collect(),
             ready: std::sync::Mutex::default(),
+            demand: std::sync::Mutex::default(),
+            wanted: std::sync::Mutex::new(sizes.iter().map(|s| (s.image.clone(), s.min)).collect()),
             wake: tokio::sync::Notify::new(),
             closed: AtomicBool::new(false),
         }
@@ -119,6 +164,54 @@ impl Pool {
 
     fn count(&self, image: &str) -> usize {
         self.ready().iter().filter(|m| m.image == image).count()
+    }
+
+    /// Remembers that a create asked for `image_id` now.
+    fn note_demand(&self, image_id: &str) {
+        let mut demand = self
+            .demand
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if demand.len() >= DEMAND_MEMORY {
+            demand.pop_front();
+        }
+        demand.push_back((Instant::now(), image_id.to_owned()));
+    }
+
+    /// How many creates asked for `image_id` within `window`; forgets older ones.
+    fn recent_demand(&self, image_id: &str, window: Duration) -> usize {
+        let mut demand = self
+            .demand
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while demand.front().is_some_and(|(at, _)| at.elapsed() > window) {
+            demand.pop_front();
+        }
+        demand.iter().filter(|(_, id)| id == image_id).count()
+    }
+
+    fn wanted(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.wanted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes out the members of `image` beyond `keep` (the newest stay).
+    fn take_surplus(&self, image: &str, keep: usize) -> Vec<Member> {
+        let mut ready = self.ready();
+        let mut kept = 0;
+        let (kept_members, surplus): (Vec<Member>, Vec<Member>) = std::mem::take(&mut *ready)
+            .into_iter()
+            .rev()
+            .partition(|m| {
+                if m.image != image {
+                    return true;
+                }
+                kept += 1;
+                kept <= keep
+            });
+        *ready = kept_members.into_iter().rev().collect();
+        surplus
     }
 
     /// Takes out the members of `image` that do not run `image_id`.
@@ -184,11 +277,11 @@ impl DockerBackend {
     }
 
     /// What the pools hold back from the capacity the runner reports: the memory
-    /// limits of all their members and their number. Not their disks: a waiting
-    /// member's is an empty sparse file, and a claimed one is counted by the gateway
-    /// as any sandbox's quota.
+    /// limits of the members they want now and their number. Not their disks: a
+    /// waiting member's is an empty sparse file, and a claimed one is counted by
+    /// the gateway as any sandbox's quota.
     pub fn pool_reserve(&self) -> (u64, u32) {
-        let members: usize = self.pool.sizes.iter().map(|s| s.size).sum();
+        let members: usize = self.pool.wanted().values().sum();
         let members = u32::try_from(members).unwrap_or(u32::MAX);
         (
             u64::from(members).saturating_mul(self.defaults.memory_mb),
@@ -226,6 +319,7 @@ impl DockerBackend {
         let Some(image_id) = self.image_info(spec).await?.id else {
             return Ok(false);
         };
+        self.pool.note_demand(&image_id);
         let Some(member) = self.pool.take(&image_id) else {
             self.pool.wake.notify_one();
             return Ok(false);
@@ -419,7 +513,9 @@ impl DockerBackend {
         }
         while !self.pool.closed.load(Ordering::SeqCst) {
             let mut failed = false;
-            for PoolSize { image, size } in &self.pool.sizes {
+            let mut above_minimum = false;
+            for size in &self.pool.sizes {
+                let image = &size.image;
                 let current = match self.docker.inspect_image(image).await {
                     Ok(info) => info.id,
                     Err(e) => {
@@ -429,35 +525,42 @@ impl DockerBackend {
                 };
                 for stale in self.pool.take_stale(image, current.as_deref()) {
                     tracing::info!(image, slot = %stale.slot, "the image changed: removing a pool member");
-                    if let Err(e) = self.remove_all(&stale.slot).await {
-                        tracing::warn!(error = %format!("{e:#}"), "removing a pool member");
-                    }
+                    self.remove_member(&stale).await;
                 }
-                if current.is_none() {
+                let Some(current) = current else {
                     failed = true;
                     continue;
+                };
+                let mut want = self.update_wanted(size, &current);
+                for surplus in self.pool.take_surplus(image, want) {
+                    tracing::info!(image, slot = %surplus.slot, "demand fell: removing a pool member");
+                    self.remove_member(&surplus).await;
                 }
-                while self.pool.count(image) < *size && !self.pool.closed.load(Ordering::SeqCst) {
-                    match self.fill_one(image).await {
-                        Ok(member) => {
-                            let slot = member.slot.clone();
-                            self.pool.ready().push(member);
-                            // Logged once claimable: tests wait for this line.
-                            tracing::debug!(image, slot = %slot, "pool member ready");
-                        }
-                        Err(e) => {
-                            tracing::warn!(image, error = %format!("{e:#}"), "could not fill the pool");
-                            failed = true;
-                            break;
-                        }
+                // Several members at once: a burst of creates empties the pool
+                // faster than one `docker run` after another refills it.
+                while self.pool.count(image) < want && !self.pool.closed.load(Ordering::SeqCst) {
+                    let batch = (want - self.pool.count(image))
+                        .min(self.defaults.pool_fill_parallel.max(1));
+                    let fills = (0..batch).map(|_| self.fill_and_add(image));
+                    let filled = futures_util::future::join_all(fills).await;
+                    if filled.contains(&false) {
+                        failed = true;
+                        break;
                     }
+                    // Creates that came meanwhile may want more.
+                    want = self.update_wanted(size, &current);
                 }
+                above_minimum |= want > size.min;
             }
-            let wait = if failed {
+            let mut wait = if failed {
                 FILL_RETRY
             } else {
                 self.defaults.pool_check_interval
             };
+            if above_minimum {
+                // Look again soon enough to shrink once demand stops.
+                wait = wait.min((self.defaults.pool_demand_window / 2).max(Duration::from_secs(1)));
+            }
             tokio::select! {
                 () = self.pool.wake.notified() => {}
                 () = tokio::time::sleep(wait) => {}
@@ -465,6 +568,40 @@ impl DockerBackend {
         }
         // A member made while the pool closed.
         self.drain_pool().await;
+    }
+
+    /// How many members the pool of `size.image` (now `image_id`) wants, from
+    /// recent demand; recorded for the capacity the runner reports.
+    fn update_wanted(&self, size: &PoolSize, image_id: &str) -> usize {
+        let recent = self
+            .pool
+            .recent_demand(image_id, self.defaults.pool_demand_window);
+        let want = wanted(size, recent);
+        self.pool.wanted().insert(size.image.clone(), want);
+        want
+    }
+
+    /// Makes one member of `image` and puts it in the pool; `false` if that failed.
+    async fn fill_and_add(&self, image: &str) -> bool {
+        match self.fill_one(image).await {
+            Ok(member) => {
+                let slot = member.slot.clone();
+                self.pool.ready().push(member);
+                // Logged once claimable: tests wait for this line.
+                tracing::debug!(image, slot = %slot, "pool member ready");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(image, error = %format!("{e:#}"), "could not fill the pool");
+                false
+            }
+        }
+    }
+
+    async fn remove_member(&self, member: &Member) {
+        if let Err(e) = self.remove_all(&member.slot).await {
+            tracing::warn!(slot = %member.slot, error = %format!("{e:#}"), "removing a pool member");
+        }
     }
 
     /// At shutdown: removes every member nobody claimed and every spare nobody took
@@ -475,9 +612,7 @@ impl DockerBackend {
         self.pool.wake.notify_one();
         let members = std::mem::take(&mut *self.pool.ready());
         for member in members {
-            if let Err(e) = self.remove_all(&member.slot).await {
-                tracing::warn!(slot = %member.slot, error = %format!("{e:#}"), "removing a pool member");
-            }
+            self.remove_member(&member).await;
         }
     }
 }
@@ -490,16 +625,51 @@ mod tests {
     #[test]
     fn pool_sizes_parse() {
         let size: PoolSize = "warren-base:latest=3".parse().unwrap();
-        assert_eq!(
-            size,
-            PoolSize {
-                image: "warren-base:latest".into(),
-                size: 3
-            }
-        );
-        assert_eq!("localhost:5000/x=1".parse::<PoolSize>().unwrap().size, 1);
-        for bad in ["warren-base", "=2", "x=y", "a b=1"] {
+        assert_eq!(size, PoolSize::fixed("warren-base:latest", 3));
+        assert_eq!("localhost:5000/x=1".parse::<PoolSize>().unwrap().max, 1);
+        let range: PoolSize = "warren-base=2..8".parse().unwrap();
+        assert_eq!((range.min, range.max), (2, 8));
+        assert_eq!("x=0..4".parse::<PoolSize>().unwrap().min, 0);
+        for bad in [
+            "warren-base",
+            "=2",
+            "x=y",
+            "a b=1",
+            "x=3..2",
+            "x=1..",
+            "x=..2",
+        ] {
             assert!(bad.parse::<PoolSize>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_pool_follows_demand_between_its_bounds() {
+        let size: PoolSize = "x=2..8".parse().unwrap();
+        assert_eq!(wanted(&size, 0), 2);
+        assert_eq!(wanted(&size, 5), 5);
+        assert_eq!(wanted(&size, 40), 8);
+        let fixed = PoolSize::fixed("x", 3);
+        assert_eq!(wanted(&fixed, 0), 3);
+        assert_eq!(wanted(&fixed, 9), 3);
+    }
+
+    #[test]
+    fn demand_is_counted_per_image_within_its_window_and_bounded() {
+        let pool = Pool::new(&[PoolSize::fixed("x", 1)]);
+        for _ in 0..3 {
+            pool.note_demand("sha256:a");
+        }
+        pool.note_demand("sha256:b");
+        assert_eq!(pool.recent_demand("sha256:a", Duration::from_secs(60)), 3);
+        assert_eq!(pool.recent_demand("sha256:b", Duration::from_secs(60)), 1);
+        assert_eq!(pool.recent_demand("sha256:a", Duration::ZERO), 0);
+        for _ in 0..(DEMAND_MEMORY + 10) {
+            pool.note_demand("sha256:c");
+        }
+        assert_eq!(
+            pool.recent_demand("sha256:c", Duration::from_secs(60)),
+            DEMAND_MEMORY
+        );
     }
 }

@@ -104,17 +104,27 @@ impl DockerBackend {
             while self.spares.ready().len() < self.spares.size
                 && !self.spares.closed.load(Ordering::SeqCst)
             {
-                match self.make_spare().await {
-                    Ok(slot) => {
-                        self.spares.ready().push(slot.clone());
-                        // Logged once takeable: tests wait for this line.
-                        tracing::debug!(slot = %slot, "spare network ready");
+                // Several at once, as the pool fills: a burst of cold creates
+                // takes them faster than one after another remakes them.
+                let missing = self.spares.size - self.spares.ready().len();
+                let batch = missing.min(self.defaults.pool_fill_parallel.max(1));
+                let made =
+                    futures_util::future::join_all((0..batch).map(|_| self.make_spare())).await;
+                for result in made {
+                    match result {
+                        Ok(slot) => {
+                            self.spares.ready().push(slot.clone());
+                            // Logged once takeable: tests wait for this line.
+                            tracing::debug!(slot = %slot, "spare network ready");
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %format!("{e:#}"), "could not make a spare network");
+                            failed = true;
+                        }
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %format!("{e:#}"), "could not make a spare network");
-                        failed = true;
-                        break;
-                    }
+                }
+                if failed {
+                    break;
                 }
             }
             if failed {
