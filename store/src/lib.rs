@@ -42,7 +42,6 @@
 //! exactly one wins. Sandbox state changes are compare-and-set on the old state, with
 //! the event row in the same transaction, retried on a lost race.
 
-pub mod api_queries;
 mod error;
 mod ids;
 mod key_cache;
@@ -55,6 +54,7 @@ mod runners;
 mod sandboxes;
 mod sessions;
 mod shares;
+mod usage;
 mod users;
 
 use std::fs::{DirBuilder, OpenOptions};
@@ -67,7 +67,6 @@ use sqlx::Executor;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 pub use warren_keys::SandboxId;
 
-pub use self::api_queries::RunnerUsage;
 pub use self::error::StoreError;
 pub use self::ids::{ApiKeyId, JoinTokenId, ParseError, RunnerId, SshKeyId, SshSessionId, UserId};
 pub use self::model::{
@@ -76,6 +75,7 @@ pub use self::model::{
     SandboxEvent, SandboxPage, SandboxQuery, SandboxState, SessionEnd, SessionExit, SshChannel,
     SshKey, SshSession, Timestamp, User,
 };
+pub use self::usage::{RunnerUsage, SshTotals};
 
 /// The SQLite file's name inside the data dir.
 pub const SQLITE_FILE_NAME: &str = "gateway.db";

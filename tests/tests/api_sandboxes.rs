@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use serde_json::json;
-use warren_gateway::store::{NewSandbox, SandboxState};
 use warren_keys::SandboxId;
 use warren_runner::protocol::{Request, Response, SandboxSpec};
+use warren_store::{NewSandbox, SandboxState};
 use warren_tests::stack::{ApiStack, check_error};
 use warren_tests::util::wait_for;
 use warren_tests::{Client, Cmd, Target};

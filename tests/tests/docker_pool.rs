@@ -12,9 +12,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use warren_gateway::store::SandboxState;
 use warren_keys::{SandboxId, Scope};
 use warren_runner::protocol::{Request, Response, SandboxSpec};
+use warren_store::SandboxState;
 use warren_tests::stack::sandbox_row;
 use warren_tests::stack::{DockerStack, POOL_LABEL, docker, docker_ok, network_of};
 use warren_tests::util::wait_until;

@@ -30,9 +30,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use warren_gateway::api;
 use warren_gateway::server::{self, Listen};
-use warren_gateway::store::{NewSandbox, SandboxState, Store};
 use warren_gateway::tunnel::{DEFAULT_RUNNER_CAPACITY, RunnerHub};
 use warren_keys::SandboxId;
+use warren_store::{NewSandbox, SandboxState, Store};
 use warren_tests::stack::join_runner;
 use warren_tests::{ChildGuard, Profile, build_bin};
 

@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use warren_gateway::store::{RunnerId, User};
 use warren_keys::SandboxId;
 use warren_runner::protocol::{Request, Response, SandboxSpec};
+use warren_store::{RunnerId, User};
 
 use super::{RunnerProc, Stack, StackBuilder};
 use crate::util::{self, prerequisite};

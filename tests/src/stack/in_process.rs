@@ -11,10 +11,10 @@ use anyhow::{Result, ensure};
 use tempfile::TempDir;
 use warren_gateway::recordings::Recordings;
 use warren_gateway::server::{self, Listen, Options};
-use warren_gateway::store::{NewSandbox, RunnerId, SandboxState, Store, User};
 use warren_gateway::tunnel::RunnerHub;
 use warren_keys::{SandboxId, TokenSigner};
 use warren_runner::protocol::{Request, Response, SandboxSpec};
+use warren_store::{NewSandbox, RunnerId, SandboxState, Store, User};
 
 use crate::process::ChildGuard;
 use crate::{Client, Output, Profile, Target, bin_path, build_bin};
