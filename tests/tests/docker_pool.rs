@@ -25,7 +25,7 @@ const BUSYBOX: &str = "warren-busybox:latest";
 fn spec(image: &str, who: &str) -> SandboxSpec {
     SandboxSpec {
         image: Some(image.into()),
-        env: [("WHO".to_owned(), who.to_owned())].into(),
+        env: [("WHO".to_owned(), who.into())].into(),
         memory_mb: Some(512),
         ..SandboxSpec::default()
     }
