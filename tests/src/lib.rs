@@ -15,8 +15,9 @@
 //! The system tests are in `tests/tests/`: the whole stack (gateway, runners on the
 //! process and Docker backends, agents) driven through SSH, the HTTP API and the
 //! account console; `tests/tests/common` is their shared stack. Not for unit tests
-//! of a single crate: those live beside their code (`runner/tests/tunnel.rs` is the
-//! runner's own tunnel client against a bare hub).
+//! of a single crate: those live beside their code. Tests that need more than one
+//! crate live here (`tests/tests/tunnel.rs` is the runner's tunnel client against
+//! the gateway's bare hub), so no crate depends on this one.
 
 // The harness exists to fail loudly inside tests.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -26,20 +27,21 @@ pub mod bench;
 pub mod bench_persistent;
 mod binaries;
 mod client;
-pub mod gateway;
+pub mod git_http;
 pub mod persistent;
 mod process;
 mod pty;
 pub mod scenarios;
 mod sshd;
 pub mod stack;
+pub mod sync;
 mod tmux;
 pub mod util;
 
 pub use agent::{Agent, AgentBuilder};
 pub use binaries::{Profile, bin_path, build_bin, workspace_root};
 pub use client::{Client, Target};
-pub use process::{Cmd, DEFAULT_TIMEOUT, Output, Running, SharedBuf, shell_quote};
+pub use process::{ChildGuard, Cmd, DEFAULT_TIMEOUT, Output, Running, SharedBuf, shell_quote};
 pub use pty::Pty;
 pub use sshd::{CLEAN_USER, SFTP_SERVER_PATH, SSHD_PATH, Sshd};
 pub use tmux::Tmux;

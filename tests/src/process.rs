@@ -379,15 +379,28 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// A process group leader we own: reaped by a waiter thread, killed on drop.
-pub(crate) struct Reaper {
+/// A child we own, leader of its own process group: reaped by a waiter thread, the
+/// whole group killed on drop (so a test that fails or hangs leaves no process
+/// behind). The one kill-on-drop wrapper of the tests: [`Running`], [`crate::Pty`]
+/// and the stacks' runners and gateways hold one.
+pub struct ChildGuard {
     pid: u32,
     status: Option<ExitStatus>,
     rx: Receiver<std::io::Result<ExitStatus>>,
 }
 
-impl Reaper {
-    pub(crate) fn new(mut child: Child) -> Self {
+impl ChildGuard {
+    /// Spawns `cmd` as the leader of a new process group and guards it.
+    pub fn spawn(cmd: &mut Command) -> Result<Self> {
+        let child = cmd
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("spawning {cmd:?}"))?;
+        Ok(ChildGuard::new(child))
+    }
+
+    /// Guards `child`, which must have been spawned with `process_group(0)`.
+    pub fn new(mut child: Child) -> Self {
         let pid = child.id();
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
@@ -400,11 +413,11 @@ impl Reaper {
         }
     }
 
-    pub(crate) fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.pid
     }
 
-    pub(crate) fn try_wait(&mut self) -> Option<ExitStatus> {
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
         if self.status.is_none()
             && let Ok(Ok(status)) = self.rx.try_recv()
         {
@@ -414,7 +427,7 @@ impl Reaper {
     }
 
     /// Wait up to `timeout`; `None` if still running.
-    pub(crate) fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
+    pub fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
         if self.status.is_none() {
             match self.rx.recv_timeout(timeout) {
                 Ok(Ok(status)) => self.status = Some(status),
@@ -429,7 +442,7 @@ impl Reaper {
     }
 
     /// Signal the whole process group (if the leader has not been reaped yet).
-    pub(crate) fn signal_group(&mut self, signal: i32) {
+    pub fn signal_group(&mut self, signal: i32) {
         if self.try_wait().is_none() {
             // SAFETY: kill(2) has no memory-safety preconditions; the group id is the
             // pid of a child we spawned with process_group(0) and have not reaped.
@@ -440,7 +453,7 @@ impl Reaper {
     }
 
     /// SIGTERM, a grace period, then SIGKILL; waits for the leader.
-    pub(crate) fn kill(&mut self, grace: Duration) -> Option<ExitStatus> {
+    pub fn kill(&mut self, grace: Duration) -> Option<ExitStatus> {
         if self.try_wait().is_some() {
             return self.status;
         }
@@ -455,7 +468,7 @@ impl Reaper {
     }
 }
 
-impl Drop for Reaper {
+impl Drop for ChildGuard {
     fn drop(&mut self) {
         self.kill(Duration::ZERO);
     }
@@ -463,7 +476,7 @@ impl Drop for Reaper {
 
 /// A started command. Dropping it kills its process group.
 pub struct Running {
-    reaper: Reaper,
+    reaper: ChildGuard,
     display: String,
     timeout: Duration,
     started: Instant,
@@ -484,7 +497,7 @@ impl Running {
             readers.push(stderr.fill_from(pipe));
         }
         Self {
-            reaper: Reaper::new(child),
+            reaper: ChildGuard::new(child),
             display,
             timeout,
             started: Instant::now(),
@@ -499,6 +512,23 @@ impl Running {
     fn capture_stdout(&mut self) {
         if let Some(pipe) = self.stdout_pipe.take() {
             self.readers.push(self.stdout.fill_from(pipe));
+        }
+    }
+
+    /// Kills the process group, and every descendant that left it (sessions that
+    /// started their own, processes left behind): for servers whose children may
+    /// outlive them.
+    pub fn kill_tree(self) {
+        let children: Vec<u32> = crate::util::descendants(self.pid())
+            .into_iter()
+            .map(|d| d.0)
+            .collect();
+        drop(self);
+        for child in children {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe {
+                libc::kill(child as i32, libc::SIGKILL);
+            }
         }
     }
 

@@ -11,14 +11,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::process::{Reaper, SharedBuf};
+use crate::process::{ChildGuard, SharedBuf};
 
 /// A process on the slave side of a fresh pty, as session leader with it as its
 /// controlling terminal. Killed on drop.
 pub struct Pty {
     master: File,
     output: SharedBuf,
-    reaper: Reaper,
+    reaper: ChildGuard,
 }
 
 impl Pty {
@@ -59,7 +59,7 @@ impl Pty {
         Ok(Pty {
             master,
             output,
-            reaper: Reaper::new(child),
+            reaper: ChildGuard::new(child),
         })
     }
 

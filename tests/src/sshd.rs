@@ -191,15 +191,7 @@ impl Sshd {
 impl Drop for Sshd {
     fn drop(&mut self) {
         if let Some(process) = self.process.take() {
-            let pid = process.pid();
-            let children: Vec<u32> = util::descendants(pid).into_iter().map(|d| d.0).collect();
-            drop(process);
-            for child in children {
-                // SAFETY: kill(2) has no memory-safety preconditions.
-                unsafe {
-                    libc::kill(child as i32, libc::SIGKILL);
-                }
-            }
+            process.kill_tree();
         }
     }
 }

@@ -15,17 +15,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use common::Stack;
 use serde_json::json;
 use warren_gateway::server::Options;
 use warren_gateway::ssh::SessionLimits;
+use warren_tests::stack::Stack;
 use warren_tests::util::{EchoServer, free_port, wait_until};
 use warren_tests::{Client, Cmd, Output, Running, Target, scenarios};
 
@@ -48,15 +46,17 @@ fn wait_live(stack: &Stack, n: usize) -> Result<()> {
 
 #[test]
 fn an_account_at_its_bound_is_refused_with_a_reason_while_others_get_in() -> Result<()> {
-    let stack = Stack::start_with(Options {
-        sessions: SessionLimits {
-            connections_per_account: 2,
-            connections_per_sandbox: 100,
-            channels_per_account: 3,
-            channels_per_sandbox: 100,
-        },
-        ..Options::default()
-    })?;
+    let stack = Stack::builder()
+        .gateway(Options {
+            sessions: SessionLimits {
+                connections_per_account: 2,
+                connections_per_sandbox: 100,
+                channels_per_account: 3,
+                channels_per_sandbox: 100,
+            },
+            ..Options::default()
+        })
+        .start()?;
     let runner = stack.runner("r1")?;
     let alice_key = Client::new(Target::new("127.0.0.1", stack.ssh_port, "x"))?;
     let bob_key = Client::new(Target::new("127.0.0.1", stack.ssh_port, "x"))?;
@@ -84,7 +84,7 @@ fn an_account_at_its_bound_is_refused_with_a_reason_while_others_get_in() -> Res
         "the client was not told why:\n{third}"
     );
     // Her account console counts against the same bound.
-    let console = common::console(&stack, &alice_key, "alice")
+    let console = warren_tests::stack::console(&stack, &alice_key, "alice")
         .exec("ls")
         .run()?;
     ensure!(
@@ -231,9 +231,9 @@ fn agent_forwarding_is_off_unless_the_owner_asks_at_create() -> Result<()> {
     let _runner = stack.runner("r1")?;
     let key = Client::new(Target::new("127.0.0.1", stack.ssh_port, "x"))?;
     stack.user("alice", &key)?;
-    let console = common::console(&stack, &key, "alice");
+    let console = warren_tests::stack::console(&stack, &key, "alice");
     let new = |line: &str| -> Result<serde_json::Value> {
-        let out = common::run(&console, line)?.success()?;
+        let out = warren_tests::stack::run(&console, line)?.success()?;
         Ok(serde_json::from_str(&out.stdout_str())?)
     };
     let plain = new("new --json")?;

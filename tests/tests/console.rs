@@ -5,15 +5,13 @@
 //! prints has its control characters escaped (`recordings.rs` shows it for text a
 //! sandbox chose).
 
-mod common;
-
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use common::docker::DockerStack;
-use common::{Stack, console, run};
 use warren_keys::SandboxId;
 use warren_tests::Client;
+use warren_tests::stack::DockerStack;
+use warren_tests::stack::{Stack, console, run};
 
 fn ok(client: &Client, line: &str) -> Result<String> {
     let out = run(client, line)?;

@@ -3,12 +3,10 @@
 //! lets bob in and taking it back shuts him out, and a token printed by `token`
 //! opens the sandbox until the next rotation.
 
-mod common;
-
 use anyhow::{Result, ensure};
-use common::{Stack, console, run};
 use serde_json::json;
 use warren_keys::SandboxId;
+use warren_tests::stack::{Stack, console, run};
 use warren_tests::{Client, Target};
 
 /// `line` on `client` succeeds; its stdout.

@@ -6,17 +6,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use common::docker::{DockerStack, docker_host_ip, image};
 use serde_json::{Value, json};
 use tempfile::TempDir;
+use warren_tests::stack::{DockerStack, docker_host_ip, image};
 use warren_tests::util::free_port;
-use warren_tests::{Client, Target};
+use warren_tests::{ChildGuard, Client, Target};
 
 /// Git's smart HTTP for the repositories under a root: `git http-backend` as a CGI.
 const GIT_HTTP: &str = r#"
@@ -53,15 +51,6 @@ class Git(http.server.BaseHTTPRequestHandler):
         pass
 http.server.ThreadingHTTPServer(("0.0.0.0", port), Git).serve_forever()
 "#;
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn git(dir: &Path, args: &[&str]) -> Result<()> {
     let out = std::process::Command::new("git")
@@ -164,13 +153,13 @@ fn sandboxes_follow_their_devcontainer_json() -> Result<()> {
         &[(".devcontainer/devcontainer.json", MALFORMED)],
     )?;
     repository(root, "refused", &[(".devcontainer.json", REFUSED_IMAGE)])?;
-    let server = std::process::Command::new("python3")
-        .args(["-c", GIT_HTTP])
-        .arg(root)
-        .arg(port.to_string())
-        .stdout(std::process::Stdio::null())
-        .spawn()?;
-    let _server = KillOnDrop(server);
+    let _server = ChildGuard::spawn(
+        std::process::Command::new("python3")
+            .args(["-c", GIT_HTTP])
+            .arg(root)
+            .arg(port.to_string())
+            .stdout(std::process::Stdio::null()),
+    )?;
     let host_ip = docker_host_ip()?;
     let url = |name: &str| format!("http://{host_ip}:{port}/{name}.git");
     wait_for_server(&url("followed"))?;

@@ -9,12 +9,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use anyhow::{Result, ensure};
-use common::docker::DockerStack;
 use warren_keys::SandboxId;
 use warren_runner::protocol::{Request, Response, SandboxKeys, SandboxSpec};
+use warren_tests::stack::DockerStack;
 use warren_tests::{Client, Output, Target, scenarios};
 
 const BUSYBOX: &str = "warren-busybox:latest";

@@ -8,18 +8,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use common::Reply;
-use common::docker::{DockerStack, docker, docker_ok};
 use serde_json::json;
 use warren_keys::SandboxId;
 use warren_tests::Client;
+use warren_tests::stack::Reply;
+use warren_tests::stack::{DockerStack, docker, docker_ok};
 use warren_tests::util::wait_until;
 
 const BUSYBOX: &str = "warren-busybox:latest";

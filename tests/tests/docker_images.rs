@@ -7,12 +7,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use anyhow::{Result, bail, ensure};
-use common::docker::{DockerStack, docker, docker_ok};
 use warren_keys::SandboxId;
 use warren_runner::protocol::{Request, Response, SandboxSpec};
+use warren_tests::stack::{DockerStack, docker, docker_ok};
 
 const BUSYBOX: &str = "warren-busybox:latest";
 

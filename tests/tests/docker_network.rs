@@ -8,18 +8,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use common::docker::{DockerStack, network_of};
 use warren_keys::SandboxId;
 use warren_runner::netpolicy::{self, HostAccess};
 use warren_runner::protocol::{NetworkPolicy, Request, Response, SandboxSpec};
+use warren_tests::stack::{DockerStack, network_of};
 use warren_tests::util::wait_until;
 use warren_tests::{Client, Cmd};
 

@@ -8,17 +8,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use common::docker::{DockerStack, POOL_LABEL, docker, docker_ok, network_of};
-use common::sandbox_row;
 use warren_keys::{SandboxId, Scope};
 use warren_runner::protocol::{Request, Response, SandboxSpec};
 use warren_store::SandboxState;
+use warren_tests::stack::sandbox_row;
+use warren_tests::stack::{DockerStack, POOL_LABEL, docker, docker_ok, network_of};
 use warren_tests::util::wait_until;
 use warren_tests::{Cmd, Profile, build_bin};
 

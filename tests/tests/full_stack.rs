@@ -5,13 +5,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
-use common::Stack;
+use warren_tests::stack::Stack;
 use warren_tests::{Client, Target, scenarios};
 
 fn dir_of(path: &Path) -> String {

@@ -11,20 +11,20 @@ use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use warren_keys::{Claims, SandboxId, Scope, TokenSigner};
-use warren_tests::gateway::Gateway;
+use warren_tests::stack::DirectGateway;
 use warren_tests::{Agent, Client, scenarios};
 
 /// A gateway, an agent trusting its tokens, an account owning that sandbox, and a
 /// client with the account's key, logging in as the sandbox.
 struct Setup {
-    gateway: Gateway,
+    gateway: DirectGateway,
     agent: Agent,
     client: Client,
     dir: String,
 }
 
 fn setup() -> Result<Setup> {
-    let gateway = Gateway::start()?;
+    let gateway = DirectGateway::start()?;
     let agent = Agent::builder()
         .signer_file(gateway.signer_file())
         .start()?;
@@ -152,7 +152,7 @@ fn sandbox_tokens_log_in_and_bad_ones_do_not() -> Result<()> {
 
 #[test]
 fn an_unreachable_runner_is_reported_not_hung() -> Result<()> {
-    let gateway = Gateway::start()?;
+    let gateway = DirectGateway::start()?;
     let id = SandboxId::generate();
     let client = Client::new(gateway.target(id.as_str()))?;
     let owner = gateway.user_with_key("alice", &client)?;

@@ -5,8 +5,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -14,12 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use common::Stack;
 use tempfile::TempDir;
 use warren_gateway::api::{self, ApiState};
 use warren_gateway::lifecycle::Lifecycle;
 use warren_keys::TokenSigner;
 use warren_keys::tls::{TlsIdentity, load_or_generate_tls_identity};
+use warren_tests::stack::Stack;
 use warren_tests::{Cmd, Output, Profile, build_bin};
 
 /// The API served over TLS on 127.0.0.1 (a free port) with a fresh self-signed

@@ -5,12 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use anyhow::Result;
-use common::Stack;
-use common::docker::DockerStack;
 use warren_runner::protocol::SandboxSpec;
+use warren_tests::stack::DockerStack;
+use warren_tests::stack::Stack;
 use warren_tests::{Client, persistent};
 
 #[test]

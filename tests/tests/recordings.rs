@@ -11,19 +11,17 @@
 //! `sessions` and `replay` with its colours but without its OSC 52, title and
 //! device queries.
 
-mod common;
-
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail, ensure};
-use common::docker::DockerStack;
-use common::{Stack, console, run};
 use serde_json::Value;
 use warren_gateway::recordings::RecordingPolicy;
 use warren_keys::SandboxId;
 use warren_runner::protocol::SandboxSpec;
 use warren_store::User;
+use warren_tests::stack::DockerStack;
+use warren_tests::stack::{Stack, console, run};
 use warren_tests::{Client, Target, Tmux};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -50,7 +48,12 @@ fn terminal_session(sandbox: &Client) -> Result<()> {
 
 /// The sandbox's sessions, once every channel in them has ended (their rows are
 /// closed as the connections wind down).
-fn ended_sessions(stack: &Stack, api: &common::Api, key: &str, id: &SandboxId) -> Result<Value> {
+fn ended_sessions(
+    stack: &Stack,
+    api: &warren_tests::stack::Api,
+    key: &str,
+    id: &SandboxId,
+) -> Result<Value> {
     let path = format!("/v1/sandboxes/{id}/sessions");
     let started = std::time::Instant::now();
     loop {
@@ -332,12 +335,14 @@ fn a_terminal_session_is_recorded_replayed_and_expires_on_docker() -> Result<()>
 
 #[test]
 fn a_policy_that_requires_recording_refuses_what_it_cannot_record() -> Result<()> {
-    let stack = Stack::start_recording(RecordingPolicy {
-        required: true,
-        input: true,
-        max_size: 256 << 10,
-        ..RecordingPolicy::default()
-    })?;
+    let stack = Stack::builder()
+        .recording(RecordingPolicy {
+            required: true,
+            input: true,
+            max_size: 256 << 10,
+            ..RecordingPolicy::default()
+        })
+        .start()?;
     let runner = stack.runner("r1")?;
     let alice_key = Client::new(stack.target(&SandboxId::generate()))?;
     let alice = stack.user("alice", &alice_key)?;
@@ -601,14 +606,13 @@ fn hostile_text_scenario(docker: &DockerStack, sandbox: &Client, id: &SandboxId)
 
 #[test]
 fn a_hostile_sandbox_fills_no_disk_and_reaches_no_terminal_on_docker() -> Result<()> {
-    let Some(docker) = DockerStack::start_recording(
-        RecordingPolicy {
+    let Some(docker) = Stack::builder()
+        .recording(RecordingPolicy {
             max_size: MAX_SIZE,
             max_total: MAX_TOTAL,
             ..RecordingPolicy::default()
-        },
-        &[],
-    )?
+        })
+        .docker(&[])?
     else {
         return Ok(());
     };

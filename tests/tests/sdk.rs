@@ -5,13 +5,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::Duration;
 
 use anyhow::{Result, bail, ensure};
-use common::docker::DockerStack;
 use warren_runner::protocol::SandboxSpec;
+use warren_tests::stack::DockerStack;
 use warren_tests::{Cmd, workspace_root};
 
 /// The whole suite against one stack: one sandbox shared by most cases, a second for

@@ -21,7 +21,6 @@
 //! (stdout) with p50/p99 latency and throughput; progress goes to stderr. The issue's
 //! target: p99 under 50 ms for reads on SQLite.
 
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -33,8 +32,9 @@ use warren_gateway::api;
 use warren_gateway::server::{self, Listen};
 use warren_gateway::tunnel::{DEFAULT_RUNNER_CAPACITY, RunnerHub};
 use warren_keys::SandboxId;
-use warren_store::{NewSandbox, RunnerId, SandboxState, Store};
-use warren_tests::{Profile, build_bin};
+use warren_store::{NewSandbox, SandboxState, Store};
+use warren_tests::stack::join_runner;
+use warren_tests::{ChildGuard, Profile, build_bin};
 
 struct Options {
     clients: usize,
@@ -153,40 +153,23 @@ async fn start_gateway(dir: &Path, sandboxes: usize) -> Result<Gateway> {
     })
 }
 
-/// `warren-runner run` in its own process group, killed (agents and all) on drop.
-struct Runner(std::process::Child);
-
-impl Drop for Runner {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child's process group.
-        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
-        let _ = self.0.wait();
-    }
-}
-
-fn start_runner(rt: &tokio::runtime::Runtime, gw: &Gateway, dir: &Path) -> Result<Runner> {
+/// Joins a process-backend `warren-runner` (release) and starts it; its process
+/// group (agents and all) is killed when the guard is dropped.
+fn start_runner(rt: &tokio::runtime::Runtime, gw: &Gateway, dir: &Path) -> Result<ChildGuard> {
     let runner_bin = build_bin("warren-runner", "warren-runner", Profile::Release)?;
     let agent_bin = build_bin("warren-agent", "warren-agent", Profile::Release)?;
     let data = dir.join("runner");
     let token = rt.block_on(gw.store.create_join_token(Duration::from_secs(600)))?;
-    let out = std::process::Command::new(&runner_bin)
-        .args(["join", "--gateway", &gw.hub.local_addr().to_string()])
-        .args(["--token", token.secret.expose()])
-        .args(["--fingerprint", gw.hub.fingerprint()])
-        .args(["--name", "bench", "--data-dir"])
-        .arg(&data)
-        .stdin(Stdio::null())
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "join: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let identity: warren_runner::state::Identity =
-        serde_json::from_slice(&std::fs::read(data.join("runner.json"))?)?;
-    let id = RunnerId::parse(&identity.runner_id)?;
+    let id = join_runner(
+        &runner_bin,
+        &gw.hub.local_addr().to_string(),
+        token.secret.expose(),
+        gw.hub.fingerprint(),
+        "bench",
+        &data,
+    )?;
     let log = std::fs::File::create(dir.join("runner.log"))?;
-    let mut runner = Runner(
+    let mut runner = ChildGuard::spawn(
         std::process::Command::new(&runner_bin)
             .args(["run", "--backend", "process", "--data-dir"])
             .arg(&data)
@@ -194,13 +177,11 @@ fn start_runner(rt: &tokio::runtime::Runtime, gw: &Gateway, dir: &Path) -> Resul
             .arg(&agent_bin)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
-            .process_group(0)
-            .spawn()?,
-    );
+            .stderr(log),
+    )?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while !gw.hub.is_online(&id) {
-        if let Ok(Some(status)) = runner.0.try_wait() {
+        if let Some(status) = runner.try_wait() {
             let log = std::fs::read_to_string(dir.join("runner.log")).unwrap_or_default();
             bail!("the runner exited ({status}):\n{log}");
         }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, ensure};
 use warren_gateway::recordings::RecordingPolicy;
 use warren_tests::bench::{bench_client, drain_stdout, mib_per_s};
-use warren_tests::gateway::Gateway;
+use warren_tests::stack::{DirectGateway, Stack};
 use warren_tests::{Agent, Client, Profile, build_bin, shell_quote};
 
 #[derive(clap::Parser)]
@@ -61,13 +61,17 @@ fn write_text(path: &Path, mib: u64) -> Result<u64> {
 /// client that reaches the agent's sandbox through it.
 struct Door {
     name: &'static str,
-    gateway: Gateway,
+    gateway: DirectGateway,
     _agent: Agent,
     client: Client,
 }
 
 fn door(name: &'static str, policy: Option<RecordingPolicy>, agent_bin: &Path) -> Result<Door> {
-    let gateway = Gateway::start_recording(policy)?;
+    let builder = match policy {
+        Some(policy) => Stack::builder().recording(policy),
+        None => Stack::builder().no_recording(),
+    };
+    let gateway = builder.direct()?;
     let agent = Agent::builder()
         .binary(agent_bin)
         .signer_file(gateway.signer_file())
@@ -107,7 +111,7 @@ fn cat_on_pty(client: &Client, file: &Path) -> Result<(Duration, u64)> {
     Ok((started.elapsed(), total))
 }
 
-fn recordings_bytes(gateway: &Gateway) -> u64 {
+fn recordings_bytes(gateway: &DirectGateway) -> u64 {
     fn walk(dir: &Path) -> u64 {
         std::fs::read_dir(dir)
             .into_iter()

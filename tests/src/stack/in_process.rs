@@ -1,61 +1,47 @@
-//! The stack the system tests share: one gateway in-process (the real
-//! [`server::Gateway`], without its reconciler: the tests drive runners by hand),
-//! real `warren-runner` processes joined to it, sandboxes made through the tunnel.
+//! The system tests' stack: one gateway in-process (the real [`server::Gateway`],
+//! without its reconciler: the tests drive runners by hand), real `warren-runner`
+//! processes joined to it, sandboxes made through the tunnel.
 
-#![allow(dead_code)]
-
-pub mod docker;
-
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use tempfile::TempDir;
-use warren_gateway::recordings::{RecordingPolicy, Recordings};
+use warren_gateway::recordings::Recordings;
 use warren_gateway::server::{self, Listen, Options};
 use warren_gateway::tunnel::RunnerHub;
 use warren_keys::{SandboxId, TokenSigner};
 use warren_runner::protocol::{Request, Response, SandboxSpec};
 use warren_store::{NewSandbox, RunnerId, SandboxState, Store, User};
-use warren_tests::{Client, Output, Target, bin_path};
 
-fn runner_bin() -> std::path::PathBuf {
-    bin_path("warren-runner")
-}
+use crate::process::ChildGuard;
+use crate::{Client, Output, Profile, Target, bin_path, build_bin};
 
 /// A runner process in its own process group, killed (group and all) on drop.
 pub struct RunnerProc {
-    pub child: std::process::Child,
+    child: ChildGuard,
     pub data: TempDir,
-    _listen: TempDir,
+    listen: TempDir,
     pub id: RunnerId,
     /// The runner's stderr (its log), for tests that look for what must not be there.
     pub log: PathBuf,
 }
 
 impl RunnerProc {
+    /// Kills the runner (and the agents in its process group) and waits for it.
     pub fn kill(&mut self) {
-        // SAFETY: kill(2) on our own child's process group.
-        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
-        let _ = self.child.wait();
+        self.child.kill(Duration::ZERO);
     }
 
     /// The directory given as `--listen-dir` (the docker backend's run directory).
     pub fn listen_dir(&self) -> &Path {
-        self._listen.path()
+        self.listen.path()
     }
 
     pub fn sandbox_dir(&self, sandbox: &SandboxId) -> PathBuf {
         self.data.path().join("sandboxes").join(sandbox.as_str())
-    }
-}
-
-impl Drop for RunnerProc {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -72,6 +58,8 @@ pub struct Stack {
     pub live: Arc<warren_gateway::ssh::live::LiveConnections>,
     /// The terminal sessions' recordings (in the stack's data dir).
     pub recordings: Arc<Recordings>,
+    /// The build of `warren-runner` and `warren-agent` its runners run.
+    profile: Profile,
 }
 
 /// `client`'s key logging in to the gateway as `account`: the account console.
@@ -110,20 +98,14 @@ pub fn sandbox_row(id: &SandboxId, runner: &RunnerProc, owner: &User) -> NewSand
 }
 
 impl Stack {
+    /// A stack with the gateway's default options: `Stack::builder().start()`.
     pub fn start() -> Result<Stack> {
-        Stack::start_recording(RecordingPolicy::default())
+        Stack::builder().start()
     }
 
-    /// A stack whose gateway records by `policy`.
-    pub fn start_recording(policy: RecordingPolicy) -> Result<Stack> {
-        Stack::start_with(Options {
-            recording: policy,
-            ..Options::default()
-        })
-    }
-
-    /// A stack whose gateway runs with `options` (never its reconciler).
-    pub fn start_with(options: Options) -> Result<Stack> {
+    /// Starts the gateway with `options` (never its reconciler); its runners run
+    /// the `profile` build.
+    pub(super) fn start_with(options: Options, profile: Profile) -> Result<Stack> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -162,6 +144,7 @@ impl Stack {
             verifier,
             live,
             recordings,
+            profile,
         })
     }
 
@@ -190,31 +173,19 @@ impl Stack {
         let token = self
             .rt
             .block_on(self.store.create_join_token(Duration::from_secs(600)))?;
-        let out = std::process::Command::new(runner_bin())
-            .args(["join", "--gateway", &self.hub.local_addr().to_string()])
-            .args([
-                "--token",
-                token.secret.expose(),
-                "--fingerprint",
-                self.hub.fingerprint(),
-            ])
-            .args(["--name", name, "--data-dir"])
-            .arg(data.path())
-            .stdin(Stdio::null())
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "join: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let identity: warren_runner::state::Identity =
-            serde_json::from_slice(&std::fs::read(data.path().join("runner.json"))?)?;
-        let id = RunnerId::parse(&identity.runner_id)?;
+        let id = join_runner(
+            &self.runner_bin()?,
+            &self.hub.local_addr().to_string(),
+            token.secret.expose(),
+            self.hub.fingerprint(),
+            name,
+            data.path(),
+        )?;
         let log = data.path().join("runner.log");
         let mut runner = RunnerProc {
-            child: spawn_runner(data.path(), Some(listen.path()), args, &log)?,
+            child: self.spawn_runner(data.path(), listen.path(), args, &log)?,
             data,
-            _listen: listen,
+            listen,
             id,
             log,
         };
@@ -236,19 +207,15 @@ impl Stack {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        runner.child = spawn_runner(
-            runner.data.path(),
-            Some(runner._listen.path()),
-            args,
-            &runner.log,
-        )?;
+        runner.child =
+            self.spawn_runner(runner.data.path(), runner.listen.path(), args, &runner.log)?;
         self.wait_online(runner, "restarted")
     }
 
     fn wait_online(&self, runner: &mut RunnerProc, name: &str) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self.hub.is_online(&runner.id) {
-            if let Ok(Some(status)) = runner.child.try_wait() {
+            if let Some(status) = runner.child.try_wait() {
                 let log = std::fs::read_to_string(&runner.log).unwrap_or_default();
                 anyhow::bail!("runner {name} exited ({status}):\n{log}");
             }
@@ -332,182 +299,79 @@ impl Stack {
     }
 }
 
-/// `warren-runner run` on `data`, its stderr appended to `log`.
 /// The runner's log filter for its Docker backend in tests.
 const DOCKER_DEBUG: &str = "warren_runner::backend::docker=debug";
 
-fn spawn_runner(
-    data: &Path,
-    listen: Option<&Path>,
-    args: &[&str],
-    log: &Path,
-) -> Result<std::process::Child> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)?;
-    let mut cmd = std::process::Command::new(runner_bin());
-    cmd.args(["run", "--data-dir"]).arg(data);
-    if let Some(listen) = listen {
-        cmd.arg("--listen-dir").arg(listen);
-    }
-    if std::env::var_os("WARREN_AGENT_BIN").is_none() {
-        cmd.env("WARREN_AGENT_BIN", bin_path("warren-agent"));
-    }
-    if !args.contains(&"--backend") {
-        cmd.args(["--backend", "process"]);
-    }
-    // The Docker backend's debug lines say when a pool member or a spare network
-    // can be taken, which the pool tests wait for (and which explain a failure).
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
-    cmd.env("RUST_LOG", format!("{filter},{DOCKER_DEBUG}"));
-    Ok(cmd
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .process_group(0)
-        .spawn()?)
-}
-
-/// The HTTP API on a [`Stack`]'s gateway, with a reqwest client for it.
-pub struct Api {
-    pub base: String,
-    pub state: Arc<warren_gateway::api::ApiState>,
-    pub http: reqwest::Client,
-    server: tokio::task::JoinHandle<()>,
-    reconciler: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Api {
-    fn drop(&mut self) {
-        self.server.abort();
-        self.reconciler.abort();
-    }
-}
-
-/// One HTTP exchange, read whole.
-#[derive(Debug)]
-pub struct Reply {
-    pub status: u16,
-    pub request_id: Option<String>,
-    pub content_type: Option<String>,
-    pub text: String,
-}
-
-impl Reply {
-    /// The body as JSON (`null` if it is not JSON).
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.text).unwrap_or(serde_json::Value::Null)
-    }
-
-    /// `error.code` of an error reply.
-    pub fn error_code(&self) -> String {
-        self.json()["error"]["code"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
-    }
-}
-
 impl Stack {
-    /// Starts the HTTP API on 127.0.0.1 (a free port), sharing this stack's store,
-    /// runner hub, token signer and host key; the reconciler runs every
-    /// `reconcile_every`.
-    pub fn api(&self, reconcile_every: Duration) -> Result<Api> {
-        use warren_gateway::api;
-        self.rt.block_on(async {
-            let key = warren_keys::load_or_generate_host_key(&self._dir.path().join("host_key"))?;
-            let host_key_line =
-                russh::keys::PublicKey::new(key.public_key().key_data().clone(), "")
-                    .to_openssh()?;
-            let signer = TokenSigner::load_or_generate(&self._dir.path().join("token_signer"))?;
-            let mut lifecycle = warren_gateway::lifecycle::Lifecycle::new(
-                self.store.clone(),
-                self.hub.clone(),
-                Arc::new(signer),
-                "127.0.0.1".into(),
-                self.ssh_port,
-                host_key_line,
-            );
-            lifecycle.live = self.live.clone();
-            lifecycle.recordings = self.recordings.clone();
-            let state = Arc::new(api::ApiState::over(Arc::new(lifecycle)));
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let base = format!("http://{}", listener.local_addr()?);
-            let router = api::router(state.clone());
-            let server = tokio::spawn(async move {
-                let _ = api::serve(listener, router).await;
-            });
-            let reconciler = warren_gateway::lifecycle::spawn_reconciler(
-                state.lifecycle.clone(),
-                reconcile_every,
-            );
-            let http = reqwest::Client::builder()
-                .timeout(Duration::from_secs(90))
-                .build()?;
-            anyhow::Ok(Api {
-                base,
-                state,
-                http,
-                server,
-                reconciler,
-            })
-        })
+    /// The `warren-runner` binary of the stack's build.
+    fn runner_bin(&self) -> Result<PathBuf> {
+        match self.profile {
+            Profile::Debug => Ok(bin_path("warren-runner")),
+            Profile::Release => build_bin("warren-runner", "warren-runner", Profile::Release),
+        }
     }
 
-    /// An admin account made through the store; returns its API key.
-    pub fn admin(&self, name: &str) -> Result<String> {
-        self.rt.block_on(async {
-            let user = self.store.create_user(name, true).await?;
-            let key = self.store.create_api_key(&user.id, "test").await?;
-            anyhow::Ok(key.secret.expose().to_owned())
-        })
-    }
-
-    /// One request to `api`: `body` is sent as JSON when given.
-    pub fn call(
+    /// `warren-runner run` on `data`, its stderr appended to `log`.
+    fn spawn_runner(
         &self,
-        api: &Api,
-        method: &str,
-        path: &str,
-        key: Option<&str>,
-        body: Option<serde_json::Value>,
-    ) -> Result<Reply> {
-        let mut request = api.http.request(
-            reqwest::Method::from_bytes(method.as_bytes())?,
-            format!("{}{path}", api.base),
-        );
-        if let Some(key) = key {
-            request = request.bearer_auth(key);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        self.send(request)
-    }
-
-    /// Sends a request built by hand (raw bodies, odd headers).
-    pub fn send(&self, request: reqwest::RequestBuilder) -> Result<Reply> {
-        self.rt.block_on(async {
-            let response = request.send().await?;
-            let header = |name: &str| {
-                response
-                    .headers()
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
+        data: &Path,
+        listen: &Path,
+        args: &[&str],
+        log: &Path,
+    ) -> Result<ChildGuard> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        let mut cmd = Command::new(self.runner_bin()?);
+        cmd.args(["run", "--data-dir"])
+            .arg(data)
+            .arg("--listen-dir")
+            .arg(listen);
+        if std::env::var_os("WARREN_AGENT_BIN").is_none() {
+            let agent = match self.profile {
+                Profile::Debug => bin_path("warren-agent"),
+                Profile::Release => build_bin("warren-agent", "warren-agent", Profile::Release)?,
             };
-            let request_id = header("x-request-id");
-            let content_type = header("content-type");
-            let status = response.status().as_u16();
-            let text = response.text().await?;
-            anyhow::Ok(Reply {
-                status,
-                request_id,
-                content_type,
-                text,
-            })
-        })
+            cmd.env("WARREN_AGENT_BIN", agent);
+        }
+        if !args.contains(&"--backend") {
+            cmd.args(["--backend", "process"]);
+        }
+        // The Docker backend's debug lines say when a pool member or a spare network
+        // can be taken, which the pool tests wait for (and which explain a failure).
+        let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
+        cmd.env("RUST_LOG", format!("{filter},{DOCKER_DEBUG}"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        ChildGuard::spawn(&mut cmd)
     }
+}
+
+/// `warren-runner join` with a join token; returns the runner's id (from its
+/// `runner.json` in `data`).
+pub fn join_runner(
+    runner_bin: &Path,
+    gateway: &str,
+    token: &str,
+    fingerprint: &str,
+    name: &str,
+    data: &Path,
+) -> Result<RunnerId> {
+    let out = Command::new(runner_bin)
+        .args(["join", "--gateway", gateway, "--token", token])
+        .args(["--fingerprint", fingerprint, "--name", name, "--data-dir"])
+        .arg(data)
+        .stdin(Stdio::null())
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "join: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let identity: warren_runner::state::Identity =
+        serde_json::from_slice(&std::fs::read(data.join("runner.json"))?)?;
+    Ok(RunnerId::parse(&identity.runner_id)?)
 }

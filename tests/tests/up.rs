@@ -5,19 +5,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use warren_tests::{ChildGuard, Tmux, workspace_root};
+
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    warren_tests::util::free_port().unwrap()
 }
 
 /// A running `scripts/up`. Dropped, it deletes its sandboxes through the API
@@ -25,7 +22,7 @@ fn free_port() -> u16 {
 /// leaves none behind on the runner host) unless `keep`, then stops (which
 /// drains the warm pool).
 struct Up {
-    child: Child,
+    child: ChildGuard,
     base: String,
     data: std::path::PathBuf,
     keep: bool,
@@ -63,9 +60,8 @@ impl Drop for Up {
         if !self.keep {
             self.delete_sandboxes();
         }
-        // SAFETY: kill(2) on our own child's process group.
-        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGTERM) };
-        let _ = self.child.wait();
+        // A stop drains the warm pool: give it the time it takes.
+        self.child.kill(Duration::from_secs(600));
     }
 }
 
@@ -76,8 +72,7 @@ fn start(home: &Path, data: &Path, ports: &[u16; 3]) -> (Up, Vec<String>) {
 
 /// [`start`] with more arguments for `warren up`.
 fn start_with(home: &Path, data: &Path, ports: &[u16; 3], extra: &[&str]) -> (Up, Vec<String>) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let mut child = Command::new(root.join("scripts/up"))
+    let mut child = Command::new(workspace_root().join("scripts/up"))
         .args(extra)
         .args(["--ssh-listen", &format!("127.0.0.1:{}", ports[0])])
         .args(["--http-listen", &format!("127.0.0.1:{}", ports[1])])
@@ -92,7 +87,7 @@ fn start_with(home: &Path, data: &Path, ports: &[u16; 3], extra: &[&str]) -> (Up
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let up = Up {
-        child,
+        child: ChildGuard::new(child),
         base: format!("http://127.0.0.1:{}", ports[1]),
         data: data.to_owned(),
         keep: false,
@@ -190,67 +185,6 @@ fn the_first_readme_command_comes_up_and_its_ssh_line_works() {
     assert_eq!(std::fs::read_to_string(&key_file).unwrap(), api_key);
 }
 
-/// A tmux server of the test's own, so nothing of the user's is touched.
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    fn new() -> Tmux {
-        Tmux {
-            socket: format!("warren-test-{}", std::process::id()),
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        let out = Command::new("tmux")
-            .args(["-L", &self.socket])
-            .args(args)
-            .output()
-            .expect("tmux (scripts/test installs it)");
-        assert!(
-            out.status.success(),
-            "tmux {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn screen(&self) -> String {
-        self.run(&["capture-pane", "-p", "-t", "s"])
-    }
-
-    /// Waits until the screen shows `text`; panics with the screen otherwise.
-    fn wait_for(&self, text: &str) -> String {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let screen = self.screen();
-            if screen.contains(text) {
-                return screen;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the terminal never showed {text:?}; it shows:\n{screen}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn keys(&self, keys: &[&str]) {
-        let mut args = vec!["send-keys", "-t", "s"];
-        args.extend_from_slice(keys);
-        self.run(&args);
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["-L", &self.socket, "kill-server"])
-            .output();
-    }
-}
-
 /// `curl` against the API with the admin key: (status, JSON body).
 fn api(
     base: &str,
@@ -313,42 +247,34 @@ fn warren_up_serves_a_real_terminal_and_keeps_sandboxes_in_check() {
         status_file.display()
     );
     let tmux = Tmux::new();
-    tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
-        "s",
-        "-x",
-        "100",
-        "-y",
-        "30",
-        &command,
-    ]);
-    tmux.keys(&["echo READY$((6*7))", "Enter"]);
-    tmux.wait_for("READY42");
-    tmux.keys(&["tty; stty size", "Enter"]);
-    let screen = tmux.wait_for("30 100");
+    tmux.start("s", 100, 30, &[command]).unwrap();
+    tmux.keys("s", &["echo READY$((6*7))", "Enter"]).unwrap();
+    tmux.wait_for("s", "READY42").unwrap();
+    tmux.keys("s", &["tty; stty size", "Enter"]).unwrap();
+    let screen = tmux.wait_for("s", "30 100").unwrap();
     assert!(screen.contains("/dev/pts/"), "no terminal:\n{screen}");
-    tmux.run(&["resize-window", "-t", "s", "-x", "120", "-y", "40"]);
+    tmux.run(&["resize-window", "-t", "s", "-x", "120", "-y", "40"])
+        .unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    tmux.keys(&["clear; stty size", "Enter"]);
-    tmux.wait_for("40 120");
-    tmux.keys(&["sleep 60; echo NOT-INTERRUPTED", "Enter"]);
+    tmux.keys("s", &["clear; stty size", "Enter"]).unwrap();
+    tmux.wait_for("s", "40 120").unwrap();
+    tmux.keys("s", &["sleep 60; echo NOT-INTERRUPTED", "Enter"])
+        .unwrap();
     std::thread::sleep(Duration::from_millis(700));
-    tmux.keys(&["C-c"]);
-    tmux.keys(&["echo AFTER$((40+2))", "Enter"]);
-    let screen = tmux.wait_for("AFTER42");
+    tmux.keys("s", &["C-c"]).unwrap();
+    tmux.keys("s", &["echo AFTER$((40+2))", "Enter"]).unwrap();
+    let screen = tmux.wait_for("s", "AFTER42").unwrap();
     assert!(
         !screen.lines().any(|l| l.trim() == "NOT-INTERRUPTED"),
         "Ctrl-C did not interrupt:\n{screen}"
     );
-    tmux.keys(&["exit 3", "Enter"]);
+    tmux.keys("s", &["exit 3", "Enter"]).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !status_file.exists() {
         assert!(
             std::time::Instant::now() < deadline,
             "ssh did not end after `exit 3`:\n{}",
-            tmux.screen()
+            tmux.screen("s").unwrap()
         );
         std::thread::sleep(Duration::from_millis(100));
     }

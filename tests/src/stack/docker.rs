@@ -8,14 +8,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use warren_gateway::recordings::RecordingPolicy;
 use warren_keys::SandboxId;
 use warren_runner::protocol::{Request, Response, SandboxSpec};
-use warren_store::User;
-use warren_tests::util::{self, prerequisite};
-use warren_tests::{Client, Cmd, workspace_root};
+use warren_store::{RunnerId, User};
 
-use super::{RunnerProc, Stack};
+use super::{RunnerProc, Stack, StackBuilder};
+use crate::util::{self, prerequisite};
+use crate::{Client, Cmd, Output, workspace_root};
 
 /// The label of the warm pool's containers (`runner/src/backend/docker/pool.rs`).
 pub const POOL_LABEL: &str = "org.warren.pool";
@@ -24,7 +23,7 @@ pub const POOL_LABEL: &str = "org.warren.pool";
 /// --agent-bin PATH`), before a test's own.
 const BASE_ARGS: usize = 4;
 
-pub fn docker(args: &[&str]) -> Result<warren_tests::Output> {
+pub fn docker(args: &[&str]) -> Result<Output> {
     Cmd::new("docker")
         .args(args.iter().copied())
         .timeout(Duration::from_secs(120))
@@ -88,9 +87,7 @@ pub fn static_agent() -> Result<PathBuf> {
 }
 
 /// A gateway, one Docker runner, a user with a key. Removes every Docker object of
-/// the runner when dropped.
-/// Removes every Docker object of the runner, and the firewall rules of the
-/// sandboxes it made, when dropped.
+/// the runner, and the firewall rules of the sandboxes it made, when dropped.
 pub struct DockerStack {
     pub stack: Stack,
     pub runner: RunnerProc,
@@ -102,13 +99,13 @@ pub struct DockerStack {
 }
 
 impl DockerStack {
-    /// `None` when Docker or root is missing outside CI (the test is then skipped).
+    /// `Stack::builder().docker(extra)`: `None` when Docker or root is missing
+    /// outside CI (the test is then skipped).
     pub fn start(extra: &[&str]) -> Result<Option<DockerStack>> {
-        DockerStack::start_recording(RecordingPolicy::default(), extra)
+        Stack::builder().docker(extra)
     }
 
-    /// The same, its gateway recording by `policy`.
-    pub fn start_recording(policy: RecordingPolicy, extra: &[&str]) -> Result<Option<DockerStack>> {
+    pub(super) fn start_with(builder: StackBuilder, extra: &[&str]) -> Result<Option<DockerStack>> {
         if !prerequisite(docker_available(), "a Docker engine")? {
             return Ok(None);
         }
@@ -120,7 +117,7 @@ impl DockerStack {
         }
         let agent = static_agent()?;
         image("build-busybox")?;
-        let stack = Stack::start_recording(policy)?;
+        let stack = builder.start()?;
         let mut args = vec![
             "--backend".to_owned(),
             "docker".to_owned(),
@@ -156,7 +153,8 @@ impl DockerStack {
         forward_agent: bool,
         spec: SandboxSpec,
     ) -> Result<(SandboxId, Client)> {
-        let mut row = super::sandbox_row(&SandboxId::generate(), &self.runner, &self.owner);
+        let mut row =
+            super::in_process::sandbox_row(&SandboxId::generate(), &self.runner, &self.owner);
         row.forward_agent = forward_agent;
         let id = self.stack.sandbox_from(&self.runner, row, spec, true)?;
         self.made.borrow_mut().push(id.clone());
@@ -259,50 +257,58 @@ impl DockerStack {
 impl Drop for DockerStack {
     fn drop(&mut self) {
         self.runner.kill();
-        let label = format!("label=org.warren.runner={}", self.runner.id);
-        // Firewall chains are named after each network's sandbox label: a pool
-        // member's slot is not among the sandboxes made.
-        if let Ok(slots) = docker_ok(&[
-            "network",
-            "ls",
-            "--filter",
-            &label,
-            "--format",
-            "{{.Label \"org.warren.sandbox\"}}",
-        ]) {
-            for slot in slots.split_whitespace() {
-                if let Ok(slot) = SandboxId::parse(slot) {
-                    self.stack
-                        .rt
-                        .block_on(warren_runner::netpolicy::remove(&slot));
-                }
-            }
-        }
-        for (list, rm) in [
-            (
-                vec!["ps", "-aq", "--filter", &label],
-                vec!["rm", "-f", "-v"],
-            ),
-            (
-                vec!["volume", "ls", "-q", "--filter", &label],
-                vec!["volume", "rm", "-f"],
-            ),
-            (
-                vec!["network", "ls", "-q", "--filter", &label],
-                vec!["network", "rm"],
-            ),
-        ] {
-            let Ok(ids) = docker_ok(&list) else { continue };
-            for id in ids.split_whitespace() {
-                let mut argv = rm.clone();
-                argv.push(id);
-                let _ = docker(&argv);
-            }
-        }
-        for id in self.made.borrow().iter() {
-            self.stack.rt.block_on(warren_runner::netpolicy::remove(id));
-        }
+        remove_runner_objects(&self.stack.rt, &self.runner.id, &self.made.borrow());
         unmount_disks(self.runner.listen_dir());
+    }
+}
+
+/// Removes every container, volume and network of `runner`, and the firewall
+/// rules of its networks and of `sandboxes` (a killed runner leaves them all).
+pub(super) fn remove_runner_objects(
+    rt: &tokio::runtime::Runtime,
+    runner: &RunnerId,
+    sandboxes: &[SandboxId],
+) {
+    let label = format!("label=org.warren.runner={runner}");
+    // Firewall chains are named after each network's sandbox label: a pool
+    // member's slot is not among the sandboxes made.
+    if let Ok(slots) = docker_ok(&[
+        "network",
+        "ls",
+        "--filter",
+        &label,
+        "--format",
+        "{{.Label \"org.warren.sandbox\"}}",
+    ]) {
+        for slot in slots.split_whitespace() {
+            if let Ok(slot) = SandboxId::parse(slot) {
+                rt.block_on(warren_runner::netpolicy::remove(&slot));
+            }
+        }
+    }
+    for (list, rm) in [
+        (
+            vec!["ps", "-aq", "--filter", &label],
+            vec!["rm", "-f", "-v"],
+        ),
+        (
+            vec!["volume", "ls", "-q", "--filter", &label],
+            vec!["volume", "rm", "-f"],
+        ),
+        (
+            vec!["network", "ls", "-q", "--filter", &label],
+            vec!["network", "rm"],
+        ),
+    ] {
+        let Ok(ids) = docker_ok(&list) else { continue };
+        for id in ids.split_whitespace() {
+            let mut argv = rm.clone();
+            argv.push(id);
+            let _ = docker(&argv);
+        }
+    }
+    for id in sandboxes {
+        rt.block_on(warren_runner::netpolicy::remove(id));
     }
 }
 

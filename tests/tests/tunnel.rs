@@ -17,9 +17,7 @@ use warren_gateway::tunnel::{RunnerHub, TunnelError};
 use warren_keys::{SandboxId, TokenSigner};
 use warren_runner::protocol::{Request, Response};
 use warren_store::{NewRunner, RunnerId, RunnerState, Store};
-use warren_tests::{Client, Target, bin_path};
-
-const RUNNER: &str = env!("CARGO_BIN_EXE_warren-runner");
+use warren_tests::{ChildGuard, Client, Target, bin_path};
 
 struct Gateway {
     dir: TempDir,
@@ -71,34 +69,12 @@ impl Gateway {
     }
 }
 
-/// A child in its own process group, killed (group and all) on drop.
-struct Proc(tokio::process::Child);
-
-impl Proc {
-    fn kill_group(&mut self) {
-        if let Some(pid) = self.0.id() {
-            // SAFETY: kill(2) on our own child's process group.
-            unsafe {
-                libc::kill(-(pid as i32), libc::SIGKILL);
-            }
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill_group();
-    }
-}
-
-fn runner_cmd(args: &[&str]) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(RUNNER);
+fn runner_cmd(args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(bin_path("warren-runner"));
     cmd.args(args)
         .env("WARREN_AGENT_BIN", bin_path("warren-agent"))
         .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .process_group(0);
+        .stdin(Stdio::null());
     cmd
 }
 
@@ -111,7 +87,7 @@ async fn join(
     name: &str,
 ) -> (bool, String, String) {
     let gateway = gw.addr.to_string();
-    let mut cmd = runner_cmd(&[
+    let mut cmd = tokio::process::Command::from(runner_cmd(&[
         "join",
         "--gateway",
         &gateway,
@@ -123,7 +99,8 @@ async fn join(
         name,
         "--data-dir",
         data.to_str().unwrap(),
-    ]);
+    ]));
+    cmd.kill_on_drop(true).process_group(0);
     let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
         .await
         .expect("join timed out")
@@ -141,7 +118,7 @@ fn runner_id(data: &Path) -> RunnerId {
     RunnerId::parse(&identity.runner_id).unwrap()
 }
 
-fn run_runner(data: &Path, listen: &Path) -> Proc {
+fn run_runner(data: &Path, listen: &Path) -> ChildGuard {
     let mut cmd = runner_cmd(&[
         "run",
         "--backend",
@@ -151,8 +128,7 @@ fn run_runner(data: &Path, listen: &Path) -> Proc {
         "--listen-dir",
         listen.to_str().unwrap(),
     ]);
-    cmd.stdout(Stdio::null());
-    Proc(cmd.spawn().unwrap())
+    ChildGuard::spawn(cmd.stdout(Stdio::null())).unwrap()
 }
 
 async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
@@ -387,7 +363,7 @@ async fn tunnel_carries_ssh_survives_gateway_restart_and_notices_a_dead_runner()
     assert!(!sandbox_dir(data.path(), &sandbox).exists());
 
     // The runner dies: the gateway marks it offline, and new streams fail at once.
-    runner.kill_group();
+    runner.kill(Duration::ZERO);
     wait_for("runner offline", Duration::from_secs(10), async || {
         gw.state(&id).await == RunnerState::Offline
     })

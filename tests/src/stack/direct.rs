@@ -11,13 +11,12 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use tempfile::TempDir;
-use warren_gateway::recordings::RecordingPolicy;
 use warren_gateway::server::{self, Listen, Options};
 use warren_gateway::ssh::{AgentDialer, AgentStream, DialError, Dialing};
 use warren_keys::SandboxId;
 use warren_store::{NewSandbox, Sandbox, SandboxState, Store, User};
 
-use crate::client::{Client, Target};
+use crate::{Client, Target};
 
 /// Where each sandbox's agent listens; a sandbox without one has an "offline" runner.
 #[derive(Default, Clone)]
@@ -43,7 +42,9 @@ impl AgentDialer for DirectDialer {
     }
 }
 
-pub struct Gateway {
+/// The real gateway in-process on a fresh SQLite store, its front door dialing
+/// the agents [`DirectGateway::sandbox`] names.
+pub struct DirectGateway {
     runtime: tokio::runtime::Runtime,
     pub store: Store,
     pub port: u16,
@@ -51,15 +52,16 @@ pub struct Gateway {
     dir: TempDir,
 }
 
-impl Gateway {
-    /// Starts a front door on 127.0.0.1 with an empty store, recording nothing.
-    pub fn start() -> Result<Gateway> {
-        Gateway::start_recording(None)
+impl DirectGateway {
+    /// Starts a front door on 127.0.0.1 with an empty store, recording nothing:
+    /// `Stack::builder().no_recording().direct()`.
+    pub fn start() -> Result<DirectGateway> {
+        super::Stack::builder().no_recording().direct()
     }
 
-    /// [`Gateway::start`], recording terminal sessions by `policy` (none: nothing)
-    /// under [`Gateway::data_dir`]`/recordings`.
-    pub fn start_recording(policy: Option<RecordingPolicy>) -> Result<Gateway> {
+    /// A front door with `options`, its dialer the test's; recordings go under
+    /// [`DirectGateway::data_dir`]`/recordings`.
+    pub(super) fn start_with(options: Options) -> Result<DirectGateway> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -70,12 +72,8 @@ impl Gateway {
         let dialer = DirectDialer::default();
         let listen = Listen::loopback();
         let options = Options {
-            recording: policy.unwrap_or(RecordingPolicy {
-                enabled: false,
-                ..RecordingPolicy::default()
-            }),
             dialer: Some(Arc::new(dialer.clone())),
-            ..Options::default()
+            ..options
         };
         let (store, port) = runtime.block_on(async {
             let store = Store::open_in_data_dir(dir.path()).await?;
@@ -85,7 +83,7 @@ impl Gateway {
             tokio::spawn(gateway.serve(std::future::pending()));
             anyhow::Ok((store, port))
         })?;
-        Ok(Gateway {
+        Ok(DirectGateway {
             runtime,
             store,
             port,

@@ -9,7 +9,7 @@
 //! runner reconnects by itself and its sandboxes keep running.
 //!
 //! Not for tests that need the API or to create sandboxes later: those use the
-//! in-process stacks (`tests/tests/common`, [`crate::gateway`]).
+//! in-process stacks ([`super::Stack`], [`super::DirectGateway`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -229,44 +229,11 @@ impl GatewayStack {
     /// Every container, volume and network of this runner, and the sandboxes'
     /// firewall rules (the runner, killed, leaves them).
     fn remove_docker_objects(&self) {
-        let label = format!("label=org.warren.runner={}", self.runner_id);
-        let docker = |args: &[&str]| {
-            Cmd::new("docker")
-                .args(args.iter().copied())
-                .timeout(Duration::from_secs(300))
-                .run()
-                .ok()
-                .filter(|o| o.status.success())
-                .map(|o| o.stdout_trimmed().to_owned())
-        };
-        for (list, rm) in [
-            (vec!["ps", "-aq", "--filter"], vec!["rm", "-f", "-v"]),
-            (
-                vec!["volume", "ls", "-q", "--filter"],
-                vec!["volume", "rm", "-f"],
-            ),
-            (
-                vec!["network", "ls", "-q", "--filter"],
-                vec!["network", "rm"],
-            ),
-        ] {
-            let mut argv = list;
-            argv.push(&label);
-            let Some(ids) = docker(&argv) else { continue };
-            let ids: Vec<&str> = ids.split_whitespace().collect();
-            if !ids.is_empty() {
-                let mut argv = rm.clone();
-                argv.extend(ids);
-                let _ = docker(&argv);
-            }
-        }
         if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
         {
-            for id in &self.sandboxes {
-                rt.block_on(warren_runner::netpolicy::remove(id));
-            }
+            super::docker::remove_runner_objects(&rt, &self.runner_id, &self.sandboxes);
         }
     }
 }
@@ -274,21 +241,11 @@ impl GatewayStack {
 /// Builds what a Docker runner needs: the static agent (its path is returned) and,
 /// for Warren's own images, the image (`images/build-busybox`, `images/build-base`).
 pub fn docker_agent_and_image(image: &str) -> Result<PathBuf> {
-    let agent = Cmd::new(crate::workspace_root().join("scripts/build-static-agent"))
-        .timeout(Duration::from_secs(1800))
-        .run()?
-        .success()?;
-    let agent = crate::workspace_root().join(agent.stdout_str().trim());
-    let script = match image {
-        i if i.starts_with("warren-busybox") => Some("build-busybox"),
-        i if i.starts_with("warren-base") => Some("build-base"),
-        _ => None,
-    };
-    if let Some(script) = script {
-        Cmd::new(crate::workspace_root().join("images").join(script))
-            .timeout(Duration::from_secs(1800))
-            .run()?
-            .success()?;
+    let agent = super::static_agent()?;
+    if image.starts_with("warren-busybox") {
+        super::image("build-busybox")?;
+    } else if image.starts_with("warren-base") {
+        super::image("build-base")?;
     }
     Ok(agent)
 }
