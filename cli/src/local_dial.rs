@@ -9,8 +9,8 @@ use std::sync::{Arc, OnceLock};
 
 use warren_gateway::dial::TunnelDialer;
 use warren_gateway::ssh::{AgentDialer, AgentStream, DialError, Dialing};
-use warren_store::{RunnerId, Sandbox};
 use warren_runner::backend::Backend;
+use warren_store::{RunnerId, Sandbox};
 
 /// Set up in two steps: the gateway needs its dialer before the local runner
 /// exists, and the runner needs the gateway's endpoint to join.
