@@ -55,6 +55,7 @@ mod runners;
 mod sandboxes;
 mod sessions;
 mod shares;
+mod snapshots;
 mod users;
 
 use std::fs::{DirBuilder, OpenOptions};
@@ -76,6 +77,8 @@ pub use self::model::{
     SandboxEvent, SandboxPage, SandboxQuery, SandboxState, SessionEnd, SessionExit, SshChannel,
     SshKey, SshSession, Timestamp, User,
 };
+pub use self::snapshots::{NewSnapshot, Snapshot};
+pub use warren_keys::SnapshotId;
 
 /// The SQLite file's name inside the data dir.
 pub const SQLITE_FILE_NAME: &str = "gateway.db";
