@@ -191,7 +191,8 @@ fn scenario(d: &DockerStack) -> Result<()> {
                 began.elapsed()
             );
         }
-        let lines: Vec<&str> = out.stdout_str().lines().collect();
+        let text = out.stdout_str();
+        let lines: Vec<&str> = text.lines().collect();
         ensure!(
             lines.first() == Some(&"installed")
                 && lines.get(1) == Some(&"one")
@@ -544,10 +545,11 @@ fn bench(d: &DockerStack) -> Result<()> {
             .iter()
             .map(|s| s["id"].as_str().unwrap().to_owned())
             .collect();
+        let clients: Vec<Client> = ids.iter().map(|id| e.ssh(id)).collect();
         std::thread::scope(|s| {
-            let runs: Vec<_> = ids
-                .iter()
-                .map(|id| s.spawn(|| e.ssh(id).exec("true").run()?.success().map(|_| ())))
+            let runs: Vec<_> = clients
+                .into_iter()
+                .map(|c| s.spawn(move || c.exec("true").run()?.success().map(|_| ())))
                 .collect();
             for run in runs {
                 run.join()
@@ -653,5 +655,47 @@ fn bench(d: &DockerStack) -> Result<()> {
     for id in ids.iter().chain([&big]) {
         delete(id)?;
     }
+    Ok(())
+}
+
+/// The process backend keeps no snapshots: a snapshot or a fork of its sandbox is a
+/// 409 saying so, and leaves nothing behind.
+#[test]
+fn the_process_backend_refuses_snapshots_and_forks() -> Result<()> {
+    let stack = common::Stack::start()?;
+    let _runner = stack.runner("r1")?;
+    let api = stack.api(Duration::from_secs(1))?;
+    let key = stack.admin("root")?;
+    let made = stack.call(&api, "POST", "/v1/sandboxes", Some(&key), Some(json!({})))?;
+    let id = expect(&made, 201, "create")?["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (path, body) in [
+        (format!("/v1/sandboxes/{id}/snapshots"), json!({})),
+        (format!("/v1/sandboxes/{id}/fork"), json!({"count": 2})),
+    ] {
+        let reply = stack.call(&api, "POST", &path, Some(&key), Some(body))?;
+        expect(&reply, 409, &path)?;
+        ensure!(
+            reply.error_code() == "not_supported" && reply.text.contains("process backend"),
+            "{path}: {}",
+            reply.text
+        );
+    }
+    let snapshots = stack
+        .call(&api, "GET", "/v1/snapshots", Some(&key), None)?
+        .json();
+    ensure!(
+        snapshots["snapshots"].as_array().is_some_and(Vec::is_empty),
+        "{snapshots}"
+    );
+    let list = stack
+        .call(&api, "GET", "/v1/sandboxes", Some(&key), None)?
+        .json();
+    ensure!(
+        list["sandboxes"].as_array().map(Vec::len) == Some(1),
+        "a refused fork left a sandbox: {list}"
+    );
     Ok(())
 }
