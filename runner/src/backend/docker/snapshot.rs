@@ -4,10 +4,14 @@
 //!
 //! A snapshot `<snp>` is two things, both copy-on-write for its forks:
 //!
-//! - **Its root file system**: the source container `docker commit`ted, while
-//!   paused, as the runner-local image `warren-snapshot:<snp>` (labelled
-//!   [`LABEL_SNAPSHOT`]): one layer of what the sandbox changed (`apt-get
-//!   install`, `pip install --user`) above its image's layers, shared by every fork.
+//! - **Its root file system**: the source's writable layer, copied (whiteouts and
+//!   all) while it is paused, then put into a never-started container of the
+//!   source's image and `docker commit`ted as the runner-local image
+//!   `warren-snapshot:<snp>` (labelled [`LABEL_SNAPSHOT`]) once the source runs
+//!   again — committing the running source itself would freeze it for seconds (the
+//!   engine walks its whole file system): one layer of what the sandbox changed
+//!   (`apt-get install`, `pip install --user`) above its image's layers, shared by
+//!   every fork.
 //!   The image's config is the source image's, with every variable and label the
 //!   container had beyond it *unset* (a bare `NAME`, which the engine drops from a
 //!   container's environment; an empty label): the create-time env (secrets) and
@@ -58,6 +62,9 @@ const DELETED: &str = "deleted";
 const DISK: &str = "disk.img";
 /// In a snapshot's directory: where its disk is mounted (read-only) for forks.
 const LOWER: &str = "lower";
+/// In a snapshot's directory while it is taken: the source's writable layer, copied
+/// while it was paused, until it is committed.
+const STAGED: &str = "rootfs";
 
 /// What the runner keeps of a snapshot beside its disk.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -185,6 +192,11 @@ impl DockerBackend {
             ));
         }
         let env = self.env(id).await?;
+        let upper = info
+            .graph_driver
+            .as_ref()
+            .and_then(|g| g.data.get("UpperDir"))
+            .map(PathBuf::from);
         let config = info.config.unwrap_or_default();
         let base_image = config.image.clone().unwrap_or_default();
         let base = self
@@ -199,9 +211,14 @@ impl DockerBackend {
             .create(&dir)
             .with_context(|| format!("creating {}", dir.display()))?;
         let image = format!("{SNAPSHOT_REPO}:{}", snapshot.as_str());
-        let captured = self
-            .capture(&name, &slot, snapshot, &dir, &base, &config)
-            .await;
+        let captured = async {
+            let frozen = self.capture(&name, &slot, &dir, upper.as_deref()).await?;
+            let config = snapshot_config(&base, &config, snapshot, &self.runner);
+            self.commit_staged(snapshot, &base_image, &dir, config)
+                .await?;
+            Ok::<_, anyhow::Error>(frozen)
+        }
+        .await;
         let frozen = match captured {
             Ok(frozen) => frozen,
             Err(e) => {
@@ -239,19 +256,20 @@ impl DockerBackend {
         })
     }
 
-    /// The capture itself; returns how long the sandbox was frozen.
+    /// The capture itself, while the sandbox is paused: its disk (frozen, copied
+    /// sparse) and its writable layer (copied as it is: whiteouts and all, usually
+    /// small) into `dir`. Returns how long the sandbox was frozen.
     async fn capture(
         &self,
         name: &str,
         slot: &SandboxId,
-        snapshot: &SnapshotId,
         dir: &Path,
-        base: &bollard::models::ImageInspect,
-        config: &ContainerConfig,
+        upper: Option<&Path>,
     ) -> Result<Duration> {
-        let commit_config = snapshot_config(base, config, snapshot, &self.runner);
         let mount = self.disk_mount(slot);
         let disk = self.disk_image(slot);
+        let staged = dir.join(STAGED);
+        private_dir(&staged)?;
         let began = Instant::now();
         self.docker
             .pause_container(name)
@@ -284,20 +302,13 @@ impl DockerBackend {
             if let Some(frozen) = frozen {
                 frozen.thaw().await?;
             }
-            self.docker
-                .commit_container(
-                    CommitContainerOptions {
-                        container: Some(name.to_owned()),
-                        repo: Some(SNAPSHOT_REPO.to_owned()),
-                        tag: Some(snapshot.as_str().to_owned()),
-                        comment: Some(format!("warren snapshot {snapshot}")),
-                        pause: false,
-                        ..Default::default()
-                    },
-                    commit_config,
-                )
-                .await
-                .context("committing the sandbox's root file system")?;
+            if let Some(upper) = upper {
+                let mut from = upper.as_os_str().to_owned();
+                from.push("/.");
+                run("cp", &[OsStr::new("-a"), &from, staged.as_os_str()])
+                    .await
+                    .context("copying the sandbox's writable layer")?;
+            }
             Ok::<_, anyhow::Error>(())
         }
         .await;
@@ -306,6 +317,95 @@ impl DockerBackend {
         inner?;
         unpaused.context("unpausing the sandbox")?;
         Ok(frozen)
+    }
+
+    /// After the sandbox goes on: the snapshot's image, from a container of the
+    /// source's image (never started) holding the staged writable layer, committed
+    /// (a running container's commit walks its whole file system: seconds).
+    async fn commit_staged(
+        &self,
+        snapshot: &SnapshotId,
+        base_image: &str,
+        dir: &Path,
+        config: ContainerConfig,
+    ) -> Result<()> {
+        let name = format!("{SNAPSHOT_REPO}-{}", snapshot.as_str());
+        let labels = HashMap::from([
+            (LABEL_SNAPSHOT.to_owned(), snapshot.as_str().to_owned()),
+            (LABEL_RUNNER.to_owned(), self.runner.clone()),
+        ]);
+        self.docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                }),
+                ContainerCreateBody {
+                    image: Some(base_image.to_owned()),
+                    labels: Some(labels),
+                    network_disabled: Some(true),
+                    host_config: Some(HostConfig {
+                        network_mode: Some("none".into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )
+            .await
+            .context("creating the snapshot's image container")?;
+        let committed = async {
+            let info = self
+                .docker
+                .inspect_container(&name, None)
+                .await
+                .context("inspecting the snapshot's image container")?;
+            let upper = info
+                .graph_driver
+                .as_ref()
+                .and_then(|g| g.data.get("UpperDir"))
+                .map(PathBuf::from)
+                .context("the engine names no writable layer (a storage driver other than an overlay)")?;
+            let mut from = dir.join(STAGED).into_os_string();
+            from.push("/.");
+            run("cp", &[OsStr::new("-a"), &from, upper.as_os_str()])
+                .await
+                .context("staging the snapshot's layer")?;
+            self.docker
+                .commit_container(
+                    CommitContainerOptions {
+                        container: Some(name.clone()),
+                        repo: Some(SNAPSHOT_REPO.to_owned()),
+                        tag: Some(snapshot.as_str().to_owned()),
+                        comment: Some(format!("warren snapshot {snapshot}")),
+                        pause: false,
+                        ..Default::default()
+                    },
+                    config,
+                )
+                .await
+                .context("committing the snapshot's root file system")?;
+            Ok::<_, anyhow::Error>(())
+        }
+        .await;
+        let removed = self
+            .docker
+            .remove_container(
+                &name,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    ..Default::default()
+                }),
+            )
+            .await;
+        committed?;
+        if let Err(e) = removed {
+            tracing::warn!(%snapshot, error = %e, "removing the snapshot's image container");
+        }
+        if let Err(e) = fs::remove_dir_all(dir.join(STAGED)) {
+            tracing::warn!(%snapshot, error = %e, "removing the staged layer");
+        }
+        Ok(())
     }
 
     /// The image a fork of `fork` is made from (the snapshot's: it was allowed when
