@@ -628,6 +628,9 @@ impl DockerBackend {
         if !disk.exists() {
             bail!("the disk of snapshot {snapshot} is gone");
         }
+        // Forks made at once share the mount: one makes it.
+        static LOWER_MOUNTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let guard = LOWER_MOUNTS.lock().await;
         if !is_mounted(&lower) {
             private_dir(&lower)?;
             run(
@@ -644,6 +647,7 @@ impl DockerBackend {
             .await
             .context("mounting a snapshot's disk")?;
         }
+        drop(guard);
         let upper = self.fork_upper(slot);
         if !is_mounted(&upper) {
             private_dir(&upper)?;
