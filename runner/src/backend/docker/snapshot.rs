@@ -364,7 +364,9 @@ impl DockerBackend {
                 .as_ref()
                 .and_then(|g| g.data.get("UpperDir"))
                 .map(PathBuf::from)
-                .context("the engine names no writable layer (a storage driver other than an overlay)")?;
+                .context(
+                    "the engine names no writable layer (a storage driver other than an overlay)",
+                )?;
             let mut from = dir.join(STAGED).into_os_string();
             from.push("/.");
             run("cp", &[OsStr::new("-a"), &from, upper.as_os_str()])
