@@ -34,7 +34,7 @@ pub fn run(chunk_size: u64) -> anyhow::Result<()> {
                 continue;
             }
         }
-        match hash_file(path, &mut buf) {
+        match hash_file(path, buf.len() as u64) {
             Ok(line) => writeln!(out, "{line}")?,
             Err(_) => writeln!(out, "-")?,
         }
@@ -99,15 +99,19 @@ fn copy(seed: &Path, path: &Path, buf: &mut [u8]) -> std::io::Result<String> {
     })
 }
 
-fn hash_file(path: &Path, buf: &mut [u8]) -> std::io::Result<String> {
-    hash_chunks(&mut open_regular(path)?, buf)
+fn hash_file(path: &Path, chunk: u64) -> std::io::Result<String> {
+    hash_chunks(open_regular(path)?, chunk)
 }
 
 /// Appends ` HEX` (the SHA-256 of `chunk`) to `line`.
 fn push_hash(line: &mut String, chunk: &[u8]) {
+    push_digest(line, Sha256::digest(chunk).as_slice());
+}
+
+fn push_digest(line: &mut String, digest: &[u8]) {
     use std::fmt::Write as _;
     line.push(' ');
-    for byte in Sha256::digest(chunk) {
+    for byte in digest {
         let _ = write!(line, "{byte:02x}");
     }
 }
@@ -124,36 +128,28 @@ fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
     Ok(file)
 }
 
-/// Reads `file` a chunk (`buf`) at a time; answers `SIZE HEX…`.
-fn hash_chunks(file: &mut impl Read, buf: &mut [u8]) -> std::io::Result<String> {
+/// Reads `file` a chunk at a time, each streamed into its hash; answers `SIZE HEX…`.
+fn hash_chunks(file: impl Read, chunk: u64) -> std::io::Result<String> {
+    let mut file = std::io::BufReader::with_capacity(READ_BUF, file);
     let mut size = 0u64;
     let mut line = String::new();
     loop {
-        let n = read_full(file, buf)?;
+        let mut hasher = Sha256::new();
+        let n = std::io::copy(&mut (&mut file).take(chunk), &mut hasher)?;
         if n == 0 {
             break;
         }
-        size += n as u64;
-        push_hash(&mut line, &buf[..n]);
-        if n < buf.len() {
+        size += n;
+        push_digest(&mut line, hasher.finalize().as_slice());
+        if n < chunk {
             break;
         }
     }
     Ok(format!("{size}{line}"))
 }
 
-fn read_full(file: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
-}
+/// How much of a file one read asks for while hashing it.
+const READ_BUF: usize = 256 * 1024;
 
 #[cfg(test)]
 mod tests {
@@ -165,7 +161,7 @@ mod tests {
         let seed = dir.path().join("a");
         std::fs::write(&seed, b"hello world").unwrap_or_else(|e| panic!("{e}"));
         let mut buf = vec![0u8; 4];
-        let line = hash_file(&seed, &mut buf).unwrap_or_else(|e| panic!("{e}"));
+        let line = hash_file(&seed, buf.len() as u64).unwrap_or_else(|e| panic!("{e}"));
         let words: Vec<&str> = line.split(' ').collect();
         assert_eq!(words[0], "11");
         assert_eq!(words.len(), 1 + 3);
@@ -177,5 +173,14 @@ mod tests {
             copy(&seed, &part, &mut buf).is_err(),
             "an existing part is kept"
         );
+    }
+
+    #[test]
+    fn a_file_of_whole_chunks_has_no_empty_last_chunk() {
+        let mut expected = "8".to_owned();
+        push_hash(&mut expected, b"abcd");
+        push_hash(&mut expected, b"efgh");
+        assert_eq!(hash_chunks(&b"abcdefgh"[..], 4).ok(), Some(expected));
+        assert_eq!(hash_chunks(&b""[..], 4).ok().as_deref(), Some("0"));
     }
 }

@@ -1,10 +1,11 @@
-//! The CLI's side of the HTTP API: where it is, the key, and typed calls.
+//! The CLI's login: where the HTTP API is and the key (`warren login` saves them),
+//! and a [`warren_client::Client`] for it.
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use warren_client::Client;
 
 /// What `warren login` saves (0600): the API's URL and an API key.
 #[derive(Serialize, Deserialize)]
@@ -66,81 +67,17 @@ impl Config {
         std::fs::rename(&tmp, &path)?;
         Ok(path)
     }
-}
 
-pub struct Api {
-    http: reqwest::Client,
-    url: String,
-    key: String,
-}
-
-impl Api {
-    pub fn new(config: &Config) -> anyhow::Result<Api> {
-        let mut http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(600));
-        if let Some(path) = &config.ca_cert {
+    /// A client of the API this config names (trusting its `ca_cert` too).
+    pub fn client(&self) -> anyhow::Result<Client> {
+        let mut builder = Client::builder(&self.url, &self.api_key);
+        if let Some(path) = &self.ca_cert {
             let pem = std::fs::read(path)
                 .with_context(|| format!("reading the CA certificate {}", path.display()))?;
-            let cert = reqwest::Certificate::from_pem(&pem)
+            builder = builder
+                .ca_certificate_pem(&pem)
                 .with_context(|| format!("{} is not a PEM certificate", path.display()))?;
-            http = http.add_root_certificate(cert);
         }
-        Ok(Api {
-            http: http.build()?,
-            url: config.url.trim_end_matches('/').to_owned(),
-            key: config.api_key.clone(),
-        })
-    }
-
-    /// One call; a non-2xx answer becomes an error carrying the API's message.
-    pub async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> anyhow::Result<String> {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.url))
-            .bearer_auth(&self.key);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request.send().await.map_err(|e| {
-            // reqwest names the URL (never the key); the cause says what failed.
-            let untrusted =
-                std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
-                    .any(|cause| cause.to_string().contains("certificate"));
-            let hint = if untrusted {
-                " (a gateway with a self-signed certificate: `warren login --cacert \
-                 <its cert.pem>`, or WARREN_CACERT)"
-            } else {
-                ""
-            };
-            anyhow::Error::new(e)
-                .context(format!("cannot reach the Warren API at {}{hint}", self.url))
-        })?;
-        let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        if !status.is_success() {
-            let message = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-                .unwrap_or(text);
-            bail!("{message} (HTTP {})", status.as_u16());
-        }
-        Ok(text)
-    }
-
-    pub async fn json(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> anyhow::Result<Value> {
-        let text = self.call(method, path, body).await?;
-        if text.is_empty() {
-            return Ok(Value::Null);
-        }
-        serde_json::from_str(&text).context("the API answered something that is not JSON")
+        Ok(builder.build()?)
     }
 }

@@ -4,6 +4,7 @@
 
 mod client;
 mod env;
+mod show;
 mod sync;
 mod up;
 
@@ -13,13 +14,21 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use reqwest::Method;
-use serde_json::{Value, json};
+use serde::Serialize;
+use warren_api::{CreatePullRequest, CreateSandbox, ListSandboxes, SandboxView};
+use warren_client::Client;
 
-use crate::client::{Api, Config};
+use crate::client::Config;
 
 #[derive(Parser)]
-#[command(name = "warren", version, about = "Disposable SSH sandboxes")]
+#[command(
+    name = "warren",
+    version,
+    about = "Disposable SSH sandboxes",
+    after_help = "`warren up` runs everything on this machine and logs you in; the other \
+        commands talk to a gateway's HTTP API (`warren login`, or WARREN_URL and \
+        WARREN_API_KEY)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -33,10 +42,13 @@ enum Command {
         /// Where everything is kept (default: ~/.local/share/warren).
         #[arg(long, env = "WARREN_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        /// Where the SSH gateway listens (`ssh <sandbox-id>@host -p PORT`).
         #[arg(long, env = "WARREN_SSH_LISTEN", default_value = "127.0.0.1:2222")]
         ssh_listen: SocketAddr,
+        /// Where the HTTP API listens.
         #[arg(long, env = "WARREN_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
         http_listen: SocketAddr,
+        /// Where runners' tunnels connect (the local runner's included).
         #[arg(long, env = "WARREN_RUNNER_LISTEN", default_value = "127.0.0.1:2223")]
         runner_listen: SocketAddr,
         /// The static warren-agent (scripts/build-static-agent).
@@ -72,6 +84,7 @@ enum Command {
     },
     /// Save a gateway's API URL and your API key (read from WARREN_API_KEY or stdin).
     Login {
+        /// The gateway's HTTP API.
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         url: String,
         /// A PEM certificate to trust for HTTPS: the gateway's self-signed one
@@ -81,10 +94,15 @@ enum Command {
     },
     /// Create a sandbox and print how to reach it.
     Create {
+        /// An image reference (default: the runner's base image).
         #[arg(long)]
         image: Option<String>,
+        /// An https:// repository to clone into the workspace (pull requests push
+        /// there).
         #[arg(long)]
         repo: Option<String>,
+        /// The branch made for the sandbox's work (default `warren/<sandbox-id>`;
+        /// needs --repo).
         #[arg(long)]
         branch: Option<String>,
         /// Let your own `ssh -A` sessions forward your SSH agent into the sandbox.
@@ -98,44 +116,68 @@ enum Command {
         /// `export `, values optionally in quotes). `--env` wins over it.
         #[arg(long = "env-file", value_name = "PATH")]
         env_files: Vec<PathBuf>,
+        /// CPUs, 0.1 to 16 (default 1).
         #[arg(long)]
         cpus: Option<f64>,
+        /// Memory in MiB, 128 to 65536 (default 1024).
         #[arg(long)]
         memory_mb: Option<u32>,
         /// Disk quota in MiB (the workspace, /tmp and everything it writes;
         /// default: the runner's).
         #[arg(long)]
         disk_mb: Option<u32>,
+        /// Stop it after this many seconds without activity, 60 to 604800 (default:
+        /// the runner's).
         #[arg(long)]
         idle_timeout_s: Option<u32>,
+        /// Delete it this many seconds after creation, 60 to 31536000 (default:
+        /// never).
         #[arg(long)]
         ttl_s: Option<u32>,
+        /// Print the API's answer as JSON (its token included) instead.
+        #[arg(long)]
+        json: bool,
     },
-    /// Your sandboxes.
-    List,
+    /// Your sandboxes, newest first (the first 50).
+    List {
+        /// Print the API's JSON (`GET /v1/sandboxes`; times in Unix seconds).
+        #[arg(long)]
+        json: bool,
+    },
     /// ssh into a sandbox (runs the system ssh; extra arguments follow `--`).
     Ssh {
+        /// The sandbox's id (`sbx-…`).
         id: String,
+        /// Arguments for ssh, after `--` (e.g. `-- -A`, or a command to run).
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Stop a running sandbox; its workspace is kept for `warren start`.
     Stop {
+        /// The sandbox's id (`sbx-…`).
         id: String,
     },
+    /// Start a stopped sandbox again, with its workspace as it was.
     Start {
+        /// The sandbox's id (`sbx-…`).
         id: String,
     },
     /// Delete a sandbox and its workspace.
     Rm {
+        /// The sandbox's id (`sbx-…`).
         id: String,
     },
     /// Commit the sandbox's changes, push its branch and open a pull request.
     Pr {
+        /// The sandbox's id (`sbx-…`).
         id: String,
+        /// The pull request's title, also the commit's subject.
         #[arg(long)]
         title: String,
+        /// Its description (Markdown), also the commit's body.
         #[arg(long)]
         body: Option<String>,
+        /// The branch to merge into (default: the repository's default branch).
         #[arg(long)]
         base: Option<String>,
     },
@@ -147,7 +189,8 @@ enum Command {
     Mirror(sync::MirrorArgs),
     /// Write a Host entry per sandbox into ~/.ssh/config (VS Code Remote-SSH lists them).
     ConfigSsh {
-        #[arg(long)]
+        /// The SSH config file to update (default: ~/.ssh/config).
+        #[arg(long, value_name = "PATH")]
         ssh_config: Option<PathBuf>,
     },
 }
@@ -169,8 +212,14 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(run(cli.command))
 }
 
-fn api() -> anyhow::Result<Api> {
-    Api::new(&Config::load()?)
+fn api() -> anyhow::Result<Client> {
+    Config::load()?.client()
+}
+
+/// Prints a view as the API's JSON.
+fn print_json(view: &impl Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(view)?);
+    Ok(())
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
@@ -234,8 +283,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 api_key,
                 ca_cert,
             };
-            Api::new(&config)?
-                .call(Method::GET, "/v1/sandboxes?limit=1", None)
+            let first = ListSandboxes {
+                limit: Some(1),
+                ..ListSandboxes::default()
+            };
+            config
+                .client()?
+                .list_sandboxes(&first)
                 .await
                 .context("logging in")?;
             let path = config.save()?;
@@ -254,109 +308,89 @@ async fn run(command: Command) -> anyhow::Result<()> {
             disk_mb,
             idle_timeout_s,
             ttl_s,
+            json,
         } => {
-            let vars = env::collect(&env_files, &env, |name| std::env::var_os(name))?;
-            let mut body = json!({});
-            let fields = [
-                ("image", image.map(Value::from)),
-                ("repo", repo.map(Value::from)),
-                ("branch", branch.map(Value::from)),
-                ("forward_agent", forward_agent.then_some(Value::Bool(true))),
-                ("cpus", cpus.map(Value::from)),
-                ("memory_mb", memory_mb.map(Value::from)),
-                ("disk_mb", disk_mb.map(Value::from)),
-                ("idle_timeout_s", idle_timeout_s.map(Value::from)),
-                ("ttl_s", ttl_s.map(Value::from)),
-            ];
-            for (name, value) in fields {
-                if let Some(value) = value {
-                    body[name] = value;
-                }
-            }
-            if !vars.is_empty() {
-                body["env"] = json!(vars);
-            }
+            let env = env::collect(&env_files, &env, |name| std::env::var_os(name))?;
+            let request = CreateSandbox {
+                image,
+                repo,
+                branch,
+                forward_agent,
+                env,
+                cpus,
+                memory_mb,
+                idle_timeout_s,
+                ttl_s,
+                disk_mb,
+                ..CreateSandbox::default()
+            };
             eprintln!("creating a sandbox (the first from an image can take a while)…");
-            let created = api()?
-                .json(Method::POST, "/v1/sandboxes", Some(&body))
-                .await?;
-            let id = created["id"].as_str().unwrap_or_default();
-            let ssh = &created["ssh"];
-            println!(
-                "sandbox {id} ({})",
-                created["state"].as_str().unwrap_or("?")
-            );
-            println!(
-                "ssh -p {} {}@{}",
-                ssh["port"],
-                ssh["user"].as_str().unwrap_or(id),
-                ssh["host"].as_str().unwrap_or("localhost")
-            );
-            if let Some(token) = created["token"].as_str() {
-                println!("token (shown once; as password or `{id}#<token>` user): {token}");
+            let created = api()?.create_sandbox(&request).await?;
+            if json {
+                return print_json(&created);
             }
+            let sandbox = &created.sandbox;
+            println!("sandbox {} ({})", sandbox.id, sandbox.state);
+            println!("{}", ssh_line(sandbox));
+            println!(
+                "token (shown once; as password or `{}#<token>` user): {}",
+                sandbox.id, created.token
+            );
             Ok(())
         }
-        Command::List => {
-            let list = api()?.json(Method::GET, "/v1/sandboxes", None).await?;
-            println!("{:<18} {:<9} {:<28} created", "ID", "STATE", "IMAGE");
-            for s in list["sandboxes"].as_array().into_iter().flatten() {
+        Command::List { json } => {
+            let list = api()?.list_sandboxes(&ListSandboxes::default()).await?;
+            if json {
+                return print_json(&list);
+            }
+            let now = show::now();
+            println!("{:<18} {:<9} {:<28} CREATED", "ID", "STATE", "IMAGE");
+            for s in &list.sandboxes {
                 println!(
                     "{:<18} {:<9} {:<28} {}",
-                    s["id"].as_str().unwrap_or(""),
-                    s["state"].as_str().unwrap_or(""),
-                    s["image"].as_str().unwrap_or(""),
-                    s["created_at"]
+                    s.id,
+                    s.state,
+                    s.image,
+                    show::when(s.created_at, now)
                 );
             }
             Ok(())
         }
         Command::Ssh { id, args } => {
-            let sandbox = api()?
-                .json(Method::GET, &format!("/v1/sandboxes/{id}"), None)
-                .await?;
-            let ssh = &sandbox["ssh"];
-            let port = ssh["port"].to_string();
-            let target = format!(
-                "{}@{}",
-                ssh["user"].as_str().unwrap_or(&id),
-                ssh["host"].as_str().unwrap_or("localhost")
-            );
+            let sandbox = api()?.get_sandbox(&id).await?;
+            let port = sandbox.ssh.port.to_string();
+            let target = format!("{}@{}", sandbox.ssh.user, sandbox.ssh.host);
             let err = std::process::Command::new("ssh")
                 .args(["-p", &port, &target])
                 .args(&args)
                 .exec();
             bail!("cannot run ssh: {err}")
         }
-        Command::Stop { id } => lifecycle(&id, Method::POST, "/stop", "stopped").await,
-        Command::Start { id } => lifecycle(&id, Method::POST, "/start", "started").await,
-        Command::Rm { id } => lifecycle(&id, Method::DELETE, "", "deleted").await,
+        Command::Stop { id } => {
+            api()?.stop_sandbox(&id).await?;
+            println!("{id} stopped");
+            Ok(())
+        }
+        Command::Start { id } => {
+            api()?.start_sandbox(&id).await?;
+            println!("{id} started");
+            Ok(())
+        }
+        Command::Rm { id } => {
+            api()?.delete_sandbox(&id).await?;
+            println!("{id} deleted");
+            Ok(())
+        }
         Command::Pr {
             id,
             title,
             body,
             base,
         } => {
-            let mut request = json!({ "title": title });
-            if let Some(body) = body {
-                request["body"] = body.into();
-            }
-            if let Some(base) = base {
-                request["base"] = base.into();
-            }
+            let request = CreatePullRequest { title, body, base };
             eprintln!("committing, pushing and opening the pull request…");
-            let pr = api()?
-                .json(
-                    Method::POST,
-                    &format!("/v1/sandboxes/{id}/pull-requests"),
-                    Some(&request),
-                )
-                .await?;
-            println!(
-                "pull request #{}: {}",
-                pr["number"],
-                pr["url"].as_str().unwrap_or("")
-            );
+            let pr = api()?.create_pull_request(&id, &request).await?;
+            println!("pull request #{}: {}", pr.number, pr.url);
             Ok(())
         }
         Command::ConfigSsh { ssh_config } => config_ssh(ssh_config).await,
@@ -365,12 +399,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-async fn lifecycle(id: &str, method: Method, suffix: &str, done: &str) -> anyhow::Result<()> {
-    api()?
-        .call(method, &format!("/v1/sandboxes/{id}{suffix}"), None)
-        .await?;
-    println!("{id} {done}");
-    Ok(())
+/// `ssh -p PORT USER@HOST` for a sandbox.
+fn ssh_line(sandbox: &SandboxView) -> String {
+    format!(
+        "ssh -p {} {}@{}",
+        sandbox.ssh.port, sandbox.ssh.user, sandbox.ssh.host
+    )
 }
 
 const BEGIN: &str = "# ------------ BEGIN WARREN (managed by `warren config-ssh`) ------------";
@@ -384,25 +418,20 @@ async fn config_ssh(path: Option<PathBuf>) -> anyhow::Result<()> {
         .context("HOME is not set")?;
     let path = path.unwrap_or_else(|| home.join(".ssh/config"));
     let api = api()?;
-    let known = api.call(Method::GET, "/v1/host-keys", None).await?;
+    let known = api.host_keys().await?;
     let known_path = home.join(".ssh/warren_known_hosts");
     if let Some(dir) = known_path.parent() {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(&known_path, known)?;
-    let list = api.json(Method::GET, "/v1/sandboxes", None).await?;
+    let list = api.list_sandboxes(&ListSandboxes::default()).await?;
     let mut block = format!("{BEGIN}\n");
     let mut count = 0;
-    for s in list["sandboxes"].as_array().into_iter().flatten() {
-        let (Some(id), Some(state)) = (s["id"].as_str(), s["state"].as_str()) else {
-            continue;
-        };
-        if state == "deleted" || state == "failed" {
+    for s in &list.sandboxes {
+        if s.state == "deleted" || s.state == "failed" {
             continue;
         }
-        let host = api
-            .call(Method::GET, &format!("/v1/sandboxes/{id}/ssh-config"), None)
-            .await?;
+        let host = api.ssh_config(&s.id).await?;
         for line in host.lines().filter(|l| !l.trim_start().starts_with('#')) {
             block.push_str(line);
             block.push('\n');
@@ -429,4 +458,41 @@ async fn config_ssh(path: Option<PathBuf>) -> anyhow::Result<()> {
     std::fs::write(&path, updated).with_context(|| format!("writing {}", path.display()))?;
     println!("{count} sandboxes in {}", path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// `path`'s commands and arguments that say nothing in `--help`.
+    fn silent(command: &clap::Command, path: &str, found: &mut Vec<String>) {
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            if matches!(id, "help" | "version") {
+                continue;
+            }
+            if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                found.push(format!("{path} {id}"));
+            }
+        }
+        for sub in command.get_subcommands() {
+            if sub.get_name() == "help" {
+                continue;
+            }
+            let name = format!("{path} {}", sub.get_name());
+            if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                found.push(name.clone());
+            }
+            silent(sub, &name, found);
+        }
+    }
+
+    #[test]
+    fn every_command_and_flag_says_what_it_does() {
+        let mut found = Vec::new();
+        silent(&Cli::command(), "warren", &mut found);
+        assert!(found.is_empty(), "no help text: {found:?}");
+    }
 }

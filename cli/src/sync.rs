@@ -11,20 +11,22 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use indicatif::{ProgressBar, ProgressStyle};
-use reqwest::Method;
 use tokio::sync::mpsc;
 use warren_sync::{Credential, Endpoint, Event, Progress, Secret, Stage, escape_controls};
 
-use crate::client::{Api, Config};
+use crate::client::Config;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ProgressMode {
     /// A bar on a terminal, nothing otherwise.
     Auto,
+    /// A progress bar.
     Bar,
+    /// One JSON object per event, a line each, on stdout.
     Json,
+    /// Nothing but the summary.
     None,
 }
 
@@ -43,6 +45,7 @@ pub struct SyncArgs {
     /// List what would change; change nothing.
     #[arg(short = 'n', long)]
     pub dry_run: bool,
+    /// How to show progress.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,
 }
@@ -57,6 +60,7 @@ pub struct MirrorArgs {
     /// version replaces it.
     #[arg(long)]
     pub backup: bool,
+    /// How to show progress.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,
 }
@@ -72,17 +76,9 @@ pub fn split_remote(spec: &str) -> anyhow::Result<(&str, &str)> {
 /// The sandbox's SSH address and the gateway's host keys, from the API.
 pub async fn endpoint(sandbox: &str) -> anyhow::Result<Endpoint> {
     let config = Config::load()?;
-    let api = Api::new(&config)?;
-    let found = api
-        .json(Method::GET, &format!("/v1/sandboxes/{sandbox}"), None)
-        .await?;
-    let ssh = &found["ssh"];
-    let host = ssh["host"].as_str().unwrap_or("localhost").to_owned();
-    let port = ssh["port"]
-        .as_u64()
-        .and_then(|p| u16::try_from(p).ok())
-        .context("the API gave no ssh port")?;
-    let known = api.call(Method::GET, "/v1/host-keys", None).await?;
+    let api = config.client()?;
+    let found = api.get_sandbox(sandbox).await?;
+    let known = api.host_keys().await?;
     let host_keys = known
         .lines()
         .filter_map(|line| {
@@ -96,9 +92,9 @@ pub async fn endpoint(sandbox: &str) -> anyhow::Result<Endpoint> {
         bail!("the API gave no gateway host key to pin");
     }
     Ok(Endpoint {
-        host,
-        port,
-        sandbox: ssh["user"].as_str().unwrap_or(sandbox).to_owned(),
+        host: found.ssh.host,
+        port: found.ssh.port,
+        sandbox: found.ssh.user,
         credential: Credential::Password(Secret::new(config.api_key)),
         host_keys,
     })

@@ -7,16 +7,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use serde_json::{Value, json};
 use warren_gateway::recordings::RecordingPolicy;
 use warren_gateway::server::{Gateway, Listen, Options};
-use warren_gateway::store::{SandboxState, Store, StoreError, User};
 use warren_runner::backend::docker::{DockerDefaults, PoolSize, ensure_static};
 use warren_runner::backend::process::find_agent_bin;
 use warren_runner::service::{BackendKind, Runner, RunnerOptions};
 use warren_runner::state::DataDir;
+use warren_store::{SandboxState, Store, StoreError, User};
 
-use crate::client::{Api, Config};
+use crate::client::Config;
 
 pub struct UpOptions {
     pub data_dir: PathBuf,
@@ -107,7 +106,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         let _ = stop_gateway.changed().await;
     }));
     let (identity, _) = runner_data.load_identity()?;
-    let runner_id = warren_gateway::store::RunnerId::parse(&identity.runner_id)?;
+    let runner_id = warren_store::RunnerId::parse(&identity.runner_id)?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !hub.is_online(&runner_id) {
         if tokio::time::Instant::now() > deadline {
@@ -122,7 +121,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         ca_cert: None,
     };
     let saved = save_cli_config(&config);
-    let api = Api::new(&config)?;
+    let api = config.client()?;
     eprintln!("warren: preparing a first sandbox…");
     let (sandbox, mut token) = first_sandbox(&api, &store).await?;
     if token.is_none() && keys.is_empty() {
@@ -363,47 +362,35 @@ fn save_cli_config(config: &Config) -> Option<PathBuf> {
 
 /// The admin's first sandbox: made on the first start, started again if stopped.
 /// Returns its id and, when just made, its token.
-async fn first_sandbox(api: &Api, store: &Store) -> anyhow::Result<(String, Option<String>)> {
+async fn first_sandbox(
+    api: &warren_client::Client,
+    store: &Store,
+) -> anyhow::Result<(String, Option<String>)> {
     let list = api
-        .json(reqwest::Method::GET, "/v1/sandboxes", None)
+        .list_sandboxes(&warren_api::ListSandboxes::default())
         .await?;
-    let existing = list["sandboxes"]
-        .as_array()
+    let existing = list
+        .sandboxes
         .into_iter()
-        .flatten()
-        .find(|s| s["state"] != "deleted" && s["state"] != "failed");
+        .find(|s| s.state != "deleted" && s.state != "failed");
     if let Some(sandbox) = existing {
-        let id = sandbox["id"].as_str().unwrap_or_default().to_owned();
-        let path = format!("/v1/sandboxes/{id}/keepalive");
-        if sandbox["state"] == "running"
-            && api.call(reqwest::Method::POST, &path, None).await.is_err()
-        {
+        let id = sandbox.id;
+        if sandbox.state == "running" && api.keepalive(&id).await.is_err() {
             // Recorded as running, but the runner no longer has it (process
             // sandboxes end with `warren up`): record that, then start it again.
             let sid = warren_keys::SandboxId::parse(&id)?;
             store
                 .set_sandbox_state(&sid, SandboxState::Stopped, "runner restarted")
                 .await?;
-            api.call(
-                reqwest::Method::POST,
-                &format!("/v1/sandboxes/{id}/start"),
-                None,
-            )
-            .await?;
-        } else if sandbox["state"] == "stopped" {
-            api.call(
-                reqwest::Method::POST,
-                &format!("/v1/sandboxes/{id}/start"),
-                None,
-            )
-            .await?;
+            api.start_sandbox(&id).await?;
+        } else if sandbox.state == "stopped" {
+            api.start_sandbox(&id).await?;
         }
         return Ok((id, None));
     }
-    let created: Value = api
-        .json(reqwest::Method::POST, "/v1/sandboxes", Some(&json!({})))
+    let created = api
+        .create_sandbox(&warren_api::CreateSandbox::default())
         .await
         .context("creating the first sandbox")?;
-    let id = created["id"].as_str().context("no sandbox id")?.to_owned();
-    Ok((id, created["token"].as_str().map(str::to_owned)))
+    Ok((created.sandbox.id, Some(created.token)))
 }

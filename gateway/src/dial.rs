@@ -4,8 +4,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use warren_store::Sandbox;
+
 use crate::ssh::{AgentDialer, AgentStream, DialError, Dialing};
-use crate::store::Sandbox;
 use crate::tunnel::{RunnerHub, TunnelError};
 
 pub struct TunnelDialer {

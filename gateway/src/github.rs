@@ -9,7 +9,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 /// GitHub's public API.
 pub const DEFAULT_API_BASE: &str = "https://api.github.com";
@@ -111,15 +111,9 @@ pub struct Merged {
     pub message: Option<String>,
 }
 
-/// How to merge a pull request.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MergeMethod {
-    #[default]
-    Merge,
-    Squash,
-    Rebase,
-}
+/// How to merge a pull request (as the API's request says it; GitHub spells it
+/// the same).
+pub use warren_api::MergeMethod;
 
 /// The GitHub API at `api_base`.
 #[derive(Debug, Clone)]

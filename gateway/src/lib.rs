@@ -5,27 +5,29 @@
 //! - [`tunnel`]: the endpoint runners dial; their reverse tunnels carry the bytes to
 //!   agents and the sandbox lifecycle requests.
 //! - [`dial`]: the glue that routes the front door through a sandbox's runner.
-//! - [`store`]: the `warren-store` crate (users, keys, runners, sandboxes and the
-//!   audit trail, in SQLite by default or PostgreSQL), under its old path.
 //!
 //! - [`lifecycle`]: what a sandbox may become and who may ask: placement, state
 //!   changes, reconcile and reaping, key sync, pull requests.
 //! - [`api`]: the thin HTTP API over the lifecycle (and accounts and keys).
+//! - [`views`]: the API's JSON answers built from the store's rows, for the API and
+//!   the console's `--json`.
 //! - [`github`]: the GitHub REST calls behind the API's pull requests.
 //! - [`recordings`]: terminal sessions kept as asciicast files, and their replay.
 //! - [`escape`]: tenant text made safe to print on a person's terminal.
+//! - [`guard`]: bounds on connections before and around login, for every door.
 //! - [`server`]: all of it bound and served together (`serve`, `warren up`).
 
 pub mod api;
 pub mod dial;
 pub mod escape;
 pub mod github;
+pub mod guard;
 pub mod lifecycle;
 pub mod recordings;
 pub mod server;
 pub mod ssh;
-pub use warren_store as store;
 pub mod tunnel;
+pub mod views;
 
 /// Locks `mutex`, taking the data as it is if a thread panicked holding it: the
 /// gateway's maps stay usable (a panic is a bug, logged where it happened; losing

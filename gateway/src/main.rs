@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use warren_gateway::server::{Gateway, Listen, Options};
-use warren_gateway::store::Store;
+use warren_store::Store;
 
 #[derive(Parser)]
 #[command(version, about = "Warren's gateway")]

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use tokio::net::TcpListener;
 use warren_keys::TokenSigner;
+use warren_store::Store;
 
 use crate::api::{self, ApiState};
 use crate::dial::TunnelDialer;
@@ -18,7 +19,6 @@ use crate::recordings::{RecordingPolicy, Recordings};
 use crate::ssh::{
     self, AgentDialer, FailureLimiter, FrontDoor, PreauthLimits, SessionBounds, SessionLimits,
 };
-use crate::store::Store;
 use crate::tunnel::RunnerHub;
 
 /// `$XDG_DATA_HOME/warren`, else `~/.local/share/warren`, else `/var/lib/warren`.
@@ -195,16 +195,11 @@ impl Gateway {
         let lifecycle = Arc::new(lifecycle);
         let api = Arc::new(ApiState::over(lifecycle.clone()));
         let door = Arc::new(FrontDoor {
-            store: store.clone(),
-            signer: TokenSigner::load_or_generate(&data_dir.join("token_signer"))
-                .context("the gateway's token signer")?,
+            lifecycle: lifecycle.clone(),
             dialer: options
                 .dialer
                 .unwrap_or_else(|| Arc::new(TunnelDialer::new(hub.clone()))),
             limiter: FailureLimiter::default(),
-            live: lifecycle.live.clone(),
-            console: Some(lifecycle.clone()),
-            recordings,
             bounds: SessionBounds::new(options.sessions),
         });
         Ok(Gateway {

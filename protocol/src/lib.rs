@@ -16,7 +16,6 @@
 //!   gateway, a JSON [`Response`] line back.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use warren_keys::SandboxId;
@@ -179,16 +178,17 @@ pub struct SandboxKeys {
 pub use warren_keys::Secret;
 
 /// How a sandbox is made. Every field is optional; the runner fills in defaults.
-/// `env` values and the repository token are secrets: `Debug` never shows them.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `env` values and the repository token are [`Secret`]s: `Debug` never shows them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SandboxSpec {
     /// An image reference (Docker backend); none means the runner's default image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// Environment every session gets (e.g. `ANTHROPIC_API_KEY`).
+    /// Environment every session gets (e.g. `ANTHROPIC_API_KEY`); the values are
+    /// secrets, sent as plain strings.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub env: BTreeMap<String, String>,
+    pub env: BTreeMap<String, Secret>,
     /// A repository cloned into the workspace at create time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repo: Option<RepoSpec>,
@@ -218,28 +218,10 @@ pub struct SandboxSpec {
     pub devcontainer: bool,
 }
 
-impl fmt::Debug for SandboxSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SandboxSpec")
-            .field("image", &self.image)
-            .field("env", &self.env.keys().collect::<Vec<_>>())
-            .field("repo", &self.repo)
-            .field("millicpus", &self.millicpus)
-            .field("memory_mb", &self.memory_mb)
-            .field("pids_limit", &self.pids_limit)
-            .field("network", &self.network)
-            .field("read_only_root", &self.read_only_root)
-            .field("idle_timeout_s", &self.idle_timeout_s)
-            .field("disk_mb", &self.disk_mb)
-            .field("devcontainer", &self.devcontainer)
-            .finish()
-    }
-}
-
 /// A repository to clone: `url` at `base` (default: the remote's HEAD), then a new
 /// branch `branch` is checked out. `token`, if any, is offered as the password over
 /// HTTPS through an askpass helper and never written to disk.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepoSpec {
     pub url: String,
@@ -247,18 +229,7 @@ pub struct RepoSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token: Option<String>,
-}
-
-impl fmt::Debug for RepoSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RepoSpec")
-            .field("url", &self.url)
-            .field("branch", &self.branch)
-            .field("base", &self.base)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
+    pub token: Option<Secret>,
 }
 
 /// Where a sandbox may connect to.
@@ -419,6 +390,30 @@ mod tests {
             Response::Error {
                 message: "m".into()
             }
+        );
+    }
+
+    #[test]
+    fn spec_secrets_are_plain_on_the_wire_and_hidden_from_debug() {
+        let mut spec = SandboxSpec::default();
+        spec.env.insert("API_KEY".into(), Secret::new("e-value"));
+        spec.repo = Some(RepoSpec {
+            url: "https://example.com/r.git".into(),
+            branch: "warren/x".into(),
+            base: None,
+            token: Some(Secret::new("t-value")),
+        });
+        let line = serde_json::to_string(&spec).unwrap();
+        assert_eq!(
+            line,
+            r#"{"env":{"API_KEY":"e-value"},"repo":{"url":"https://example.com/r.git","branch":"warren/x","token":"t-value"},"network":{"mode":"all"},"read_only_root":false}"#
+        );
+        assert_eq!(serde_json::from_str::<SandboxSpec>(&line).unwrap(), spec);
+        let shown = format!("{spec:?}");
+        assert!(shown.contains("API_KEY"), "{shown}");
+        assert!(
+            !shown.contains("e-value") && !shown.contains("t-value"),
+            "{shown}"
         );
     }
 

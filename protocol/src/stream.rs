@@ -44,7 +44,7 @@ pub fn tunnel_preferred() -> russh::Preferred {
 /// buffers were faulted in, zeroed by the kernel and handed back over and over (the
 /// `madvise` calls, page faults and `clear_page_rep` of a transfer's profile). With a
 /// few MiB kept per arena, sftp through the gateway was 12–18 % faster in three A/B
-/// pairs (README, "Through the gateway"). Called once at start-up by the
+/// pairs (docs/benchmarks.md, "Through the gateway"). Called once at start-up by the
 /// processes that relay every sandbox's bytes, one of each per host: the gateway,
 /// the runner and `warren up`. Not the agent: one runs in every sandbox, and what it
 /// kept after a transfer would count against each container's memory.

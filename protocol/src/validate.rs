@@ -3,9 +3,9 @@
 //! ([`SandboxSpec::validate`]). No message echoes the refused value (it may be a
 //! secret pasted in the wrong place).
 
-use std::collections::BTreeMap;
 use std::fmt;
-use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
 
 use crate::{NetworkPolicy, SandboxSpec};
 
@@ -43,7 +43,7 @@ impl SandboxSpec {
         if let Some(reference) = &self.image {
             image(reference)?;
         }
-        env(&self.env)?;
+        env(self.env.iter().map(|(k, v)| (k.as_str(), v.expose())))?;
         if let Some(r) = &self.repo {
             repo(&r.url)?;
             branch(&r.branch)?;
@@ -90,7 +90,9 @@ pub fn env_name(name: &str) -> Result<(), SpecError> {
     Ok(())
 }
 
-pub fn env(env: &BTreeMap<String, String>) -> Result<(), SpecError> {
+/// A sandbox's env, as (name, value) pairs: the spec's [`Secret`](crate::Secret)
+/// values exposed for the check, or the API's request as given.
+pub fn env<'a>(env: impl ExactSizeIterator<Item = (&'a str, &'a str)>) -> Result<(), SpecError> {
     if env.len() > MAX_ENV_VARS {
         return Err(SpecError::new(format!(
             "at most {MAX_ENV_VARS} env variables"
@@ -289,16 +291,15 @@ pub fn repo(url: &str) -> Result<(), SpecError> {
     }
 }
 
-/// An IPv4 CIDR block, `a.b.c.d/n`.
-pub fn cidr(block: &str) -> bool {
-    let Some((addr, len)) = block.split_once('/') else {
-        return false;
-    };
-    addr.parse::<Ipv4Addr>().is_ok()
-        && !len.is_empty()
-        && len.len() <= 2
-        && len.bytes().all(|b| b.is_ascii_digit())
-        && len.parse::<u8>().is_ok_and(|n| n <= 32)
+/// An IPv4 CIDR block, `a.b.c.d/n` with `n` from 0 to 32 (one or two digits), as
+/// `ipnet` reads it: the prefix is required, host bits may be set (`10.0.0.1/8`
+/// is `10.0.0.1/8`, as iptables takes it). The one parser of network policies
+/// (the gateway's check, the runner's firewall rules) and the runner's
+/// `--network-pool`.
+pub fn parse_cidr(block: &str) -> Result<Ipv4Net, SpecError> {
+    block
+        .parse()
+        .map_err(|_| SpecError::new("an IPv4 CIDR block like 10.0.0.0/8 was expected"))
 }
 
 pub fn network(policy: &NetworkPolicy) -> Result<(), SpecError> {
@@ -308,7 +309,7 @@ pub fn network(policy: &NetworkPolicy) -> Result<(), SpecError> {
                 "network.cidrs: at most {MAX_CIDRS} blocks"
             )));
         }
-        if !cidrs.iter().all(|c| cidr(c)) {
+        if !cidrs.iter().all(|c| parse_cidr(c).is_ok()) {
             return Err(SpecError::new(
                 "network.cidrs must be IPv4 CIDR blocks like 10.0.0.0/8",
             ));
@@ -318,7 +319,10 @@ pub fn network(policy: &NetworkPolicy) -> Result<(), SpecError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     #[test]
@@ -408,8 +412,23 @@ mod tests {
 
     #[test]
     fn cidrs() {
+        let cidr = |block: &str| parse_cidr(block).is_ok();
+        // The gateway's cases: a policy's blocks.
         assert!(cidr("10.0.0.0/8") && cidr("0.0.0.0/0") && cidr("1.2.3.4/32"));
         assert!(!cidr("10.0.0.0/33") && !cidr("10.0.0.0") && !cidr("::/0") && !cidr("a/8"));
+        assert!(!cidr("10.0.0.0/") && !cidr("10.0.0.0/008") && !cidr(" 10.0.0.0/8"));
+        // The runner's: what becomes an iptables argument, and `--network-pool`.
+        let net = parse_cidr("10.0.0.0/8").unwrap();
+        assert_eq!(
+            (net.addr(), net.prefix_len()),
+            (Ipv4Addr::new(10, 0, 0, 0), 8)
+        );
+        assert_eq!(parse_cidr("10.1.2.3/8").unwrap().to_string(), "10.1.2.3/8");
+        assert!(parse_cidr("-j ACCEPT").is_err() && parse_cidr("::1/128").is_err());
+        assert!(parse_cidr("10.0.0.0/8 -j ACCEPT").is_err());
+        // The error never echoes the value.
+        let e = parse_cidr("sk-secret/8").unwrap_err();
+        assert!(!e.to_string().contains("sk-secret"), "{e}");
     }
 
     #[test]
@@ -426,7 +445,7 @@ mod tests {
             let _ = image(&text);
             let _ = repo(&text);
             let _ = env_name(&text);
-            let _ = cidr(&text);
+            let _ = parse_cidr(&text);
             if branch(&text).is_ok() {
                 proptest::prop_assert!(!text.starts_with('-'));
                 proptest::prop_assert!(text.bytes().all(|b| b.is_ascii_graphic()));

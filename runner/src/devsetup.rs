@@ -10,6 +10,7 @@
 //! fixed. What happened comes back to the gateway as notes for the sandbox's
 //! events.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -18,7 +19,7 @@ use warren_keys::SandboxId;
 use crate::backend::Backend;
 use crate::backend::docker::DockerBackend;
 use crate::devcontainer::{self, Command, Context, DevContainer};
-use crate::protocol::{Response, SandboxSpec};
+use crate::protocol::{Response, SandboxSpec, Secret};
 use crate::{Error, Result, git};
 
 /// Where the repository is in a Docker sandbox.
@@ -138,7 +139,7 @@ async fn prepare(
         &repo.url,
         repo.base.as_deref(),
         &devcontainer::PATHS,
-        repo.token.as_deref(),
+        repo.token.as_ref().map(Secret::expose),
         devcontainer::MAX_FILE_BYTES,
     );
     let (path, text) = match tokio::time::timeout(FETCH_TIMEOUT, read).await {
@@ -179,8 +180,13 @@ async fn prepare(
         .image_env(spec)
         .await
         .map_err(|e| from_devcontainer(&path, e))?;
+    let local_env: BTreeMap<String, String> = spec
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.expose().to_owned()))
+        .collect();
     dc.resolve(&Context {
-        local_env: &spec.env,
+        local_env: &local_env,
         image_env: &image_env,
         workspace: WORKSPACE,
     });
@@ -193,7 +199,7 @@ async fn prepare(
     for (name, value) in file_env {
         spec.env
             .entry(name.clone())
-            .or_insert_with(|| value.clone());
+            .or_insert_with(|| Secret::new(value.clone()));
     }
     backend
         .check(spec)

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
@@ -228,9 +228,12 @@ async fn main() -> Result<()> {
 }
 
 fn network_pool_arg(text: &str) -> Result<(std::net::Ipv4Addr, u8)> {
-    let (addr, bits) = warren_runner::netpolicy::parse_cidr(text)?;
-    anyhow::ensure!(bits <= 28, "--network-pool must be a /28 or larger");
-    Ok((addr, bits))
+    let net = warren_protocol::validate::parse_cidr(text).context("--network-pool")?;
+    anyhow::ensure!(
+        net.prefix_len() <= 28,
+        "--network-pool must be a /28 or larger"
+    );
+    Ok((net.addr(), net.prefix_len()))
 }
 
 /// An `--allow-image` pattern: a reference, with at most a trailing `*`.

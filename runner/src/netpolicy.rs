@@ -23,7 +23,6 @@
 //! bridge carries IPv6 (Docker's default is not); without it they are skipped.
 //! [`rules`] builds the argument lists, [`apply`] runs them, [`remove`] undoes them.
 
-use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
@@ -31,6 +30,7 @@ use tokio::process::Command;
 use warren_keys::SandboxId;
 
 use crate::protocol::NetworkPolicy;
+use crate::protocol::validate::parse_cidr;
 
 /// The link-local address cloud providers serve instance metadata (and credentials) on.
 pub const METADATA_ADDRESS: &str = "169.254.169.254/32";
@@ -85,20 +85,6 @@ pub fn host_chain(id: &SandboxId) -> String {
     format!("WARREN-{}-H", short(id))
 }
 
-/// Parses `a.b.c.d/n` (or a bare address, meaning /32).
-pub fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u8)> {
-    let (addr, bits) = text.split_once('/').unwrap_or((text, "32"));
-    let addr: Ipv4Addr = addr
-        .parse()
-        .with_context(|| format!("invalid CIDR {text:?}"))?;
-    let bits: u8 = bits
-        .parse()
-        .ok()
-        .filter(|b| *b <= 32)
-        .with_context(|| format!("invalid CIDR {text:?}"))?;
-    Ok((addr, bits))
-}
-
 fn argv(parts: &[&str]) -> Vec<String> {
     parts.iter().map(|s| (*s).to_owned()).collect()
 }
@@ -151,9 +137,8 @@ pub fn rules(
         // The CIDRs are IPv4: in IPv6, an allow-list lets nothing new out.
         if family == Family::V4 {
             for cidr in cidrs {
-                let (addr, bits) = parse_cidr(cidr)?;
-                let cidr = format!("{addr}/{bits}");
-                out.push(argv(&["-A", &fwd, "-d", &cidr, "-j", "RETURN"]));
+                let net = parse_cidr(cidr).context("network.cidrs")?;
+                out.push(argv(&["-A", &fwd, "-d", &net.to_string(), "-j", "RETURN"]));
             }
         }
         out.push(argv(&["-A", &fwd, "-j", "DROP"]));
@@ -439,18 +424,6 @@ mod tests {
     }
 
     #[test]
-    fn cidrs() {
-        assert_eq!(
-            parse_cidr("10.0.0.0/8").unwrap(),
-            (Ipv4Addr::new(10, 0, 0, 0), 8)
-        );
-        assert_eq!(parse_cidr("1.2.3.4").unwrap().1, 32);
-        assert!(parse_cidr("10.0.0.0/33").is_err());
-        assert!(parse_cidr("-j ACCEPT").is_err());
-        assert!(parse_cidr("::1/128").is_err());
-    }
-
-    #[test]
     fn default_policy_drops_link_local_and_the_host() {
         let r = default_v4();
         assert_eq!(
@@ -506,7 +479,7 @@ mod tests {
         let r = lines(
             &rules(
                 &id(),
-                &allow(&["10.0.0.0/8", "169.254.0.0/16", "1.2.3.4"]),
+                &allow(&["10.0.0.0/8", "169.254.0.0/16", "1.2.3.4/32"]),
                 &HostAccess::default(),
                 Family::V4,
                 "DOCKER-USER",

@@ -313,12 +313,7 @@ async fn handle_control(request: Request, backend: &Backend, capacity: RunnerCap
             }
             Ok(Response::Ok)
         }
-        Request::Env { sandbox } => backend.env(&sandbox).await.map(|env| Response::Env {
-            env: env
-                .into_iter()
-                .map(|(k, v)| (k, protocol::Secret::new(v)))
-                .collect(),
-        }),
+        Request::Env { sandbox } => backend.env(&sandbox).await.map(|env| Response::Env { env }),
         Request::Check { spec } => backend.check(&spec).await.map(|()| Response::Ok),
         Request::Snapshot { sandbox, snapshot } => backend
             .snapshot(&sandbox, &snapshot)

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use tokio::net::TcpListener;
-use warren_gateway::store::{NewRunner, RunnerId, RunnerState, Store};
 use warren_gateway::tunnel::{RunnerHub, TunnelError};
 use warren_keys::{SandboxId, TokenSigner};
 use warren_runner::protocol::{Request, Response};
+use warren_store::{NewRunner, RunnerId, RunnerState, Store};
 use warren_tests::{Client, Target, bin_path};
 
 const RUNNER: &str = env!("CARGO_BIN_EXE_warren-runner");

@@ -42,7 +42,6 @@
 //! exactly one wins. Sandbox state changes are compare-and-set on the old state, with
 //! the event row in the same transaction, retried on a lost race.
 
-pub mod api_queries;
 mod error;
 mod ids;
 mod key_cache;
@@ -56,6 +55,7 @@ mod sandboxes;
 mod sessions;
 mod shares;
 mod snapshots;
+mod usage;
 mod users;
 
 use std::fs::{DirBuilder, OpenOptions};
@@ -68,7 +68,6 @@ use sqlx::Executor;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 pub use warren_keys::SandboxId;
 
-pub use self::api_queries::RunnerUsage;
 pub use self::error::StoreError;
 pub use self::ids::{ApiKeyId, JoinTokenId, ParseError, RunnerId, SshKeyId, SshSessionId, UserId};
 pub use self::model::{
@@ -78,6 +77,7 @@ pub use self::model::{
     SshKey, SshSession, Timestamp, User,
 };
 pub use self::snapshots::{NewSnapshot, Snapshot};
+pub use self::usage::{RunnerUsage, SshTotals};
 pub use warren_keys::SnapshotId;
 
 /// The SQLite file's name inside the data dir.

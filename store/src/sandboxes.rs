@@ -424,6 +424,58 @@ impl Store {
     }
 }
 
+/// Token revocation and time to live.
+impl Store {
+    /// Records that `sandbox`'s tokens minted up to `at` are revoked.
+    pub async fn revoke_sandbox_tokens(
+        &self,
+        sandbox: &SandboxId,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE sandboxes SET tokens_revoked_at = $1 WHERE id = $2")
+            .bind(at.unix_seconds())
+            .bind(sandbox.as_str())
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound("sandbox"));
+        }
+        Ok(())
+    }
+
+    /// When `sandbox`'s tokens were last revoked, if ever.
+    pub async fn sandbox_tokens_revoked_at(
+        &self,
+        sandbox: &SandboxId,
+    ) -> Result<Option<Timestamp>, StoreError> {
+        let row = sqlx::query("SELECT tokens_revoked_at FROM sandboxes WHERE id = $1")
+            .bind(sandbox.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(r) => Ok(row::opt_time(&r, "tokens_revoked_at")?),
+            None => Err(StoreError::NotFound("sandbox")),
+        }
+    }
+
+    /// Sandboxes not yet deleted whose `ttl_s` has run out at `now`, oldest first.
+    pub async fn list_expired_sandboxes(&self, now: Timestamp) -> Result<Vec<Sandbox>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id FROM sandboxes WHERE state <> 'deleted' AND ttl_s IS NOT NULL \
+             AND created_at + ttl_s <= $1 ORDER BY created_at, id",
+        )
+        .bind(now.unix_seconds())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let id: SandboxId = row::parsed(r, "id")?;
+            out.push(self.get_sandbox(&id).await?);
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {

@@ -6,6 +6,7 @@ use sha2::{Digest, Sha256};
 
 use crate::connect::Connection;
 use crate::error::SyncError;
+use crate::shell::shell_quote;
 
 /// Files are compared in chunks of this size.
 pub const CHUNK: u64 = 1024 * 1024;
@@ -106,49 +107,51 @@ fn from_hex(word: &str) -> Option<Hash> {
     Some(out)
 }
 
-pub fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
 /// The chunk hashes of a local file.
 pub fn local(path: &std::path::Path) -> std::io::Result<Chunks> {
-    let mut file = std::fs::File::open(path)?;
-    let mut buf = vec![0u8; CHUNK as usize];
+    of_reader(std::fs::File::open(path)?)
+}
+
+/// The chunk hashes of what `reader` holds, each chunk streamed into its hash.
+fn of_reader(reader: impl std::io::Read) -> std::io::Result<Chunks> {
+    use std::io::Read as _;
+    let mut reader = std::io::BufReader::with_capacity(256 * 1024, reader);
     let mut out = Chunks {
         size: 0,
         hashes: Vec::new(),
     };
     loop {
-        let n = read_full(&mut file, &mut buf)?;
+        let mut hasher = Sha256::new();
+        let n = std::io::copy(&mut (&mut reader).take(CHUNK), &mut hasher)?;
         if n == 0 {
             break;
         }
-        out.size += n as u64;
-        out.hashes.push(hash(&buf[..n]));
-        if n < buf.len() {
+        out.size += n;
+        out.hashes.push(hasher.finalize().into());
+        if n < CHUNK {
             break;
         }
     }
     Ok(out)
 }
 
-/// Reads until `buf` is full or the file ends.
-pub fn read_full(file: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
-}
-
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hashes_a_reader_in_whole_chunks() {
+        let data = vec![7u8; CHUNK as usize * 2 + 3];
+        let chunks = of_reader(&data[..]).unwrap();
+        assert_eq!(chunks.size, data.len() as u64);
+        let (a, rest) = data.split_at(CHUNK as usize);
+        let (b, c) = rest.split_at(CHUNK as usize);
+        assert_eq!(chunks.hashes, [hash(a), hash(b), hash(c)]);
+        let whole = of_reader(&data[..CHUNK as usize]).unwrap();
+        assert_eq!(whole.hashes.len(), 1, "no empty chunk after a whole one");
+        assert_eq!(of_reader(&b""[..]).unwrap().hashes.len(), 0);
+    }
 
     #[test]
     fn parses_answers() {

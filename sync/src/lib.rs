@@ -19,6 +19,7 @@ mod plan;
 mod progress;
 mod remote;
 mod seed;
+mod shell;
 mod text;
 mod tree;
 mod upload;
@@ -28,6 +29,7 @@ pub use error::SyncError;
 pub use mirror::{MirrorOptions, mirror};
 pub use progress::{Event, Op, Progress, Stage};
 pub use seed::{SeedOptions, SeedSummary, seed};
+pub use shell::shell_quote;
 pub use text::escape_controls;
 /// An API key or a sandbox token: never shown by `Debug`.
 pub use warren_keys::Secret;

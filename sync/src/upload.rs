@@ -61,7 +61,7 @@ pub async fn send_file(
     let mut sent = Sent::default();
     let mut writes = Vec::new();
     let mut offset = 0u64;
-    let mut buf = vec![0u8; CHUNK as usize];
+    let mut buf = Vec::with_capacity(CHUNK as usize);
     let mut index = 0usize;
     let result: Result<(), SyncError> = async {
         let mut moved = false;
@@ -81,7 +81,11 @@ pub async fn send_file(
                         .map_err(|e| SyncError::Local(job.local.to_owned(), e))?;
                 }
             }
-            let n = read_full(&mut file, &mut buf)
+            // The next chunk, or what is left of the file.
+            buf.clear();
+            let n = (&mut file)
+                .take(CHUNK)
+                .read_to_end(&mut buf)
                 .await
                 .map_err(|e| SyncError::Local(job.local.to_owned(), e))?;
             if n == 0 {
@@ -123,7 +127,7 @@ pub async fn send_file(
             }
             offset += n as u64;
             index += 1;
-            if n < buf.len() {
+            if (n as u64) < CHUNK {
                 break;
             }
         }
@@ -153,16 +157,4 @@ pub async fn send_file(
     sftp.rename(&job.part, &job.remote).await?;
     tracker.file_done();
     Ok(sent)
-}
-
-async fn read_full(file: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let n = file.read(&mut buf[filled..]).await?;
-        if n == 0 {
-            break;
-        }
-        filled += n;
-    }
-    Ok(filled)
 }

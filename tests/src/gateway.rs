@@ -14,8 +14,8 @@ use tempfile::TempDir;
 use warren_gateway::recordings::RecordingPolicy;
 use warren_gateway::server::{self, Listen, Options};
 use warren_gateway::ssh::{AgentDialer, AgentStream, DialError, Dialing};
-use warren_gateway::store::{NewSandbox, Sandbox, SandboxState, Store, User};
 use warren_keys::SandboxId;
+use warren_store::{NewSandbox, Sandbox, SandboxState, Store, User};
 
 use crate::client::{Client, Target};
 

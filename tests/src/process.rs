@@ -171,17 +171,8 @@ impl fmt::Debug for Cmd {
     }
 }
 
-/// Quote for a POSIX shell.
-pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:@,+%".contains(&b))
-    {
-        s.to_owned()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
-}
+/// Quote for a POSIX shell (the one `warren sync` uses).
+pub use warren_sync::shell_quote;
 
 /// What a finished command left behind.
 #[derive(Clone)]

@@ -17,10 +17,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use warren_gateway::store::{NewSandbox, RunnerId, SandboxState, Store};
 use warren_gateway::tunnel::RunnerHub;
 use warren_keys::{SandboxId, TokenSigner};
 use warren_runner::protocol::{Request, Response, SandboxSpec};
+use warren_store::{NewSandbox, RunnerId, SandboxState, Store};
 
 use crate::util::{self, wait_until};
 use crate::{Client, Cmd, Profile, Running, Target, build_bin};
@@ -299,7 +299,7 @@ async fn create_all(
     store: &Store,
     hub: &Arc<RunnerHub>,
     runner: &RunnerId,
-    owner: &warren_gateway::store::UserId,
+    owner: &warren_store::UserId,
     verifier: &str,
     image: &str,
     spec: &SandboxSpec,

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use common::{Api, Reply, Stack};
 use serde_json::{Value, json};
-use warren_gateway::store::{NewSandbox, SandboxState};
 use warren_keys::SandboxId;
 use warren_runner::protocol::{Request, Response, SandboxSpec};
+use warren_store::{NewSandbox, SandboxState};
 use warren_tests::{Client, Cmd, Target};
 
 const FAST_RECONCILE: Duration = Duration::from_millis(500);

@@ -16,9 +16,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use common::docker::{DockerStack, POOL_LABEL, docker, docker_ok, network_of};
 use common::sandbox_row;
-use warren_gateway::store::SandboxState;
 use warren_keys::{SandboxId, Scope};
 use warren_runner::protocol::{Request, Response, SandboxSpec};
+use warren_store::SandboxState;
 use warren_tests::util::wait_until;
 use warren_tests::{Cmd, Profile, build_bin};
 
@@ -27,7 +27,7 @@ const BUSYBOX: &str = "warren-busybox:latest";
 fn spec(image: &str, who: &str) -> SandboxSpec {
     SandboxSpec {
         image: Some(image.into()),
-        env: [("WHO".to_owned(), who.to_owned())].into(),
+        env: [("WHO".to_owned(), who.into())].into(),
         memory_mb: Some(512),
         ..SandboxSpec::default()
     }

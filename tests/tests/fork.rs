@@ -678,7 +678,7 @@ fn the_process_backend_refuses_snapshots_and_forks() -> Result<()> {
         let reply = stack.call(&api, "POST", &path, Some(&key), Some(body))?;
         expect(&reply, 409, &path)?;
         ensure!(
-            reply.error_code() == "not_supported" && reply.text.contains("process backend"),
+            reply.error_code() == "conflict" && reply.text.contains("process backend"),
             "{path}: {}",
             reply.text
         );

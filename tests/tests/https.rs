@@ -17,6 +17,7 @@ use anyhow::{Context, Result, ensure};
 use common::Stack;
 use tempfile::TempDir;
 use warren_gateway::api::{self, ApiState};
+use warren_gateway::lifecycle::Lifecycle;
 use warren_keys::TokenSigner;
 use warren_keys::tls::{TlsIdentity, load_or_generate_tls_identity};
 use warren_tests::{Cmd, Output, Profile, build_bin};
@@ -32,14 +33,14 @@ fn serve(stack: &Stack, dir: &TempDir) -> Result<(SocketAddr, TlsIdentity)> {
         let host_key_line =
             russh::keys::PublicKey::new(key.public_key().key_data().clone(), "").to_openssh()?;
         let signer = TokenSigner::load_or_generate(&dir.path().join("token_signer"))?;
-        let state = Arc::new(ApiState::new(
+        let state = Arc::new(ApiState::over(Arc::new(Lifecycle::new(
             stack.store.clone(),
             stack.hub.clone(),
             Arc::new(signer),
             "127.0.0.1".into(),
             stack.ssh_port,
             host_key_line,
-        ));
+        ))));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         tokio::spawn(api::tls::serve_tls(listener, api::router(state), served));

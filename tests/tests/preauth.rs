@@ -23,7 +23,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
 use warren_gateway::server::{Gateway, Listen, Options, Preauth};
 use warren_gateway::ssh::PreauthLimits;
-use warren_gateway::store::{RunnerId, Store};
+use warren_store::{RunnerId, Store};
 
 const LIMITS: PreauthLimits = PreauthLimits {
     login_grace: Duration::from_secs(3),

@@ -21,9 +21,9 @@ use common::docker::DockerStack;
 use common::{Stack, console, run};
 use serde_json::Value;
 use warren_gateway::recordings::RecordingPolicy;
-use warren_gateway::store::User;
 use warren_keys::SandboxId;
 use warren_runner::protocol::SandboxSpec;
+use warren_store::User;
 use warren_tests::{Client, Target, Tmux};
 
 const WAIT: Duration = Duration::from_secs(60);

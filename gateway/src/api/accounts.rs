@@ -7,18 +7,16 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use utoipa::ToSchema;
+use warren_api::{NewApiKey, NewSshKey, NewUser};
 
 use super::ApiState;
 use super::auth::Caller;
 use super::error::{ApiError, ApiJson, IdPath, OptionalJson};
 use super::views::{
-    self, ApiKeyList, ApiKeyView, CreatedApiKey, CreatedUser, ErrorBody, Health, RunnerList,
-    SshKeyList, SshKeyView,
+    self, ApiKeyList, CreatedApiKey, CreatedUser, ErrorBody, Health, RunnerList, SshKeyList,
+    SshKeyView,
 };
-use crate::lifecycle::validate;
-use crate::store::ApiKeyId;
+use crate::lifecycle::{Error, validate};
 
 /// Whether the gateway is up.
 #[utoipa::path(get, path = "/healthz", tag = "meta", security(()),
@@ -27,15 +25,6 @@ pub async fn healthz() -> Json<Health> {
     Json(Health {
         status: "ok".into(),
     })
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewUser {
-    /// 1 to 64 ASCII letters, digits, `.`, `_`, `-`, starting with a letter or digit.
-    name: String,
-    #[serde(default)]
-    admin: bool,
 }
 
 /// Creates an account (admins only); its first API key is shown once.
@@ -73,15 +62,6 @@ pub async fn create_user(
     ))
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewSshKey {
-    /// A label; defaults to the key's comment.
-    name: Option<String>,
-    /// An OpenSSH public key line (`ssh-ed25519 AAAA… comment`).
-    public_key: String,
-}
-
 /// Registers an SSH public key for logging in to your sandboxes.
 #[utoipa::path(post, path = "/v1/ssh-keys", tag = "keys", request_body = NewSshKey,
     responses(
@@ -98,7 +78,7 @@ pub async fn add_ssh_key(
         .lifecycle
         .add_ssh_key(&caller.user, &body.public_key, body.name)
         .await?;
-    Ok((StatusCode::CREATED, Json(SshKeyView::from(&added))))
+    Ok((StatusCode::CREATED, Json(views::ssh_key_view(&added))))
 }
 
 /// Your SSH keys.
@@ -110,7 +90,7 @@ pub async fn list_ssh_keys(
 ) -> Result<Json<SshKeyList>, ApiError> {
     let keys = state.lifecycle.store.list_ssh_keys(&caller.user.id).await?;
     Ok(Json(SshKeyList {
-        ssh_keys: keys.iter().map(SshKeyView::from).collect(),
+        ssh_keys: keys.iter().map(views::ssh_key_view).collect(),
     }))
 }
 
@@ -127,17 +107,10 @@ pub async fn delete_ssh_key(
     IdPath(id): IdPath,
 ) -> Result<StatusCode, ApiError> {
     if !id.starts_with("ssk-") {
-        return Err(ApiError::not_found("SSH key"));
+        return Err(Error::not_found("SSH key").into());
     }
     state.lifecycle.remove_ssh_key(&caller.user, &id).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewApiKey {
-    /// A label (default `api key`).
-    name: Option<String>,
 }
 
 /// Creates an API key; the key is shown once. The body is optional.
@@ -161,7 +134,7 @@ pub async fn create_api_key(
     Ok((
         StatusCode::CREATED,
         Json(CreatedApiKey {
-            key: ApiKeyView::from(&created.key),
+            key: views::api_key_view(&created.key),
             api_key: created.secret.expose().to_owned(),
         }),
     ))
@@ -176,7 +149,7 @@ pub async fn list_api_keys(
 ) -> Result<Json<ApiKeyList>, ApiError> {
     let keys = state.lifecycle.store.list_api_keys(&caller.user.id).await?;
     Ok(Json(ApiKeyList {
-        api_keys: keys.iter().map(ApiKeyView::from).collect(),
+        api_keys: keys.iter().map(views::api_key_view).collect(),
     }))
 }
 
@@ -192,16 +165,7 @@ pub async fn revoke_api_key(
     caller: Caller,
     IdPath(id): IdPath,
 ) -> Result<StatusCode, ApiError> {
-    let id = ApiKeyId::parse(&id).map_err(|_| ApiError::not_found("API key"))?;
-    state
-        .lifecycle
-        .store
-        .revoke_api_key(&caller.user.id, &id)
-        .await?;
-    state
-        .lifecycle
-        .live
-        .end_api_key(&id, "the API key was revoked");
+    state.lifecycle.revoke_api_key(&caller.user, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

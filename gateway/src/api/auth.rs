@@ -2,21 +2,22 @@
 //!
 //! `Authorization: Bearer wk_…`. The key is looked up by its prefix and compared
 //! with the stored hash in constant time by the store
-//! ([`crate::store::Store::find_user_by_api_key`]); revoked keys are refused. The
+//! ([`warren_store::Store::find_user_by_api_key`]); revoked keys are refused. The
 //! key itself is never logged or echoed. An address that presents 30 bad keys (or
 //! none) within a minute gets 429 until the minute is over (the SSH front door's
-//! [`crate::ssh::FailureLimiter`]; behind a proxy, every client shares its address).
+//! [`crate::guard::FailureLimiter`]; behind a proxy, every client shares its address).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::header;
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use warren_store::{ApiKeyId, User};
 
 use super::ApiState;
 use super::error::ApiError;
-use crate::store::{ApiKeyId, User};
+use crate::lifecycle::{Error, ErrorCode};
 
 /// Longer `Authorization` values are refused unread (real keys are ~50 bytes).
 const MAX_AUTHORIZATION_LEN: usize = 512;
@@ -34,7 +35,7 @@ impl Caller {
         if self.user.is_admin {
             Ok(())
         } else {
-            Err(ApiError::forbidden())
+            Err(Error::forbidden().into())
         }
     }
 }
@@ -70,8 +71,7 @@ impl FromRequestParts<Arc<ApiState>> for Caller {
             .map(|ConnectInfo(addr)| addr.ip());
         if peer.is_some_and(|ip| !state.limiter.allows(ip)) {
             return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_requests",
+                ErrorCode::TooManyRequests,
                 "too many requests with invalid API keys from this address; wait a minute",
             ));
         }

@@ -12,42 +12,14 @@ use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use ring::rand::{SecureRandom, SystemRandom};
 use serde::de::DeserializeOwned;
+use warren_store::StoreError;
 
-use crate::store::StoreError;
-use crate::tunnel::TunnelError;
-
-tokio::task_local! {
-    static REQUEST_ID: String;
-}
+use crate::lifecycle::request::{self, current_request_id, new_request_id};
+use crate::lifecycle::{Error, ErrorCode};
 
 /// The response header naming the request.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
-
-/// The current request's id (empty outside a request).
-pub fn current_request_id() -> String {
-    REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
-}
-
-fn new_request_id() -> String {
-    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
-    let mut bytes = [0u8; 16];
-    if SystemRandom::new().fill(&mut bytes).is_err() {
-        // Not a secret: a clock-based id is good enough to correlate logs.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        return format!("req-t{nanos}");
-    }
-    let mut id = String::from("req-");
-    id.extend(
-        bytes
-            .iter()
-            .map(|b| char::from(ALPHABET[usize::from(b & 31)])),
-    );
-    id
-}
 
 /// Gives the request an id (task-local and `x-request-id`), and logs one line per
 /// request: method, path (never the query string or headers, which may hold
@@ -61,7 +33,7 @@ pub async fn request_id_layer(
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let started = Instant::now();
-    let mut response = REQUEST_ID.scope(id.clone(), next.run(request)).await;
+    let mut response = request::serve_as(id.clone(), next.run(request)).await;
     let status = response.status();
     state
         .metrics
@@ -87,140 +59,79 @@ fn truncate(s: &str, max: usize) -> &str {
     }
 }
 
-/// An API error: a status, a stable machine-readable code and a message for people.
-/// Messages never contain secrets.
+/// An API error: a status, a code and a message for people; the lifecycle's
+/// [`Error`] with its code's status, or one only HTTP has (no API key, a body that
+/// is not JSON). Messages never contain secrets.
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-
-    /// 422: a well-formed request whose content is refused.
-    pub fn invalid(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
-    }
-
-    /// 400: a request that could not be read at all.
-    pub fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
-    }
-
-    pub fn not_found(what: &str) -> ApiError {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("{what} not found"),
-        )
-    }
-
-    pub fn conflict(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::CONFLICT, "conflict", message)
+    /// `code`, answered with its status.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        Error::new(code, message).into()
     }
 
     pub fn unauthorized() -> ApiError {
         ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "a valid API key is required (Authorization: Bearer wk_...)",
         )
-    }
-
-    pub fn forbidden() -> ApiError {
-        ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "this needs an admin account",
-        )
-    }
-
-    pub fn internal() -> ApiError {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error; the gateway's log has the details",
-        )
-    }
-
-    /// A runner refused or failed a request; its message is safe to show.
-    pub fn runner(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_GATEWAY, "runner_error", message)
     }
 
     pub fn from_json_rejection(rejection: &JsonRejection) -> ApiError {
         let status = rejection.status();
         match status {
             StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-                status,
-                "payload_too_large",
+                ErrorCode::PayloadTooLarge,
                 format!("the request body is larger than {} bytes", super::MAX_BODY),
             ),
             StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
-                status,
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 "the request body must be JSON (Content-Type: application/json)",
             ),
-            StatusCode::UNPROCESSABLE_ENTITY => ApiError::invalid(rejection.body_text()),
-            _ => ApiError::new(
-                if status.is_client_error() {
+            StatusCode::UNPROCESSABLE_ENTITY => Error::invalid(rejection.body_text()).into(),
+            // Malformed JSON and the like: what axum says, as a client error.
+            _ => ApiError {
+                status: if status.is_client_error() {
                     status
                 } else {
                     StatusCode::BAD_REQUEST
                 },
-                "invalid_request",
-                rejection.body_text(),
-            ),
+                ..Error::bad_request(rejection.body_text()).into()
+            },
         }
     }
 }
 
-impl From<crate::lifecycle::Error> for ApiError {
-    fn from(e: crate::lifecycle::Error) -> ApiError {
-        use crate::lifecycle::Kind;
-        let status = match e.kind {
-            Kind::BadRequest => StatusCode::BAD_REQUEST,
-            Kind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
-            Kind::NotFound => StatusCode::NOT_FOUND,
-            Kind::Conflict => StatusCode::CONFLICT,
-            Kind::Forbidden => StatusCode::FORBIDDEN,
-            Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Kind::Upstream => StatusCode::BAD_GATEWAY,
-            Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError::new(status, e.code, e.message)
+impl From<Error> for ApiError {
+    fn from(e: Error) -> ApiError {
+        ApiError {
+            status: StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            code: e.code,
+            message: e.message,
+        }
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
-        crate::lifecycle::Error::from(e).into()
-    }
-}
-
-impl From<TunnelError> for ApiError {
-    fn from(e: TunnelError) -> ApiError {
-        crate::lifecycle::Error::from(e).into()
+        Error::from(e).into()
     }
 }
 
 impl From<QueryRejection> for ApiError {
     fn from(e: QueryRejection) -> ApiError {
-        ApiError::bad_request(e.body_text())
+        Error::bad_request(e.body_text()).into()
     }
 }
 
 impl From<PathRejection> for ApiError {
     fn from(e: PathRejection) -> ApiError {
-        ApiError::bad_request(e.body_text())
+        Error::bad_request(e.body_text()).into()
     }
 }
 
@@ -228,7 +139,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = super::views::ErrorBody {
             error: super::views::ErrorDetail {
-                code: self.code.to_owned(),
+                code: self.code,
                 message: self.message,
                 request_id: current_request_id(),
             },
@@ -282,7 +193,7 @@ where
         if !has_body {
             return serde_json::from_str("{}")
                 .map(OptionalJson)
-                .map_err(|e| ApiError::invalid(e.to_string()));
+                .map_err(|e| Error::invalid(e.to_string()).into());
         }
         let ApiJson(value) = ApiJson::<T>::from_request(req, state).await?;
         Ok(OptionalJson(value))
@@ -291,14 +202,13 @@ where
 
 /// Answers routes that do not exist.
 pub async fn not_found_fallback() -> ApiError {
-    ApiError::not_found("route")
+    Error::not_found("route").into()
 }
 
 /// Answers known routes called with the wrong method.
 pub async fn method_not_allowed_fallback() -> ApiError {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         "this route does not take that method",
     )
 }

@@ -74,7 +74,7 @@ impl Metrics {
         let _ = writeln!(
             out,
             "warren_auth_failures_total {}",
-            crate::ssh::limiter_failures_total()
+            crate::guard::limiter_failures_total()
         );
         out.push_str("# HELP warren_api_request_duration_seconds HTTP API latency.\n");
         out.push_str("# TYPE warren_api_request_duration_seconds histogram\n");

@@ -28,7 +28,8 @@ pub mod snapshots;
 #[cfg(test)]
 mod tests;
 pub mod tls;
-pub mod views;
+/// The API's answers, built from the store's rows (shared with the console).
+pub use crate::views;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -40,11 +41,8 @@ use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use warren_keys::TokenSigner;
 
 use crate::lifecycle::Lifecycle;
-use crate::store::Store;
-use crate::tunnel::RunnerHub;
 
 pub use self::error::{ApiError, REQUEST_ID_HEADER};
 
@@ -57,29 +55,16 @@ pub struct ApiState {
     pub lifecycle: Arc<Lifecycle>,
     metrics: metrics::Metrics,
     /// Addresses that keep presenting bad API keys get 429 for a while.
-    limiter: crate::ssh::FailureLimiter,
+    limiter: crate::guard::FailureLimiter,
 }
 
 impl ApiState {
-    /// An API over a new [`Lifecycle`].
-    pub fn new(
-        store: Store,
-        hub: Arc<RunnerHub>,
-        signer: Arc<TokenSigner>,
-        ssh_host: String,
-        ssh_port: u16,
-        host_key_line: String,
-    ) -> ApiState {
-        let lifecycle = Lifecycle::new(store, hub, signer, ssh_host, ssh_port, host_key_line);
-        ApiState::over(Arc::new(lifecycle))
-    }
-
     /// An API over `lifecycle` (shared with the SSH console).
     pub fn over(lifecycle: Arc<Lifecycle>) -> ApiState {
         ApiState {
             lifecycle,
             metrics: metrics::Metrics::default(),
-            limiter: crate::ssh::FailureLimiter::default(),
+            limiter: crate::guard::FailureLimiter::default(),
         }
     }
 }
@@ -167,7 +152,7 @@ async fn openapi_json() -> Result<Response, ApiError> {
         Some(json) => {
             Ok(([(header::CONTENT_TYPE, "application/json")], json.clone()).into_response())
         }
-        None => Err(ApiError::internal()),
+        None => Err(crate::lifecycle::Error::internal().into()),
     }
 }
 

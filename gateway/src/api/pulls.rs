@@ -7,12 +7,12 @@ use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::PathRejection;
 use axum::http::StatusCode;
+use warren_api::{CreatePullRequest, MergePullRequest, MergedView, PullRequestView};
 
 use super::ApiState;
 use super::auth::Caller;
 use super::error::{ApiError, ApiJson, IdPath, OptionalJson};
 use super::views::ErrorBody;
-use crate::lifecycle::pulls::{CreatePullRequest, MergePullRequest, MergedView, PullRequestView};
 
 /// Commits the sandbox's changes on its branch, pushes them and opens a pull
 /// request on GitHub.

@@ -7,18 +7,17 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use utoipa::{IntoParams, ToSchema};
+use warren_api::{CreateSandbox, ListSandboxes, NewToken};
+use warren_store::{SandboxCursor, SandboxQuery};
 
 use super::ApiState;
 use super::auth::Caller;
 use super::error::{ApiError, ApiJson, ApiQuery, IdPath};
-use super::views::{CreatedSandbox, ErrorBody, EventList, EventView, SandboxList, SandboxView};
-use crate::lifecycle::{CreateSandbox, validate};
-use crate::store::{SandboxCursor, SandboxQuery};
+use super::views::{self, CreatedSandbox, ErrorBody, EventList, SandboxList, SandboxView};
+use crate::lifecycle::{Error, validate};
 
-fn view(state: &ApiState, s: &crate::store::Sandbox) -> Json<SandboxView> {
-    Json(SandboxView::new(&state.lifecycle, s))
+fn view(state: &ApiState, s: &warren_store::Sandbox) -> Json<SandboxView> {
+    Json(views::sandbox_view(&state.lifecycle, s))
 }
 
 /// Creates a sandbox on the online runner holding the fewest; the answer carries a
@@ -43,27 +42,14 @@ pub async fn create(
     Ok((
         StatusCode::CREATED,
         Json(CreatedSandbox {
-            sandbox: SandboxView::new(&state.lifecycle, &created.sandbox),
+            sandbox: views::sandbox_view(&state.lifecycle, &created.sandbox),
             token: created.token.expose().to_owned(),
         }),
     ))
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct ListParams {
-    /// Page size, 1 to 500 (default 50).
-    limit: Option<u32>,
-    /// `next_cursor` of the previous page.
-    cursor: Option<String>,
-    /// Also list deleted sandboxes.
-    #[serde(default)]
-    include_deleted: bool,
-}
-
 /// Your sandboxes, newest first, a page at a time.
-#[utoipa::path(get, path = "/v1/sandboxes", operation_id = "list_sandboxes", tag = "sandboxes", params(ListParams),
+#[utoipa::path(get, path = "/v1/sandboxes", operation_id = "list_sandboxes", tag = "sandboxes", params(ListSandboxes),
     responses(
         (status = 200, description = "a page", body = SandboxList),
         (status = 400, description = "bad limit or cursor", body = ErrorBody),
@@ -71,18 +57,17 @@ pub struct ListParams {
 pub async fn list(
     State(state): State<Arc<ApiState>>,
     caller: Caller,
-    ApiQuery(params): ApiQuery<ListParams>,
+    ApiQuery(params): ApiQuery<ListSandboxes>,
 ) -> Result<Response, ApiError> {
     let limit = match params.limit {
         Some(l) => validate::range("limit", l, (1, SandboxQuery::MAX_LIMIT))
-            .map_err(|e| ApiError::bad_request(e.message))?,
+            .map_err(|e| ApiError::from(Error::bad_request(e.message)))?,
         None => SandboxQuery::default().limit,
     };
     let after = match params.cursor.as_deref() {
-        Some(c) => Some(
-            c.parse::<SandboxCursor>()
-                .map_err(|_| ApiError::bad_request("cursor is not a valid page cursor"))?,
-        ),
+        Some(c) => Some(c.parse::<SandboxCursor>().map_err(|_| {
+            ApiError::from(Error::bad_request("cursor is not a valid page cursor"))
+        })?),
         None => None,
     };
     let query = SandboxQuery {
@@ -95,7 +80,7 @@ pub async fn list(
     // bytes are reused (dashboards poll this route while nothing changes).
     let body = page.rendered(|page| {
         // Plain structs of strings and numbers: encoding them cannot fail.
-        serde_json::to_vec(&SandboxList::new(&state.lifecycle, page)).unwrap_or_default()
+        serde_json::to_vec(&views::sandbox_list(&state.lifecycle, page)).unwrap_or_default()
     });
     Ok((
         [(header::CONTENT_TYPE, "application/json")],
@@ -115,7 +100,7 @@ pub async fn get(
     caller: Caller,
     IdPath(id): IdPath,
 ) -> Result<Json<SandboxView>, ApiError> {
-    let sandbox = state.lifecycle.owned(&caller.user, &id).await?;
+    let sandbox = state.lifecycle.managed(&caller.user, &id).await?;
     Ok(view(&state, &sandbox))
 }
 
@@ -195,13 +180,6 @@ pub async fn rotate_token(
     ))
 }
 
-/// A sandbox token, shown once.
-#[derive(Debug, serde::Serialize, ToSchema)]
-pub struct NewToken {
-    /// The SSH password (or `<sandbox-id>#<token>` user name) for this sandbox.
-    pub token: String,
-}
-
 /// Counts as activity for the idle reaper.
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/keepalive", operation_id = "keep_sandbox_alive", tag = "sandboxes", params(("id" = String, Path, description = "sandbox id (`sbx-…`)")),
     responses(
@@ -233,7 +211,7 @@ pub async fn events(
 ) -> Result<Json<EventList>, ApiError> {
     let events = state.lifecycle.events(&caller.user, &id).await?;
     Ok(Json(EventList {
-        events: events.iter().map(EventView::from).collect(),
+        events: events.iter().map(views::event_view).collect(),
     }))
 }
 
@@ -250,7 +228,7 @@ pub async fn ssh_config(
     caller: Caller,
     IdPath(id): IdPath,
 ) -> Result<Response, ApiError> {
-    let sandbox = state.lifecycle.owned(&caller.user, &id).await?;
+    let sandbox = state.lifecycle.managed(&caller.user, &id).await?;
     let id = sandbox.id.as_str();
     let text = format!(
         "# Warren sandbox {id} (account {owner})\n\

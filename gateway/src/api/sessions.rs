@@ -9,13 +9,12 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use utoipa::IntoParams;
+use warren_api::RecordingQuery;
 
 use super::ApiState;
 use super::auth::Caller;
 use super::error::{ApiError, ApiQuery, IdPath};
-use super::views::{ErrorBody, SessionList, SessionView};
+use super::views::{self, ErrorBody, SessionList};
 
 /// A sandbox's SSH sessions, oldest first, each with its channels.
 #[utoipa::path(get, path = "/v1/sandboxes/{id}/sessions", operation_id = "list_sandbox_sessions", tag = "sessions", params(("id" = String, Path, description = "sandbox id (`sbx-…`)")),
@@ -30,21 +29,13 @@ pub async fn list(
 ) -> Result<Json<SessionList>, ApiError> {
     let sessions = state.lifecycle.ssh_sessions(&caller.user, &id).await?;
     Ok(Json(SessionList {
-        sessions: sessions.iter().map(SessionView::from).collect(),
+        sessions: sessions.iter().map(views::session_view).collect(),
     }))
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct RecordingParams {
-    /// Which of the session's channels (its `seq`; default: the first recorded).
-    channel: Option<u32>,
 }
 
 /// A terminal session's recording, asciicast v2: a JSON header line, then one
 /// `[seconds, "o"|"i"|"r", data]` line per event.
-#[utoipa::path(get, path = "/v1/sessions/{id}/recording", operation_id = "get_session_recording", tag = "sessions", params(("id" = String, Path, description = "session id (`ses_…`)"), RecordingParams),
+#[utoipa::path(get, path = "/v1/sessions/{id}/recording", operation_id = "get_session_recording", tag = "sessions", params(("id" = String, Path, description = "session id (`ses_…`)"), RecordingQuery),
     responses(
         (status = 200, description = "the recording", content_type = "application/x-asciicast", body = String),
         (status = 404, description = "no such session of yours, or it has no recording (not a terminal session, recordings off, or past the retention)", body = ErrorBody),
@@ -53,7 +44,7 @@ pub async fn recording(
     State(state): State<Arc<ApiState>>,
     caller: Caller,
     IdPath(id): IdPath,
-    ApiQuery(params): ApiQuery<RecordingParams>,
+    ApiQuery(params): ApiQuery<RecordingQuery>,
 ) -> Result<Response, ApiError> {
     let open = state
         .lifecycle

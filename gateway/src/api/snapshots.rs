@@ -145,7 +145,7 @@ pub fn forked_view(lc: &crate::lifecycle::Lifecycle, forked: &Forked) -> ForkedV
             .forks
             .iter()
             .map(|c| CreatedSandbox {
-                sandbox: SandboxView::new(lc, &c.sandbox),
+                sandbox: super::views::sandbox_view(lc, &c.sandbox),
                 token: c.token.expose().to_owned(),
             })
             .collect(),

@@ -1,5 +1,6 @@
-//! The store queries the API added (`store/api_queries.rs`), on SQLite and, when
-//! `WARREN_TEST_POSTGRES_URL` is set (`scripts/test-postgres`), on PostgreSQL.
+//! The store's counts and token queries the API uses (`store/src/usage.rs`,
+//! `store/src/sandboxes.rs`), on SQLite and, when `WARREN_TEST_POSTGRES_URL` is set
+//! (`scripts/test-postgres`), on PostgreSQL.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -8,7 +9,7 @@ use std::net::SocketAddr;
 use sqlx::Connection;
 use warren_keys::SandboxId;
 
-use crate::store::{
+use warren_store::{
     NewRunner, NewSandbox, NewSshSession, SandboxState, SessionEnd, Store, Timestamp, UserId,
 };
 

@@ -12,9 +12,9 @@ use std::collections::BTreeSet;
 
 use anyhow::bail;
 use warren_protocol::{MAX_CONTROL_LINE, Request, Response, SandboxKeys};
+use warren_store::{RunnerId, Sandbox, SandboxId, UserId};
 
 use super::Lifecycle;
-use crate::store::{RunnerId, Sandbox, SandboxId, UserId};
 
 /// Sends `runner` the keys of its sandboxes whose keys changed since last sent.
 ///

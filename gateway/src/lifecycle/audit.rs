@@ -6,10 +6,10 @@
 //! and someone else's look the same.
 
 use warren_keys::SandboxId;
+use warren_store::{SshChannel, SshSession, SshSessionId, StoreError, User};
 
-use super::{Error, Kind, Lifecycle, Result};
+use super::{Error, ErrorCode, Lifecycle, Result};
 use crate::recordings::RecordingError;
-use crate::store::{Sandbox, SshChannel, SshSession, SshSessionId, StoreError, User};
 
 /// One SSH session with its channels.
 #[derive(Debug, Clone)]
@@ -29,15 +29,6 @@ pub struct OpenRecording {
 }
 
 impl Lifecycle {
-    /// `id` if `caller` may read its audit trail: its owner, or an admin.
-    async fn audited(&self, caller: &User, id: &SandboxId) -> Result<Sandbox> {
-        match self.store.get_sandbox(id).await {
-            Ok(s) if s.owner_id == caller.id || caller.is_admin => Ok(s),
-            Ok(_) | Err(StoreError::NotFound(_)) => Err(Error::not_found("sandbox")),
-            Err(e) => Err(e.into()),
-        }
-    }
-
     /// The SSH sessions of sandbox `id`, oldest first.
     pub async fn ssh_sessions(&self, caller: &User, id: &str) -> Result<Vec<SessionRecord>> {
         let id = SandboxId::parse(id).map_err(|_| Error::not_found("sandbox"))?;
@@ -66,7 +57,7 @@ impl Lifecycle {
         };
         match self.audited(caller, &session.sandbox_id).await {
             Ok(_) => Ok(session),
-            Err(e) if e.kind == Kind::NotFound => Err(not_found()),
+            Err(e) if e.code == ErrorCode::NotFound => Err(not_found()),
             Err(e) => Err(e),
         }
     }
@@ -100,11 +91,7 @@ impl Lifecycle {
             } else {
                 "this gateway records no sessions"
             };
-            Error::new(
-                Kind::NotFound,
-                "not_found",
-                format!("recording not found: {why}"),
-            )
+            Error::new(ErrorCode::NotFound, format!("recording not found: {why}"))
         };
         let channel = match channel {
             Some(n) => n,

@@ -1,82 +1,83 @@
-//! The lifecycle's one error: what kind of refusal or failure it is, a stable
-//! machine-readable code and a message for people. The HTTP API turns the kind into
-//! a status, the SSH console into an exit code. Messages never contain secrets.
+//! The lifecycle's one error: a stable machine-readable code ([`ErrorCode`], shared
+//! with the API's clients through `warren-api`, each code with its HTTP status) and a
+//! message for people. The HTTP API answers with the code's status, the SSH console
+//! with exit 1 and the same code. Messages never contain secrets.
+
+use warren_store::StoreError;
+
+/// Every code the lifecycle, the API and the console report.
+pub use warren_api::ErrorCode;
 
 use crate::github::GitHubError;
-use crate::store::StoreError;
 use crate::tunnel::TunnelError;
-
-/// What went wrong, as either surface needs to tell it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// The request could not be read at all.
-    BadRequest,
-    /// A well-formed request whose content is refused.
-    Invalid,
-    /// No such thing, or not the caller's (the two look the same).
-    NotFound,
-    /// Not in a state that allows it.
-    Conflict,
-    /// Needs an admin.
-    Forbidden,
-    /// Nothing can take it now (no runner, no room, runner offline).
-    Unavailable,
-    /// A runner or GitHub failed; the message is theirs and safe to show.
-    Upstream,
-    /// A bug or the database; the gateway's log has the details.
-    Internal,
-}
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct Error {
-    pub kind: Kind,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
+    /// The request could not be read at all: `invalid_request` with 400, not 422.
+    unreadable: bool,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub fn new(kind: Kind, code: &'static str, message: impl Into<String>) -> Error {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Error {
         Error {
-            kind,
             code,
             message: message.into(),
+            unreadable: false,
         }
     }
 
+    /// The HTTP status it is answered with.
+    pub fn status(&self) -> u16 {
+        if self.unreadable {
+            400
+        } else {
+            self.code.status()
+        }
+    }
+
+    /// A well-formed request whose content is refused (422).
     pub fn invalid(message: impl Into<String>) -> Error {
-        Error::new(Kind::Invalid, "invalid_request", message)
+        Error::new(ErrorCode::InvalidRequest, message)
     }
 
+    /// A request that could not be read at all (400).
     pub fn bad_request(message: impl Into<String>) -> Error {
-        Error::new(Kind::BadRequest, "invalid_request", message)
+        Error {
+            unreadable: true,
+            ..Error::invalid(message)
+        }
     }
 
+    /// No such thing, or not the caller's (the two look the same).
     pub fn not_found(what: &str) -> Error {
-        Error::new(Kind::NotFound, "not_found", format!("{what} not found"))
+        Error::new(ErrorCode::NotFound, format!("{what} not found"))
     }
 
+    /// Not in a state that allows it.
     pub fn conflict(message: impl Into<String>) -> Error {
-        Error::new(Kind::Conflict, "conflict", message)
+        Error::new(ErrorCode::Conflict, message)
     }
 
     pub fn forbidden() -> Error {
-        Error::new(Kind::Forbidden, "forbidden", "this needs an admin account")
+        Error::new(ErrorCode::Forbidden, "this needs an admin account")
     }
 
+    /// A bug or the database; the gateway's log has the details.
     pub fn internal() -> Error {
         Error::new(
-            Kind::Internal,
-            "internal",
+            ErrorCode::Internal,
             "internal error; the gateway's log has the details",
         )
     }
 
     /// A runner refused or failed a request; its message is safe to show.
     pub fn runner(message: impl Into<String>) -> Error {
-        Error::new(Kind::Upstream, "runner_error", message)
+        Error::new(ErrorCode::RunnerError, message)
     }
 }
 
@@ -88,7 +89,7 @@ impl From<StoreError> for Error {
             e @ StoreError::InvalidTransition { .. } => Error::conflict(e.to_string()),
             e @ StoreError::Invalid(_) => Error::invalid(e.to_string()),
             e @ StoreError::Database(_) => {
-                tracing::error!(request_id = %crate::api::error::current_request_id(), "store: {e}");
+                tracing::error!(request_id = %super::request::current_request_id(), "store: {e}");
                 Error::internal()
             }
         }
@@ -99,8 +100,7 @@ impl From<TunnelError> for Error {
     fn from(e: TunnelError) -> Error {
         match e {
             TunnelError::RunnerOffline => Error::new(
-                Kind::Unavailable,
-                "runner_offline",
+                ErrorCode::RunnerOffline,
                 "the sandbox's runner is offline; try again later",
             ),
             e => Error::runner(e.to_string()),
@@ -110,6 +110,6 @@ impl From<TunnelError> for Error {
 
 impl From<GitHubError> for Error {
     fn from(e: GitHubError) -> Error {
-        Error::new(Kind::Upstream, "upstream_error", e.to_string())
+        Error::new(ErrorCode::UpstreamError, e.to_string())
     }
 }

@@ -1,11 +1,11 @@
 //! An account's SSH keys: the keys it logs in with, which its sandboxes' agents
 //! accept too (synced to the runners, [`super::agent_keys`]); removing one ends the
-//! logins made with it.
+//! logins made with it. Its API keys' revocation, which ends theirs.
 
 use russh::keys::PublicKey;
+use warren_store::{ApiKeyId, SshKey, SshKeyId, User};
 
 use super::{Error, Lifecycle, Result, validate};
-use crate::store::{SshKey, SshKeyId, User};
 
 /// Longest public key line accepted (RSA 16384-bit keys fit).
 pub const MAX_PUBLIC_KEY: usize = 16 * 1024;
@@ -56,6 +56,14 @@ impl Lifecycle {
         super::agent_keys::sync_user(self, &owner.id).await;
         self.live
             .end_key(&owner.id, &key.fingerprint, "the SSH key was deleted");
+        Ok(())
+    }
+
+    /// Revokes `owner`'s API key `id` (`apk-…`); the logins made with it end.
+    pub async fn revoke_api_key(&self, owner: &User, id: &str) -> Result<()> {
+        let id = ApiKeyId::parse(id).map_err(|_| Error::not_found("API key"))?;
+        self.store.revoke_api_key(&owner.id, &id).await?;
+        self.live.end_api_key(&id, "the API key was revoked");
         Ok(())
     }
 }

@@ -2,7 +2,8 @@
 //! console ([`crate::ssh::console`]): one set of rules for who may do what, one
 //! validation, one set of errors ([`Error`]).
 //!
-//! - [`sandboxes`]: create, list, stop, start, delete, token rotation, keepalive,
+//! - [`access`]: who may do what with a sandbox ([`Access`]), the one rule.
+//! - [`sandboxes`]: create, list, stop, start, delete, keepalive,
 //!   events — each change under the sandbox's lock, in a task of its own (a client
 //!   hanging up never leaves a change half done).
 //! - [`placement`]: which runner has room for a new sandbox.
@@ -17,17 +18,22 @@
 //! Secrets (sandbox tokens, `env` values) are returned once and never logged; `env`
 //! values live only in memory here and in the runner, never in the store.
 
+pub mod access;
 pub mod agent_keys;
 pub mod audit;
 mod error;
 pub mod keys;
+pub mod live;
 mod placement;
 pub mod pulls;
 pub mod reconcile;
+pub mod request;
 mod runner_calls;
 pub mod sandboxes;
+pub mod shares;
 pub mod snapshots;
 mod specs;
+mod tokens;
 pub mod validate;
 
 use std::collections::HashMap;
@@ -36,12 +42,13 @@ use std::time::{Duration, Instant};
 
 use warren_keys::{SandboxId, TokenSigner};
 use warren_protocol::{RunnerCapacity, SandboxSpec};
+use warren_store::{RunnerId, Store};
 
-pub use self::error::{Error, Kind, Result};
+pub use self::access::{Access, Principal};
+pub use self::error::{Error, ErrorCode, Result};
 pub use self::reconcile::{RECONCILE_EVERY, reconcile_once, spawn_reconciler};
 pub use self::sandboxes::{CreateSandbox, Created, DEFAULT_IMAGE};
 
-use crate::store::{RunnerId, Sandbox, Store, StoreError, User};
 use crate::tunnel::RunnerHub;
 
 /// How long the sandbox token returned at create stays valid.
@@ -74,7 +81,7 @@ pub struct Lifecycle {
     /// What each runner said it has room for, and when ([`placement`]).
     capacities: Mutex<HashMap<RunnerId, (Instant, RunnerCapacity)>>,
     /// The front door's logged-in connections: revoking access ends them.
-    pub live: Arc<crate::ssh::live::LiveConnections>,
+    pub live: Arc<live::LiveConnections>,
     /// The terminal sessions' recordings (the front door writes them).
     pub recordings: Arc<crate::recordings::Recordings>,
 }
@@ -164,18 +171,6 @@ impl Lifecycle {
             host.to_owned()
         } else {
             format!("[{host}]:{}", self.ssh_port)
-        }
-    }
-
-    /// `caller`'s sandbox `id`. A malformed id, an unknown one and someone else's
-    /// are all the same "not found".
-    pub async fn owned(&self, caller: &User, id: &str) -> Result<Sandbox> {
-        let not_found = || Error::not_found("sandbox");
-        let id = SandboxId::parse(id).map_err(|_| not_found())?;
-        match self.store.get_sandbox(&id).await {
-            Ok(s) if s.owner_id == caller.id => Ok(s),
-            Ok(_) | Err(StoreError::NotFound(_)) => Err(not_found()),
-            Err(e) => Err(e.into()),
         }
     }
 }

@@ -2,9 +2,9 @@
 //! says it has, and what its live sandboxes take), or a refusal saying why none fits.
 
 use warren_protocol::{Request, Response as RunnerResponse, RunnerCapacity};
+use warren_store::{RunnerId, RunnerUsage, StoreError};
 
-use super::{Error, Kind, Lifecycle, Result};
-use crate::store::{RunnerId, RunnerUsage, StoreError};
+use super::{Error, ErrorCode, Lifecycle, Result};
 
 /// What a new sandbox asks of a runner.
 #[derive(Debug, Clone, Copy)]
@@ -80,7 +80,7 @@ fn misfit(
 
 /// What `runner` has room for: its answer to `capacity`, remembered a while. A
 /// runner too old to answer gets the stored sandbox count as its only limit.
-async fn runner_capacity(lc: &Lifecycle, runner: &crate::store::Runner) -> RunnerCapacity {
+async fn runner_capacity(lc: &Lifecycle, runner: &warren_store::Runner) -> RunnerCapacity {
     const REMEMBER: std::time::Duration = std::time::Duration::from_secs(30);
     if let Some((at, capacity)) = lc.capacities().get(&runner.id)
         && at.elapsed() < REMEMBER
@@ -112,11 +112,7 @@ pub(super) async fn pick_runner(
 ) -> Result<(RunnerId, Option<u64>), Error> {
     let mut online = lc.hub.online_runners();
     if online.is_empty() {
-        return Err(Error::new(
-            Kind::Unavailable,
-            "no_runner",
-            "no runner is online",
-        ));
+        return Err(Error::new(ErrorCode::NoRunner, "no runner is online"));
     }
     online.sort();
     let usage: std::collections::HashMap<RunnerId, RunnerUsage> =
@@ -139,8 +135,7 @@ pub(super) async fn pick_runner(
     }
     best.map(|(_, id, disk)| (id, disk)).ok_or_else(|| {
         Error::new(
-            Kind::Unavailable,
-            "no_capacity",
+            ErrorCode::NoCapacity,
             format!(
                 "no runner has room for this sandbox: {}",
                 reasons.join("; ")
@@ -173,8 +168,7 @@ pub(super) async fn room_on(
     match misfit(&record.name, &capacity, used, demand) {
         None => Ok(()),
         Some(reason) => Err(Error::new(
-            Kind::Unavailable,
-            "no_capacity",
+            ErrorCode::NoCapacity,
             format!("the sandbox's runner has no room for it now: {reason}"),
         )),
     }

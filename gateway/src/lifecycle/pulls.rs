@@ -11,66 +11,22 @@
 
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+/// The API's request bodies and answers for pull requests.
+pub use warren_api::{CreatePullRequest, MergePullRequest, MergedView, PullRequestView};
 use warren_protocol::{Request, Response, Secret};
+use warren_store::{Sandbox, SandboxState, User};
 
 use super::specs::remembered_spec;
-use super::{Error, Kind, Lifecycle, Result, detached, validate};
-use crate::github::{MergeMethod, RepoRef};
-use crate::store::{Sandbox, SandboxState, User};
+use super::{Error, ErrorCode, Lifecycle, Result, detached, validate};
+use crate::github::RepoRef;
 
 /// The env variable of the create request holding the token for pushes and GitHub.
 const TOKEN_ENV: &str = "GITHUB_TOKEN";
 pub const MAX_TITLE: usize = 256;
 pub const MAX_PR_BODY: usize = 60_000;
 
-/// A pull request to open from the sandbox's work.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreatePullRequest {
-    /// The pull request's title (1 to 256 characters), also the commit's subject.
-    pub title: String,
-    /// Its description (Markdown, at most 60000 bytes), also the commit's body.
-    pub body: Option<String>,
-    /// The branch to merge into (default: the repository's default branch).
-    pub base: Option<String>,
-}
-
-/// An opened pull request.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PullRequestView {
-    pub number: u64,
-    /// The pull request's page.
-    pub url: String,
-    /// The branch pushed (the pull request's head).
-    pub branch: String,
-    /// The base it targets.
-    pub base: String,
-    /// The commit pushed.
-    pub commit: String,
-}
-
-/// How to merge.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct MergePullRequest {
-    /// `merge` (default), `squash` or `rebase`.
-    #[serde(default)]
-    #[schema(value_type = Option<String>)]
-    pub method: MergeMethod,
-}
-
-/// A merge's outcome, as GitHub reports it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct MergedView {
-    pub merged: bool,
-    pub sha: Option<String>,
-    pub message: Option<String>,
-}
-
 fn upstream(message: impl Into<String>) -> Error {
-    Error::new(Kind::Upstream, "upstream_error", message)
+    Error::new(ErrorCode::UpstreamError, message)
 }
 
 /// The sandbox's repository as given at create (the URL pushes go to, whatever
@@ -79,8 +35,7 @@ fn upstream(message: impl Into<String>) -> Error {
 fn repo_of(lc: &Lifecycle, sandbox: &Sandbox) -> Result<(String, RepoRef), Error> {
     let url = sandbox.repo.as_deref().ok_or_else(|| {
         Error::new(
-            Kind::Conflict,
-            "no_repo",
+            ErrorCode::NoRepo,
             "the sandbox was created without a repo; pull requests need one",
         )
     })?;
@@ -93,15 +48,13 @@ fn repo_of(lc: &Lifecycle, sandbox: &Sandbox) -> Result<(String, RepoRef), Error
     };
     if !pushable {
         return Err(Error::new(
-            Kind::Conflict,
-            "no_repo",
+            ErrorCode::NoRepo,
             "the sandbox's repo is not an https:// URL; pull requests push only there",
         ));
     }
     let repo = RepoRef::parse(url).ok_or_else(|| {
         Error::new(
-            Kind::Conflict,
-            "no_repo",
+            ErrorCode::NoRepo,
             "the sandbox's repo URL does not name an owner/repository",
         )
     })?;
@@ -110,16 +63,15 @@ fn repo_of(lc: &Lifecycle, sandbox: &Sandbox) -> Result<(String, RepoRef), Error
 
 /// The token given at create time (the repo's token, else `env.GITHUB_TOKEN`):
 /// from the gateway's memory or, after a gateway restart, from the runner.
-async fn token_of(lc: &Lifecycle, sandbox: &Sandbox) -> Result<String, Error> {
+async fn token_of(lc: &Lifecycle, sandbox: &Sandbox) -> Result<Secret, Error> {
     let spec = remembered_spec(lc, sandbox).await;
     spec.repo
         .and_then(|r| r.token)
         .or_else(|| spec.env.get(TOKEN_ENV).cloned())
-        .filter(|t| !t.is_empty())
+        .filter(|t| !t.expose().is_empty())
         .ok_or_else(|| {
             Error::new(
-                Kind::Conflict,
-                "no_credentials",
+                ErrorCode::NoCredentials,
                 "no GITHUB_TOKEN is known for this sandbox: none was given in env at \
                  create, or its runner no longer holds it",
             )
@@ -162,7 +114,7 @@ impl Lifecycle {
         body: CreatePullRequest,
     ) -> Result<PullRequestView> {
         check_create(&body)?;
-        let sandbox = self.owned(owner, id).await?;
+        let sandbox = self.managed(owner, id).await?;
         let (url, repo) = repo_of(self, &sandbox)?;
         let token = token_of(self, &sandbox).await?;
         let github = self.github();
@@ -200,7 +152,7 @@ impl Lifecycle {
                 base: body.base.clone(),
                 // Pinned: the runner pushes here, never to the workspace's remotes.
                 remote_url: Some(url),
-                token: Some(Secret::new(token.clone())),
+                token: Some(token.clone()),
             };
             let (commit, default_branch) = match lc.hub.control(&runner, &request).await? {
                 Response::Pushed {
@@ -209,13 +161,13 @@ impl Lifecycle {
                     ..
                 } => (commit, default_branch),
                 Response::Refused { code, message } => {
-                    return Err(match code.as_str() {
-                        "nothing_to_commit" => {
-                            Error::new(Kind::Conflict, "nothing_to_commit", message)
+                    // The runner's refusals that are the API's codes too, and its own.
+                    return Err(match (code.parse::<ErrorCode>(), code.as_str()) {
+                        (Ok(code @ (ErrorCode::NothingToCommit | ErrorCode::NoRepo)), _) => {
+                            Error::new(code, message)
                         }
-                        "no_repo" => Error::new(Kind::Conflict, "no_repo", message),
-                        "push_refused" => upstream(message),
-                        "invalid_branch" => Error::invalid(message),
+                        (_, "push_refused") => upstream(message),
+                        (_, "invalid_branch") => Error::invalid(message),
                         _ => Error::runner(message),
                     });
                 }
@@ -236,7 +188,7 @@ impl Lifecycle {
                 .unwrap_or_else(|| "main".to_owned());
             let pull = github
                 .create_pull(
-                    &token,
+                    token.expose(),
                     &repo,
                     body.title.trim(),
                     &branch,
@@ -265,7 +217,7 @@ impl Lifecycle {
         number: &str,
         body: MergePullRequest,
     ) -> Result<MergedView> {
-        let sandbox = self.owned(owner, id).await?;
+        let sandbox = self.managed(owner, id).await?;
         let number = number
             .parse::<u64>()
             .ok()
@@ -275,7 +227,7 @@ impl Lifecycle {
         let token = token_of(self, &sandbox).await?;
         let merged = self
             .github()
-            .merge_pull(&token, &repo, number, body.method)
+            .merge_pull(token.expose(), &repo, number, body.method)
             .await?;
         tracing::info!(sandbox = %sandbox.id, repo = %repo, number, merged = merged.merged,
             "pull request merge");

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use warren_protocol::{Request, Response};
+use warren_store::{RunnerId, SandboxState, Timestamp};
 
 use super::Lifecycle;
-use crate::store::{RunnerId, SandboxState, Timestamp};
 
 /// How often the reconciler runs.
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(10);

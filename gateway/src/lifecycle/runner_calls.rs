@@ -3,9 +3,9 @@
 //! runner error naming it.
 
 use warren_protocol::{Request, Response as RunnerResponse, SandboxSpec};
+use warren_store::{RunnerId, Sandbox, SandboxState};
 
-use super::{Error, Kind, Lifecycle, Result};
-use crate::store::{RunnerId, Sandbox, SandboxState};
+use super::{Error, ErrorCode, Lifecycle, Result};
 
 /// At most this many notes of one create or start become events.
 const MAX_NOTES: usize = 64;
@@ -22,8 +22,8 @@ pub(super) async fn check_on_runner(
     let request = Request::Check { spec: spec.clone() };
     match lc.hub.control(runner, &request).await? {
         RunnerResponse::Ok => Ok(()),
-        RunnerResponse::Refused { code, message } if code == "image_not_found" => {
-            Err(Error::new(Kind::Invalid, "image_not_found", message))
+        RunnerResponse::Refused { code, message } if code == ErrorCode::ImageNotFound.as_str() => {
+            Err(Error::new(ErrorCode::ImageNotFound, message))
         }
         RunnerResponse::Refused { message, .. } => Err(Error::invalid(message)),
         RunnerResponse::Error { message } if message.contains("unknown variant") => Ok(()),
@@ -73,8 +73,10 @@ pub(super) async fn run_on_runner(
             return Ok(running);
         }
         Ok(RunnerResponse::Error { message }) => Error::runner(message),
-        Ok(RunnerResponse::Refused { code, message }) if code == "image_not_found" => {
-            Error::new(Kind::Invalid, "image_not_found", message)
+        Ok(RunnerResponse::Refused { code, message })
+            if code == ErrorCode::ImageNotFound.as_str() =>
+        {
+            Error::new(ErrorCode::ImageNotFound, message)
         }
         Ok(RunnerResponse::Refused { message, .. }) => Error::invalid(message),
         Ok(other) => Error::runner(format!("unexpected answer from the runner: {other:?}")),

@@ -1,23 +1,20 @@
-//! A sandbox's life: create, list, stop, start, delete, token rotation, keepalive
+//! A sandbox's life: create, list, stop, start, delete, keepalive
 //! and its events, for an owner. Every change runs under the sandbox's lock in a
 //! task of its own ([`super::detached`]).
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
-use serde::Deserialize;
-use utoipa::ToSchema;
 use warren_keys::{SandboxId, SandboxToken, Scope};
-use warren_protocol::{NetworkPolicy, RepoSpec, Request, SandboxSpec};
+use warren_protocol::{NetworkPolicy, RepoSpec, Request, SandboxSpec, Secret};
+use warren_store::{
+    NewSandbox, Sandbox, SandboxEvent, SandboxPage, SandboxQuery, SandboxState, User,
+};
 
 use super::placement::{Demand, Disk, pick_runner, room_on};
 use super::runner_calls::{check_on_runner, expect_ok, run_on_runner};
 use super::specs::{default_branch, millicpus, remembered_spec};
 use super::{Error, Lifecycle, Result, SANDBOX_TOKEN_TTL, detached, validate};
-use crate::store::{
-    NewSandbox, Sandbox, SandboxEvent, SandboxPage, SandboxQuery, SandboxState, Timestamp, User,
-};
 
 /// What the store records as the image when the request names none: the runner's
 /// default image.
@@ -27,57 +24,8 @@ const DEFAULT_MEMORY_MB: u32 = 1024;
 /// The env variable whose value, if given, is offered to git when cloning `repo`.
 const REPO_TOKEN_ENV: &str = "GITHUB_TOKEN";
 
-/// What to create. Every field is optional.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateSandbox {
-    /// An image reference (default: the runner's base image).
-    pub image: Option<String>,
-    /// A repository cloned into the workspace, and where pull requests push to: an
-    /// `https://` URL (`http://` only where the operator allows it).
-    pub repo: Option<String>,
-    /// The branch made for the sandbox's work (default `warren/<sandbox-id>`); needs
-    /// `repo`.
-    pub branch: Option<String>,
-    /// Let the owner's sessions forward their SSH agent (`ssh -A`) into the sandbox
-    /// (default false). Code in the sandbox can then sign with the owner's keys while
-    /// a session is open; never given to users the sandbox is shared with.
-    #[serde(default)]
-    pub forward_agent: bool,
-    /// Environment for every session (at most 64; names `[A-Za-z_][A-Za-z0-9_]*`, not
-    /// `WARREN_*`; values up to 32 KiB). Never stored by the gateway: it keeps it in
-    /// memory, the runner in the sandbox (its container's config). `GITHUB_TOKEN`, if
-    /// given, is also offered to git for cloning `repo`.
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    /// CPUs, 0.1 to 16 (default 1).
-    pub cpus: Option<f64>,
-    /// Memory in MiB, 128 to 65536 (default 1024).
-    pub memory_mb: Option<u32>,
-    /// Stopped after this many seconds without activity, 60 to 604800 (default: the
-    /// runner's).
-    pub idle_timeout_s: Option<u32>,
-    /// Deleted this many seconds after creation, 60 to 31536000 (default: never).
-    pub ttl_s: Option<u32>,
-    /// Outbound network: `{"mode":"all"}` (default), `{"mode":"none"}`, or
-    /// `{"mode":"allow","cidrs":["10.0.0.0/8"]}`.
-    #[schema(value_type = Option<Object>)]
-    pub network: Option<NetworkPolicy>,
-    /// Disk quota in MiB, 256 to 1048576 (default: the runner's): the workspace,
-    /// /tmp, /var/tmp and everything else the sandbox writes. Writes beyond it fail
-    /// (ENOSPC) or the sandbox is stopped (`disk_quota`).
-    pub disk_mb: Option<u32>,
-    /// Follow the repository's `.devcontainer/devcontainer.json` (or
-    /// `.devcontainer.json`) if it has one (default true; only with `repo` and no
-    /// `image`): its image, env and lifecycle commands; the sandbox's events say
-    /// what it did and which keys were ignored or refused.
-    pub devcontainer: Option<bool>,
-    /// Make it from this snapshot of yours (`snp_…`): its file system, image,
-    /// limits, network policy and env, on the runner that keeps it; `env`, `cpus`,
-    /// `memory_mb`, `idle_timeout_s`, `ttl_s` and `branch` override. Not with
-    /// `image`, `repo`, `network`, `disk_mb` or `devcontainer`.
-    pub snapshot: Option<String>,
-}
+/// What to create (the API's request body; the console builds one too).
+pub use warren_api::CreateSandbox;
 
 /// Checks every field of a create request; nothing is touched before this passes.
 pub fn check_create(body: &CreateSandbox) -> Result<(), Error> {
@@ -110,9 +58,20 @@ pub fn check_create(body: &CreateSandbox) -> Result<(), Error> {
         validate::range("disk_mb", disk, validate::DISK_MB)?;
     }
     if let Some(network) = &body.network {
-        validate::network(network)?;
+        validate::network(&network_policy(network))?;
     }
     Ok(())
+}
+
+/// The API's network policy as the tunnel says it.
+fn network_policy(policy: &warren_api::NetworkPolicy) -> NetworkPolicy {
+    match policy {
+        warren_api::NetworkPolicy::All => NetworkPolicy::All,
+        warren_api::NetworkPolicy::None => NetworkPolicy::None,
+        warren_api::NetworkPolicy::Allow { cidrs } => NetworkPolicy::Allow {
+            cidrs: cidrs.clone(),
+        },
+    }
 }
 
 /// A new sandbox, and its token (shown once).
@@ -166,13 +125,21 @@ impl Lifecycle {
                 url: url.clone(),
                 branch: branch.clone().unwrap_or_else(|| default_branch(&id)),
                 base: None,
-                token: body.env.get(REPO_TOKEN_ENV).cloned(),
+                token: body.env.get(REPO_TOKEN_ENV).cloned().map(Secret::from),
             }),
-            env: body.env,
+            env: body
+                .env
+                .into_iter()
+                .map(|(k, v)| (k, Secret::from(v)))
+                .collect(),
             millicpus: Some(millicpus(cpus)),
             memory_mb: Some(u64::from(memory_mb)),
             idle_timeout_s: body.idle_timeout_s.map(u64::from),
-            network: body.network.unwrap_or_default(),
+            network: body
+                .network
+                .as_ref()
+                .map(network_policy)
+                .unwrap_or_default(),
             disk_mb,
             devcontainer: body.repo.is_some()
                 && body.image.is_none()
@@ -308,7 +275,7 @@ impl Lifecycle {
         F: FnOnce(Arc<Lifecycle>, Sandbox) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Sandbox>> + Send,
     {
-        let sandbox = self.owned(owner, id).await?;
+        let sandbox = self.managed(owner, id).await?;
         let lc = self.clone();
         detached(async move {
             let _guard = lc.lock(&sandbox.id).await;
@@ -329,7 +296,7 @@ impl Lifecycle {
 
     /// Deletes `owner`'s sandbox and its workspace (a deleted one is fine).
     pub async fn delete(self: &Arc<Self>, owner: &User, id: &str) -> Result<()> {
-        let sandbox = self.owned(owner, id).await?;
+        let sandbox = self.managed(owner, id).await?;
         let lc = self.clone();
         detached(async move { lc.delete_sandbox(&sandbox.id, "deleted by user").await }).await
     }
@@ -379,41 +346,9 @@ impl Lifecycle {
         Ok(())
     }
 
-    /// Revokes every token of the sandbox handed out so far and returns a new one
-    /// (shown once); logins with the old ones end.
-    pub async fn rotate_token(&self, owner: &User, id: &str) -> Result<SandboxToken> {
-        let sandbox = self.owned(owner, id).await?;
-        if sandbox.state == SandboxState::Deleted {
-            return Err(Error::conflict("the sandbox is deleted"));
-        }
-        let _guard = self.lock(&sandbox.id).await;
-        // Never earlier than the last revocation (a clock stepped back must not bring
-        // revoked tokens back), and a second past it when two come within a second.
-        let now = Timestamp::now().unix_seconds();
-        let at = match self.store.sandbox_tokens_revoked_at(&sandbox.id).await? {
-            Some(last) => now.max(last.unix_seconds() + 1),
-            None => now,
-        };
-        self.store
-            .revoke_sandbox_tokens(&sandbox.id, Timestamp::from_unix_seconds(at))
-            .await?;
-        self.live.end_tokens(
-            &sandbox.id,
-            &format!("the tokens of {} were revoked", sandbox.id),
-        );
-        // One second longer than the revoked ones could live, so that a token minted
-        // in the very second of the revocation is told apart from them.
-        let ahead = u64::try_from(at - now).unwrap_or(0);
-        Ok(self.signer.mint(
-            &sandbox.id,
-            Scope::Ssh,
-            SANDBOX_TOKEN_TTL + std::time::Duration::from_secs(ahead + 1),
-        ))
-    }
-
     /// Counts as activity for the idle reaper of a running sandbox.
     pub async fn keepalive(&self, owner: &User, id: &str) -> Result<()> {
-        let sandbox = self.owned(owner, id).await?;
+        let sandbox = self.managed(owner, id).await?;
         if sandbox.state != SandboxState::Running {
             return Err(Error::conflict(format!(
                 "a sandbox in state {} cannot be kept alive",
@@ -432,7 +367,7 @@ impl Lifecycle {
 
     /// The sandbox's lifecycle changes with their reasons, oldest first.
     pub async fn events(&self, owner: &User, id: &str) -> Result<Vec<SandboxEvent>> {
-        let sandbox = self.owned(owner, id).await?;
+        let sandbox = self.managed(owner, id).await?;
         Ok(self.store.list_sandbox_events(&sandbox.id).await?)
     }
 }

@@ -17,10 +17,13 @@ use utoipa::ToSchema;
 use warren_keys::{SandboxId, Scope, SnapshotId};
 use warren_protocol::{Request, Response as RunnerResponse, SandboxSpec};
 
+use super::error::ErrorCode;
 use super::placement::{Demand, Disk, room_on};
 use super::specs::{default_branch, millicpus, remembered_spec};
-use super::{Created, Error, Kind, Lifecycle, Result, SANDBOX_TOKEN_TTL, detached, validate};
-use crate::store::{NewSandbox, NewSnapshot, Sandbox, SandboxState, Snapshot, StoreError, User};
+use super::{Created, Error, Lifecycle, Result, SANDBOX_TOKEN_TTL, detached, validate};
+use warren_store::{
+    NewSandbox, NewSnapshot, RunnerId, Sandbox, SandboxState, Snapshot, StoreError, User,
+};
 
 /// The most forks one request makes.
 pub const MAX_FORKS: u32 = 16;
@@ -123,7 +126,7 @@ impl Lifecycle {
                 "name must be 1 to {MAX_NAME} characters, none of them control characters"
             )));
         }
-        let sandbox = self.owned(caller, id).await?;
+        let sandbox = self.managed(caller, id).await?;
         let lc = self.clone();
         let owner = caller.clone();
         detached(async move {
@@ -166,16 +169,15 @@ impl Lifecycle {
         let taken = match self.hub.control(&runner, &request).await? {
             RunnerResponse::Snapshot(taken) => taken,
             RunnerResponse::Refused { code, message } if code == "not_supported" => {
-                return Err(Error::new(Kind::Conflict, "not_supported", message));
+                return Err(Error::new(ErrorCode::Conflict, message));
             }
             RunnerResponse::Refused { code, message } if code == "not_running" => {
-                return Err(Error::new(Kind::Conflict, "not_running", message));
+                return Err(Error::new(ErrorCode::Conflict, message));
             }
             RunnerResponse::Refused { message, .. } => return Err(Error::conflict(message)),
             RunnerResponse::Error { message } if message.contains("unknown variant") => {
                 return Err(Error::new(
-                    Kind::Conflict,
-                    "not_supported",
+                    ErrorCode::Conflict,
                     "the sandbox's runner is too old to take snapshots",
                 ));
             }
@@ -212,7 +214,7 @@ impl Lifecycle {
     }
 
     /// Asks `runner` to forget a snapshot (logged if it cannot).
-    async fn forget_on_runner(&self, runner: &crate::store::RunnerId, id: &SnapshotId) {
+    async fn forget_on_runner(&self, runner: &RunnerId, id: &SnapshotId) {
         let request = Request::DeleteSnapshot {
             snapshot: id.clone(),
         };
@@ -352,7 +354,7 @@ impl Lifecycle {
             }
             None => vec![None; body.count as usize],
         };
-        let source = self.owned(owner, id).await?;
+        let source = self.managed(owner, id).await?;
         // Room for all of them, before anything is made.
         if let Some(runner) = &source.runner_id {
             let count = u64::from(body.count);
@@ -412,8 +414,7 @@ impl Lifecycle {
         let runner = snapshot.runner_id.clone();
         if !self.hub.online_runners().contains(&runner) {
             return Err(Error::new(
-                Kind::Unavailable,
-                "runner_offline",
+                ErrorCode::RunnerOffline,
                 format!(
                     "the runner that keeps snapshot {} is offline; sandboxes from it can be \
                      made only there",
@@ -436,7 +437,11 @@ impl Lifecycle {
             // without a repo given at create: a `git init` counts too).
             let branch = Some(ask.branch.clone().unwrap_or_else(|| default_branch(&id)));
             let spec = SandboxSpec {
-                env: ask.env,
+                env: ask
+                    .env
+                    .into_iter()
+                    .map(|(k, v)| (k, warren_protocol::Secret::new(v)))
+                    .collect(),
                 millicpus: Some(millicpus(cpus)),
                 memory_mb: Some(u64::from(memory_mb)),
                 idle_timeout_s: ask.idle_timeout_s.map(u64::from).or(base.idle_timeout_s),
@@ -548,7 +553,7 @@ impl Lifecycle {
                     .await?);
             }
             Ok(RunnerResponse::Refused { code, message }) if code == "snapshot_not_found" => {
-                Error::new(Kind::Conflict, "snapshot_gone", message)
+                Error::new(ErrorCode::Conflict, message)
             }
             Ok(RunnerResponse::Refused { message, .. }) => Error::invalid(message),
             Ok(RunnerResponse::Error { message }) => Error::runner(message),

@@ -3,9 +3,9 @@
 
 use warren_keys::SandboxId;
 use warren_protocol::{RepoSpec, Request, SandboxSpec};
+use warren_store::Sandbox;
 
 use super::{DEFAULT_IMAGE, Lifecycle};
-use crate::store::Sandbox;
 
 /// The runner's view of a stored sandbox, when the create-time spec is not in
 /// memory (no env, no repository token).
@@ -47,10 +47,7 @@ pub(super) async fn remembered_spec(lc: &Lifecycle, sandbox: &Sandbox) -> Sandbo
     };
     match lc.hub.control(runner, &request).await {
         Ok(warren_protocol::Response::Env { env }) => {
-            spec.env = env
-                .into_iter()
-                .map(|(k, v)| (k, v.expose().to_owned()))
-                .collect();
+            spec.env = env;
             lc.specs().insert(sandbox.id.clone(), spec.clone());
         }
         Ok(warren_protocol::Response::Error { message }) => {

@@ -37,7 +37,7 @@ pub fn env_name(name: &str) -> Result<(), Error> {
 }
 
 pub fn env(env: &BTreeMap<String, String>) -> Result<(), Error> {
-    spec::env(env).map_err(invalid)
+    spec::env(env.iter().map(|(k, v)| (k.as_str(), v.as_str()))).map_err(invalid)
 }
 
 /// A Docker image reference ([`spec::image`]).

@@ -6,11 +6,12 @@
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use warren_store::{ChannelKind, NewSshChannel, SessionEnd, SshSessionId, Store, Timestamp};
+
 use super::FrontDoor;
 use super::pipe::Exit;
 use crate::recordings::asciicast::Header;
 use crate::recordings::{RecorderSlot, RecordingError, Tap};
-use crate::store::{ChannelKind, NewSshChannel, SessionEnd, SshSessionId, Store, Timestamp};
 
 /// The terminal a channel asked for.
 #[derive(Debug, Clone)]
@@ -67,7 +68,7 @@ impl ChannelAudit {
         terminal: Option<&Terminal>,
         title: String,
     ) -> Result<(), String> {
-        let recordings = &door.recordings;
+        let recordings = &door.lifecycle.recordings;
         let required = recordings.policy().required;
         let Some(session) = session else {
             return if required && terminal.is_some() {
@@ -115,7 +116,7 @@ impl ChannelAudit {
             command: program.command,
             terminal: terminal.is_some(),
         };
-        match door.store.open_ssh_channel(&row).await {
+        match door.lifecycle.store.open_ssh_channel(&row).await {
             Ok(()) => {
                 let _ = self.row.set((session.clone(), seq));
             }

@@ -12,9 +12,9 @@ use bytes::{Bytes, BytesMut};
 use russh::{Channel, ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
+use warren_store::SessionExit;
 
 use crate::recordings::Tap;
-use crate::store::SessionExit;
 
 /// Re-opens a channel's receive window by this many bytes.
 pub type Grant = Arc<dyn Fn(ChannelId, u32) + Send + Sync>;

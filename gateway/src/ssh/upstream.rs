@@ -15,9 +15,9 @@ use russh::client::{self, Msg};
 use russh::{Channel, ChannelId};
 use tokio::io::{AsyncRead, AsyncWrite};
 use warren_keys::SandboxToken;
+use warren_store::Sandbox;
 
 use super::pipe::{self, Grant};
-use crate::store::Sandbox;
 
 /// A byte stream to an agent.
 pub trait AgentStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}

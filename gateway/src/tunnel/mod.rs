@@ -24,9 +24,9 @@ use warren_protocol::{
     self as protocol, CONTROL_ADDRESS, FORWARD_ADDRESS, JOIN_USER, MAX_CONTROL_LINE, Request,
     Response,
 };
+use warren_store::{NewRunner, RunnerId, RunnerState, Store, StoreError};
 
-use crate::ssh::{Preauth, PreauthGate, PreauthLimits};
-use crate::store::{NewRunner, RunnerId, RunnerState, Store, StoreError};
+use crate::guard::{FailureLimiter, Preauth, PreauthGate, PreauthLimits, PreauthSlot};
 
 /// How long opening a channel to a runner may take before it counts as offline.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -69,7 +69,7 @@ struct Inner {
     generation: AtomicU64,
     /// Failed joins and runner logins per source address: guessing join tokens or
     /// runner keys is slowed, then refused for a while.
-    limiter: crate::ssh::FailureLimiter,
+    limiter: FailureLimiter,
     /// Connections that have not logged in (or joined) yet, bounded.
     gate: Arc<PreauthGate>,
     /// How long a connection may take to log in or join.
@@ -127,7 +127,7 @@ impl RunnerHub {
             local_addr,
             live: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
-            limiter: crate::ssh::FailureLimiter::default(),
+            limiter: FailureLimiter::default(),
             gate: PreauthGate::new(limits.per_address, limits.total, "runner port"),
             login_grace: limits.login_grace,
         });
@@ -350,7 +350,7 @@ async fn run_connection(
     inner: Arc<Inner>,
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
-    slot: crate::ssh::PreauthSlot,
+    slot: PreauthSlot,
 ) {
     let state = Arc::new(Mutex::new(ConnState::default()));
     let (preauth, logged_in) = Preauth::new(slot);
@@ -360,7 +360,7 @@ async fn run_connection(
         peer,
         preauth,
     };
-    crate::ssh::run_with_grace(
+    crate::guard::run_with_grace(
         inner.config.clone(),
         stream,
         handler,

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use warren_keys::SandboxId;
 
 use crate::Result;
-use crate::protocol::{SandboxSpec, SandboxStatus};
+use crate::protocol::{SandboxSpec, SandboxStatus, Secret};
 
 /// One of the backends; the tunnel serves whichever the runner was started with.
 // One per runner, behind an `Arc`: boxing the larger variant buys nothing.
@@ -103,7 +103,7 @@ impl Backend {
     }
 
     /// The environment the sandbox was created with (its secrets included).
-    pub async fn env(&self, id: &SandboxId) -> Result<BTreeMap<String, String>> {
+    pub async fn env(&self, id: &SandboxId) -> Result<BTreeMap<String, Secret>> {
         Ok(match self {
             Backend::Process(b) => b.env(id).await,
             Backend::Docker(b) => b.env(id).await,
@@ -241,10 +241,11 @@ mod tests {
         spec.image = Some("--privileged".into());
         assert!(validate_spec(&spec).is_err());
         spec.image = Some("debian:12".into());
-        spec.env.insert("WARREN_TOKEN_KEY".into(), "x".into());
+        spec.env.insert("WARREN_TOKEN_KEY".into(), Secret::new("x"));
         assert!(validate_spec(&spec).is_err());
         spec.env.clear();
-        spec.env.insert("ANTHROPIC_API_KEY".into(), "x".into());
+        spec.env
+            .insert("ANTHROPIC_API_KEY".into(), Secret::new("x"));
         assert!(validate_spec(&spec).is_ok());
         spec.network = NetworkPolicy::Allow {
             cidrs: vec!["10.0.0.0/33".into()],

@@ -16,7 +16,7 @@ use tokio::sync::Mutex;
 use warren_keys::SandboxId;
 
 use crate::git;
-use crate::protocol::{RepoSpec, SandboxSpec, SandboxStatus};
+use crate::protocol::{RepoSpec, SandboxSpec, SandboxStatus, Secret};
 
 /// How long a stopped agent gets between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -33,7 +33,7 @@ pub struct ProcessBackend {
     running: Mutex<HashMap<SandboxId, Child>>,
     /// Each sandbox's create-time environment, for [`Self::env`]; kept while the
     /// sandbox exists (stopped too), in memory only.
-    envs: std::sync::Mutex<HashMap<SandboxId, BTreeMap<String, String>>>,
+    envs: std::sync::Mutex<HashMap<SandboxId, BTreeMap<String, Secret>>>,
     /// Passed to agents (`--session-detached-ttl-s`).
     session_detached_ttl: Option<std::time::Duration>,
 }
@@ -158,7 +158,7 @@ impl ProcessBackend {
                 "WARREN_PASS_ENV",
                 spec.env.keys().cloned().collect::<Vec<_>>().join(","),
             )
-            .envs(&spec.env)
+            .envs(spec.env.iter().map(|(k, v)| (k, v.expose())))
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .spawn()
@@ -183,7 +183,7 @@ impl ProcessBackend {
         Ok(())
     }
 
-    fn envs(&self) -> std::sync::MutexGuard<'_, HashMap<SandboxId, BTreeMap<String, String>>> {
+    fn envs(&self) -> std::sync::MutexGuard<'_, HashMap<SandboxId, BTreeMap<String, Secret>>> {
         match self.envs.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -192,7 +192,7 @@ impl ProcessBackend {
 
     /// The environment the sandbox's agent was last started with; empty for a
     /// sandbox this runner process has not started (its memory is all there is).
-    pub async fn env(&self, id: &SandboxId) -> Result<BTreeMap<String, String>> {
+    pub async fn env(&self, id: &SandboxId) -> Result<BTreeMap<String, Secret>> {
         if let Some(env) = self.envs().get(id) {
             return Ok(env.clone());
         }
@@ -240,7 +240,7 @@ impl ProcessBackend {
             &dest,
             repo.base.as_deref(),
             &repo.branch,
-            repo.token.as_deref(),
+            repo.token.as_ref().map(Secret::expose),
         )
         .await;
         if let Err(e) = cloned {

@@ -1,6 +1,7 @@
 """The suite runs against a real Warren (gateway, runner, agent): WARREN_URL and
 WARREN_API_KEY must be set (tests/tests/sdk.rs sets them for a stack of its own).
-One sandbox is shared by the whole session to keep the suite quick."""
+One sandbox is shared by the whole session to keep the suite quick. The checks of
+the SDK's types against the OpenAPI document (test_openapi.py) need neither."""
 
 from __future__ import annotations
 
@@ -18,12 +19,6 @@ from warren.aio import AsyncSandbox, AsyncWarren  # noqa: E402
 IMAGE = os.environ.get("WARREN_TEST_IMAGE", "warren-busybox:latest")
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    missing = [n for n in ("WARREN_URL", "WARREN_API_KEY") if not os.environ.get(n)]
-    if missing:
-        raise pytest.UsageError(f"the SDK tests need a running Warren: set {', '.join(missing)}")
-
-
 @pytest.fixture(scope="session")
 def image() -> str:
     return IMAGE
@@ -31,6 +26,9 @@ def image() -> str:
 
 @pytest.fixture(scope="session")
 def client() -> Iterator[warren.Warren]:
+    missing = [n for n in ("WARREN_URL", "WARREN_API_KEY") if not os.environ.get(n)]
+    if missing:
+        pytest.fail(f"the SDK tests need a running Warren: set {', '.join(missing)}")
     with warren.Warren() as c:
         yield c
 

@@ -31,9 +31,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use warren_gateway::api;
 use warren_gateway::server::{self, Listen};
-use warren_gateway::store::{NewSandbox, RunnerId, SandboxState, Store};
 use warren_gateway::tunnel::{DEFAULT_RUNNER_CAPACITY, RunnerHub};
 use warren_keys::SandboxId;
+use warren_store::{NewSandbox, RunnerId, SandboxState, Store};
 use warren_tests::{Profile, build_bin};
 
 struct Options {

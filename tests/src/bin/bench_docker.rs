@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use warren_gateway::server::{self, Gateway, Listen};
-use warren_gateway::store::{NewSandbox, SandboxState, Store};
 use warren_keys::SandboxId;
 use warren_runner::protocol::{Request, Response, SandboxSpec};
+use warren_store::{NewSandbox, SandboxState, Store};
 use warren_tests::util::{self, container_memory_kib, wait_until};
 use warren_tests::{Client, Cmd, Profile, Target, build_bin};
 

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use warren_gateway::recordings::RecordingPolicy;
-use warren_gateway::store::User;
 use warren_keys::SandboxId;
 use warren_runner::protocol::{Request, Response, SandboxSpec};
+use warren_store::User;
 use warren_tests::util::{self, prerequisite};
 use warren_tests::{Client, Cmd, workspace_root};
 

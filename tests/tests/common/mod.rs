@@ -16,10 +16,10 @@ use anyhow::{Result, ensure};
 use tempfile::TempDir;
 use warren_gateway::recordings::{RecordingPolicy, Recordings};
 use warren_gateway::server::{self, Listen, Options};
-use warren_gateway::store::{NewSandbox, RunnerId, SandboxState, Store, User};
 use warren_gateway::tunnel::RunnerHub;
 use warren_keys::{SandboxId, TokenSigner};
 use warren_runner::protocol::{Request, Response, SandboxSpec};
+use warren_store::{NewSandbox, RunnerId, SandboxState, Store, User};
 use warren_tests::{Client, Output, Target, bin_path};
 
 fn runner_bin() -> std::path::PathBuf {

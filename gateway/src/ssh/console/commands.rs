@@ -13,16 +13,15 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use serde::Serialize;
+use warren_store::{Sandbox, SandboxQuery, User};
 
-use crate::api::views::{
-    CreatedSandbox, SandboxList, SandboxView, SessionList, SessionView, SshKeyList, SshKeyView,
-};
 use crate::escape::field;
 use crate::lifecycle::audit::OpenRecording;
 use crate::lifecycle::pulls::CreatePullRequest;
+use crate::lifecycle::shares::ShareNames;
 use crate::lifecycle::{CreateSandbox, Error, Lifecycle};
 use crate::recordings::replay::ReplayOptions;
-use crate::store::{Sandbox, SandboxQuery, User};
+use crate::views::{self, CreatedSandbox, NewToken, SessionList, SessionView, SshKeyList};
 
 /// Exit status of a command the lifecycle refused or that failed.
 pub const EXIT_REFUSED: u32 = 1;
@@ -165,6 +164,41 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Lets another account ssh into your sandbox (relay and jump mode); sharing
+    /// again updates --secrets.
+    Share {
+        id: String,
+        /// The account name to share with.
+        user: String,
+        /// Their sessions also get the sandbox's create-time environment (its
+        /// secrets, e.g. GITHUB_TOKEN).
+        #[arg(long)]
+        secrets: bool,
+        /// The API's JSON (`POST /v1/sandboxes/{id}/shares`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Takes a share back; that account's logins to the sandbox end.
+    Unshare {
+        id: String,
+        /// The account name it is shared with.
+        user: String,
+    },
+    /// Lists who your sandbox is shared with (* after a name: with its secrets).
+    Shares {
+        id: String,
+        /// The API's JSON (`GET /v1/sandboxes/{id}/shares`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revokes every token of your sandbox handed out so far and prints a new one
+    /// (shown once); logins with the old ones end.
+    Token {
+        id: String,
+        /// The API's JSON (`POST /v1/sandboxes/{id}/token`).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -199,7 +233,10 @@ impl Command {
             | Command::Sessions { json, .. }
             | Command::Keys { json, .. }
             | Command::Fork { json, .. }
-            | Command::Snapshot { json, .. } => *json,
+            | Command::Snapshot { json, .. }
+            | Command::Share { json, .. }
+            | Command::Shares { json, .. }
+            | Command::Token { json, .. } => *json,
             _ => false,
         }
     }
@@ -318,7 +355,7 @@ async fn execute(
             };
             let page = lc.list(user, &query).await?;
             if json {
-                Outcome::out(to_json(&SandboxList::new(lc, &page)))
+                Outcome::out(to_json(&views::sandbox_list(lc, &page)))
             } else {
                 Outcome::out(sandbox_table(&page.sandboxes))
             }
@@ -356,7 +393,7 @@ async fn execute(
             let created = lc.create(user, body).await?;
             let mut outcome = if json {
                 Outcome::out(to_json(&CreatedSandbox {
-                    sandbox: SandboxView::new(lc, &created.sandbox),
+                    sandbox: views::sandbox_view(lc, &created.sandbox),
                     token: created.token.expose().to_owned(),
                 }))
             } else {
@@ -436,7 +473,7 @@ async fn execute(
         }
         Command::Sessions { id, json } => {
             let sessions = lc.ssh_sessions(user, &id).await?;
-            let views: Vec<SessionView> = sessions.iter().map(SessionView::from).collect();
+            let views: Vec<SessionView> = sessions.iter().map(views::session_view).collect();
             if json {
                 Outcome::out(to_json(&SessionList { sessions: views }))
             } else {
@@ -448,7 +485,7 @@ async fn execute(
                 let keys = lc.ssh_keys(user).await?;
                 if json {
                     Outcome::out(to_json(&SshKeyList {
-                        ssh_keys: keys.iter().map(SshKeyView::from).collect(),
+                        ssh_keys: keys.iter().map(views::ssh_key_view).collect(),
                     }))
                 } else {
                     let mut text = String::new();
@@ -468,7 +505,7 @@ async fn execute(
                     .map_err(|_| Error::invalid("the public key on stdin is not UTF-8"))?;
                 let key = lc.add_ssh_key(user, line, name).await?;
                 if json {
-                    Outcome::out(to_json(&SshKeyView::from(&key)))
+                    Outcome::out(to_json(&views::ssh_key_view(&key)))
                 } else {
                     Outcome::out(format!(
                         "{}  {}  {}\n",
@@ -483,13 +520,48 @@ async fn execute(
                 Outcome::out(format!("{key} removed\n"))
             }
         },
+        Command::Share {
+            id,
+            user: name,
+            secrets,
+            json,
+        } => {
+            let names = lc.share(user, &id, &name, secrets).await?;
+            if json {
+                Outcome::out(to_json(&views::share_list(names)))
+            } else {
+                Outcome::out(share_table(&names))
+            }
+        }
+        Command::Unshare { id, user: name } => {
+            lc.unshare(user, &id, &name).await?;
+            Outcome::out(format!("{id} is no longer shared with {}\n", field(&name)))
+        }
+        Command::Shares { id, json } => {
+            let names = lc.shares(user, &id).await?;
+            if json {
+                Outcome::out(to_json(&views::share_list(names)))
+            } else {
+                Outcome::out(share_table(&names))
+            }
+        }
+        Command::Token { id, json } => {
+            let token = lc.rotate_token(user, &id).await?;
+            if json {
+                Outcome::out(to_json(&NewToken {
+                    token: token.expose().to_owned(),
+                }))
+            } else {
+                Outcome::out(format!("{}\n", token.expose()))
+            }
+        }
         Command::Attach { id } => {
             if !terminal {
                 return Err(Error::bad_request(
                     "attach needs a terminal: ssh -t; or log in as <sandbox-id>@gateway",
                 ));
             }
-            let sandbox = lc.owned(user, &id).await?;
+            let sandbox = lc.managed(user, &id).await?;
             Outcome {
                 attach: Some(sandbox),
                 ..Outcome::default()
@@ -508,6 +580,20 @@ fn sandbox_table(sandboxes: &[Sandbox]) -> String {
             field(&s.image),
             field(s.repo.as_deref().unwrap_or("-"))
         ));
+    }
+    text
+}
+
+/// One account a line, `*` after those who get the sandbox's secrets.
+fn share_table(names: &ShareNames) -> String {
+    let mut text = String::new();
+    for name in &names.users {
+        let secrets = if names.with_secrets.contains(name) {
+            " *"
+        } else {
+            ""
+        };
+        text.push_str(&format!("{}{secrets}\n", field(name)));
     }
     text
 }
@@ -579,9 +665,33 @@ mod tests {
         assert!(parse("keys add --name laptop").is_ok_and(|c| c.reads_stdin()));
         assert!(parse("stop").is_err_and(|o| o.status == EXIT_USAGE && !o.stderr.is_empty()));
         assert!(parse("frobnicate").is_err_and(|o| o.status == EXIT_USAGE));
+        assert!(matches!(
+            parse("share sbx-abc bob --secrets"),
+            Ok(Command::Share { secrets: true, ref user, .. }) if user == "bob"
+        ));
+        assert!(matches!(
+            parse("unshare sbx-abc bob"),
+            Ok(Command::Unshare { .. })
+        ));
+        assert!(matches!(
+            parse("shares sbx-abc --json"),
+            Ok(Command::Shares { json: true, .. })
+        ));
+        assert!(matches!(
+            parse("token sbx-abc"),
+            Ok(Command::Token { json: false, .. })
+        ));
+        assert!(parse("share sbx-abc").is_err_and(|o| o.status == EXIT_USAGE));
         assert!(parse("new --image 'unbalanced").is_err_and(|o| o.status == EXIT_USAGE));
         // Help is an answer, not a mistake: on stdout, status 0.
-        for line in ["help", "", "--help", "new --help"] {
+        for line in [
+            "help",
+            "",
+            "--help",
+            "new --help",
+            "share --help",
+            "token --help",
+        ] {
             let Err(o) = parse(line) else {
                 panic!("{line:?} parsed as a command");
             };

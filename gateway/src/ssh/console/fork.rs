@@ -7,7 +7,7 @@ use super::commands::Outcome;
 use crate::api::snapshots::forked_view;
 use crate::lifecycle::snapshots::{ForkSandbox, SnapshotView, TakeSnapshot};
 use crate::lifecycle::{Error, Lifecycle};
-use crate::store::User;
+use warren_store::User;
 
 fn to_json<T: serde::Serialize>(value: &T) -> String {
     let mut text = serde_json::to_string_pretty(value).unwrap_or_default();

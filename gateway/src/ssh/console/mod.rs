@@ -20,6 +20,7 @@ use russh::server::Msg;
 use russh::{Channel, ChannelId, ChannelMsg, ChannelWriteHalf, Pty};
 use tokio::sync::{mpsc, watch};
 use warren_keys::Scope;
+use warren_store::{ChannelKind, NewSshSession, Sandbox, SandboxState, SessionEnd, User};
 
 use self::commands::{EXIT_REFUSED, Outcome, Replay};
 use self::editor::{Edit, LineEditor};
@@ -31,7 +32,6 @@ use crate::lifecycle::Lifecycle;
 use crate::recordings::asciicast::Header;
 use crate::recordings::filter::ReplayFilter;
 use crate::recordings::replay;
-use crate::store::{ChannelKind, NewSshSession, Sandbox, SandboxState, SessionEnd, User};
 
 /// The most stdin a command reads (`keys add`: one public key line).
 const MAX_STDIN: usize = 16 * 1024;
@@ -381,8 +381,9 @@ impl ConsoleChannel {
             Ok(stream) => stream,
             Err(e) => return Err((self, unavailable(&e))),
         };
+        // The owner's shell, without agent forwarding (the console forwards none).
         let token = ctx
-            .door
+            .lifecycle
             .signer
             .mint(&sandbox.id, Scope::Ssh, UPSTREAM_TOKEN_TTL);
         let events = AgentEvents::new(ctx.handle.clone(), ctx.grant.clone());
@@ -419,7 +420,7 @@ impl ConsoleChannel {
             let _ = up_write.data_bytes(ahead).await;
         }
         let audit = ctx
-            .door
+            .lifecycle
             .store
             .open_ssh_session(&NewSshSession {
                 user_id: Some(ctx.user.id.clone()),
@@ -503,7 +504,9 @@ impl ConsoleChannel {
             }
         };
         channel_audit.add_bytes_in(bytes_in);
-        channel_audit.finish(&ctx.door.store, bytes_out, exit).await;
+        channel_audit
+            .finish(&ctx.lifecycle.store, bytes_out, exit)
+            .await;
         drop(output_tap);
         drop(channel_audit);
         if let Some(row) = audit {
@@ -512,7 +515,7 @@ impl ConsoleChannel {
                 bytes_out,
                 exit: exit.as_session_exit(),
             };
-            if let Err(e) = ctx.door.store.close_ssh_session(&row.id, &end).await {
+            if let Err(e) = ctx.lifecycle.store.close_ssh_session(&row.id, &end).await {
                 tracing::warn!(error = %e, "cannot close the session's audit record");
             }
         }

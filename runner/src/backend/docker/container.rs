@@ -83,7 +83,7 @@ impl DockerBackend {
         if !spec.env.is_empty() {
             let names: Vec<&str> = spec.env.keys().map(String::as_str).collect();
             env.push(format!("WARREN_PASS_ENV={}", names.join(",")));
-            env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
+            env.extend(spec.env.iter().map(|(k, v)| format!("{k}={}", v.expose())));
         }
         let agent = self.agent_bin.display();
         let run = self.sandbox_run_dir(id);

@@ -22,7 +22,7 @@ impl DockerBackend {
             clone.extend(["--branch", base.as_str()]);
         }
         clone.extend(["--", repo.url.as_str(), WORKSPACE]);
-        self.exec_as(id, &user, &clone, repo.token.as_deref())
+        self.exec_as(id, &user, &clone, repo.token.as_ref().map(Secret::expose))
             .await
             .with_context(|| format!("cloning {}", redact_url(&repo.url)))?;
         self.exec_as(

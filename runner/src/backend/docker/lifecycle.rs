@@ -221,7 +221,7 @@ impl DockerBackend {
     /// The environment given at create: the entries of the container's config that
     /// `WARREN_PASS_ENV` names (Docker keeps the config across stops and runner
     /// restarts).
-    pub async fn env(&self, id: &SandboxId) -> Result<BTreeMap<String, String>> {
+    pub async fn env(&self, id: &SandboxId) -> Result<BTreeMap<String, Secret>> {
         let info = match self
             .docker
             .inspect_container(&container_name(id), None)
@@ -362,7 +362,7 @@ impl DockerBackend {
 
 /// The `NAME=value` entries of a container's environment that its
 /// `WARREN_PASS_ENV` list names: the create request's env, without Warren's own.
-fn passed_env(entries: &[String]) -> BTreeMap<String, String> {
+fn passed_env(entries: &[String]) -> BTreeMap<String, Secret> {
     let pairs = entries.iter().filter_map(|e| e.split_once('='));
     let Some((_, names)) = pairs.clone().find(|(k, _)| *k == "WARREN_PASS_ENV") else {
         return BTreeMap::new();
@@ -370,7 +370,7 @@ fn passed_env(entries: &[String]) -> BTreeMap<String, String> {
     let names: Vec<&str> = names.split(',').filter(|n| !n.is_empty()).collect();
     pairs
         .filter(|(k, _)| names.contains(k))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .map(|(k, v)| (k.to_owned(), Secret::new(v)))
         .collect()
 }
 
@@ -393,7 +393,9 @@ mod tests {
         .into();
         let env = passed_env(&entries);
         assert_eq!(
-            env.into_iter().collect::<Vec<_>>(),
+            env.into_iter()
+                .map(|(k, v)| (k, v.expose().to_owned()))
+                .collect::<Vec<_>>(),
             [("EMPTY", ""), ("GITHUB_TOKEN", "ghp_x"), ("URL", "a=b")]
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
         );

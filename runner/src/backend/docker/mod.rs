@@ -53,7 +53,7 @@ use warren_keys::SandboxId;
 use super::hostile;
 use crate::git;
 use crate::netpolicy;
-use crate::protocol::{NetworkPolicy, RepoSpec, SandboxSpec, SandboxStatus};
+use crate::protocol::{NetworkPolicy, RepoSpec, SandboxSpec, SandboxStatus, Secret};
 use crate::state::write_file;
 
 mod container;

@@ -68,7 +68,7 @@ impl std::str::FromStr for PoolSize {
 struct Identity {
     sandbox_id: String,
     token_key: String,
-    env: BTreeMap<String, String>,
+    env: BTreeMap<String, Secret>,
 }
 
 /// A started member, ready to be claimed.
@@ -352,7 +352,7 @@ impl DockerBackend {
     }
 
     /// A claimed sandbox's create-time env (the container's config has none).
-    pub(super) fn claimed_env(&self, id: &SandboxId) -> Result<Option<BTreeMap<String, String>>> {
+    pub(super) fn claimed_env(&self, id: &SandboxId) -> Result<Option<BTreeMap<String, Secret>>> {
         match fs::read(self.private_dir(id).join(IDENTITY_MARKER)) {
             Ok(bytes) => {
                 let identity: Identity = serde_json::from_slice(&bytes)

@@ -87,18 +87,22 @@ class AsyncWarren:
         *,
         repo: Optional[str] = None,
         branch: Optional[str] = None,
+        forward_agent: bool = False,
         env: Optional[Mapping[str, str]] = None,
         cpus: Optional[float] = None,
         memory_mb: Optional[int] = None,
         idle_timeout_s: Optional[int] = None,
         ttl_s: Optional[int] = None,
         network: Union[str, Mapping[str, Any], None] = None,
+        disk_mb: Optional[int] = None,
+        devcontainer: Optional[bool] = None,
         extra: Optional[Mapping[str, Any]] = None,
         keep: bool = False,
     ) -> "AsyncSandbox":
         """Creates a sandbox (``POST /v1/sandboxes``); it is running when this returns.
 
-        ``network`` is ``"all"``, ``"none"``, or ``{"mode": "allow", "cidrs": [...]}``.
+        The fields are the API's ``CreateSandbox``. ``network`` is ``"all"``,
+        ``"none"``, or ``{"mode": "allow", "cidrs": [...]}``.
         ``extra`` passes fields newer than this SDK as they are. Used as a context
         manager the sandbox is deleted at the end unless ``keep``.
         """
@@ -106,8 +110,11 @@ class AsyncWarren:
         fields = {
             "image": image, "repo": repo, "branch": branch, "cpus": cpus,
             "memory_mb": memory_mb, "idle_timeout_s": idle_timeout_s, "ttl_s": ttl_s,
+            "disk_mb": disk_mb, "devcontainer": devcontainer,
         }
         body.update({k: v for k, v in fields.items() if v is not None})
+        if forward_agent:
+            body["forward_agent"] = True
         if env:
             body["env"] = dict(env)
         if network is not None:
@@ -295,7 +302,7 @@ class AsyncSandbox:
         if base is not None:
             request["base"] = base
         pr = await self.client._api.json("POST", f"/v1/sandboxes/{_seg(self.id)}/pull-requests", request)
-        return PullRequest(number=int(pr["number"]), url=str(pr["url"]))
+        return PullRequest.from_json(pr)
 
     async def snapshot(self) -> Any:
         raise NotImplementedError("snapshots are not in Warren's API yet")

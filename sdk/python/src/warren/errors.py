@@ -111,6 +111,7 @@ class InternalError(ApiError):
     """The gateway failed (``internal``, 500); its log has the details."""
 
 
+#: Every code of the API's ``ErrorCode`` (tests/test_openapi.py checks the list).
 _BY_CODE: dict[str, type[ApiError]] = {
     "invalid_request": InvalidRequest,
     "payload_too_large": InvalidRequest,
@@ -122,6 +123,7 @@ _BY_CODE: dict[str, type[ApiError]] = {
     "not_found": NotFound,
     "conflict": Conflict,
     "no_repo": Conflict,
+    "no_credentials": Conflict,
     "nothing_to_commit": NothingToCommit,
     "no_runner": NoCapacity,
     "no_capacity": NoCapacity,

@@ -10,17 +10,23 @@ __all__ = ["SandboxInfo", "CommandResult", "FileInfo", "FileChange", "PullReques
 
 @dataclass(frozen=True)
 class SandboxInfo:
-    """A sandbox as ``GET /v1/sandboxes/{id}`` shows it. Times are Unix seconds."""
+    """A sandbox as ``GET /v1/sandboxes/{id}`` shows it (the API's ``SandboxView``,
+    with ``ssh`` spread into ``ssh_host``, ``ssh_port`` and ``ssh_user``). Times are
+    Unix seconds."""
 
     id: str
     state: str
     image: str
     repo: Optional[str]
     branch: Optional[str]
+    #: The owner's sessions may forward their SSH agent (``ssh -A``).
+    forward_agent: bool
     cpus: float
     memory_mb: int
     idle_timeout_s: Optional[int]
     ttl_s: Optional[int]
+    #: Disk quota in MiB (None: none enforced, as on the process backend).
+    disk_mb: Optional[int]
     runner_id: Optional[str]
     created_at: int
     updated_at: int
@@ -39,10 +45,12 @@ class SandboxInfo:
             image=v.get("image", ""),
             repo=v.get("repo"),
             branch=v.get("branch"),
+            forward_agent=bool(v.get("forward_agent")),
             cpus=float(v.get("cpus") or 0),
             memory_mb=int(v.get("memory_mb") or 0),
             idle_timeout_s=v.get("idle_timeout_s"),
             ttl_s=v.get("ttl_s"),
+            disk_mb=v.get("disk_mb"),
             runner_id=v.get("runner_id"),
             created_at=int(v.get("created_at") or 0),
             updated_at=int(v.get("updated_at") or 0),
@@ -103,8 +111,27 @@ class FileInfo:
 
 @dataclass(frozen=True)
 class PullRequest:
+    """An opened pull request (the API's ``PullRequestView``)."""
+
     number: int
+    #: The pull request's page.
     url: str
+    #: The branch pushed (the pull request's head).
+    branch: str = ""
+    #: The base it targets.
+    base: str = ""
+    #: The commit pushed.
+    commit: str = ""
+
+    @classmethod
+    def from_json(cls, v: dict[str, Any]) -> "PullRequest":
+        return cls(
+            number=int(v["number"]),
+            url=str(v["url"]),
+            branch=str(v.get("branch", "")),
+            base=str(v.get("base", "")),
+            commit=str(v.get("commit", "")),
+        )
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 
 use warren_keys::SandboxId;
 
-use crate::store::{ApiKeyId, UserId};
+use warren_store::{ApiKeyId, UserId};
+
+use super::{Lifecycle, Principal};
 
 /// What a connection logged in with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,5 +149,42 @@ impl LiveConnections {
     /// Connections that logged in with the API key `key`.
     pub fn end_api_key(&self, key: &ApiKeyId, reason: &str) -> usize {
         self.end(|l| l.via == Via::ApiKey(key.clone()), reason)
+    }
+}
+
+impl Lifecycle {
+    /// Whether what let a live login in still holds, read fresh from the store: its
+    /// key or API key, and its access to the sandbox it named (`sandbox`). A store
+    /// that cannot say is taken as yes (the login itself just succeeded against it).
+    pub async fn login_holds(
+        &self,
+        who: &Principal,
+        via: &Via,
+        sandbox: Option<&SandboxId>,
+    ) -> bool {
+        let store = &self.store;
+        match (via, who.user()) {
+            (Via::Key(fingerprint), Some(user)) => {
+                if let Ok(keys) = store.list_ssh_keys(&user.id).await
+                    && !keys.iter().any(|k| &k.fingerprint == fingerprint)
+                {
+                    return false;
+                }
+            }
+            (Via::ApiKey(id), Some(user)) => {
+                if let Ok(keys) = store.list_api_keys(&user.id).await
+                    && !keys.iter().any(|k| &k.id == id && k.revoked_at.is_none())
+                {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+        if let Some(sandbox) = sandbox
+            && let Ok((fresh, access)) = self.access(who, sandbox).await
+        {
+            return access.logs_in(&fresh);
+        }
+        true
     }
 }

@@ -10,9 +10,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use warren_keys::SandboxId;
+use warren_store::{User, UserId};
 
 use super::PreauthLimits;
-use crate::store::{User, UserId};
 
 /// How many of each a logged-in user may hold at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,7 +259,7 @@ mod tests {
             id: UserId::generate(),
             name: name.to_owned(),
             is_admin: false,
-            created_at: crate::store::Timestamp::now(),
+            created_at: warren_store::Timestamp::now(),
         }
     }
 
