@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 use super::ApiState;
 use super::auth::Caller;
 use super::error::{ApiError, IdPath, OptionalJson};
-use super::views::{CreatedSandbox, ErrorBody, SandboxView};
+use super::views::{CreatedSandbox, ErrorBody};
 use crate::lifecycle::snapshots::{ForkSandbox, Forked, SnapshotView, TakeSnapshot};
 
 /// The snapshots you may see.

@@ -146,7 +146,7 @@ impl DockerBackend {
     }
 
     /// The create-time env of the snapshot's source.
-    fn snapshot_env(&self, snapshot: &SnapshotId) -> Result<BTreeMap<String, String>> {
+    fn snapshot_env(&self, snapshot: &SnapshotId) -> Result<BTreeMap<String, Secret>> {
         let bytes =
             fs::read(self.snapshot_dir(snapshot).join(ENV)).context("reading a snapshot's env")?;
         serde_json::from_slice(&bytes).context("reading a snapshot's env")
