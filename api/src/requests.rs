@@ -61,6 +61,12 @@ pub struct CreateSandbox {
     /// what it did and which keys were ignored or refused.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub devcontainer: Option<bool>,
+    /// Make it from this snapshot of yours (`snp_…`): its file system, image,
+    /// limits, network policy and env, on the runner that keeps it; `env`, `cpus`,
+    /// `memory_mb`, `idle_timeout_s`, `ttl_s` and `branch` override. Not with
+    /// `image`, `repo`, `network`, `disk_mb` or `devcontainer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
 }
 
 /// Where a sandbox may connect to (as the tunnel's `NetworkPolicy` spells it).

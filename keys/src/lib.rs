@@ -15,6 +15,7 @@ mod login;
 mod private_file;
 mod random;
 mod secret;
+mod snapshot_id;
 #[cfg(test)]
 mod test_dir;
 pub mod tls;
@@ -27,6 +28,7 @@ pub use secret::{
     Secret, SecretError, SecretHash, constant_time_eq, generate_secret, hash_secret, secret_prefix,
     verify_secret,
 };
+pub use snapshot_id::{SNAPSHOT_PREFIX, SnapshotId, SnapshotIdError};
 pub use token::{
     AGENT_FORWARDING_REFUSED, Claims, MAX_TOKEN_LEN, SandboxToken, Scope, TOKEN_PREFIX, TokenError,
     TokenSigner, TokenVerifier,

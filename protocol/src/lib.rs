@@ -20,8 +20,11 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use warren_keys::SandboxId;
 
+pub mod snapshot;
 pub mod stream;
 pub mod validate;
+
+pub use snapshot::{SnapshotId, SnapshotTaken};
 
 /// SSH user name a runner joins with (the password is the join token).
 pub const JOIN_USER: &str = "join";
@@ -133,6 +136,34 @@ pub enum Request {
     Check { spec: SandboxSpec },
     /// What this runner has room for ([`Response::Capacity`]).
     Capacity,
+    /// Capture `sandbox`'s file system (its container's writable layer and its
+    /// disk) as `snapshot`, freezing it only for the capture: answers
+    /// [`Response::Snapshot`], or [`Response::Refused`] with `not_supported` (the
+    /// process backend) or `not_running`. Processes are not captured.
+    Snapshot {
+        #[serde(with = "sandbox_id")]
+        sandbox: SandboxId,
+        snapshot: SnapshotId,
+    },
+    /// Create `sandbox` from `snapshot` (taken on this runner), like [`Request::Create`]
+    /// otherwise; `spec` is the snapshot's with the create's overrides (its image is
+    /// ignored: the snapshot's is used). With `branch`, the workspace's repository
+    /// switches to that new branch, its uncommitted changes carried over. Refused
+    /// with `snapshot_not_found` when the runner does not have it.
+    CreateFromSnapshot {
+        #[serde(with = "sandbox_id")]
+        sandbox: SandboxId,
+        snapshot: SnapshotId,
+        token_key: String,
+        authorized_keys: Vec<String>,
+        #[serde(default)]
+        spec: SandboxSpec,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        branch: Option<String>,
+    },
+    /// Forget `snapshot`: its storage goes at once, or when the last sandbox made
+    /// from it is deleted. Deleting an unknown snapshot is `ok`.
+    DeleteSnapshot { snapshot: SnapshotId },
 }
 
 /// One sandbox's authorized keys, OpenSSH lines.
@@ -255,6 +286,8 @@ pub enum Response {
     /// A create or start that was done, with lines for the sandbox's events (what
     /// its devcontainer.json did: keys skipped, lifecycle commands' outcomes).
     Notes { notes: Vec<String> },
+    /// The answer to `snapshot`.
+    Snapshot(SnapshotTaken),
 }
 
 /// What a runner has room for: the memory its sandboxes' limits may add up to, the

@@ -315,6 +315,32 @@ async fn handle_control(request: Request, backend: &Backend, capacity: RunnerCap
         }
         Request::Env { sandbox } => backend.env(&sandbox).await.map(|env| Response::Env { env }),
         Request::Check { spec } => backend.check(&spec).await.map(|()| Response::Ok),
+        Request::Snapshot { sandbox, snapshot } => backend
+            .snapshot(&sandbox, &snapshot)
+            .await
+            .map(Response::Snapshot),
+        Request::CreateFromSnapshot {
+            sandbox,
+            snapshot,
+            token_key,
+            authorized_keys,
+            spec,
+            branch,
+        } => backend
+            .create_from_snapshot(
+                &sandbox,
+                &snapshot,
+                &token_key,
+                &authorized_keys,
+                &spec,
+                branch.as_deref(),
+            )
+            .await
+            .map(|()| Response::Ok),
+        Request::DeleteSnapshot { snapshot } => backend
+            .delete_snapshot(&snapshot)
+            .await
+            .map(|()| Response::Ok),
         Request::Capacity => Ok(Response::Capacity(capacity)),
         Request::List => backend
             .list()

@@ -54,6 +54,7 @@ mod runners;
 mod sandboxes;
 mod sessions;
 mod shares;
+mod snapshots;
 mod usage;
 mod users;
 
@@ -75,7 +76,9 @@ pub use self::model::{
     SandboxEvent, SandboxPage, SandboxQuery, SandboxState, SessionEnd, SessionExit, SshChannel,
     SshKey, SshSession, Timestamp, User,
 };
+pub use self::snapshots::{NewSnapshot, Snapshot};
 pub use self::usage::{RunnerUsage, SshTotals};
+pub use warren_keys::SnapshotId;
 
 /// The SQLite file's name inside the data dir.
 pub const SQLITE_FILE_NAME: &str = "gateway.db";

@@ -47,6 +47,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "forward_agent",
         include_str!("../migrations/0007_forward_agent.sql"),
     ),
+    (
+        8,
+        "snapshots",
+        include_str!("../migrations/0008_snapshots.sql"),
+    ),
 ];
 
 #[derive(Debug)]

@@ -24,6 +24,7 @@ mod pulls;
 mod sandboxes;
 mod sessions;
 mod shares;
+pub mod snapshots;
 #[cfg(test)]
 mod tests;
 pub mod tls;
@@ -125,6 +126,10 @@ fn routes() -> OpenApiRouter<Arc<ApiState>> {
         .routes(routes!(shares::unshare))
         .routes(routes!(pulls::create))
         .routes(routes!(pulls::merge))
+        .routes(routes!(snapshots::create))
+        .routes(routes!(snapshots::list))
+        .routes(routes!(snapshots::get, snapshots::delete))
+        .routes(routes!(snapshots::fork))
         .routes(routes!(accounts::host_keys))
         .routes(routes!(accounts::add_ssh_key, accounts::list_ssh_keys))
         .routes(routes!(accounts::delete_ssh_key))

@@ -13,6 +13,7 @@
 //! - [`agent_keys`]: the SSH keys each sandbox's agent accepts, synced to runners.
 //! - [`pulls`]: commit, push and open (or merge) a GitHub pull request.
 //! - [`reconcile`]: the store kept in step with the runners; TTL reaping.
+//! - [`snapshots`]: snapshots of a sandbox, sandboxes made from them, forks.
 //!
 //! Secrets (sandbox tokens, `env` values) are returned once and never logged; `env`
 //! values live only in memory here and in the runner, never in the store.
@@ -30,6 +31,7 @@ pub mod request;
 mod runner_calls;
 pub mod sandboxes;
 pub mod shares;
+pub mod snapshots;
 mod specs;
 mod tokens;
 pub mod validate;

@@ -94,6 +94,9 @@ impl Lifecycle {
     /// a runner failing the create is an upstream error that leaves nothing in the
     /// owner's list ([`Self::discard_failed_create`]).
     pub async fn create(self: &Arc<Self>, owner: &User, body: CreateSandbox) -> Result<Created> {
+        if body.snapshot.is_some() {
+            return self.create_from(owner, body).await;
+        }
         check_create(&body)?;
         let transport = body.repo.as_deref().map(validate::repo).transpose()?;
         if transport == Some(validate::RepoTransport::Http) && !self.allows_http_repos() {
@@ -180,7 +183,7 @@ impl Lifecycle {
     /// caller never got its id, so whatever the runner made of it is removed and it
     /// is `deleted` at once; the list shows it only with `include_deleted`. Runs
     /// under the sandbox's lock.
-    async fn discard_failed_create(&self, sandbox: &Sandbox) {
+    pub(super) async fn discard_failed_create(&self, sandbox: &Sandbox) {
         if let Some(runner) = &sandbox.runner_id {
             let request = Request::Delete {
                 sandbox: sandbox.id.clone(),

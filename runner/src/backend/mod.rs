@@ -134,6 +134,46 @@ impl Backend {
         }?)
     }
 
+    /// Captures the running sandbox's file system as `snapshot` (Docker only; see
+    /// `docker::snapshot`). Its processes are not captured.
+    pub async fn snapshot(
+        &self,
+        id: &SandboxId,
+        snapshot: &crate::protocol::SnapshotId,
+    ) -> Result<crate::protocol::SnapshotTaken> {
+        match self {
+            Backend::Process(_) => Err(no_snapshots()),
+            Backend::Docker(b) => b.snapshot(id, snapshot).await,
+        }
+    }
+
+    /// Creates `id` from `snapshot`, switching its repository to `branch` if given.
+    pub async fn create_from_snapshot(
+        &self,
+        id: &SandboxId,
+        snapshot: &crate::protocol::SnapshotId,
+        token_key: &str,
+        authorized_keys: &[String],
+        spec: &SandboxSpec,
+        branch: Option<&str>,
+    ) -> Result<()> {
+        match self {
+            Backend::Process(_) => Err(no_snapshots()),
+            Backend::Docker(b) => {
+                b.create_from_snapshot(id, snapshot, token_key, authorized_keys, spec, branch)
+                    .await
+            }
+        }
+    }
+
+    /// Forgets `snapshot` (its storage goes with the last sandbox made from it).
+    pub async fn delete_snapshot(&self, snapshot: &crate::protocol::SnapshotId) -> Result<()> {
+        match self {
+            Backend::Process(_) => Err(no_snapshots()),
+            Backend::Docker(b) => Ok(b.delete_snapshot(snapshot).await?),
+        }
+    }
+
     /// At runner shutdown: process sandboxes die with the runner; containers keep
     /// running and are adopted by the next runner start.
     pub async fn shutdown(&self) {
@@ -165,6 +205,15 @@ pub(crate) fn write_authorized_keys(
 pub fn validate_spec(spec: &SandboxSpec) -> Result<()> {
     spec.validate()
         .map_err(|e| crate::Error::refused("invalid_spec", e.to_string()))
+}
+
+/// The process backend's sandboxes are plain directories and processes on the
+/// host: it keeps no snapshots.
+fn no_snapshots() -> crate::Error {
+    crate::Error::refused(
+        "not_supported",
+        "snapshots and forks are not supported on the process backend: use a Docker runner",
+    )
 }
 
 /// The process backend isolates nothing, so it cannot hold a disk quota: a spec

@@ -137,6 +137,33 @@ pub enum Command {
     },
     /// Opens the shell of one of your sandboxes (needs a terminal: ssh -t).
     Attach { id: String },
+    /// Forks a running sandbox into new ones, each on its own git branch, and prints
+    /// their ids (with a terminal, `ssh -t`, opens the first one's shell).
+    /// Processes are not carried over.
+    Fork {
+        id: String,
+        /// How many forks, 1 to 16.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Each fork's branch is `<prefix>-<n>` (default `warren/<fork-id>`).
+        #[arg(long)]
+        branch_prefix: Option<String>,
+        /// Only fork it, even with a terminal.
+        #[arg(long)]
+        detach: bool,
+        /// The API's JSON (`POST /v1/sandboxes/{id}/fork`, tokens included).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Snapshots a running sandbox's file system; prints the snapshot's id.
+    Snapshot {
+        id: String,
+        /// A name to recognise it by.
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Lets another account ssh into your sandbox (relay and jump mode); sharing
     /// again updates --secrets.
     Share {
@@ -205,6 +232,8 @@ impl Command {
             | Command::Pr { json, .. }
             | Command::Sessions { json, .. }
             | Command::Keys { json, .. }
+            | Command::Fork { json, .. }
+            | Command::Snapshot { json, .. }
             | Command::Share { json, .. }
             | Command::Shares { json, .. }
             | Command::Token { json, .. } => *json,
@@ -374,6 +403,22 @@ async fn execute(
                 outcome.attach = Some(created.sandbox);
             }
             outcome
+        }
+        Command::Fork {
+            id,
+            count,
+            branch_prefix,
+            detach,
+            json,
+        } => {
+            let body = crate::lifecycle::snapshots::ForkSandbox {
+                count,
+                branch_prefix,
+            };
+            super::fork::fork(lc, user, &id, body, json, terminal && !detach).await?
+        }
+        Command::Snapshot { id, name, json } => {
+            super::fork::snapshot(lc, user, &id, name, json).await?
         }
         Command::Stop { id } => {
             let sandbox = lc.stop(user, &id).await?;

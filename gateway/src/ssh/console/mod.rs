@@ -9,6 +9,7 @@
 
 pub mod commands;
 mod editor;
+mod fork;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

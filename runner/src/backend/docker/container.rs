@@ -56,7 +56,7 @@ impl DockerBackend {
         let (memory, nano_cpus, pids) = self.limits(spec);
         let files = i64::from(d.open_files);
         let mut env = match serves {
-            Serves::Sandbox { token_key } => vec![
+            Serves::Sandbox { token_key } | Serves::Fork { token_key, .. } => vec![
                 format!("WARREN_SANDBOX_ID={}", id.as_str()),
                 format!("WARREN_TOKEN_KEY={token_key}"),
             ],

@@ -179,7 +179,14 @@ impl DockerBackend {
             if self.marked(&id, DELETING_MARKER) {
                 continue;
             }
-            let running = c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING);
+            // Paused only for a snapshot's capture (see `snapshot`): still running.
+            let running = matches!(
+                c.state,
+                Some(
+                    bollard::models::ContainerSummaryStateEnum::RUNNING
+                        | bollard::models::ContainerSummaryStateEnum::PAUSED
+                )
+            );
             let stopped_reason = if running {
                 None
             } else {

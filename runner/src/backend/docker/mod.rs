@@ -66,6 +66,7 @@ pub mod images;
 mod lifecycle;
 mod network;
 pub mod pool;
+mod snapshot;
 mod spare;
 
 use container::NewContainer;
@@ -170,6 +171,12 @@ enum Serves<'a> {
     Sandbox { token_key: &'a str },
     /// A pool member: it waits for its identity (see [`pool`]).
     Pool,
+    /// A sandbox made from a snapshot (see `snapshot`): its image and disk are
+    /// the snapshot's.
+    Fork {
+        token_key: &'a str,
+        fork: &'a snapshot::Fork,
+    },
 }
 
 pub struct DockerBackend {
@@ -426,7 +433,7 @@ impl DockerBackend {
         container_labels.insert(LABEL_IDLE_TIMEOUT.to_owned(), idle.to_string());
         let disk_mb = self.disk_mb(spec);
         container_labels.insert(LABEL_DISK_MB.to_owned(), disk_mb.to_string());
-        if matches!(serves, Serves::Sandbox { .. }) {
+        if matches!(serves, Serves::Sandbox { .. } | Serves::Fork { .. }) {
             self.take_spare(id, spec)?;
         }
         let slot = self.objects_slot(id);
@@ -434,12 +441,18 @@ impl DockerBackend {
         // made here, of the size the spec asks for.
         let spare = slot != *id;
         let disk = async {
-            self.make_disk(&slot, disk_mb).await?;
+            match serves {
+                Serves::Fork { fork, .. } => self.make_fork_disk(&slot, fork, disk_mb).await?,
+                _ => self.make_disk(&slot, disk_mb).await?,
+            }
             Ok::<_, crate::Error>(())
         };
         let began = std::time::Instant::now();
         let looked_up = async {
-            let info = self.image_info(spec).await?;
+            let info = match serves {
+                Serves::Fork { fork, .. } => self.snapshot_image_info(fork).await?,
+                _ => self.image_info(spec).await?,
+            };
             let volumes =
                 disk::image_volumes(info.config.as_ref().and_then(|c| c.volumes.as_ref()))?;
             Ok::<_, crate::Error>((info, volumes))
@@ -534,6 +547,7 @@ impl DockerBackend {
                 }
             }
             Serves::Pool => self.wait_for_setup(id).await?,
+            Serves::Fork { .. } => self.wait_for_agent(id).await?,
         }
         // Where a create's time goes, for whoever tunes it.
         tracing::debug!(

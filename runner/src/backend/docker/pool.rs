@@ -258,7 +258,8 @@ impl DockerBackend {
     pub(super) fn sandbox_of(&self, labels: Option<&HashMap<String, String>>) -> Option<SandboxId> {
         let labels = labels?;
         let labelled = SandboxId::parse(labels.get(LABEL_SANDBOX)?).ok()?;
-        if labels.contains_key(LABEL_POOL) {
+        // A snapshot's image carries the label emptied (see `snapshot`).
+        if labels.get(LABEL_POOL).is_some_and(|v| !v.is_empty()) {
             self.claimed_by(&labelled)
         } else {
             Some(labelled)
@@ -271,7 +272,7 @@ impl DockerBackend {
         labels: Option<&HashMap<String, String>>,
     ) -> Option<SandboxId> {
         let labels = labels?;
-        labels.get(LABEL_POOL)?;
+        labels.get(LABEL_POOL).filter(|v| !v.is_empty())?;
         let slot = SandboxId::parse(labels.get(LABEL_SANDBOX)?).ok()?;
         self.claimed_by(&slot).is_none().then_some(slot)
     }

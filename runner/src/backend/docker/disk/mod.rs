@@ -56,7 +56,7 @@ const DISK_DIRS: [(&str, &str, u32); 3] = [
 ];
 
 /// Runs a system tool, failing with its stderr.
-async fn run(program: &str, args: &[&OsStr]) -> Result<String> {
+pub(super) async fn run(program: &str, args: &[&OsStr]) -> Result<String> {
     let out = Command::new(program)
         .args(args)
         .output()
@@ -74,7 +74,7 @@ async fn run(program: &str, args: &[&OsStr]) -> Result<String> {
 
 /// Whether `path` is a mount point in this mount namespace (the Docker engine's: the
 /// runner runs beside it on the host).
-fn is_mounted(path: &Path) -> bool {
+pub(super) fn is_mounted(path: &Path) -> bool {
     let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
         return false;
     };
@@ -129,7 +129,7 @@ fn statvfs(path: &Path) -> io::Result<(u64, u64, u64)> {
 }
 
 /// Makes the directory `path` (0700), unless it is there.
-fn private_dir(path: &Path) -> Result<()> {
+pub(super) fn private_dir(path: &Path) -> Result<()> {
     fs::DirBuilder::new()
         .mode(0o700)
         .create(path)
@@ -189,15 +189,15 @@ pub(super) async fn check_tools() -> Result<()> {
 }
 
 impl DockerBackend {
-    fn disks_dir(&self) -> PathBuf {
+    pub(super) fn disks_dir(&self) -> PathBuf {
         self.run_dir.join(DISKS_DIR)
     }
 
-    fn disk_image(&self, slot: &SandboxId) -> PathBuf {
+    pub(super) fn disk_image(&self, slot: &SandboxId) -> PathBuf {
         self.disks_dir().join(format!("{}.img", slot.as_str()))
     }
 
-    fn disk_mount(&self, slot: &SandboxId) -> PathBuf {
+    pub(super) fn disk_mount(&self, slot: &SandboxId) -> PathBuf {
         self.disks_dir().join(slot.as_str())
     }
 
@@ -306,6 +306,22 @@ impl DockerBackend {
     /// Makes and mounts the disk of `slot`: a sparse image of `mb` MiB with an empty
     /// ext4 file system and the container's directories.
     pub(super) async fn make_disk(&self, slot: &SandboxId, mb: u64) -> Result<()> {
+        self.format_disk(slot, mb).await?;
+        self.mount_disk(slot).await?;
+        let root = self.disk_mount(slot);
+        for (name, _, mode) in DISK_DIRS {
+            let path = root.join(name);
+            fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
+        }
+        let lost = root.join("lost+found");
+        let _ = fs::remove_dir(lost);
+        Ok(())
+    }
+
+    /// Makes the image of the disk of `slot`: a sparse file of `mb` MiB with an
+    /// empty ext4 file system.
+    pub(super) async fn format_disk(&self, slot: &SandboxId, mb: u64) -> Result<()> {
         let dir = self.disks_dir();
         fs::DirBuilder::new()
             .recursive(true)
@@ -340,15 +356,6 @@ impl DockerBackend {
         )
         .await
         .context("making the sandbox's file system")?;
-        self.mount_disk(slot).await?;
-        let root = self.disk_mount(slot);
-        for (name, _, mode) in DISK_DIRS {
-            let path = root.join(name);
-            fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
-            fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
-        }
-        let lost = root.join("lost+found");
-        let _ = fs::remove_dir(lost);
         Ok(())
     }
 
@@ -356,6 +363,10 @@ impl DockerBackend {
     /// container starts: its mounts would otherwise be missing, and the engine
     /// refuses to start it).
     pub(super) async fn mount_disk(&self, slot: &SandboxId) -> Result<()> {
+        // A fork's disk is an overlay on its snapshot's (see `snapshot`).
+        if self.fork_snapshot(slot).is_some() {
+            return self.mount_fork_disk(slot).await;
+        }
         let image = self.disk_image(slot);
         let mount = self.disk_mount(slot);
         if !image.exists() || is_mounted(&mount) {
@@ -399,6 +410,8 @@ impl DockerBackend {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }
+        // A fork's own file system, under its overlay (see `snapshot`).
+        self.unmount_fork_upper(slot).await?;
         // Another mount of the same file system keeps its loop device bound after
         // ours is gone: Docker unmounts an image volume's bind of the disk
         // (`/var/lib/docker/volumes/…/_data`) a moment after the container stopped.
@@ -440,10 +453,12 @@ impl DockerBackend {
             Err(e) => return Err(e).with_context(|| format!("removing {}", mount.display())),
         }
         match fs::remove_file(self.disk_image(slot)) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e).context("removing the sandbox's disk"),
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).context("removing the sandbox's disk"),
         }
+        // A fork lets go of its snapshot (see `snapshot`).
+        self.release_fork_disk(slot).await
     }
 
     /// At runner start: mounts the disks of running sandboxes, unmounts those of

@@ -1,0 +1,818 @@
+//! Snapshots and forks (issue 26): a running sandbox's file system captured on this
+//! runner, and sandboxes made from it. Processes are not captured: a fork starts
+//! its agent afresh (a persistent session's shell starts anew in it).
+//!
+//! A snapshot `<snp>` is two things, both copy-on-write for its forks:
+//!
+//! - **Its root file system**: the source's writable layer, copied (whiteouts and
+//!   all) while it is paused, then put into a never-started container of the
+//!   source's image and `docker commit`ted as the runner-local image
+//!   `warren-snapshot:<snp>` (labelled [`LABEL_SNAPSHOT`]) once the source runs
+//!   again — committing the running source itself would freeze it for seconds (the
+//!   engine walks its whole file system): one layer of what the sandbox changed
+//!   (`apt-get install`, `pip install --user`) above its image's layers, shared by
+//!   every fork.
+//!   The image's config is the source image's, with every variable and label the
+//!   container had beyond it *unset* (a bare `NAME`, which the engine drops from a
+//!   container's environment; an empty label): the create-time env (secrets) and
+//!   Warren's own never reach the image.
+//! - **Its disk** (workspace, `/tmp`, `/var/tmp`, the image's volumes):
+//!   `<run dir>/.snapshots/<snp>/disk.img`, a sparse copy of the source's disk image
+//!   made while its file system is frozen (`fsfreeze`, which also leaves its journal
+//!   clean). A fork's disk is an overlay: the snapshot's disk mounted read-only (once,
+//!   at `.snapshots/<snp>/lower`) below, the fork's own disk of its quota
+//!   (`.disks/<slot>.img`, mounted at `.disks/<slot>.upper`) above; the overlay is
+//!   mounted where any sandbox's disk is (`.disks/<slot>`), so the container's mounts
+//!   and the quota watcher (which measures the upper file system) are unchanged.
+//!
+//! A fork is marked by its slot's private marker `snapshot` (the snapshot id).
+//! A snapshot deleted while forks use it is marked `deleted` and its storage goes
+//! with the last of them; the engine would refuse to remove an image in use anyway.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Instant;
+
+use bollard::models::ContainerConfig;
+use bollard::query_parameters::{CommitContainerOptions, RemoveImageOptions};
+use serde::{Deserialize, Serialize};
+
+use super::disk::{is_mounted, private_dir, run};
+use super::*;
+use crate::protocol::{SnapshotId, SnapshotTaken};
+
+/// Every snapshot image carries this label, valued with the snapshot id.
+pub const LABEL_SNAPSHOT: &str = "org.warren.snapshot";
+/// The repository of snapshot images (runner-local, never pushed).
+const SNAPSHOT_REPO: &str = "warren-snapshot";
+/// The directory beside the run directories that holds the snapshots.
+const SNAPSHOTS_DIR: &str = ".snapshots";
+/// A fork's private marker: the snapshot it was made from.
+const FORK_MARKER: &str = "snapshot";
+/// In a snapshot's directory: what it is.
+const META: &str = "meta.json";
+/// In a snapshot's directory (0600, root's): the source's create-time env, secrets
+/// included, as its container's config held it. Never in the gateway's store.
+const ENV: &str = "env.json";
+/// In a snapshot's directory: deleted, kept for the forks that use it.
+const DELETED: &str = "deleted";
+/// In a snapshot's directory: its copy of the source's disk.
+const DISK: &str = "disk.img";
+/// In a snapshot's directory: where its disk is mounted (read-only) for forks.
+const LOWER: &str = "lower";
+/// In a snapshot's directory while it is taken: the source's writable layer, copied
+/// while it was paused, until it is committed.
+const STAGED: &str = "rootfs";
+
+/// What the runner keeps of a snapshot beside its disk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Meta {
+    pub(super) source: String,
+    /// The snapshot's image (`warren-snapshot:<snp>`).
+    pub(super) image: String,
+    /// The image the source was made from.
+    pub(super) base_image: String,
+}
+
+/// A fork being made: its snapshot and the snapshot's image.
+pub(super) struct Fork {
+    pub(super) snapshot: SnapshotId,
+    pub(super) meta: Meta,
+}
+
+/// Freezes a mounted file system (FIFREEZE) until dropped or thawed.
+struct Frozen<'a> {
+    mount: &'a Path,
+    thawed: bool,
+}
+
+impl Frozen<'_> {
+    async fn thaw(mut self) -> Result<()> {
+        self.thawed = true;
+        run("fsfreeze", &[OsStr::new("-u"), self.mount.as_os_str()]).await?;
+        Ok(())
+    }
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        // A capture that failed half-way must not leave the sandbox's disk frozen.
+        if !self.thawed {
+            let _ = std::process::Command::new("fsfreeze")
+                .arg("-u")
+                .arg(self.mount)
+                .status();
+        }
+    }
+}
+
+impl DockerBackend {
+    fn snapshots_dir(&self) -> PathBuf {
+        self.run_dir.join(SNAPSHOTS_DIR)
+    }
+
+    fn snapshot_dir(&self, snapshot: &SnapshotId) -> PathBuf {
+        self.snapshots_dir().join(snapshot.as_str())
+    }
+
+    /// The snapshot a fork's slot was made from, if it is a fork.
+    pub(super) fn fork_snapshot(&self, slot: &SandboxId) -> Option<SnapshotId> {
+        fs::read_to_string(self.private_dir(slot).join(FORK_MARKER))
+            .ok()
+            .and_then(|s| SnapshotId::parse(s.trim()).ok())
+    }
+
+    /// What the runner has of `snapshot`; refused as `snapshot_not_found` if it has
+    /// none (or it was deleted).
+    pub(super) fn snapshot_meta(&self, snapshot: &SnapshotId) -> crate::Result<Meta> {
+        let dir = self.snapshot_dir(snapshot);
+        let not_found = || {
+            crate::Error::refused(
+                "snapshot_not_found",
+                format!("snapshot {snapshot} is not on this runner"),
+            )
+        };
+        if dir.join(DELETED).exists() {
+            return Err(not_found());
+        }
+        let bytes = match fs::read(dir.join(META)) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(not_found()),
+            Err(e) => return Err(anyhow::Error::new(e).context("reading a snapshot").into()),
+        };
+        Ok(serde_json::from_slice(&bytes).context("reading a snapshot")?)
+    }
+
+    /// The create-time env of the snapshot's source.
+    fn snapshot_env(&self, snapshot: &SnapshotId) -> Result<BTreeMap<String, Secret>> {
+        let bytes =
+            fs::read(self.snapshot_dir(snapshot).join(ENV)).context("reading a snapshot's env")?;
+        serde_json::from_slice(&bytes).context("reading a snapshot's env")
+    }
+
+    /// Captures the running sandbox `id` as `snapshot`: pauses it, freezes its disk,
+    /// copies the disk (sparse) and commits its container, then lets it go on.
+    pub async fn snapshot(
+        &self,
+        id: &SandboxId,
+        snapshot: &SnapshotId,
+    ) -> crate::Result<SnapshotTaken> {
+        let name = container_name(id);
+        let info = match self.docker.inspect_container(&name, None).await {
+            Ok(info) => info,
+            Err(e) if is_not_found(&e) => {
+                return Err(crate::Error::refused(
+                    "not_found",
+                    format!("unknown sandbox {id}"),
+                ));
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context("asking the Docker engine")
+                    .into());
+            }
+        };
+        let running = info.state.as_ref().and_then(|s| s.running) == Some(true)
+            && info.state.as_ref().and_then(|s| s.paused) != Some(true);
+        if !running || self.marked(id, DELETING_MARKER) {
+            return Err(crate::Error::refused(
+                "not_running",
+                format!("sandbox {id} is not running: start it, then snapshot it"),
+            ));
+        }
+        let slot = self.objects_slot(id);
+        if self.fork_snapshot(&slot).is_some() {
+            // Its disk is an overlay, which cannot be frozen: a copy of the merged
+            // tree would be needed (not built yet).
+            return Err(crate::Error::refused(
+                "not_supported",
+                format!("sandbox {id} is itself a fork: snapshot the sandbox it was forked from"),
+            ));
+        }
+        let env = self.env(id).await?;
+        let upper = info
+            .graph_driver
+            .as_ref()
+            .and_then(|g| g.data.get("UpperDir"))
+            .map(PathBuf::from);
+        let config = info.config.unwrap_or_default();
+        let base_image = config.image.clone().unwrap_or_default();
+        let base = self
+            .docker
+            .inspect_image(&base_image)
+            .await
+            .with_context(|| format!("inspecting the sandbox's image {base_image}"))?;
+        let dir = self.snapshot_dir(snapshot);
+        private_dir(&self.snapshots_dir())?;
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        let image = format!("{SNAPSHOT_REPO}:{}", snapshot.as_str());
+        let captured = async {
+            let frozen = self.capture(&name, &slot, &dir, upper.as_deref()).await?;
+            let config = snapshot_config(&base, &config, snapshot, &self.runner);
+            self.commit_staged(snapshot, &base_image, &dir, config)
+                .await?;
+            Ok::<_, anyhow::Error>(frozen)
+        }
+        .await;
+        let frozen = match captured {
+            Ok(frozen) => frozen,
+            Err(e) => {
+                self.remove_snapshot_storage(snapshot).await;
+                return Err(e.into());
+            }
+        };
+        let meta = Meta {
+            source: id.as_str().to_owned(),
+            image: image.clone(),
+            base_image,
+        };
+        let written = serde_json::to_vec(&env)
+            .context("a snapshot's env")
+            .and_then(|env| write_file(&dir.join(ENV), &env))
+            .and_then(|()| serde_json::to_vec(&meta).context("a snapshot"))
+            .and_then(|meta| write_file(&dir.join(META), &meta));
+        if let Err(e) = written {
+            self.remove_snapshot_storage(snapshot).await;
+            return Err(e.into());
+        }
+        let disk_bytes = fs::metadata(dir.join(DISK)).map_or(0, |m| m.blocks() * 512);
+        let layer_bytes = match self.docker.inspect_image(&image).await {
+            Ok(i) => {
+                let own = i.size.unwrap_or(0) - base.size.unwrap_or(0);
+                u64::try_from(own).unwrap_or(0)
+            }
+            Err(_) => 0,
+        };
+        tracing::info!(sandbox = %id, %snapshot, frozen_ms = frozen.as_millis(), disk_bytes, layer_bytes, "snapshot taken");
+        Ok(SnapshotTaken {
+            size_bytes: disk_bytes + layer_bytes,
+            frozen_ms: u64::try_from(frozen.as_millis()).unwrap_or(u64::MAX),
+            image,
+        })
+    }
+
+    /// The capture itself, while the sandbox is paused: its disk (frozen, copied
+    /// sparse) and its writable layer (copied as it is: whiteouts and all, usually
+    /// small) into `dir`. Returns how long the sandbox was frozen.
+    async fn capture(
+        &self,
+        name: &str,
+        slot: &SandboxId,
+        dir: &Path,
+        upper: Option<&Path>,
+    ) -> Result<Duration> {
+        let mount = self.disk_mount(slot);
+        let disk = self.disk_image(slot);
+        let staged = dir.join(STAGED);
+        private_dir(&staged)?;
+        let began = Instant::now();
+        self.docker
+            .pause_container(name)
+            .await
+            .context("pausing the sandbox")?;
+        let inner = async {
+            let frozen = if is_mounted(&mount) {
+                run("fsfreeze", &[OsStr::new("-f"), mount.as_os_str()])
+                    .await
+                    .context("freezing the sandbox's disk")?;
+                Some(Frozen {
+                    mount: &mount,
+                    thawed: false,
+                })
+            } else {
+                None
+            };
+            if disk.exists() {
+                run(
+                    "cp",
+                    &[
+                        OsStr::new("--sparse=always"),
+                        disk.as_os_str(),
+                        dir.join(DISK).as_os_str(),
+                    ],
+                )
+                .await
+                .context("copying the sandbox's disk")?;
+            }
+            if let Some(frozen) = frozen {
+                frozen.thaw().await?;
+            }
+            if let Some(upper) = upper {
+                let mut from = upper.as_os_str().to_owned();
+                from.push("/.");
+                run("cp", &[OsStr::new("-a"), &from, staged.as_os_str()])
+                    .await
+                    .context("copying the sandbox's writable layer")?;
+            }
+            Ok::<_, anyhow::Error>(())
+        }
+        .await;
+        let unpaused = self.docker.unpause_container(name).await;
+        let frozen = began.elapsed();
+        inner?;
+        unpaused.context("unpausing the sandbox")?;
+        Ok(frozen)
+    }
+
+    /// After the sandbox goes on: the snapshot's image, from a container of the
+    /// source's image (never started) holding the staged writable layer, committed
+    /// (a running container's commit walks its whole file system: seconds).
+    async fn commit_staged(
+        &self,
+        snapshot: &SnapshotId,
+        base_image: &str,
+        dir: &Path,
+        config: ContainerConfig,
+    ) -> Result<()> {
+        let name = format!("{SNAPSHOT_REPO}-{}", snapshot.as_str());
+        let labels = HashMap::from([
+            (LABEL_SNAPSHOT.to_owned(), snapshot.as_str().to_owned()),
+            (LABEL_RUNNER.to_owned(), self.runner.clone()),
+        ]);
+        self.docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                }),
+                ContainerCreateBody {
+                    image: Some(base_image.to_owned()),
+                    labels: Some(labels),
+                    network_disabled: Some(true),
+                    host_config: Some(HostConfig {
+                        network_mode: Some("none".into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )
+            .await
+            .context("creating the snapshot's image container")?;
+        let committed = async {
+            let info = self
+                .docker
+                .inspect_container(&name, None)
+                .await
+                .context("inspecting the snapshot's image container")?;
+            let upper = info
+                .graph_driver
+                .as_ref()
+                .and_then(|g| g.data.get("UpperDir"))
+                .map(PathBuf::from)
+                .context(
+                    "the engine names no writable layer (a storage driver other than an overlay)",
+                )?;
+            let mut from = dir.join(STAGED).into_os_string();
+            from.push("/.");
+            run("cp", &[OsStr::new("-a"), &from, upper.as_os_str()])
+                .await
+                .context("staging the snapshot's layer")?;
+            self.docker
+                .commit_container(
+                    CommitContainerOptions {
+                        container: Some(name.clone()),
+                        repo: Some(SNAPSHOT_REPO.to_owned()),
+                        tag: Some(snapshot.as_str().to_owned()),
+                        comment: Some(format!("warren snapshot {snapshot}")),
+                        pause: false,
+                        ..Default::default()
+                    },
+                    config,
+                )
+                .await
+                .context("committing the snapshot's root file system")?;
+            Ok::<_, anyhow::Error>(())
+        }
+        .await;
+        let removed = self
+            .docker
+            .remove_container(
+                &name,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    ..Default::default()
+                }),
+            )
+            .await;
+        committed?;
+        if let Err(e) = removed {
+            tracing::warn!(%snapshot, error = %e, "removing the snapshot's image container");
+        }
+        if let Err(e) = fs::remove_dir_all(dir.join(STAGED)) {
+            tracing::warn!(%snapshot, error = %e, "removing the staged layer");
+        }
+        Ok(())
+    }
+
+    /// The image a fork of `fork` is made from (the snapshot's: it was allowed when
+    /// its source was made).
+    pub(super) async fn snapshot_image_info(
+        &self,
+        fork: &Fork,
+    ) -> crate::Result<bollard::models::ImageInspect> {
+        match self.docker.inspect_image(&fork.meta.image).await {
+            Ok(info) => Ok(info),
+            Err(e) if is_not_found(&e) => Err(crate::Error::refused(
+                "snapshot_not_found",
+                format!(
+                    "the image of snapshot {} is gone from this runner",
+                    fork.snapshot
+                ),
+            )),
+            Err(e) => Err(anyhow::Error::new(e)
+                .context("inspecting a snapshot's image")
+                .into()),
+        }
+    }
+
+    /// Creates the sandbox `id` from `snapshot` (or starts it, if it exists), then
+    /// switches its repository to `branch`, if asked.
+    pub async fn create_from_snapshot(
+        &self,
+        id: &SandboxId,
+        snapshot: &SnapshotId,
+        token_key: &str,
+        authorized_keys: &[String],
+        spec: &SandboxSpec,
+        branch: Option<&str>,
+    ) -> crate::Result<()> {
+        warren_keys::TokenVerifier::from_base64(token_key).context("invalid token_key")?;
+        let mut spec = spec.clone();
+        // What the snapshot holds stands in for these.
+        spec.image = None;
+        spec.repo = None;
+        spec.devcontainer = false;
+        super::super::validate_spec(&spec)?;
+        if self
+            .docker
+            .inspect_container(&container_name(id), None)
+            .await
+            .is_ok()
+        {
+            // A restart: the fork is a sandbox like any other by now.
+            return self.create(id, token_key, authorized_keys, &spec).await;
+        }
+        if self.marked(id, DELETING_MARKER) {
+            return Err(crate::Error::failed(format_args!(
+                "sandbox {id} is being deleted"
+            )));
+        }
+        let fork = Fork {
+            snapshot: snapshot.clone(),
+            meta: self.snapshot_meta(snapshot)?,
+        };
+        // The source's env, with the create's entries over it.
+        let mut env = self.snapshot_env(snapshot)?;
+        env.append(&mut spec.env);
+        spec.env = env;
+        super::super::validate_spec(&spec)?;
+        let dir = self.sandbox_run_dir(id);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        super::super::write_authorized_keys(&dir, authorized_keys)?;
+        let name = container_name(id);
+        let made = async {
+            self.make(
+                id,
+                Serves::Fork {
+                    token_key,
+                    fork: &fork,
+                },
+                &fork.meta.image,
+                &spec,
+                &name,
+            )
+            .await?;
+            if let Some(branch) = branch {
+                self.fork_branch(id, branch).await?;
+            }
+            Ok::<_, crate::Error>(())
+        }
+        .await;
+        self.refill_spares();
+        if let Err(e) = made {
+            if let Err(cleanup) = self.remove_all(id).await {
+                tracing::warn!(sandbox = %id, error = %format!("{cleanup:#}"), "cleaning up a failed fork");
+            }
+            return Err(e);
+        }
+        tracing::info!(sandbox = %id, %snapshot, "sandbox created from a snapshot");
+        Ok(())
+    }
+
+    /// Switches the fork's workspace repository (if it has one) to the new branch
+    /// `branch`, its uncommitted changes carried over.
+    async fn fork_branch(&self, id: &SandboxId, branch: &str) -> crate::Result<()> {
+        crate::protocol::validate::branch(branch)
+            .map_err(|e| crate::Error::refused("invalid_branch", e.to_string()))?;
+        let user = self.session_user(id)?;
+        let has_repo = self
+            .exec_as(
+                id,
+                &user,
+                &["git", "-C", WORKSPACE, "rev-parse", "--git-dir"],
+                None,
+            )
+            .await
+            .is_ok();
+        if !has_repo {
+            return Ok(());
+        }
+        self.exec_as(
+            id,
+            &user,
+            &["git", "-C", WORKSPACE, "checkout", "--quiet", "-b", branch],
+            None,
+        )
+        .await
+        .with_context(|| format!("creating the fork's branch {branch}"))?;
+        Ok(())
+    }
+
+    /// Forgets `snapshot`: its storage goes now, or with the last fork made from it.
+    pub async fn delete_snapshot(&self, snapshot: &SnapshotId) -> Result<()> {
+        let dir = self.snapshot_dir(snapshot);
+        if !dir.is_dir() {
+            return Ok(());
+        }
+        write_file(&dir.join(DELETED), b"")?;
+        if self.snapshot_users(snapshot).is_empty() {
+            self.remove_snapshot_storage(snapshot).await;
+        } else {
+            tracing::info!(%snapshot, "snapshot deleted; its storage goes with its last fork");
+        }
+        Ok(())
+    }
+
+    /// The slots of the forks made from `snapshot` that still exist.
+    fn snapshot_users(&self, snapshot: &SnapshotId) -> Vec<SandboxId> {
+        let Ok(entries) = fs::read_dir(self.run_dir.join(PRIVATE_DIR)) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| SandboxId::parse(&e.file_name().to_string_lossy()).ok())
+            .filter(|slot| self.fork_snapshot(slot).as_ref() == Some(snapshot))
+            .collect()
+    }
+
+    /// Removes a snapshot's image, disk and directory (best effort: what is left is
+    /// logged, and tried again at the next delete of a fork).
+    async fn remove_snapshot_storage(&self, snapshot: &SnapshotId) {
+        let dir = self.snapshot_dir(snapshot);
+        let lower = dir.join(LOWER);
+        if is_mounted(&lower)
+            && let Err(e) = run("umount", &[lower.as_os_str()]).await
+        {
+            tracing::warn!(%snapshot, error = %format!("{e:#}"), "unmounting a snapshot's disk");
+            return;
+        }
+        let image = format!("{SNAPSHOT_REPO}:{}", snapshot.as_str());
+        match self
+            .docker
+            .remove_image(&image, None::<RemoveImageOptions>, None)
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => {
+                tracing::warn!(%snapshot, error = %e, "removing a snapshot's image");
+                return;
+            }
+        }
+        let _ = fs::remove_dir(&lower);
+        if let Err(e) = fs::remove_dir_all(&dir) {
+            tracing::warn!(%snapshot, error = %e, "removing a snapshot's directory");
+        } else {
+            tracing::info!(%snapshot, "snapshot storage removed");
+        }
+    }
+
+    /// Makes a fork's disk: its own file system of `mb` MiB, mounted with the
+    /// snapshot's below it. Marks `slot` as a fork of it.
+    pub(super) async fn make_fork_disk(
+        &self,
+        slot: &SandboxId,
+        fork: &Fork,
+        mb: u64,
+    ) -> Result<()> {
+        self.mark(slot, FORK_MARKER, fork.snapshot.as_str().as_bytes())?;
+        self.format_disk(slot, mb).await?;
+        self.mount_fork_disk(slot).await
+    }
+
+    fn fork_upper(&self, slot: &SandboxId) -> PathBuf {
+        self.disks_dir().join(format!("{}.upper", slot.as_str()))
+    }
+
+    /// Mounts the fork's disk: the snapshot's (read-only, shared), the fork's own
+    /// file system, and the overlay of the two where a disk is mounted.
+    pub(super) async fn mount_fork_disk(&self, slot: &SandboxId) -> Result<()> {
+        let Some(snapshot) = self.fork_snapshot(slot) else {
+            bail!("{slot} is not a fork");
+        };
+        let mount = self.disk_mount(slot);
+        if is_mounted(&mount) {
+            return Ok(());
+        }
+        let dir = self.snapshot_dir(&snapshot);
+        let lower = dir.join(LOWER);
+        let disk = dir.join(DISK);
+        if !disk.exists() {
+            bail!("the disk of snapshot {snapshot} is gone");
+        }
+        // Forks made at once share the mount: one makes it.
+        static LOWER_MOUNTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let guard = LOWER_MOUNTS.lock().await;
+        if !is_mounted(&lower) {
+            private_dir(&lower)?;
+            run(
+                "mount",
+                &[
+                    OsStr::new("-t"),
+                    OsStr::new("ext4"),
+                    OsStr::new("-o"),
+                    OsStr::new("loop,ro,noload,nosuid,nodev"),
+                    disk.as_os_str(),
+                    lower.as_os_str(),
+                ],
+            )
+            .await
+            .context("mounting a snapshot's disk")?;
+        }
+        drop(guard);
+        let upper = self.fork_upper(slot);
+        if !is_mounted(&upper) {
+            private_dir(&upper)?;
+            run(
+                "mount",
+                &[
+                    OsStr::new("-t"),
+                    OsStr::new("ext4"),
+                    OsStr::new("-o"),
+                    OsStr::new("loop,nosuid,nodev,discard"),
+                    self.disk_image(slot).as_os_str(),
+                    upper.as_os_str(),
+                ],
+            )
+            .await
+            .context("mounting the fork's disk")?;
+        }
+        for sub in ["upper", "work"] {
+            match fs::create_dir(upper.join(sub)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e).context("preparing the fork's disk"),
+            }
+        }
+        let _ = fs::remove_dir(upper.join("lost+found"));
+        private_dir(&mount)?;
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={},nosuid,nodev",
+            lower.display(),
+            upper.join("upper").display(),
+            upper.join("work").display()
+        );
+        run(
+            "mount",
+            &[
+                OsStr::new("-t"),
+                OsStr::new("overlay"),
+                OsStr::new("-o"),
+                OsStr::new(&options),
+                OsStr::new("overlay"),
+                mount.as_os_str(),
+            ],
+        )
+        .await
+        .context("mounting the fork's overlay")?;
+        Ok(())
+    }
+
+    /// After its overlay is unmounted: unmounts a fork's own file system (nothing
+    /// for another sandbox).
+    pub(super) async fn unmount_fork_upper(&self, slot: &SandboxId) -> Result<()> {
+        let upper = self.fork_upper(slot);
+        if is_mounted(&upper) {
+            run("umount", &[upper.as_os_str()])
+                .await
+                .context("unmounting the fork's disk")?;
+        }
+        Ok(())
+    }
+
+    /// After a fork's disk is removed: its mount point goes, and the snapshot it
+    /// used goes too if it was deleted and this was its last fork.
+    pub(super) async fn release_fork_disk(&self, slot: &SandboxId) -> Result<()> {
+        let Some(snapshot) = self.fork_snapshot(slot) else {
+            return Ok(());
+        };
+        match fs::remove_dir(self.fork_upper(slot)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).context("removing the fork's disk"),
+        }
+        let _ = fs::remove_file(self.private_dir(slot).join(FORK_MARKER));
+        let deleted = self.snapshot_dir(&snapshot).join(DELETED).exists();
+        if deleted && self.snapshot_users(&snapshot).is_empty() {
+            self.remove_snapshot_storage(&snapshot).await;
+        }
+        Ok(())
+    }
+}
+
+/// The config of a snapshot's image: its source image's, with every variable and
+/// label the container had beyond those *unset* — a bare `NAME` (the engine drops
+/// it from a container's environment) and an empty label — so neither the
+/// create-time env nor Warren's own settings are written into the image (the
+/// engine would otherwise merge the container's in).
+fn snapshot_config(
+    base: &bollard::models::ImageInspect,
+    container: &ContainerConfig,
+    snapshot: &SnapshotId,
+    runner: &str,
+) -> ContainerConfig {
+    let image = base.config.clone().unwrap_or_default();
+    let base_env = image.env.clone().unwrap_or_default();
+    let key = |e: &str| e.split('=').next().unwrap_or_default().to_owned();
+    let base_keys: Vec<String> = base_env.iter().map(|e| key(e)).collect();
+    let mut env = base_env;
+    for entry in container.env.iter().flatten() {
+        let k = key(entry);
+        if !base_keys.contains(&k) && !env.contains(&k) {
+            env.push(k);
+        }
+    }
+    let mut labels = image.labels.clone().unwrap_or_default();
+    for k in container.labels.iter().flatten().map(|(k, _)| k) {
+        labels.entry(k.clone()).or_default();
+    }
+    labels.insert(LABEL_SNAPSHOT.to_owned(), snapshot.as_str().to_owned());
+    labels.insert(LABEL_RUNNER.to_owned(), runner.to_owned());
+    ContainerConfig {
+        user: image.user,
+        env: Some(env),
+        cmd: image.cmd,
+        entrypoint: image.entrypoint,
+        working_dir: image.working_dir,
+        volumes: image.volumes,
+        exposed_ports: image.exposed_ports,
+        stop_signal: image.stop_signal,
+        shell: image.shell,
+        labels: Some(labels),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_image_keeps_no_secret_and_no_warren_label() {
+        let base = bollard::models::ImageInspect {
+            config: Some(bollard::models::ImageConfig {
+                env: Some(vec!["PATH=/bin".into(), "LANG=C".into()]),
+                labels: Some(HashMap::from([("maintainer".into(), "x".into())])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let container = ContainerConfig {
+            env: Some(vec![
+                "PATH=/bin".into(),
+                "LANG=C".into(),
+                "WARREN_TOKEN_KEY=secret-key".into(),
+                "GITHUB_TOKEN=ghp_secret".into(),
+            ]),
+            labels: Some(HashMap::from([
+                (LABEL_SANDBOX.into(), "sbx-a".into()),
+                (LABEL_POOL.into(), "warren-base".into()),
+            ])),
+            ..Default::default()
+        };
+        let snapshot = SnapshotId::generate();
+        let config = snapshot_config(&base, &container, &snapshot, "run-1");
+        let env = config.env.unwrap();
+        assert_eq!(
+            env,
+            ["PATH=/bin", "LANG=C", "WARREN_TOKEN_KEY", "GITHUB_TOKEN"]
+        );
+        assert!(!format!("{env:?}").contains("secret"));
+        let labels = config.labels.unwrap();
+        assert_eq!(labels[LABEL_POOL], "");
+        assert_eq!(labels[LABEL_SANDBOX], "");
+        assert_eq!(labels["maintainer"], "x");
+        assert_eq!(labels[LABEL_SNAPSHOT], snapshot.as_str());
+    }
+}
