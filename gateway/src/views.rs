@@ -3,6 +3,8 @@
 //! clients). The HTTP API answers with them, and the console's `--json` prints the
 //! same. Times are Unix seconds.
 
+use serde::Serialize;
+use utoipa::ToSchema;
 pub use warren_api::{
     ApiKeyList, ApiKeyView, ChannelView, CreatedApiKey, CreatedSandbox, CreatedUser, ErrorBody,
     ErrorDetail, EventList, EventView, Health, NewToken, RunnerList, RunnerView, SandboxList,
@@ -16,6 +18,7 @@ use warren_store::{
 use crate::lifecycle::Lifecycle;
 use crate::lifecycle::audit::SessionRecord;
 use crate::lifecycle::shares::ShareNames;
+use crate::lifecycle::snapshots::{Forked, SnapshotView};
 
 fn time(t: Option<Timestamp>) -> Option<i64> {
     t.map(Timestamp::unix_seconds)
@@ -144,5 +147,39 @@ pub fn share_list(names: ShareNames) -> ShareList {
     ShareList {
         users: names.users,
         with_secrets: names.with_secrets,
+    }
+}
+
+/// The snapshots you may see.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SnapshotList {
+    pub snapshots: Vec<SnapshotView>,
+}
+
+/// Forks made.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ForkedView {
+    /// The snapshot they were made from (already deleted: its storage goes with the
+    /// last fork).
+    pub snapshot: SnapshotView,
+    /// How long the source was frozen, in milliseconds.
+    pub frozen_ms: u64,
+    /// Each fork, with its token (shown once).
+    pub sandboxes: Vec<CreatedSandbox>,
+}
+
+/// The answer to a fork (the API's and the console's `--json`).
+pub fn forked_view(lc: &Lifecycle, forked: &Forked) -> ForkedView {
+    ForkedView {
+        frozen_ms: forked.snapshot.frozen_ms,
+        snapshot: SnapshotView::from(&forked.snapshot),
+        sandboxes: forked
+            .forks
+            .iter()
+            .map(|c| CreatedSandbox {
+                sandbox: sandbox_view(lc, &c.sandbox),
+                token: c.token.expose().to_owned(),
+            })
+            .collect(),
     }
 }

@@ -8,23 +8,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use common::Reply;
-use common::docker::{DockerStack, docker, docker_ok, image};
 use serde_json::{Value, json};
 use warren_keys::SandboxId;
 use warren_tests::Client;
+use warren_tests::stack::{Api, DockerStack, Reply, Stack, docker, docker_ok, image};
 
 /// The image (with git).
 const BASE: &str = "warren-base:latest";
 
 struct Env<'a> {
     d: &'a DockerStack,
-    api: common::Api,
+    api: Api,
     alice: String,
     bob: String,
 }
@@ -662,7 +659,7 @@ fn bench(d: &DockerStack) -> Result<()> {
 /// 409 saying so, and leaves nothing behind.
 #[test]
 fn the_process_backend_refuses_snapshots_and_forks() -> Result<()> {
-    let stack = common::Stack::start()?;
+    let stack = Stack::start()?;
     let _runner = stack.runner("r1")?;
     let api = stack.api(Duration::from_secs(1))?;
     let key = stack.admin("root")?;

@@ -1,6 +1,7 @@
 //! The workspace's shape: its crates depend on each other one way, dev-dependencies
 //! included (a test of `runner` that needs `warren-tests` belongs in `tests/`, or
-//! the crates form a cycle that `cargo` accepts but a reader cannot follow).
+//! the crates form a cycle that `cargo` accepts but a reader cannot follow), and no
+//! source file is over 700 lines.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -103,4 +104,35 @@ fn the_cycle_check_finds_a_cycle_through_a_dev_dependency() {
     let mut one_way = graph;
     one_way.get_mut("gateway").unwrap().remove("tests");
     assert_eq!(find_cycle(&one_way), None);
+}
+
+/// Every first-party Rust source file (not the vendored crates) is short enough to
+/// read in one sitting: a longer one is split by topic.
+#[test]
+fn no_source_file_is_over_700_lines() {
+    const MOST: usize = 700;
+    fn walk(dir: &std::path::Path, long: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if path.is_dir() {
+                if !name.starts_with('.') && name != "target" && name != "third_party" {
+                    walk(&path, long);
+                }
+            } else if name.ends_with(".rs") {
+                let lines = std::fs::read_to_string(&path).map_or(0, |t| t.lines().count());
+                if lines > MOST {
+                    long.push(format!("{} ({lines} lines)", path.display()));
+                }
+            }
+        }
+    }
+    let root = workspace_root();
+    let mut long = Vec::new();
+    walk(&root, &mut long);
+    assert!(long.is_empty(), "over {MOST} lines: {long:?}");
 }

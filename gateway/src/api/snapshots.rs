@@ -9,32 +9,12 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::Serialize;
-use utoipa::ToSchema;
 
 use super::ApiState;
 use super::auth::Caller;
 use super::error::{ApiError, IdPath, OptionalJson};
-use super::views::{CreatedSandbox, ErrorBody};
-use crate::lifecycle::snapshots::{ForkSandbox, Forked, SnapshotView, TakeSnapshot};
-
-/// The snapshots you may see.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SnapshotList {
-    pub snapshots: Vec<SnapshotView>,
-}
-
-/// Forks made.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ForkedView {
-    /// The snapshot they were made from (already deleted: its storage goes with the
-    /// last fork).
-    pub snapshot: SnapshotView,
-    /// How long the source was frozen, in milliseconds.
-    pub frozen_ms: u64,
-    /// Each fork, with its token (shown once).
-    pub sandboxes: Vec<CreatedSandbox>,
-}
+use super::views::{ErrorBody, ForkedView, SnapshotList, forked_view};
+use crate::lifecycle::snapshots::{ForkSandbox, SnapshotView, TakeSnapshot};
 
 /// Snapshots a running sandbox's file system (its workspace and everything
 /// installed in it); the sandbox is frozen only for the capture (`frozen_ms`).
@@ -134,20 +114,4 @@ pub async fn fork(
         StatusCode::CREATED,
         Json(forked_view(&state.lifecycle, &forked)),
     ))
-}
-
-/// The answer to a fork (the API's and the console's `--json`).
-pub fn forked_view(lc: &crate::lifecycle::Lifecycle, forked: &Forked) -> ForkedView {
-    ForkedView {
-        frozen_ms: forked.snapshot.frozen_ms,
-        snapshot: SnapshotView::from(&forked.snapshot),
-        sandboxes: forked
-            .forks
-            .iter()
-            .map(|c| CreatedSandbox {
-                sandbox: super::views::sandbox_view(lc, &c.sandbox),
-                token: c.token.expose().to_owned(),
-            })
-            .collect(),
-    }
 }

@@ -53,7 +53,8 @@ def test_the_context_manager_deletes_even_when_the_body_raises_and_stop_start_wo
     except warren.NotFound:
         state = "deleted"
     assert state == "deleted"
-    with pytest.raises(NotImplementedError):
+    # A deleted sandbox cannot be snapshotted: a typed refusal, not a crash.
+    with pytest.raises((warren.NotFound, warren.Conflict)):
         s.snapshot()
 
 

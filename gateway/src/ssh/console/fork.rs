@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use super::commands::Outcome;
-use crate::api::snapshots::forked_view;
 use crate::lifecycle::snapshots::{ForkSandbox, SnapshotView, TakeSnapshot};
 use crate::lifecycle::{Error, Lifecycle};
+use crate::views::forked_view;
 use warren_store::User;
 
 fn to_json<T: serde::Serialize>(value: &T) -> String {

@@ -10,6 +10,7 @@
 pub mod commands;
 mod editor;
 mod fork;
+mod tables;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -183,11 +183,14 @@ class Sandbox:
     def pull_request(self, title: str, body: Optional[str] = None, base: Optional[str] = None) -> PullRequest:
         return _run(self._a.pull_request(title, body=body, base=base))
 
-    def snapshot(self) -> Any:
-        return _run(self._a.snapshot())
+    def snapshot(self, name: Optional[str] = None) -> dict[str, Any]:
+        """Captures the sandbox's file system; see :meth:`warren.aio.AsyncSandbox.snapshot`."""
+        return _run(self._a.snapshot(name))
 
-    def fork(self, count: int = 1) -> Any:
-        return _run(self._a.fork(count))
+    def fork(self, count: int = 1, *, branch_prefix: Optional[str] = None, keep: bool = False) -> "list[Sandbox]":
+        """``count`` copies of this sandbox, each on its own branch."""
+        forks = _run(self._a.fork(count, branch_prefix=branch_prefix, keep=keep))
+        return [Sandbox(f) for f in forks]
 
     def run(
         self,

@@ -96,6 +96,7 @@ class AsyncWarren:
         network: Union[str, Mapping[str, Any], None] = None,
         disk_mb: Optional[int] = None,
         devcontainer: Optional[bool] = None,
+        snapshot: Optional[str] = None,
         extra: Optional[Mapping[str, Any]] = None,
         keep: bool = False,
     ) -> "AsyncSandbox":
@@ -110,7 +111,7 @@ class AsyncWarren:
         fields = {
             "image": image, "repo": repo, "branch": branch, "cpus": cpus,
             "memory_mb": memory_mb, "idle_timeout_s": idle_timeout_s, "ttl_s": ttl_s,
-            "disk_mb": disk_mb, "devcontainer": devcontainer,
+            "disk_mb": disk_mb, "devcontainer": devcontainer, "snapshot": snapshot,
         }
         body.update({k: v for k, v in fields.items() if v is not None})
         if forward_agent:
@@ -304,11 +305,26 @@ class AsyncSandbox:
         pr = await self.client._api.json("POST", f"/v1/sandboxes/{_seg(self.id)}/pull-requests", request)
         return PullRequest.from_json(pr)
 
-    async def snapshot(self) -> Any:
-        raise NotImplementedError("snapshots are not in Warren's API yet")
+    async def snapshot(self, name: Optional[str] = None) -> dict[str, Any]:
+        """Captures the sandbox's file system (``POST /v1/sandboxes/{id}/snapshots``);
+        the answer's ``id`` (``snp_…``) is what ``create(snapshot=…)`` takes.
+        Processes are not captured."""
+        request: dict[str, Any] = {} if name is None else {"name": name}
+        return await self.client._api.json("POST", f"/v1/sandboxes/{_seg(self.id)}/snapshots", request)
 
-    async def fork(self, count: int = 1) -> Any:
-        raise NotImplementedError("forks are not in Warren's API yet")
+    async def fork(self, count: int = 1, *, branch_prefix: Optional[str] = None, keep: bool = False) -> "list[AsyncSandbox]":
+        """``count`` copies of this sandbox as it is now, each its own sandbox on its
+        own git branch (``POST /v1/sandboxes/{id}/fork``)."""
+        request: dict[str, Any] = {"count": count}
+        if branch_prefix is not None:
+            request["branch_prefix"] = branch_prefix
+        forked = await self.client._api.json("POST", f"/v1/sandboxes/{_seg(self.id)}/fork", request)
+        forks = []
+        for created in forked.get("sandboxes", []):
+            sandbox = AsyncSandbox(self.client, SandboxInfo.from_json(created), keep=keep)
+            sandbox.token = created.get("token")
+            forks.append(sandbox)
+        return forks
 
     # -- the SSH data plane -------------------------------------------------------
 
