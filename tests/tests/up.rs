@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use warren_tests::{ChildGuard, Tmux, workspace_root};
+use warren_tests::{ChildGuard, Client, Target, Tmux, scenarios, workspace_root};
 
 fn free_port() -> u16 {
     warren_tests::util::free_port().unwrap()
@@ -166,6 +166,7 @@ fn the_first_readme_command_comes_up_and_its_ssh_line_works() {
     assert_eq!(mode & 0o777, 0o600, "admin-api-key must be 0600");
     let api_key = std::fs::read_to_string(&key_file).unwrap();
     assert!(api_key.starts_with("wk_"));
+    client_scenarios_take_the_in_process_path(&ssh_line, ports[0], &up.base, api_key.trim());
     drop(up);
 
     // Again, on the same data directory: the same sandbox, its files, the same key.
@@ -183,6 +184,57 @@ fn the_first_readme_command_comes_up_and_its_ssh_line_works() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(std::fs::read_to_string(&key_file).unwrap(), api_key);
+}
+
+/// In `warren up` the gateway opens the local agents' sockets in process (no
+/// tunnel): the client scenarios the remote path passes (tests/tests/docker.rs) pass
+/// through it too, logged in with a sandbox token as a password. (Forwards ride the
+/// same connection; their Docker-aware checks are docker.rs's and the terminal
+/// test's.)
+fn client_scenarios_take_the_in_process_path(ssh_line: &str, ssh_port: u16, base: &str, key: &str) {
+    let target = ssh_line
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .trim_matches('\'');
+    let id = target.split(['@', '#']).next().unwrap();
+    let (status, token) = api(
+        base,
+        key,
+        "POST",
+        &format!("/v1/sandboxes/{id}/token"),
+        None,
+    );
+    assert_eq!(status, 201, "minting a token: HTTP {status}");
+    let token = token["token"].as_str().unwrap();
+    let c = Client::new(Target::new("127.0.0.1", ssh_port, id))
+        .unwrap()
+        .with_password(token)
+        .unwrap();
+    let dir = "/workspace";
+    let step = |name: &str, r: anyhow::Result<()>| {
+        if let Err(e) = r {
+            panic!("through warren up's in-process path: {name}: {e:#}");
+        }
+    };
+    step("PTY shell", scenarios::pty_shell(&c));
+    step("PTY exec", scenarios::pty_exec(&c));
+    step("exit codes", scenarios::exec_exit_codes(&c));
+    step("exit signal", scenarios::exit_signal(&c));
+    step("stdout/stderr", scenarios::stdout_stderr_separation(&c));
+    step("binary stdin", scenarios::binary_stdin_roundtrip(&c));
+    step("tar", scenarios::tar_roundtrip(&c, dir));
+    step("scp 20 MB", scenarios::scp_both_ways(&c, dir, 20 << 20));
+    step("sftp 20 MB", scenarios::sftp_both_ways(&c, dir, 20 << 20));
+    step("sftp batch", scenarios::sftp_batch_ops(&c, dir));
+    step("scp -p", scenarios::scp_preserves_mtime_and_mode(&c, dir));
+    step("rsync", scenarios::rsync_both_ways(&c, dir));
+    step("X11 refused", scenarios::x11_refused(&c));
+    step("keepalive", scenarios::keepalive(&c));
+    step(
+        "ssh -T bash, nohup in the background",
+        scenarios::background_survives_channel_close(&c, dir),
+    );
 }
 
 /// `curl` against the API with the admin key: (status, JSON body).
