@@ -353,7 +353,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::List { json } => {
-            let list = api()?.list_sandboxes(&ListSandboxes::default()).await?;
+            // Every page, not the first 50.
+            let list = warren_api::SandboxList {
+                sandboxes: api()?.all_sandboxes(false).await?,
+                next_cursor: None,
+            };
             if json {
                 return print_json(&list);
             }
@@ -438,10 +442,10 @@ async fn config_ssh(path: Option<PathBuf>) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(&known_path, known)?;
-    let list = api.list_sandboxes(&ListSandboxes::default()).await?;
+    let sandboxes = api.all_sandboxes(false).await?;
     let mut block = format!("{BEGIN}\n");
     let mut count = 0;
-    for s in &list.sandboxes {
+    for s in &sandboxes {
         if s.state == "deleted" || s.state == "failed" {
             continue;
         }
