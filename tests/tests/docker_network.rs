@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use warren_keys::SandboxId;
-use warren_runner::netpolicy::{self, HostAccess};
+use warren_runner::netpolicy::{self, FORWARD_CHAIN, HOST_CHAIN, HostAccess, jump_line};
 use warren_runner::protocol::{NetworkPolicy, Request, Response, SandboxSpec};
 use warren_tests::stack::{DockerStack, network_of};
 use warren_tests::util::wait_until;
@@ -341,25 +341,30 @@ fn default_policy_keeps_sandboxes_off_the_host_link_local_and_each_other() -> Re
         "allow 0.0.0.0/0, host port allowed",
     )?;
 
-    // The control: without the sandbox's rules, what they dropped answers (when the
-    // host's own firewall lets it), so the drops above are the rules' doing.
+    // In place: each shared jump first in its parent, and A's goto to its own host
+    // chain (it has a host port and an allow-list now).
     let short = a_rules.as_str().trim_start_matches("sbx-").to_owned();
     let a_chain = format!("WARREN-{short}");
     let v6 = run("ip6tables", &["-w", "-n", "-L", "INPUT"]).is_ok_and(|o| o.code() == Some(0));
-    ensure!(
-        rules("iptables").contains(&format!("-A INPUT -i wr-{short} -j WARREN-{short}-H")),
-        "no INPUT jump:\n{}",
-        rules("iptables")
-    );
-    if v6 {
+    for (program, present) in [("iptables", true), ("ip6tables", v6)] {
+        if !present {
+            eprintln!("note: ip6tables unavailable here; no IPv6 rules to check");
+            continue;
+        }
+        let listing = rules(program);
+        let first_in_input = listing.lines().find(|l| l.starts_with("-A INPUT "));
         ensure!(
-            rules("ip6tables").contains(&format!("-A INPUT -i wr-{short} -j WARREN-{short}-H")),
-            "no IPv6 INPUT jump:\n{}",
-            rules("ip6tables")
+            first_in_input == Some(jump_line("INPUT", HOST_CHAIN).as_str()),
+            "{program}: the shared jump is not first in INPUT:\n{listing}"
         );
-    } else {
-        eprintln!("note: ip6tables unavailable here; no IPv6 rules to check");
+        let goto = format!("-A {HOST_CHAIN} -i wr-{short} -g {a_chain}-H");
+        ensure!(
+            listing.contains(&goto),
+            "{program}: no {goto:?}:\n{listing}"
+        );
     }
+
+    // The shared chains alone, A's own removed: everything dropped again.
     d.stack.rt.block_on(netpolicy::remove(&a_rules));
     for program in ["iptables", "ip6tables"] {
         let left = rules(program);
@@ -368,10 +373,29 @@ fn default_policy_keeps_sandboxes_off_the_host_link_local_and_each_other() -> Re
             "{program} rules left by remove:\n{left}"
         );
     }
+    let seen = reachable(&a, &probes(false))?;
+    expect(&seen, &[], "the shared chains alone")?;
+
+    // The control: A's bridge passed back from both shared chains, what they dropped
+    // answers (when the host's own firewall lets it), so the drops are the rules' doing.
     if rules("iptables").lines().next() == Some("-P INPUT ACCEPT") {
-        let seen = reachable(&a, &probes(false))?;
+        let bridge = format!("wr-{short}");
+        let bypass = |op: &str| {
+            for chain in [HOST_CHAIN, FORWARD_CHAIN] {
+                let mut args = vec!["-w", op, chain];
+                if op == "-I" {
+                    args.push("1");
+                }
+                args.extend(["-i", bridge.as_str(), "-j", "RETURN"]);
+                run_ok("iptables", &args)?;
+            }
+            anyhow::Ok(())
+        };
+        bypass("-I")?;
+        let seen = reachable(&a, &probes(false));
+        bypass("-D")?;
         expect(
-            &seen,
+            &seen?,
             &[
                 "gw_open",
                 "gw_closed",
@@ -380,7 +404,7 @@ fn default_policy_keeps_sandboxes_off_the_host_link_local_and_each_other() -> Re
                 "link_local",
                 "link_local_open",
             ],
-            "no rules (the control)",
+            "A's bridge passed back (the control)",
         )?;
     } else {
         eprintln!("note: the host's INPUT policy is not ACCEPT; the control is skipped");
@@ -388,8 +412,12 @@ fn default_policy_keeps_sandboxes_off_the_host_link_local_and_each_other() -> Re
     // remove is idempotent.
     d.stack.rt.block_on(netpolicy::remove(&a_rules));
 
-    // Deleting a sandbox removes every rule of it, IPv4 and IPv6.
+    // Deleting a sandbox removes every rule of its own, IPv4 and IPv6.
     let b_chain = format!("WARREN-{}", b_rules.as_str().trim_start_matches("sbx-"));
+    let allow_list = NetworkPolicy::Allow {
+        cidrs: vec!["10.99.0.0/16".into()],
+    };
+    apply(&d, &b_rules, &allow_list, &HostAccess::default())?;
     ensure!(rules("iptables").contains(&b_chain), "B has no rules");
     let _ = server.kill();
     for id in [&a_id, &b_id] {

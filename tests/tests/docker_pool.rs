@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use warren_keys::{SandboxId, Scope};
+use warren_runner::netpolicy::{HOST_CHAIN, jump_line};
 use warren_runner::protocol::{Request, Response, SandboxSpec};
 use warren_store::SandboxState;
 use warren_tests::stack::sandbox_row;
@@ -456,13 +457,17 @@ fn cold_creates_take_spare_networks_and_each_sandbox_still_has_its_own() -> Resu
         on_spares.len(),
         d.runner_log()
     );
-    // Each spare's firewall chains guard its sandbox's bridge.
+    // Each spare's bridge is a Warren bridge, which the shared chains guard.
     let rules = iptables_rules();
+    ensure!(
+        rules.contains(&jump_line("INPUT", HOST_CHAIN)),
+        "no jump to the shared host chain:\n{rules}"
+    );
     for (id, slot) in &on_spares {
         let short = slot.trim_start_matches("sbx-");
         ensure!(
-            rules.contains(&format!("-A INPUT -i wr-{short} -j WARREN-{short}-H")),
-            "no host chain for {id} on spare {slot}:\n{rules}"
+            std::path::Path::new(&format!("/sys/class/net/wr-{short}")).exists(),
+            "{id} on spare {slot} has no bridge wr-{short}"
         );
     }
 

@@ -19,15 +19,18 @@ use warren_runner::protocol::{Request, Response};
 use warren_store::{NewRunner, RunnerId, RunnerState, Store};
 use warren_tests::{ChildGuard, Client, Target, bin_path};
 
-struct Gateway {
+/// The gateway's runner hub alone, on its own store and host key: what this file
+/// tests is the tunnel under the gateway (joins, reconnects, a hub restart), not a
+/// gateway; every stack with a front door comes from `warren_tests::stack`.
+struct HubOnly {
     dir: TempDir,
     store: Store,
     hub: Option<RunnerHub>,
     addr: SocketAddr,
 }
 
-impl Gateway {
-    async fn start() -> Gateway {
+impl HubOnly {
+    async fn start() -> HubOnly {
         let dir = TempDir::new().unwrap();
         let store = Store::open_in_data_dir(dir.path()).await.unwrap();
         let key = warren_keys::load_or_generate_host_key(&dir.path().join("host_key")).unwrap();
@@ -35,7 +38,7 @@ impl Gateway {
             .await
             .unwrap();
         let addr = hub.local_addr();
-        Gateway {
+        HubOnly {
             dir,
             store,
             hub: Some(hub),
@@ -80,7 +83,7 @@ fn runner_cmd(args: &[&str]) -> std::process::Command {
 
 /// Runs `warren-runner join`; returns (success, stdout, stderr).
 async fn join(
-    gw: &Gateway,
+    gw: &HubOnly,
     data: &Path,
     token: &str,
     fingerprint: &str,
@@ -141,7 +144,7 @@ async fn wait_for(what: &str, timeout: Duration, mut check: impl AsyncFnMut() ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_refuses_reused_expired_tokens_and_wrong_fingerprints() {
-    let gw = Gateway::start().await;
+    let gw = HubOnly::start().await;
     let fp = gw.hub().fingerprint().to_owned();
     let dirs: Vec<TempDir> = (0..4).map(|_| TempDir::new().unwrap()).collect();
 
@@ -181,7 +184,7 @@ async fn join_refuses_reused_expired_tokens_and_wrong_fingerprints() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guessing_join_tokens_gets_the_source_refused() {
-    let gw = Gateway::start().await;
+    let gw = HubOnly::start().await;
     let fp = gw.hub().fingerprint().to_owned();
     let dirs: Vec<TempDir> = (0..31).map(|_| TempDir::new().unwrap()).collect();
     // 30 wrong guesses, 10 at once (each refusal is held back a second; the runner
@@ -227,7 +230,7 @@ async fn ssh_echo(client: &Arc<Client>) -> (bool, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tunnel_carries_ssh_survives_gateway_restart_and_notices_a_dead_runner() {
-    let mut gw = Gateway::start().await;
+    let mut gw = HubOnly::start().await;
     let fp = gw.hub().fingerprint().to_owned();
     let data = TempDir::new().unwrap();
     let listen = TempDir::new().unwrap();

@@ -247,6 +247,10 @@ impl DockerBackend {
             .ping()
             .await
             .context("the Docker engine does not answer")?;
+        // Every sandbox bridge is covered from the start, before any sandbox exists.
+        netpolicy::ensure_shared()
+            .await
+            .context("the shared firewall chains for sandbox networks")?;
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
