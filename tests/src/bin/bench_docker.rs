@@ -29,7 +29,7 @@ use anyhow::{Context, Result, bail, ensure};
 use warren_keys::SandboxId;
 use warren_runner::protocol::{Request, SandboxSpec};
 use warren_tests::Cmd;
-use warren_tests::stack::{DockerStack, Stack};
+use warren_tests::stack::{DockerStack, Stack, docker_run_floor};
 use warren_tests::util::{self, container_memory_kib, wait_until};
 
 struct Options {
@@ -67,22 +67,6 @@ fn options() -> Result<Options> {
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
-}
-
-/// `docker run --rm IMAGE true`, timed `n` times: the floor a cold create is held to.
-fn docker_run_baseline(image: &str, n: usize) -> Result<Vec<Duration>> {
-    let mut times = Vec::new();
-    for _ in 0..n {
-        let started = Instant::now();
-        Cmd::new("docker")
-            .args(["run", "--rm", image, "true"])
-            .timeout(Duration::from_secs(60))
-            .run()?
-            .success()?;
-        times.push(started.elapsed());
-    }
-    times.sort();
-    Ok(times)
 }
 
 /// The runner's default number of spare networks (`--spare-networks`).
@@ -153,7 +137,7 @@ fn main() -> Result<()> {
         };
 
     let result = (|| -> Result<()> {
-        let baseline = docker_run_baseline(&opts.image, opts.creates)?;
+        let baseline = docker_run_floor(&opts.image, opts.creates)?;
         let mut cold = Vec::new();
         let mut cold_requests = Vec::new();
         for _ in 0..opts.creates {
