@@ -405,7 +405,11 @@ fn bursts(opts: &Options, client: &Client) -> Result<()> {
     // The pool `up` keeps by default.
     const POOL: usize = 2;
     pool_ready(&up, POOL)?;
-    eprintln!("{} creates back to back…", opts.burst_creates);
+    let pool_serial = up.pool_waiting()?;
+    eprintln!(
+        "{} creates back to back ({pool_serial} waiting in the pool)…",
+        opts.burst_creates
+    );
     let mut serial = Vec::new();
     for _ in 0..opts.burst_creates {
         let started = Instant::now();
@@ -416,7 +420,11 @@ fn bursts(opts: &Options, client: &Client) -> Result<()> {
     serial.sort_by(f64::total_cmp);
     up.rt.block_on(up.api.delete_all())?;
     pool_ready(&up, POOL)?;
-    eprintln!("{} creates at once…", opts.burst_concurrent);
+    let pool_at_once = up.pool_waiting()?;
+    eprintln!(
+        "{} creates at once ({pool_at_once} waiting in the pool)…",
+        opts.burst_concurrent
+    );
     let at_once: Vec<Result<f64>> = std::thread::scope(|scope| {
         let (api, rt, port) = (&up.api, up.rt.handle(), up.ports[0]);
         let tasks: Vec<_> = (0..opts.burst_concurrent)
@@ -457,7 +465,8 @@ fn bursts(opts: &Options, client: &Client) -> Result<()> {
     println!(
         "{} cores, load average {}; each create is `POST /v1/sandboxes` then `ssh <id>@gateway \
          true` retried until it works, all from one address; the floor is `docker run --rm \
-         {UP_IMAGE} true` in the same run.\n",
+         {UP_IMAGE} true` in the same run. Waiting in the pool when each burst began: \
+         {pool_serial} and {pool_at_once}.\n",
         std::thread::available_parallelism().map_or(0, |c| c.get()),
         load_average()
     );
