@@ -4,110 +4,43 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
-use warren_tests::{ChildGuard, Client, Target, Tmux, scenarios, workspace_root};
+use warren_tests::stack::{Stack, Up, UpStack};
+use warren_tests::{Client, Target, Tmux, scenarios};
 
 fn free_port() -> u16 {
     warren_tests::util::free_port().unwrap()
 }
 
-/// A running `scripts/up`. Dropped, it deletes its sandboxes through the API
-/// (containers, disks and their loop devices, networks, firewall chains: a test
-/// leaves none behind on the runner host) unless `keep`, then stops (which
-/// drains the warm pool).
-struct Up {
-    child: ChildGuard,
-    base: String,
-    data: std::path::PathBuf,
-    keep: bool,
-}
-
-impl Up {
-    /// Never panics (it runs in `drop`, maybe while a test unwinds).
-    fn delete_sandboxes(&self) {
-        let Ok(key) = std::fs::read_to_string(self.data.join("admin-api-key")) else {
-            return;
-        };
-        let curl = |method: &str, path: &str| {
-            Command::new("curl")
-                .args(["-s", "-m", "120", "-X", method])
-                .args(["-H", &format!("Authorization: Bearer {}", key.trim())])
-                .arg(format!("{}{path}", self.base))
-                .output()
-                .map(|o| o.stdout)
-                .unwrap_or_default()
-        };
-        let list: serde_json::Value =
-            serde_json::from_slice(&curl("GET", "/v1/sandboxes?limit=500")).unwrap_or_default();
-        for sandbox in list["sandboxes"].as_array().into_iter().flatten() {
-            if let Some(id) = sandbox["id"].as_str()
-                && sandbox["state"] != "deleted"
-            {
-                curl("DELETE", &format!("/v1/sandboxes/{id}"));
-            }
-        }
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        if !self.keep {
-            self.delete_sandboxes();
-        }
-        // A stop drains the warm pool: give it the time it takes.
-        self.child.kill(Duration::from_secs(600));
-    }
-}
-
 /// Starts `scripts/up` and returns it with its stdout lines up to the ssh line.
-fn start(home: &Path, data: &Path, ports: &[u16; 3]) -> (Up, Vec<String>) {
+fn start(home: &Path, data: &Path, ports: &[u16; 3]) -> (UpStack, Vec<String>) {
     start_with(home, data, ports, &[])
 }
 
-/// [`start`] with more arguments for `warren up`.
-fn start_with(home: &Path, data: &Path, ports: &[u16; 3], extra: &[&str]) -> (Up, Vec<String>) {
-    let mut child = Command::new(workspace_root().join("scripts/up"))
-        .args(extra)
-        .args(["--ssh-listen", &format!("127.0.0.1:{}", ports[0])])
-        .args(["--http-listen", &format!("127.0.0.1:{}", ports[1])])
-        .args(["--runner-listen", &format!("127.0.0.1:{}", ports[2])])
-        .env("HOME", home)
-        .env("WARREN_DATA_DIR", data)
-        .env_remove("XDG_CONFIG_HOME")
-        .env_remove("XDG_DATA_HOME")
-        .stdout(Stdio::piped())
-        .process_group(0)
-        .spawn()
+/// [`start`] with more arguments for `warren up`. Dropped, it deletes its sandboxes
+/// through the API (a test leaves nothing behind on the runner host) unless
+/// `keep`, then stops (which drains the warm pool).
+fn start_with(
+    home: &Path,
+    data: &Path,
+    ports: &[u16; 3],
+    extra: &[&str],
+) -> (UpStack, Vec<String>) {
+    let up = Stack::builder()
+        .up(Up {
+            script: true,
+            process_backend: false,
+            home: home.to_owned(),
+            data: data.to_owned(),
+            ports: *ports,
+            args: extra.iter().map(|a| (*a).to_owned()).collect(),
+        })
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let up = Up {
-        child: ChildGuard::new(child),
-        base: format!("http://127.0.0.1:{}", ports[1]),
-        data: data.to_owned(),
-        keep: false,
-    };
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut lines = Vec::new();
-    // The first run builds release binaries and maybe the base image.
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(1200)) {
-        let done = line.starts_with("ssh ");
-        lines.push(line);
-        if done {
-            return (up, lines);
-        }
-    }
-    panic!("scripts/up printed no ssh line:\n{}", lines.join("\n"));
+    let lines = up.lines.clone();
+    (up, lines)
 }
 
 /// Runs the printed ssh line (with the test's key and no host key prompt) plus `command`.
@@ -166,7 +99,7 @@ fn the_first_readme_command_comes_up_and_its_ssh_line_works() {
     assert_eq!(mode & 0o777, 0o600, "admin-api-key must be 0600");
     let api_key = std::fs::read_to_string(&key_file).unwrap();
     assert!(api_key.starts_with("wk_"));
-    client_scenarios_take_the_in_process_path(&ssh_line, ports[0], &up.base, api_key.trim());
+    client_scenarios_take_the_in_process_path(&ssh_line, ports[0], &up.api.base, api_key.trim());
     drop(up);
 
     // Again, on the same data directory: the same sandbox, its files, the same key.

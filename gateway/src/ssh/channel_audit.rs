@@ -3,8 +3,8 @@
 //! counts when its output ends. A channel with a terminal is recorded if the
 //! policy says so ([`crate::recordings`]).
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use warren_store::{ChannelKind, NewSshChannel, SessionEnd, SshSessionId, Store, Timestamp};
 
@@ -36,6 +36,9 @@ pub struct ChannelAudit {
     row: OnceLock<(SshSessionId, u32)>,
     recorder: RecorderSlot,
     bytes_in: AtomicU64,
+    /// The row's write while the program starts ([`ChannelAudit::open_in_background`]):
+    /// [`ChannelAudit::finish`] waits for it, so the row it closes exists.
+    opening: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl ChannelAudit {
@@ -125,6 +128,30 @@ impl ChannelAudit {
         Ok(())
     }
 
+    /// [`ChannelAudit::start`] for a program without a terminal, which nothing can
+    /// refuse (there is no recording to make): its row is written while the program
+    /// starts instead of before, keeping a store write off every exec's path.
+    pub fn open_in_background(
+        self: &Arc<Self>,
+        door: Arc<FrontDoor>,
+        session: Option<SshSessionId>,
+        account: String,
+        seq: u32,
+        program: Program,
+        title: String,
+    ) {
+        let audit = self.clone();
+        let task = tokio::spawn(async move {
+            let started = audit
+                .start(&door, session.as_ref(), &account, seq, program, None, title)
+                .await;
+            debug_assert!(started.is_ok(), "only a terminal's recording refuses");
+        });
+        if let Ok(mut opening) = self.opening.lock() {
+            *opening = Some(task);
+        }
+    }
+
     /// The window changed.
     pub async fn resize(&self, cols: u32, rows: u32) {
         if let Some(recorder) = self.recorder.get() {
@@ -134,6 +161,10 @@ impl ChannelAudit {
 
     /// Closes the channel's row with what it moved and how it ended.
     pub async fn finish(&self, store: &Store, bytes_out: u64, exit: Exit) {
+        let opening = self.opening.lock().ok().and_then(|mut o| o.take());
+        if let Some(task) = opening {
+            let _ = task.await;
+        }
         let Some((session, seq)) = self.row.get() else {
             return;
         };

@@ -5,10 +5,11 @@
 //! cargo run --release -p warren-tests --bin bench-api [-- --clients 200 --seconds 10 --sandboxes 100 --creates 60 --create-concurrency 8]
 //! ```
 //!
-//! The gateway runs in this process (its own 2-thread runtime): the SQLite store in a
-//! temporary data directory, the runner hub, the API router served in plain HTTP and
-//! over TLS (a self-signed identity from `warren_keys::tls`) on 127.0.0.1, and the
-//! reconciler. One real `warren-runner run` (release, process backend) joins it.
+//! The gateway runs in this process (`warren_tests::stack`, its own 2-thread runtime):
+//! the SQLite store in a temporary data directory, the runner hub, the API router
+//! served in plain HTTP and over TLS (a self-signed identity from `warren_keys::tls`)
+//! on 127.0.0.1, and the reconciler. One real `warren-runner run` (release, process
+//! backend) joins it.
 //! The store is seeded with `--sandboxes` running sandboxes (rows only, no runner)
 //! owned by one user, so reads have data.
 //!
@@ -21,20 +22,20 @@
 //! (stdout) with p50/p99 latency and throughput; progress goes to stderr. The issue's
 //! target: p99 under 50 ms for reads on SQLite.
 
-use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use warren_gateway::api;
-use warren_gateway::server::{self, Listen};
-use warren_gateway::tunnel::{DEFAULT_RUNNER_CAPACITY, RunnerHub};
+use warren_gateway::tunnel::DEFAULT_RUNNER_CAPACITY;
 use warren_keys::SandboxId;
-use warren_store::{NewSandbox, SandboxState, Store};
-use warren_tests::stack::join_runner;
-use warren_tests::{ChildGuard, Profile, build_bin};
+use warren_store::{NewSandbox, SandboxState};
+use warren_tests::stack::{Api, Stack};
+use warren_tests::util;
+
+/// How often the API's reconciler asks the runner for its sandboxes (as `serve`).
+const RECONCILE_EVERY: Duration = Duration::from_secs(10);
 
 struct Options {
     clients: usize,
@@ -83,112 +84,69 @@ impl Options {
     }
 }
 
-/// The in-process gateway: what the clients need to reach it.
+/// The gateway's API as the clients reach it.
 struct Gateway {
     http: String,
     https: String,
     cert_pem: Vec<u8>,
     api_key: String,
     seeded: Vec<SandboxId>,
-    store: Store,
-    hub: Arc<RunnerHub>,
 }
 
-async fn start_gateway(dir: &Path, sandboxes: usize) -> Result<Gateway> {
-    let store = Store::open_in_data_dir(dir).await?;
-    let listen = Listen::loopback();
-    // As `warren-gateway serve` runs it (the reconciler asks the runner for `List`
-    // every 10 s), serving plain HTTP; the same API over TLS on a second listener.
-    let gateway =
-        server::Gateway::bind_with(store.clone(), dir, listen, server::Options::default()).await?;
-    let http = format!("http://{}", gateway.http_addr);
-    let hub = gateway.hub.clone();
-    let router = api::router(gateway.api.clone());
-    let identity = warren_keys::tls::load_or_generate_tls_identity(dir, &[])?;
-    let cert_pem = std::fs::read(identity.cert_path())?;
-    let tls = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let https = format!("https://{}", tls.local_addr()?);
-    tokio::spawn(api::tls::serve_tls(tls, router, identity));
-    tokio::spawn(gateway.serve(std::future::pending()));
+/// The API of `stack`'s gateway in plain HTTP (`api`), and the same router over TLS
+/// on a second listener; `sandboxes` running sandboxes seeded in the store (rows
+/// only, owned by one user, so reads have data).
+fn serve_api(stack: &Stack, api: &Api, sandboxes: usize) -> Result<Gateway> {
+    let dir = stack.data_dir();
+    let store = stack.store.clone();
+    let state = api.state.clone();
+    let http = api.base.clone();
+    stack.rt.block_on(async move {
+        let identity = warren_keys::tls::load_or_generate_tls_identity(&dir, &[])?;
+        let cert_pem = std::fs::read(identity.cert_path())?;
+        let tls = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let https = format!("https://{}", tls.local_addr()?);
+        tokio::spawn(api::tls::serve_tls(tls, api::router(state), identity));
 
-    let user = store.create_user("bench", false).await?;
-    let api_key = store
-        .create_api_key(&user.id, "bench")
-        .await?
-        .secret
-        .expose()
-        .to_owned();
-    let mut seeded = Vec::with_capacity(sandboxes);
-    for _ in 0..sandboxes {
-        let id = SandboxId::generate();
-        store
-            .create_sandbox(&NewSandbox {
-                id: id.clone(),
-                owner_id: user.id.clone(),
-                runner_id: None,
-                image: "default".into(),
-                repo: Some("https://github.com/example/repo.git".into()),
-                branch: Some("main".into()),
-                forward_agent: false,
-                cpus: 1.0,
-                memory_mb: 512,
-                idle_timeout_s: Some(3600),
-                ttl_s: None,
-                disk_mb: None,
-            })
-            .await?;
-        store
-            .set_sandbox_state(&id, SandboxState::Running, "seeded by bench-api")
-            .await?;
-        seeded.push(id);
-    }
-    Ok(Gateway {
-        http,
-        https,
-        cert_pem,
-        api_key,
-        seeded,
-        store,
-        hub,
-    })
-}
-
-/// Joins a process-backend `warren-runner` (release) and starts it; its process
-/// group (agents and all) is killed when the guard is dropped.
-fn start_runner(rt: &tokio::runtime::Runtime, gw: &Gateway, dir: &Path) -> Result<ChildGuard> {
-    let runner_bin = build_bin("warren-runner", "warren-runner", Profile::Release)?;
-    let agent_bin = build_bin("warren-agent", "warren-agent", Profile::Release)?;
-    let data = dir.join("runner");
-    let token = rt.block_on(gw.store.create_join_token(Duration::from_secs(600)))?;
-    let id = join_runner(
-        &runner_bin,
-        &gw.hub.local_addr().to_string(),
-        token.secret.expose(),
-        gw.hub.fingerprint(),
-        "bench",
-        &data,
-    )?;
-    let log = std::fs::File::create(dir.join("runner.log"))?;
-    let mut runner = ChildGuard::spawn(
-        std::process::Command::new(&runner_bin)
-            .args(["run", "--backend", "process", "--data-dir"])
-            .arg(&data)
-            .arg("--agent-bin")
-            .arg(&agent_bin)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log),
-    )?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !gw.hub.is_online(&id) {
-        if let Some(status) = runner.try_wait() {
-            let log = std::fs::read_to_string(dir.join("runner.log")).unwrap_or_default();
-            bail!("the runner exited ({status}):\n{log}");
+        let user = store.create_user("bench", false).await?;
+        let api_key = store
+            .create_api_key(&user.id, "bench")
+            .await?
+            .secret
+            .expose()
+            .to_owned();
+        let mut seeded = Vec::with_capacity(sandboxes);
+        for _ in 0..sandboxes {
+            let id = SandboxId::generate();
+            store
+                .create_sandbox(&NewSandbox {
+                    id: id.clone(),
+                    owner_id: user.id.clone(),
+                    runner_id: None,
+                    image: "default".into(),
+                    repo: Some("https://github.com/example/repo.git".into()),
+                    branch: Some("main".into()),
+                    forward_agent: false,
+                    cpus: 1.0,
+                    memory_mb: 512,
+                    idle_timeout_s: Some(3600),
+                    ttl_s: None,
+                    disk_mb: None,
+                })
+                .await?;
+            store
+                .set_sandbox_state(&id, SandboxState::Running, "seeded by bench-api")
+                .await?;
+            seeded.push(id);
         }
-        ensure!(Instant::now() < deadline, "the runner never came online");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(runner)
+        anyhow::Ok(Gateway {
+            http,
+            https,
+            cert_pem,
+            api_key,
+            seeded,
+        })
+    })
 }
 
 /// What one measurement gave.
@@ -433,39 +391,21 @@ async fn delete_wave(
     Ok(deleted)
 }
 
-fn raise_nofile() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
 fn main() -> Result<()> {
     let opts = Options::parse()?;
-    raise_nofile();
-    eprintln!("building warren-runner and warren-agent (release)…");
-    build_bin("warren-runner", "warren-runner", Profile::Release)?;
-    build_bin("warren-agent", "warren-agent", Profile::Release)?;
-    let dir = tempfile::TempDir::new()?;
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("gateway")
-        .enable_all()
-        .build()?;
+    util::raise_nofile()?;
     eprintln!(
         "starting the gateway (SQLite, {} seeded sandboxes)…",
         opts.sandboxes
     );
-    let gw = server_rt.block_on(start_gateway(dir.path(), opts.sandboxes))?;
-    eprintln!("joining a runner (process backend)…");
-    let runner = start_runner(&server_rt, &gw, dir.path())?;
+    // The gateway in-process (its own 2-thread runtime), its API beside it with the
+    // reconciler asking the runner for `List` every 10 s, as `warren-gateway serve`
+    // runs it.
+    let stack = Stack::builder().release().start()?;
+    let api = stack.api(RECONCILE_EVERY)?;
+    let gw = serve_api(&stack, &api, opts.sandboxes)?;
+    eprintln!("joining a runner (process backend, release)…");
+    let runner = stack.runner("bench")?;
 
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

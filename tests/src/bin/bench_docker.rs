@@ -1,7 +1,9 @@
 //! bench-docker: how fast a Docker sandbox is ready, and what idle sandboxes cost.
 //!
 //! One gateway (in-process: store, runner hub, SSH front door), one `warren-runner
-//! run --backend docker` (release) with the static agent, the real `ssh` client.
+//! run --backend docker` (release) with the static agent, both from
+//! `warren_tests::stack` (`Stack::builder().release().docker(…)`), the real `ssh`
+//! client.
 //! Prints, all measured in the same run:
 //! - the baseline: `docker run --rm IMAGE true`, p50 and p95 over N runs;
 //! - cold: create → first successful `ssh <id>@gateway true`, p50 and p95 over N
@@ -17,29 +19,26 @@
 //! Creates ask for the gateway's default limits (1 CPU, 1024 MiB), as the API does.
 //!
 //! `cargo run --release -p warren-tests --bin bench-docker [-- --creates 20 --idle 50
-//! --pool 2 --image warren-busybox:latest --runner-log warn,warren_runner=debug]` (as
-//! root, with a Docker engine; `--runner-log` prints the runner's log at the end,
-//! where `made` lines say where each create's time went).
+//! --pool 2 --image warren-busybox:latest --runner-log]` (as root, with a Docker
+//! engine; `--runner-log` prints the runner's log at the end, where the Docker
+//! backend's `made` debug lines say where each create's time went).
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use warren_gateway::server::{self, Gateway, Listen};
 use warren_keys::SandboxId;
-use warren_runner::protocol::{Request, Response, SandboxSpec};
-use warren_store::{NewSandbox, SandboxState, Store};
+use warren_runner::protocol::{Request, SandboxSpec};
+use warren_tests::Cmd;
+use warren_tests::stack::{DockerStack, Stack, docker_run_floor};
 use warren_tests::util::{self, container_memory_kib, wait_until};
-use warren_tests::{Client, Cmd, Profile, Target, build_bin};
-
-const FOREVER: Duration = Duration::from_secs(24 * 3600);
 
 struct Options {
     creates: usize,
     idle: usize,
     pool: usize,
     image: String,
-    /// `RUST_LOG` for the runner; its log is printed at the end when given.
-    runner_log: Option<String>,
+    /// Print the runner's log at the end.
+    runner_log: bool,
 }
 
 fn options() -> Result<Options> {
@@ -48,7 +47,7 @@ fn options() -> Result<Options> {
         idle: 50,
         pool: 2,
         image: "warren-busybox:latest".into(),
-        runner_log: None,
+        runner_log: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -58,7 +57,7 @@ fn options() -> Result<Options> {
             "--idle" => o.idle = value()?.parse()?,
             "--pool" => o.pool = value()?.parse::<usize>()?.max(1),
             "--image" => o.image = value()?,
-            "--runner-log" => o.runner_log = Some(value()?),
+            "--runner-log" => o.runner_log = true,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -68,22 +67,6 @@ fn options() -> Result<Options> {
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
-}
-
-/// `docker run --rm IMAGE true`, timed `n` times: the floor a cold create is held to.
-fn docker_run_baseline(image: &str, n: usize) -> Result<Vec<Duration>> {
-    let mut times = Vec::new();
-    for _ in 0..n {
-        let started = Instant::now();
-        Cmd::new("docker")
-            .args(["run", "--rm", image, "true"])
-            .timeout(Duration::from_secs(60))
-            .run()?
-            .success()?;
-        times.push(started.elapsed());
-    }
-    times.sort();
-    Ok(times)
 }
 
 /// The runner's default number of spare networks (`--spare-networks`).
@@ -107,254 +90,102 @@ fn ready_spares(runner: &str, run_dir: &std::path::Path) -> usize {
         .count()
 }
 
-/// The runner's pool members waiting to be claimed: containers still named after
-/// their slot whose agent has set up its user (`<run dir>/<slot>/user`).
-fn waiting_members(runner: &str, run_dir: &std::path::Path) -> usize {
-    let Ok(out) = Cmd::new("docker")
-        .args([
-            "ps",
-            "--filter",
-            &format!("label=org.warren.runner={runner}"),
-        ])
-        .args(["--filter", "label=org.warren.pool", "--format"])
-        .arg("{{.Names}} {{.Label \"org.warren.sandbox\"}}")
-        .run()
-    else {
-        return 0;
-    };
-    out.stdout_str()
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .filter(|(name, slot)| {
-            *name == format!("warren-{slot}") && run_dir.join(slot).join("user").is_file()
-        })
-        .count()
-}
-
 fn main() -> Result<()> {
     let opts = options()?;
     ensure!(
         util::running_as_root(),
         "bench-docker needs root (the docker backend does)"
     );
-    eprintln!("building the runner (release) and the static agent…");
-    let runner_bin = build_bin("warren-runner", "warren-runner", Profile::Release)?;
-    let agent = warren_tests::stack::docker_agent_and_image(&opts.image)?;
-
-    let work = tempfile::TempDir::new()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let client = Client::new(Target::new("127.0.0.1", 1, "x"))?;
-    let key = russh::keys::PublicKey::from_openssh(client.public_key().trim())?;
-    let (store, hub, verifier, user, ssh_port) = rt.block_on(async {
-        let data = work.path().join("gateway");
-        std::fs::create_dir(&data)?;
-        let store = Store::open_in_data_dir(&data).await?;
-        let listen = Listen::loopback();
-        // The bench makes sandboxes through the tunnel itself: no reconciler.
-        let options = server::Options {
-            reconcile_every: None,
-            ..server::Options::default()
-        };
-        let gateway = Gateway::bind_with(store.clone(), &data, listen, options).await?;
-        let verifier = gateway.signer.verifier().to_base64();
-        let hub = gateway.hub.clone();
-        let port = gateway.ssh_addr.port();
-        tokio::spawn(gateway.serve(std::future::pending()));
-        let user = store.create_user("bench", false).await?;
-        store.add_ssh_key(&user.id, "bench", &key).await?;
-        anyhow::Ok((store, hub, verifier, user, port))
-    })?;
-    let token = rt.block_on(store.create_join_token(Duration::from_secs(600)))?;
-    let runner_data = work.path().join("runner");
-    Cmd::new(&runner_bin)
-        .args([
-            "join",
-            "--gateway",
-            &hub.local_addr().to_string(),
-            "--token",
-        ])
-        .arg(token.secret.expose())
-        .args(["--fingerprint", hub.fingerprint(), "--name", "bench"])
-        .arg("--data-dir")
-        .arg(&runner_data)
-        .run()?
-        .success()?;
-    let start_runner = |pool: Option<String>, spares: usize| {
-        let mut cmd = Cmd::new(&runner_bin)
-            .args(["run", "--backend", "docker", "--data-dir"])
-            .arg(&runner_data)
-            .arg("--agent-bin")
-            .arg(&agent)
-            .env("RUST_LOG", opts.runner_log.as_deref().unwrap_or("warn"))
-            .timeout(FOREVER);
-        if let Some(pool) = pool {
-            cmd = cmd.args(["--pool", &pool]);
-        }
-        cmd = cmd.args(["--spare-networks", &spares.to_string()]);
-        cmd.spawn()
+    eprintln!("building the runner (release), the static agent and the image…");
+    warren_tests::stack::docker_agent_and_image(&opts.image)?;
+    // The gateway in-process and one Docker runner (release), no pool and no
+    // networks made ahead; the bench makes sandboxes through the tunnel itself.
+    let mut stack = Stack::builder()
+        .release()
+        .docker(&["--spare-networks", "0"])?
+        .context("bench-docker needs a Docker engine")?;
+    let run_dir = stack.runner.listen_dir().to_owned();
+    let runner_id = stack.runner.id.clone();
+    let spec = SandboxSpec {
+        image: Some(opts.image.clone()),
+        millicpus: Some(1000),
+        memory_mb: Some(1024),
+        ..SandboxSpec::default()
     };
-    let mut runner = start_runner(None, 0)?;
-    let runner_id = rt
-        .block_on(store.list_runners())?
-        .into_iter()
-        .find(|r| r.name == "bench")
-        .context("the runner did not join")?
-        .id;
-    ensure!(
-        wait_until(Duration::from_secs(60), || hub.is_online(&runner_id)),
-        "the runner never came online:\n{}",
-        runner.stderr().contents_str()
-    );
-
     let mut made = Vec::new();
-    let create = |id: &SandboxId| -> Result<()> {
-        rt.block_on(async {
-            store
-                .create_sandbox(&NewSandbox {
-                    id: id.clone(),
-                    owner_id: user.id.clone(),
-                    runner_id: Some(runner_id.clone()),
-                    image: opts.image.clone(),
-                    repo: None,
-                    branch: None,
-                    forward_agent: false,
-                    cpus: 1.0,
-                    memory_mb: 512,
-                    idle_timeout_s: None,
-                    ttl_s: None,
-                    disk_mb: None,
-                })
-                .await?;
-            let spec = SandboxSpec {
-                image: Some(opts.image.clone()),
-                millicpus: Some(1000),
-                memory_mb: Some(1024),
-                ..SandboxSpec::default()
-            };
-            let out = hub
-                .control(
-                    &runner_id,
-                    &Request::Create {
-                        sandbox: id.clone(),
-                        token_key: verifier.clone(),
-                        authorized_keys: vec![],
-                        spec,
-                    },
-                )
-                .await?;
-            ensure!(out == Response::Ok, "create: {out:?}");
-            store
-                .set_sandbox_state(id, SandboxState::Running, "bench")
-                .await?;
-            anyhow::Ok(())
-        })
-    };
-
-    let delete = |id: &SandboxId| {
-        let _ = rt.block_on(hub.control(
-            &runner_id,
-            &Request::Delete {
-                sandbox: id.clone(),
-            },
-        ));
+    let delete = |stack: &DockerStack, id: &SandboxId| {
+        let _ = stack.control(Request::Delete {
+            sandbox: id.clone(),
+        });
     };
     // Create → first `ssh true`, one sandbox at a time; also how long the create
     // request alone took.
-    let create_and_login = |made: &mut Vec<SandboxId>| -> Result<(Duration, Duration)> {
-        let id = SandboxId::generate();
-        let c = client
-            .clone()
-            .with_target(Target::new("127.0.0.1", ssh_port, id.as_str()));
-        let started = Instant::now();
-        create(&id)?;
-        let created = started.elapsed();
-        made.push(id);
-        loop {
-            let out = c.exec("true").timeout(Duration::from_secs(20)).run()?;
-            if out.status.success() {
-                break;
+    let create_and_login =
+        |stack: &DockerStack, made: &mut Vec<SandboxId>| -> Result<(Duration, Duration)> {
+            let started = Instant::now();
+            let (id, c) = stack.sandbox(spec.clone())?;
+            let created = started.elapsed();
+            made.push(id);
+            loop {
+                let out = c.exec("true").timeout(Duration::from_secs(20)).run()?;
+                if out.status.success() {
+                    break;
+                }
+                ensure!(started.elapsed() < Duration::from_secs(60), "no ssh: {out}");
             }
-            ensure!(started.elapsed() < Duration::from_secs(60), "no ssh: {out}");
-        }
-        Ok((created, started.elapsed()))
-    };
-    let run_dir = runner_data.join("sandboxes");
+            Ok((created, started.elapsed()))
+        };
 
     let result = (|| -> Result<()> {
-        let baseline = docker_run_baseline(&opts.image, opts.creates)?;
+        let baseline = docker_run_floor(&opts.image, opts.creates)?;
         let mut cold = Vec::new();
         let mut cold_requests = Vec::new();
         for _ in 0..opts.creates {
-            let (request, login) = create_and_login(&mut made)?;
+            let (request, login) = create_and_login(&stack, &mut made)?;
             cold_requests.push(request);
             cold.push(login);
         }
         cold.sort();
         cold_requests.sort();
-        let cold_log = runner.stderr().contents_str();
+        let cold_log = stack.runner_log();
         // Removes what `made` holds and starts the runner again with other flags.
-        let restart = |runner: &mut warren_tests::Running,
-                       made: &mut Vec<SandboxId>,
-                       pool: Option<String>,
-                       spares: usize|
-         -> Result<()> {
+        let restart = |stack: &mut DockerStack, made: &mut Vec<SandboxId>, extra: &[&str]| {
             for id in made.drain(..) {
-                delete(&id);
+                delete(stack, &id);
             }
-            Cmd::new("kill")
-                .args(["-9", &runner.pid().to_string()])
-                .run()?;
-            ensure!(
-                wait_until(Duration::from_secs(30), || !hub.is_online(&runner_id)),
-                "the runner stayed online"
-            );
-            *runner = start_runner(pool, spares)?;
-            Ok(())
+            stack.restart_runner_with(extra)
         };
         // The same cold creates with networks made ahead (the runner's default).
-        restart(&mut runner, &mut made, None, SPARES)?;
+        restart(&mut stack, &mut made, &[])?;
         let mut spared = Vec::new();
         for _ in 0..opts.creates {
             ensure!(
-                wait_until(Duration::from_secs(60), || hub.is_online(&runner_id)
-                    && ready_spares(runner_id.as_str(), &run_dir) == SPARES),
+                wait_until(Duration::from_secs(60), || {
+                    ready_spares(runner_id.as_str(), &run_dir) == SPARES
+                }),
                 "the spare networks were not made:\n{}",
-                runner.stderr().contents_str()
+                stack.runner_log()
             );
-            spared.push(create_and_login(&mut made)?.1);
+            spared.push(create_and_login(&stack, &mut made)?.1);
         }
         spared.sort();
-        let spare_log = runner.stderr().contents_str();
+        let spare_log = stack.runner_log().split_off(cold_log.len());
         // The same creates from a warm pool: the runner again, with one.
-        restart(
-            &mut runner,
-            &mut made,
-            Some(format!("{}={}", opts.image, opts.pool)),
-            SPARES,
-        )?;
+        let pool = format!("{}={}", opts.image, opts.pool);
+        restart(&mut stack, &mut made, &["--pool", &pool])?;
         let mut warm = Vec::new();
-        for _ in 0..opts.creates {
-            ensure!(
-                wait_until(Duration::from_secs(120), || hub.is_online(&runner_id)
-                    && waiting_members(runner_id.as_str(), &run_dir) == opts.pool),
-                "the pool did not fill:\n{}",
-                runner.stderr().contents_str()
-            );
-            warm.push(create_and_login(&mut made)?.1);
+        for i in 0..opts.creates {
+            stack.wait_for_pool(opts.pool, &format!("before warm create {i}"))?;
+            warm.push(create_and_login(&stack, &mut made)?.1);
         }
         warm.sort();
         let latencies = &cold;
         // Up to M idle sandboxes in all.
         while made.len() < opts.idle {
-            let id = SandboxId::generate();
-            create(&id)?;
-            made.push(id);
+            made.push(stack.sandbox(spec.clone())?.0);
         }
         std::thread::sleep(Duration::from_secs(5));
-        let runner_rss = util::rss_kib(runner.pid()).unwrap_or(0);
+        let runner_rss = util::rss_kib(stack.runner.pid()).unwrap_or(0);
         let mut usages = Vec::new();
         let mut anons = Vec::new();
         for id in &made {
@@ -431,7 +262,7 @@ fn main() -> Result<()> {
             made.len(),
             runner_rss as f64 / 1024.0
         );
-        if opts.runner_log.is_some() {
+        if opts.runner_log {
             println!("\n## the runner's log, cold creates\n\n{cold_log}");
             println!("\n## the runner's log, cold creates on spares\n\n{spare_log}");
         }
@@ -440,13 +271,9 @@ fn main() -> Result<()> {
 
     eprintln!("removing {} sandboxes…", made.len());
     for id in &made {
-        delete(id);
+        delete(&stack, id);
     }
-    // A clean stop removes the pool's members.
-    let _ = Cmd::new("kill").arg(runner.pid().to_string()).run();
-    wait_until(Duration::from_secs(30), || {
-        waiting_members(runner_id.as_str(), &run_dir) == 0
-    });
-    drop(runner);
+    // The stack removes the rest (the pool's members) when dropped.
+    drop(stack);
     result
 }

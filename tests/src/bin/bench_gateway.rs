@@ -1,6 +1,6 @@
-//! bench-gateway: OpenSSH's sshd and a sandbox agent through the gateway's front door
-//! and a runner's reverse tunnel, side by side in one run (and, with `--with-agent`,
-//! the agent direct).
+//! bench-gateway: OpenSSH's sshd, a sandbox agent through the gateway's front door
+//! and a runner's reverse tunnel, and one through `warren up`'s in-process path,
+//! side by side in one run (and, with `--with-agent`, the agent direct).
 //!
 //! ```text
 //! cargo run --release -p warren-tests --bin bench-gateway [-- --size-mib 1024 --sessions 1000 --runs 20]
@@ -9,7 +9,9 @@
 //! The gateway path is the real thing, as separate processes (`warren_tests::stack`):
 //! `warren-gateway serve` (release), one `warren-runner run` (release, process backend)
 //! joined to it, and the sandbox agent that runner started. So the gateway's memory is
-//! that process's own.
+//! that process's own. The one-machine path is `warren up --process-backend` (release):
+//! the gateway and the runner in one process, the gateway opening the local agent's
+//! socket in process (no tunnel); its sandbox is made through its API.
 //!
 //! Like with like: every client uses aes256-gcm and curve25519-sha256, and sshd logs in
 //! a dedicated user with empty rc files. Measures with the real OpenSSH clients: scp
@@ -28,7 +30,7 @@ use warren_tests::bench::{
     throughput_rows,
 };
 use warren_tests::bench_persistent::{self, DETACHED_SESSIONS};
-use warren_tests::stack::{Backend, GatewayStack, StackOptions};
+use warren_tests::stack::{Backend, Stack, StackOptions, Up, home_for};
 use warren_tests::util;
 use warren_tests::{Agent, CLEAN_USER, Profile, Sshd, build_bin};
 
@@ -97,13 +99,15 @@ impl Options {
 
 /// The runner and the agents it started (not the sessions' own processes).
 fn runner_rss_kib(runner: u32) -> u64 {
-    let agents = util::descendants(runner)
+    util::rss_kib(runner).unwrap_or(0) + agents_rss_kib(runner)
+}
+
+/// The agents `parent` started (not the sessions' own processes).
+fn agents_rss_kib(parent: u32) -> u64 {
+    util::descendants(parent)
         .into_iter()
         .filter(|(_, comm)| comm.starts_with("warren-"))
-        .map(|(pid, _)| pid);
-    std::iter::once(runner)
-        .chain(agents)
-        .map(|pid| util::rss_kib(pid).unwrap_or(0))
+        .map(|(pid, _)| util::rss_kib(pid).unwrap_or(0))
         .sum()
 }
 
@@ -133,7 +137,7 @@ fn main() -> Result<()> {
         .start()?;
     let agent_client = bench_client(agent.client()?);
     eprintln!("starting the gateway stack…");
-    let stack = GatewayStack::start(
+    let stack = Stack::builder().processes(
         load.work.path(),
         &agent_client,
         StackOptions {
@@ -145,8 +149,22 @@ fn main() -> Result<()> {
     )?;
     let gateway_client = stack.client(&agent_client, 0);
     let (gateway_pid, runner_pid) = (stack.gateway.pid(), stack.runner.pid());
+    eprintln!("starting `warren up --process-backend`…");
+    let up_home = home_for(&agent_client)?;
+    let up_data = tempfile::TempDir::new()?;
+    let up = Stack::builder().up(Up {
+        process_backend: true,
+        ..Up::new(up_home.path(), up_data.path())?
+    })?;
+    let up_sandbox = up.create(&serde_json::json!({}))?;
+    let up_client = up.client(&agent_client, &up_sandbox);
+    let up_pid = up.pid();
 
-    let mut contenders = vec![("sshd", sshd_client), ("gateway", gateway_client)];
+    let mut contenders = vec![
+        ("sshd", sshd_client),
+        ("gateway", gateway_client),
+        ("warren up", up_client),
+    ];
     if opts.with_agent {
         contenders.push(("warren-agent", agent_client));
     }
@@ -155,6 +173,10 @@ fn main() -> Result<()> {
         let memory: Box<dyn Fn() -> Memory> = match name {
             "sshd" => Box::new(|| memory_of(&sshd.server_pids())),
             "warren-agent" => Box::new(|| memory_of(&[agent.pid()])),
+            "warren up" => Box::new(move || Memory {
+                backend_rss_kib: agents_rss_kib(up_pid),
+                ..memory_of(&[up_pid])
+            }),
             _ => Box::new(move || Memory {
                 backend_rss_kib: runner_rss_kib(runner_pid),
                 ..memory_of(&[gateway_pid])
@@ -165,6 +187,11 @@ fn main() -> Result<()> {
         let cpu = match name {
             "sshd" => cpu_group(name, &[sshd.pid()]),
             "warren-agent" => cpu_group(name, &[agent.pid()]),
+            "warren up" => {
+                let mut pids = vec![up_pid];
+                pids.extend(util::descendants(up_pid).into_iter().map(|(pid, _)| pid));
+                cpu_group(name, &pids)
+            }
             _ => {
                 let mut pids = vec![gateway_pid, runner_pid];
                 pids.extend(
@@ -195,6 +222,7 @@ fn main() -> Result<()> {
         print_persistent(&servers[1], scores[1].key_p50_ms);
     }
     drop(servers);
+    drop(up);
     drop(stack);
     Ok(())
 }
@@ -231,75 +259,80 @@ const MEMORY_TARGET_MIB: f64 = 100.0;
 const MEMORY_TARGET_SESSIONS: usize = 1000;
 
 fn print_table(opts: &Options, scores: &[Scores]) {
-    let (sshd, gw, agent) = (&scores[0], &scores[1], scores.get(2));
+    let (sshd, gw) = (&scores[0], &scores[1]);
+    // Columns beside the gateway's, each with its ratio to sshd: `warren up`'s
+    // in-process path, and the agent direct with `--with-agent`.
+    let extras: Vec<(&str, &Scores)> = ["via `warren up` (in process)", "warren-agent direct"]
+        .into_iter()
+        .zip(&scores[2..])
+        .collect();
     println!(
         "{} Gateway path: `warren-gateway serve` → runner tunnel → `warren-runner` → \
-         sandbox agent (all release builds). sshd logs in `{CLEAN_USER}` (bash, empty rc \
-         files); the sandbox agent runs bash without rc files.\n",
+         sandbox agent (all release builds); `warren up`: the gateway and the runner in one \
+         process, the agent's socket opened in process (`--process-backend`). sshd logs in \
+         `{CLEAN_USER}` (bash, empty rc files); the sandbox agents run bash without rc files.\n",
         conditions(&opts.dir)
     );
-    let agent_head = if agent.is_some() {
-        " warren-agent direct | agent ÷ sshd |"
-    } else {
-        ""
-    };
+    let extra_head: String = extras
+        .iter()
+        .map(|(name, _)| format!(" {name} | ÷ sshd |"))
+        .collect();
     println!(
-        "| Measure | OpenSSH sshd | via gateway + runner | gateway ÷ sshd | target |{agent_head}"
+        "| Measure | OpenSSH sshd | via gateway + runner | gateway ÷ sshd | target |{extra_head}"
     );
-    let agent_rule = if agent.is_some() { "---:|---:|" } else { "" };
-    println!("|---|---:|---:|---:|---|{agent_rule}");
+    println!(
+        "|---|---:|---:|---:|---|{}",
+        "---:|---:|".repeat(extras.len())
+    );
     let verdict = |met: Option<bool>| match met {
         Some(true) => "✅",
         Some(false) => "❌",
         None => "?",
     };
     let known = |v: f64| v.is_finite().then_some(v);
-    let row =
-        |name: String, s: f64, g: f64, a: f64, unit: &str, decimals: usize, target: String| {
-            let agent_cells = if agent.is_some() {
-                format!(" {} | {} |", cell(a, unit, decimals), ratio(s, a))
-            } else {
-                String::new()
-            };
-            println!(
-                "| {name} | {} | {} | {} | {target} |{agent_cells}",
-                cell(s, unit, decimals),
-                cell(g, unit, decimals),
-                ratio(s, g),
-            );
-        };
-    let pick_agent = |pick: &dyn Fn(&Scores) -> f64| agent.map_or(f64::NAN, pick);
+    let row = |name: String,
+               pick: &dyn Fn(&Scores) -> f64,
+               unit: &str,
+               decimals: usize,
+               target: String| {
+        let (s, g) = (pick(sshd), pick(gw));
+        let extra_cells: String = extras
+            .iter()
+            .map(|(_, e)| {
+                format!(
+                    " {} | {} |",
+                    cell(pick(e), unit, decimals),
+                    ratio(s, pick(e))
+                )
+            })
+            .collect();
+        println!(
+            "| {name} | {} | {} | {} | {target} |{extra_cells}",
+            cell(s, unit, decimals),
+            cell(g, unit, decimals),
+            ratio(s, g),
+        );
+    };
     for (label, pick) in throughput_rows(opts.size_mib) {
         let (s, g) = (pick(sshd), pick(gw));
         let met = known(s)
             .zip(known(g))
             .map(|(s, g)| g >= THROUGHPUT_TARGET * s);
         let target = format!("≥ {THROUGHPUT_TARGET:.2} × sshd {}", verdict(met));
-        row(label, s, g, pick_agent(&pick), "MiB/s", 0, target);
+        row(label, &pick, "MiB/s", 0, target);
     }
     for (label, unit, decimals, pick) in cost_rows() {
-        let (s, g, a) = (pick(sshd), pick(gw), pick_agent(&pick));
-        row(label.into(), s, g, a, unit, decimals, String::new());
+        row(label.into(), &pick, unit, decimals, String::new());
     }
     for (label, pick) in connect_rows(opts.runs) {
-        row(
-            label,
-            pick(sshd),
-            pick(gw),
-            pick_agent(&pick),
-            "ms",
-            1,
-            String::new(),
-        );
+        row(label, &pick, "ms", 1, String::new());
     }
     let added = known(sshd.key_p50_ms)
         .zip(known(gw.key_p50_ms))
         .map_or("n/a".to_owned(), |(s, g)| format!("{:+.2} ms", g - s));
     row(
         keystroke_row(),
-        sshd.key_p50_ms,
-        gw.key_p50_ms,
-        pick_agent(&|s: &Scores| s.key_p50_ms),
+        &|s: &Scores| s.key_p50_ms,
         "ms",
         2,
         format!("added by the gateway: {added}"),
@@ -316,21 +349,17 @@ fn print_table(opts: &Options, scores: &[Scores]) {
         } else {
             String::new()
         };
-        row(
-            label,
-            mib(pick(sshd)),
-            mib(pick(gw)),
-            agent.map_or(f64::NAN, |a| mib(pick(a))),
-            "MiB",
-            1,
-            target,
-        );
+        row(label, &|s: &Scores| mib(pick(s)), "MiB", 1, target);
     }
     row(
         format!("runner + sandbox agent RSS, {n} idle sessions"),
-        f64::NAN,
-        mib(gw.many.map(|m| m.backend_rss_kib)),
-        f64::NAN,
+        &|s: &Scores| {
+            if std::ptr::eq(s, sshd) {
+                f64::NAN
+            } else {
+                mib(s.many.map(|m| m.backend_rss_kib))
+            }
+        },
         "MiB",
         1,
         "(behind the gateway; not in its row)".to_owned(),
@@ -338,7 +367,8 @@ fn print_table(opts: &Options, scores: &[Scores]) {
     println!(
         "\nsshd's memory is the sum over the listener and its per-connection processes \
          (not the sessions' own `sleep`); the gateway column's is the `warren-gateway` \
-         process alone (the runner and the sandbox agent behind it are the last row). PSS \
-         splits shared pages among the processes that map them."
+         process alone (the runner and the sandbox agent behind it are the last row), \
+         `warren up`'s its one process (gateway and runner; its agent is the last row). \
+         PSS splits shared pages among the processes that map them."
     );
 }

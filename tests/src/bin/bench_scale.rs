@@ -1,30 +1,48 @@
-//! bench-scale: many sandboxes on one runner, all logged in to at once.
+//! bench-scale: many sandboxes on one runner, all logged in to at once; and bursts
+//! of creates and logins from one client host through `warren up`.
 //!
 //! ```text
-//! cargo run --release -p warren-tests --bin bench-scale [-- --sandboxes 100 --memory-mb 64 --rounds 3]
+//! cargo run --release -p warren-tests --bin bench-scale [-- --sandboxes 100 --memory-mb 64 --rounds 3
+//!     --burst-creates 12 --burst-concurrent 16 (--scale-only | --bursts-only)]
 //! ```
 //!
 //! The real processes (`warren_tests::stack`): `warren-gateway serve`, one `warren-runner
 //! run --backend docker` with the static agent, and `--sandboxes` containers from the
 //! busybox image (`--memory-mb` each, the default network policy unless `--network
 //! none`). Then, `--rounds` times, one `ssh <id>@gateway true` per sandbox, all started
-//! at once; every one must succeed. Each client binds its own loopback source address
-//! (127.0.1.x, a few per address), as users behind different addresses would: the
-//! front door admits at most 10 unauthenticated connections per address.
+//! at once; every one must succeed. In one round all clients come from one address
+//! (127.0.0.1), as a client host or a NAT would: the front door queues logins past its
+//! per-address bound rather than refusing them. In the others each client binds its
+//! own loopback source address (127.0.1.x, a few per address), as users behind
+//! different addresses would.
 //!
-//! Prints a Markdown table (stdout): connect time p50/p95/max over all logins (each
-//! one's whole `ssh … true`, key exchange and exit included), the RSS of the gateway
-//! and the runner before and after, and the containers' memory from their cgroups (v1
-//! or v2). As root, with a Docker engine; without one it fails.
+//! Then the bursts, against the release `warren up` on Docker (its default image and
+//! warm pool, the gateway reaching the local agents in process), beside `docker run
+//! --rm IMAGE true` timed in the same run (the floor of a cold start): with the pool
+//! ready, `--burst-creates` creates through the API one after another, each timed to
+//! its first successful `ssh <id>@gateway true`; then, the pool ready again,
+//! `--burst-concurrent` creates at once, each timed the same way (all must answer).
+//!
+//! Prints Markdown tables (stdout): connect time p50/p95/max over the logins (each
+//! one's whole `ssh … true`, key exchange and exit included), from one address and
+//! from many, the RSS of the gateway and the runner before and after, the containers'
+//! memory from their cgroups (v1 or v2), and the bursts' p50/p95 beside the floor. As
+//! root, with a Docker engine; without one it fails.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use warren_runner::protocol::{NetworkPolicy, SandboxSpec};
 use warren_tests::bench::bench_client;
-use warren_tests::stack::{Backend, GatewayStack, StackOptions, docker_agent_and_image};
+use warren_tests::stack::{
+    Backend, GatewayStack, Stack, StackOptions, Up, UpStack, docker_agent_and_image,
+    docker_run_floor, home_for,
+};
 use warren_tests::util::{self, container_memory_kib};
 use warren_tests::{Client, Cmd, Running, Target};
+
+/// `warren up`'s default image: what its pool keeps and a create without one gets.
+const UP_IMAGE: &str = "warren-base:latest";
 
 struct Options {
     sandboxes: usize,
@@ -35,6 +53,10 @@ struct Options {
     create_concurrency: usize,
     /// A static agent already built (else `scripts/build-static-agent` builds one).
     agent_bin: Option<std::path::PathBuf>,
+    burst_creates: usize,
+    burst_concurrent: usize,
+    scale: bool,
+    bursts: bool,
 }
 
 impl Options {
@@ -47,6 +69,10 @@ impl Options {
             network_none: false,
             create_concurrency: 4,
             agent_bin: None,
+            burst_creates: 12,
+            burst_concurrent: 16,
+            scale: true,
+            bursts: true,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -58,6 +84,10 @@ impl Options {
                 "--image" => o.image = value()?,
                 "--create-concurrency" => o.create_concurrency = value()?.parse()?,
                 "--agent-bin" => o.agent_bin = Some(value()?.into()),
+                "--burst-creates" => o.burst_creates = value()?.parse()?,
+                "--burst-concurrent" => o.burst_concurrent = value()?.parse()?,
+                "--scale-only" => o.bursts = false,
+                "--bursts-only" => o.scale = false,
                 "--network" => match value()?.as_str() {
                     "none" => o.network_none = true,
                     "all" => o.network_none = false,
@@ -67,7 +97,9 @@ impl Options {
                     println!(
                         "bench-scale [--sandboxes N (100)] [--memory-mb M (64)] [--rounds R (3)] \
                          [--image IMAGE (warren-busybox:latest)] [--network all|none (all)] \
-                         [--create-concurrency N (4)] [--agent-bin STATIC_AGENT]"
+                         [--create-concurrency N (4)] [--agent-bin STATIC_AGENT] \
+                         [--burst-creates N (12)] [--burst-concurrent N (16)] \
+                         [--scale-only | --bursts-only]"
                     );
                     std::process::exit(0);
                 }
@@ -75,7 +107,11 @@ impl Options {
             }
         }
         ensure!(
-            o.sandboxes > 0 && o.rounds > 0 && o.create_concurrency > 0,
+            o.sandboxes > 0
+                && o.rounds > 0
+                && o.create_concurrency > 0
+                && o.burst_creates > 0
+                && o.burst_concurrent > 0,
             "counts must be positive"
         );
         Ok(o)
@@ -87,6 +123,13 @@ fn docker_available() -> bool {
         .args(["version", "--format", "{{.Server.APIVersion}}"])
         .run()
         .is_ok_and(|o| o.status.success())
+}
+
+/// The machine's load average over 1, 5 and 15 minutes (`/proc/loadavg`).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 /// The value at fraction `p` of sorted `v`.
@@ -101,13 +144,17 @@ fn rss_mib(stack: &GatewayStack) -> (f64, f64) {
     (mib(stack.gateway.pid()), mib(stack.runner.pid()))
 }
 
-/// One round: `ssh <id>@gateway true` for every sandbox at once; each one's seconds.
-fn storm(stack: &GatewayStack, client: &Client) -> Result<Vec<f64>> {
+/// One round: `ssh <id>@gateway true` for every sandbox at once, all from 127.0.0.1
+/// if `one_address`, else a few per address; each one's milliseconds.
+fn storm(stack: &GatewayStack, client: &Client, one_address: bool) -> Result<Vec<f64>> {
     let started = Instant::now();
     let sessions: Vec<Running> = (0..stack.sandboxes.len())
         .map(|i| {
-            // A few clients per source address (the front door's per-address bound).
-            let source = format!("127.0.1.{}", i / 4 + 1);
+            let source = if one_address {
+                "127.0.0.1".to_owned()
+            } else {
+                format!("127.0.1.{}", i / 4 + 1)
+            };
             stack
                 .client(client, i)
                 .with_option(format!("BindAddress={source}"))
@@ -176,6 +223,18 @@ fn main() -> Result<()> {
     );
     ensure!(docker_available(), "bench-scale needs a Docker engine");
     let nofile = util::raise_nofile()?;
+    let client = bench_client(Client::new(Target::new("127.0.0.1", 1, "x"))?);
+    if opts.scale {
+        scale(&opts, &client, nofile)?;
+    }
+    if opts.bursts {
+        bursts(&opts, &client)?;
+    }
+    Ok(())
+}
+
+/// `--sandboxes` on one runner, logged in to all at once, `--rounds` times.
+fn scale(opts: &Options, client: &Client, nofile: u64) -> Result<()> {
     eprintln!("open-files limit {nofile}; building the static agent and the image…");
     let agent = match &opts.agent_bin {
         Some(path) => path.clone(),
@@ -184,7 +243,6 @@ fn main() -> Result<()> {
     let work = tempfile::Builder::new()
         .prefix("warren-bench-scale-")
         .tempdir()?;
-    let client = bench_client(Client::new(Target::new("127.0.0.1", 1, "x"))?);
     let spec = SandboxSpec {
         memory_mb: Some(opts.memory_mb),
         network: if opts.network_none {
@@ -196,9 +254,9 @@ fn main() -> Result<()> {
     };
     eprintln!("starting the stack with {} sandboxes…", opts.sandboxes);
     let started = Instant::now();
-    let stack = GatewayStack::start(
+    let stack = Stack::builder().processes(
         work.path(),
-        &client,
+        client,
         StackOptions {
             backend: Backend::Docker {
                 agent,
@@ -213,18 +271,32 @@ fn main() -> Result<()> {
     std::thread::sleep(Duration::from_secs(3));
     let (gw_before, runner_before) = rss_mib(&stack);
 
-    let mut times = Vec::new();
+    // The first round from one address, as one client host; the others from many.
+    let mut one = Vec::new();
+    let mut many = Vec::new();
     for round in 1..=opts.rounds {
+        let one_address = round == 1;
         eprintln!(
-            "round {round}: {} concurrent `ssh <id>@gateway true`",
-            opts.sandboxes
+            "round {round}: {} concurrent `ssh <id>@gateway true` from {}",
+            opts.sandboxes,
+            if one_address {
+                "one address"
+            } else {
+                "many addresses"
+            }
         );
-        times.extend(storm(&stack, &client)?);
+        let times = storm(&stack, client, one_address)?;
+        if one_address {
+            one.extend(times);
+        } else {
+            many.extend(times);
+        }
     }
     std::thread::sleep(Duration::from_secs(2));
     let (gw_after, runner_after) = rss_mib(&stack);
     let mut memory = container_memory(&stack)?;
-    times.sort_by(f64::total_cmp);
+    one.sort_by(f64::total_cmp);
+    many.sort_by(f64::total_cmp);
 
     let n = opts.sandboxes;
     let kib_to_mib = |k: u64| k as f64 / 1024.0;
@@ -239,27 +311,35 @@ fn main() -> Result<()> {
         if opts.network_none { "none" } else { "all" }
     );
     println!(
-        "{} cores; set up (creates, {} at a time) in {:.0} s. Each login is a whole \
-         `ssh <id>@gateway true` (curve25519-sha256, aes256-gcm), {n} started at once, \
-         {} rounds.\n",
+        "{} cores, load average {}; set up (creates, {} at a time) in {:.0} s. Each login is \
+         a whole `ssh <id>@gateway true` (curve25519-sha256, aes256-gcm), {n} started at \
+         once; round 1 from one address, {} more from many.\n",
         std::thread::available_parallelism().map_or(0, |c| c.get()),
+        load_average(),
         opts.create_concurrency,
         setup.as_secs_f64(),
-        opts.rounds
+        opts.rounds - 1
     );
     println!("| measure | value |");
     println!("|---|---:|");
     println!(
         "| logins that succeeded | {} of {} |",
-        times.len(),
+        one.len() + many.len(),
         n * opts.rounds
     );
-    for (label, p) in [("p50", 0.5), ("p95", 0.95), ("max", 1.0)] {
+    let row = |what: &str, times: &[f64]| {
+        if times.is_empty() {
+            return;
+        }
         println!(
-            "| connect time, {label} | {:.0} ms |",
-            percentile(&times, p)
+            "| {what}: connect time p50 / p95 / max | {:.0} / {:.0} / {:.0} ms |",
+            percentile(times, 0.5),
+            percentile(times, 0.95),
+            percentile(times, 1.0)
         );
-    }
+    };
+    row(&format!("{n} at once from one address"), &one);
+    row(&format!("{n} at once from many addresses"), &many);
     println!(
         "| gateway RSS, {n} sandboxes idle / after the logins | {gw_before:.1} / {gw_after:.1} MiB |"
     );
@@ -276,5 +356,148 @@ fn main() -> Result<()> {
     );
     eprintln!("removing {n} sandboxes…");
     drop(stack);
+    Ok(())
+}
+
+/// Retries `ssh <id>@gateway true` until it works (a minute at most).
+fn first_ssh_true(c: &Client, started: Instant) -> Result<()> {
+    loop {
+        let out = c.exec("true").timeout(Duration::from_secs(30)).run()?;
+        if out.status.success() {
+            return Ok(());
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "no `ssh true` within a minute: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until `want` members of `up`'s pool are ready.
+fn pool_ready(up: &UpStack, want: usize) -> Result<()> {
+    let ready = util::wait_until(Duration::from_secs(180), || {
+        up.pool_waiting().unwrap_or(0) >= want
+    });
+    ensure!(
+        ready,
+        "the warm pool has {} ready, not {want}",
+        up.pool_waiting()?
+    );
+    Ok(())
+}
+
+/// Creates back to back and at once through `warren up`, beside `docker run`.
+fn bursts(opts: &Options, client: &Client) -> Result<()> {
+    eprintln!(
+        "`docker run --rm {UP_IMAGE} true`, {} times…",
+        opts.burst_creates
+    );
+    docker_agent_and_image(UP_IMAGE)?;
+    let floor: Vec<f64> = docker_run_floor(UP_IMAGE, opts.burst_creates)?
+        .iter()
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .collect();
+    eprintln!("starting `warren up` (release, Docker)…");
+    let home = home_for(client)?;
+    let data = tempfile::TempDir::new()?;
+    let up = Stack::builder().up(Up::new(home.path(), data.path())?)?;
+    // The pool `up` keeps by default.
+    const POOL: usize = 2;
+    pool_ready(&up, POOL)?;
+    let pool_serial = up.pool_waiting()?;
+    eprintln!(
+        "{} creates back to back ({pool_serial} waiting in the pool)…",
+        opts.burst_creates
+    );
+    let mut serial = Vec::new();
+    for _ in 0..opts.burst_creates {
+        let started = Instant::now();
+        let id = up.create(&serde_json::json!({}))?;
+        first_ssh_true(&up.client(client, &id), started)?;
+        serial.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    serial.sort_by(f64::total_cmp);
+    up.rt.block_on(up.api.delete_all())?;
+    pool_ready(&up, POOL)?;
+    let pool_at_once = up.pool_waiting()?;
+    eprintln!(
+        "{} creates at once ({pool_at_once} waiting in the pool)…",
+        opts.burst_concurrent
+    );
+    let at_once: Vec<Result<f64>> = std::thread::scope(|scope| {
+        let (api, rt, port) = (&up.api, up.rt.handle(), up.ports[0]);
+        let tasks: Vec<_> = (0..opts.burst_concurrent)
+            .map(|_| {
+                scope.spawn(move || {
+                    let started = Instant::now();
+                    let id = rt.block_on(api.create(&serde_json::json!({})))?;
+                    let c = client
+                        .clone()
+                        .with_target(Target::new("127.0.0.1", port, &id));
+                    first_ssh_true(&c, started)?;
+                    Ok(started.elapsed().as_secs_f64() * 1000.0)
+                })
+            })
+            .collect();
+        tasks
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("panicked")))
+            })
+            .collect()
+    });
+    let failures: Vec<String> = at_once
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(|e| format!("{e:#}")))
+        .collect();
+    let mut at_once: Vec<f64> = at_once.into_iter().filter_map(Result::ok).collect();
+    at_once.sort_by(f64::total_cmp);
+    let ms = |v: &[f64], p| {
+        if v.is_empty() {
+            "n/a".to_owned()
+        } else {
+            format!("{:.0}", percentile(v, p))
+        }
+    };
+    println!("\n## bench-scale: bursts through `warren up` (Docker, {UP_IMAGE}, pool of {POOL})\n");
+    println!(
+        "{} cores, load average {}; each create is `POST /v1/sandboxes` then `ssh <id>@gateway \
+         true` retried until it works, all from one address; the floor is `docker run --rm \
+         {UP_IMAGE} true` in the same run. Waiting in the pool when each burst began: \
+         {pool_serial} and {pool_at_once}.\n",
+        std::thread::available_parallelism().map_or(0, |c| c.get()),
+        load_average()
+    );
+    println!("| measure | p50 | p95 | succeeded | target |");
+    println!("|---|---:|---:|---:|---|");
+    println!(
+        "| floor: `docker run --rm {UP_IMAGE} true` ({}) | {} ms | {} ms | | |",
+        floor.len(),
+        ms(&floor, 0.5),
+        ms(&floor, 0.95)
+    );
+    println!(
+        "| {} creates back to back → first `ssh true` | {} ms | {} ms | {} of {} | p50 < 150 ms, p95 < 300 ms |",
+        opts.burst_creates,
+        ms(&serial, 0.5),
+        ms(&serial, 0.95),
+        serial.len(),
+        opts.burst_creates
+    );
+    println!(
+        "| {} creates at once → each answers `ssh true` | {} ms | {} ms | {} of {} | all, p95 < 2 s |",
+        opts.burst_concurrent,
+        ms(&at_once, 0.5),
+        ms(&at_once, 0.95),
+        at_once.len(),
+        opts.burst_concurrent
+    );
+    if !failures.is_empty() {
+        println!("\nFailed creates:\n\n{}", failures.join("\n"));
+    }
+    eprintln!("removing the bursts' sandboxes and stopping `warren up`…");
+    drop(up);
     Ok(())
 }

@@ -35,6 +35,11 @@ impl RunnerProc {
         self.child.kill(Duration::ZERO);
     }
 
+    /// The runner's process id (its memory, for the benches).
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
     /// The directory given as `--listen-dir` (the docker backend's run directory).
     pub fn listen_dir(&self) -> &Path {
         self.listen.path()

@@ -13,6 +13,9 @@
 //! - [`StackBuilder::processes`]: `warren-gateway serve` and `warren-runner run` as
 //!   processes of the release build, with sandboxes already running
 //!   ([`GatewayStack`], for the benches: their memory is the processes' own).
+//! - [`StackBuilder::up`]: `warren up` as one process (the gateway reaching the
+//!   local agents in process, the HTTP API, a warm pool on Docker), or the README's
+//!   `scripts/up` ([`UpStack`]).
 //!
 //! The options are those of the gateway (recording policy, admission limits), which
 //! build of the binaries the runners run, and the runner's arguments.
@@ -20,9 +23,11 @@
 mod api;
 mod direct;
 mod docker;
+mod floor;
 mod in_process;
 mod processes;
 mod served;
+mod up;
 
 pub use api::{Account, Api, ApiStack, Reply, check_error};
 pub use direct::{DirectDialer, DirectGateway};
@@ -30,9 +35,11 @@ pub use docker::{
     DockerStack, POOL_LABEL, docker, docker_available, docker_host_ip, docker_ok, image,
     network_of, static_agent, unmount_disks,
 };
+pub use floor::docker_run_floor;
 pub use in_process::{RunnerProc, Stack, console, join_runner, run, sandbox_row};
 pub use processes::{Backend, GatewayStack, StackOptions, docker_agent_and_image};
 pub use served::{ServedStack, ssh_works_within};
+pub use up::{Up, UpApi, UpStack, home_for};
 use warren_gateway::recordings::RecordingPolicy;
 use warren_gateway::server::Options;
 

@@ -165,7 +165,8 @@ impl Connection {
 
     /// Records that a session channel's program starts (its audit row, and its
     /// recording if it has a terminal); `false` if it must be refused: the policy
-    /// requires a recording that cannot be made.
+    /// requires a recording that cannot be made. Without a terminal nothing can
+    /// refuse it, and the row is written while the program starts.
     pub(super) async fn start_program(&mut self, channel: ChannelId, program: Program) -> bool {
         let Some(pair) = self.sessions.get(&channel) else {
             return false;
@@ -189,6 +190,17 @@ impl Connection {
             (None, Some(user)) => user.id.as_str().to_owned(),
             (None, None) => String::new(),
         };
+        if pair.terminal.is_none() {
+            pair.audit.open_in_background(
+                self.door.clone(),
+                self.audit.clone(),
+                account,
+                self.programs,
+                program,
+                title,
+            );
+            return true;
+        }
         let started = pair
             .audit
             .start(
