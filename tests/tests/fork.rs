@@ -14,7 +14,7 @@ use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 use warren_keys::SandboxId;
 use warren_tests::Client;
-use warren_tests::stack::{Api, DockerStack, Reply, Stack, docker, docker_ok, image};
+use warren_tests::stack::{Api, DockerStack, Reply, Stack, docker_ok, image};
 
 /// The image (with git).
 const BASE: &str = "warren-base:latest";
