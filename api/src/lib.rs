@@ -9,8 +9,10 @@
 
 mod error_code;
 pub mod requests;
+pub mod snapshots;
 pub mod views;
 
 pub use self::error_code::{ErrorCode, UnknownErrorCode};
 pub use self::requests::*;
+pub use self::snapshots::*;
 pub use self::views::*;

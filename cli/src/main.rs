@@ -4,6 +4,7 @@
 
 mod client;
 mod env;
+mod fork;
 mod local_dial;
 mod show;
 mod sync;
@@ -140,6 +141,11 @@ enum Command {
         /// never).
         #[arg(long)]
         ttl_s: Option<u32>,
+        /// Make it from this snapshot of yours (`snp_…`, `warren snapshots`): its
+        /// files, image, limits, network and env. Not with --image, --repo or
+        /// --disk-mb; the other flags override.
+        #[arg(long, value_name = "SNAPSHOT", conflicts_with_all = ["image", "repo", "disk_mb"])]
+        snapshot: Option<String>,
         /// Print the API's answer as JSON (its token included) instead.
         #[arg(long)]
         json: bool,
@@ -187,6 +193,14 @@ enum Command {
         #[arg(long)]
         base: Option<String>,
     },
+    /// Fork a running sandbox into new ones, each its own SSH host with its own
+    /// copy of the files and git branch (processes are not carried over).
+    Fork(fork::ForkArgs),
+    /// Snapshot a running sandbox's files (workspace and what was installed) to
+    /// make sandboxes of later (`warren create --snapshot`).
+    Snapshot(fork::SnapshotArgs),
+    /// Your snapshots (`warren snapshots rm <id>` deletes one).
+    Snapshots(fork::SnapshotsArgs),
     /// Send a local directory to a sandbox (`warren sync ./dir <id>:/workspace/dir`),
     /// with progress; run again to resume.
     Sync(sync::SyncArgs),
@@ -322,6 +336,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             disk_mb,
             idle_timeout_s,
             ttl_s,
+            snapshot,
             json,
         } => {
             let env = env::collect(&env_files, &env, |name| std::env::var_os(name))?;
@@ -336,6 +351,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 idle_timeout_s,
                 ttl_s,
                 disk_mb,
+                snapshot,
                 ..CreateSandbox::default()
             };
             eprintln!("creating a sandbox (the first from an image can take a while)…");
@@ -411,6 +427,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("pull request #{}: {}", pr.number, pr.url);
             Ok(())
         }
+        Command::Fork(args) => fork::fork(api()?, args).await,
+        Command::Snapshot(args) => fork::snapshot(api()?, args).await,
+        Command::Snapshots(args) => fork::snapshots(api()?, args).await,
         Command::ConfigSsh { ssh_config } => config_ssh(ssh_config).await,
         Command::Sync(args) => sync::sync(args).await,
         Command::Mirror(args) => sync::mirror(args).await,

@@ -45,6 +45,44 @@ pub fn ago(seconds: i64) -> String {
     }
 }
 
+/// A size in bytes as `512 B`, `12.3 KiB`, `12.3 MiB`, `1.2 GiB`.
+pub fn size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// A span in milliseconds as `120 ms` or `1.4 s`.
+pub fn millis(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    }
+}
+
+/// Text a sandbox or its owner chose, safe for a terminal: control characters
+/// as `\u001b`.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The proleptic Gregorian date of a day counted from 1970-01-01 (Howard
 /// Hinnant's `civil_from_days`).
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
@@ -71,6 +109,16 @@ mod tests {
         assert_eq!(utc(1_796_599_628), "2026-12-06 23:27 UTC");
         assert_eq!(utc(951_782_400), "2000-02-29 00:00 UTC");
         assert_eq!(utc(-86_400), "1969-12-31 00:00 UTC");
+    }
+
+    #[test]
+    fn sizes_spans_and_names_read_plainly() {
+        assert_eq!(size(512), "512 B");
+        assert_eq!(size(12 << 20), "12.0 MiB");
+        assert_eq!(size(3 << 29), "1.5 GiB");
+        assert_eq!(millis(120), "120 ms");
+        assert_eq!(millis(1450), "1.4 s");
+        assert_eq!(printable("a\u{1b}[31mb\n"), "a\\u001b[31mb\\u000a");
     }
 
     #[test]

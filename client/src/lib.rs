@@ -20,9 +20,10 @@ use serde::de::DeserializeOwned;
 pub use warren_api;
 use warren_api::{
     ApiKeyList, CreatePullRequest, CreateSandbox, CreatedApiKey, CreatedSandbox, CreatedUser,
-    ErrorBody, ErrorCode, EventList, Health, ListSandboxes, MergePullRequest, MergedView,
-    NewApiKey, NewShare, NewSshKey, NewToken, NewUser, PullRequestView, RecordingQuery, RunnerList,
-    SandboxList, SandboxView, SessionList, ShareList, SshKeyList, SshKeyView,
+    ErrorBody, ErrorCode, EventList, ForkSandbox, ForkedView, Health, ListSandboxes,
+    MergePullRequest, MergedView, NewApiKey, NewShare, NewSshKey, NewToken, NewUser,
+    PullRequestView, RecordingQuery, RunnerList, SandboxList, SandboxView, SessionList, ShareList,
+    SnapshotList, SnapshotView, SshKeyList, SshKeyView, TakeSnapshot,
 };
 
 /// How long one call may take by default (a create pulls its image first).
@@ -438,6 +439,47 @@ impl Client {
         self.json(
             Method::POST,
             &["v1", "sandboxes", id, "pull-requests", &number, "merge"],
+            Body::Json(request),
+        )
+        .await
+    }
+
+    // --- snapshots and forks
+
+    /// `POST /v1/sandboxes/{id}/snapshots`: its file system, captured while it is
+    /// frozen for `frozen_ms`.
+    pub async fn create_snapshot(&self, id: &str, request: &TakeSnapshot) -> Result<SnapshotView> {
+        self.json(
+            Method::POST,
+            &["v1", "sandboxes", id, "snapshots"],
+            Body::Json(request),
+        )
+        .await
+    }
+
+    /// `GET /v1/snapshots`: yours (an admin's: everyone's), newest first.
+    pub async fn snapshots(&self) -> Result<SnapshotList> {
+        self.json(Method::GET, &["v1", "snapshots"], NO_BODY).await
+    }
+
+    /// `GET /v1/snapshots/{id}`.
+    pub async fn get_snapshot(&self, id: &str) -> Result<SnapshotView> {
+        self.json(Method::GET, &["v1", "snapshots", id], NO_BODY)
+            .await
+    }
+
+    /// `DELETE /v1/snapshots/{id}`: sandboxes made from it keep running.
+    pub async fn delete_snapshot(&self, id: &str) -> Result<()> {
+        self.empty(Method::DELETE, &["v1", "snapshots", id], NO_BODY)
+            .await
+    }
+
+    /// `POST /v1/sandboxes/{id}/fork`: the new sandboxes, each with its token
+    /// (shown only here).
+    pub async fn fork_sandbox(&self, id: &str, request: &ForkSandbox) -> Result<ForkedView> {
+        self.json(
+            Method::POST,
+            &["v1", "sandboxes", id, "fork"],
             Body::Json(request),
         )
         .await

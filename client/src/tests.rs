@@ -5,7 +5,7 @@
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use warren_api::{CreateSandbox, ErrorCode, ListSandboxes};
+use warren_api::{CreateSandbox, ErrorCode, ForkSandbox, ListSandboxes};
 
 use super::{Client, Error};
 
@@ -98,6 +98,33 @@ async fn a_create_sends_the_typed_body_with_the_key_and_reads_the_view() {
         seen.head
     );
     assert_eq!(seen.body, r#"{"image":"alpine","forward_agent":false}"#);
+}
+
+#[tokio::test]
+async fn a_fork_sends_its_count_and_reads_the_forks() {
+    const FORKED: &str = r#"{"snapshot":{"id":"snp_0123456789abcdef","name":null,
+        "source":"sbx-0","owner":"usr-1","runner":"run-1","image":"default","repo":null,
+        "size_bytes":4096,"frozen_ms":120,"created_at":1796599628},"frozen_ms":120,
+        "sandboxes":[{"id":"sbx-1","state":"running","image":"default","repo":null,
+        "branch":"try-1","forward_agent":false,"cpus":1.0,"memory_mb":1024,
+        "idle_timeout_s":null,"ttl_s":null,"disk_mb":null,"runner_id":"run-1",
+        "created_at":1796599628,"updated_at":1796599628,
+        "ssh":{"host":"localhost","port":2222,"user":"sbx-1"},"token":"wst1.secret"}]}"#;
+    let (url, seen) = fake_api("201 Created", FORKED).await;
+    let api = Client::builder(&url, "wk_test").build().unwrap();
+    let request = ForkSandbox {
+        count: 2,
+        branch_prefix: Some("try".into()),
+    };
+    let forked = api.fork_sandbox("sbx-0", &request).await.unwrap();
+    assert_eq!(forked.frozen_ms, 120);
+    assert_eq!(forked.sandboxes[0].sandbox.branch.as_deref(), Some("try-1"));
+    let seen = seen.await.unwrap();
+    assert_eq!(
+        seen.request_line(),
+        "POST /v1/sandboxes/sbx-0/fork HTTP/1.1"
+    );
+    assert_eq!(seen.body, r#"{"count":2,"branch_prefix":"try"}"#);
 }
 
 #[tokio::test]

@@ -3,22 +3,21 @@
 //! clients). The HTTP API answers with them, and the console's `--json` prints the
 //! same. Times are Unix seconds.
 
-use serde::Serialize;
-use utoipa::ToSchema;
 pub use warren_api::{
     ApiKeyList, ApiKeyView, ChannelView, CreatedApiKey, CreatedSandbox, CreatedUser, ErrorBody,
-    ErrorDetail, EventList, EventView, Health, NewToken, RunnerList, RunnerView, SandboxList,
-    SandboxView, SessionList, SessionView, ShareList, SshInfo, SshKeyList, SshKeyView,
+    ErrorDetail, EventList, EventView, ForkedView, Health, NewToken, RunnerList, RunnerView,
+    SandboxList, SandboxView, SessionList, SessionView, ShareList, SnapshotList, SnapshotView,
+    SshInfo, SshKeyList, SshKeyView,
 };
 use warren_store::{
     ApiKey, Runner, RunnerId, Sandbox, SandboxEvent, SandboxPage, SandboxState, SessionExit,
-    SshChannel, SshKey, Timestamp,
+    Snapshot, SshChannel, SshKey, Timestamp,
 };
 
 use crate::lifecycle::Lifecycle;
 use crate::lifecycle::audit::SessionRecord;
 use crate::lifecycle::shares::ShareNames;
-use crate::lifecycle::snapshots::{Forked, SnapshotView};
+use crate::lifecycle::snapshots::Forked;
 
 fn time(t: Option<Timestamp>) -> Option<i64> {
     t.map(Timestamp::unix_seconds)
@@ -150,29 +149,27 @@ pub fn share_list(names: ShareNames) -> ShareList {
     }
 }
 
-/// The snapshots you may see.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SnapshotList {
-    pub snapshots: Vec<SnapshotView>,
-}
-
-/// Forks made.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ForkedView {
-    /// The snapshot they were made from (already deleted: its storage goes with the
-    /// last fork).
-    pub snapshot: SnapshotView,
-    /// How long the source was frozen, in milliseconds.
-    pub frozen_ms: u64,
-    /// Each fork, with its token (shown once).
-    pub sandboxes: Vec<CreatedSandbox>,
+/// A snapshot.
+pub fn snapshot_view(s: &Snapshot) -> SnapshotView {
+    SnapshotView {
+        id: s.id.to_string(),
+        name: s.name.clone(),
+        source: s.source_id.to_string(),
+        owner: s.owner_id.to_string(),
+        runner: s.runner_id.to_string(),
+        image: s.image.clone(),
+        repo: s.repo.clone(),
+        size_bytes: s.size_bytes,
+        frozen_ms: s.frozen_ms,
+        created_at: s.created_at.unix_seconds(),
+    }
 }
 
 /// The answer to a fork (the API's and the console's `--json`).
 pub fn forked_view(lc: &Lifecycle, forked: &Forked) -> ForkedView {
     ForkedView {
         frozen_ms: forked.snapshot.frozen_ms,
-        snapshot: SnapshotView::from(&forked.snapshot),
+        snapshot: snapshot_view(&forked.snapshot),
         sandboxes: forked
             .forks
             .iter()

@@ -14,7 +14,7 @@ use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 use warren_keys::SandboxId;
 use warren_tests::Client;
-use warren_tests::stack::{Api, DockerStack, Reply, Stack, docker, docker_ok, image};
+use warren_tests::stack::{Api, DockerStack, Reply, Stack, docker_ok, image};
 
 /// The image (with git).
 const BASE: &str = "warren-base:latest";
@@ -77,12 +77,8 @@ fn snapshots_and_forks() -> Result<()> {
         return Ok(());
     };
     image("build-base")?;
-    let run_dir = d.runner.listen_dir().to_owned();
-    let runner = d.runner.id.to_string();
-    let result = scenario(&d);
-    drop(d);
-    cleanup(&run_dir, &runner);
-    result
+    // Dropping the stack removes the snapshots' images and mounts too.
+    scenario(&d)
 }
 
 fn scenario(d: &DockerStack) -> Result<()> {
@@ -430,31 +426,6 @@ fn scenario(d: &DockerStack) -> Result<()> {
     Ok(())
 }
 
-/// Removes what a killed runner leaves of snapshots: their images and mounts.
-fn cleanup(run_dir: &std::path::Path, runner: &str) {
-    if let Ok(images) = docker_ok(&[
-        "image",
-        "ls",
-        "-q",
-        "--filter",
-        &format!("label=org.warren.runner={runner}"),
-        "--filter",
-        "label=org.warren.snapshot",
-    ]) {
-        for image in images.split_whitespace() {
-            let _ = docker(&["image", "rm", "-f", image]);
-        }
-    }
-    let snapshots = run_dir.join(".snapshots");
-    if let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") {
-        for mount in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {
-            if std::path::Path::new(mount).starts_with(&snapshots) {
-                let _ = warren_tests::Cmd::new("umount").args(["-l", mount]).run();
-            }
-        }
-    }
-}
-
 /// Bytes a file holds on the host's disk.
 fn allocated(path: &std::path::Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
@@ -475,12 +446,8 @@ fn fork_bench() -> Result<()> {
         return Ok(());
     };
     image("build-base")?;
-    let run_dir = d.runner.listen_dir().to_owned();
-    let runner = d.runner.id.to_string();
-    let result = bench(&d);
-    drop(d);
-    cleanup(&run_dir, &runner);
-    result
+    // Dropping the stack removes the snapshots' images and mounts too.
+    bench(&d)
 }
 
 fn bench(d: &DockerStack) -> Result<()> {

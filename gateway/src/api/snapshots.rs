@@ -13,8 +13,8 @@ use axum::http::StatusCode;
 use super::ApiState;
 use super::auth::Caller;
 use super::error::{ApiError, IdPath, OptionalJson};
-use super::views::{ErrorBody, ForkedView, SnapshotList, forked_view};
-use crate::lifecycle::snapshots::{ForkSandbox, SnapshotView, TakeSnapshot};
+use super::views::{ErrorBody, ForkedView, SnapshotList, SnapshotView, forked_view, snapshot_view};
+use crate::lifecycle::snapshots::{ForkSandbox, TakeSnapshot};
 
 /// Snapshots a running sandbox's file system (its workspace and everything
 /// installed in it); the sandbox is frozen only for the capture (`frozen_ms`).
@@ -37,7 +37,7 @@ pub async fn create(
     OptionalJson(body): OptionalJson<TakeSnapshot>,
 ) -> Result<(StatusCode, Json<SnapshotView>), ApiError> {
     let snapshot = state.lifecycle.snapshot(&caller.user, &id, body).await?;
-    Ok((StatusCode::CREATED, Json(SnapshotView::from(&snapshot))))
+    Ok((StatusCode::CREATED, Json(snapshot_view(&snapshot))))
 }
 
 /// Your snapshots (an admin's: everyone's), newest first.
@@ -49,7 +49,7 @@ pub async fn list(
 ) -> Result<Json<SnapshotList>, ApiError> {
     let snapshots = state.lifecycle.snapshots(&caller.user).await?;
     Ok(Json(SnapshotList {
-        snapshots: snapshots.iter().map(SnapshotView::from).collect(),
+        snapshots: snapshots.iter().map(snapshot_view).collect(),
     }))
 }
 
@@ -66,7 +66,7 @@ pub async fn get(
     IdPath(id): IdPath,
 ) -> Result<Json<SnapshotView>, ApiError> {
     let snapshot = state.lifecycle.visible_snapshot(&caller.user, &id).await?;
-    Ok(Json(SnapshotView::from(&snapshot)))
+    Ok(Json(snapshot_view(&snapshot)))
 }
 
 /// Deletes a snapshot. Sandboxes made from it keep running; its storage goes with
@@ -96,12 +96,12 @@ pub async fn delete(
     responses(
         (status = 201, description = "forked", body = ForkedView),
         (status = 404, description = "no such sandbox of yours", body = ErrorBody),
-        (status = 409, description = "not running (`not_running`), or its runner keeps \
-            no snapshots (`not_supported`)", body = ErrorBody),
+        (status = 409, description = "not running, its runner keeps no snapshots, or \
+            its runner has no room for that many forks (`conflict`, saying which)",
+            body = ErrorBody),
         (status = 422, description = "count out of 1..16, or a refused branch prefix",
             body = ErrorBody),
-        (status = 503, description = "the runner is offline, or has no room for the \
-            forks (`no_capacity`)", body = ErrorBody),
+        (status = 503, description = "the runner is offline", body = ErrorBody),
     ))]
 pub async fn fork(
     State(state): State<Arc<ApiState>>,

@@ -14,9 +14,14 @@
 //! - An admin reads every sandbox's audit trail (sessions, recordings), nothing more.
 //! - Nobody logs in to a deleted sandbox. An unknown sandbox and one the caller has
 //!   no access to look the same ("not found").
+//!
+//! Snapshots have their answer too, [`SnapshotAccess`]: the owner sees, deletes and
+//! creates from theirs; an admin sees and deletes any, and creates only from their
+//! own (a snapshot carries its owner's secrets); nobody else sees it.
 
+use warren_keys::SnapshotId;
 use warren_keys::{SandboxId, Scope};
-use warren_store::{Sandbox, SandboxState, Store, StoreError, User, UserId};
+use warren_store::{Sandbox, SandboxState, Snapshot, Store, StoreError, User, UserId};
 
 use super::{Error, Lifecycle, Result};
 
@@ -147,6 +152,46 @@ impl Access {
     }
 }
 
+/// What an account may do with one snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotAccess {
+    /// Its owner: sees it, deletes it, creates sandboxes from it.
+    Owner,
+    /// An admin's view of someone else's: sees it and deletes it.
+    Admin,
+    /// Nothing (and the snapshot is "not found" to them).
+    None,
+}
+
+impl SnapshotAccess {
+    /// The one rule for snapshots: what `user` may do with `snapshot`.
+    pub fn of(user: &User, snapshot: &Snapshot) -> SnapshotAccess {
+        if user.id == snapshot.owner_id {
+            SnapshotAccess::Owner
+        } else if user.is_admin {
+            SnapshotAccess::Admin
+        } else {
+            SnapshotAccess::None
+        }
+    }
+
+    /// Whose snapshots `user` lists: their own, or everyone's (`None`) for an admin.
+    pub fn listed_owner(user: &User) -> Option<&UserId> {
+        (!user.is_admin).then_some(&user.id)
+    }
+
+    /// See it and delete it.
+    pub fn sees(self) -> bool {
+        matches!(self, SnapshotAccess::Owner | SnapshotAccess::Admin)
+    }
+
+    /// Create sandboxes from it: its owner only, not an admin (what it makes would
+    /// run with the owner's secrets).
+    pub fn creates_from(self) -> bool {
+        self == SnapshotAccess::Owner
+    }
+}
+
 impl Lifecycle {
     /// Sandbox `id` and what `who` may do with it; a malformed id and an unknown
     /// one are "not found".
@@ -192,6 +237,34 @@ impl Lifecycle {
     pub async fn managed(&self, caller: &User, id: &str) -> Result<Sandbox> {
         let id = SandboxId::parse(id).map_err(|_| Error::not_found("sandbox"))?;
         self.sandbox_if(caller, &id, Access::manages).await
+    }
+
+    /// Snapshot `id` if `allowed` says `caller`'s access is enough; a malformed,
+    /// unknown or someone else's id is the same "not found".
+    async fn snapshot_if(
+        &self,
+        caller: &User,
+        id: &str,
+        allowed: impl Fn(SnapshotAccess) -> bool,
+    ) -> Result<Snapshot> {
+        let not_found = || Error::not_found("snapshot");
+        let id = SnapshotId::parse(id).map_err(|_| not_found())?;
+        match self.store.get_snapshot(&id).await {
+            Ok(s) if allowed(SnapshotAccess::of(caller, &s)) => Ok(s),
+            Ok(_) | Err(StoreError::NotFound(_)) => Err(not_found()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Snapshot `id` if `caller` may see (and delete) it.
+    pub async fn visible_snapshot(&self, caller: &User, id: &str) -> Result<Snapshot> {
+        self.snapshot_if(caller, id, SnapshotAccess::sees).await
+    }
+
+    /// Snapshot `id` if `caller` may create sandboxes from it.
+    pub(super) async fn own_snapshot(&self, caller: &User, id: &str) -> Result<Snapshot> {
+        self.snapshot_if(caller, id, SnapshotAccess::creates_from)
+            .await
     }
 
     /// Sandbox `id` if `caller` may read its audit trail (its owner, or an admin).
@@ -323,5 +396,36 @@ mod tests {
             &Shares::default(),
         );
         assert!(!token.logs_in(&deleted));
+    }
+
+    #[test]
+    fn snapshots_are_their_owners_and_admins_only_see_and_delete() {
+        let (alice, root, mallory) = (
+            user("alice", false),
+            user("root", true),
+            user("mallory", false),
+        );
+        let snapshot = Snapshot {
+            id: SnapshotId::generate(),
+            owner_id: alice.id.clone(),
+            source_id: SandboxId::generate(),
+            runner_id: warren_store::RunnerId::generate(),
+            name: None,
+            image: "default".into(),
+            spec: "{}".into(),
+            repo: None,
+            branch: None,
+            size_bytes: 0,
+            frozen_ms: 0,
+            created_at: Timestamp::now(),
+        };
+        let owner = SnapshotAccess::of(&alice, &snapshot);
+        assert!(owner.sees() && owner.creates_from());
+        let admin = SnapshotAccess::of(&root, &snapshot);
+        assert!(admin.sees() && !admin.creates_from());
+        let stranger = SnapshotAccess::of(&mallory, &snapshot);
+        assert!(!stranger.sees() && !stranger.creates_from());
+        assert_eq!(SnapshotAccess::listed_owner(&alice), Some(&alice.id));
+        assert_eq!(SnapshotAccess::listed_owner(&root), None);
     }
 }

@@ -9,6 +9,9 @@ use super::{Error, ErrorCode, Lifecycle, Result};
 /// What a new sandbox asks of a runner.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Demand {
+    /// How many sandboxes (a fork asks for several at once); the other fields are
+    /// their total, and the CPUs of the largest.
+    pub sandboxes: u64,
     pub memory_mb: u64,
     pub millicpus: u32,
     pub disk: Disk,
@@ -44,8 +47,14 @@ fn misfit(
     demand: Demand,
 ) -> Option<String> {
     if let Some(max) = capacity.max_sandboxes
-        && usage.sandboxes >= u64::from(max)
+        && usage.sandboxes.saturating_add(demand.sandboxes) > u64::from(max)
     {
+        if demand.sandboxes > 1 {
+            return Some(format!(
+                "{name} holds {} of its maximum of {max} sandboxes, {} more do not fit",
+                usage.sandboxes, demand.sandboxes
+            ));
+        }
         return Some(format!("{name} holds its maximum of {max} sandboxes"));
     }
     if demand.millicpus > capacity.millicpus {
@@ -194,6 +203,7 @@ mod tests {
             disk_mb: 1536,
         };
         let demand = |disk| Demand {
+            sandboxes: 1,
             memory_mb: 1024,
             millicpus: 1000,
             disk,

@@ -108,6 +108,7 @@ impl Lifecycle {
         let cpus = body.cpus.unwrap_or(DEFAULT_CPUS);
         let memory_mb = body.memory_mb.unwrap_or(DEFAULT_MEMORY_MB);
         let demand = Demand {
+            sandboxes: 1,
             memory_mb: u64::from(memory_mb),
             millicpus: millicpus(cpus),
             disk: body
@@ -247,6 +248,7 @@ impl Lifecycle {
         self.change_state(owner, id, step, |lc, sandbox| async move {
             if let Some(runner) = &sandbox.runner_id {
                 let demand = Demand {
+                    sandboxes: 1,
                     memory_mb: u64::from(sandbox.memory_mb),
                     millicpus: millicpus(sandbox.cpus),
                     // A stopped sandbox's disk is counted already.

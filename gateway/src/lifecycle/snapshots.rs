@@ -12,46 +12,19 @@
 
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+pub use warren_api::{ForkSandbox, MAX_FORKS, SnapshotView, TakeSnapshot};
 use warren_keys::{SandboxId, Scope, SnapshotId};
 use warren_protocol::{Request, Response as RunnerResponse, SandboxSpec};
 
+use super::access::SnapshotAccess;
 use super::error::ErrorCode;
 use super::placement::{Demand, Disk, room_on};
 use super::specs::{default_branch, millicpus, remembered_spec};
 use super::{Created, Error, Lifecycle, Result, SANDBOX_TOKEN_TTL, detached, validate};
-use warren_store::{
-    NewSandbox, NewSnapshot, RunnerId, Sandbox, SandboxState, Snapshot, StoreError, User,
-};
+use warren_store::{NewSandbox, NewSnapshot, RunnerId, Sandbox, SandboxState, Snapshot, User};
 
-/// The most forks one request makes.
-pub const MAX_FORKS: u32 = 16;
 /// The longest snapshot name.
 const MAX_NAME: usize = 128;
-
-/// What `POST /v1/sandboxes/{id}/snapshots` takes.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TakeSnapshot {
-    /// A name to recognise it by (at most 128 characters).
-    pub name: Option<String>,
-}
-
-/// What `POST /v1/sandboxes/{id}/fork` takes.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ForkSandbox {
-    /// How many forks, 1 to 16 (default 1).
-    #[serde(default = "one")]
-    pub count: u32,
-    /// Each fork's branch is `<prefix>-<n>` (n from 1); default `warren/<fork-id>`.
-    pub branch_prefix: Option<String>,
-}
-
-fn one() -> u32 {
-    1
-}
 
 /// A create's overrides when it names a snapshot (`POST /v1/sandboxes` with
 /// `snapshot`): what the snapshot does not fix.
@@ -64,42 +37,6 @@ pub struct FromSnapshot {
     pub idle_timeout_s: Option<u32>,
     pub ttl_s: Option<u32>,
     pub forward_agent: bool,
-}
-
-/// A snapshot as the API shows it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct SnapshotView {
-    /// `snp_…`
-    pub id: String,
-    pub name: Option<String>,
-    /// The sandbox it was taken of (it may since be deleted).
-    pub source: String,
-    pub owner: String,
-    pub runner: String,
-    pub image: String,
-    pub repo: Option<String>,
-    pub size_bytes: u64,
-    /// How long the source was frozen for the capture, in milliseconds.
-    pub frozen_ms: u64,
-    /// Unix seconds.
-    pub created_at: i64,
-}
-
-impl From<&Snapshot> for SnapshotView {
-    fn from(s: &Snapshot) -> SnapshotView {
-        SnapshotView {
-            id: s.id.to_string(),
-            name: s.name.clone(),
-            source: s.source_id.to_string(),
-            owner: s.owner_id.to_string(),
-            runner: s.runner_id.to_string(),
-            image: s.image.clone(),
-            repo: s.repo.clone(),
-            size_bytes: s.size_bytes,
-            frozen_ms: s.frozen_ms,
-            created_at: s.created_at.unix_seconds(),
-        }
-    }
 }
 
 /// Forks made: the snapshot they came from (deleted already: its storage goes
@@ -225,30 +162,8 @@ impl Lifecycle {
 
     /// The snapshots `caller` may see: their own, or every one for an admin.
     pub async fn snapshots(&self, caller: &User) -> Result<Vec<Snapshot>> {
-        let owner = (!caller.is_admin).then_some(&caller.id);
+        let owner = SnapshotAccess::listed_owner(caller);
         Ok(self.store.list_snapshots(owner).await?)
-    }
-
-    /// One snapshot `caller` may see. Malformed, unknown and someone else's ids are
-    /// the same "not found" (admins see all).
-    pub async fn visible_snapshot(&self, caller: &User, id: &str) -> Result<Snapshot> {
-        let not_found = || Error::not_found("snapshot");
-        let id = SnapshotId::parse(id).map_err(|_| not_found())?;
-        match self.store.get_snapshot(&id).await {
-            Ok(s) if s.owner_id == caller.id || caller.is_admin => Ok(s),
-            Ok(_) | Err(StoreError::NotFound(_)) => Err(not_found()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// `caller`'s own snapshot (to create from): an admin too may create only from
-    /// their own.
-    async fn own_snapshot(&self, caller: &User, id: &str) -> Result<Snapshot> {
-        let snapshot = self.visible_snapshot(caller, id).await?;
-        if snapshot.owner_id != caller.id {
-            return Err(Error::not_found("snapshot"));
-        }
-        Ok(snapshot)
     }
 
     /// Deletes a snapshot. Sandboxes made from it are not touched: its runner keeps
@@ -355,17 +270,30 @@ impl Lifecycle {
             None => vec![None; body.count as usize],
         };
         let source = self.managed(owner, id).await?;
-        // Room for all of them, before anything is made.
+        // Room for all of them, before anything is made. Forks go only where their
+        // source is, so a full runner is the request's conflict, not a wait (4xx).
         if let Some(runner) = &source.runner_id {
             let count = u64::from(body.count);
             let demand = Demand {
+                sandboxes: count,
                 memory_mb: u64::from(source.memory_mb) * count,
                 millicpus: millicpus(source.cpus),
                 disk: source
                     .disk_mb
                     .map_or(Disk::Default, |mb| Disk::Asks(u64::from(mb) * count)),
             };
-            room_on(self, runner, demand).await?;
+            room_on(self, runner, demand).await.map_err(|e| {
+                if e.code == ErrorCode::NoCapacity {
+                    Error::conflict(format!(
+                        "{} (forks are made on their source's runner: fork fewer, or \
+                         delete or stop sandboxes there)",
+                        e.message
+                            .replace("for it now", &format!("for {count} forks now"))
+                    ))
+                } else {
+                    e
+                }
+            })?;
         }
         let snapshot = {
             let lc = self.clone();
@@ -471,6 +399,7 @@ impl Lifecycle {
         let total_memory: u64 = news.iter().map(|(n, _)| u64::from(n.memory_mb)).sum();
         let total_disk: Option<u64> = base.disk_mb.map(|mb| mb * news.len() as u64);
         let demand = Demand {
+            sandboxes: news.len() as u64,
             memory_mb: total_memory,
             millicpus: news
                 .iter()
@@ -572,18 +501,5 @@ impl Lifecycle {
         drop(guard);
         self.forget(&sandbox.id);
         Err(failure)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fork_bodies_are_checked() {
-        let body: ForkSandbox = serde_json::from_str("{}").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(body.count, 1);
-        assert!(serde_json::from_str::<ForkSandbox>(r#"{"count":2,"x":1}"#).is_err());
-        assert!(serde_json::from_str::<ForkSandbox>(r#"{"count":-1}"#).is_err());
     }
 }

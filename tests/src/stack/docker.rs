@@ -259,7 +259,27 @@ impl Drop for DockerStack {
         self.runner.kill();
         remove_runner_objects(&self.stack.rt, &self.runner.id, &self.made.borrow());
         unmount_disks(self.runner.listen_dir());
+        remove_snapshots(self.runner.listen_dir(), &self.runner.id);
     }
+}
+
+/// Removes what a killed runner leaves of its snapshots (issue 26): their images
+/// (by the runner's label) and the mounts under its run directory.
+pub fn remove_snapshots(run_dir: &std::path::Path, runner: &RunnerId) {
+    if let Ok(images) = docker_ok(&[
+        "image",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("label=org.warren.runner={runner}"),
+        "--filter",
+        "label=org.warren.snapshot",
+    ]) {
+        for image in images.split_whitespace() {
+            let _ = docker(&["image", "rm", "-f", image]);
+        }
+    }
+    unmount_under(&run_dir.join(".snapshots"));
 }
 
 /// Removes every container, volume and network of `runner`, and the firewall
@@ -316,12 +336,16 @@ pub(super) fn remove_runner_objects(
 /// devices go with the mounts): a killed runner leaves them, as it leaves its
 /// containers.
 pub fn unmount_disks(run_dir: &std::path::Path) {
-    let disks = run_dir.join(".disks");
+    unmount_under(&run_dir.join(".disks"));
+}
+
+/// Unmounts (lazily) everything mounted under `dir`.
+fn unmount_under(dir: &std::path::Path) {
     let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return;
     };
     for mount in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {
-        if std::path::Path::new(mount).starts_with(&disks) {
+        if std::path::Path::new(mount).starts_with(dir) {
             let _ = Cmd::new("umount").args(["-l", mount]).run();
         }
     }

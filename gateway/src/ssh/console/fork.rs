@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use super::commands::Outcome;
-use crate::lifecycle::snapshots::{ForkSandbox, SnapshotView, TakeSnapshot};
+use crate::lifecycle::snapshots::{ForkSandbox, TakeSnapshot};
 use crate::lifecycle::{Error, Lifecycle};
-use crate::views::forked_view;
+use crate::views::{forked_view, snapshot_view};
 use warren_store::User;
 
 fn to_json<T: serde::Serialize>(value: &T) -> String {
@@ -58,7 +58,7 @@ pub async fn snapshot(
 ) -> Result<Outcome, Error> {
     let snapshot = lc.snapshot(user, id, TakeSnapshot { name }).await?;
     let stdout = if json {
-        to_json(&SnapshotView::from(&snapshot))
+        to_json(&snapshot_view(&snapshot))
     } else {
         format!(
             "{} (frozen {} ms, {} MiB)\n",
