@@ -63,7 +63,11 @@ fn dockerfiles_are_built_offline_from_allowed_images() -> Result<()> {
     };
     let create = |body: Value| -> Result<(String, Client, Vec<String>)> {
         let made = call("POST", "/v1/sandboxes", Some(body))?;
-        ensure!(made.status == 201, "create: {made:?}");
+        ensure!(
+            made.status == 201,
+            "create: {made:?}\nthe runner's log:\n{}",
+            d.runner_log()
+        );
         let id = made.json()["id"].as_str().context("id")?.to_owned();
         let token = made.json()["token"].as_str().context("token")?.to_owned();
         let client = Client::new(Target::new(
@@ -96,6 +100,7 @@ fn dockerfiles_are_built_offline_from_allowed_images() -> Result<()> {
     )?;
 
     // Built, used, its user and build argument honoured, its steps run.
+    eprintln!("creating from {repo}");
     let (id, c, reasons) = create(json!({"repo": repo, "env": {"WHO": "tester"}}))?;
     let image_line = reasons
         .iter()
