@@ -82,7 +82,11 @@ pub async fn build(
         MAX_CONTEXT,
     );
     let left = deadline.saturating_duration_since(Instant::now());
-    let (text, tar) = tokio::time::timeout(left.min(Duration::from_secs(60)), read)
+    let git::TreeRead {
+        file: text,
+        tar,
+        id: tree,
+    } = tokio::time::timeout(left.min(Duration::from_secs(60)), read)
         .await
         .map_err(|_| refused("the build context could not be fetched in time"))??;
     let bases = devcontainer::dockerfile::check(&text, |image| docker.build_base_allowed(image))
@@ -94,7 +98,7 @@ pub async fn build(
             )));
         }
     }
-    let hash = inputs_hash(&in_context, &tar, &args, target);
+    let hash = inputs_hash(&in_context, &tree, &args, target);
     let context_kib = tar.len() / 1024;
     let limit = deadline
         .saturating_duration_since(Instant::now())
@@ -192,10 +196,12 @@ fn build_args(
     Ok(args)
 }
 
-/// The hex SHA-256 of everything a build reads.
+/// The hex SHA-256 of everything a build reads: the Dockerfile's path, the
+/// context's git tree id (its content, the Dockerfile's included), the arguments
+/// and the target.
 fn inputs_hash(
     dockerfile: &str,
-    tar: &[u8],
+    tree: &str,
     args: &HashMap<String, String>,
     target: Option<&str>,
 ) -> String {
@@ -205,7 +211,7 @@ fn inputs_hash(
         hasher.update(bytes);
     };
     field(dockerfile.as_bytes());
-    field(tar);
+    field(tree.as_bytes());
     let sorted: BTreeMap<&String, &String> = args.iter().collect();
     for (name, value) in sorted {
         field(name.as_bytes());
@@ -244,14 +250,14 @@ mod tests {
     #[test]
     fn hashes_change_with_any_input() {
         let args = HashMap::from([("A".to_owned(), "1".to_owned())]);
-        let base = inputs_hash("Dockerfile", b"tar", &args, None);
+        let base = inputs_hash("Dockerfile", "tree", &args, None);
         assert_eq!(base.len(), 64);
-        assert_ne!(base, inputs_hash("Dockerfile", b"tar2", &args, None));
+        assert_ne!(base, inputs_hash("Dockerfile", "tree2", &args, None));
         assert_ne!(
             base,
-            inputs_hash("Dockerfile", b"tar", &HashMap::new(), None)
+            inputs_hash("Dockerfile", "tree", &HashMap::new(), None)
         );
-        assert_ne!(base, inputs_hash("Dockerfile", b"tar", &args, Some("dev")));
-        assert_eq!(base, inputs_hash("Dockerfile", b"tar", &args, None));
+        assert_ne!(base, inputs_hash("Dockerfile", "tree", &args, Some("dev")));
+        assert_eq!(base, inputs_hash("Dockerfile", "tree", &args, None));
     }
 }

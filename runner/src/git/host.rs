@@ -215,7 +215,7 @@ pub async fn read_file_at(
 
 /// A build's inputs from `reference` of `url`: the text of `file` (at most 64
 /// KiB) and the directory `dir` ("" for the top) as a tar archive of at most
-/// `max_total` bytes, no blob over `max_blob`. One shallow commit fetched into
+/// `max_total` bytes, no blob over `max_blob`, with its tree id. One shallow commit fetched into
 /// `place.scratch` (removed after) as [`read_file_at`] does, nothing checked out:
 /// `git archive` writes the tree straight from the object store.
 #[allow(clippy::too_many_arguments)]
@@ -228,7 +228,7 @@ pub async fn read_tree_at(
     token: Option<&str>,
     max_blob: usize,
     max_total: usize,
-) -> crate::Result<(String, Vec<u8>)> {
+) -> crate::Result<TreeRead> {
     let remote = Pinned::parse(url).ok_or_else(|| {
         Error::failed(format_args!(
             "not an http(s) repository URL: {}",
@@ -261,8 +261,25 @@ pub async fn read_tree_at(
     } else {
         format!("refs/warren/file:{dir}")
     };
+    // The tree's id names its content exactly (the archive does not: a tree's
+    // entries get the current time).
+    let id = host.must(&["rev-parse", "--verify", &tree], None).await?;
     let tar = host.archive(&tree, max_total).await?;
-    Ok((text, tar))
+    Ok(TreeRead {
+        file: text,
+        tar,
+        id,
+    })
+}
+
+/// What [`read_tree_at`] read.
+pub struct TreeRead {
+    /// The text of the file asked for.
+    pub file: String,
+    /// The directory, as a tar archive.
+    pub tar: Vec<u8>,
+    /// The directory's git tree id.
+    pub id: String,
 }
 
 fn too_large(path: &str, max: usize) -> Error {
