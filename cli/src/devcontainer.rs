@@ -106,6 +106,7 @@ mod tests {
             "devcontainer: forwardPorts 9999",
             "devcontainer: postCreateCommand done; output:\ndevcontainer: forwardPorts 22",
             "devcontainer: forwardPorts 3000 (Web app), 8080, 80, 3000, 70000, x",
+            "devcontainer: some forwardPorts ignored (…): db:5432",
         ]);
         assert_eq!(forward_ports(&list), [3000, 8080]);
         assert_eq!(

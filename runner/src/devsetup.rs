@@ -440,11 +440,12 @@ fn forwards(dc: &DevContainer, notes: &mut Vec<String>) {
         notes.push(format!("{FORWARD_NOTE}{}", list.join(", ")));
     }
     if !skipped.is_empty() {
+        // Not starting with FORWARD_NOTE: only the ports to forward do.
         notes.push(format!(
-            "devcontainer: forwardPorts {} ignored: only the sandbox's own ports (a number, \
-             localhost:N) are forwarded, at most {}",
-            skipped.join(", "),
-            devcontainer::MAX_PORTS
+            "devcontainer: some forwardPorts ignored (only the sandbox's own ports are \
+             forwarded, a number or localhost:N, at most {}): {}",
+            devcontainer::MAX_PORTS,
+            skipped.join(", ")
         ));
     }
 }
