@@ -54,7 +54,8 @@ const REFUSED_IMAGE: &str = r#"{ "image": "registry.example/evil:1" }"#;
 #[test]
 fn sandboxes_follow_their_devcontainer_json() -> Result<()> {
     let port = free_port()?;
-    let Some(d) = DockerStack::start(&["--host-tcp-port", &port.to_string()])? else {
+    let Some(d) = DockerStack::start(&["--host-tcp-port", &port.to_string(), "--disk-mb", "512"])?
+    else {
         return Ok(());
     };
     image("build-base")?;

@@ -49,8 +49,13 @@ impl Drop for Built {
 fn dockerfiles_are_built_offline_from_allowed_images() -> Result<()> {
     let git_port = free_port()?;
     let mut built = Built(Vec::new());
-    let Some(d) =
-        DockerStack::start(&["--host-tcp-port", &git_port.to_string(), "--allow-builds"])?
+    let Some(d) = DockerStack::start(&[
+        "--host-tcp-port",
+        &git_port.to_string(),
+        "--allow-builds",
+        "--disk-mb",
+        "512",
+    ])?
     else {
         return Ok(());
     };

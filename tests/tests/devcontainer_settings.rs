@@ -63,7 +63,9 @@ fn settings(web: u16) -> String {
 #[test]
 fn users_folders_requirements_and_forwarded_ports() -> Result<()> {
     let git_port = free_port()?;
-    let Some(d) = DockerStack::start(&["--host-tcp-port", &git_port.to_string()])? else {
+    let Some(d) =
+        DockerStack::start(&["--host-tcp-port", &git_port.to_string(), "--disk-mb", "512"])?
+    else {
         return Ok(());
     };
     image("build-base")?;
