@@ -3,6 +3,7 @@
 //! or after `warren up`, which logs the CLI in).
 
 mod client;
+mod devcontainer;
 mod env;
 mod fork;
 mod local_dial;
@@ -84,6 +85,11 @@ enum Command {
         /// (default: what the data directory's file system has free at start).
         #[arg(long)]
         capacity_disk_mb: Option<u64>,
+        /// Docker: build a repository's devcontainer.json `build.dockerfile`
+        /// (tenant code on this machine: no network, 1 CPU, 1 GiB, from allowed
+        /// local images only). Off by default.
+        #[arg(long)]
+        allow_builds: bool,
         #[command(flatten)]
         recording: warren_gateway::recordings::RecordingArgs,
         #[command(flatten)]
@@ -263,6 +269,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             pool_max,
             disk_mb,
             capacity_disk_mb,
+            allow_builds,
             recording,
             admission,
         } => {
@@ -286,6 +293,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 pool_max,
                 disk_mb,
                 capacity_disk_mb,
+                allow_builds,
             })
             .await
         }
@@ -355,11 +363,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 ..CreateSandbox::default()
             };
             eprintln!("creating a sandbox (the first from an image can take a while)…");
-            let created = api()?.create_sandbox(&request).await?;
+            let api = api()?;
+            let created = api.create_sandbox(&request).await?;
             if json {
                 return print_json(&created);
             }
             let sandbox = &created.sandbox;
+            if request.repo.is_some() {
+                devcontainer::print_report(&api, &sandbox.id).await?;
+            }
             println!("sandbox {} ({})", sandbox.id, sandbox.state);
             println!("{}", ssh_line(sandbox));
             println!(
@@ -477,6 +489,11 @@ async fn config_ssh(path: Option<PathBuf>) -> anyhow::Result<()> {
             "    UserKnownHostsFile {}\n    StrictHostKeyChecking yes\n",
             known_path.display()
         ));
+        // The ports its devcontainer.json asks to forward.
+        let events = api.events(&s.id).await?;
+        block.push_str(&devcontainer::local_forwards(&devcontainer::forward_ports(
+            &events,
+        )));
         count += 1;
     }
     block.push_str(END);

@@ -38,6 +38,8 @@ pub struct UpOptions {
     pub disk_mb: u64,
     /// What all sandboxes' disk quotas may add up to (default: the free disk).
     pub capacity_disk_mb: Option<u64>,
+    /// Whether devcontainer.json builds are built (`--allow-builds`).
+    pub allow_builds: bool,
     /// What the gateway records (`<data-dir>/recordings`).
     pub recording: RecordingPolicy,
     /// The SSH front door's bounds: logins per address, and what logged-in
@@ -261,6 +263,7 @@ async fn local_runner(opts: &UpOptions, data: &DataDir) -> anyhow::Result<Runner
                 max: opts.pool_max.max(opts.pool_size),
             }],
             disk_mb: opts.disk_mb,
+            allow_builds: opts.allow_builds,
             ..DockerDefaults::default()
         },
         reap_interval: opts.reap_interval,

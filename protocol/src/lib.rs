@@ -216,6 +216,20 @@ pub struct SandboxSpec {
     /// this only for a create with a repository and no image of its own).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub devcontainer: bool,
+    /// The account sessions run as, by name in the image's `/etc/passwd` (a
+    /// devcontainer.json's `remoteUser`); none: the image's `USER` or the runner's
+    /// choice. Never uid or gid 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Where sessions start and the workspace also appears (a devcontainer.json's
+    /// `workspaceFolder`); none: `/workspace`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// `image` was built by the runner for this create from the repository's
+    /// Dockerfile. Never sent or read: only the runner's own devcontainer path
+    /// sets it, so no request can name another's built image.
+    #[serde(skip)]
+    pub built: bool,
 }
 
 /// A repository to clone: `url` at `base` (default: the remote's HEAD), then a new

@@ -54,8 +54,93 @@ impl SandboxSpec {
         if let Some(mb) = self.disk_mb {
             disk_mb(mb)?;
         }
+        if let Some(name) = &self.user {
+            user(name)?;
+        }
+        if let Some(path) = &self.workdir {
+            workdir(path)?;
+        }
         network(&self.network)
     }
+}
+
+/// A session user's name: `[A-Za-z_][A-Za-z0-9_.-]*`, at most 32 characters, not
+/// `root` (a uid is looked up to its name first; uid 0 never gets this far).
+pub fn user(name: &str) -> Result<(), SpecError> {
+    let shape = (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if !shape || name == "root" {
+        return Err(SpecError::new(
+            "user must be an account name of the image ([A-Za-z_][A-Za-z0-9_.-]*, at most 32 \
+             characters), never root",
+        ));
+    }
+    Ok(())
+}
+
+/// The top directories a workspace may never be put over: the system's own, and
+/// the ones Warren mounts itself.
+const SYSTEM_DIRS: [&str; 20] = [
+    "bin",
+    "boot",
+    "dev",
+    "etc",
+    "lib",
+    "lib32",
+    "lib64",
+    "libx32",
+    "proc",
+    "root",
+    "run",
+    "sbin",
+    "sys",
+    "usr",
+    "var",
+    "tmp",
+    "nix",
+    "snap",
+    ".warren",
+    "lost+found",
+];
+
+/// A workspace folder: an absolute path of at most 8 plain components
+/// (`[A-Za-z0-9._-]`, no `.` or `..`), at most 200 bytes, under none of
+/// [`SYSTEM_DIRS`], and not inside `/workspace` (the repository itself).
+pub fn workdir(path: &str) -> Result<(), SpecError> {
+    let err = || {
+        SpecError::new(
+            "the workspace folder must be an absolute path of plain names ([A-Za-z0-9._-], \
+             no . or ..), at most 8 deep, outside the system's directories (/usr, /etc, \
+             /proc, …)",
+        )
+    };
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err(err());
+    };
+    let parts: Vec<&str> = rest.split('/').collect();
+    let plain = |c: &&str| {
+        !c.is_empty()
+            && *c != "."
+            && *c != ".."
+            && c.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    };
+    if path.len() > 200
+        || parts.len() > 8
+        || !parts.iter().all(plain)
+        || SYSTEM_DIRS.contains(&parts[0])
+        // Inside the workspace is the repository's own tree, not a place to mount it.
+        || (parts[0] == "workspace" && parts.len() > 1)
+    {
+        return Err(err());
+    }
+    Ok(())
 }
 
 /// A disk quota in MiB, within [`DISK_MB`].
@@ -324,6 +409,45 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
+
+    #[test]
+    fn users_and_workdirs() {
+        for ok in ["vscode", "node", "_svc", "dev.user-1", "A"] {
+            assert!(user(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "root", "0", "1000", "a b", "a:b", "-x", &"x".repeat(33)] {
+            assert!(user(bad).is_err(), "{bad}");
+        }
+        for ok in [
+            "/workspaces/app",
+            "/src",
+            "/home/dev/proj",
+            "/workspace",
+            "/a.b/c_d-e",
+        ] {
+            assert!(workdir(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "/",
+            "relative",
+            "/etc",
+            "/usr/local/x",
+            "/proc/1",
+            "/.warren/run",
+            "/tmp/x",
+            "/a/../etc",
+            "/a/./b",
+            "/a//b",
+            "/a/",
+            "/a b",
+            "/a/b/c/d/e/f/g/h/i",
+            "/var/lib",
+            "/workspace/app",
+        ] {
+            assert!(workdir(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn images() {

@@ -36,6 +36,9 @@ const PLAIN_STEPS_DEADLINE: Duration = Duration::from_secs(40);
 /// The note for a repository whose devcontainer.json could not be fetched.
 const NOT_READ: &str =
     "devcontainer: the repository could not be read for a devcontainer.json; defaults used";
+/// How the note listing the ports to forward starts; `warren config-ssh` turns it
+/// into `LocalForward` lines (the numbers before each `, `).
+pub const FORWARD_NOTE: &str = "devcontainer: forwardPorts ";
 /// Lines of a command's output kept in its note.
 const NOTE_LINES: usize = 15;
 /// Characters of a command's output kept in its note.
@@ -46,6 +49,15 @@ const NOTE_CHARS: usize = 2000;
 struct Kept {
     #[serde(default)]
     post_start: Option<Command>,
+    /// Where its lifecycle commands run (default `/workspace`).
+    #[serde(default)]
+    workdir: Option<String>,
+}
+
+/// A file that was followed: its settings, and where its commands run.
+struct Followed {
+    dc: DevContainer,
+    workdir: String,
 }
 
 /// Creates (or restarts) `id` as the tunnel's `create` asks; on Docker, with a
@@ -83,21 +95,21 @@ pub async fn create(
     let mut spec = spec.clone();
     let mut notes = Vec::new();
     let found = if spec.devcontainer {
-        prepare(backend, docker, id, &mut spec, &mut notes).await?
+        prepare(backend, docker, id, &mut spec, deadline, &mut notes).await?
     } else {
         None
     };
     backend
         .create(id, token_key, authorized_keys, &spec)
         .await?;
-    if let Some(dc) = found {
-        keep(docker, id, &dc);
+    if let Some(Followed { dc, workdir }) = found {
+        keep(docker, id, &dc, &workdir);
         let steps: Vec<(&str, &Command)> = devcontainer::CREATE_STEPS
             .iter()
             .chain([&devcontainer::START_STEP])
             .filter_map(|step| dc.step(step).map(|c| (*step, c)))
             .collect();
-        run_steps(docker, id, &steps, deadline, &mut notes).await;
+        run_steps(docker, id, &steps, &workdir, deadline, &mut notes).await;
     }
     Ok(answer(notes))
 }
@@ -117,16 +129,18 @@ fn answer(notes: Vec<String>) -> Response {
     }
 }
 
-/// Reads and applies the repository's devcontainer.json to `spec` (image, env),
-/// noting what it skips. `None`: there is none, or it cannot be used (noted); an
-/// image or env the runner refuses is a refusal of the create.
+/// Reads and applies the repository's devcontainer.json to `spec` (image, env,
+/// user, workspace folder), noting what it skips. `None`: there is none, or it
+/// cannot be used (noted); an image, env or user the runner refuses, or host
+/// requirements beyond the runner, are a refusal of the create.
 async fn prepare(
     backend: &Backend,
     docker: &DockerBackend,
     id: &SandboxId,
     spec: &mut SandboxSpec,
+    deadline: Instant,
     notes: &mut Vec<String>,
-) -> Result<Option<DevContainer>> {
+) -> Result<Option<Followed>> {
     let Some(repo) = spec.repo.clone() else {
         return Ok(None);
     };
@@ -173,23 +187,56 @@ async fn prepare(
     };
     notes.push(format!("devcontainer: following {path}"));
     notes.extend(report.lines());
-    if let Some(image) = &dc.image {
-        spec.image = Some(image.clone());
-    }
-    let image_env = docker
-        .image_env(spec)
-        .await
-        .map_err(|e| from_devcontainer(&path, e))?;
     let local_env: BTreeMap<String, String> = spec
         .env
         .iter()
         .map(|(k, v)| (k.clone(), v.expose().to_owned()))
         .collect();
-    dc.resolve(&Context {
+    if let Some(image) = &dc.image {
+        spec.image = Some(image.clone());
+        if dc.build.is_some() || dc.docker_file.is_some() {
+            notes.push(
+                "devcontainer: build ignored: the file names an image, which is used".to_owned(),
+            );
+        }
+    } else if let Some(build) = dc.build_spec() {
+        if docker.allows_builds() {
+            let image = crate::devbuild::build(
+                docker, id, &repo, &path, &build, &local_env, deadline, notes,
+            )
+            .await
+            .map_err(|e| from_devcontainer(&path, e))?;
+            spec.image = Some(image);
+            spec.built = true;
+        } else {
+            notes.push(
+                "devcontainer: build refused: image builds are off on this runner (its operator \
+                 allows them with --allow-builds); the default image is used"
+                    .to_owned(),
+            );
+        }
+    }
+    let image_env = docker
+        .image_env(spec)
+        .await
+        .map_err(|e| from_devcontainer(&path, e))?;
+    let repo_name = repo_name(&repo.url);
+    let mut cx = Context {
         local_env: &local_env,
         image_env: &image_env,
         workspace: WORKSPACE,
-    });
+        repo_name: &repo_name,
+    };
+    let workdir = workspace_folder(&dc, &cx, spec, notes);
+    cx.workspace = &workdir;
+    dc.resolve(&cx);
+    host_requirements(docker, &dc, spec, notes)
+        .await
+        .map_err(|e| from_devcontainer(&path, e))?;
+    session_user(docker, id, &dc, spec, notes)
+        .await
+        .map_err(|e| from_devcontainer(&path, e))?;
+    forwards(&dc, notes);
     // The request's own env wins over the file's.
     let file_env = dc.container_env.iter().chain(
         dc.remote_env
@@ -205,7 +252,202 @@ async fn prepare(
         .check(spec)
         .await
         .map_err(|e| from_devcontainer(&path, e))?;
-    Ok(Some(dc))
+    Ok(Some(Followed { dc, workdir }))
+}
+
+/// The repository's name: the URL's last part, without `.git` (made plain).
+fn repo_name(url: &str) -> String {
+    let last = url.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+    let name = devcontainer::plain(last.trim_end_matches(".git"), 64).replace([' ', ':', '/'], "");
+    if name.is_empty() || name.starts_with('.') {
+        "workspace".to_owned()
+    } else {
+        name
+    }
+}
+
+/// Where the lifecycle commands run (and `${containerWorkspaceFolder}`):
+/// `workspaceFolder` if it is usable. Outside `/workspace` the workspace is also
+/// mounted there and sessions start there (`spec.workdir`); inside it, only the
+/// commands run there; a folder Warren cannot use is noted and `/workspace` kept.
+fn workspace_folder(
+    dc: &DevContainer,
+    cx: &Context<'_>,
+    spec: &mut SandboxSpec,
+    notes: &mut Vec<String>,
+) -> String {
+    let Some(folder) = dc.workspace_folder(cx) else {
+        return WORKSPACE.to_owned();
+    };
+    if folder == WORKSPACE {
+        return folder;
+    }
+    if let Some(inside) = folder.strip_prefix(&format!("{WORKSPACE}/")) {
+        let plain = inside
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != ".." && devcontainer::plain(c, 255) == c);
+        if plain && folder.len() <= 200 {
+            notes.push(format!(
+                "devcontainer: workspaceFolder {folder}: lifecycle commands run there; \
+                 logins start in {WORKSPACE}"
+            ));
+            return folder;
+        }
+    } else if warren_protocol::validate::workdir(&folder).is_ok() {
+        notes.push(format!(
+            "devcontainer: workspaceFolder {folder}: the workspace is there too, and \
+             logins start there"
+        ));
+        spec.workdir = Some(folder.clone());
+        return folder;
+    }
+    notes.push(format!(
+        "devcontainer: workspaceFolder {:?} refused: it must be an absolute path of plain \
+         names outside the system's directories; {WORKSPACE} is used",
+        devcontainer::plain(&folder, 80)
+    ));
+    WORKSPACE.to_owned()
+}
+
+/// `hostRequirements`: more than this runner has at all refuses the create; more
+/// than the sandbox was given is noted with how to ask for it (the gateway placed
+/// the sandbox by its request's limits, so the file cannot raise them).
+async fn host_requirements(
+    docker: &DockerBackend,
+    dc: &DevContainer,
+    spec: &SandboxSpec,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let Some(wanted) = &dc.host_requirements else {
+        return Ok(());
+    };
+    let host = docker.host_resources().await;
+    let cpus = wanted.cpus.map(|c| u64::from(c) * 1000);
+    let memory = wanted.memory_mb();
+    if wanted.memory.is_some() && memory.is_none() {
+        notes.push(
+            "devcontainer: hostRequirements.memory ignored: not a size Warren reads (\"4gb\", \
+             \"512mb\")"
+                .to_owned(),
+        );
+    }
+    if let Some(c) = cpus
+        && c > u64::from(host.millicpus)
+    {
+        return Err(Error::refused(
+            "no_capacity",
+            format!(
+                "hostRequirements asks for {} CPUs; this runner has {}",
+                c / 1000,
+                host.millicpus / 1000
+            ),
+        ));
+    }
+    if let Some(m) = memory
+        && m > host.memory_mb
+    {
+        return Err(Error::refused(
+            "no_capacity",
+            format!(
+                "hostRequirements asks for {m} MiB of memory; this runner has {} MiB",
+                host.memory_mb
+            ),
+        ));
+    }
+    if let (Some(c), Some(given)) = (cpus, spec.millicpus)
+        && c > u64::from(given)
+    {
+        notes.push(format!(
+            "devcontainer: hostRequirements asks for {} CPUs, the sandbox has {}: create it \
+             with --cpus {} (the file does not raise a create's limits)",
+            c / 1000,
+            f64::from(given) / 1000.0,
+            c / 1000
+        ));
+    }
+    if let (Some(m), Some(given)) = (memory, spec.memory_mb)
+        && m > given
+    {
+        notes.push(format!(
+            "devcontainer: hostRequirements asks for {m} MiB of memory, the sandbox has \
+             {given} MiB: create it with --memory-mb {m} (the file does not raise a \
+             create's limits)"
+        ));
+    }
+    Ok(())
+}
+
+/// `remoteUser` (else `containerUser`): looked up in the image's own
+/// `/etc/passwd`. Not there refuses the create; uid or gid 0 there is noted as
+/// refused and the default user kept.
+async fn session_user(
+    docker: &DockerBackend,
+    id: &SandboxId,
+    dc: &DevContainer,
+    spec: &mut SandboxSpec,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let (key, wanted) = match (&dc.remote_user, &dc.container_user) {
+        (Some(u), _) => ("remoteUser", u),
+        (None, Some(u)) => ("containerUser", u),
+        (None, None) => return Ok(()),
+    };
+    let shown = devcontainer::plain(wanted, 40);
+    let image = spec
+        .image
+        .clone()
+        .unwrap_or_else(|| docker.default_image().to_owned());
+    let passwd = docker.image_passwd(id, &image).await?;
+    let Some(account) = crate::backend::docker::find_account(&passwd, wanted.trim()) else {
+        return Err(Error::refused(
+            "invalid_spec",
+            format!("{key} {shown:?} is not an account of the image {image} (its /etc/passwd)"),
+        ));
+    };
+    if account.uid == 0 || account.gid == 0 {
+        notes.push(format!(
+            "devcontainer: {key} refused: {shown:?} is uid or gid 0 in the image, and sessions \
+             never run as root; the sandbox's own user is used"
+        ));
+        return Ok(());
+    }
+    if warren_protocol::validate::user(&account.name).is_err() {
+        return Err(Error::refused(
+            "invalid_spec",
+            format!("{key} {shown:?}: the image's account name is not one Warren uses"),
+        ));
+    }
+    notes.push(format!(
+        "devcontainer: sessions run as {} (uid {})",
+        account.name, account.uid
+    ));
+    spec.user = Some(account.name);
+    Ok(())
+}
+
+/// One note listing the ports to forward (`warren config-ssh` reads it), and one
+/// for those left out.
+fn forwards(dc: &DevContainer, notes: &mut Vec<String>) {
+    let (kept, skipped) = dc.forwards();
+    if !kept.is_empty() {
+        let list: Vec<String> = kept
+            .iter()
+            .map(|f| match &f.label {
+                Some(label) => format!("{} ({label})", f.port),
+                None => f.port.to_string(),
+            })
+            .collect();
+        notes.push(format!("{FORWARD_NOTE}{}", list.join(", ")));
+    }
+    if !skipped.is_empty() {
+        // Not starting with FORWARD_NOTE: only the ports to forward do.
+        notes.push(format!(
+            "devcontainer: some forwardPorts ignored (only the sandbox's own ports are \
+             forwarded, a number or localhost:N, at most {}): {}",
+            devcontainer::MAX_PORTS,
+            skipped.join(", ")
+        ));
+    }
 }
 
 /// A refusal caused by the file says so.
@@ -221,9 +463,10 @@ fn from_devcontainer(path: &str, e: Error) -> Error {
 
 /// Keeps what later starts need; a failure only costs them their
 /// postStartCommand (noted in the log).
-fn keep(docker: &DockerBackend, id: &SandboxId, dc: &DevContainer) {
+fn keep(docker: &DockerBackend, id: &SandboxId, dc: &DevContainer, workdir: &str) {
     let kept = Kept {
         post_start: dc.post_start_command.clone(),
+        workdir: Some(workdir.to_owned()),
     };
     let written = serde_json::to_vec(&kept)
         .map_err(anyhow::Error::from)
@@ -251,10 +494,12 @@ async fn started(
         }
     };
     if let Some(command) = &kept.post_start {
+        let workdir = kept.workdir.as_deref().unwrap_or(WORKSPACE);
         run_steps(
             docker,
             id,
             &[(devcontainer::START_STEP, command)],
+            workdir,
             deadline,
             notes,
         )
@@ -267,6 +512,7 @@ async fn run_steps(
     docker: &DockerBackend,
     id: &SandboxId,
     steps: &[(&str, &Command)],
+    workdir: &str,
     deadline: Instant,
     notes: &mut Vec<String>,
 ) {
@@ -278,7 +524,7 @@ async fn run_steps(
                 format!("{step} ({name})")
             };
             let left = deadline.saturating_duration_since(Instant::now());
-            let ran = tokio::time::timeout(left, docker.run_in_workspace(id, &argv)).await;
+            let ran = tokio::time::timeout(left, docker.run_in(id, &argv, workdir)).await;
             let (note, done) = match ran {
                 Ok(Ok((0, out))) => (format!("devcontainer: {label} done{}", tail(&out)), true),
                 Ok(Ok((code, out))) => (
@@ -308,7 +554,7 @@ async fn run_steps(
 
 /// The last lines of a command's output for a note, with control characters
 /// (other than newlines) made harmless: the output is the sandbox's.
-fn tail(out: &str) -> String {
+pub(crate) fn tail(out: &str) -> String {
     let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
     if lines.is_empty() {
         return String::new();

@@ -14,6 +14,7 @@
 //! - [`stream`]: tunnel channels as byte streams with consumption-based windows.
 
 pub mod backend;
+pub mod devbuild;
 pub mod devcontainer;
 pub mod devsetup;
 mod error;

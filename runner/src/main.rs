@@ -108,6 +108,11 @@ enum Command {
         /// images (`warren-*`).
         #[arg(long = "allow-image", value_name = "PATTERN", value_parser = image_pattern_arg)]
         allow_images: Vec<String>,
+        /// Docker: build a repository's devcontainer.json `build.dockerfile` (tenant
+        /// code on this host: with no network, 1 CPU, 1 GiB, from allowed local
+        /// images only). Off by default: such creates get the default image.
+        #[arg(long)]
+        allow_builds: bool,
         /// End a persistent session (`ssh -t <sandbox-id>+<name>@gateway`) nobody has
         /// been attached to for this many seconds (default: it lives until its shell
         /// exits or the sandbox stops).
@@ -179,6 +184,7 @@ async fn main() -> Result<()> {
             capacity_disk_mb,
             host_tcp_ports,
             allow_images,
+            allow_builds,
             session_detached_ttl_s,
             pool,
             pool_check_interval_s,
@@ -212,6 +218,7 @@ async fn main() -> Result<()> {
                     pool_demand_window: Duration::from_secs(pool_demand_window_s.max(1)),
                     pool_fill_parallel: pool_fill_parallel.max(1),
                     spare_networks,
+                    allow_builds,
                     disk_mb,
                     ..DockerDefaults::default()
                 },

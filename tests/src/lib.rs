@@ -27,6 +27,7 @@ pub mod bench;
 pub mod bench_persistent;
 mod binaries;
 mod client;
+pub mod devrepos;
 pub mod git_http;
 pub mod persistent;
 mod process;

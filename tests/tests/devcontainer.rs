@@ -1,95 +1,20 @@
 //! Sandboxes that follow their repository's devcontainer.json, end to end on the
 //! Docker backend: the HTTP API, a real runner, and real repositories on this host
-//! served over git's smart HTTP (`git http-backend` behind a few lines of Python),
-//! reachable from the runner host (which reads the file) and from the containers
-//! (which clone).
+//! served over git's smart HTTP ([`warren_tests::devrepos`]). Here: image, env,
+//! lifecycle commands, skipped keys, failures. Users, workspace folders, host
+//! requirements and ports: `devcontainer_settings.rs`; builds:
+//! `devcontainer_build.rs`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
-use tempfile::TempDir;
-use warren_tests::stack::{DockerStack, docker_host_ip, image};
+use warren_tests::devrepos::GitServer;
+use warren_tests::stack::{DockerStack, image};
 use warren_tests::util::free_port;
-use warren_tests::{ChildGuard, Client, Target};
-
-/// Git's smart HTTP for the repositories under a root: `git http-backend` as a CGI.
-const GIT_HTTP: &str = r#"
-import http.server, os, subprocess, sys
-root, port = sys.argv[1], int(sys.argv[2])
-class Git(http.server.BaseHTTPRequestHandler):
-    def serve(self):
-        path, _, query = self.path.partition("?")
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        env = dict(os.environ, GIT_PROJECT_ROOT=root, GIT_HTTP_EXPORT_ALL="1",
-                   REQUEST_METHOD=self.command, PATH_INFO=path, QUERY_STRING=query,
-                   CONTENT_TYPE=self.headers.get("Content-Type", ""),
-                   CONTENT_LENGTH=str(len(body)), REMOTE_ADDR="127.0.0.1",
-                   HTTP_GIT_PROTOCOL=self.headers.get("Git-Protocol", ""),
-                   HTTP_CONTENT_ENCODING=self.headers.get("Content-Encoding", ""))
-        out = subprocess.run(["git", "http-backend"], input=body, env=env,
-                             capture_output=True).stdout
-        head, _, payload = out.partition(b"\r\n\r\n")
-        status, headers = 200, []
-        for line in head.decode().split("\r\n"):
-            name, _, value = line.partition(":")
-            if name.lower() == "status":
-                status = int(value.split()[0])
-            elif name:
-                headers.append((name, value.strip()))
-        self.send_response(status)
-        for name, value in headers:
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-    do_GET = do_POST = serve
-    def log_message(self, *args):
-        pass
-http.server.ThreadingHTTPServer(("0.0.0.0", port), Git).serve_forever()
-"#;
-
-fn git(dir: &Path, args: &[&str]) -> Result<()> {
-    let out = std::process::Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=t", "-c", "user.email=t@e"])
-        .args(args)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
-/// A bare repository `<root>/<name>.git` whose one commit holds `files`.
-fn repository(root: &Path, name: &str, files: &[(&str, &str)]) -> Result<()> {
-    let work = root.join(format!("{name}-work"));
-    std::fs::create_dir_all(&work)?;
-    git(&work, &["init", "-q", "-b", "main"])?;
-    for (path, text) in files {
-        let path = work.join(path);
-        std::fs::create_dir_all(path.parent().context("parent")?)?;
-        std::fs::write(path, text)?;
-    }
-    git(&work, &["add", "-A"])?;
-    git(&work, &["commit", "-qm", "first"])?;
-    git(
-        root,
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            &work.to_string_lossy(),
-            &format!("{name}.git"),
-        ],
-    )
-}
+use warren_tests::{Client, Target};
 
 /// Everything but the lifecycle commands, which each case adds.
 const FOLLOWED: &str = r#"
@@ -104,6 +29,7 @@ const FOLLOWED: &str = r#"
   "capAdd": ["SYS_ADMIN"],
   "mounts": ["source=/,target=/host,type=bind"],
   "build": { "dockerfile": "Dockerfile" },
+  "features": { "ghcr.io/devcontainers/features/node:1": {} },
   "customizations": { "vscode": { "extensions": [] } },
   "onCreateCommand": "echo on-create >> /workspace/order; id -u > /workspace/uid",
   "updateContentCommand": ["sh", "-c", "echo update-content >> /workspace/order"],
@@ -128,7 +54,8 @@ const REFUSED_IMAGE: &str = r#"{ "image": "registry.example/evil:1" }"#;
 #[test]
 fn sandboxes_follow_their_devcontainer_json() -> Result<()> {
     let port = free_port()?;
-    let Some(d) = DockerStack::start(&["--host-tcp-port", &port.to_string()])? else {
+    let Some(d) = DockerStack::start(&["--host-tcp-port", &port.to_string(), "--disk-mb", "512"])?
+    else {
         return Ok(());
     };
     image("build-base")?;
@@ -139,30 +66,15 @@ fn sandboxes_follow_their_devcontainer_json() -> Result<()> {
     let call = |method: &str, path: &str, body: Option<Value>| {
         d.stack.call(&api, method, path, Some(&key), body)
     };
-    let tmp = TempDir::new()?;
-    let root = tmp.path();
-    repository(
-        root,
-        "followed",
-        &[(".devcontainer/devcontainer.json", FOLLOWED)],
-    )?;
-    repository(root, "failing", &[(".devcontainer.json", FAILING)])?;
-    repository(
-        root,
+    let git = GitServer::start(port)?;
+    let url = |name: &str| git.url(name);
+    git.repository("followed", &[(".devcontainer/devcontainer.json", FOLLOWED)])?;
+    git.repository("failing", &[(".devcontainer.json", FAILING)])?;
+    git.repository(
         "malformed",
         &[(".devcontainer/devcontainer.json", MALFORMED)],
     )?;
-    repository(root, "refused", &[(".devcontainer.json", REFUSED_IMAGE)])?;
-    let _server = ChildGuard::spawn(
-        std::process::Command::new("python3")
-            .args(["-c", GIT_HTTP])
-            .arg(root)
-            .arg(port.to_string())
-            .stdout(std::process::Stdio::null()),
-    )?;
-    let host_ip = docker_host_ip()?;
-    let url = |name: &str| format!("http://{host_ip}:{port}/{name}.git");
-    wait_for_server(&url("followed"))?;
+    git.repository("refused", &[(".devcontainer.json", REFUSED_IMAGE)])?;
 
     let create = |body: Value| -> Result<(String, Client)> {
         let made = call("POST", "/v1/sandboxes", Some(body))?;
@@ -200,7 +112,8 @@ fn sandboxes_follow_their_devcontainer_json() -> Result<()> {
         "privileged refused: it would weaken the sandbox's isolation",
         "capAdd refused",
         "mounts refused",
-        "build refused: image builds are not supported yet",
+        "build ignored: the file names an image",
+        "features refused: features are not installed",
         "remoteUser refused: sessions never run as root",
         "customizations ignored",
         "onCreateCommand done",
@@ -312,23 +225,4 @@ fn sandboxes_follow_their_devcontainer_json() -> Result<()> {
         out.stdout_trimmed()
     );
     Ok(())
-}
-
-/// Polls until the stand-in answers git.
-fn wait_for_server(url: &str) -> Result<()> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = std::process::Command::new("git")
-            .args(["ls-remote", url])
-            .output()?;
-        if out.status.success() {
-            return Ok(());
-        }
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "the git server never answered: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }

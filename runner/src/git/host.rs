@@ -172,39 +172,8 @@ pub async fn read_file_at(
     })?;
     let _scratch = Scratch::make(&place.scratch)?;
     let host = HostRepo::new(place)?;
-    host.must(&["init", "--quiet", "--bare", "--template="], None)
+    host.fetch_commit(&remote, url, reference, token, max)
         .await?;
-    let allow = format!("protocol.{}.allow=always", remote.scheme);
-    let filter = format!("--filter=blob:limit={}", max + 1);
-    let refspec = format!("+{}:refs/warren/file", reference.unwrap_or("HEAD"));
-    host.must(&["remote", "add", "origin", remote.url], None)
-        .await?;
-    let fetched = host
-        .run(
-            &[
-                "-c",
-                &allow,
-                "fetch",
-                "--quiet",
-                "--depth",
-                "1",
-                "--no-tags",
-                "--no-write-fetch-head",
-                &filter,
-                "origin",
-                "--",
-                &refspec,
-            ],
-            token.map(|t| (t, remote.origin.as_str())),
-        )
-        .await?;
-    if !fetched.ok() {
-        return Err(Error::failed(format_args!(
-            "fetching {}: {}",
-            redact(url, token),
-            redact(fetched.stderr.trim(), token)
-        )));
-    }
     for path in paths {
         let object = format!("refs/warren/file:{path}");
         let kind = host.run(&["cat-file", "-t", &object], None).await?;
@@ -242,6 +211,75 @@ pub async fn read_file_at(
         return Ok(Some(((*path).to_owned(), text.stdout)));
     }
     Ok(None)
+}
+
+/// A build's inputs from `reference` of `url`: the text of `file` (at most 64
+/// KiB) and the directory `dir` ("" for the top) as a tar archive of at most
+/// `max_total` bytes, no blob over `max_blob`, with its tree id. One shallow commit fetched into
+/// `place.scratch` (removed after) as [`read_file_at`] does, nothing checked out:
+/// `git archive` writes the tree straight from the object store.
+#[allow(clippy::too_many_arguments)]
+pub async fn read_tree_at(
+    place: &PushPlace<'_>,
+    url: &str,
+    reference: Option<&str>,
+    file: &str,
+    dir: &str,
+    token: Option<&str>,
+    max_blob: usize,
+    max_total: usize,
+) -> crate::Result<TreeRead> {
+    let remote = Pinned::parse(url).ok_or_else(|| {
+        Error::failed(format_args!(
+            "not an http(s) repository URL: {}",
+            redact(url, None)
+        ))
+    })?;
+    let _scratch = Scratch::make(&place.scratch)?;
+    let host = HostRepo::new(place)?;
+    host.fetch_commit(&remote, url, reference, token, max_blob)
+        .await?;
+    let object = format!("refs/warren/file:{file}");
+    let kind = host.run(&["cat-file", "-t", &object], None).await?;
+    if kind.stdout.trim() != "blob" {
+        return Err(Error::refused(
+            "invalid_spec",
+            format!("{file} is not a file of the repository (or is larger than {max_blob} bytes)"),
+        ));
+    }
+    let size: usize = host
+        .must(&["cat-file", "-s", &object], None)
+        .await?
+        .parse()
+        .unwrap_or(usize::MAX);
+    if size > 64 * 1024 {
+        return Err(too_large(file, 64 * 1024));
+    }
+    let text = host.must(&["cat-file", "blob", &object], None).await?;
+    let tree = if dir.is_empty() {
+        "refs/warren/file^{tree}".to_owned()
+    } else {
+        format!("refs/warren/file:{dir}")
+    };
+    // The tree's id names its content exactly (the archive does not: a tree's
+    // entries get the current time).
+    let id = host.must(&["rev-parse", "--verify", &tree], None).await?;
+    let tar = host.archive(&tree, max_total).await?;
+    Ok(TreeRead {
+        file: text,
+        tar,
+        id,
+    })
+}
+
+/// What [`read_tree_at`] read.
+pub struct TreeRead {
+    /// The text of the file asked for.
+    pub file: String,
+    /// The directory, as a tar archive.
+    pub tar: Vec<u8>,
+    /// The directory's git tree id.
+    pub id: String,
 }
 
 fn too_large(path: &str, max: usize) -> Error {
@@ -311,6 +349,17 @@ impl HostRepo {
     /// `git <args>`; `secret` is the password and the only `scheme://host` the
     /// askpass helper gives it to.
     async fn run(&self, args: &[&str], secret: Option<(&str, &str)>) -> Result<GitOutput> {
+        let mut cmd = self.command(args, secret);
+        let out = cmd.output().await.context("running git")?;
+        Ok(GitOutput {
+            code: out.status.code().map_or(-1, i64::from),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    /// The command [`Self::run`] runs.
+    fn command(&self, args: &[&str], secret: Option<(&str, &str)>) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new("git");
         cmd.env_clear();
         for name in HOST_ENV {
@@ -341,12 +390,97 @@ impl HostRepo {
             cmd.env("WARREN_GIT_PASSWORD", password)
                 .env("WARREN_GIT_ORIGIN", origin);
         }
-        let out = cmd.output().await.context("running git")?;
-        Ok(GitOutput {
-            code: out.status.code().map_or(-1, i64::from),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        })
+        cmd
+    }
+
+    /// Fetches one commit of `reference` (default: the remote's HEAD) of `url`
+    /// as `refs/warren/file` into a new bare repository, blobs over `max_blob`
+    /// left on the server where it can filter them.
+    async fn fetch_commit(
+        &self,
+        remote: &Pinned<'_>,
+        url: &str,
+        reference: Option<&str>,
+        token: Option<&str>,
+        max_blob: usize,
+    ) -> crate::Result<()> {
+        self.must(&["init", "--quiet", "--bare", "--template="], None)
+            .await?;
+        let allow = format!("protocol.{}.allow=always", remote.scheme);
+        let filter = format!("--filter=blob:limit={}", max_blob + 1);
+        let refspec = format!("+{}:refs/warren/file", reference.unwrap_or("HEAD"));
+        self.must(&["remote", "add", "origin", remote.url], None)
+            .await?;
+        let fetched = self
+            .run(
+                &[
+                    "-c",
+                    &allow,
+                    "fetch",
+                    "--quiet",
+                    "--depth",
+                    "1",
+                    "--no-tags",
+                    "--no-write-fetch-head",
+                    &filter,
+                    "origin",
+                    "--",
+                    &refspec,
+                ],
+                token.map(|t| (t, remote.origin.as_str())),
+            )
+            .await?;
+        if !fetched.ok() {
+            return Err(Error::failed(format_args!(
+                "fetching {}: {}",
+                redact(url, token),
+                redact(fetched.stderr.trim(), token)
+            )));
+        }
+        Ok(())
+    }
+
+    /// `git archive --format=tar <tree>`, read up to `max` bytes: more, or a blob
+    /// the filter left on the server, is a refusal.
+    async fn archive(&self, tree: &str, max: usize) -> crate::Result<Vec<u8>> {
+        use tokio::io::AsyncReadExt;
+        let mut cmd = self.command(&["archive", "--format=tar", tree], None);
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().context("running git archive")?;
+        let mut stdout = child.stdout.take().context("git archive's stdout")?;
+        let mut stderr = child.stderr.take().context("git archive's stderr")?;
+        let mut tar = Vec::new();
+        let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+        let mut bounded = (&mut stdout).take(limit);
+        let (read, errors) = tokio::join!(bounded.read_to_end(&mut tar), async {
+            let mut text = String::new();
+            let _ = (&mut stderr)
+                .take(64 * 1024)
+                .read_to_string(&mut text)
+                .await;
+            text
+        });
+        read.context("reading git archive")?;
+        if tar.len() > max {
+            let _ = child.kill().await;
+            return Err(Error::refused(
+                "too_large",
+                format!("the build context is larger than {max} bytes"),
+            ));
+        }
+        let status = child.wait().await.context("git archive")?;
+        if !status.success() {
+            return Err(Error::refused(
+                "invalid_spec",
+                format!(
+                    "the build context could not be read (a file over the size limit, or not \
+                     a directory): {}",
+                    errors.lines().next().unwrap_or("").trim()
+                ),
+            ));
+        }
+        Ok(tar)
     }
 
     async fn must(&self, args: &[&str], secret: Option<(&str, &str)>) -> Result<String> {

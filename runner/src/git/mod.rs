@@ -21,8 +21,8 @@ use crate::Error;
 
 mod host;
 
-pub use host::read_file_at;
 use host::{Pinned, push_pinned};
+pub use host::{TreeRead, read_file_at, read_tree_at};
 
 /// Settings every git run in a workspace gets: no credential helper (one from a
 /// global config could store the token), no prompts for signing keys, none of the

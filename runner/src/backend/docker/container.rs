@@ -41,6 +41,24 @@ impl DockerBackend {
         (memory, nano_cpus, pids)
     }
 
+    /// The workspace again at a devcontainer.json's `workspaceFolder` outside
+    /// `/workspace` (the same directory of the sandbox's disk), so the repository is
+    /// where its tools expect it.
+    fn workdir_mount(&self, id: &SandboxId, spec: &SandboxSpec) -> Option<Mount> {
+        let target = spec.workdir.as_deref()?;
+        if target == WORKSPACE || target.starts_with(&format!("{WORKSPACE}/")) {
+            return None;
+        }
+        let workspace = self
+            .disk_mounts(&self.objects_slot(id))
+            .into_iter()
+            .find(|m| m.target.as_deref() == Some(WORKSPACE))?;
+        Some(Mount {
+            target: Some(target.to_owned()),
+            ..workspace
+        })
+    }
+
     pub(super) fn container_config(&self, new: NewContainer<'_>) -> ContainerCreateBody {
         let NewContainer {
             id,
@@ -71,8 +89,15 @@ impl DockerBackend {
             format!("WARREN_AUTHORIZED_KEYS={RUN_MOUNT}/authorized_keys"),
             format!("WARREN_USER_FILE={RUN_MOUNT}/user"),
             format!("WARREN_ACTIVITY_FILE={RUN_MOUNT}/activity"),
-            format!("WARREN_SANDBOX_USER={}", image_user.unwrap_or("auto")),
-            format!("WARREN_WORKDIR={WORKSPACE}"),
+            // A devcontainer.json's user wins over the image's `USER`.
+            format!(
+                "WARREN_SANDBOX_USER={}",
+                spec.user.as_deref().or(image_user).unwrap_or("auto")
+            ),
+            format!(
+                "WARREN_WORKDIR={}",
+                spec.workdir.as_deref().unwrap_or(WORKSPACE)
+            ),
             "WARREN_OWN_WORKDIR=true".to_owned(),
             // Reached only through the runner's encrypted tunnel.
             "WARREN_AGENT_ALLOW_UNENCRYPTED=true".to_owned(),
@@ -98,6 +123,7 @@ impl DockerBackend {
             mounts: Some(
                 self.disk_mounts(&self.objects_slot(id))
                     .into_iter()
+                    .chain(self.workdir_mount(id, spec))
                     .chain(volumes)
                     .collect(),
             ),

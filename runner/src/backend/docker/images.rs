@@ -11,7 +11,11 @@ impl DockerBackend {
         spec: &SandboxSpec,
     ) -> crate::Result<bollard::models::ImageInspect> {
         let image = spec.image.as_deref().unwrap_or(&self.defaults.image);
-        let is_default = image == self.defaults.image;
+        // A built image only through the build that made it for this sandbox
+        // (whatever the allow-list says): it may hold another tenant's build
+        // arguments.
+        let built = image.starts_with(build::BUILD_PREFIX);
+        let is_default = image == self.defaults.image || (built && spec.built);
         let allowed = |r: &str| image_allowed(r, &self.defaults.allowed_images);
         // A refused image and a missing one get the same code and message (the
         // gateway makes `image_not_found` a 422): the allow-list is checked before
@@ -32,7 +36,7 @@ impl DockerBackend {
                 ),
             )
         };
-        if !is_default && !allowed(image) {
+        if !is_default && (built || !allowed(image)) {
             return Err(unavailable());
         }
         let info = self.docker.inspect_image(image).await.map_err(|e| {
@@ -45,8 +49,12 @@ impl DockerBackend {
         // The engine also finds images by (a prefix of) their id: `deadbeef` may
         // match a pattern `dead*` and be some other image. What was found must
         // itself carry an allowed name.
-        let mut names = info.repo_tags.iter().chain(&info.repo_digests).flatten();
-        if !is_default && !names.any(|n| allowed(n)) {
+        let names = || info.repo_tags.iter().chain(&info.repo_digests).flatten();
+        if !is_default && !names().any(|n| allowed(n)) {
+            return Err(unavailable());
+        }
+        // Nor is a built image reached by its id.
+        if !spec.built && names().any(|n| n.starts_with(build::BUILD_PREFIX)) {
             return Err(unavailable());
         }
         Ok(info)

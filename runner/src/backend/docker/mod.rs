@@ -56,6 +56,7 @@ use crate::netpolicy;
 use crate::protocol::{NetworkPolicy, RepoSpec, SandboxSpec, SandboxStatus, Secret};
 use crate::state::write_file;
 
+pub mod build;
 mod container;
 mod devcontainer;
 pub mod disk;
@@ -70,6 +71,7 @@ mod snapshot;
 mod spare;
 
 use container::NewContainer;
+pub use devcontainer::{Account, find_account};
 pub use images::{DEFAULT_ALLOWED_IMAGES, ensure_static, image_allowed};
 pub use pool::PoolSize;
 
@@ -139,6 +141,9 @@ pub struct DockerDefaults {
     pub allowed_images: Vec<String>,
     /// The disk quota of a sandbox whose spec names none, in MiB.
     pub disk_mb: u64,
+    /// Whether a devcontainer.json's `build` is built (see [`build`]); off
+    /// unless the operator turns it on.
+    pub allow_builds: bool,
 }
 
 impl Default for DockerDefaults {
@@ -160,6 +165,7 @@ impl Default for DockerDefaults {
             spare_networks: 2,
             allowed_images: DEFAULT_ALLOWED_IMAGES.map(String::from).into(),
             disk_mb: 4 * 1024,
+            allow_builds: false,
         }
     }
 }

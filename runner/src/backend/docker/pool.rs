@@ -298,6 +298,9 @@ impl DockerBackend {
         !self.pool.sizes.is_empty()
             && spec.network == NetworkPolicy::All
             && !spec.read_only_root
+            // A pool member's agent has chosen its user and workdir already.
+            && spec.user.is_none()
+            && spec.workdir.is_none()
             && self.disk_mb(spec) == self.defaults.disk_mb
             && spec
                 .idle_timeout_s

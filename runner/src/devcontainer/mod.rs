@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub mod dockerfile;
+
 /// Where the file may be, in the order the spec looks.
 pub const PATHS: [&str; 2] = [".devcontainer/devcontainer.json", ".devcontainer.json"];
 /// The largest file read; real ones are a few KB.
@@ -158,6 +160,22 @@ pub struct DevContainer {
     pub forward_ports: Vec<Port>,
     pub ports_attributes: BTreeMap<String, PortAttributes>,
     pub host_requirements: Option<HostRequirements>,
+    pub build: Option<BuildSpec>,
+    /// The old spelling of `build.dockerfile`.
+    #[serde(rename = "dockerFile")]
+    pub docker_file: Option<String>,
+    /// The old spelling of `build.context`.
+    pub context: Option<String>,
+}
+
+/// `build`: paths relative to the devcontainer.json's folder.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct BuildSpec {
+    pub dockerfile: Option<String>,
+    pub context: Option<String>,
+    pub args: BTreeMap<String, String>,
+    pub target: Option<String>,
 }
 
 impl DevContainer {
@@ -172,6 +190,87 @@ impl DevContainer {
             _ => None,
         }
     }
+}
+
+/// The most ports forwarded from one file.
+pub const MAX_PORTS: usize = 32;
+
+/// A port the file asks to forward, with its `portsAttributes` label (made plain:
+/// letters, digits, spaces and `-_./`, at most 40 characters).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    pub port: u16,
+    pub label: Option<String>,
+}
+
+impl DevContainer {
+    /// `forwardPorts` Warren can forward (numbers, or `localhost:N` and
+    /// `127.0.0.1:N`), at most [`MAX_PORTS`], and what it left out (another host's
+    /// port, such as a Compose service's, or port 0).
+    pub fn forwards(&self) -> (Vec<Forward>, Vec<String>) {
+        let mut kept: Vec<Forward> = Vec::new();
+        let mut skipped = Vec::new();
+        for port in &self.forward_ports {
+            let number = match port {
+                Port::Number(n) => Some(*n),
+                Port::Named(text) => text
+                    .strip_prefix("localhost:")
+                    .or_else(|| text.strip_prefix("127.0.0.1:"))
+                    .and_then(|n| n.parse().ok()),
+            };
+            let shown = match port {
+                Port::Number(n) => n.to_string(),
+                Port::Named(text) => plain(text, 64),
+            };
+            match number {
+                Some(n) if n > 0 && kept.len() < MAX_PORTS => {
+                    if kept.iter().all(|f| f.port != n) {
+                        let label = self
+                            .ports_attributes
+                            .get(&n.to_string())
+                            .and_then(|a| a.label.as_deref())
+                            .map(|l| plain(l, 40))
+                            .filter(|l| !l.is_empty());
+                        kept.push(Forward { port: n, label });
+                    }
+                }
+                _ => skipped.push(shown),
+            }
+        }
+        (kept, skipped)
+    }
+
+    /// What to build, if the file builds its image (`build.dockerfile`, or the
+    /// old top-level `dockerFile`) and names no `image`.
+    pub fn build_spec(&self) -> Option<BuildSpec> {
+        if self.image.is_some() {
+            return None;
+        }
+        let mut spec = self.build.clone().unwrap_or_default();
+        spec.dockerfile = spec.dockerfile.or_else(|| self.docker_file.clone());
+        spec.context = spec.context.or_else(|| self.context.clone());
+        spec.dockerfile.is_some().then_some(spec)
+    }
+
+    /// `workspaceFolder` with its variables replaced (`${containerWorkspaceFolder}`
+    /// in it means `/workspace`).
+    pub fn workspace_folder(&self, cx: &Context<'_>) -> Option<String> {
+        let none = BTreeMap::new();
+        let folder = self.workspace_folder.as_deref()?;
+        let folder = substitute(folder, cx, &none);
+        Some(folder.trim_end_matches('/').to_owned()).filter(|f| !f.is_empty())
+    }
+}
+
+/// `text` with only letters, digits, spaces and `-_./:` kept, at most `max`
+/// characters: tenant text bound for terminals and config files.
+pub fn plain(text: &str, max: usize) -> String {
+    text.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || " -_./:".contains(*c))
+        .take(max)
+        .collect::<String>()
+        .trim()
+        .to_owned()
 }
 
 /// What happens to a top-level key.
@@ -195,15 +294,14 @@ pub fn treatment(key: &str) -> Treatment {
         | "onCreateCommand"
         | "updateContentCommand"
         | "postCreateCommand"
-        | "postStartCommand" => Honoured,
-        // uid 0 is refused in `parse`, whatever this says.
-        "remoteUser" | "containerUser" => {
-            Ignored("sessions run as the image's user; choosing another is not supported yet")
-        }
-        "workspaceFolder" => Ignored("the repository is always at /workspace"),
-        "hostRequirements" => {
-            Ignored("limits come from the create request; not read from here yet")
-        }
+        | "postStartCommand"
+        | "workspaceFolder"
+        | "hostRequirements"
+        | "forwardPorts"
+        | "portsAttributes" => Honoured,
+        // uid 0 is refused in `parse` (and by the image's accounts, later),
+        // whatever this says.
+        "remoteUser" | "containerUser" => Honoured,
         "privileged" | "capAdd" | "securityOpt" | "runArgs" | "mounts" | "workspaceMount" => {
             Refused(WALL)
         }
@@ -211,16 +309,17 @@ pub fn treatment(key: &str) -> Treatment {
         "initializeCommand" => {
             Refused("it runs on the host, and Warren runs nothing of a repository's there")
         }
-        "build" | "dockerFile" | "context" => {
-            Refused("image builds are not supported yet; name an `image`")
-        }
-        "features" => Refused("features need an image build, which is not supported yet"),
+        // Built only where the runner allows builds (`crate::devbuild`).
+        "build" | "dockerFile" | "context" => Honoured,
+        "features" => Refused(
+            "features are not installed: they fetch code from registries while building, and \
+             builds here have no network; install the tools in the Dockerfile or a lifecycle \
+             command",
+        ),
         "dockerComposeFile" | "service" | "runServices" => {
             Refused("Docker Compose is not supported")
         }
-        "forwardPorts" | "portsAttributes" | "otherPortsAttributes" => {
-            Ignored("port forwards are not in the ssh config yet")
-        }
+        "otherPortsAttributes" => Ignored("only the listed ports are forwarded"),
         "postAttachCommand" => {
             Ignored("Warren has no attach step; postStartCommand runs at every start")
         }
@@ -275,6 +374,9 @@ pub struct Context<'a> {
     pub image_env: &'a BTreeMap<String, String>,
     /// Where the repository is in the sandbox.
     pub workspace: &'a str,
+    /// The repository's name (the URL's last part without `.git`), for
+    /// `${localWorkspaceFolderBasename}`.
+    pub repo_name: &'a str,
 }
 
 /// Parses `text`, classifies its keys and refuses uid 0; variables are left for
@@ -314,7 +416,7 @@ pub fn parse(text: &str) -> Result<(DevContainer, Report), Error> {
     ] {
         if user.as_deref().is_some_and(is_root) {
             *user = None;
-            report.ignored.retain(|k| k.key != key);
+            report.honoured.retain(|k| k != key);
             report.refused.push(Skipped {
                 key: key.to_owned(),
                 reason: "sessions never run as root (uid 0): root in the container is one \
@@ -415,6 +517,7 @@ fn resolve(
         return Some(lookup(container_env, spec));
     }
     match inner {
+        "localWorkspaceFolderBasename" => Some(cx.repo_name.to_owned()),
         "containerWorkspaceFolder" => Some(cx.workspace.to_owned()),
         "containerWorkspaceFolderBasename" => Some(
             cx.workspace
@@ -428,209 +531,4 @@ fn resolve(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
-    use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
-
-    fn parse_with(
-        text: &str,
-        local: &BTreeMap<String, String>,
-    ) -> Result<(DevContainer, Report), Error> {
-        let (mut dc, report) = parse(text)?;
-        let image = env(&[("PATH", "/usr/bin:/bin"), ("LANG", "C")]);
-        dc.resolve(&Context {
-            local_env: local,
-            image_env: &image,
-            workspace: "/workspace",
-        });
-        Ok((dc, report))
-    }
-
-    #[test]
-    fn jsonc_with_comments_and_trailing_commas() {
-        let text = r#"
-        // A typical file.
-        {
-          "name": "demo", /* block comment */
-          "image": "warren-base:latest",
-          "containerEnv": { "A": "1", },
-          "remoteEnv": { "B": "x", "C": null },
-          "remoteUser": "dev",
-          "onCreateCommand": "echo one",
-          "updateContentCommand": ["echo", "two"],
-          "postCreateCommand": { "b": "echo b", "a": ["echo", "a"] },
-          "postStartCommand": "echo start",
-          "hostRequirements": { "cpus": 2, "memory": "4gb" },
-        }"#;
-        let (dc, report) = parse_with(text, &BTreeMap::new()).unwrap();
-        assert_eq!(dc.image.as_deref(), Some("warren-base:latest"));
-        assert_eq!(dc.container_env, env(&[("A", "1")]));
-        assert_eq!(dc.remote_env.get("C"), Some(&None));
-        assert_eq!(dc.remote_user.as_deref(), Some("dev"));
-        let hr = dc.host_requirements.as_ref().unwrap();
-        assert_eq!((hr.cpus, hr.memory_mb()), (Some(2), Some(4096)));
-        assert_eq!(
-            dc.step("onCreateCommand").unwrap().argvs(),
-            vec![(
-                String::new(),
-                vec!["/bin/sh".into(), "-c".into(), "echo one".into()]
-            )]
-        );
-        assert_eq!(
-            dc.step("updateContentCommand").unwrap().argvs()[0].1,
-            vec!["echo".to_owned(), "two".to_owned()]
-        );
-        // The object form, in name order.
-        let named = dc.step("postCreateCommand").unwrap().argvs();
-        assert_eq!(named[0].0, "a");
-        assert_eq!(named[1].1[2], "echo b");
-        assert!(report.refused.is_empty());
-        let ignored: Vec<_> = report.ignored.iter().map(|s| s.key.as_str()).collect();
-        assert_eq!(ignored, ["hostRequirements", "name", "remoteUser"]);
-    }
-
-    #[test]
-    fn errors_carry_their_line() {
-        let text = "{\n  \"image\": \"x\",\n  \"remoteUser\": ,\n}";
-        match parse_with(text, &BTreeMap::new()) {
-            Err(Error::Syntax { line, .. }) => assert_eq!(line, 3),
-            other => panic!("{other:?}"),
-        }
-        // A key of the wrong type, too.
-        let text = "{\n  \"image\": \"x\",\n\n  \"containerEnv\": [1]\n}";
-        match parse_with(text, &BTreeMap::new()) {
-            Err(Error::Syntax { line, message, .. }) => assert_eq!(line, 4, "{message}"),
-            other => panic!("{other:?}"),
-        }
-        assert!(matches!(
-            parse_with("[1, 2]", &BTreeMap::new()),
-            Err(Error::Syntax { line: 1, .. })
-        ));
-        let big = format!("{{\"image\": \"{}\"}}", "x".repeat(MAX_FILE_BYTES));
-        assert_eq!(parse_with(&big, &BTreeMap::new()), Err(Error::TooLarge));
-        let shown = Error::Syntax {
-            line: 3,
-            column: 17,
-            message: "m".into(),
-        }
-        .to_string();
-        assert!(shown.contains("line 3"), "{shown}");
-    }
-
-    #[test]
-    fn keys_are_classified() {
-        let text = r#"{
-          "image": "i", "privileged": true, "capAdd": ["SYS_ADMIN"], "runArgs": ["--pid=host"],
-          "mounts": ["source=/,target=/host,type=bind"], "securityOpt": ["seccomp=unconfined"],
-          "build": { "dockerfile": "Dockerfile" }, "features": {}, "initializeCommand": "x",
-          "customizations": { "vscode": {} }, "postAttachCommand": "y", "madeUp": 1
-        }"#;
-        let (_, report) = parse_with(text, &BTreeMap::new()).unwrap();
-        let refused: Vec<_> = report.refused.iter().map(|s| s.key.as_str()).collect();
-        for key in [
-            "privileged",
-            "capAdd",
-            "runArgs",
-            "mounts",
-            "securityOpt",
-            "build",
-            "features",
-            "initializeCommand",
-        ] {
-            assert!(refused.contains(&key), "{key} in {refused:?}");
-        }
-        let ignored: Vec<_> = report.ignored.iter().map(|s| s.key.as_str()).collect();
-        assert_eq!(ignored, ["customizations", "madeUp", "postAttachCommand"]);
-        assert_eq!(report.honoured, ["image"]);
-        let lines = report.lines();
-        assert!(
-            lines
-                .iter()
-                .any(|l| l.contains("build refused: image builds are not supported yet"))
-        );
-    }
-
-    #[test]
-    fn root_users_are_refused() {
-        for user in ["root", "0", "0:0", "root:staff", " 0 "] {
-            let text = format!(r#"{{"remoteUser": "{user}", "containerUser": "dev"}}"#);
-            let (dc, report) = parse_with(&text, &BTreeMap::new()).unwrap();
-            assert_eq!(dc.remote_user, None, "{user}");
-            assert_eq!(dc.container_user.as_deref(), Some("dev"));
-            assert_eq!(report.refused.len(), 1);
-            assert!(report.refused[0].reason.contains("uid 0"));
-            assert_eq!(report.ignored[0].key, "containerUser");
-        }
-        assert!(!is_root("rooty"));
-        assert!(!is_root("1000"));
-    }
-
-    #[test]
-    fn variables_are_substituted() {
-        let local = env(&[("TOKEN", "t0k"), ("HOME", "/home/request")]);
-        let text = r#"{
-          "containerEnv": { "FROM_LOCAL": "${localEnv:TOKEN}", "MISSING": "${localEnv:NOPE}" },
-          "remoteEnv": {
-            "PATHY": "${containerEnv:FROM_LOCAL}:${containerWorkspaceFolder}",
-            "BASE": "${containerWorkspaceFolderBasename}",
-            "PATH": "${containerEnv:PATH}:/opt/bin",
-            "KEEP": "${unknownThing} and $HOME"
-          },
-          "postCreateCommand": ["echo", "${containerWorkspaceFolder}", "${localEnv:HOME}"]
-        }"#;
-        let (dc, _) = parse_with(text, &local).unwrap();
-        assert_eq!(dc.container_env["FROM_LOCAL"], "t0k");
-        assert_eq!(dc.container_env["MISSING"], "");
-        assert_eq!(dc.remote_env["PATHY"].as_deref(), Some("t0k:/workspace"));
-        assert_eq!(dc.remote_env["BASE"].as_deref(), Some("workspace"));
-        assert_eq!(
-            dc.remote_env["PATH"].as_deref(),
-            Some("/usr/bin:/bin:/opt/bin")
-        );
-        assert_eq!(
-            dc.remote_env["KEEP"].as_deref(),
-            Some("${unknownThing} and $HOME")
-        );
-        // `localEnv` is the request's env, never this process's.
-        assert_eq!(
-            dc.step("postCreateCommand").unwrap().argvs()[0].1,
-            ["echo", "/workspace", "/home/request"]
-        );
-        let cx = Context {
-            local_env: &local,
-            image_env: &local,
-            workspace: "/w",
-        };
-        assert_eq!(
-            substitute("a ${localEnv:TOKEN", &cx, &local),
-            "a ${localEnv:TOKEN"
-        );
-    }
-
-    #[test]
-    fn memory_sizes() {
-        let hr = |m: &str| HostRequirements {
-            cpus: None,
-            memory: Some(m.to_owned()),
-        };
-        assert_eq!(hr("512mb").memory_mb(), Some(512));
-        assert_eq!(hr("1.5GB").memory_mb(), Some(1536));
-        assert_eq!(hr("1tb").memory_mb(), Some(1024 * 1024));
-        assert_eq!(hr("lots").memory_mb(), None);
-        assert_eq!(hr("1e400gb").memory_mb(), None);
-        assert_eq!(hr("10kb").memory_mb(), None);
-    }
-
-    #[test]
-    fn empty_commands_are_dropped() {
-        assert!(Command::Shell("  ".into()).argvs().is_empty());
-        assert!(Command::Args(vec![]).argvs().is_empty());
-    }
-}
+mod tests;

@@ -1,0 +1,158 @@
+//! Images built from a repository's Dockerfile (a devcontainer.json's `build`):
+//! tenant code run on the runner host, so only where the operator allows builds
+//! (`--allow-builds`), one at a time, with no network at all (`RUN` reaches
+//! neither the internet nor the runner host), bounded memory and CPU, a time
+//! limit, and only from images this runner allows and already has (the engine
+//! never pulls). The Dockerfile itself is checked before
+//! ([`crate::devcontainer::dockerfile`]). Built images are tagged by the hash of
+//! what went into them, so the same inputs are built once; only the runner's own
+//! devcontainer path may run them (see [`BUILD_PREFIX`]).
+
+use std::sync::OnceLock;
+
+use bollard::query_parameters::BuildImageOptions;
+use tokio::sync::Semaphore;
+
+use super::*;
+
+/// Built images are named `warren-build-<hash>`; a create naming one itself is
+/// refused (it may hold another tenant's build arguments).
+pub const BUILD_PREFIX: &str = "warren-build-";
+/// The label every built image carries (valued with the runner).
+pub const LABEL_BUILD: &str = "org.warren.build";
+/// Memory of a build's containers, in bytes (the engine's field is an i32).
+const BUILD_MEMORY: i32 = 1 << 30;
+/// CPU of a build's containers: one CPU's worth of each 100 ms.
+const BUILD_CPU_PERIOD: i32 = 100_000;
+const BUILD_CPU_QUOTA: i32 = 100_000;
+/// The build output kept (its tail).
+const KEPT_OUTPUT: usize = 16 * 1024;
+
+/// One build at a time on a runner.
+fn one_at_a_time() -> &'static Semaphore {
+    static BUILDS: OnceLock<Semaphore> = OnceLock::new();
+    BUILDS.get_or_init(|| Semaphore::new(1))
+}
+
+/// What to build.
+pub struct Build<'a> {
+    /// The hash of everything below, which names the image.
+    pub hash: &'a str,
+    /// The build context, as a tar archive.
+    pub context: Vec<u8>,
+    /// The Dockerfile's path in the context.
+    pub dockerfile: &'a str,
+    pub args: HashMap<String, String>,
+    pub target: Option<&'a str>,
+}
+
+/// How a build ended that made no image.
+#[derive(Debug)]
+pub struct BuildFailed {
+    pub message: String,
+    /// The tail of its output.
+    pub output: String,
+}
+
+impl DockerBackend {
+    /// Whether the operator allows image builds on this runner.
+    pub fn allows_builds(&self) -> bool {
+        self.defaults.allow_builds
+    }
+
+    /// Whether a build may start from (or copy out of) `image`: the runner's
+    /// default image or one its allow-list names, never a built one.
+    pub fn build_base_allowed(&self, image: &str) -> bool {
+        !image.starts_with(BUILD_PREFIX)
+            && (image == self.defaults.image || image_allowed(image, &self.defaults.allowed_images))
+    }
+
+    /// Whether the engine has `image` (a build never pulls).
+    pub async fn has_image(&self, image: &str) -> bool {
+        self.docker.inspect_image(image).await.is_ok()
+    }
+
+    /// Builds `build` unless an image of its hash exists; returns the image's
+    /// name, and whether it existed. At most `limit` long, waiting for another
+    /// build included.
+    pub async fn build_image(
+        &self,
+        build: Build<'_>,
+        limit: Duration,
+    ) -> std::result::Result<(String, bool), BuildFailed> {
+        let tag = format!("{BUILD_PREFIX}{}:latest", build.hash);
+        if self.has_image(&tag).await {
+            return Ok((tag, true));
+        }
+        let failed = |message: String, output: &[u8]| BuildFailed {
+            message,
+            output: String::from_utf8_lossy(output).into_owned(),
+        };
+        let work = async {
+            let _turn = one_at_a_time()
+                .acquire()
+                .await
+                .map_err(|e| failed(e.to_string(), &[]))?;
+            let options = BuildImageOptions {
+                dockerfile: build.dockerfile.to_owned(),
+                t: Some(tag.clone()),
+                rm: true,
+                forcerm: true,
+                memory: Some(BUILD_MEMORY),
+                memswap: Some(BUILD_MEMORY),
+                cpuperiod: Some(BUILD_CPU_PERIOD),
+                cpuquota: Some(BUILD_CPU_QUOTA),
+                buildargs: Some(build.args.clone()),
+                labels: Some(HashMap::from([(
+                    LABEL_BUILD.to_owned(),
+                    self.runner.clone(),
+                )])),
+                networkmode: Some("none".to_owned()),
+                target: build.target.unwrap_or_default().to_owned(),
+                ..Default::default()
+            };
+            let body = bollard::body_full(build.context.into());
+            let mut stream = self.docker.build_image(options, None, Some(body));
+            let mut output = Vec::new();
+            while let Some(item) = stream.next().await {
+                let info = match item {
+                    Ok(info) => info,
+                    Err(e) => return Err(failed(engine_error(&e), &output)),
+                };
+                if let Some(text) = &info.stream {
+                    output.extend_from_slice(text.as_bytes());
+                    if output.len() > 2 * KEPT_OUTPUT {
+                        output.drain(..output.len() - KEPT_OUTPUT);
+                    }
+                }
+                if let Some(detail) = info.error_detail {
+                    let message = detail.message.unwrap_or_else(|| "the build failed".into());
+                    return Err(failed(message, &output));
+                }
+            }
+            if !self.has_image(&tag).await {
+                return Err(failed("the build made no image".to_owned(), &output));
+            }
+            Ok((tag.clone(), false))
+        };
+        match tokio::time::timeout(limit, work).await {
+            Ok(done) => done,
+            Err(_) => Err(BuildFailed {
+                message: format!(
+                    "the build took longer than {} s and was stopped",
+                    limit.as_secs()
+                ),
+                output: String::new(),
+            }),
+        }
+    }
+}
+
+/// What the engine said, without bollard's wrapping.
+fn engine_error(e: &bollard::errors::Error) -> String {
+    match e {
+        bollard::errors::Error::DockerStreamError { error } => error.clone(),
+        bollard::errors::Error::DockerResponseServerError { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
+}

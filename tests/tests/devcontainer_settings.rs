@@ -1,0 +1,283 @@
+//! A devcontainer.json's user, workspace folder, host requirements and ports, end
+//! to end on the Docker backend: created with the `warren` CLI in a terminal (its
+//! report read off the screen), logged into with real OpenSSH, and a port the file
+//! forwards reached through the `LocalForward` line `warren config-ssh` writes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use warren_tests::devrepos::GitServer;
+use warren_tests::stack::{DockerStack, docker, docker_ok, image};
+use warren_tests::util::{free_port, wait_until};
+use warren_tests::{ChildGuard, Profile, Target, Tmux, build_bin};
+
+/// An image with a user `dev` (uid 1234) and, before root, `toor` (uid 0).
+const DEV_IMAGE: &str = "warren-test-devuser:latest";
+
+fn dev_image() -> Result<()> {
+    if docker(&["image", "inspect", DEV_IMAGE])?.status.success() {
+        return Ok(());
+    }
+    let tmp = format!("warren-devuser-{}", std::process::id());
+    let _ = docker(&["rm", "-f", &tmp]);
+    docker_ok(&[
+        "run",
+        "--name",
+        &tmp,
+        "--network",
+        "none",
+        "warren-base:latest",
+        "sh",
+        "-c",
+        "useradd -m -u 1234 -s /bin/bash dev && \
+         { echo toor:x:0:0::/root:/bin/bash; cat /etc/passwd; } > /tmp/p && cat /tmp/p > /etc/passwd",
+    ])?;
+    docker_ok(&["commit", &tmp, DEV_IMAGE])?;
+    let _ = docker(&["rm", "-f", &tmp]);
+    Ok(())
+}
+
+/// The file under test: `web` is the port its postStartCommand serves and
+/// forwards.
+fn settings(web: u16) -> String {
+    format!(
+        r#"{{
+  "image": "{DEV_IMAGE}",
+  "remoteUser": "dev",
+  "workspaceFolder": "/workspaces/${{localWorkspaceFolderBasename}}",
+  "hostRequirements": {{ "cpus": 1, "memory": "8gb" }},
+  "forwardPorts": [{web}, "db:5432"],
+  "portsAttributes": {{ "{web}": {{ "label": "Web" }} }},
+  "postCreateCommand": "pwd; pwd > where; id -un > who",
+  "postStartCommand": "nohup python3 -m http.server {web} --bind 127.0.0.1 >/dev/null 2>&1 &",
+}}"#
+    )
+}
+
+#[test]
+fn users_folders_requirements_and_forwarded_ports() -> Result<()> {
+    let git_port = free_port()?;
+    let Some(d) =
+        DockerStack::start(&["--host-tcp-port", &git_port.to_string(), "--disk-mb", "512"])?
+    else {
+        return Ok(());
+    };
+    image("build-base")?;
+    dev_image()?;
+    let api = d.stack.api(Duration::from_secs(30))?;
+    api.state.lifecycle.set_allow_http_repos(true);
+    let key = d
+        .stack
+        .rt
+        .block_on(d.stack.store.create_api_key(&d.owner.id, "cli"))?
+        .secret
+        .expose()
+        .to_owned();
+    let call = |method: &str, path: &str, body: Option<Value>| {
+        d.stack.call(&api, method, path, Some(&key), body)
+    };
+    let web = free_port()?;
+    let git = GitServer::start(git_port)?;
+    let repo = git.repository(
+        "settings",
+        &[(".devcontainer/devcontainer.json", &settings(web))],
+    )?;
+
+    // The CLI's create on a terminal: the file's report, then how to log in.
+    let home = TempDir::new()?;
+    let cli = build_bin("warren-cli", "warren", Profile::Debug)?;
+    let tmux = Tmux::new();
+    let script = format!(
+        "export HOME={} WARREN_URL={} WARREN_API_KEY={key}; {} create --repo {repo}; \
+         echo exit=$?; sleep 600",
+        home.path().display(),
+        api.base,
+        cli.display()
+    );
+    tmux.start("create", 120, 40, &["sh".into(), "-c".into(), script])?;
+    let mut screen = String::new();
+    wait_until(Duration::from_secs(150), || {
+        screen = tmux.screen("create").unwrap_or_default();
+        screen.contains("exit=")
+    });
+    println!("{screen}");
+    ensure!(screen.contains("exit=0"), "{screen}");
+    for what in [
+        "devcontainer: following .devcontainer/devcontainer.json",
+        "devcontainer: workspaceFolder /workspaces/settings: the workspace is there too",
+        "devcontainer: hostRequirements asks for 8192 MiB of memory, the sandbox has 1024 MiB",
+        "devcontainer: sessions run as dev (uid 1234)",
+        &format!("devcontainer: forwardPorts {web} (Web)"),
+        "devcontainer: some forwardPorts ignored (",
+        "devcontainer: postCreateCommand done; output:",
+        "  | /workspaces/settings",
+        "devcontainer: postStartCommand done",
+    ] {
+        ensure!(screen.contains(what), "no {what:?} on the screen");
+    }
+    let id = screen
+        .lines()
+        .find_map(|l| l.strip_prefix("sandbox "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .context("no sandbox line")?
+        .to_owned();
+
+    // Sessions run as the file's user and start in its folder, which is the
+    // workspace.
+    let c = d
+        .client
+        .clone()
+        .with_target(Target::new("127.0.0.1", d.stack.ssh_port, id.clone()));
+    let out = c
+        .exec("id -un; pwd; cat who where; test -e /workspace/who && echo same")
+        .run()?
+        .success()?;
+    ensure!(
+        out.stdout_trimmed() == "dev\n/workspaces/settings\ndev\n/workspaces/settings\nsame",
+        "{out}"
+    );
+
+    // `warren config-ssh` writes the forward; real ssh opens it.
+    let config = home.path().join("config");
+    let wrote = Command::new(&cli)
+        .args(["config-ssh", "--ssh-config"])
+        .arg(&config)
+        .env("HOME", home.path())
+        .env("WARREN_URL", &api.base)
+        .env("WARREN_API_KEY", &key)
+        .output()?;
+    ensure!(wrote.status.success(), "config-ssh: {wrote:?}");
+    let text = std::fs::read_to_string(&config)?;
+    let forward = format!("LocalForward 127.0.0.1:{web} 127.0.0.1:{web}");
+    ensure!(text.contains(&forward), "{text}");
+    ensure!(!text.contains("5432"), "{text}");
+    let _tunnel = ChildGuard::spawn(
+        Command::new("ssh")
+            .arg("-F")
+            .arg(&config)
+            .arg("-i")
+            .arg(c.key_path())
+            .args([
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ExitOnForwardFailure=yes",
+                "-N",
+                &id,
+            ])
+            .stdin(Stdio::null()),
+    )?;
+    let mut page = String::new();
+    let reached = wait_until(Duration::from_secs(30), || {
+        page = http_get(web).unwrap_or_default();
+        page.contains("who")
+    });
+    ensure!(reached, "the forwarded port answered {page:?}");
+
+    // A user the image lacks refuses the create; one of uid 0 is refused and the
+    // sandbox's own user is used; host requirements beyond the runner refuse it.
+    git.repository(
+        "ghost",
+        &[(
+            ".devcontainer.json",
+            &format!(r#"{{"image": "{DEV_IMAGE}", "remoteUser": "ghost"}}"#),
+        )],
+    )?;
+    let made = call(
+        "POST",
+        "/v1/sandboxes",
+        Some(json!({"repo": git.url("ghost")})),
+    )?;
+    ensure!(
+        made.status == 422
+            && made
+                .text
+                .contains(r#"remoteUser \"ghost\" is not an account of the image"#),
+        "{made:?}"
+    );
+    git.repository(
+        "toor",
+        &[(
+            ".devcontainer.json",
+            &format!(r#"{{"image": "{DEV_IMAGE}", "containerUser": "toor"}}"#),
+        )],
+    )?;
+    let made = call(
+        "POST",
+        "/v1/sandboxes",
+        Some(json!({"repo": git.url("toor")})),
+    )?;
+    ensure!(made.status == 201, "{made:?}");
+    let toor = made.json()["id"].as_str().context("id")?.to_owned();
+    let reasons = events(&d, &api, &key, &toor)?;
+    ensure!(
+        reasons
+            .iter()
+            .any(|r| r.contains("containerUser refused: \"toor\" is uid or gid 0")),
+        "{reasons:#?}"
+    );
+    let t = d
+        .client
+        .clone()
+        .with_target(Target::new("127.0.0.1", d.stack.ssh_port, toor));
+    let out = t.exec("id -u").run()?.success()?;
+    ensure!(out.stdout_trimmed() != "0", "{out}");
+    git.repository(
+        "huge",
+        &[(
+            ".devcontainer.json",
+            r#"{"image": "warren-base:latest", "hostRequirements": {"cpus": 4096}}"#,
+        )],
+    )?;
+    let made = call(
+        "POST",
+        "/v1/sandboxes",
+        Some(json!({"repo": git.url("huge")})),
+    )?;
+    ensure!(
+        made.status == 422 && made.text.contains("hostRequirements asks for 4096 CPUs"),
+        "{made:?}"
+    );
+    Ok(())
+}
+
+/// The reasons of a sandbox's events.
+fn events(
+    d: &DockerStack,
+    api: &warren_tests::stack::Api,
+    key: &str,
+    id: &str,
+) -> Result<Vec<String>> {
+    let reply = d.stack.call(
+        api,
+        "GET",
+        &format!("/v1/sandboxes/{id}/events"),
+        Some(key),
+        None,
+    )?;
+    ensure!(reply.status == 200, "events: {reply:?}");
+    Ok(reply.json()["events"]
+        .as_array()
+        .context("events")?
+        .iter()
+        .filter_map(|e| e["reason"].as_str().map(str::to_owned))
+        .collect())
+}
+
+/// `GET /` on 127.0.0.1:`port`, the whole answer.
+fn http_get(port: u16) -> Result<String> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    Ok(answer)
+}
