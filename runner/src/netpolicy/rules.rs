@@ -275,8 +275,9 @@ pub fn forward_parent(family: Family, listing: &str) -> &'static str {
 
 /// What brings the shared chains of `family` to this version's rules, given a
 /// listing: a chain missing or holding other rules is made again (in a batch, the
-/// `-N` flushes it) with the gotos it held; a jump missing or not first in its
-/// parent is (re)inserted first. Empty when all is in place.
+/// `-N` flushes it) with the gotos it held; a sandbox's own jump from a parent (the
+/// layout before) becomes a goto from the shared chain; a jump missing or not first
+/// in its parent is (re)inserted first. Empty when all is in place.
 pub fn repair(listing: &str, family: Family, parent: &str) -> Vec<Vec<String>> {
     let listing = parse(listing);
     let mut out = Vec::new();
@@ -297,6 +298,22 @@ pub fn repair(listing: &str, family: Family, parent: &str) -> Vec<Vec<String>> {
         out.push(argv(&["-I", "FORWARD", "1", "-j", parent]));
     }
     for (parent, chain) in [(parent, FORWARD_CHAIN), ("INPUT", HOST_CHAIN)] {
+        // A sandbox made by a runner before the shared chains has a jump of its own
+        // in the parent, which the shared chain (first) would now overrule: it
+        // becomes a goto from the shared chain, as this version makes them.
+        for rule in appended_to(&listing, parent) {
+            if let [_, _, i, bridge, j, own] = rule.as_slice()
+                && i == "-i"
+                && j == "-j"
+                && bridge.starts_with("wr-")
+                && bridge != BRIDGES
+                && own.starts_with("WARREN-")
+                && own != chain
+            {
+                out.push(argv(&["-D", parent, "-i", bridge, "-j", own]));
+                out.push(argv(&["-I", chain, "1", "-i", bridge, "-g", own]));
+            }
+        }
         let jump = argv(&["-A", parent, "-i", BRIDGES, "-j", chain]);
         let rules: Vec<&Vec<String>> = appended_to(&listing, parent).collect();
         let copies = rules.iter().filter(|r| ***r == jump).count();

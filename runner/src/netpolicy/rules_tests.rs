@@ -381,3 +381,58 @@ fn a_batch_declares_its_chains_then_runs_the_rules_in_order() {
     assert_eq!(lines.last(), Some(&"COMMIT"));
     assert_eq!(lines.len(), r.len() + 2);
 }
+
+#[test]
+fn repair_turns_the_old_layouts_jumps_into_gotos() {
+    // A host upgraded under running sandboxes: each had jumps of its own in INPUT
+    // and DOCKER-USER (one with open host ports), and no shared chains yet.
+    let mut t = Table::docker();
+    let host = HostAccess {
+        tcp_ports: vec![3128],
+    };
+    let other = SandboxId::parse("sbx-zzzzzzzzzzzz").unwrap();
+    for (sandbox, host) in [(id(), &host), (other, &HostAccess::default())] {
+        let (fwd, hst) = (forward_chain(&sandbox), host_chain(&sandbox));
+        let bridge = bridge_name(&sandbox);
+        let mut own = vec![
+            argv(&["-N", &fwd]),
+            argv(&["-A", &fwd, "-o", "wr-+", "-j", "DROP"]),
+        ];
+        own.push(argv(&["-N", &hst]));
+        for port in &host.tcp_ports {
+            own.push(argv(&[
+                "-A",
+                &hst,
+                "-p",
+                "tcp",
+                "--dport",
+                &port.to_string(),
+                "-j",
+                "RETURN",
+            ]));
+        }
+        own.push(argv(&["-A", &hst, "-j", "DROP"]));
+        own.push(argv(&["-I", "DOCKER-USER", "1", "-i", &bridge, "-j", &fwd]));
+        own.push(argv(&["-I", "INPUT", "1", "-i", &bridge, "-j", &hst]));
+        t.run(&own);
+    }
+    let t = repaired(t, Family::V4);
+    let input = t.rules_of("INPUT");
+    assert_eq!(input[0], "-i wr-+ -j WARREN-HOST", "{}", t.listing());
+    assert!(!input.iter().any(|r| r.contains("wr-abcdefghijkl")));
+    let host_chain_rules = t.rules_of(HOST_CHAIN);
+    assert!(host_chain_rules.contains(&"-i wr-abcdefghijkl -g WARREN-abcdefghijkl-H".to_owned()));
+    assert!(host_chain_rules.contains(&"-i wr-zzzzzzzzzzzz -g WARREN-zzzzzzzzzzzz-H".to_owned()));
+    let fwd = t.rules_of(FORWARD_CHAIN);
+    assert!(fwd.contains(&"-i wr-abcdefghijkl -g WARREN-abcdefghijkl".to_owned()));
+    assert!(
+        !t.rules_of("DOCKER-USER")
+            .iter()
+            .any(|r| r.contains("wr-abcdefghijkl"))
+    );
+    // Done once; then a delete of the sandbox finds its gotos.
+    assert!(repair(&t.listing(), Family::V4, "DOCKER-USER").is_empty());
+    let mut t = t;
+    t.run(&removal(&id(), &t.listing()));
+    assert!(!t.listing().contains("abcdefghijkl"));
+}
