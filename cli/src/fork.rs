@@ -91,7 +91,7 @@ pub async fn fork(api: Client, args: ForkArgs) -> anyhow::Result<()> {
             crate::ssh_line(s)
         );
     }
-    println!("(their tokens are shown once, with --json; your key or API key logs in too)");
+    println!("(their tokens are printed only with --json; your SSH key or API key logs in too)");
     Ok(())
 }
 

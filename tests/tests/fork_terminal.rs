@@ -1,8 +1,8 @@
 //! Forks as a person makes them, in a real terminal (tmux) on the Docker backend
 //! (issue 26): `ssh alice@gw fork <id> --count 2` and `warren fork <id> --count 2`,
 //! then a shell in each fork with OpenSSH, which sees the source's files and is on
-//! its own branch. The CLI's `snapshot`, `snapshots`, `create --snapshot` and
-//! `snapshots rm` run in the same terminal.
+//! its own branch. The CLI's `snapshot`, `snapshots`, `create --snapshot`,
+//! `snapshots rm` and `config-ssh` run in the same terminal.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -276,6 +276,15 @@ fn forks_from_the_console_and_the_cli_open_in_a_terminal() -> Result<()> {
         ensure!(
             screen.contains(id.as_str()),
             "{id} is not listed:\n{screen}"
+        );
+    }
+    // `warren config-ssh` writes a Host entry for each fork, as for any sandbox.
+    t.run("warren config-ssh")?;
+    let config = std::fs::read_to_string(dir.path().join(".ssh/config"))?;
+    for id in console_forks.iter().chain(&cli_forks) {
+        ensure!(
+            config.contains(&format!("Host {id}")),
+            "no Host entry for {id}:\n{config}"
         );
     }
     Ok(())
