@@ -65,6 +65,8 @@ impl DockerBackend {
             name: Some(name.clone()),
             ..Default::default()
         };
+        // One an interrupted read left behind would hold the name.
+        let _ = self.remove_peek(&name).await;
         self.docker
             .create_container(Some(options), config)
             .await
@@ -84,20 +86,18 @@ impl DockerBackend {
             single_file(&tar)
         };
         let text = read.await;
-        let removed = self
-            .docker
-            .remove_container(
-                &name,
-                Some(RemoveContainerOptions {
-                    force: true,
-                    ..Default::default()
-                }),
-            )
-            .await;
-        if let Err(e) = removed {
+        if let Err(e) = self.remove_peek(&name).await {
             tracing::warn!(container = %name, error = %e, "removing a container made to read an image's accounts");
         }
         Ok(text.context("reading the image's /etc/passwd")?)
+    }
+
+    async fn remove_peek(&self, name: &str) -> std::result::Result<(), bollard::errors::Error> {
+        let options = RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
+        self.docker.remove_container(name, Some(options)).await
     }
 
     /// The image a spec naming none runs.
