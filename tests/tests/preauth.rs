@@ -1,5 +1,5 @@
 //! Connections that have not logged in yet are bounded (issue 11): a whole gateway
-//! in-process (`Gateway::bind_with`, a 3 s login grace time, 10 per address and 40
+//! in-process (`Stack::builder().bind()`, a 3 s login grace time, 10 per address and 40
 //! in all in the handshake, 20 per address and 60 in all waiting for a place),
 //! flooded with clients that send `SSH-2.0-x` and nothing else. The gateway holds no
 //! more than the bounds (its sockets counted in /proc), drops them after the grace
@@ -21,9 +21,10 @@ use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
-use warren_gateway::server::{Gateway, Listen, Options, Preauth};
+use warren_gateway::server::{Options, Preauth};
 use warren_gateway::ssh::PreauthLimits;
-use warren_store::{RunnerId, Store};
+use warren_store::RunnerId;
+use warren_tests::stack::{BoundGateway, Stack};
 
 const LIMITS: PreauthLimits = PreauthLimits {
     login_grace: Duration::from_secs(3),
@@ -40,41 +41,19 @@ const RUNNER_LIMITS: PreauthLimits = PreauthLimits {
 };
 const FLOOD: usize = 300;
 
-struct Running {
-    _dir: TempDir,
-    store: Store,
-    ssh: SocketAddr,
-    http: SocketAddr,
-    runners: SocketAddr,
-    fingerprint: String,
-}
-
-async fn start() -> Running {
-    let dir = TempDir::new().unwrap();
-    let store = Store::open_in_data_dir(dir.path()).await.unwrap();
-    let listen = Listen::loopback();
+async fn start() -> BoundGateway {
     let preauth = Preauth {
         ssh: LIMITS,
         runners: RUNNER_LIMITS,
     };
-    let options = Options {
-        preauth,
-        ..Options::default()
-    };
-    let gateway = Gateway::bind_with(store.clone(), dir.path(), listen, options)
+    Stack::builder()
+        .gateway(Options {
+            preauth,
+            ..Options::default()
+        })
+        .bind()
         .await
-        .unwrap();
-    let (runners, fingerprint) = gateway.runner_endpoint();
-    let (ssh, http) = (gateway.ssh_addr, gateway.http_addr);
-    tokio::spawn(gateway.serve(std::future::pending()));
-    Running {
-        _dir: dir,
-        store,
-        ssh,
-        http,
-        runners,
-        fingerprint,
-    }
+        .unwrap()
 }
 
 fn loopback(last: u8) -> IpAddr {

@@ -43,6 +43,8 @@ use warren_tests::{Client, Cmd, Running, Target};
 
 /// `warren up`'s default image: what its pool keeps and a create without one gets.
 const UP_IMAGE: &str = "warren-base:latest";
+/// The bursts' sandboxes' disk quota (`warren up --disk-mb`).
+const BURST_DISK_MB: u64 = 256;
 
 struct Options {
     sandboxes: usize,
@@ -401,7 +403,12 @@ fn bursts(opts: &Options, client: &Client) -> Result<()> {
     eprintln!("starting `warren up` (release, Docker)…");
     let home = home_for(client)?;
     let data = tempfile::TempDir::new()?;
-    let up = Stack::builder().up(Up::new(home.path(), data.path())?)?;
+    // Small disk quotas, so that the bursts' sandboxes fit in the disk `up` counts
+    // its capacity against (4 GiB each by default).
+    let up = Stack::builder().up(Up {
+        args: vec!["--disk-mb".into(), BURST_DISK_MB.to_string()],
+        ..Up::new(home.path(), data.path())?
+    })?;
     // The pool `up` keeps by default.
     const POOL: usize = 2;
     pool_ready(&up, POOL)?;
@@ -461,7 +468,10 @@ fn bursts(opts: &Options, client: &Client) -> Result<()> {
             format!("{:.0}", percentile(v, p))
         }
     };
-    println!("\n## bench-scale: bursts through `warren up` (Docker, {UP_IMAGE}, pool of {POOL})\n");
+    println!(
+        "\n## bench-scale: bursts through `warren up` (Docker, {UP_IMAGE}, pool of {POOL}, \
+         --disk-mb {BURST_DISK_MB})\n"
+    );
     println!(
         "{} cores, load average {}; each create is `POST /v1/sandboxes` then `ssh <id>@gateway \
          true` retried until it works, all from one address; the floor is `docker run --rm \

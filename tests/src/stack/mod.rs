@@ -13,6 +13,8 @@
 //! - [`StackBuilder::processes`]: `warren-gateway serve` and `warren-runner run` as
 //!   processes of the release build, with sandboxes already running
 //!   ([`GatewayStack`], for the benches: their memory is the processes' own).
+//! - [`StackBuilder::bind`]: the gateway in the caller's own runtime, for async
+//!   tests that flood its sockets ([`BoundGateway`]).
 //! - [`StackBuilder::up`]: `warren up` as one process (the gateway reaching the
 //!   local agents in process, the HTTP API, a warm pool on Docker), or the README's
 //!   `scripts/up` ([`UpStack`]).
@@ -21,6 +23,7 @@
 //! build of the binaries the runners run, and the runner's arguments.
 
 mod api;
+mod bound;
 mod direct;
 mod docker;
 mod floor;
@@ -30,6 +33,7 @@ mod served;
 mod up;
 
 pub use api::{Account, Api, ApiStack, Reply, check_error};
+pub use bound::BoundGateway;
 pub use direct::{DirectDialer, DirectGateway};
 pub use docker::{
     DockerStack, POOL_LABEL, docker, docker_available, docker_host_ip, docker_ok, image,
