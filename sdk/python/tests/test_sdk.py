@@ -337,3 +337,35 @@ def test_watch_follows_changes_in_a_directory(sb: warren.Sandbox) -> None:
             assert change is not None, seen
             seen.append(change)
         assert any(c.kind == "move" and (c.path, c.dest) == ("a", "b") for c in seen), seen
+
+
+def test_forks_start_from_the_source_and_keep_their_own_writes(client: warren.Warren, image: str) -> None:
+    with client.create(image, memory_mb=128, ttl_s=600) as src:
+        src.run("echo prepared > /workspace/state", check=True)
+        with pytest.raises(warren.InvalidRequest, match="count"):
+            src.fork(0)
+        a, b = src.fork(2)
+        with a, b:
+            assert len({src.id, a.id, b.id}) == 3
+            for fork in (a, b):
+                assert fork.run("cat /workspace/state").stdout == "prepared\n"
+            a.run("echo mine > /workspace/own", check=True)
+            assert b.run("cat /workspace/own").exit_code != 0
+            assert src.run("cat /workspace/own").exit_code != 0
+            # The source kept running and serving through the fork.
+            assert src.run("echo still").stdout == "still\n"
+        # Leaving their blocks deleted the forks (they are not kept by default).
+        for fork in (a, b):
+            try:
+                state = client.sandbox(fork.id).info().state
+            except warren.NotFound:
+                state = "deleted"
+            assert state == "deleted"
+
+
+async def test_the_async_twin_forks_a_sandbox(asb: AsyncSandbox) -> None:
+    await asb.run("echo async-prepared > /workspace/async-state", check=True)
+    (fork,) = await asb.fork(1)
+    async with fork:
+        assert fork.id != asb.id
+        assert (await fork.run("cat /workspace/async-state")).stdout == "async-prepared\n"
