@@ -76,6 +76,9 @@ pub struct Options {
     /// How often the store is reconciled with the runners (and TTLs reaped);
     /// None: never, for tests that drive runners by hand.
     pub reconcile_every: Option<std::time::Duration>,
+    /// The SSH front door reads a PROXY protocol v2 header first on every
+    /// connection (`--proxy-protocol`: behind a TCP load balancer).
+    pub proxy_protocol: bool,
 }
 
 impl Default for Options {
@@ -86,6 +89,7 @@ impl Default for Options {
             recording: RecordingPolicy::default(),
             dialer: None,
             reconcile_every: Some(lifecycle::RECONCILE_EVERY),
+            proxy_protocol: false,
         }
     }
 }
@@ -101,6 +105,7 @@ impl std::fmt::Debug for Options {
                 &self.dialer.as_ref().map_or("tunnel", |_| "injected"),
             )
             .field("reconcile_every", &self.reconcile_every)
+            .field("proxy_protocol", &self.proxy_protocol)
             .finish()
     }
 }
@@ -201,6 +206,7 @@ impl Gateway {
                 .unwrap_or_else(|| Arc::new(TunnelDialer::new(hub.clone()))),
             limiter: FailureLimiter::default(),
             bounds: SessionBounds::new(options.sessions),
+            proxy_protocol: options.proxy_protocol,
         });
         Ok(Gateway {
             store,
@@ -245,6 +251,7 @@ impl Gateway {
             .reconcile_every
             .map(|every| lifecycle::spawn_reconciler(self.api.lifecycle.clone(), every));
         let sweeper = self.api.lifecycle.recordings.clone().spawn_sweeper();
+        let applier = lifecycle::events::spawn_applier(self.api.lifecycle.clone());
         let result = tokio::select! {
             result = ssh::serve_with(
                 self.ssh_listener,
@@ -263,6 +270,7 @@ impl Gateway {
             reconciler.abort();
         }
         sweeper.abort();
+        applier.abort();
         result
     }
 }
