@@ -202,7 +202,7 @@ fn decode(own_origin: &str, payload: &str) -> Option<Delivery> {
 
 /// The channel of the tier whose tables are in `schema`: notifications and advisory
 /// locks are per database, so two tiers in one database (tests do this) keep apart.
-fn channel_for(schema: &str) -> String {
+pub fn channel_for(schema: &str) -> String {
     if schema == "public" {
         CHANNEL.to_owned()
     } else {

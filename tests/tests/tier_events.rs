@@ -240,3 +240,56 @@ fn events_reach_every_store_on_the_database_and_no_other() -> Result<()> {
         anyhow::Ok(())
     })
 }
+
+#[test]
+fn a_gateway_that_missed_events_checks_its_live_logins_again() -> Result<()> {
+    use sqlx::Connection;
+
+    let Some(db) = postgres_schema()? else {
+        return Ok(());
+    };
+    let tier = Stack::builder().tier(&db.url, 1, NO_RECONCILE)?;
+    let g = &tier.gateways[0];
+    let alice = g.account("alice")?;
+    let id = g.sandbox_of(&alice)?;
+    let sandbox = SandboxId::parse(&id)?;
+    let made_key = g.post("/v1/api-keys", &alice.key, json!({"name": "ssh"}))?;
+    ensure!(made_key.status == 201, "{made_key:?}");
+    let secret = made_key.json()["api_key"]
+        .as_str()
+        .context("api_key")?
+        .to_owned();
+    let key_id = made_key.json()["id"].as_str().context("id")?.to_owned();
+    let session = started(&Client::new(g.target(&sandbox))?.with_password(&secret)?)?;
+    // The key is revoked behind the gateway's back (no event), and then its
+    // listener's connection is cut: once it is back, it checks every live login.
+    let listen = format!(
+        "LISTEN \"{}\"",
+        warren_store::events::channel_for(db.schema())
+    );
+    let since = Instant::now();
+    let cut = g.rt.block_on(async {
+        let mut conn = sqlx::PgConnection::connect(&db.url).await?;
+        sqlx::query("UPDATE api_keys SET revoked_at = 1 WHERE id = $1")
+            .bind(&key_id)
+            .execute(&mut conn)
+            .await?;
+        let cut: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = $1",
+        )
+        .bind(&listen)
+        .fetch_all(&mut conn)
+        .await?;
+        conn.close().await?;
+        anyhow::Ok(cut)
+    })?;
+    ensure!(!cut.is_empty(), "no listener found ({listen})");
+    let out = session.wait_timeout(Duration::from_secs(20))?;
+    let took = since.elapsed();
+    ensure!(
+        !out.stdout_str().contains("survived") && took < Duration::from_secs(5),
+        "the login revoked while the listener was away lived on ({took:?}):\n{out}"
+    );
+    eprintln!("resynced and ended the revoked login in {took:?}");
+    Ok(())
+}

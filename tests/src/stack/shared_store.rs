@@ -57,6 +57,13 @@ pub fn postgres_schema() -> Result<Option<SharedDb>> {
     }))
 }
 
+impl SharedDb {
+    /// The schema the store's tables are in.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+}
+
 impl Drop for SharedDb {
     fn drop(&mut self) {
         let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema);
