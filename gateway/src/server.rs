@@ -187,7 +187,12 @@ impl Gateway {
             russh::keys::PublicKey::new(host_key.public_key().key_data().clone(), "")
                 .to_openssh()
                 .context("encoding the host key")?;
-        let recordings = Arc::new(Recordings::in_data_dir(data_dir, options.recording));
+        let mut recordings = Recordings::in_data_dir(data_dir, options.recording);
+        if store.backend() == warren_store::Backend::Postgres {
+            // A tier: every gateway serves every recording (docs/gateway-tier.md).
+            recordings = recordings.archived_in(store.clone());
+        }
+        let recordings = Arc::new(recordings);
         let mut lifecycle = Lifecycle::new(
             store.clone(),
             hub.clone(),

@@ -51,6 +51,7 @@ mod leases;
 mod migrations;
 mod model;
 mod page_cache;
+mod recordings;
 mod row;
 mod runners;
 mod sandboxes;
@@ -79,6 +80,7 @@ pub use self::model::{
     SandboxEvent, SandboxPage, SandboxQuery, SandboxState, SessionEnd, SessionExit, SshChannel,
     SshKey, SshSession, Timestamp, User,
 };
+pub use self::recordings::CHUNK as RECORDING_CHUNK;
 pub use self::snapshots::{NewSnapshot, Snapshot};
 pub use self::usage::{RunnerUsage, SshTotals};
 pub use warren_keys::SnapshotId;

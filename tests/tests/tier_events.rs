@@ -293,3 +293,60 @@ fn a_gateway_that_missed_events_checks_its_live_logins_again() -> Result<()> {
     eprintln!("resynced and ended the revoked login in {took:?}");
     Ok(())
 }
+
+#[test]
+fn a_recording_made_through_one_gateway_is_read_through_another() -> Result<()> {
+    let Some(db) = postgres_schema()? else {
+        return Ok(());
+    };
+    let tier = Stack::builder().tier(&db.url, 2, NO_RECONCILE)?;
+    let (a, b) = (&tier.gateways[0], &tier.gateways[1]);
+    let alice = a.account("alice")?;
+    let id = b.sandbox_of(&alice)?;
+    let wait = Duration::from_secs(30);
+    // A terminal session through B, recorded by B.
+    let mut term = b
+        .ssh(&alice, &id)?
+        .ssh_on_pty(&["-tt"], "", "xterm", 30, 100)?;
+    term.send("printf 'tier-%s\\n' $((6*7))\r")?;
+    term.expect("tier-42", wait)?;
+    term.send("exit\r")?;
+    term.wait(wait)?;
+    // A lists it as recorded and serves it.
+    let started = Instant::now();
+    let session = loop {
+        let listing = a.get(&format!("/v1/sandboxes/{id}/sessions"), &alice.key)?;
+        ensure!(listing.status == 200, "{listing:?}");
+        let recorded = listing.json()["sessions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| {
+                s["channels"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["recorded"] == true)
+            })
+            .and_then(|s| s["id"].as_str().map(str::to_owned));
+        if let Some(session) = recorded {
+            break session;
+        }
+        ensure!(
+            started.elapsed() < wait,
+            "A never listed B's recording: {listing:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let cast = a.get(&format!("/v1/sessions/{session}/recording"), &alice.key)?;
+    ensure!(
+        cast.status == 200 && cast.text.contains("tier-42"),
+        "A's answer for B's recording: {cast:?}"
+    );
+    eprintln!(
+        "B's recording ({} bytes) was read through A {:?} after the session",
+        cast.text.len(),
+        started.elapsed()
+    );
+    Ok(())
+}

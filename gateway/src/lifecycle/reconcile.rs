@@ -52,6 +52,24 @@ pub async fn reconcile_once(lc: &Lifecycle) {
         }
     }
     reap_expired(lc).await;
+    sweep_stored_recordings(lc).await;
+}
+
+/// Deletes the recordings the store keeps for the tier once past the retention
+/// (each gateway sweeps its own files).
+async fn sweep_stored_recordings(lc: &Lifecycle) {
+    let Some(store) = lc.recordings.archive() else {
+        return;
+    };
+    let retention = lc.recordings.policy().retention.as_secs();
+    let now = Timestamp::now().unix_seconds();
+    let before =
+        Timestamp::from_unix_seconds(now - i64::try_from(retention).unwrap_or(i64::MAX / 2));
+    match store.delete_stored_recordings(before).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(pieces = n, "expired stored recordings deleted"),
+        Err(e) => tracing::warn!("deleting expired stored recordings: {e}"),
+    }
 }
 
 async fn reconcile_runner(lc: &Lifecycle, runner: &RunnerId) -> anyhow::Result<()> {
