@@ -35,16 +35,19 @@ fn started(client: &Client) -> Result<Running> {
     Ok(running)
 }
 
-/// `session` ends within [`WITHIN`] of `since` (just before the revocation was
-/// asked for).
-fn ends_within(session: Running, since: Instant, what: &str) -> Result<()> {
+/// `session` ends within [`WITHIN`] of the other gateway's answer to the
+/// revocation (`answered`; `asked`: just before it was asked for).
+fn ends_within(session: Running, asked: Instant, answered: Instant, what: &str) -> Result<()> {
     let out = session.wait_timeout(Duration::from_secs(20))?;
-    let took = since.elapsed();
+    let took = answered.elapsed();
     ensure!(
         !out.stdout_str().contains("survived") && took < WITHIN,
         "{what}: the session through the other gateway lived on ({took:?}):\n{out}"
     );
-    eprintln!("{what}: ended {took:?} after the other gateway was asked");
+    eprintln!(
+        "{what}: ended {took:?} after the other gateway answered, {:?} after it was asked",
+        asked.elapsed()
+    );
     Ok(())
 }
 
@@ -71,7 +74,7 @@ fn a_revocation_on_one_gateway_ends_sessions_held_through_another() -> Result<()
     let since = Instant::now();
     let unshared = a.delete(&format!("/v1/sandboxes/{id}/shares/bob"), &alice.key)?;
     ensure!(unshared.status == 204, "{unshared:?}");
-    ends_within(bobs, since, "unshare")?;
+    ends_within(bobs, since, Instant::now(), "unshare")?;
     ensure!(alices.try_wait().is_none(), "alice's session ended too");
 
     // Alice's SSH key deleted on A.
@@ -83,7 +86,7 @@ fn a_revocation_on_one_gateway_ends_sessions_held_through_another() -> Result<()
     let since = Instant::now();
     let deleted = a.delete(&format!("/v1/ssh-keys/{key_id}"), &alice.key)?;
     ensure!(deleted.status == 204, "{deleted:?}");
-    ends_within(alices, since, "key deleted")?;
+    ends_within(alices, since, Instant::now(), "key deleted")?;
 
     // The sandbox's tokens rotated on A.
     let token = made["token"].as_str().context("token")?;
@@ -96,7 +99,7 @@ fn a_revocation_on_one_gateway_ends_sessions_held_through_another() -> Result<()
     let since = Instant::now();
     let rotated = a.post_empty(&format!("/v1/sandboxes/{id}/token"), &alice.key)?;
     ensure!(rotated.status == 201, "{rotated:?}");
-    ends_within(session, since, "tokens rotated")?;
+    ends_within(session, since, Instant::now(), "tokens rotated")?;
 
     // An API key, the SSH password through B, revoked on A; B's API forgets it.
     let made_key = a.post("/v1/api-keys", &alice.key, json!({"name": "ssh"}))?;
@@ -112,7 +115,7 @@ fn a_revocation_on_one_gateway_ends_sessions_held_through_another() -> Result<()
     let since = Instant::now();
     let revoked = a.delete(&format!("/v1/api-keys/{key_id}"), &alice.key)?;
     ensure!(revoked.status == 204, "{revoked:?}");
-    ends_within(session, since, "API key revoked")?;
+    ends_within(session, since, Instant::now(), "API key revoked")?;
     let refused = b.get("/v1/sandboxes", &secret)?;
     ensure!(
         refused.status == 401,
@@ -180,7 +183,7 @@ fn periodic_work_runs_on_one_gateway_and_moves_when_it_goes() -> Result<()> {
     };
     let (r0, r1) = (rounds(0, &tier), rounds(1, &tier));
     ensure!(
-        (r0 > 3) != (r1 > 3) && r0.min(r1) == 0,
+        r0.max(r1) > 0 && r0.min(r1) == 0,
         "both gateways reconciled: {r0} and {r1} rounds"
     );
     // The leaseholder goes: the other takes over within a few rounds.
