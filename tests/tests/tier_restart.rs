@@ -1,6 +1,6 @@
 //! PostgreSQL restarted under a gateway that stays up: the live session carries
 //! on, a login while the database is down is told so ("store unavailable") within
-//! the login grace time, logins work again once it is back, and the other
+//! the login grace time (an API request gets 503 `store_unavailable`), logins work again once it is back, and the other
 //! gateways' revocations reach it again (its listener reconnected).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use warren_store::Store;
-use warren_tests::stack::{PrivatePostgres, Stack};
+use warren_tests::stack::{PrivatePostgres, Stack, check_error};
 use warren_tests::util::wait_for;
 use warren_tests::{Client, Target};
 
@@ -24,6 +24,18 @@ fn a_postgres_restart_needs_no_gateway_restart() -> Result<()> {
     let alice = stack.user("alice", &client)?;
     let id = stack.sandbox(&runner, &alice)?;
     let ssh = client.clone().with_target(stack.target(&id));
+    let api = stack.api(Duration::from_secs(3600))?;
+    let api_key = stack
+        .rt
+        .block_on(stack.store.create_api_key(&alice.id, "api"))?;
+    let listed = stack.call(
+        &api,
+        "GET",
+        "/v1/sandboxes",
+        Some(api_key.secret.expose()),
+        None,
+    )?;
+    ensure!(listed.status == 200, "{listed:?}");
 
     // A session that ticks through the outage.
     let live = ssh
@@ -44,6 +56,15 @@ fn a_postgres_restart_needs_no_gateway_restart() -> Result<()> {
     );
     ensure!(took < Duration::from_secs(20), "the refusal took {took:?}");
     eprintln!("a login during the outage was told in {took:?}");
+    // The API says so too.
+    let listed = stack.call(
+        &api,
+        "GET",
+        "/v1/sandboxes",
+        Some(api_key.secret.expose()),
+        None,
+    )?;
+    check_error(&listed, 503, "store_unavailable")?;
 
     // The live session carried on to its end.
     let done = live.wait_timeout(Duration::from_secs(60))?;
