@@ -9,8 +9,8 @@ use utoipa::ToSchema;
 /// `method_not_allowed` 405, `conflict` 409, `payload_too_large` 413,
 /// `unsupported_media_type` 415, `too_many_requests` 429, `image_not_found` 422,
 /// `nothing_to_commit` 409, `no_repo` 409, `no_credentials` 409, `no_runner` 503,
-/// `no_capacity` 503, `runner_offline` 503, `runner_error` 502, `upstream_error`
-/// 502, `internal` 500.
+/// `no_capacity` 503, `runner_offline` 503, `store_unavailable` 503,
+/// `runner_error` 502, `upstream_error` 502, `internal` 500.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -46,6 +46,8 @@ pub enum ErrorCode {
     NoCapacity,
     /// 503: the sandbox's runner is offline.
     RunnerOffline,
+    /// 503: the gateway cannot reach its database (restarting, say); try again.
+    StoreUnavailable,
     /// 502: a runner refused or failed the request (its message is shown).
     RunnerError,
     /// 502: the git remote or GitHub refused (their message is shown).
@@ -61,7 +63,7 @@ pub struct UnknownErrorCode(pub String);
 
 impl ErrorCode {
     /// Every code, in the order declared.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -78,6 +80,7 @@ impl ErrorCode {
         ErrorCode::NoRunner,
         ErrorCode::NoCapacity,
         ErrorCode::RunnerOffline,
+        ErrorCode::StoreUnavailable,
         ErrorCode::RunnerError,
         ErrorCode::UpstreamError,
         ErrorCode::Internal,
@@ -102,6 +105,7 @@ impl ErrorCode {
             ErrorCode::NoRunner => "no_runner",
             ErrorCode::NoCapacity => "no_capacity",
             ErrorCode::RunnerOffline => "runner_offline",
+            ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::RunnerError => "runner_error",
             ErrorCode::UpstreamError => "upstream_error",
             ErrorCode::Internal => "internal",
@@ -124,7 +128,10 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::TooManyRequests => 429,
-            ErrorCode::NoRunner | ErrorCode::NoCapacity | ErrorCode::RunnerOffline => 503,
+            ErrorCode::NoRunner
+            | ErrorCode::NoCapacity
+            | ErrorCode::RunnerOffline
+            | ErrorCode::StoreUnavailable => 503,
             ErrorCode::RunnerError | ErrorCode::UpstreamError => 502,
             ErrorCode::Internal => 500,
         }

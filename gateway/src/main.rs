@@ -57,6 +57,11 @@ enum Command {
         /// listen address, or `localhost` if that is a wildcard).
         #[arg(long, env = "WARREN_PUBLIC_HOST")]
         public_host: Option<String>,
+        /// Every SSH connection starts with a PROXY protocol v2 header (behind a
+        /// TCP load balancer such as HAProxy with `send-proxy-v2`); connections
+        /// without a valid one within 5 s are closed.
+        #[arg(long, env = "WARREN_PROXY_PROTOCOL")]
+        proxy_protocol: bool,
         #[command(flatten)]
         recording: warren_gateway::recordings::RecordingArgs,
         #[command(flatten)]
@@ -124,6 +129,7 @@ async fn run(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
             tls_key,
             insecure_http,
             public_host,
+            proxy_protocol,
             recording,
             admission,
         } => {
@@ -154,6 +160,7 @@ async fn run(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
                     ..Default::default()
                 },
                 sessions: admission.limits(),
+                proxy_protocol,
                 ..Options::default()
             };
             serve(store, &data_dir, listen, options, tls).await

@@ -76,6 +76,9 @@ pub struct Options {
     /// How often the store is reconciled with the runners (and TTLs reaped);
     /// None: never, for tests that drive runners by hand.
     pub reconcile_every: Option<std::time::Duration>,
+    /// The SSH front door reads a PROXY protocol v2 header first on every
+    /// connection (`--proxy-protocol`: behind a TCP load balancer).
+    pub proxy_protocol: bool,
 }
 
 impl Default for Options {
@@ -86,6 +89,7 @@ impl Default for Options {
             recording: RecordingPolicy::default(),
             dialer: None,
             reconcile_every: Some(lifecycle::RECONCILE_EVERY),
+            proxy_protocol: false,
         }
     }
 }
@@ -101,6 +105,7 @@ impl std::fmt::Debug for Options {
                 &self.dialer.as_ref().map_or("tunnel", |_| "injected"),
             )
             .field("reconcile_every", &self.reconcile_every)
+            .field("proxy_protocol", &self.proxy_protocol)
             .finish()
     }
 }
@@ -182,7 +187,12 @@ impl Gateway {
             russh::keys::PublicKey::new(host_key.public_key().key_data().clone(), "")
                 .to_openssh()
                 .context("encoding the host key")?;
-        let recordings = Arc::new(Recordings::in_data_dir(data_dir, options.recording));
+        let mut recordings = Recordings::in_data_dir(data_dir, options.recording);
+        if store.backend() == warren_store::Backend::Postgres {
+            // A tier: every gateway serves every recording (docs/gateway-tier.md).
+            recordings = recordings.archived_in(store.clone());
+        }
+        let recordings = Arc::new(recordings);
         let mut lifecycle = Lifecycle::new(
             store.clone(),
             hub.clone(),
@@ -201,6 +211,7 @@ impl Gateway {
                 .unwrap_or_else(|| Arc::new(TunnelDialer::new(hub.clone()))),
             limiter: FailureLimiter::default(),
             bounds: SessionBounds::new(options.sessions),
+            proxy_protocol: options.proxy_protocol,
         });
         Ok(Gateway {
             store,
@@ -245,6 +256,7 @@ impl Gateway {
             .reconcile_every
             .map(|every| lifecycle::spawn_reconciler(self.api.lifecycle.clone(), every));
         let sweeper = self.api.lifecycle.recordings.clone().spawn_sweeper();
+        let applier = lifecycle::events::spawn_applier(self.api.lifecycle.clone());
         let result = tokio::select! {
             result = ssh::serve_with(
                 self.ssh_listener,
@@ -263,6 +275,7 @@ impl Gateway {
             reconciler.abort();
         }
         sweeper.abort();
+        applier.abort();
         result
     }
 }

@@ -34,6 +34,21 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The database could not be reached (down, restarting, no connection within
+    /// the wait), as opposed to refusing or failing a query.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Database(
+                sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::WorkerCrashed
+            )
+        )
+    }
+
     /// Maps a unique-constraint violation to `Conflict(message)` and a foreign-key
     /// violation to `NotFound(missing)`; anything else stays a database error.
     pub(crate) fn from_write(

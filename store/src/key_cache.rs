@@ -4,9 +4,10 @@
 //!
 //! For: [`Store::find_user_by_api_key`](super::Store::find_user_by_api_key) only.
 //! Entries are keyed by the SHA-256 of the presented secret (never the secret), live
-//! [`TTL`], and revoking a key through this store forgets it at once. Only this
-//! process's revocations are seen at once; another gateway sharing the database would
-//! take up to [`TTL`] to notice (Warren runs one gateway per database). Unknown keys
+//! [`TTL`], and revoking a key through this store forgets it at once. Another
+//! gateway's revocation arrives as an event (`events`: `ApiKeyRevoked`), which
+//! forgets it here too; while the event listener is disconnected every key is
+//! forgotten, and [`TTL`] bounds what a lost notification could cost. Unknown keys
 //! are not remembered: the failure limiter deals with those.
 
 use std::collections::HashMap;
@@ -119,6 +120,13 @@ impl KeyCache {
         if let Some(entry) = self.entries().by_digest.get_mut(&digest(secret)) {
             entry.last_used = Some(at);
         }
+    }
+
+    /// Forgets every key (revocations may have been missed).
+    pub fn forget_all(&self) {
+        let mut guard = self.entries();
+        guard.generation += 1;
+        guard.by_digest.clear();
     }
 
     /// Forgets `key` (it is being revoked), and keeps answers read before now out.

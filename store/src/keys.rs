@@ -4,6 +4,7 @@ use russh::keys::PublicKey;
 use sqlx::any::AnyRow;
 use warren_keys::{SecretHash, generate_secret, secret_prefix, verify_secret};
 
+use super::events::TierEvent;
 use super::ids::{ApiKeyId, SshKeyId, UserId};
 use super::model::{ApiKey, ApiKeyOwner, CreatedApiKey, SshKey, Timestamp, User};
 use super::users::{USER_COLUMNS, user_from_row};
@@ -107,6 +108,9 @@ impl Store {
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound("API key"));
         }
+        // Every gateway forgets it too, and ends the logins made with it.
+        self.publish(TierEvent::ApiKeyRevoked { key: key.clone() })
+            .await;
         Ok(())
     }
 

@@ -43,12 +43,15 @@
 //! the event row in the same transaction, retried on a lost race.
 
 mod error;
+pub mod events;
 mod ids;
 mod key_cache;
 mod keys;
+mod leases;
 mod migrations;
 mod model;
 mod page_cache;
+mod recordings;
 mod row;
 mod runners;
 mod sandboxes;
@@ -70,15 +73,20 @@ pub use warren_keys::SandboxId;
 
 pub use self::error::StoreError;
 pub use self::ids::{ApiKeyId, JoinTokenId, ParseError, RunnerId, SshKeyId, SshSessionId, UserId};
+pub use self::leases::Lease;
 pub use self::model::{
     ApiKey, ApiKeyOwner, ChannelKind, CreatedApiKey, CreatedJoinToken, Label, NewRunner,
     NewSandbox, NewSshChannel, NewSshSession, Runner, RunnerState, Sandbox, SandboxCursor,
     SandboxEvent, SandboxPage, SandboxQuery, SandboxState, SessionEnd, SessionExit, SshChannel,
     SshKey, SshSession, Timestamp, User,
 };
+pub use self::recordings::CHUNK as RECORDING_CHUNK;
 pub use self::snapshots::{NewSnapshot, Snapshot};
 pub use self::usage::{RunnerUsage, SshTotals};
 pub use warren_keys::SnapshotId;
+
+/// How long a query waits for a PostgreSQL connection before it fails.
+pub const STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The SQLite file's name inside the data dir.
 pub const SQLITE_FILE_NAME: &str = "gateway.db";
@@ -99,6 +107,8 @@ pub struct Store {
     api_keys: std::sync::Arc<key_cache::KeyCache>,
     /// Sandbox pages listed since the last sandbox write (see `page_cache`).
     pages: std::sync::Arc<page_cache::PageCache>,
+    /// The gateways' events (see `events`).
+    bus: std::sync::Arc<events::Bus>,
 }
 
 impl Store {
@@ -177,8 +187,15 @@ impl Store {
                     .await?
             }
             Backend::Postgres => {
+                // A restarted server leaves dead connections in the pool: each is
+                // pinged before it is handed out (and replaced if it fails). While
+                // the server is down a query waits at most `STORE_WAIT` for a
+                // connection, then fails ("store unavailable"), well within a
+                // login's grace time.
                 AnyPoolOptions::new()
                     .max_connections(10)
+                    .test_before_acquire(true)
+                    .acquire_timeout(STORE_WAIT)
                     .connect_with(options)
                     .await?
             }
@@ -192,11 +209,21 @@ impl Store {
             .run(&pool)
             .await
             .map_err(sqlx::Error::from)?;
+        let (url, schema) = match backend {
+            Backend::Postgres => {
+                let schema: String = sqlx::query_scalar("SELECT CAST(current_schema() AS TEXT)")
+                    .fetch_one(&pool)
+                    .await?;
+                (Some(url.to_owned()), schema)
+            }
+            Backend::Sqlite => (None, String::new()),
+        };
         Ok(Store {
             pool,
             backend,
             api_keys: Default::default(),
             pages: Default::default(),
+            bus: std::sync::Arc::new(events::Bus::new(url, schema)),
         })
     }
 

@@ -52,6 +52,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "snapshots",
         include_str!("../migrations/0008_snapshots.sql"),
     ),
+    (
+        10,
+        "recording_chunks",
+        include_str!("../migrations/0010_recording_chunks.sql"),
+    ),
 ];
 
 #[derive(Debug)]

@@ -7,8 +7,8 @@
 //! each one, committed or not, empties the memory and bumps its generation, so a
 //! page read before the write cannot be stored after it. Pages also expire after
 //! [`TTL`], which bounds how stale a page can be where something else writes the
-//! database (Warren runs one gateway per database; see `key_cache` for the same
-//! rule).
+//! database. Another gateway's writes arrive as events (`events`:
+//! `SandboxesChanged`), which empty the memory here too.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

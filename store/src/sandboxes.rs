@@ -6,6 +6,7 @@ use sqlx::AnyConnection;
 use sqlx::any::AnyRow;
 use warren_keys::SandboxId;
 
+use super::events::TierEvent;
 use super::ids::{RunnerId, UserId};
 use super::model::{
     NewSandbox, Sandbox, SandboxCursor, SandboxEvent, SandboxPage, SandboxQuery, SandboxState,
@@ -245,6 +246,7 @@ impl Store {
         let committed = tx.commit().await;
         self.pages.invalidate();
         committed?;
+        self.publish(TierEvent::SandboxesChanged).await;
         Ok(sandbox)
     }
 
@@ -380,6 +382,7 @@ impl Store {
             let committed = tx.commit().await;
             self.pages.invalidate();
             committed?;
+            self.publish(TierEvent::SandboxesChanged).await;
             return Ok(Sandbox {
                 state: to,
                 updated_at: now,

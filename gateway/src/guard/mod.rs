@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 
 mod bounds;
 mod limiter;
+pub mod proxy;
 
 pub use bounds::{AdmissionArgs, Permit, Refused, SessionBounds, SessionLimits};
 pub(crate) use limiter::{Admission, PreauthGate, PreauthSlot};

@@ -66,9 +66,15 @@ impl Lifecycle {
         let channels = self.store.list_ssh_channels(&session.id).await?;
         let recordings = self.recordings.clone();
         let id = session.id.clone();
-        let recorded = tokio::task::spawn_blocking(move || recordings.channels(&id))
+        let mut recorded = tokio::task::spawn_blocking(move || recordings.channels(&id))
             .await
             .unwrap_or_default();
+        // Another gateway's recordings of it, from the store (a tier).
+        if let Some(store) = self.recordings.archive() {
+            recorded.extend(store.stored_recordings(&session.id).await?);
+            recorded.sort_unstable();
+            recorded.dedup();
+        }
         Ok(SessionRecord {
             session,
             channels,
@@ -97,7 +103,13 @@ impl Lifecycle {
             Some(n) => n,
             None => *record.recorded.first().ok_or_else(none)?,
         };
-        match self.recordings.open(&record.session.id, channel).await {
+        let opened = match self.recordings.open(&record.session.id, channel).await {
+            Err(RecordingError::NotFound | RecordingError::Off) => {
+                self.stored_recording(&record.session.id, channel).await
+            }
+            other => other,
+        };
+        match opened {
             Ok(file) => Ok(OpenRecording {
                 session: record.session.id,
                 channel,
@@ -109,5 +121,36 @@ impl Lifecycle {
                 Err(Error::internal())
             }
         }
+    }
+
+    /// A recording another gateway of the tier copied into the store, spooled to
+    /// an anonymous file to be read like a local one.
+    async fn stored_recording(
+        &self,
+        session: &SshSessionId,
+        channel: u32,
+    ) -> std::result::Result<tokio::fs::File, RecordingError> {
+        let Some(store) = self.recordings.archive() else {
+            return Err(RecordingError::NotFound);
+        };
+        let bytes = match store.stored_recording(session, channel).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Err(RecordingError::NotFound),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read a stored recording");
+                return Err(RecordingError::NotFound);
+            }
+        };
+        let spooled = tokio::task::spawn_blocking(move || {
+            use std::io::{Seek, Write};
+            let mut file = tempfile::tempfile()?;
+            file.write_all(&bytes)?;
+            file.rewind()?;
+            Ok::<_, std::io::Error>(file)
+        })
+        .await
+        .map_err(|e| RecordingError::Io("(spool)".into(), std::io::Error::other(e)))?
+        .map_err(|e| RecordingError::Io("(spool)".into(), e))?;
+        Ok(tokio::fs::File::from_std(spooled))
     }
 }

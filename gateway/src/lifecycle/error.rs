@@ -88,6 +88,13 @@ impl From<StoreError> for Error {
             StoreError::Conflict(message) => Error::conflict(message),
             e @ StoreError::InvalidTransition { .. } => Error::conflict(e.to_string()),
             e @ StoreError::Invalid(_) => Error::invalid(e.to_string()),
+            e if e.is_unavailable() => {
+                tracing::warn!(request_id = %super::request::current_request_id(), "store: {e}");
+                Error::new(
+                    ErrorCode::StoreUnavailable,
+                    "store unavailable: the gateway cannot reach its database; try again in a moment",
+                )
+            }
             e @ StoreError::Database(_) => {
                 tracing::error!(request_id = %super::request::current_request_id(), "store: {e}");
                 Error::internal()

@@ -3,6 +3,7 @@
 //! logins made with it. Its API keys' revocation, which ends theirs.
 
 use russh::keys::PublicKey;
+use warren_store::events::TierEvent;
 use warren_store::{ApiKeyId, SshKey, SshKeyId, User};
 
 use super::{Error, Lifecycle, Result, validate};
@@ -54,16 +55,20 @@ impl Lifecycle {
         .ok_or_else(not_found)?;
         self.store.delete_ssh_key(&owner.id, &key.id).await?;
         super::agent_keys::sync_user(self, &owner.id).await;
-        self.live
-            .end_key(&owner.id, &key.fingerprint, "the SSH key was deleted");
+        self.store
+            .publish(TierEvent::SshKeyDeleted {
+                user: owner.id.clone(),
+                fingerprint: key.fingerprint,
+            })
+            .await;
         Ok(())
     }
 
     /// Revokes `owner`'s API key `id` (`apk-…`); the logins made with it end.
     pub async fn revoke_api_key(&self, owner: &User, id: &str) -> Result<()> {
         let id = ApiKeyId::parse(id).map_err(|_| Error::not_found("API key"))?;
+        // The store tells every gateway (`TierEvent::ApiKeyRevoked`).
         self.store.revoke_api_key(&owner.id, &id).await?;
-        self.live.end_api_key(&id, "the API key was revoked");
         Ok(())
     }
 }

@@ -29,10 +29,23 @@ pub enum Via {
 
 struct Live {
     user: Option<UserId>,
+    /// Who logged in, to check again after a resync ([`super::events`]).
+    principal: Principal,
+    /// When (unix seconds): a token login older than its sandbox's revocation ends.
+    since: i64,
     via: Via,
     /// The relay-mode sandbox, and every sandbox a jump-host login reached.
     sandboxes: HashSet<SandboxId>,
     handle: russh::server::Handle,
+}
+
+/// A live login as [`LiveConnections::logins`] lists it.
+pub(super) struct LiveLogin {
+    pub id: u64,
+    pub principal: Principal,
+    pub since: i64,
+    pub via: Via,
+    pub sandboxes: Vec<SandboxId>,
 }
 
 /// Every logged-in user connection of this gateway.
@@ -66,14 +79,16 @@ impl LiveEntry {
 impl LiveConnections {
     pub fn register(
         self: &Arc<Self>,
-        user: Option<UserId>,
+        principal: Principal,
         via: Via,
         sandbox: Option<SandboxId>,
         handle: russh::server::Handle,
     ) -> LiveEntry {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let live = Live {
-            user,
+            user: principal.user().map(|u| u.id.clone()),
+            principal,
+            since: warren_store::Timestamp::now().unix_seconds(),
             via,
             sandboxes: sandbox.into_iter().collect(),
             handle,
@@ -94,13 +109,37 @@ impl LiveConnections {
         self.len() == 0
     }
 
+    /// Every live login as it stands: its place, who, since when, with what, and
+    /// the sandboxes it reached.
+    pub(super) fn logins(&self) -> Vec<LiveLogin> {
+        crate::unpoisoned(&self.live)
+            .iter()
+            .map(|(id, l)| LiveLogin {
+                id: *id,
+                principal: l.principal.clone(),
+                since: l.since,
+                via: l.via.clone(),
+                sandboxes: l.sandboxes.iter().cloned().collect(),
+            })
+            .collect()
+    }
+
+    /// Ends the login `id` (of [`Self::logins`]) with `reason`.
+    pub(super) fn end_login(&self, id: u64, reason: &str) -> usize {
+        self.end_matching(|l_id, _| l_id == id, reason)
+    }
+
     /// Disconnects every connection `matches` picks, telling it `reason`; returns
     /// how many.
     fn end(&self, matches: impl Fn(&Live) -> bool, reason: &str) -> usize {
+        self.end_matching(|_, l| matches(l), reason)
+    }
+
+    fn end_matching(&self, matches: impl Fn(u64, &Live) -> bool, reason: &str) -> usize {
         let handles: Vec<_> = crate::unpoisoned(&self.live)
-            .values()
-            .filter(|l| matches(l))
-            .map(|l| l.handle.clone())
+            .iter()
+            .filter(|(id, l)| matches(**id, l))
+            .map(|(_, l)| l.handle.clone())
             .collect();
         let n = handles.len();
         for handle in handles {

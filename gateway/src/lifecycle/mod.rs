@@ -14,6 +14,7 @@
 //! - [`pulls`]: commit, push and open (or merge) a GitHub pull request.
 //! - [`reconcile`]: the store kept in step with the runners; TTL reaping.
 //! - [`snapshots`]: snapshots of a sandbox, sandboxes made from them, forks.
+//! - [`events`]: the other gateways' decisions (and this one's) applied here.
 //!
 //! Secrets (sandbox tokens, `env` values) are returned once and never logged; `env`
 //! values live only in memory here and in the runner, never in the store.
@@ -22,6 +23,7 @@ pub mod access;
 pub mod agent_keys;
 pub mod audit;
 mod error;
+pub mod events;
 pub mod keys;
 pub mod live;
 mod placement;
@@ -84,6 +86,8 @@ pub struct Lifecycle {
     pub live: Arc<live::LiveConnections>,
     /// The terminal sessions' recordings (the front door writes them).
     pub recordings: Arc<crate::recordings::Recordings>,
+    /// Reconciler rounds this gateway ran (as the tier's leaseholder).
+    pub rounds: std::sync::atomic::AtomicU64,
 }
 
 impl Lifecycle {
@@ -111,6 +115,7 @@ impl Lifecycle {
             capacities: Mutex::default(),
             live: Arc::default(),
             recordings: Arc::new(crate::recordings::Recordings::off()),
+            rounds: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

@@ -6,7 +6,9 @@
 //! runner no longer has it at all). A sandbox changed since the list was asked for
 //! is left for the next round, so a start racing the list is never undone. Then
 //! every sandbox past its `ttl_s` is deleted (reason `ttl`). Each round also sends
-//! runners the authorized keys that changed ([`super::agent_keys`]).
+//! runners the authorized keys that changed ([`super::agent_keys`]). Of several
+//! gateways on one database only the lease's holder runs rounds, and it reconciles
+//! the runners it reaches.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,14 +22,20 @@ use super::Lifecycle;
 /// How often the reconciler runs.
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(10);
 
-/// Runs [`reconcile_once`] every `every`, until the task is aborted.
+/// Runs [`reconcile_once`] every `every`, until the task is aborted, on the one
+/// gateway of the tier that holds the `reconcile` lease (`warren_store::Lease`;
+/// on SQLite, always this one).
 pub fn spawn_reconciler(lc: Arc<Lifecycle>, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let lease = lc.store.lease("reconcile");
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            reconcile_once(&lc).await;
+            if lease.held().await {
+                lc.rounds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                reconcile_once(&lc).await;
+            }
         }
     })
 }
@@ -44,6 +52,24 @@ pub async fn reconcile_once(lc: &Lifecycle) {
         }
     }
     reap_expired(lc).await;
+    sweep_stored_recordings(lc).await;
+}
+
+/// Deletes the recordings the store keeps for the tier once past the retention
+/// (each gateway sweeps its own files).
+async fn sweep_stored_recordings(lc: &Lifecycle) {
+    let Some(store) = lc.recordings.archive() else {
+        return;
+    };
+    let retention = lc.recordings.policy().retention.as_secs();
+    let now = Timestamp::now().unix_seconds();
+    let before =
+        Timestamp::from_unix_seconds(now - i64::try_from(retention).unwrap_or(i64::MAX / 2));
+    match store.delete_stored_recordings(before).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(pieces = n, "expired stored recordings deleted"),
+        Err(e) => tracing::warn!("deleting expired stored recordings: {e}"),
+    }
 }
 
 async fn reconcile_runner(lc: &Lifecycle, runner: &RunnerId) -> anyhow::Result<()> {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use warren_keys::{SandboxId, SandboxToken, Scope};
 use warren_protocol::{NetworkPolicy, RepoSpec, Request, SandboxSpec, Secret};
+use warren_store::events::TierEvent;
 use warren_store::{
     NewSandbox, Sandbox, SandboxEvent, SandboxPage, SandboxQuery, SandboxState, User,
 };
@@ -230,8 +231,11 @@ impl Lifecycle {
                 .store
                 .set_sandbox_state(&sandbox.id, SandboxState::Stopped, "stopped by user")
                 .await?;
-            lc.live
-                .end_sandbox(&sandbox.id, &format!("{} was stopped", sandbox.id));
+            lc.store
+                .publish(TierEvent::SandboxStopped {
+                    sandbox: sandbox.id.clone(),
+                })
+                .await;
             Ok(stopped)
         })
         .await
@@ -344,7 +348,11 @@ impl Lifecycle {
             .await?;
         drop(guard);
         self.forget(id);
-        self.live.end_sandbox(id, &format!("{id} was deleted"));
+        self.store
+            .publish(TierEvent::SandboxDeleted {
+                sandbox: id.clone(),
+            })
+            .await;
         Ok(())
     }
 

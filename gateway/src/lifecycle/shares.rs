@@ -5,6 +5,7 @@
 //! share taken back (or its secrets) ends. The HTTP API and the console both call
 //! these.
 
+use warren_store::events::TierEvent;
 use warren_store::{Sandbox, StoreError, User};
 
 use super::access::Shares;
@@ -46,11 +47,13 @@ impl Lifecycle {
         // Taking secrets away must bite at once, as an unshare does (once the agent's
         // keys changed, so that a jump-mode reconnect meets the new ones).
         if had_secrets && !secrets {
-            self.live.end_user_on_sandbox(
-                &user.id,
-                &sandbox.id,
-                &format!("{} is now shared with you without its secrets", sandbox.id),
-            );
+            self.store
+                .publish(TierEvent::ShareTaken {
+                    user: user.id.clone(),
+                    sandbox: sandbox.id.clone(),
+                    secrets_only: true,
+                })
+                .await;
         }
         self.share_names(&sandbox).await
     }
@@ -64,11 +67,13 @@ impl Lifecycle {
             return Err(Error::not_found("share"));
         }
         super::agent_keys::sync_sandbox(self, &sandbox).await;
-        self.live.end_user_on_sandbox(
-            &user.id,
-            &sandbox.id,
-            &format!("{} is no longer shared with you", sandbox.id),
-        );
+        self.store
+            .publish(TierEvent::ShareTaken {
+                user: user.id,
+                sandbox: sandbox.id,
+                secrets_only: false,
+            })
+            .await;
         Ok(())
     }
 

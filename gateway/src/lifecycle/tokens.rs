@@ -6,6 +6,7 @@
 use std::time::SystemTime;
 
 use warren_keys::{SandboxId, SandboxToken, Scope};
+use warren_store::events::TierEvent;
 use warren_store::{SandboxState, Timestamp, User};
 
 use super::{Error, Lifecycle, Result, SANDBOX_TOKEN_TTL};
@@ -29,10 +30,11 @@ impl Lifecycle {
         self.store
             .revoke_sandbox_tokens(&sandbox.id, Timestamp::from_unix_seconds(at))
             .await?;
-        self.live.end_tokens(
-            &sandbox.id,
-            &format!("the tokens of {} were revoked", sandbox.id),
-        );
+        self.store
+            .publish(TierEvent::TokensRevoked {
+                sandbox: sandbox.id.clone(),
+            })
+            .await;
         // One second longer than the revoked ones could live, so that a token minted
         // in the very second of the revocation is told apart from them.
         let ahead = u64::try_from(at - now).unwrap_or(0);

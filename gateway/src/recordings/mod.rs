@@ -37,7 +37,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
-use warren_store::SshSessionId;
+use warren_store::{SshSessionId, Store};
 
 pub use self::policy::{RecordingArgs, RecordingPolicy, parse_age, parse_size};
 
@@ -62,6 +62,9 @@ pub struct Recordings {
     /// `None`: recordings are off.
     space: Option<Arc<Space>>,
     policy: RecordingPolicy,
+    /// Where finished recordings are copied so that every gateway of the tier
+    /// serves them (PostgreSQL only; see `warren_store`'s `recordings`).
+    archive: Option<Store>,
 }
 
 /// Events queued per recording before the session waits for the disk.
@@ -82,6 +85,7 @@ impl Recordings {
                 enabled: false,
                 ..RecordingPolicy::default()
             },
+            archive: None,
         }
     }
 
@@ -99,7 +103,20 @@ impl Recordings {
                 policy.min_free,
             ))),
             policy,
+            archive: None,
         }
+    }
+
+    /// Finished recordings are copied into `store`, and read from it when this
+    /// gateway has no file (another gateway recorded the session).
+    pub fn archived_in(mut self, store: Store) -> Recordings {
+        self.archive = Some(store);
+        self
+    }
+
+    /// The store finished recordings are copied into, if any.
+    pub fn archive(&self) -> Option<&Store> {
+        self.archive.as_ref()
     }
 
     pub fn policy(&self) -> &RecordingPolicy {
@@ -185,6 +202,10 @@ impl Recordings {
             account,
             written: header.len() as u64,
             max_size: self.policy.max_size,
+            archive: self
+                .archive
+                .clone()
+                .map(|store| (store, session.clone(), channel)),
         };
         tokio::spawn(writer.run(rx));
         Ok(Recorder {
@@ -257,6 +278,38 @@ impl Recordings {
             }
         })
     }
+}
+
+/// Copies the finished recording at `path` into `store`, a piece at a time.
+async fn archive(
+    store: &Store,
+    session: &SshSessionId,
+    channel: u32,
+    path: &Path,
+) -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut file = tokio::fs::File::open(path).await?;
+    let mut piece = vec![0u8; warren_store::RECORDING_CHUNK];
+    for seq in 0u32.. {
+        let mut filled = 0;
+        while filled < piece.len() {
+            let n = file.read(&mut piece[filled..]).await?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 && seq > 0 {
+            break;
+        }
+        store
+            .put_recording_chunk(session, channel, seq, &piece[..filled])
+            .await?;
+        if filled < piece.len() {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Cuts `text` to at most `max` bytes, at a character's boundary.
@@ -373,6 +426,8 @@ struct Writer {
     /// Bytes in the file.
     written: u64,
     max_size: u64,
+    /// Where the finished file is copied, as which session's channel.
+    archive: Option<(Store, SshSessionId, u32)>,
 }
 
 impl Writer {
@@ -408,6 +463,11 @@ impl Writer {
         }
         // Finished: the oldest may be deleted, and the sweeper deletes it once old.
         self.space.end(&self.path);
+        if let Some((store, session, channel)) = &self.archive
+            && let Err(e) = archive(store, session, *channel, &self.path).await
+        {
+            tracing::warn!(%session, channel, "cannot copy a recording into the store: {e}");
+        }
     }
 
     fn stopped(&self) -> bool {

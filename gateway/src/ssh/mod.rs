@@ -42,6 +42,9 @@ pub struct FrontDoor {
     pub limiter: FailureLimiter,
     /// What logged-in accounts and sandboxes hold, against their bounds.
     pub bounds: Arc<SessionBounds>,
+    /// Every connection starts with a PROXY protocol v2 header (behind a TCP load
+    /// balancer; `guard::proxy`), whose client address counts, not the peer's.
+    pub proxy_protocol: bool,
 }
 
 /// russh settings for the users' side: keepalives instead of an inactivity cut,
@@ -96,8 +99,10 @@ pub async fn serve_with(
         limits.backlog,
         "SSH front door",
     );
+    // Connections still sending their PROXY header: as many as may wait to log in.
+    let headers = Arc::new(tokio::sync::Semaphore::new(limits.total + limits.backlog));
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let (mut stream, balancer) = match listener.accept().await {
             Ok(pair) => pair,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
@@ -105,35 +110,74 @@ pub async fn serve_with(
                 continue;
             }
         };
-        if !door.limiter.allows(peer.ip()) {
-            tracing::info!(%peer, "too many failed logins from this address; dropped");
-            continue;
-        }
-        // Logged (rate-limited) by the gate; closing the socket is the answer.
-        let Ok(admission) = gate.admit_or_queue(peer.ip()) else {
-            continue;
-        };
-        let deadline = tokio::time::Instant::now() + limits.login_grace;
-        let (config, door) = (config.clone(), door.clone());
-        tokio::spawn(async move {
-            let slot = match admission {
-                Admission::Now(slot) => slot,
-                // The client has sent its version line (or nothing) and waits for
-                // ours, as it would in a listen backlog; the grace time runs.
-                Admission::Queued(ticket) => match ticket.wait(deadline).await {
-                    Some(slot) => slot,
-                    None => {
-                        return tracing::debug!(%peer, "no place within the grace time; closed");
-                    }
-                },
+        if door.proxy_protocol {
+            let Ok(permit) = headers.clone().try_acquire_owned() else {
+                tracing::debug!(%balancer, "too many PROXY headers pending; closed");
+                continue;
             };
-            let _ = stream.set_nodelay(true);
-            let (preauth, logged_in) = Preauth::new(slot);
-            let handler = relay::Connection::new(door, peer, preauth);
-            let grace = limits.login_grace;
-            run_until(config, stream, handler, logged_in, deadline, grace, peer).await;
-        });
+            let (config, door, gate) = (config.clone(), door.clone(), gate.clone());
+            tokio::spawn(async move {
+                let timeout = crate::guard::proxy::HEADER_TIMEOUT.min(limits.login_grace);
+                let read = crate::guard::proxy::read_client_addr(&mut stream, balancer, timeout);
+                match read.await {
+                    Ok(peer) => {
+                        drop(permit);
+                        admit(stream, peer, config, door, &gate, limits);
+                    }
+                    Err(e) => tracing::info!(%balancer, "connection closed: {e}"),
+                }
+            });
+        } else {
+            admit(
+                stream,
+                balancer,
+                config.clone(),
+                door.clone(),
+                &gate,
+                limits,
+            );
+        }
     }
+}
+
+/// A connection from `peer` (the client, as the PROXY header named it if there
+/// was one): the failed-login limiter and the pre-auth gate, then the login on a
+/// task of its own.
+fn admit(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    config: Arc<Config>,
+    door: Arc<FrontDoor>,
+    gate: &Arc<PreauthGate>,
+    limits: PreauthLimits,
+) {
+    if !door.limiter.allows(peer.ip()) {
+        tracing::info!(%peer, "too many failed logins from this address; dropped");
+        return;
+    }
+    // Logged (rate-limited) by the gate; closing the socket is the answer.
+    let Ok(admission) = gate.admit_or_queue(peer.ip()) else {
+        return;
+    };
+    let deadline = tokio::time::Instant::now() + limits.login_grace;
+    tokio::spawn(async move {
+        let slot = match admission {
+            Admission::Now(slot) => slot,
+            // The client has sent its version line (or nothing) and waits for
+            // ours, as it would in a listen backlog; the grace time runs.
+            Admission::Queued(ticket) => match ticket.wait(deadline).await {
+                Some(slot) => slot,
+                None => {
+                    return tracing::debug!(%peer, "no place within the grace time; closed");
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let (preauth, logged_in) = Preauth::new(slot);
+        let handler = relay::Connection::new(door, peer, preauth);
+        let grace = limits.login_grace;
+        run_until(config, stream, handler, logged_in, deadline, grace, peer).await;
+    });
 }
 
 /// Raises this process's open-file limit to its hard limit (every connection, its

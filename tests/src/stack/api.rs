@@ -187,21 +187,27 @@ impl ApiStack {
     pub fn start(runner_args: &[&str], reconcile_every: Duration) -> Result<ApiStack> {
         let stack = Stack::start()?;
         let runner = stack.runner_with("r1", runner_args)?;
-        ApiStack::over(stack, Some(runner), reconcile_every)
+        ApiStack::over(stack, Some(runner), reconcile_every, None)
     }
 
     /// The same without a runner (tests that start one later, or need none).
     pub fn without_runner(reconcile_every: Duration) -> Result<ApiStack> {
-        ApiStack::over(Stack::start()?, None, reconcile_every)
+        ApiStack::over(Stack::start()?, None, reconcile_every, None)
     }
 
-    fn over(
+    /// The API over `stack`, with `runner` as `r1`, and `admin`'s API key (made
+    /// through the store when `None`).
+    pub(super) fn over(
         stack: Stack,
         runner: Option<RunnerProc>,
         reconcile_every: Duration,
+        admin: Option<String>,
     ) -> Result<ApiStack> {
         let api = stack.api(reconcile_every)?;
-        let admin = stack.admin("root")?;
+        let admin = match admin {
+            Some(admin) => admin,
+            None => stack.admin("root")?,
+        };
         Ok(ApiStack {
             stack,
             r1: runner,

@@ -109,8 +109,13 @@ impl Stack {
     }
 
     /// Starts the gateway with `options` (never its reconciler); its runners run
-    /// the `profile` build.
-    pub(super) fn start_with(options: Options, profile: Profile) -> Result<Stack> {
+    /// the `profile` build. Its store is the PostgreSQL database at `postgres` (a
+    /// tier of gateways shares one: `shared_store`), or SQLite in its data dir.
+    pub(super) fn start_on(
+        options: Options,
+        profile: Profile,
+        postgres: Option<&str>,
+    ) -> Result<Stack> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -124,7 +129,10 @@ impl Stack {
         // The account console is the gateway's lifecycle; the API of `Stack::api`
         // has its own, so that a test can "restart" the API and lose its memory.
         let (store, hub, ssh_port, host_key, verifier, live, recordings) = rt.block_on(async {
-            let store = Store::open_in_data_dir(dir.path()).await?;
+            let store = match postgres {
+                Some(url) => Store::open(url).await?,
+                None => Store::open_in_data_dir(dir.path()).await?,
+            };
             let gateway =
                 server::Gateway::bind_with(store.clone(), dir.path(), listen, options).await?;
             let parts = (

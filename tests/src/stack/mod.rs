@@ -18,6 +18,9 @@
 //! - [`StackBuilder::up`]: `warren up` as one process (the gateway reaching the
 //!   local agents in process, the HTTP API, a warm pool on Docker), or the README's
 //!   `scripts/up` ([`UpStack`]).
+//! - [`StackBuilder::on_postgres`]: the same stack on a PostgreSQL database;
+//!   [`Tier`]: several such gateways on one database, as `warren-gateway serve`
+//!   runs a tier.
 //!
 //! The options are those of the gateway (recording policy, admission limits), which
 //! build of the binaries the runners run, and the runner's arguments.
@@ -30,6 +33,7 @@ mod floor;
 mod in_process;
 mod processes;
 mod served;
+mod shared_store;
 mod up;
 
 pub use api::{Account, Api, ApiStack, Reply, check_error};
@@ -44,6 +48,7 @@ pub use in_process::{RunnerProc, Stack, console, join_runner, run, sandbox_row};
 pub use processes::{Backend, GatewayStack, StackOptions, docker_agent_and_image};
 pub use served::{ServedStack, ssh_works_within};
 pub use up::{Up, UpApi, UpStack, home_for};
+pub use shared_store::{PrivatePostgres, SharedDb, Tier, postgres_schema};
 use warren_gateway::recordings::RecordingPolicy;
 use warren_gateway::server::Options;
 
@@ -53,6 +58,8 @@ use crate::{Client, Profile};
 pub struct StackBuilder {
     options: Options,
     profile: Profile,
+    /// The store's database when it is PostgreSQL ([`StackBuilder::on_postgres`]).
+    postgres: Option<String>,
 }
 
 impl Stack {
@@ -61,6 +68,7 @@ impl Stack {
         StackBuilder {
             options: Options::default(),
             profile: Profile::Debug,
+            postgres: None,
         }
     }
 }
@@ -95,7 +103,7 @@ impl StackBuilder {
     /// The gateway in-process, without its reconciler; runners are added with
     /// [`Stack::runner`].
     pub fn start(self) -> anyhow::Result<Stack> {
-        Stack::start_with(self.options, self.profile)
+        Stack::start_on(self.options, self.profile, self.postgres.as_deref())
     }
 
     /// [`StackBuilder::start`] with one Docker runner started with `extra` added to

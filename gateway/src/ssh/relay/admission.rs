@@ -17,6 +17,10 @@ use crate::lifecycle::live::Via;
 use crate::lifecycle::{Access, Principal};
 use crate::ssh::login::LoginName;
 
+/// What a login is told while the store cannot answer.
+const STORE_UNAVAILABLE: &str =
+    "store unavailable: the gateway cannot reach its database; try again in a moment";
+
 impl Connection {
     /// A refusal that counts against the source address (a wrong password, token
     /// or key); OpenSSH's "none" probe and key offers are not failures.
@@ -35,24 +39,34 @@ impl Connection {
         }
     }
 
+    /// The store cannot answer (PostgreSQL restarting, say): the login is accepted
+    /// with no principal, so nothing it asks is served, and [`Self::logged_in`]
+    /// disconnects it saying why. A refusal would read as a wrong key.
+    pub(super) fn store_unavailable(&mut self, error: &StoreError) -> Auth {
+        tracing::warn!(peer = %self.peer, %error, "store unavailable during login");
+        self.store_down = true;
+        Auth::Accept
+    }
+
     /// The sandbox a relay-mode login names, if it exists; `None` otherwise (an
-    /// unknown sandbox and someone else's look the same from outside).
-    pub(super) async fn named_sandbox(&self, user: &str) -> Option<(LoginName, Option<Sandbox>)> {
+    /// unknown sandbox and someone else's look the same from outside). `Err`: the
+    /// store cannot say.
+    pub(super) async fn named_sandbox(
+        &self,
+        user: &str,
+    ) -> Result<(LoginName, Option<Sandbox>), StoreError> {
         let name = LoginName::parse(user);
         let sandbox = match &name {
             LoginName::Sandbox { id, .. } => {
                 match self.door.lifecycle.store.get_sandbox(id).await {
                     Ok(sandbox) => Some(sandbox),
                     Err(StoreError::NotFound(_)) => None,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "store unavailable during login");
-                        None
-                    }
+                    Err(e) => return Err(e),
                 }
             }
             LoginName::Account(_) => None,
         };
-        Some((name, sandbox))
+        Ok((name, sandbox))
     }
 
     /// Accepts `principal` if it may log in as `name`.
@@ -148,6 +162,14 @@ impl Connection {
     }
 
     pub(super) async fn logged_in(&mut self, session: &mut Session) -> Result<(), russh::Error> {
+        if self.store_down {
+            // OpenSSH shows it: "Received disconnect from …: store unavailable …".
+            return session.disconnect(
+                russh::Disconnect::ServiceNotAvailable,
+                STORE_UNAVAILABLE,
+                "",
+            );
+        }
         if let Some(refused) = &self.over_bound {
             // OpenSSH shows it: "Received disconnect from …: too many connections …".
             tracing::info!(peer = %self.peer, %refused, "login refused");
@@ -157,15 +179,10 @@ impl Connection {
                 "",
             );
         }
-        if let Some(via) = self.via.clone() {
-            let user = self
-                .principal
-                .as_ref()
-                .and_then(|p| p.user())
-                .map(|u| u.id.clone());
+        if let (Some(via), Some(principal)) = (self.via.clone(), self.principal.clone()) {
             let sandbox = self.sandbox.as_ref().map(|s| s.id.clone());
             self.live = Some(self.door.lifecycle.live.register(
-                user,
+                principal,
                 via,
                 sandbox,
                 session.handle(),
@@ -189,16 +206,22 @@ impl Connection {
     }
 
     pub(super) async fn login_none(&mut self, user: &str) -> Auth {
+        if self.store_down {
+            return Auth::Accept;
+        }
         // `<sandbox-id>#<token>`: a login without a prompt.
-        if let Some((name, sandbox)) = self.named_sandbox(user).await
-            && let (
-                LoginName::Sandbox {
-                    id,
-                    token: Some(token),
-                    ..
-                },
-                Some(_),
-            ) = (&name, &sandbox)
+        let (name, sandbox) = match self.named_sandbox(user).await {
+            Ok(named) => named,
+            Err(e) => return self.store_unavailable(&e),
+        };
+        if let (
+            LoginName::Sandbox {
+                id,
+                token: Some(token),
+                ..
+            },
+            Some(_),
+        ) = (&name, &sandbox)
         {
             if self.door.lifecycle.token_opens(token, id).await {
                 let principal = Principal::Token(id.clone());
@@ -211,8 +234,12 @@ impl Connection {
     }
 
     pub(super) async fn login_password(&mut self, user: &str, password: &str) -> Auth {
-        let Some((name, sandbox)) = self.named_sandbox(user).await else {
-            return self.refused();
+        if self.store_down {
+            return Auth::Accept;
+        }
+        let (name, sandbox) = match self.named_sandbox(user).await {
+            Ok(named) => named,
+            Err(e) => return self.store_unavailable(&e),
         };
         // A sandbox token for this very sandbox...
         if let LoginName::Sandbox { id, .. } = &name
@@ -238,11 +265,15 @@ impl Connection {
                 self.admit(name, sandbox, principal, Via::ApiKey(owner.key_id))
                     .await
             }
-            _ => self.failed(),
+            Ok(None) => self.failed(),
+            Err(e) => self.store_unavailable(&e),
         }
     }
 
-    pub(super) async fn key_offered(&self, offer: PublicKeyOffer<'_>) -> Auth {
+    pub(super) async fn key_offered(&mut self, offer: PublicKeyOffer<'_>) -> Auth {
+        if self.store_down {
+            return Auth::Accept;
+        }
         // Say yes only to keys someone registered; ownership is checked after the
         // signature, in auth_publickey.
         match self
@@ -253,21 +284,30 @@ impl Connection {
             .await
         {
             Ok(users) if !users.is_empty() => Auth::Accept,
-            _ => self.refused(),
+            Ok(_) => self.refused(),
+            // Let the client sign: its login then says why it cannot go on.
+            Err(e) => self.store_unavailable(&e),
         }
     }
 
     pub(super) async fn login_key(&mut self, user: &str, key: VerifiedPublicKey<'_>) -> Auth {
-        let Some((name, sandbox)) = self.named_sandbox(user).await else {
-            return self.refused();
+        if self.store_down {
+            return Auth::Accept;
+        }
+        let (name, sandbox) = match self.named_sandbox(user).await {
+            Ok(named) => named,
+            Err(e) => return self.store_unavailable(&e),
         };
-        let users = self
+        let users = match self
             .door
             .lifecycle
             .store
             .find_users_by_ssh_key(key.public_key)
             .await
-            .unwrap_or_default();
+        {
+            Ok(users) => users,
+            Err(e) => return self.store_unavailable(&e),
+        };
         // The key may be registered to several accounts; any that may use it will do.
         for candidate in users {
             let principal = Principal::User(candidate);

@@ -90,6 +90,9 @@ pub struct Connection {
     place: Option<Permit>,
     channel_places: HashMap<ChannelId, Permit>,
     over_bound: Option<Refused>,
+    /// The store failed during this login: it is accepted with no principal and
+    /// told so ([`admission`]), rather than refused as if its key were wrong.
+    store_down: bool,
 }
 
 impl Connection {
@@ -114,6 +117,7 @@ impl Connection {
             place: None,
             channel_places: HashMap::new(),
             over_bound: None,
+            store_down: false,
         }
     }
 

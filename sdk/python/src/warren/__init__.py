@@ -46,6 +46,7 @@ from .errors import (
     RateLimited,
     RunnerError,
     SshError,
+    StoreUnavailable,
     Unauthorized,
     WarrenError,
 )
@@ -59,7 +60,8 @@ __all__ = [
     "CommandResult", "FileChange", "FileInfo", "PullRequest", "SandboxInfo",
     "errors", "WarrenError", "ConfigError", "ApiError", "InvalidRequest", "ImageNotFound",
     "Unauthorized", "Forbidden", "NotFound", "Conflict", "NothingToCommit", "NoCapacity",
-    "RunnerError", "RateLimited", "InternalError", "SshError", "ConnectionLost",
+    "RunnerError", "RateLimited", "StoreUnavailable", "InternalError", "SshError",
+    "ConnectionLost",
     "AuthenticationRefused", "HostKeyMismatch", "CommandError", "CommandFailed",
     "CommandTimeout", "FileError", "RemoteFileNotFound", "RemotePermissionError",
 ]

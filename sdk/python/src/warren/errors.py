@@ -26,6 +26,7 @@ __all__ = [
     "NoCapacity",
     "RunnerError",
     "RateLimited",
+    "StoreUnavailable",
     "InternalError",
     "SshError",
     "ConnectionLost",
@@ -103,6 +104,11 @@ class RunnerError(ApiError):
     ``upstream_error``)."""
 
 
+class StoreUnavailable(ApiError):
+    """The gateway cannot reach its database (``store_unavailable``, 503): try again
+    in a moment."""
+
+
 class RateLimited(ApiError):
     """Too many bad API keys from this address (``too_many_requests``, 429)."""
 
@@ -131,6 +137,7 @@ _BY_CODE: dict[str, type[ApiError]] = {
     "runner_offline": RunnerError,
     "upstream_error": RunnerError,
     "too_many_requests": RateLimited,
+    "store_unavailable": StoreUnavailable,
     "internal": InternalError,
 }
 
