@@ -134,7 +134,7 @@ pub async fn build(
         }
         Err(failed) => Err(refused(&format!(
             "building {dockerfile_path} failed: {}{}",
-            failed.message.trim(),
+            crate::devsetup::harmless(failed.message.trim()),
             crate::devsetup::tail(&failed.output)
         ))),
     }

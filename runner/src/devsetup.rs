@@ -565,8 +565,13 @@ pub(crate) fn tail(out: &str) -> String {
         .rev()
         .nth(NOTE_CHARS)
         .map_or(0, |(i, _)| i);
-    let clean: String = kept[start..]
-        .chars()
+    format!("; output:\n{}", harmless(&kept[start..]))
+}
+
+/// `text` with control characters other than newlines replaced (U+FFFD), for text
+/// a sandbox or its build wrote that ends up in a note or an error message.
+pub(crate) fn harmless(text: &str) -> String {
+    text.chars()
         .map(|c| {
             if c == '\n' || !c.is_control() {
                 c
@@ -574,8 +579,7 @@ pub(crate) fn tail(out: &str) -> String {
                 '\u{fffd}'
             }
         })
-        .collect();
-    format!("; output:\n{clean}")
+        .collect()
 }
 
 #[cfg(test)]
