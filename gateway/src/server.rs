@@ -19,6 +19,7 @@ use crate::recordings::{RecordingPolicy, Recordings};
 use crate::ssh::{
     self, AgentDialer, FailureLimiter, FrontDoor, PreauthLimits, SessionBounds, SessionLimits,
 };
+use crate::tier::{Membership, Tier};
 use crate::tunnel::RunnerHub;
 
 /// `$XDG_DATA_HOME/warren`, else `~/.local/share/warren`, else `/var/lib/warren`.
@@ -76,6 +77,9 @@ pub struct Options {
     /// How often the store is reconciled with the runners (and TTLs reaped);
     /// None: never, for tests that drive runners by hand.
     pub reconcile_every: Option<std::time::Duration>,
+    /// A member of a gateway tier (the tier's shared keys, not the data
+    /// directory's; registered and heartbeating while it serves).
+    pub tier: Option<Arc<Tier>>,
 }
 
 impl Default for Options {
@@ -86,6 +90,7 @@ impl Default for Options {
             recording: RecordingPolicy::default(),
             dialer: None,
             reconcile_every: Some(lifecycle::RECONCILE_EVERY),
+            tier: None,
         }
     }
 }
@@ -101,6 +106,7 @@ impl std::fmt::Debug for Options {
                 &self.dialer.as_ref().map_or("tunnel", |_| "injected"),
             )
             .field("reconcile_every", &self.reconcile_every)
+            .field("tier", &self.tier)
             .finish()
     }
 }
@@ -129,6 +135,7 @@ pub struct Gateway {
     tls: Option<warren_keys::tls::TlsIdentity>,
     ssh_limits: PreauthLimits,
     reconcile_every: Option<std::time::Duration>,
+    tier: Option<Arc<Tier>>,
 }
 
 impl Gateway {
@@ -146,12 +153,17 @@ impl Gateway {
         options: Options,
     ) -> anyhow::Result<Gateway> {
         let preauth = options.preauth;
-        let host_key = warren_keys::load_or_generate_host_key(&data_dir.join("host_key"))
-            .context("the gateway's host key")?;
-        let signer = Arc::new(
-            TokenSigner::load_or_generate(&data_dir.join("token_signer"))
-                .context("the gateway's token signer")?,
-        );
+        let (host_key, signer) = match &options.tier {
+            Some(tier) => (tier.keys.host_key.clone(), tier.keys.signer.clone()),
+            None => (
+                warren_keys::load_or_generate_host_key(&data_dir.join("host_key"))
+                    .context("the gateway's host key")?,
+                Arc::new(
+                    TokenSigner::load_or_generate(&data_dir.join("token_signer"))
+                        .context("the gateway's token signer")?,
+                ),
+            ),
+        };
         let hub = RunnerHub::bind_with(
             store.clone(),
             host_key.clone(),
@@ -216,6 +228,7 @@ impl Gateway {
             tls: None,
             ssh_limits: preauth.ssh,
             reconcile_every: options.reconcile_every,
+            tier: options.tier,
         })
     }
 
@@ -245,6 +258,18 @@ impl Gateway {
             .reconcile_every
             .map(|every| lifecycle::spawn_reconciler(self.api.lifecycle.clone(), every));
         let sweeper = self.api.lifecycle.recordings.clone().spawn_sweeper();
+        let membership = match &self.tier {
+            Some(tier) => Some(
+                Membership::start(
+                    self.store.clone(),
+                    self.hub.clone(),
+                    self.ssh_addr.to_string(),
+                    tier.runner_address.clone(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
         let result = tokio::select! {
             result = ssh::serve_with(
                 self.ssh_listener,
@@ -263,6 +288,9 @@ impl Gateway {
             reconciler.abort();
         }
         sweeper.abort();
+        if let Some(membership) = membership {
+            membership.leave().await;
+        }
         result
     }
 }

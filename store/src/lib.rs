@@ -43,6 +43,7 @@
 //! the event row in the same transaction, retried on a lost race.
 
 mod error;
+mod gateways;
 mod ids;
 mod key_cache;
 mod keys;
@@ -69,6 +70,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 pub use warren_keys::SandboxId;
 
 pub use self::error::StoreError;
+pub use self::gateways::{GatewayMember, now_ms};
 pub use self::ids::{ApiKeyId, JoinTokenId, ParseError, RunnerId, SshKeyId, SshSessionId, UserId};
 pub use self::model::{
     ApiKey, ApiKeyOwner, ChannelKind, CreatedApiKey, CreatedJoinToken, Label, NewRunner,

@@ -52,6 +52,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "snapshots",
         include_str!("../migrations/0008_snapshots.sql"),
     ),
+    (
+        9,
+        "gateway_tier",
+        include_str!("../migrations/0009_gateway_tier.sql"),
+    ),
 ];
 
 #[derive(Debug)]

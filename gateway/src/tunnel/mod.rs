@@ -165,6 +165,16 @@ impl RunnerHub {
         self.inner.live().keys().cloned().collect()
     }
 
+    /// Each live tunnel's runner and a number that changes when the runner's tunnel
+    /// is replaced (a reconnect), so a caller can tell a new tunnel from one it saw.
+    pub fn online_tunnels(&self) -> Vec<(RunnerId, u64)> {
+        self.inner
+            .live()
+            .iter()
+            .map(|(id, l)| (id.clone(), l.generation))
+            .collect()
+    }
+
     /// Opens a byte stream to `sandbox`'s agent on `runner`. `originator` (the user's
     /// address) is passed on for the runner's logs. Fails at once with
     /// `RunnerOffline` when the runner has no tunnel.
