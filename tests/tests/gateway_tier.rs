@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use warren_keys::SandboxId;
 use warren_tests::stack::{Stack, TierStack};
-use warren_tests::util::{random_file, sha256_hex};
+use warren_tests::util::{random_file, sha256_hex, wait_until};
 use warren_tests::{Client, Cmd};
 
 fn echo(c: &Client, what: &str) -> Result<()> {
@@ -93,11 +93,16 @@ fn three_gateways_serve_every_sandbox_and_survive_each_others_death() -> Result<
     for attempt in 0..6 {
         let g = attempt % 3;
         let (id, runner, token) = tier.create(g)?;
+        // Listed by every gateway. Each store keeps a listed page for up to 2 s
+        // (`store/src/page_cache.rs`) and drops it on its own writes only, so
+        // another gateway's create shows within that bound until caches are
+        // invalidated across the tier (LISTEN/NOTIFY).
         for other in 0..3 {
-            ensure!(
-                tier.listed(other)?.contains(&id.as_str().to_owned()),
-                "created via {g}, not listed via {other}"
-            );
+            let listed = wait_until(Duration::from_millis(2500), || {
+                tier.listed(other)
+                    .is_ok_and(|l| l.contains(&id.as_str().to_owned()))
+            });
+            ensure!(listed, "created via {g}, not listed via {other}");
         }
         let other = (g + 1) % 3;
         echo(&tier.relay(other, &id), "at-once")
