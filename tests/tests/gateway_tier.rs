@@ -159,6 +159,21 @@ fn three_gateways_serve_every_sandbox_and_survive_each_others_death() -> Result<
     }
     eprintln!("kill -9 and restart at {:?}", started.elapsed());
 
+    // A fourth gateway no runner joined through: the runners learn of it and open
+    // a tunnel to it; it serves at once. Stopped for good, it leaves the set and
+    // the runners close their tunnels to it.
+    let fourth = tier.add_gateway()?;
+    for (id, _) in &on {
+        echo(&tier.relay(fourth, id), "fourth")?;
+    }
+    tier.stop_gateway(fourth)?;
+    ensure!(
+        wait_until(Duration::from_secs(10), || tier
+            .runner_logged("gateway left the set", fourth)),
+        "the runners kept a tunnel to a gateway that left"
+    );
+    eprintln!("a gateway joined and left at {:?}", started.elapsed());
+
     // A rolling restart of all three, under a client that retries through the
     // others: no command fails.
     let stop = Arc::new(AtomicBool::new(false));

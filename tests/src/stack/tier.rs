@@ -280,6 +280,35 @@ impl TierStack {
         Ok(())
     }
 
+    /// Starts one more gateway on the shared store (ports and a data directory of
+    /// its own); returns its index once every runner has a tunnel to it.
+    pub fn add_gateway(&mut self) -> Result<usize> {
+        let ports = [free_port()?, free_port()?, free_port()?];
+        let data = TempDir::new()?;
+        let log = data.path().join("gateway.log");
+        self.gateways.push(TierGateway {
+            data,
+            ports,
+            child: None,
+            log,
+        });
+        let i = self.gateways.len() - 1;
+        self.start_gateway(i)?;
+        self.wait_ready(i)?;
+        Ok(i)
+    }
+
+    /// Whether any runner's log has a line with `what` and `gateway` in it.
+    pub fn runner_logged(&self, what: &str, gateway: usize) -> bool {
+        let address = self.gateways[gateway].runner_address();
+        self.runners.iter().any(|r| {
+            std::fs::read_to_string(&r.log)
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.contains(what) && l.contains(&address))
+        })
+    }
+
     /// `kill -9` of gateway `i`: its connections drop, nothing is cleaned up.
     pub fn kill_gateway(&mut self, i: usize) {
         if let Some(mut child) = self.gateways[i].child.take() {
