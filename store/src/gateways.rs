@@ -33,6 +33,7 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// An id or address: 1 to 255 characters, no spaces or control characters.
 fn check_address(what: &str, address: &str) -> Result<(), StoreError> {
     if address.is_empty()
         || address.len() > MAX_ADDRESS_LEN
@@ -74,6 +75,7 @@ impl Store {
 
     /// Registers gateway `member` (or refreshes its heartbeat and addresses).
     pub async fn heartbeat_gateway(&self, member: &GatewayMember) -> Result<(), StoreError> {
+        check_address("gateway id", &member.id)?;
         check_address("gateway SSH address", &member.ssh_address)?;
         check_address("gateway runner address", &member.runner_address)?;
         sqlx::query(
