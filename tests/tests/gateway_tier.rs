@@ -16,7 +16,7 @@ use anyhow::{Context, Result, ensure};
 use warren_keys::SandboxId;
 use warren_tests::stack::{Stack, TierStack};
 use warren_tests::util::{random_file, sha256_hex, wait_until};
-use warren_tests::{Client, Cmd};
+use warren_tests::{Client, Cmd, Tmux, persistent};
 
 fn echo(c: &Client, what: &str) -> Result<()> {
     let out = c
@@ -130,7 +130,11 @@ fn three_gateways_serve_every_sandbox_and_survive_each_others_death() -> Result<
         started.elapsed()
     );
 
-    // kill -9 of gateway 0 during a transfer through gateway 1.
+    // kill -9 of gateway 0 during a transfer through gateway 1, with a persistent
+    // session held through gateway 0.
+    let tmux = Tmux::new();
+    let held = persistent::as_session(&tier.relay(0, &on[1].0), "build");
+    persistent::start_ticking(&tmux, "a", &held)?;
     let data = tier.client.dir().join("transfer");
     let sum = random_file(&data, 24 << 20)?;
     let transfer = tier
@@ -151,6 +155,12 @@ fn three_gateways_serve_every_sandbox_and_survive_each_others_death() -> Result<
             echo(&tier.relay(g, id), "survivor")?;
         }
     }
+    // The persistent session's client lost gateway 0; it re-attaches through
+    // gateway 1 and finds its program still running.
+    persistent::wait_dead(&tmux, "a")?;
+    let before = persistent::last_tick(&tmux.screen("a")?);
+    let again = persistent::as_session(&tier.relay(1, &on[1].0), "build");
+    persistent::reattach_sees_it_kept_running(&tmux, "b", &again, before)?;
     // Gateway 0 comes back, the runners reconnect to it, and it serves again.
     tier.start_gateway(0)?;
     tier.wait_ready(0)?;

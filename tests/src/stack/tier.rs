@@ -130,8 +130,10 @@ impl TierStack {
         {
             return Ok(None);
         }
+        let t0 = Instant::now();
         let agent = static_agent()?;
         image("build-busybox")?;
+        eprintln!("tier: agent and image ready in {:?}", t0.elapsed());
         let schema = Schema::create(&admin_url)?;
         let work = TempDir::new()?;
         let secret = work.path().join("cluster-secret");
@@ -225,6 +227,7 @@ impl TierStack {
                 log,
             });
         }
+        eprintln!("tier: gateways and runners started in {:?}", t0.elapsed());
         for i in 0..gateways {
             tier.wait_ready(i)?;
         }
