@@ -82,6 +82,18 @@ pub enum NetworkPolicy {
     Allow { cidrs: Vec<String> },
 }
 
+/// `GET /healthz`'s query string.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct HealthQuery {
+    /// Readiness for a load balancer: `200` only when the store answers and at
+    /// least one runner has a tunnel to this gateway, else `503` with the reason.
+    /// Without it, `200` while the process serves (liveness).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<String>,
+}
+
 /// `GET /v1/sandboxes`'s query string.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]

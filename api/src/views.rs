@@ -162,8 +162,14 @@ pub struct RunnerList {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Health {
-    /// `ok`.
+    /// `ok`, or `unready` (readiness asked, `503`).
     pub status: String,
+    /// Why the gateway is not ready: `store unreachable`, `no runner connected`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Runners with a tunnel to this gateway (readiness asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runners: Option<u64>,
 }
 
 /// One SSH session of a sandbox, from the audit trail.

@@ -15,6 +15,8 @@
 //! - [`recordings`]: terminal sessions kept as asciicast files, and their replay.
 //! - [`escape`]: tenant text made safe to print on a person's terminal.
 //! - [`guard`]: bounds on connections before and around login, for every door.
+//! - [`tier`]: several gateways on one PostgreSQL store: their shared keys and
+//!   membership.
 //! - [`server`]: all of it bound and served together (`serve`, `warren up`).
 
 pub mod api;
@@ -26,6 +28,7 @@ pub mod lifecycle;
 pub mod recordings;
 pub mod server;
 pub mod ssh;
+pub mod tier;
 pub mod tunnel;
 pub mod views;
 

@@ -22,6 +22,11 @@ struct Cli {
     /// PostgreSQL instead of SQLite (postgres://...).
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     database_url: Option<String>,
+    /// A gateway tier (several gateways on one PostgreSQL): the file (mode 0600, at
+    /// least 32 bytes, the same on every gateway) whose secret seals the tier's
+    /// shared SSH host key and token key in the database.
+    #[arg(long, env = "WARREN_CLUSTER_SECRET_FILE", global = true)]
+    cluster_secret_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -36,6 +41,10 @@ enum Command {
         ssh_listen: SocketAddr,
         #[arg(long, env = "WARREN_RUNNER_LISTEN", default_value = "127.0.0.1:2223")]
         runner_listen: SocketAddr,
+        /// In a gateway tier: the runner endpoint as runners reach it (HOST:PORT),
+        /// told to every runner (default: --runner-listen, unless a wildcard).
+        #[arg(long, env = "WARREN_RUNNER_ADVERTISE")]
+        runner_advertise: Option<String>,
         /// The HTTP API. Plain HTTP on loopback; on any other address HTTPS (a
         /// self-signed certificate made on first start unless --tls-cert/--tls-key).
         #[arg(long, env = "WARREN_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
@@ -123,6 +132,7 @@ async fn run(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
         Command::Serve {
             ssh_listen,
             runner_listen,
+            runner_advertise,
             http_listen,
             tls,
             tls_cert,
@@ -153,7 +163,29 @@ async fn run(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
                 http: http_listen,
                 public_host,
             };
+            let tier = match &cli.cluster_secret_file {
+                Some(file) => {
+                    let keys =
+                        warren_gateway::tier::open_shared_keys(&store, file, &data_dir).await?;
+                    let advertise = match runner_advertise {
+                        Some(a) => a,
+                        None if runner_listen.ip().is_unspecified() => anyhow::bail!(
+                            "--runner-listen {runner_listen} is a wildcard: give \
+                             --runner-advertise HOST:PORT, the runner endpoint as runners reach it"
+                        ),
+                        None => runner_listen.to_string(),
+                    };
+                    Some(std::sync::Arc::new(warren_gateway::tier::Tier::new(
+                        keys, advertise,
+                    )))
+                }
+                None => {
+                    warren_gateway::tier::warn_if_outside(&store).await;
+                    None
+                }
+            };
             let options = Options {
+                tier,
                 recording: recording.policy(),
                 preauth: warren_gateway::server::Preauth {
                     ssh: admission.preauth(),
@@ -166,7 +198,14 @@ async fn run(cli: Cli, data_dir: PathBuf) -> anyhow::Result<()> {
             serve(store, &data_dir, listen, options, tls).await
         }
         Command::JoinToken { ttl, gateway } => {
-            let host_key = warren_keys::load_or_generate_host_key(&data_dir.join("host_key"))?;
+            let host_key = match &cli.cluster_secret_file {
+                Some(file) => {
+                    warren_gateway::tier::open_shared_keys(&store, file, &data_dir)
+                        .await?
+                        .host_key
+                }
+                None => warren_keys::load_or_generate_host_key(&data_dir.join("host_key"))?,
+            };
             let created = store.create_join_token(Duration::from_secs(ttl)).await?;
             println!(
                 "warren-runner join --gateway {gateway} --token {} --fingerprint {} --name <runner-name> --data-dir <dir>",
@@ -226,9 +265,14 @@ async fn serve(
         );
         gateway = gateway.with_tls(identity);
     }
+    // SIGINT or SIGTERM: a clean stop (a tier member leaves the set first).
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     gateway
-        .serve(async {
-            let _ = tokio::signal::ctrl_c().await;
+        .serve(async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
         })
         .await
 }

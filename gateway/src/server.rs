@@ -19,6 +19,7 @@ use crate::recordings::{RecordingPolicy, Recordings};
 use crate::ssh::{
     self, AgentDialer, FailureLimiter, FrontDoor, PreauthLimits, SessionBounds, SessionLimits,
 };
+use crate::tier::{Membership, Tier};
 use crate::tunnel::RunnerHub;
 
 /// `$XDG_DATA_HOME/warren`, else `~/.local/share/warren`, else `/var/lib/warren`.
@@ -79,6 +80,9 @@ pub struct Options {
     /// The SSH front door reads a PROXY protocol v2 header first on every
     /// connection (`--proxy-protocol`: behind a TCP load balancer).
     pub proxy_protocol: bool,
+    /// A member of a gateway tier (the tier's shared keys, not the data
+    /// directory's; registered and heartbeating while it serves).
+    pub tier: Option<Arc<Tier>>,
 }
 
 impl Default for Options {
@@ -90,6 +94,7 @@ impl Default for Options {
             dialer: None,
             reconcile_every: Some(lifecycle::RECONCILE_EVERY),
             proxy_protocol: false,
+            tier: None,
         }
     }
 }
@@ -106,6 +111,7 @@ impl std::fmt::Debug for Options {
             )
             .field("reconcile_every", &self.reconcile_every)
             .field("proxy_protocol", &self.proxy_protocol)
+            .field("tier", &self.tier)
             .finish()
     }
 }
@@ -134,6 +140,7 @@ pub struct Gateway {
     tls: Option<warren_keys::tls::TlsIdentity>,
     ssh_limits: PreauthLimits,
     reconcile_every: Option<std::time::Duration>,
+    tier: Option<Arc<Tier>>,
 }
 
 impl Gateway {
@@ -151,12 +158,17 @@ impl Gateway {
         options: Options,
     ) -> anyhow::Result<Gateway> {
         let preauth = options.preauth;
-        let host_key = warren_keys::load_or_generate_host_key(&data_dir.join("host_key"))
-            .context("the gateway's host key")?;
-        let signer = Arc::new(
-            TokenSigner::load_or_generate(&data_dir.join("token_signer"))
-                .context("the gateway's token signer")?,
-        );
+        let (host_key, signer) = match &options.tier {
+            Some(tier) => (tier.keys.host_key.clone(), tier.keys.signer.clone()),
+            None => (
+                warren_keys::load_or_generate_host_key(&data_dir.join("host_key"))
+                    .context("the gateway's host key")?,
+                Arc::new(
+                    TokenSigner::load_or_generate(&data_dir.join("token_signer"))
+                        .context("the gateway's token signer")?,
+                ),
+            ),
+        };
         let hub = RunnerHub::bind_with(
             store.clone(),
             host_key.clone(),
@@ -227,6 +239,7 @@ impl Gateway {
             tls: None,
             ssh_limits: preauth.ssh,
             reconcile_every: options.reconcile_every,
+            tier: options.tier,
         })
     }
 
@@ -257,6 +270,18 @@ impl Gateway {
             .map(|every| lifecycle::spawn_reconciler(self.api.lifecycle.clone(), every));
         let sweeper = self.api.lifecycle.recordings.clone().spawn_sweeper();
         let applier = lifecycle::events::spawn_applier(self.api.lifecycle.clone());
+        let membership = match &self.tier {
+            Some(tier) => Some(
+                Membership::start(
+                    self.store.clone(),
+                    self.hub.clone(),
+                    self.ssh_addr.to_string(),
+                    tier.runner_address.clone(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
         let result = tokio::select! {
             result = ssh::serve_with(
                 self.ssh_listener,
@@ -276,6 +301,9 @@ impl Gateway {
         }
         sweeper.abort();
         applier.abort();
+        if let Some(membership) = membership {
+            membership.leave().await;
+        }
         result
     }
 }

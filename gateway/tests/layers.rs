@@ -19,6 +19,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("recordings", &["escape"]),
     // The runners' endpoint: their tunnels, and the lifecycle's requests on them.
     ("tunnel", &["guard"]),
+    // A gateway tier: shared keys and membership, the set told to runners.
+    ("tier", &["tunnel"]),
     // The core: who may do what, what a sandbox may become.
     ("lifecycle", &["tunnel", "recordings", "github", "escape"]),
     // The API's JSON answers, built from the lifecycle's: for the API and the
@@ -45,6 +47,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "lifecycle",
             "recordings",
             "ssh",
+            "tier",
             "tunnel",
             "views",
         ],

@@ -9,6 +9,7 @@
 //! storage. Callers get typed values (`SandboxId`, `SandboxToken`, `Secret`) whose
 //! `Debug`/`Display` never print secret material.
 
+pub mod cluster;
 mod host_key;
 mod ids;
 mod login;

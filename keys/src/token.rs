@@ -216,6 +216,16 @@ impl TokenSigner {
         }
     }
 
+    /// A fresh key as PKCS#8 DER (to be sealed for a gateway tier's store).
+    pub fn generate_pkcs8_der() -> Result<Vec<u8>, TokenError> {
+        Ok(generate_pkcs8()?.as_ref().to_vec())
+    }
+
+    /// The key in PKCS#8 DER `der` (as [`TokenSigner::generate_pkcs8_der`] made it).
+    pub fn from_pkcs8_der(der: &[u8]) -> Result<TokenSigner, TokenError> {
+        Self::from_pkcs8(der).map_err(|e| TokenError::Key(e.to_string()))
+    }
+
     fn from_pkcs8(der: &[u8]) -> Result<TokenSigner, ring::error::KeyRejected> {
         Ok(TokenSigner {
             key_pair: Ed25519KeyPair::from_pkcs8(der)?,

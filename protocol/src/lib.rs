@@ -20,10 +20,12 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use warren_keys::SandboxId;
 
+pub mod gateways;
 pub mod snapshot;
 pub mod stream;
 pub mod validate;
 
+pub use gateways::{GatewayEntry, GatewaySet};
 pub use snapshot::{SnapshotId, SnapshotTaken};
 
 /// SSH user name a runner joins with (the password is the join token).
@@ -164,6 +166,11 @@ pub enum Request {
     /// Forget `snapshot`: its storage goes at once, or when the last sandbox made
     /// from it is deleted. Deleting an unknown snapshot is `ok`.
     DeleteSnapshot { snapshot: SnapshotId },
+    /// The live gateways of a tier (sent by each gateway when a runner's tunnel comes
+    /// up and whenever the set changes): the runner keeps one tunnel to each and
+    /// drops those no longer listed. `ok`. A runner before this request answers
+    /// `error` (unknown op) and keeps its one tunnel.
+    Gateways(GatewaySet),
 }
 
 /// One sandbox's authorized keys, OpenSSH lines.

@@ -4,7 +4,8 @@
 //! and list sandboxes.
 //!
 //! - [`protocol`]: the tunnel's names and control messages (shared with the gateway).
-//! - [`tunnel`]: `join` and the reconnecting tunnel loop.
+//! - [`tunnel`]: `join` and the reconnecting tunnel loop; `mesh`: one such tunnel
+//!   per gateway of a tier.
 //! - [`backend`]: where sandboxes run: the `process` backend (no isolation) or
 //!   the `docker` backend; [`netpolicy`]: a Docker sandbox's firewall rules.
 //! - [`devcontainer`]: a repository's devcontainer.json, parsed and classified;
@@ -19,6 +20,7 @@ pub mod devcontainer;
 pub mod devsetup;
 mod error;
 pub mod git;
+mod mesh;
 pub mod netpolicy;
 pub mod service;
 pub mod state;

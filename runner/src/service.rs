@@ -15,7 +15,6 @@ use crate::backend::docker::{DockerBackend, DockerDefaults};
 use crate::backend::process::ProcessBackend;
 use crate::protocol::RunnerCapacity;
 use crate::state::DataDir;
-use crate::tunnel;
 
 /// Where sandboxes run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,7 +188,7 @@ impl Runner {
                 }
             })
         });
-        let result = tunnel::run(data, self.backend.clone(), self.capacity, shutdown).await;
+        let result = crate::mesh::run(data, self.backend.clone(), self.capacity, shutdown).await;
         for task in [reaper, disk_watcher].into_iter().flatten() {
             task.abort();
         }

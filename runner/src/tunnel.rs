@@ -1,6 +1,7 @@
-//! The runner's side of the tunnel: joining, and the connection it keeps to the
+//! The runner's side of the tunnel: joining, and the connection it keeps to one
 //! gateway (dial, pin the host key, authenticate, ask for forwarding, serve the
-//! channels the gateway opens, reconnect with backoff).
+//! channels the gateway opens, reconnect with backoff). `mesh.rs` keeps one such
+//! link per gateway of a tier.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -18,8 +19,8 @@ use warren_keys::SandboxId;
 
 use crate::backend::Backend;
 use crate::protocol::{
-    self, CONTROL_ADDRESS, FORWARD_ADDRESS, JOIN_USER, MAX_CONTROL_LINE, Request, Response,
-    RunnerCapacity, SANDBOX_PREFIX,
+    self, CONTROL_ADDRESS, FORWARD_ADDRESS, GatewaySet, JOIN_USER, MAX_CONTROL_LINE, Request,
+    Response, RunnerCapacity, SANDBOX_PREFIX,
 };
 use crate::state::{DataDir, Identity};
 use crate::stream::{GrantingStream, MAX_PACKET, WINDOW_SIZE};
@@ -175,10 +176,23 @@ pub async fn join(
 // ---------------------------------------------------------------------------------
 // The tunnel
 
+/// What every link of a runner shares: who it is, what it serves, and where the
+/// gateway sets it is told go.
+pub(crate) struct LinkConfig {
+    pub identity: Identity,
+    pub key: Arc<PrivateKey>,
+    pub pinned: PublicKey,
+    pub backend: Arc<Backend>,
+    pub capacity: RunnerCapacity,
+    /// Gateway sets received on any link (`Request::Gateways`), for the mesh.
+    pub sets: mpsc::UnboundedSender<GatewaySet>,
+}
+
 struct RunnerClient {
     pinned: PublicKey,
     backend: Arc<Backend>,
     capacity: RunnerCapacity,
+    sets: mpsc::UnboundedSender<GatewaySet>,
     /// Window grants for the connection's handle, which the session loop owns.
     grants: mpsc::UnboundedSender<(ChannelId, u32)>,
 }
@@ -232,7 +246,12 @@ impl client::Handler for RunnerClient {
             reply.accept().await;
             let stream = self.stream(channel);
             let backend = self.backend.clone();
-            tokio::spawn(serve_control(stream, backend, self.capacity));
+            tokio::spawn(serve_control(
+                stream,
+                backend,
+                self.capacity,
+                self.sets.clone(),
+            ));
             return Ok(());
         }
         let sandbox = connected_address
@@ -270,12 +289,22 @@ async fn serve_control(
     stream: GrantingStream<Msg>,
     backend: Arc<Backend>,
     capacity: RunnerCapacity,
+    sets: mpsc::UnboundedSender<GatewaySet>,
 ) {
     let (read, mut write) = tokio::io::split(stream);
     let mut line = String::new();
     let mut reader = BufReader::new(read.take(MAX_CONTROL_LINE as u64));
     let response = match tokio::time::timeout(CONNECT_TIMEOUT, reader.read_line(&mut line)).await {
         Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
+            Ok(Request::Gateways(set)) => match set.check() {
+                Ok(()) => {
+                    let _ = sets.send(set);
+                    Response::Ok
+                }
+                Err(message) => Response::Error {
+                    message: format!("bad gateway set: {message}"),
+                },
+            },
             Ok(request) => handle_control(request, &backend, capacity).await,
             Err(e) => Response::Error {
                 message: format!("bad request: {e}"),
@@ -342,6 +371,8 @@ async fn handle_control(request: Request, backend: &Backend, capacity: RunnerCap
             .await
             .map(|()| Response::Ok),
         Request::Capacity => Ok(Response::Capacity(capacity)),
+        // Answered by `serve_control`, which hands the set to the mesh.
+        Request::Gateways(_) => Ok(Response::Ok),
         Request::List => backend
             .list()
             .await
@@ -389,22 +420,21 @@ async fn handle_control(request: Request, backend: &Backend, capacity: RunnerCap
 /// One tunnel connection, until it drops or `shutdown` fires. Sets `connected` once
 /// the gateway has accepted the forwarding request.
 async fn tunnel_once(
-    identity: &Identity,
-    key: &Arc<PrivateKey>,
-    pinned: &PublicKey,
-    backend: &Arc<Backend>,
-    capacity: RunnerCapacity,
+    gateway: &str,
+    link: &LinkConfig,
     shutdown: &mut watch::Receiver<bool>,
     connected: &mut bool,
 ) -> Result<()> {
+    let identity = &link.identity;
     let (grants, mut grant_rx) = mpsc::unbounded_channel();
     let handler = RunnerClient {
-        pinned: pinned.clone(),
-        backend: backend.clone(),
-        capacity,
+        pinned: link.pinned.clone(),
+        backend: link.backend.clone(),
+        capacity: link.capacity,
+        sets: link.sets.clone(),
         grants,
     };
-    let stream = dial(&identity.gateway).await?;
+    let stream = dial(gateway).await?;
     let mut handle = tokio::time::timeout(
         CONNECT_TIMEOUT,
         client::connect_stream(Arc::new(client_config()), stream, handler),
@@ -415,7 +445,7 @@ async fn tunnel_once(
     let auth = handle
         .authenticate_publickey(
             identity.runner_id.as_str(),
-            PrivateKeyWithHashAlg::new(key.clone(), None),
+            PrivateKeyWithHashAlg::new(link.key.clone(), None),
         )
         .await?;
     if !auth.success() {
@@ -423,7 +453,7 @@ async fn tunnel_once(
     }
     handle.tcpip_forward(FORWARD_ADDRESS, 0).await?;
     *connected = true;
-    tracing::info!(gateway = %identity.gateway, runner = %identity.runner_id, "tunnel up");
+    tracing::info!(gateway = %gateway, runner = %identity.runner_id, "tunnel up");
     loop {
         tokio::select! {
             ended = &mut handle => {
@@ -452,30 +482,17 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.5 + frac * 0.5)
 }
 
-/// Keeps the tunnel up, reconnecting with exponential backoff (0.5 s doubling to
-/// 30 s, with jitter) forever, until `shutdown` fires. Started through
-/// [`crate::service::Runner::run`].
-pub(crate) async fn run(
-    data: &DataDir,
-    backend: Arc<Backend>,
-    capacity: RunnerCapacity,
+/// Keeps the tunnel to `gateway` up, reconnecting with exponential backoff (0.5 s
+/// doubling to 30 s, with jitter) forever, until `shutdown` fires.
+pub(crate) async fn keep_link(
+    gateway: String,
+    link: Arc<LinkConfig>,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<()> {
-    let (identity, pinned) = data.load_identity()?;
-    let key = Arc::new(data.key()?);
+) {
     let mut backoff = BACKOFF_START;
     while !*shutdown.borrow() {
         let mut connected = false;
-        let result = tunnel_once(
-            &identity,
-            &key,
-            &pinned,
-            &backend,
-            capacity,
-            &mut shutdown,
-            &mut connected,
-        )
-        .await;
+        let result = tunnel_once(&gateway, &link, &mut shutdown, &mut connected).await;
         if connected {
             backoff = BACKOFF_START;
         }
@@ -484,9 +501,9 @@ pub(crate) async fn run(
         }
         let delay = jitter(backoff);
         match result {
-            Ok(()) => tracing::warn!(?delay, "tunnel closed; reconnecting"),
+            Ok(()) => tracing::warn!(gateway = %gateway, ?delay, "tunnel closed; reconnecting"),
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), ?delay, "tunnel down; reconnecting")
+                tracing::warn!(gateway = %gateway, error = %format!("{e:#}"), ?delay, "tunnel down; reconnecting")
             }
         }
         tokio::select! {
@@ -495,6 +512,4 @@ pub(crate) async fn run(
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
-    backend.shutdown().await;
-    Ok(())
 }

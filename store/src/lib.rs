@@ -44,6 +44,7 @@
 
 mod error;
 pub mod events;
+mod gateways;
 mod ids;
 mod key_cache;
 mod keys;
@@ -72,6 +73,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 pub use warren_keys::SandboxId;
 
 pub use self::error::StoreError;
+pub use self::gateways::{GatewayMember, now_ms};
 pub use self::ids::{ApiKeyId, JoinTokenId, ParseError, RunnerId, SshKeyId, SshSessionId, UserId};
 pub use self::leases::Lease;
 pub use self::model::{

@@ -53,6 +53,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0008_snapshots.sql"),
     ),
     (
+        9,
+        "gateway_tier",
+        include_str!("../migrations/0009_gateway_tier.sql"),
+    ),
+    (
         10,
         "recording_chunks",
         include_str!("../migrations/0010_recording_chunks.sql"),

@@ -7,24 +7,57 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use warren_api::{NewApiKey, NewSshKey, NewUser};
+use warren_api::{HealthQuery, NewApiKey, NewSshKey, NewUser};
 
 use super::ApiState;
 use super::auth::Caller;
-use super::error::{ApiError, ApiJson, IdPath, OptionalJson};
+use super::error::{ApiError, ApiJson, ApiQuery, IdPath, OptionalJson};
 use super::views::{
     self, ApiKeyList, CreatedApiKey, CreatedUser, ErrorBody, Health, RunnerList, SshKeyList,
     SshKeyView,
 };
 use crate::lifecycle::{Error, validate};
 
-/// Whether the gateway is up.
-#[utoipa::path(get, path = "/healthz", tag = "meta", security(()),
-    responses((status = 200, description = "up", body = Health)))]
-pub async fn healthz() -> Json<Health> {
-    Json(Health {
-        status: "ok".into(),
-    })
+/// How long readiness waits for the store.
+const STORE_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether the gateway is up; with `?ready`, whether a load balancer should send it
+/// users (the store answers, and at least one runner has a tunnel here).
+#[utoipa::path(get, path = "/healthz", tag = "meta", security(()), params(HealthQuery),
+    responses(
+        (status = 200, description = "up (and ready, if asked)", body = Health),
+        (status = 503, description = "not ready, and why", body = Health),
+    ))]
+pub async fn healthz(
+    State(state): State<Arc<ApiState>>,
+    ApiQuery(query): ApiQuery<HealthQuery>,
+) -> Response {
+    if query.ready.is_none() {
+        return Json(Health {
+            status: "ok".into(),
+            reason: None,
+            runners: None,
+        })
+        .into_response();
+    }
+    let runners = state.lifecycle.hub.online_runners().len();
+    let store = tokio::time::timeout(STORE_PING_TIMEOUT, state.lifecycle.store.ping()).await;
+    let reason = match store {
+        Ok(Ok(())) if runners == 0 => Some("no runner connected"),
+        Ok(Ok(())) => None,
+        Ok(Err(_)) | Err(_) => Some("store unreachable"),
+    };
+    let status = if reason.is_some() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let body = Health {
+        status: if reason.is_some() { "unready" } else { "ok" }.into(),
+        reason: reason.map(str::to_owned),
+        runners: Some(u64::try_from(runners).unwrap_or(u64::MAX)),
+    };
+    (status, Json(body)).into_response()
 }
 
 /// Creates an account (admins only); its first API key is shown once.

@@ -65,7 +65,10 @@ struct Inner {
     config: Arc<server::Config>,
     fingerprint: String,
     local_addr: SocketAddr,
-    live: Mutex<HashMap<RunnerId, Live>>,
+    /// Each runner's tunnels to this gateway, newest last (a runner whose seed is a
+    /// load balancer may hold two here; a reconnect overlaps a dead one until it
+    /// is noticed). The newest carries new channels.
+    live: Mutex<HashMap<RunnerId, Vec<Live>>>,
     generation: AtomicU64,
     /// Failed joins and runner logins per source address: guessing join tokens or
     /// runner keys is slowed, then refused for a while.
@@ -77,12 +80,15 @@ struct Inner {
 }
 
 impl Inner {
-    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<RunnerId, Live>> {
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<RunnerId, Vec<Live>>> {
         crate::unpoisoned(&self.live)
     }
 
     fn handle(&self, runner: &RunnerId) -> Option<server::Handle> {
-        self.live().get(runner).map(|l| l.handle.clone())
+        self.live()
+            .get(runner)
+            .and_then(|tunnels| tunnels.last())
+            .map(|l| l.handle.clone())
     }
 }
 
@@ -163,6 +169,16 @@ impl RunnerHub {
     /// The runners with a live tunnel.
     pub fn online_runners(&self) -> Vec<RunnerId> {
         self.inner.live().keys().cloned().collect()
+    }
+
+    /// Each live tunnel's runner and a number that changes when the runner's tunnel
+    /// is replaced (a reconnect), so a caller can tell a new tunnel from one it saw.
+    pub fn online_tunnels(&self) -> Vec<(RunnerId, u64)> {
+        self.inner
+            .live()
+            .iter()
+            .filter_map(|(id, tunnels)| Some((id.clone(), tunnels.last()?.generation)))
+            .collect()
     }
 
     /// Opens a byte stream to `sandbox`'s agent on `runner`. `originator` (the user's
@@ -257,16 +273,18 @@ impl RunnerHub {
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
         let live: Vec<_> = self.inner.live().drain().collect();
-        for (id, conn) in live {
-            // The session runs in russh's own task: it ends only when told to.
-            let _ = conn
-                .handle
-                .disconnect(
-                    russh::Disconnect::ByApplication,
-                    "gateway shutting down".into(),
-                    String::new(),
-                )
-                .await;
+        for (id, tunnels) in live {
+            for conn in tunnels {
+                // The session runs in russh's own task: it ends only when told to.
+                let _ = conn
+                    .handle
+                    .disconnect(
+                        russh::Disconnect::ByApplication,
+                        "gateway shutting down".into(),
+                        String::new(),
+                    )
+                    .await;
+            }
             let _ = self
                 .inner
                 .store
@@ -374,16 +392,21 @@ async fn run_connection(
         state.runner.clone().zip(state.registered)
     };
     if let Some((id, generation)) = registered {
-        let removed = {
+        let last_gone = {
             let mut live = inner.live();
-            if live.get(&id).is_some_and(|l| l.generation == generation) {
-                live.remove(&id);
-                true
-            } else {
-                false
+            match live.get_mut(&id) {
+                Some(tunnels) => {
+                    tunnels.retain(|l| l.generation != generation);
+                    let empty = tunnels.is_empty();
+                    if empty {
+                        live.remove(&id);
+                    }
+                    empty
+                }
+                None => false,
             }
         };
-        if removed {
+        if last_gone {
             tracing::info!(runner = %id.as_str(), "runner offline");
             let _ = inner
                 .store
@@ -548,15 +571,21 @@ impl server::Handler for RunnerConn {
             return Ok(false);
         }
         let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed);
-        // A newer tunnel replaces an older one (which may be dead but not yet noticed).
-        self.inner.live().insert(
-            id.clone(),
-            Live {
+        let earlier = crate::unpoisoned(&self.state)
+            .registered
+            .replace(generation);
+        // A newer tunnel takes new channels before an older one (which may be dead
+        // but not yet noticed, or the same runner's second link, through a load
+        // balancer).
+        {
+            let mut live = self.inner.live();
+            let tunnels = live.entry(id.clone()).or_default();
+            tunnels.retain(|l| Some(l.generation) != earlier);
+            tunnels.push(Live {
                 handle: session.handle(),
                 generation,
-            },
-        );
-        crate::unpoisoned(&self.state).registered = Some(generation);
+            });
+        }
         if let Err(e) = self
             .inner
             .store

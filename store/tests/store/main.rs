@@ -161,6 +161,7 @@ store_tests!(
     join_tokens_are_single_use_and_expire,
     join_token_race_has_one_winner,
     runners_join_once_and_report_state,
+    gateway_tier_keys_and_members,
     sandbox_lifecycle_and_events,
     illegal_transitions_change_nothing,
     concurrent_transitions_have_one_winner,

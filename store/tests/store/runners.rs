@@ -177,3 +177,70 @@ pub(crate) async fn runners_join_once_and_report_state(db: &TestDb) {
         None
     );
 }
+
+/// A gateway tier's rows: sealed keys written once (the first write wins), members
+/// heartbeating, leaving, and expiring when silent.
+pub(crate) async fn gateway_tier_keys_and_members(db: &TestDb) {
+    let store = db.open().await;
+    assert_eq!(store.sealed_gateway_key("host_key").await.unwrap(), None);
+    store
+        .put_sealed_gateway_key_if_absent("host_key", "ws1.first")
+        .await
+        .unwrap();
+    store
+        .put_sealed_gateway_key_if_absent("host_key", "ws1.second")
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .sealed_gateway_key("host_key")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("ws1.first")
+    );
+
+    let now = warren_store::now_ms();
+    let member = |id: &str, heartbeat_at_ms: i64| warren_store::GatewayMember {
+        id: id.into(),
+        ssh_address: format!("{id}.example:2222"),
+        runner_address: format!("{id}.example:2223"),
+        heartbeat_at_ms,
+    };
+    store.heartbeat_gateway(&member("gw-a", now)).await.unwrap();
+    store.heartbeat_gateway(&member("gw-b", now)).await.unwrap();
+    // Silent for 20 s: not in the set; for two minutes: deleted.
+    store
+        .heartbeat_gateway(&member("gw-c", now - 20_000))
+        .await
+        .unwrap();
+    store
+        .heartbeat_gateway(&member("gw-d", now - 120_000))
+        .await
+        .unwrap();
+    let live = |fresh: u64| {
+        let store = store.clone();
+        async move {
+            store
+                .live_gateways(Duration::from_secs(fresh), Duration::from_secs(60))
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|m| m.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(live(10).await, ["gw-a", "gw-b"]);
+    // gw-d was deleted by the look above; gw-c is kept (not yet a minute). Oldest
+    // start first.
+    assert_eq!(live(3600).await, ["gw-c", "gw-a", "gw-b"]);
+    // A heartbeat refreshes; leaving removes.
+    store.heartbeat_gateway(&member("gw-c", now)).await.unwrap();
+    store.remove_gateway("gw-a").await.unwrap();
+    assert_eq!(live(10).await, ["gw-c", "gw-b"]);
+    assert_invalid(store.heartbeat_gateway(&member("", now)).await.map(|_| ()));
+    let mut spaced = member("gw-e", now);
+    spaced.runner_address = "a b:1".into();
+    assert_invalid(store.heartbeat_gateway(&spaced).await);
+    store.ping().await.unwrap();
+}

@@ -10,6 +10,9 @@
 //! - [`StackBuilder::served`]: `warren-gateway serve` as a process, set up with
 //!   the operator's commands, one process runner and a sandbox made through the
 //!   API; the gateway can be killed and started again ([`ServedStack`]).
+//! - [`StackBuilder::tier`]: a gateway tier: several `warren-gateway serve`
+//!   processes on one PostgreSQL store and Docker runners with a tunnel to each
+//!   ([`TierStack`]); gateways can be killed, stopped and started again.
 //! - [`StackBuilder::processes`]: `warren-gateway serve` and `warren-runner run` as
 //!   processes of the release build, with sandboxes already running
 //!   ([`GatewayStack`], for the benches: their memory is the processes' own).
@@ -35,6 +38,7 @@ mod processes;
 mod served;
 mod shared_store;
 mod up;
+mod tier;
 
 pub use api::{Account, Api, ApiStack, Reply, check_error};
 pub use bound::BoundGateway;
@@ -49,6 +53,7 @@ pub use processes::{Backend, GatewayStack, StackOptions, docker_agent_and_image}
 pub use served::{ServedStack, ssh_works_within};
 pub use up::{Up, UpApi, UpStack, home_for};
 pub use shared_store::{PrivatePostgres, SharedDb, Tier, postgres_schema};
+pub use tier::{TierGateway, TierRunner, TierStack};
 use warren_gateway::recordings::RecordingPolicy;
 use warren_gateway::server::Options;
 
@@ -124,6 +129,15 @@ impl StackBuilder {
     /// The gateway's options are those of `serve`.
     pub fn served(self) -> anyhow::Result<ServedStack> {
         served::start()
+    }
+
+    /// `gateways` `warren-gateway serve` processes on one PostgreSQL store (a fresh
+    /// schema) sharing a cluster secret, and `runners` Docker runners, the n-th
+    /// joined through gateway n mod `gateways`; returns once every gateway has a
+    /// tunnel from every runner. `None` when PostgreSQL, Docker or root is missing
+    /// outside CI. The gateways' options are those of `serve`.
+    pub fn tier(self, gateways: usize, runners: usize) -> anyhow::Result<Option<TierStack>> {
+        TierStack::start(gateways, runners)
     }
 
     /// The gateway and one runner as release processes in `work`, with
