@@ -56,7 +56,7 @@ fn a_revocation_on_one_gateway_ends_sessions_held_through_another() -> Result<()
     let Some(db) = postgres_schema()? else {
         return Ok(());
     };
-    let tier = Stack::builder().tier(&db.url, 2, NO_RECONCILE)?;
+    let tier = Stack::builder().in_process_tier(&db.url, 2, NO_RECONCILE)?;
     let (a, b) = (&tier.gateways[0], &tier.gateways[1]);
     // Accounts made through A, the sandbox through B (its runner is B's).
     let alice = a.account("alice")?;
@@ -130,7 +130,7 @@ fn the_other_gateways_caches_follow_at_once() -> Result<()> {
     let Some(db) = postgres_schema()? else {
         return Ok(());
     };
-    let tier = Stack::builder().tier(&db.url, 2, NO_RECONCILE)?;
+    let tier = Stack::builder().in_process_tier(&db.url, 2, NO_RECONCILE)?;
     let (a, b) = (&tier.gateways[0], &tier.gateways[1]);
     let alice = a.account("alice")?;
     let id = b.sandbox_of(&alice)?;
@@ -171,7 +171,7 @@ fn periodic_work_runs_on_one_gateway_and_moves_when_it_goes() -> Result<()> {
     let Some(db) = postgres_schema()? else {
         return Ok(());
     };
-    let mut tier = Stack::builder().tier(&db.url, 2, Duration::from_millis(100))?;
+    let mut tier = Stack::builder().in_process_tier(&db.url, 2, Duration::from_millis(100))?;
     std::thread::sleep(Duration::from_millis(1500));
     let rounds = |i: usize, tier: &warren_tests::stack::Tier| {
         tier.gateways[i]
@@ -251,7 +251,7 @@ fn a_gateway_that_missed_events_checks_its_live_logins_again() -> Result<()> {
     let Some(db) = postgres_schema()? else {
         return Ok(());
     };
-    let tier = Stack::builder().tier(&db.url, 1, NO_RECONCILE)?;
+    let tier = Stack::builder().in_process_tier(&db.url, 1, NO_RECONCILE)?;
     let g = &tier.gateways[0];
     let alice = g.account("alice")?;
     let id = g.sandbox_of(&alice)?;
@@ -302,7 +302,7 @@ fn a_recording_made_through_one_gateway_is_read_through_another() -> Result<()> 
     let Some(db) = postgres_schema()? else {
         return Ok(());
     };
-    let tier = Stack::builder().tier(&db.url, 2, NO_RECONCILE)?;
+    let tier = Stack::builder().in_process_tier(&db.url, 2, NO_RECONCILE)?;
     let (a, b) = (&tier.gateways[0], &tier.gateways[1]);
     let alice = a.account("alice")?;
     let id = b.sandbox_of(&alice)?;

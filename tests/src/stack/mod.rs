@@ -37,8 +37,8 @@ mod in_process;
 mod processes;
 mod served;
 mod shared_store;
-mod up;
 mod tier;
+mod up;
 
 pub use api::{Account, Api, ApiStack, Reply, check_error};
 pub use bound::BoundGateway;
@@ -51,9 +51,9 @@ pub use floor::docker_run_floor;
 pub use in_process::{RunnerProc, Stack, console, join_runner, run, sandbox_row};
 pub use processes::{Backend, GatewayStack, StackOptions, docker_agent_and_image};
 pub use served::{ServedStack, ssh_works_within};
-pub use up::{Up, UpApi, UpStack, home_for};
 pub use shared_store::{PrivatePostgres, SharedDb, Tier, postgres_schema};
 pub use tier::{TierGateway, TierRunner, TierStack};
+pub use up::{Up, UpApi, UpStack, home_for};
 use warren_gateway::recordings::RecordingPolicy;
 use warren_gateway::server::Options;
 

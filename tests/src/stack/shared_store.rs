@@ -207,10 +207,12 @@ impl StackBuilder {
         self
     }
 
-    /// `n` gateways on the database at `url`, their APIs reconciling every
+    /// `n` gateways in this process on the database at `url` (their runners
+    /// tunnel to one gateway each: for the tier of processes, see
+    /// [`StackBuilder::tier`]), their APIs reconciling every
     /// `reconcile_every` (one of them at a time: the tier's lease); the last one
     /// has a process runner `r1`, joined to it alone.
-    pub fn tier(self, url: &str, n: usize, reconcile_every: Duration) -> Result<Tier> {
+    pub fn in_process_tier(self, url: &str, n: usize, reconcile_every: Duration) -> Result<Tier> {
         ensure!(n >= 1, "a tier has a gateway at least");
         let mut gateways: Vec<ApiStack> = Vec::with_capacity(n);
         for i in 0..n {
