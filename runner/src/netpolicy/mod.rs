@@ -46,7 +46,7 @@ pub use rules::{
     METADATA_ADDRESS, METADATA_ADDRESS_V6, bridge_name, forward_chain, host_chain, jump_line,
     sandbox_rules, shared_rules,
 };
-use rules::{argv, forward_parent, removal, repair, restore_batch};
+use rules::{forward_parent, removal, repair, restore_batch};
 
 /// The lock every runner on the host takes to change the rules: a change reads a
 /// listing and writes what it lacks, which must not interleave with another's.
@@ -97,23 +97,6 @@ async fn run(family: Family, args: &[String]) -> Result<Option<String>> {
     }
 }
 
-async fn ok(family: Family, args: &[&str]) -> bool {
-    matches!(run(family, &argv(args)).await, Ok(None))
-}
-
-/// Whether ip6tables runs here (installed, and the kernel has IPv6 filtering).
-async fn ipv6_available() -> bool {
-    static WARNED: AtomicBool = AtomicBool::new(false);
-    let ok = ok(Family::V6, &["-n", "-L", "INPUT"]).await;
-    if !ok && !WARNED.swap(true, Ordering::Relaxed) {
-        tracing::warn!(
-            "ip6tables is missing or IPv6 is off: sandbox networks get IPv4 rules only \
-             (their bridges carry no IPv6 unless Docker is set up for it)"
-        );
-    }
-    ok
-}
-
 /// Installs `rules` with one `iptables-restore --noflush` (or ip6tables-restore):
 /// one process instead of one per rule, and the kernel takes the whole batch or
 /// none of it.
@@ -157,13 +140,24 @@ async fn listing(family: Family) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The families to install rules in: IPv4, and IPv6 where ip6tables works.
-async fn families() -> Vec<Family> {
-    let mut out = vec![Family::V4];
-    if ipv6_available().await {
-        out.push(Family::V6);
+/// The families to install rules in, each with a fresh listing: IPv4, which must
+/// list, and IPv6 where ip6tables lists (installed, and the kernel has IPv6
+/// filtering).
+async fn listings() -> Result<Vec<(Family, String)>> {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    let v4 = listing(Family::V4)
+        .await
+        .context("iptables -S failed (the docker backend needs it)")?;
+    let mut out = vec![(Family::V4, v4)];
+    match listing(Family::V6).await {
+        Some(v6) => out.push((Family::V6, v6)),
+        None if !WARNED.swap(true, Ordering::Relaxed) => tracing::warn!(
+            "ip6tables is missing or IPv6 is off: sandbox networks get IPv4 rules only \
+             (their bridges carry no IPv6 unless Docker is set up for it)"
+        ),
+        None => {}
     }
-    out
+    Ok(out)
 }
 
 /// Makes or mends the shared chains and their jumps in `family`, given a fresh
@@ -186,10 +180,7 @@ async fn ensure_shared_in(family: Family, listing: &str) -> Result<()> {
 /// backend's start, so every `wr-+` bridge is covered before any sandbox exists.
 pub async fn ensure_shared() -> Result<()> {
     let _lock = HostLock::acquire().await?;
-    for family in families().await {
-        let listing = listing(family)
-            .await
-            .with_context(|| format!("{} -S failed", family.program()))?;
+    for (family, listing) in listings().await? {
         ensure_shared_in(family, &listing).await?;
     }
     Ok(())
@@ -200,23 +191,22 @@ pub async fn ensure_shared() -> Result<()> {
 /// installs the sandbox's own chains, one batch per family. On failure, removes
 /// what it installed.
 pub async fn apply(id: &SandboxId, policy: &NetworkPolicy, host: &HostAccess) -> Result<()> {
-    // Checked before anything changes.
-    for family in [Family::V4, Family::V6] {
-        sandbox_rules(id, policy, host, family)?;
-    }
+    // Made (and so checked) before anything changes.
+    let own_v4 = sandbox_rules(id, policy, host, Family::V4)?;
+    let own_v6 = sandbox_rules(id, policy, host, Family::V6)?;
     let _lock = HostLock::acquire().await?;
     let installed = async {
-        for family in families().await {
-            let mut listing = listing(family)
-                .await
-                .with_context(|| format!("{} -S failed", family.program()))?;
+        for (family, mut listing) in listings().await? {
             if remove_in(id, family, &listing).await {
                 listing = listing_or_empty(family).await;
             }
             ensure_shared_in(family, &listing).await?;
-            let own = sandbox_rules(id, policy, host, family)?;
+            let own = match family {
+                Family::V4 => &own_v4,
+                Family::V6 => &own_v6,
+            };
             if !own.is_empty() {
-                restore(family, &own).await?;
+                restore(family, own).await?;
             }
         }
         anyhow::Ok(())

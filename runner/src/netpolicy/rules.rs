@@ -84,7 +84,7 @@ pub fn host_chain(id: &SandboxId) -> String {
     format!("WARREN-{}-H", short(id))
 }
 
-pub(super) fn argv(parts: &[&str]) -> Vec<String> {
+fn argv(parts: &[&str]) -> Vec<String> {
     parts.iter().map(|s| (*s).to_owned()).collect()
 }
 
