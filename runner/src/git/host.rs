@@ -151,6 +151,29 @@ pub(super) async fn push_pinned<E: GitExec>(
     Ok(commit)
 }
 
+/// One shallow commit of `reference` of `url` fetched into `place.scratch`, blobs
+/// over `max` bytes left on the server where it can filter them: the scratch
+/// directory (removed when dropped) and the repository that holds it.
+async fn fetch_one_commit<'a>(
+    place: &'a PushPlace<'_>,
+    url: &str,
+    reference: Option<&str>,
+    token: Option<&str>,
+    max: usize,
+) -> crate::Result<(Scratch<'a>, HostRepo)> {
+    let remote = Pinned::parse(url).ok_or_else(|| {
+        Error::failed(format_args!(
+            "not an http(s) repository URL: {}",
+            redact(url, None)
+        ))
+    })?;
+    let scratch = Scratch::make(&place.scratch)?;
+    let host = HostRepo::new(place)?;
+    host.fetch_commit(&remote, url, reference, token, max)
+        .await?;
+    Ok((scratch, host))
+}
+
 /// The first of `paths` that exists at `reference` (default: the remote's HEAD) of
 /// `url`, with its text: one shallow commit fetched into `place.scratch` (removed
 /// after) with blobs over `max` bytes left on the server where it can filter them,
@@ -164,16 +187,7 @@ pub async fn read_file_at(
     token: Option<&str>,
     max: usize,
 ) -> crate::Result<Option<(String, String)>> {
-    let remote = Pinned::parse(url).ok_or_else(|| {
-        Error::failed(format_args!(
-            "not an http(s) repository URL: {}",
-            redact(url, None)
-        ))
-    })?;
-    let _scratch = Scratch::make(&place.scratch)?;
-    let host = HostRepo::new(place)?;
-    host.fetch_commit(&remote, url, reference, token, max)
-        .await?;
+    let (_scratch, host) = fetch_one_commit(place, url, reference, token, max).await?;
     for path in paths {
         let object = format!("refs/warren/file:{path}");
         let kind = host.run(&["cat-file", "-t", &object], None).await?;
@@ -229,16 +243,7 @@ pub async fn read_tree_at(
     max_blob: usize,
     max_total: usize,
 ) -> crate::Result<TreeRead> {
-    let remote = Pinned::parse(url).ok_or_else(|| {
-        Error::failed(format_args!(
-            "not an http(s) repository URL: {}",
-            redact(url, None)
-        ))
-    })?;
-    let _scratch = Scratch::make(&place.scratch)?;
-    let host = HostRepo::new(place)?;
-    host.fetch_commit(&remote, url, reference, token, max_blob)
-        .await?;
+    let (_scratch, host) = fetch_one_commit(place, url, reference, token, max_blob).await?;
     let object = format!("refs/warren/file:{file}");
     let kind = host.run(&["cat-file", "-t", &object], None).await?;
     if kind.stdout.trim() != "blob" {
