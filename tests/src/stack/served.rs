@@ -19,7 +19,8 @@ fn gateway_cmd(data: &Path) -> Command {
     cmd
 }
 
-fn output_of(cmd: &mut Command) -> Result<String> {
+/// What `cmd` printed on stdout; an error with its stderr when it failed.
+pub(super) fn output_of(cmd: &mut Command) -> Result<String> {
     let out = cmd.output()?;
     ensure!(
         out.status.success(),
@@ -27,6 +28,21 @@ fn output_of(cmd: &mut Command) -> Result<String> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The `--token` and `--fingerprint` a `warren-gateway join-token` command prints.
+pub(super) fn join_token(cmd: &mut Command) -> Result<(String, String)> {
+    let join = output_of(cmd)?;
+    let words: Vec<&str> = join.split_whitespace().collect();
+    let after = |flag: &str| {
+        words
+            .iter()
+            .position(|w| *w == flag)
+            .and_then(|i| words.get(i + 1))
+            .map(|s| (*s).to_owned())
+            .with_context(|| format!("no {flag} in {join}"))
+    };
+    Ok((after("--token")?, after("--fingerprint")?))
 }
 
 /// `warren-gateway serve` on `data`, listening on `ports` (SSH, runners, HTTP).
@@ -122,21 +138,11 @@ pub(super) fn start() -> Result<ServedStack> {
             .args(["add-ssh-key", "alice"])
             .arg(&public_key),
     )?;
-    let join = output_of(gateway_cmd(data.path()).args([
+    let (token, fingerprint) = join_token(gateway_cmd(data.path()).args([
         "join-token",
         "--gateway",
         &format!("127.0.0.1:{}", ports[1]),
     ]))?;
-    let words: Vec<&str> = join.split_whitespace().collect();
-    let after = |flag: &str| {
-        words
-            .iter()
-            .position(|w| *w == flag)
-            .and_then(|i| words.get(i + 1))
-            .map(|s| (*s).to_owned())
-            .with_context(|| format!("no {flag} in {join}"))
-    };
-    let (token, fingerprint) = (after("--token")?, after("--fingerprint")?);
 
     let gateway = serve(data.path(), ports)?;
     std::thread::sleep(Duration::from_millis(500));

@@ -19,6 +19,7 @@ use warren_store::RunnerId;
 
 use super::docker::{docker_available, image, remove_runner_objects, static_agent, unmount_disks};
 use super::in_process::join_runner;
+use super::served::{join_token, output_of};
 use crate::util::{free_port, prerequisite, running_as_root};
 use crate::{ChildGuard, Client, Cmd, Target, bin_path};
 
@@ -192,28 +193,19 @@ impl TierStack {
         for r in 0..runners {
             // Each runner joins through another gateway and learns the rest.
             let through = r % gateways;
-            let join = output_of(tier.operator(through).args([
+            let (token, fingerprint) = join_token(tier.operator(through).args([
                 "join-token",
                 "--gateway",
                 &tier.gateways[through].runner_address(),
             ]))?;
-            let words: Vec<&str> = join.split_whitespace().collect();
-            let after = |flag: &str| {
-                words
-                    .iter()
-                    .position(|w| *w == flag)
-                    .and_then(|i| words.get(i + 1))
-                    .map(|s| (*s).to_owned())
-                    .with_context(|| format!("no {flag} in {join}"))
-            };
             let data = TempDir::new()?;
             let listen = TempDir::new()?;
             let name = format!("r{r}");
             let id = join_runner(
                 &bin_path("warren-runner"),
                 &tier.gateways[through].runner_address(),
-                &after("--token")?,
-                &after("--fingerprint")?,
+                &token,
+                &fingerprint,
                 &name,
                 data.path(),
             )?;
@@ -477,16 +469,6 @@ impl TierStack {
             .with_target(Target::new(sandbox.as_str(), 22, sandbox.as_str()))
             .with_option(hop)
     }
-}
-
-fn output_of(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output()?;
-    ensure!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn spawn_runner(
