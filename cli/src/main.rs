@@ -72,8 +72,8 @@ enum Command {
         /// claim (0: none). Docker only; counted against the capacity.
         #[arg(long, default_value_t = 2)]
         pool_size: usize,
-        /// What the pool may grow to while creates come in bursts (one waiting
-        /// sandbox per create in the last minute); it shrinks back to
+        /// What the pool may grow to while creates come in bursts (`--pool-size`
+        /// plus one waiting sandbox per create in the last minute); it shrinks back to
         /// `--pool-size` a minute after they stop.
         #[arg(long, default_value_t = 8)]
         pool_max: usize,

@@ -121,8 +121,8 @@ enum Command {
         /// Docker: keep N started sandboxes of IMAGE waiting to be claimed, so a
         /// create from IMAGE with the default network, root and idle timeout is
         /// a claim (repeatable; e.g. `warren-base:latest=2`). `IMAGE=MIN..MAX`
-        /// keeps one per create of IMAGE in the last `--pool-demand-window-s`,
-        /// between MIN and MAX. Counted against the capacity; refilled in the
+        /// keeps MIN plus one per create of IMAGE in the last
+        /// `--pool-demand-window-s`, at most MAX. Counted against the capacity; refilled in the
         /// background, several at once.
         #[arg(long = "pool", value_name = "IMAGE=N|IMAGE=MIN..MAX")]
         pool: Vec<warren_runner::backend::docker::PoolSize>,

@@ -90,12 +90,16 @@ impl std::str::FromStr for PoolSize {
     }
 }
 
-/// How many members a pool wants now: one per create that asked for its image
-/// within the demand window (claimed or not), between its minimum and maximum.
-/// A burst grows the pool at once; when creates stop, it shrinks back to its
-/// minimum one window later.
+/// How many members a pool wants now: its minimum, plus one per create that asked
+/// for its image within the demand window (claimed or not), up to its maximum.
+/// The minimum stays ahead of a burst (creates one after another find a member
+/// while the ones they took are being replaced); when creates stop, the pool
+/// shrinks back to its minimum one window later.
 pub(super) fn wanted(size: &PoolSize, recent_creates: usize) -> usize {
-    recent_creates.clamp(size.min, size.max)
+    size.min
+        .saturating_add(recent_creates)
+        .min(size.max)
+        .max(size.min)
 }
 
 /// What a claim tells the agent (the JSON `agent/src/identity.rs` reads).
@@ -535,25 +539,13 @@ impl DockerBackend {
                     failed = true;
                     continue;
                 };
-                let mut want = self.update_wanted(size, &current);
+                let want = self.update_wanted(size, &current);
                 for surplus in self.pool.take_surplus(image, want) {
                     tracing::info!(image, slot = %surplus.slot, "demand fell: removing a pool member");
                     self.remove_member(&surplus).await;
                 }
-                // Several members at once: a burst of creates empties the pool
-                // faster than one `docker run` after another refills it.
-                while self.pool.count(image) < want && !self.pool.closed.load(Ordering::SeqCst) {
-                    let batch = (want - self.pool.count(image))
-                        .min(self.defaults.pool_fill_parallel.max(1));
-                    let fills = (0..batch).map(|_| self.fill_and_add(image));
-                    let filled = futures_util::future::join_all(fills).await;
-                    if filled.contains(&false) {
-                        failed = true;
-                        break;
-                    }
-                    // Creates that came meanwhile may want more.
-                    want = self.update_wanted(size, &current);
-                }
+                let (filled_ok, want) = self.fill_to_wanted(size, &current, want).await;
+                failed |= !filled_ok;
                 above_minimum |= want > size.min;
             }
             let mut wait = if failed {
@@ -572,6 +564,40 @@ impl DockerBackend {
         }
         // A member made while the pool closed.
         self.drain_pool().await;
+    }
+
+    /// Fills the pool of `size.image` up to what it wants, `--pool-fill-parallel`
+    /// members in the making at any time: a burst of creates empties the pool faster
+    /// than one `docker run` after another refills it, and a member that is ready
+    /// early is claimable (and replaced) without waiting for the slowest of a batch.
+    /// Returns whether every fill worked, and what the pool wants now (creates that
+    /// came meanwhile raise it).
+    async fn fill_to_wanted(
+        &self,
+        size: &PoolSize,
+        image_id: &str,
+        mut want: usize,
+    ) -> (bool, usize) {
+        use futures_util::StreamExt;
+        let parallel = self.defaults.pool_fill_parallel.max(1);
+        let mut making = futures_util::stream::FuturesUnordered::new();
+        let mut ok = true;
+        loop {
+            while ok
+                && making.len() < parallel
+                && self.pool.count(&size.image) + making.len() < want
+                && !self.pool.closed.load(Ordering::SeqCst)
+            {
+                making.push(self.fill_and_add(&size.image));
+            }
+            let Some(filled) = making.next().await else {
+                return (ok, want);
+            };
+            // After a failure, the ones in the making finish, and no more start
+            // until the retry.
+            ok &= filled;
+            want = self.update_wanted(size, image_id);
+        }
     }
 
     /// How many members the pool of `size.image` (now `image_id`) wants, from
@@ -651,8 +677,9 @@ mod tests {
     fn a_pool_follows_demand_between_its_bounds() {
         let size: PoolSize = "x=2..8".parse().unwrap();
         assert_eq!(wanted(&size, 0), 2);
-        assert_eq!(wanted(&size, 5), 5);
+        assert_eq!(wanted(&size, 5), 7);
         assert_eq!(wanted(&size, 40), 8);
+        assert_eq!(wanted(&"x=0..4".parse().unwrap(), 1), 1);
         let fixed = PoolSize::fixed("x", 3);
         assert_eq!(wanted(&fixed, 0), 3);
         assert_eq!(wanted(&fixed, 9), 3);
