@@ -72,7 +72,8 @@ pub struct CreateSandbox {
     /// until it is `running` (or `deleted`: the create failed; its events say why),
     /// and its events for a devcontainer.json's progress as it happens. Refusals
     /// found before anything is made (bad fields, no room, an image the runner does
-    /// not allow) are answered as with `true`.
+    /// not allow) are answered as with `true`. A create from a `snapshot` always
+    /// waits (it is quick).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait: Option<bool>,
 }
