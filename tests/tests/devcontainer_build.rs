@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use warren_tests::devrepos::GitServer;
 use warren_tests::stack::{DockerStack, docker, image};
 use warren_tests::util::{free_port, wait_until};
-use warren_tests::{Client, Target};
+use warren_tests::{Client, Cmd, Profile, Target, build_bin};
 
 const BUILT_JSON: &str = r#"{
   // Built from the repository's top, with an argument from the request's env.
@@ -230,6 +230,29 @@ fn dockerfiles_are_built_offline_from_allowed_images() -> Result<()> {
         after == before,
         "a failed build left a sandbox: {before} -> {after}"
     );
+    // `warren create` shows the build as it runs and ends with the failing step,
+    // its exit status and its last lines.
+    let home = tempfile::TempDir::new()?;
+    let out = Cmd::new(build_bin("warren-cli", "warren", Profile::Debug)?)
+        .args(["create", "--repo", &offline])
+        .env("HOME", home.path())
+        .env("WARREN_URL", &api.base)
+        .env("WARREN_API_KEY", &key)
+        .timeout(Duration::from_secs(200))
+        .run()?;
+    let shown = out.stderr_str();
+    ensure!(out.code() == Some(1), "{out}");
+    for what in [
+        "devcontainer: building .devcontainer/Dockerfile (context ",
+        "devcontainer: build output:\n",
+        "  | Step 1/",
+        "the create failed:\n  ",
+        "building .devcontainer/Dockerfile failed",
+        "returned a non-zero code: 7",
+        "was not created",
+    ] {
+        ensure!(shown.contains(what), "no {what:?} in {shown}");
+    }
 
     // A FROM outside the allow-list is refused before anything is built.
     let foreign = git.repository(
