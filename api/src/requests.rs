@@ -67,6 +67,15 @@ pub struct CreateSandbox {
     /// `image`, `repo`, `network`, `disk_mb` or `devcontainer`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
+    /// Answer once the sandbox runs (default true). `false` answers at once, with
+    /// the sandbox `creating`, for programs that poll: `GET /v1/sandboxes/{id}`
+    /// until it is `running` (or `deleted`: the create failed; its events say why),
+    /// and its events for a devcontainer.json's progress as it happens. Refusals
+    /// found before anything is made (bad fields, no room, an image the runner does
+    /// not allow) are answered as with `true`. A create from a `snapshot` always
+    /// waits (it is quick).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<bool>,
 }
 
 /// Where a sandbox may connect to (as the tunnel's `NetworkPolicy` spells it).

@@ -20,6 +20,7 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 use warren_api::{CreatePullRequest, CreateSandbox, ListSandboxes, SandboxView};
 use warren_client::Client;
+use warren_runner::protocol::forwards;
 
 use crate::client::Config;
 
@@ -162,10 +163,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// ssh into a sandbox (runs the system ssh; extra arguments follow `--`).
+    /// ssh into a sandbox (runs the system ssh; extra arguments follow `--`). The
+    /// ports its devcontainer.json forwards are forwarded while the session lasts
+    /// (`-L`, each on your loopback to the same port in the sandbox).
     Ssh {
         /// The sandbox's id (`sbx-…`).
         id: String,
+        /// Do not forward the devcontainer.json's ports.
+        #[arg(long)]
+        no_forwards: bool,
         /// Arguments for ssh, after `--` (e.g. `-- -A`, or a command to run).
         #[arg(last = true)]
         args: Vec<String>,
@@ -348,6 +354,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             json,
         } => {
             let env = env::collect(&env_files, &env, |name| std::env::var_os(name))?;
+            let repo_watched = repo.is_some();
             let request = CreateSandbox {
                 image,
                 repo,
@@ -360,18 +367,21 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 ttl_s,
                 disk_mb,
                 snapshot,
+                // With a repository, the create is watched as it goes: its clone,
+                // build and devcontainer.json's commands show as they happen.
+                wait: (repo_watched && !json).then_some(false),
                 ..CreateSandbox::default()
             };
             eprintln!("creating a sandbox (the first from an image can take a while)…");
             let api = api()?;
-            let created = api.create_sandbox(&request).await?;
+            let mut created = api.create_sandbox(&request).await?;
             if json {
                 return print_json(&created);
             }
-            let sandbox = &created.sandbox;
-            if request.repo.is_some() {
-                devcontainer::print_report(&api, &sandbox.id).await?;
+            if request.wait == Some(false) {
+                created.sandbox = devcontainer::watch_create(&api, &created.sandbox.id).await?;
             }
+            let sandbox = &created.sandbox;
             println!("sandbox {} ({})", sandbox.id, sandbox.state);
             println!("{}", ssh_line(sandbox));
             println!(
@@ -402,12 +412,32 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Ssh { id, args } => {
-            let sandbox = api()?.get_sandbox(&id).await?;
+        Command::Ssh {
+            id,
+            no_forwards,
+            args,
+        } => {
+            let api = api()?;
+            let sandbox = api.get_sandbox(&id).await?;
             let port = sandbox.ssh.port.to_string();
             let target = format!("{}@{}", sandbox.ssh.user, sandbox.ssh.host);
+            let forwards = if no_forwards {
+                Vec::new()
+            } else {
+                forwards::ports_of_config(&api.ssh_config(&id).await?)
+            };
+            if !forwards.is_empty() {
+                let shown: Vec<String> =
+                    forwards.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+                eprintln!(
+                    "forwarding {} to the sandbox while this session lasts (--no-forwards: none)",
+                    shown.join(", ")
+                );
+            }
             let err = std::process::Command::new("ssh")
-                .args(["-p", &port, &target])
+                .args(["-p", &port])
+                .args(forward_options(&forwards))
+                .arg(&target)
                 .args(&args)
                 .exec();
             bail!("cannot run ssh: {err}")
@@ -446,6 +476,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Sync(args) => sync::sync(args).await,
         Command::Mirror(args) => sync::mirror(args).await,
     }
+}
+
+/// `-L` options forwarding each port on this machine's loopback to the same port
+/// in the sandbox.
+fn forward_options(ports: &[u16]) -> Vec<String> {
+    ports
+        .iter()
+        .flat_map(|p| ["-L".to_owned(), format!("127.0.0.1:{p}:127.0.0.1:{p}")])
+        .collect()
 }
 
 /// `ssh -p PORT USER@HOST` for a sandbox.
@@ -489,11 +528,6 @@ async fn config_ssh(path: Option<PathBuf>) -> anyhow::Result<()> {
             "    UserKnownHostsFile {}\n    StrictHostKeyChecking yes\n",
             known_path.display()
         ));
-        // The ports its devcontainer.json asks to forward.
-        let events = api.events(&s.id).await?;
-        block.push_str(&devcontainer::local_forwards(&devcontainer::forward_ports(
-            &events,
-        )));
         count += 1;
     }
     block.push_str(END);

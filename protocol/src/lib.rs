@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use warren_keys::SandboxId;
 
+pub mod forwards;
 pub mod gateways;
 pub mod snapshot;
 pub mod stream;
@@ -204,6 +205,13 @@ pub struct SandboxSpec {
     pub millicpus: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mb: Option<u64>,
+    /// The create named no CPU limit: `millicpus` is the gateway's default, which a
+    /// devcontainer.json's `hostRequirements.cpus` replaces.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub default_cpus: bool,
+    /// The same for `memory_mb` and `hostRequirements.memory`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub default_memory: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids_limit: Option<u32>,
     /// Outbound network.
@@ -223,6 +231,11 @@ pub struct SandboxSpec {
     /// this only for a create with a repository and no image of its own).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub devcontainer: bool,
+    /// The gateway reads [`Progress`] lines on the control channel before the
+    /// answer to a create or start of this spec (a devcontainer.json's steps and
+    /// their output as they happen); without it the runner sends none.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub progress: bool,
     /// The account sessions run as, by name in the image's `/etc/passwd` (a
     /// devcontainer.json's `remoteUser`); none: the image's `USER` or the runner's
     /// choice. Never uid or gid 0.
@@ -278,6 +291,15 @@ pub struct SandboxStatus {
     pub stopped_reason: Option<String>,
 }
 
+/// A line for the sandbox's events while a create or start is under way (only
+/// where its spec asks for [`SandboxSpec::progress`]); any number come before the
+/// [`Response`], each a control line of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Progress {
+    pub progress: String,
+}
+
 /// A runner's answer to a [`Request`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
@@ -306,7 +328,15 @@ pub enum Response {
     Capacity(RunnerCapacity),
     /// A create or start that was done, with lines for the sandbox's events (what
     /// its devcontainer.json did: keys skipped, lifecycle commands' outcomes).
-    Notes { notes: Vec<String> },
+    Notes {
+        notes: Vec<String>,
+        /// The limits the sandbox got, where its devcontainer.json's
+        /// `hostRequirements` replaced the gateway's defaults.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        millicpus: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        memory_mb: Option<u64>,
+    },
     /// The answer to `snapshot`.
     Snapshot(SnapshotTaken),
 }

@@ -41,7 +41,7 @@ pub async fn build(
     spec: &BuildSpec,
     local_env: &BTreeMap<String, String>,
     deadline: Instant,
-    notes: &mut Vec<String>,
+    notes: &mut crate::devsetup::Notes,
 ) -> Result<String> {
     let folder = path.rsplit_once('/').map_or("", |(dir, _)| dir);
     let dockerfile = spec.dockerfile.as_deref().unwrap_or("Dockerfile");
@@ -104,6 +104,15 @@ pub async fn build(
         .saturating_duration_since(Instant::now())
         .saturating_sub(Duration::from_secs(30))
         .min(MAX_BUILD);
+    if notes.is_live() {
+        notes.push(format!(
+            "devcontainer: building {dockerfile_path} (context {context_kib} KiB, no network, \
+             at most {} s)",
+            limit.as_secs()
+        ));
+    }
+    let mut output = crate::devsetup::progress::Output::new("build", notes);
+    let mut feed = |bytes: &[u8]| output.feed(bytes);
     let built = docker
         .build_image(
             Build {
@@ -114,8 +123,10 @@ pub async fn build(
                 target,
             },
             limit,
+            &mut feed,
         )
         .await;
+    output.finish();
     match built {
         Ok((image, true)) => {
             notes.push(format!(

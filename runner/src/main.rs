@@ -113,6 +113,10 @@ enum Command {
         /// images only). Off by default: such creates get the default image.
         #[arg(long)]
         allow_builds: bool,
+        /// Docker: remove a built image once no sandbox has used it for this many
+        /// seconds (it is built again from the same inputs when needed).
+        #[arg(long, default_value_t = 3600)]
+        keep_unused_builds_s: u64,
         /// End a persistent session (`ssh -t <sandbox-id>+<name>@gateway`) nobody has
         /// been attached to for this many seconds (default: it lives until its shell
         /// exits or the sandbox stops).
@@ -185,6 +189,7 @@ async fn main() -> Result<()> {
             host_tcp_ports,
             allow_images,
             allow_builds,
+            keep_unused_builds_s,
             session_detached_ttl_s,
             pool,
             pool_check_interval_s,
@@ -219,6 +224,7 @@ async fn main() -> Result<()> {
                     pool_fill_parallel: pool_fill_parallel.max(1),
                     spare_networks,
                     allow_builds,
+                    keep_unused_builds: Duration::from_secs(keep_unused_builds_s),
                     disk_mb,
                     ..DockerDefaults::default()
                 },

@@ -171,6 +171,9 @@ impl Runner {
                     if let Err(e) = docker.reap_idle().await {
                         tracing::warn!(error = %format!("{e:#}"), "idle reaper");
                     }
+                    if let Err(e) = docker.remove_unused_builds().await {
+                        tracing::warn!(error = %format!("{e:#}"), "removing unused builds");
+                    }
                 }
             })
         });

@@ -305,7 +305,15 @@ async fn serve_control(
                     message: format!("bad gateway set: {message}"),
                 },
             },
-            Ok(request) => handle_control(request, &backend, capacity).await,
+            Ok(request) => {
+                let wants_progress =
+                    matches!(&request, Request::Create { spec, .. } if spec.progress);
+                if wants_progress {
+                    reporting(request, &backend, capacity, &mut write).await
+                } else {
+                    handle_control(request, &backend, capacity, None).await
+                }
+            }
             Err(e) => Response::Error {
                 message: format!("bad request: {e}"),
             },
@@ -320,14 +328,63 @@ async fn serve_control(
     let _ = write.shutdown().await;
 }
 
-async fn handle_control(request: Request, backend: &Backend, capacity: RunnerCapacity) -> Response {
+/// Handles `request` while writing its progress lines to `write` as they come;
+/// the last before the answer.
+async fn reporting<W: tokio::io::AsyncWrite + Unpin>(
+    request: Request,
+    backend: &Backend,
+    capacity: RunnerCapacity,
+    write: &mut W,
+) -> Response {
+    let (sink, mut lines) = mpsc::unbounded_channel::<String>();
+    let work = handle_control(request, backend, capacity, Some(sink));
+    tokio::pin!(work);
+    let response = loop {
+        tokio::select! {
+            response = &mut work => break response,
+            Some(line) = lines.recv() => write_progress(write, line).await,
+        }
+    };
+    while let Ok(line) = lines.try_recv() {
+        write_progress(write, line).await;
+    }
+    response
+}
+
+/// One progress line on the control channel (a gateway gone is noticed by the
+/// answer's write).
+async fn write_progress<W: tokio::io::AsyncWrite + Unpin>(write: &mut W, line: String) {
+    let progress = crate::protocol::Progress { progress: line };
+    if let Ok(mut out) = serde_json::to_string(&progress) {
+        out.push('\n');
+        let _ = write.write_all(out.as_bytes()).await;
+    }
+}
+
+async fn handle_control(
+    request: Request,
+    backend: &Backend,
+    capacity: RunnerCapacity,
+    progress: Option<mpsc::UnboundedSender<String>>,
+) -> Response {
     let result = match request {
         Request::Create {
             sandbox,
             token_key,
             authorized_keys,
             spec,
-        } => crate::devsetup::create(backend, &sandbox, &token_key, &authorized_keys, &spec).await,
+        } => {
+            crate::devsetup::create(
+                backend,
+                &sandbox,
+                &token_key,
+                &authorized_keys,
+                &spec,
+                capacity,
+                progress,
+            )
+            .await
+        }
         Request::Keepalive { sandbox } => backend.keepalive(&sandbox).await.map(|()| Response::Ok),
         Request::Stop { sandbox } => backend.stop(&sandbox).await.map(|()| Response::Ok),
         Request::Delete { sandbox } => {

@@ -394,6 +394,34 @@ impl Store {
         ))
     }
 
+    /// Sets a sandbox's CPU and memory limits (a devcontainer.json's
+    /// `hostRequirements` chose them on its runner).
+    pub async fn set_sandbox_limits(
+        &self,
+        id: &SandboxId,
+        cpus: f64,
+        memory_mb: u32,
+    ) -> Result<(), StoreError> {
+        if !(cpus.is_finite() && cpus > 0.0) || memory_mb == 0 {
+            return Err(StoreError::Invalid("limits must be positive".into()));
+        }
+        let done = sqlx::query(
+            "UPDATE sandboxes SET cpus = $1, memory_mb = $2, updated_at = $3 WHERE id = $4",
+        )
+        .bind(cpus)
+        .bind(i64::from(memory_mb))
+        .bind(Timestamp::now().unix_seconds())
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await?;
+        self.pages.invalidate();
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound("sandbox"));
+        }
+        self.publish(TierEvent::SandboxesChanged).await;
+        Ok(())
+    }
+
     /// Adds a line to a sandbox's history without changing its state (what a
     /// create's devcontainer.json did, say).
     pub async fn note_sandbox_event(&self, id: &SandboxId, reason: &str) -> Result<(), StoreError> {

@@ -118,8 +118,12 @@ fn sandboxes_follow_their_devcontainer_json() -> Result<()> {
         "customizations ignored",
         "onCreateCommand done",
         "updateContentCommand done",
+        // Announced as they start, their output as it comes (the create asks for
+        // its progress live), then their outcomes.
+        "onCreateCommand running",
         "postCreateCommand (a) done",
-        "postCreateCommand (b) done; output:\nvisible-output",
+        "postCreateCommand (b) output:\nvisible-output",
+        "postCreateCommand (b) done",
         "postStartCommand done",
     ] {
         ensure!(has(&seen, what), "no event with {what:?} in {seen:#?}");

@@ -3,7 +3,9 @@
 //! context and build arguments, reused when nothing changed, its user honoured; a
 //! Dockerfile that reaches for the runner host during the build fails (the build
 //! has no network, though the sandboxes may reach that port); a `FROM` outside the
-//! allow-list is refused; a built image cannot be named by a create.
+//! allow-list is refused; a built image cannot be named by a create; a create
+//! with `wait: false` answers at once and shows its progress in its events; a
+//! built image no sandbox uses any more is removed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,8 +15,8 @@ use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 use warren_tests::devrepos::GitServer;
 use warren_tests::stack::{DockerStack, docker, image};
-use warren_tests::util::free_port;
-use warren_tests::{Client, Target};
+use warren_tests::util::{free_port, wait_until};
+use warren_tests::{Client, Cmd, Profile, Target, build_bin};
 
 const BUILT_JSON: &str = r#"{
   // Built from the repository's top, with an argument from the request's env.
@@ -55,6 +57,11 @@ fn dockerfiles_are_built_offline_from_allowed_images() -> Result<()> {
         "--allow-builds",
         "--disk-mb",
         "512",
+        // Built images unused for 10 s go, looked for every second.
+        "--keep-unused-builds-s",
+        "10",
+        "--reap-interval-s",
+        "1",
     ])?
     else {
         return Ok(());
@@ -121,11 +128,21 @@ fn dockerfiles_are_built_offline_from_allowed_images() -> Result<()> {
     ensure!(
         reasons
             .iter()
-            .any(|r| r.starts_with("devcontainer: postCreateCommand done")
+            .any(|r| r.starts_with("devcontainer: postCreateCommand output:")
                 && r.contains("built for tester")
                 && r.contains(&format!("hello from the build {nonce}"))),
         "{reasons:#?}"
     );
+    for what in [
+        "devcontainer: building .devcontainer/Dockerfile (context ",
+        "devcontainer: starting the sandbox and cloning built",
+        "devcontainer: postCreateCommand done",
+    ] {
+        ensure!(
+            reasons.iter().any(|r| r.starts_with(what)),
+            "no {what:?} in {reasons:#?}"
+        );
+    }
     let out = c
         .exec(&format!(
             "id -un; curl -sS -o /dev/null -w '%{{http_code}}\\n' {}/info/refs",
@@ -136,8 +153,33 @@ fn dockerfiles_are_built_offline_from_allowed_images() -> Result<()> {
     // The sandbox may reach the git port (`--host-tcp-port`); the build may not.
     ensure!(out.stdout_trimmed() == "dev\n200", "{out}");
 
-    // The same inputs again: the image is reused, not built.
-    let (_, _, reasons) = create(json!({"repo": repo, "env": {"WHO": "tester"}}))?;
+    // The same inputs again, not waited for: the answer comes at once, the
+    // sandbox `creating`; polled, it runs with the image reused, not built.
+    let made = call(
+        "POST",
+        "/v1/sandboxes",
+        Some(json!({"repo": repo, "env": {"WHO": "tester"}, "wait": false})),
+    )?;
+    ensure!(
+        made.status == 201 && made.json()["state"] == "creating",
+        "{made:?}"
+    );
+    let again = made.json()["id"].as_str().context("id")?.to_owned();
+    let mut state = String::new();
+    wait_until(Duration::from_secs(150), || {
+        state = call("GET", &format!("/v1/sandboxes/{again}"), None)
+            .map(|r| r.json()["state"].as_str().unwrap_or("").to_owned())
+            .unwrap_or_default();
+        state != "creating"
+    });
+    ensure!(state == "running", "{again} is {state}");
+    let reasons: Vec<String> = call("GET", &format!("/v1/sandboxes/{again}/events"), None)?.json()
+        ["events"]
+        .as_array()
+        .context("events")?
+        .iter()
+        .filter_map(|e| e["reason"].as_str().map(str::to_owned))
+        .collect();
     ensure!(
         reasons
             .iter()
@@ -188,6 +230,29 @@ fn dockerfiles_are_built_offline_from_allowed_images() -> Result<()> {
         after == before,
         "a failed build left a sandbox: {before} -> {after}"
     );
+    // `warren create` shows the build as it runs and ends with the failing step,
+    // its exit status and its last lines.
+    let home = tempfile::TempDir::new()?;
+    let out = Cmd::new(build_bin("warren-cli", "warren", Profile::Debug)?)
+        .args(["create", "--repo", &offline])
+        .env("HOME", home.path())
+        .env("WARREN_URL", &api.base)
+        .env("WARREN_API_KEY", &key)
+        .timeout(Duration::from_secs(200))
+        .run()?;
+    let shown = out.stderr_str();
+    ensure!(out.code() == Some(1), "{out}");
+    for what in [
+        "devcontainer: building .devcontainer/Dockerfile (context ",
+        "devcontainer: build output:\n",
+        "  | Step 1/",
+        "the create failed:\n  ",
+        "building .devcontainer/Dockerfile failed",
+        "returned a non-zero code: 7",
+        "was not created",
+    ] {
+        ensure!(shown.contains(what), "no {what:?} in {shown}");
+    }
 
     // A FROM outside the allow-list is refused before anything is built.
     let foreign = git.repository(
@@ -210,10 +275,25 @@ fn dockerfiles_are_built_offline_from_allowed_images() -> Result<()> {
         "{made:?}"
     );
 
-    let deleted = call("DELETE", &format!("/v1/sandboxes/{id}"), None)?;
+    // Once no sandbox uses the built image, it goes (after 10 s unused).
     ensure!(
-        deleted.status == 204 || deleted.status == 200,
-        "{deleted:?}"
+        docker(&["image", "inspect", &tag])?.status.success(),
+        "{tag} went while in use"
+    );
+    for sandbox in [&id, &again] {
+        let deleted = call("DELETE", &format!("/v1/sandboxes/{sandbox}"), None)?;
+        ensure!(
+            deleted.status == 204 || deleted.status == 200,
+            "{deleted:?}"
+        );
+    }
+    let gone = wait_until(Duration::from_secs(60), || {
+        docker(&["image", "inspect", &tag]).is_ok_and(|o| !o.status.success())
+    });
+    ensure!(
+        gone,
+        "{tag} is still there a minute after its last sandbox went\nthe runner's log:\n{}",
+        d.runner_log()
     );
     Ok(())
 }

@@ -43,6 +43,17 @@ fn dev_image() -> Result<()> {
     Ok(())
 }
 
+/// ssh's options for a connection that only holds forwards open.
+const FORWARDING: [&str; 7] = [
+    "-o",
+    "IdentitiesOnly=yes",
+    "-o",
+    "BatchMode=yes",
+    "-o",
+    "ExitOnForwardFailure=yes",
+    "-N",
+];
+
 /// The file under test: `web` is the port its postStartCommand serves and
 /// forwards.
 fn settings(web: u16) -> String {
@@ -51,7 +62,7 @@ fn settings(web: u16) -> String {
   "image": "{DEV_IMAGE}",
   "remoteUser": "dev",
   "workspaceFolder": "/workspaces/${{localWorkspaceFolderBasename}}",
-  "hostRequirements": {{ "cpus": 1, "memory": "8gb" }},
+  "hostRequirements": {{ "cpus": 1, "memory": "1.5gb" }},
   "forwardPorts": [{web}, "db:5432"],
   "portsAttributes": {{ "{web}": {{ "label": "Web" }} }},
   "postCreateCommand": "pwd; pwd > where; id -un > who",
@@ -111,12 +122,15 @@ fn users_folders_requirements_and_forwarded_ports() -> Result<()> {
     for what in [
         "devcontainer: following .devcontainer/devcontainer.json",
         "devcontainer: workspaceFolder /workspaces/settings: the workspace is there too",
-        "devcontainer: hostRequirements asks for 8192 MiB of memory, the sandbox has 1024 MiB",
+        "devcontainer: limits from hostRequirements: cpus 1, memory 1536 MiB",
         "devcontainer: sessions run as dev (uid 1234)",
         &format!("devcontainer: forwardPorts {web} (Web)"),
         "devcontainer: some forwardPorts ignored (",
-        "devcontainer: postCreateCommand done; output:",
+        "devcontainer: starting the sandbox and cloning settings",
+        "devcontainer: postCreateCommand running",
+        "devcontainer: postCreateCommand output:",
         "  | /workspaces/settings",
+        "devcontainer: postCreateCommand done",
         "devcontainer: postStartCommand done",
     ] {
         ensure!(screen.contains(what), "no {what:?} on the screen");
@@ -143,6 +157,18 @@ fn users_folders_requirements_and_forwarded_ports() -> Result<()> {
         "{out}"
     );
 
+    // hostRequirements are the limits where the create named none: the API and the
+    // container's config say 1536 MiB.
+    let shown = call("GET", &format!("/v1/sandboxes/{id}"), None)?;
+    ensure!(shown.json()["memory_mb"] == 1536, "{shown:?}");
+    let memory = docker_ok(&[
+        "inspect",
+        "--format",
+        "{{.HostConfig.Memory}}",
+        &format!("warren-{id}"),
+    ])?;
+    ensure!(memory.trim() == (1536u64 << 20).to_string(), "{memory}");
+
     // `warren config-ssh` writes the forward; real ssh opens it.
     let config = home.path().join("config");
     let wrote = Command::new(&cli)
@@ -157,22 +183,14 @@ fn users_folders_requirements_and_forwarded_ports() -> Result<()> {
     let forward = format!("LocalForward 127.0.0.1:{web} 127.0.0.1:{web}");
     ensure!(text.contains(&forward), "{text}");
     ensure!(!text.contains("5432"), "{text}");
-    let _tunnel = ChildGuard::spawn(
+    let tunnel = ChildGuard::spawn(
         Command::new("ssh")
             .arg("-F")
             .arg(&config)
             .arg("-i")
             .arg(c.key_path())
-            .args([
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "ExitOnForwardFailure=yes",
-                "-N",
-                &id,
-            ])
+            .args(FORWARDING)
+            .arg(&id)
             .stdin(Stdio::null()),
     )?;
     let mut page = String::new();
@@ -181,6 +199,34 @@ fn users_folders_requirements_and_forwarded_ports() -> Result<()> {
         page.contains("who")
     });
     ensure!(reached, "the forwarded port answered {page:?}");
+    drop(tunnel);
+
+    // The API's ssh-config has the line too, and `warren ssh` opens the forward
+    // by itself (its own options after `--`).
+    let block = call("GET", &format!("/v1/sandboxes/{id}/ssh-config"), None)?;
+    ensure!(block.text.contains(&forward), "{block:?}");
+    let key_path = c.key_path().display().to_string();
+    let _session = ChildGuard::spawn(
+        Command::new(&cli)
+            .args(["ssh", &id, "--", "-i", &key_path])
+            .args(FORWARDING)
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ])
+            .env("HOME", home.path())
+            .env("WARREN_URL", &api.base)
+            .env("WARREN_API_KEY", &key)
+            .stdin(Stdio::null()),
+    )?;
+    page.clear();
+    let reached = wait_until(Duration::from_secs(30), || {
+        page = http_get(web).unwrap_or_default();
+        page.contains("who")
+    });
+    ensure!(reached, "through `warren ssh` the port answered {page:?}");
 
     // A user the image lacks refuses the create; one of uid 0 is refused and the
     // sandbox's own user is used; host requirements beyond the runner refuse it.
@@ -230,6 +276,32 @@ fn users_folders_requirements_and_forwarded_ports() -> Result<()> {
         .with_target(Target::new("127.0.0.1", d.stack.ssh_port, toor));
     let out = t.exec("id -u").run()?.success()?;
     ensure!(out.stdout_trimmed() != "0", "{out}");
+    // A limit the create names wins over the file's, which is noted.
+    git.repository(
+        "named",
+        &[(
+            ".devcontainer.json",
+            r#"{"image": "warren-base:latest", "hostRequirements": {"memory": "2gb"}}"#,
+        )],
+    )?;
+    let made = call(
+        "POST",
+        "/v1/sandboxes",
+        Some(json!({"repo": git.url("named"), "memory_mb": 512})),
+    )?;
+    ensure!(
+        made.status == 201 && made.json()["memory_mb"] == 512,
+        "{made:?}"
+    );
+    let named = made.json()["id"].as_str().context("id")?.to_owned();
+    let reasons = events(&d, &api, &key, &named)?;
+    ensure!(
+        reasons.iter().any(|r| r.contains(
+            "hostRequirements asks for 2048 MiB of memory, the create gave 512 MiB: create it \
+             with --memory-mb 2048"
+        )),
+        "{reasons:#?}"
+    );
     git.repository(
         "huge",
         &[(
@@ -243,7 +315,10 @@ fn users_folders_requirements_and_forwarded_ports() -> Result<()> {
         Some(json!({"repo": git.url("huge")})),
     )?;
     ensure!(
-        made.status == 422 && made.text.contains("hostRequirements asks for 4096 CPUs"),
+        made.status == 422
+            && made
+                .text
+                .contains("hostRequirements asks for 4096 CPUs; this runner allows"),
         "{made:?}"
     );
     Ok(())

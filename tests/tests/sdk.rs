@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use anyhow::{Result, bail, ensure};
 use warren_runner::protocol::SandboxSpec;
+use warren_tests::devrepos::GitServer;
 use warren_tests::stack::DockerStack;
+use warren_tests::util::free_port;
 use warren_tests::{Cmd, workspace_root};
 
 /// The whole suite against one stack: one sandbox shared by most cases, a second for
@@ -24,7 +26,9 @@ fn the_python_sdk_drives_sandboxes_through_the_gateway() -> Result<()> {
             python.display()
         );
     }
-    let Some(stack) = DockerStack::start(&[])? else {
+    // A repository whose devcontainer.json forwards a port, for the forwards' case.
+    let git_port = free_port()?;
+    let Some(stack) = DockerStack::start(&["--host-tcp-port", &git_port.to_string()])? else {
         bail!("the SDK tests need a Docker engine and root");
     };
     one_connection_serves_more_commands_than_the_agents_session_limit(&stack)?;
@@ -33,6 +37,11 @@ fn the_python_sdk_drives_sandboxes_through_the_gateway() -> Result<()> {
         .stack
         .rt
         .block_on(stack.stack.store.create_api_key(&stack.owner.id, "sdk"))?;
+    api.state.lifecycle.set_allow_http_repos(true);
+    warren_tests::stack::image("build-base")?;
+    let git = GitServer::start(git_port)?;
+    let web = free_port()?;
+    let repo = git.repository("forwards", &[(".devcontainer.json", &forwarding_file(web))])?;
     let config = tempfile::TempDir::new()?;
     let out = Cmd::new(&python)
         .args([
@@ -49,6 +58,8 @@ fn the_python_sdk_drives_sandboxes_through_the_gateway() -> Result<()> {
         .env("WARREN_URL", &api.base)
         .env("WARREN_API_KEY", key.secret.expose())
         .env("WARREN_TEST_IMAGE", "warren-busybox:latest")
+        .env("WARREN_TEST_DEVCONTAINER_REPO", &repo)
+        .env("WARREN_TEST_DEVCONTAINER_PORT", web.to_string())
         // Nothing from the machine's own `warren login` is read.
         .env("XDG_CONFIG_HOME", config.path())
         .env_remove("WARREN_CACERT")
@@ -64,6 +75,17 @@ fn the_python_sdk_drives_sandboxes_through_the_gateway() -> Result<()> {
         "pytest ran no tests:\n{out}"
     );
     Ok(())
+}
+
+/// A devcontainer.json that serves `web` from its postStartCommand and forwards it.
+fn forwarding_file(web: u16) -> String {
+    format!(
+        r#"{{
+  "image": "warren-base:latest",
+  "forwardPorts": [{web}],
+  "postStartCommand": "mkdir -p /tmp/www && echo from the devcontainer > /tmp/www/hello.txt && nohup python3 -m http.server {web} --bind 127.0.0.1 --directory /tmp/www >/dev/null 2>&1 &",
+}}"#
+    )
 }
 
 /// One OpenSSH connection (ControlMaster, as VS Code and the SDK hold theirs) runs

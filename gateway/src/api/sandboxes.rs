@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use warren_api::{CreateSandbox, ListSandboxes, NewToken};
+use warren_protocol::forwards;
 use warren_store::{SandboxCursor, SandboxQuery};
 
 use super::ApiState;
@@ -216,7 +217,9 @@ pub async fn events(
 }
 
 /// An OpenSSH `Host` block for the sandbox (for `~/.ssh/config`, VS Code
-/// Remote-SSH).
+/// Remote-SSH), with a `LocalForward` line for each port its devcontainer.json
+/// forwards (`forwardPorts`, 1024 and up: each on your loopback to the same port
+/// on the sandbox's).
 #[utoipa::path(get, path = "/v1/sandboxes/{id}/ssh-config", operation_id = "get_ssh_config", tag = "ssh", params(("id" = String, Path, description = "sandbox id (`sbx-…`)")),
     responses(
         (status = 200, description = "a Host block", body = String,
@@ -229,8 +232,13 @@ pub async fn ssh_config(
     IdPath(id): IdPath,
 ) -> Result<Response, ApiError> {
     let sandbox = state.lifecycle.managed(&caller.user, &id).await?;
+    let events = state
+        .lifecycle
+        .events(&caller.user, sandbox.id.as_str())
+        .await?;
+    let ports = forwards::forward_ports(events.iter().map(|e| e.reason.as_str()));
     let id = sandbox.id.as_str();
-    let text = format!(
+    let mut text = format!(
         "# Warren sandbox {id} (account {owner})\n\
          # Logs in with an SSH key registered to {owner} (add `IdentityFile <path>` if\n\
          # ssh does not offer that key by default), or with the sandbox's token as the\n\
@@ -244,5 +252,6 @@ pub async fn ssh_config(
         host = state.lifecycle.ssh_host,
         port = state.lifecycle.ssh_port,
     );
+    text.push_str(&forwards::local_forwards(&ports));
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }

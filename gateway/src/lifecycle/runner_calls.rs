@@ -46,13 +46,23 @@ pub(super) async fn run_on_runner(
     let Some(runner) = &sandbox.runner_id else {
         return Err(Error::conflict("the sandbox has no runner"));
     };
+    let live = spec.progress.then(|| note_progress(lc, sandbox));
     let request = Request::Create {
         sandbox: sandbox.id.clone(),
         token_key: lc.signer.verifier().to_base64(),
         authorized_keys: super::agent_keys::for_sandbox(lc, &sandbox.id).await,
         spec,
     };
-    let failure = match lc.hub.control(runner, &request).await {
+    let answer = match live {
+        Some((sink, writer)) => {
+            let answer = lc.hub.control_reporting(runner, &request, Some(sink)).await;
+            // Every progress line is an event before the state changes.
+            let _ = writer.await;
+            answer
+        }
+        None => lc.hub.control(runner, &request).await,
+    };
+    let failure = match answer {
         Ok(warren_protocol::Response::Ok) => {
             return Ok(lc
                 .store
@@ -61,7 +71,17 @@ pub(super) async fn run_on_runner(
         }
         // Lines from the runner (a devcontainer.json's doings): events after the
         // state change, each bounded (they carry the sandbox's output).
-        Ok(RunnerResponse::Notes { notes }) => {
+        Ok(RunnerResponse::Notes {
+            notes,
+            millicpus,
+            memory_mb,
+        }) => {
+            if (millicpus.is_some() || memory_mb.is_some())
+                && let Err(e) = record_limits(lc, sandbox, millicpus, memory_mb).await
+            {
+                // The sandbox runs with them all the same; the store shows the old.
+                tracing::warn!(sandbox = %sandbox.id, "recording its devcontainer limits: {}", e.message);
+            }
             let running = lc
                 .store
                 .set_sandbox_state(&sandbox.id, SandboxState::Running, reason)
@@ -93,6 +113,61 @@ pub(super) async fn run_on_runner(
         }
     }
     Err(failure)
+}
+
+/// At most this many progress lines of one create or start become events.
+const MAX_PROGRESS: usize = 400;
+
+/// Where a create's progress lines go: a task that makes each an event of
+/// `sandbox` as it comes (bounded like notes: they carry the sandbox's output),
+/// done when the sender is dropped.
+fn note_progress(
+    lc: &Lifecycle,
+    sandbox: &Sandbox,
+) -> (
+    tokio::sync::mpsc::UnboundedSender<String>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (sink, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let store = lc.store.clone();
+    let id = sandbox.id.clone();
+    let writer = tokio::spawn(async move {
+        let mut written = 0;
+        while let Some(line) = lines.recv().await {
+            if written == MAX_PROGRESS {
+                continue;
+            }
+            written += 1;
+            let line: String = line.chars().take(MAX_NOTE_CHARS).collect();
+            if let Err(e) = store.note_sandbox_event(&id, &line).await {
+                tracing::warn!(sandbox = %id, "noting a create's progress: {e}");
+            }
+        }
+    });
+    (sink, writer)
+}
+
+/// The limits a runner gave `sandbox` from its devcontainer.json's
+/// `hostRequirements` (where the create named none) become its own, in the store
+/// and in the spec later starts send.
+async fn record_limits(
+    lc: &Lifecycle,
+    sandbox: &Sandbox,
+    millicpus: Option<u32>,
+    memory_mb: Option<u64>,
+) -> Result<(), Error> {
+    let cpus = millicpus.map_or(sandbox.cpus, |m| f64::from(m) / 1000.0);
+    let memory = memory_mb
+        .and_then(|m| u32::try_from(m).ok())
+        .unwrap_or(sandbox.memory_mb);
+    lc.store
+        .set_sandbox_limits(&sandbox.id, cpus, memory)
+        .await?;
+    if let Some(spec) = lc.specs().get_mut(&sandbox.id) {
+        spec.millicpus = millicpus.or(spec.millicpus);
+        spec.memory_mb = memory_mb.or(spec.memory_mb);
+    }
+    Ok(())
 }
 
 /// One control request that must answer `ok`.

@@ -117,6 +117,8 @@ impl Lifecycle {
                 .map_or(Disk::Default, |mb| Disk::Asks(u64::from(mb))),
         };
         let (runner, disk_mb) = pick_runner(self, demand).await?;
+        let devcontainer =
+            body.repo.is_some() && body.image.is_none() && body.devcontainer != Some(false);
         let branch = body
             .repo
             .as_ref()
@@ -143,9 +145,13 @@ impl Lifecycle {
                 .map(network_policy)
                 .unwrap_or_default(),
             disk_mb,
-            devcontainer: body.repo.is_some()
-                && body.image.is_none()
-                && body.devcontainer != Some(false),
+            devcontainer,
+            // A devcontainer.json's hostRequirements replace the defaults, not
+            // limits the create named.
+            default_cpus: devcontainer && body.cpus.is_none(),
+            default_memory: devcontainer && body.memory_mb.is_none(),
+            // Its steps and their output become events as they happen.
+            progress: devcontainer,
             ..SandboxSpec::default()
         };
         check_on_runner(self, &runner, &spec).await?;
@@ -164,10 +170,14 @@ impl Lifecycle {
             disk_mb: disk_mb.and_then(|mb| u32::try_from(mb).ok()),
         };
         let lc = self.clone();
-        let sandbox = detached(async move {
+        // With `wait: false` the answer is the stored sandbox (`creating`); the
+        // runner's work goes on in the task.
+        let (stored, stored_sandbox) = tokio::sync::oneshot::channel();
+        let waited = detached(async move {
             let guard = lc.lock(&new.id).await;
             let sandbox = lc.store.create_sandbox(&new).await?;
             lc.specs().insert(sandbox.id.clone(), spec.clone());
+            let _ = stored.send(sandbox.clone());
             let made = run_on_runner(&lc, &sandbox, spec, "created").await;
             if made.is_err() {
                 lc.discard_failed_create(&sandbox).await;
@@ -175,8 +185,27 @@ impl Lifecycle {
                 lc.forget(&sandbox.id);
             }
             made
-        })
-        .await?;
+        });
+        let sandbox = if body.wait == Some(false) {
+            let task = tokio::spawn(waited);
+            match stored_sandbox.await {
+                Ok(sandbox) => {
+                    tokio::spawn(async move {
+                        if let Ok(Err(e)) = task.await {
+                            tracing::info!("a create not waited for failed: {}", e.message);
+                        }
+                    });
+                    sandbox
+                }
+                // Not stored: the task's error says why.
+                Err(_) => {
+                    let failed = task.await.unwrap_or_else(|_| Err(Error::internal()));
+                    return Err(failed.err().unwrap_or_else(Error::internal));
+                }
+            }
+        } else {
+            waited.await?
+        };
         let token = self.signer.mint(&sandbox.id, Scope::Ssh, SANDBOX_TOKEN_TTL);
         Ok(Created { sandbox, token })
     }

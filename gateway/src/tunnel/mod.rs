@@ -200,6 +200,18 @@ impl RunnerHub {
         runner: &RunnerId,
         request: &Request,
     ) -> Result<Response, TunnelError> {
+        self.control_reporting(runner, request, None).await
+    }
+
+    /// One control exchange with `runner`, the [`warren_protocol::Progress`]
+    /// lines before its answer (a create's spec asks for them) sent to
+    /// `progress` as they come.
+    pub async fn control_reporting(
+        &self,
+        runner: &RunnerId,
+        request: &Request,
+        progress: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    ) -> Result<Response, TunnelError> {
         let stream = self
             .open(runner, CONTROL_ADDRESS, self.inner.local_addr)
             .await
@@ -218,17 +230,28 @@ impl RunnerHub {
                 .write_all(line.as_bytes())
                 .await
                 .map_err(|_| TunnelError::RunnerOffline)?;
-            let mut answer = String::new();
-            BufReader::new(read.take(MAX_CONTROL_LINE as u64))
-                .read_line(&mut answer)
-                .await
-                .map_err(|_| TunnelError::RunnerOffline)?;
-            if answer.is_empty() {
-                return Err(TunnelError::Protocol(
-                    "the runner closed the control channel".into(),
-                ));
+            let mut reader = BufReader::new(read);
+            loop {
+                let mut answer = String::new();
+                (&mut reader)
+                    .take(MAX_CONTROL_LINE as u64)
+                    .read_line(&mut answer)
+                    .await
+                    .map_err(|_| TunnelError::RunnerOffline)?;
+                if answer.is_empty() {
+                    return Err(TunnelError::Protocol(
+                        "the runner closed the control channel".into(),
+                    ));
+                }
+                if let Some(sink) = &progress
+                    && let Ok(line) = serde_json::from_str::<warren_protocol::Progress>(&answer)
+                {
+                    let _ = sink.send(line.progress);
+                    continue;
+                }
+                return serde_json::from_str(&answer)
+                    .map_err(|e| TunnelError::Protocol(e.to_string()));
             }
-            serde_json::from_str(&answer).map_err(|e| TunnelError::Protocol(e.to_string()))
         };
         let limit = match request {
             Request::Create { spec, .. } if spec.devcontainer => DEVCONTAINER_TIMEOUT,

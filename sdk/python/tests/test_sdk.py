@@ -24,6 +24,14 @@ def poll(check, limit: float = 20.0, every: float = 0.2):  # type: ignore[no-unt
         time.sleep(every)
 
 
+def page(url: str) -> str:
+    """The body at ``url``, or "" while it does not answer."""
+    try:
+        return httpx.get(url, timeout=3).text
+    except httpx.HTTPError:
+        return ""
+
+
 # -- lifecycle -------------------------------------------------------------------
 
 
@@ -278,14 +286,39 @@ def test_forward_reaches_a_server_in_the_sandbox(sb: warren.Sandbox) -> None:
     server = sb.spawn("mkdir -p /tmp/www && echo hello > /tmp/www/hello.txt && exec httpd -f -p 127.0.0.1:8000 -h /tmp/www")
     try:
         with sb.forward(8000) as fwd:
-            def fetch() -> str:
-                try:
-                    return httpx.get(f"{fwd.url}/hello.txt", timeout=3).text
-                except httpx.HTTPError:
-                    return ""
-            assert poll(fetch) == "hello\n"
+            assert poll(lambda: page(f"{fwd.url}/hello.txt")) == "hello\n"
     finally:
         server.kill()
+
+
+def test_a_devcontainer_json_s_ports_are_forwarded(client: warren.Warren) -> None:
+    """tests/tests/sdk.rs serves a repository whose devcontainer.json forwards a
+    port its postStartCommand serves."""
+    repo = os.environ.get("WARREN_TEST_DEVCONTAINER_REPO")
+    port = int(os.environ.get("WARREN_TEST_DEVCONTAINER_PORT", "0"))
+    if not repo:
+        pytest.skip("no devcontainer repository served (tests/tests/sdk.rs serves one)")
+    # Not waited for: the answer comes at once; wait_running() waits.
+    with client.create(repo=repo, memory_mb=256, wait=False) as s:
+        assert s.wait_running(timeout=180).state == "running"
+        assert s.forward_ports() == [port]
+        for same in (False, True):
+            forwards = s.forward_all(same_ports=same)
+            try:
+                assert len(forwards) == 1
+                assert (forwards[0].port == port) == same
+                url = f"{forwards[0].url}/hello.txt"
+                assert poll(lambda: page(url)) == "from the devcontainer\n"
+            finally:
+                for f in forwards:
+                    f.close()
+
+
+def test_ssh_config_ports_are_read_from_local_forward_lines() -> None:
+    from warren.aio import ports_of_config
+
+    text = "Host x\n    Port 22\n    LocalForward 127.0.0.1:3000 127.0.0.1:3000\n    # LocalForward 1:4000 x\n  localforward 80 y\n"
+    assert ports_of_config(text) == [3000]
 
 
 # -- the async twin ------------------------------------------------------------------

@@ -303,16 +303,18 @@ pub fn parse(line: &str) -> Result<Command, Box<Outcome>> {
 }
 
 /// Runs `command` as `user`. `stdin` is what was read for commands that read it;
-/// `terminal` says whether the session has one (then `new` opens the shell).
+/// `terminal` says whether the session has one (then `new` opens the shell);
+/// `progress` gets lines to show while it runs (`new --repo`'s).
 pub async fn run(
     lifecycle: &Arc<Lifecycle>,
     user: &User,
     command: Command,
     stdin: &[u8],
     terminal: bool,
+    progress: tokio::sync::mpsc::UnboundedSender<String>,
 ) -> Outcome {
     let json = command.json();
-    match execute(lifecycle, user, command, stdin, terminal).await {
+    match execute(lifecycle, user, command, stdin, terminal, progress).await {
         Ok(outcome) => outcome,
         Err(e) => refused(&e, json),
     }
@@ -345,6 +347,7 @@ async fn execute(
     command: Command,
     stdin: &[u8],
     terminal: bool,
+    progress: tokio::sync::mpsc::UnboundedSender<String>,
 ) -> Result<Outcome, Error> {
     Ok(match command {
         Command::Ls { all, json } => {
@@ -390,7 +393,12 @@ async fn execute(
                 disk_mb,
                 ..CreateSandbox::default()
             };
-            let created = lc.create(user, body).await?;
+            // From a repository, watched as it goes (not for --json: one answer).
+            let created = if body.repo.is_some() && !json {
+                super::watched::watched_create(lc, user, body, &progress).await?
+            } else {
+                lc.create(user, body).await?
+            };
             let mut outcome = if json {
                 Outcome::out(to_json(&CreatedSandbox {
                     sandbox: views::sandbox_view(lc, &created.sandbox),

@@ -11,6 +11,7 @@ pub mod commands;
 mod editor;
 mod fork;
 mod tables;
+mod watched;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -120,7 +121,7 @@ impl ConsoleChannel {
                         Vec::new()
                     };
                     let terminal = me.pty.is_some();
-                    commands::run(&ctx.lifecycle, &ctx.user, command, &stdin, terminal).await
+                    me.run_printing(&ctx, command, &stdin, terminal).await
                 }
             };
             me.finish(ctx, outcome).await;
@@ -185,8 +186,7 @@ impl ConsoleChannel {
                                     ..Outcome::default()
                                 },
                                 Ok(command) => {
-                                    commands::run(&ctx.lifecycle, &ctx.user, command, &[], terminal)
-                                        .await
+                                    self.run_printing(&ctx, command, &[], terminal).await
                                 }
                             };
                             self.print(&outcome.stdout).await;
@@ -209,6 +209,30 @@ impl ConsoleChannel {
             }
         }
         self.close(0).await;
+    }
+
+    /// Runs `command`, printing its progress lines (a `new --repo`'s clone, build
+    /// and lifecycle commands) to stderr as they come.
+    async fn run_printing(
+        &self,
+        ctx: &Context,
+        command: commands::Command,
+        stdin: &[u8],
+        terminal: bool,
+    ) -> Outcome {
+        let (sink, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let work = commands::run(&ctx.lifecycle, &ctx.user, command, stdin, terminal, sink);
+        tokio::pin!(work);
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut work => break outcome,
+                Some(line) = lines.recv() => self.print_err(&line).await,
+            }
+        };
+        while let Ok(line) = lines.try_recv() {
+            self.print_err(&line).await;
+        }
+        outcome
     }
 
     /// Reads stdin to its end; `None` if it is over [`MAX_STDIN`].

@@ -74,13 +74,15 @@ impl DockerBackend {
 
     /// Builds `build` unless an image of its hash exists; returns the image's
     /// name, and whether it existed. At most `limit` long, waiting for another
-    /// build included.
+    /// build included; `on_output` sees the build's output as it comes.
     pub async fn build_image(
         &self,
         build: Build<'_>,
         limit: Duration,
+        on_output: &mut (dyn FnMut(&[u8]) + Send),
     ) -> std::result::Result<(String, bool), BuildFailed> {
         let tag = format!("{BUILD_PREFIX}{}:latest", build.hash);
+        touch(&tag);
         if self.has_image(&tag).await {
             return Ok((tag, true));
         }
@@ -120,6 +122,7 @@ impl DockerBackend {
                     Err(e) => return Err(failed(engine_error(&e), &output)),
                 };
                 if let Some(text) = &info.stream {
+                    on_output(text.as_bytes());
                     output.extend_from_slice(text.as_bytes());
                     if output.len() > 2 * KEPT_OUTPUT {
                         output.drain(..output.len() - KEPT_OUTPUT);
@@ -133,6 +136,7 @@ impl DockerBackend {
             if !self.has_image(&tag).await {
                 return Err(failed("the build made no image".to_owned(), &output));
             }
+            touch(&tag);
             Ok((tag.clone(), false))
         };
         match tokio::time::timeout(limit, work).await {
@@ -145,6 +149,99 @@ impl DockerBackend {
                 output: String::new(),
             }),
         }
+    }
+}
+
+/// When each built image (by tag) was first seen with no container using it, by
+/// this process: an image is removed once it has been unused for the runner's
+/// `keep_unused_builds` (counted again from this runner's start).
+fn unused_since() -> std::sync::MutexGuard<'static, HashMap<String, std::time::Instant>> {
+    static UNUSED: OnceLock<std::sync::Mutex<HashMap<String, std::time::Instant>>> =
+        OnceLock::new();
+    UNUSED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A built image is about to be used (a create reuses it): its unused time
+/// starts again, so a sweep does not take it between the build and the container.
+fn touch(tag: &str) {
+    unused_since().remove(tag);
+}
+
+impl DockerBackend {
+    /// Removes this runner's built images no container (of any runner, any state)
+    /// has used for `keep_unused_builds`; returns their tags. An image a snapshot
+    /// was taken on keeps (the engine refuses to remove a parent).
+    pub async fn remove_unused_builds(&self) -> Result<Vec<String>> {
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![format!("{LABEL_BUILD}={}", self.runner)],
+        )]);
+        let images = self
+            .docker
+            .list_images(Some(bollard::query_parameters::ListImagesOptions {
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .context("listing built images")?;
+        let containers = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                ..Default::default()
+            }))
+            .await
+            .context("listing containers")?;
+        let used: std::collections::HashSet<&str> = containers
+            .iter()
+            .filter_map(|c| c.image_id.as_deref())
+            .collect();
+        let keep_for = self.defaults.keep_unused_builds;
+        let mut due = Vec::new();
+        {
+            let mut unused = unused_since();
+            let now = std::time::Instant::now();
+            let mut seen = std::collections::HashSet::new();
+            for image in &images {
+                let Some(tag) = image.repo_tags.iter().find(|t| t.starts_with(BUILD_PREFIX)) else {
+                    continue;
+                };
+                seen.insert(tag.clone());
+                if used.contains(image.id.as_str()) {
+                    unused.remove(tag);
+                    continue;
+                }
+                let since = *unused.entry(tag.clone()).or_insert(now);
+                if now.duration_since(since) >= keep_for {
+                    due.push(tag.clone());
+                }
+            }
+            unused.retain(|tag, _| seen.contains(tag));
+        }
+        let mut removed = Vec::new();
+        for tag in due {
+            match self
+                .docker
+                .remove_image(
+                    &tag,
+                    None::<bollard::query_parameters::RemoveImageOptions>,
+                    None,
+                )
+                .await
+            {
+                Ok(_) => {
+                    unused_since().remove(&tag);
+                    tracing::info!(image = %tag, "removed a built image no sandbox used");
+                    removed.push(tag);
+                }
+                // In use again, or a snapshot's parent: kept.
+                Err(e) => tracing::debug!(image = %tag, "keeping a built image: {e}"),
+            }
+        }
+        Ok(removed)
     }
 }
 

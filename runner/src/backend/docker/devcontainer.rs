@@ -107,12 +107,13 @@ impl DockerBackend {
 
     /// Runs `argv` in the directory `cwd` as the session user with the
     /// container's env (what a session sees); returns the exit code and the tail
-    /// of stdout and stderr as they came.
+    /// of stdout and stderr as they came; `on_output` sees each piece as it comes.
     pub async fn run_in(
         &self,
         id: &SandboxId,
         argv: &[String],
         cwd: &str,
+        on_output: &mut (dyn FnMut(&[u8]) + Send),
     ) -> Result<(i64, String)> {
         let user = self.session_user(id)?;
         let exec = self
@@ -138,6 +139,7 @@ impl DockerBackend {
             while let Some(chunk) = out.next().await {
                 match chunk? {
                     LogOutput::StdOut { message } | LogOutput::StdErr { message } => {
+                        on_output(&message);
                         output.extend_from_slice(&message);
                         if output.len() > 2 * KEPT_OUTPUT {
                             output.drain(..output.len() - KEPT_OUTPUT);

@@ -144,6 +144,8 @@ pub struct DockerDefaults {
     /// Whether a devcontainer.json's `build` is built (see [`build`]); off
     /// unless the operator turns it on.
     pub allow_builds: bool,
+    /// A built image no container has used for this long is removed.
+    pub keep_unused_builds: Duration,
 }
 
 impl Default for DockerDefaults {
@@ -166,6 +168,7 @@ impl Default for DockerDefaults {
             allowed_images: DEFAULT_ALLOWED_IMAGES.map(String::from).into(),
             disk_mb: 4 * 1024,
             allow_builds: false,
+            keep_unused_builds: Duration::from_secs(3600),
         }
     }
 }

@@ -168,6 +168,11 @@ class Sandbox:
     def info(self) -> SandboxInfo:
         return _run(self._a.info())
 
+    def wait_running(self, timeout: float = 600.0, every: float = 0.5) -> SandboxInfo:
+        """Waits until a create made with ``wait=False`` is done (see
+        :meth:`warren.aio.AsyncSandbox.wait_running`)."""
+        return _run(self._a.wait_running(timeout, every))
+
     def stop(self) -> SandboxInfo:
         return _run(self._a.stop())
 
@@ -233,6 +238,16 @@ class Sandbox:
 
     def forward(self, remote_port: int, *, remote_host: str = "127.0.0.1", local_port: int = 0) -> "Forward":
         return Forward(_run(self._a.forward(remote_port, remote_host=remote_host, local_port=local_port)))
+
+    def forward_ports(self) -> list[int]:
+        """The ports the sandbox's devcontainer.json forwards (see
+        :meth:`warren.aio.AsyncSandbox.forward_ports`)."""
+        return _run(self._a.forward_ports())
+
+    def forward_all(self, *, same_ports: bool = True) -> "list[Forward]":
+        """Forwards each of :meth:`forward_ports` (see
+        :meth:`warren.aio.AsyncSandbox.forward_all`)."""
+        return [Forward(f) for f in _run(self._a.forward_all(same_ports=same_ports))]
 
 
 class Output:

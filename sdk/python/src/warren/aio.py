@@ -16,7 +16,7 @@ from ._files import AsyncFiles
 from ._process import AsyncProcess, Input, OutputCallback
 from ._ssh import DEFAULT_MAX_CHANNELS, SshConnection, parse_host_keys, ssh_error
 from ._terminal import AsyncTerminal, open_terminal
-from .errors import HostKeyMismatch
+from .errors import HostKeyMismatch, RunnerError
 from .models import CommandResult, PullRequest, SandboxInfo
 
 __all__ = ["AsyncWarren", "AsyncSandbox", "AsyncForward", "SandboxPage"]
@@ -97,10 +97,13 @@ class AsyncWarren:
         disk_mb: Optional[int] = None,
         devcontainer: Optional[bool] = None,
         snapshot: Optional[str] = None,
+        wait: bool = True,
         extra: Optional[Mapping[str, Any]] = None,
         keep: bool = False,
     ) -> "AsyncSandbox":
-        """Creates a sandbox (``POST /v1/sandboxes``); it is running when this returns.
+        """Creates a sandbox (``POST /v1/sandboxes``); it is running when this returns,
+        unless ``wait=False``: then it may still be ``creating`` (a repository's
+        devcontainer.json being followed); :meth:`AsyncSandbox.wait_running` waits.
 
         The fields are the API's ``CreateSandbox``. ``network`` is ``"all"``,
         ``"none"``, or ``{"mode": "allow", "cidrs": [...]}``.
@@ -116,6 +119,8 @@ class AsyncWarren:
         body.update({k: v for k, v in fields.items() if v is not None})
         if forward_agent:
             body["forward_agent"] = True
+        if not wait:
+            body["wait"] = False
         if env:
             body["env"] = dict(env)
         if network is not None:
@@ -161,6 +166,19 @@ class AsyncWarren:
             if not page.next_cursor:
                 return
             cursor = page.next_cursor
+
+
+def ports_of_config(config: str) -> list[int]:
+    """The ports of an SSH config's ``LocalForward`` lines, 1024 and up, once each."""
+    ports: list[int] = []
+    for line in config.splitlines():
+        words = line.split()
+        if len(words) < 2 or words[0].lower() != "localforward":
+            continue
+        text = words[1].rsplit(":", 1)[-1]
+        if text.isdigit() and 1024 <= int(text) <= 65535 and int(text) not in ports:
+            ports.append(int(text))
+    return ports[:32]
 
 
 def _seg(id: str) -> str:
@@ -276,6 +294,25 @@ class AsyncSandbox:
         """The sandbox as the API shows it now."""
         self._info = await self.client._info(self.id)
         return self._info
+
+    async def wait_running(self, timeout: float = 600.0, every: float = 0.5) -> SandboxInfo:
+        """Waits until a create made with ``wait=False`` is done: the sandbox's info
+        once it runs; :class:`~warren.errors.RunnerError` with why if its create
+        failed; :class:`TimeoutError` after ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            info = await self.info()
+            if info.state == "running":
+                return info
+            if info.state in ("failed", "deleted"):
+                events = await self.client._api.json("GET", f"/v1/sandboxes/{_seg(self.id)}/events")
+                reasons = [e.get("reason", "") for e in events.get("events", [])]
+                why = next((r[len("create failed: "):] for r in reversed(reasons) if r.startswith("create failed: ")), "see its events")
+                raise RunnerError(f"the create of {self.id} failed: {why}", code="runner_error")
+            if loop.time() > deadline:
+                raise TimeoutError(f"{self.id} was still {info.state} after {timeout} s")
+            await asyncio.sleep(every)
 
     async def stop(self) -> SandboxInfo:
         await self._drop_connection()
@@ -403,6 +440,27 @@ class AsyncSandbox:
         if self._files is None:
             self._files = AsyncFiles(self._connection)
         return self._files
+
+    async def forward_ports(self) -> list[int]:
+        """The ports the sandbox's devcontainer.json forwards (``forwardPorts``, 1024
+        and up): the ``LocalForward`` lines of ``GET /v1/sandboxes/{id}/ssh-config``,
+        which ``warren ssh`` and ``warren config-ssh`` open too. Empty without one."""
+        text = await self.client._api.text(f"/v1/sandboxes/{_seg(self.id)}/ssh-config")
+        return ports_of_config(text)
+
+    async def forward_all(self, *, same_ports: bool = True) -> list[AsyncForward]:
+        """Forwards every port of :meth:`forward_ports`, each from the same port on
+        this machine's loopback (as ``warren ssh`` does; a port busy here raises),
+        or from any free one with ``same_ports=False``. Close each when done."""
+        opened: list[AsyncForward] = []
+        try:
+            for port in await self.forward_ports():
+                opened.append(await self.forward(port, local_port=port if same_ports else 0))
+        except BaseException:
+            for f in opened:
+                await f.close()
+            raise
+        return opened
 
     async def forward(self, remote_port: int, *, remote_host: str = "127.0.0.1", local_port: int = 0) -> AsyncForward:
         """Listens on ``127.0.0.1:local_port`` (any free port by default) and

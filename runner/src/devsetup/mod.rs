@@ -19,7 +19,7 @@ use warren_keys::SandboxId;
 use crate::backend::Backend;
 use crate::backend::docker::DockerBackend;
 use crate::devcontainer::{self, Command, Context, DevContainer};
-use crate::protocol::{Response, SandboxSpec, Secret};
+use crate::protocol::{Response, RunnerCapacity, SandboxSpec, Secret};
 use crate::{Error, Result, git};
 
 /// Where the repository is in a Docker sandbox.
@@ -36,9 +36,9 @@ const PLAIN_STEPS_DEADLINE: Duration = Duration::from_secs(40);
 /// The note for a repository whose devcontainer.json could not be fetched.
 const NOT_READ: &str =
     "devcontainer: the repository could not be read for a devcontainer.json; defaults used";
-/// How the note listing the ports to forward starts; `warren config-ssh` turns it
-/// into `LocalForward` lines (the numbers before each `, `).
-pub const FORWARD_NOTE: &str = "devcontainer: forwardPorts ";
+/// How the note listing the ports to forward starts; the gateway's SSH config
+/// turns it into `LocalForward` lines (the numbers before each `, `).
+pub use crate::protocol::forwards::FORWARD_NOTE;
 /// Lines of a command's output kept in its note.
 const NOTE_LINES: usize = 15;
 /// Characters of a command's output kept in its note.
@@ -54,10 +54,17 @@ struct Kept {
     workdir: Option<String>,
 }
 
-/// A file that was followed: its settings, and where its commands run.
+mod limits;
+pub(crate) mod progress;
+
+pub use progress::Notes;
+
+/// A file that was followed: its settings, where its commands run, and the
+/// limits its `hostRequirements` set.
 struct Followed {
     dc: DevContainer,
     workdir: String,
+    limits: limits::Chosen,
 }
 
 /// Creates (or restarts) `id` as the tunnel's `create` asks; on Docker, with a
@@ -68,6 +75,8 @@ pub async fn create(
     token_key: &str,
     authorized_keys: &[String],
     spec: &SandboxSpec,
+    capacity: RunnerCapacity,
+    live: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 ) -> Result<Response> {
     let deadline = Instant::now()
         + if spec.devcontainer {
@@ -85,24 +94,42 @@ pub async fn create(
         let known = backend.list().await?.into_iter().find(|s| &s.sandbox == id);
         if let Some(status) = known {
             backend.create(id, token_key, authorized_keys, spec).await?;
-            let mut notes = Vec::new();
+            let mut notes = Notes::new(live);
             if !status.running {
                 started(docker, id, deadline, &mut notes).await;
             }
-            return Ok(answer(notes));
+            return Ok(answer(notes, limits::Chosen::default()));
         }
     }
     let mut spec = spec.clone();
-    let mut notes = Vec::new();
+    let mut notes = Notes::new(live);
     let found = if spec.devcontainer {
-        prepare(backend, docker, id, &mut spec, deadline, &mut notes).await?
+        prepare(
+            backend, docker, id, &mut spec, capacity, deadline, &mut notes,
+        )
+        .await?
     } else {
         None
     };
+    if notes.is_live()
+        && let Some(repo) = &spec.repo
+    {
+        notes.push(format!(
+            "devcontainer: starting the sandbox and cloning {}",
+            repo_name(&repo.url)
+        ));
+    }
     backend
         .create(id, token_key, authorized_keys, &spec)
         .await?;
-    if let Some(Followed { dc, workdir }) = found {
+    let mut chosen = limits::Chosen::default();
+    if let Some(Followed {
+        dc,
+        workdir,
+        limits,
+    }) = found
+    {
+        chosen = limits;
         keep(docker, id, &dc, &workdir);
         let steps: Vec<(&str, &Command)> = devcontainer::CREATE_STEPS
             .iter()
@@ -111,7 +138,7 @@ pub async fn create(
             .collect();
         run_steps(docker, id, &steps, &workdir, deadline, &mut notes).await;
     }
-    Ok(answer(notes))
+    Ok(answer(notes, chosen))
 }
 
 /// Forgets what `id`'s starts needed (on delete).
@@ -121,25 +148,31 @@ pub fn forget(backend: &Backend, id: &SandboxId) {
     }
 }
 
-fn answer(notes: Vec<String>) -> Response {
-    if notes.is_empty() {
+fn answer(notes: Notes, limits: limits::Chosen) -> Response {
+    let notes = notes.into_kept();
+    if notes.is_empty() && limits == limits::Chosen::default() {
         Response::Ok
     } else {
-        Response::Notes { notes }
+        Response::Notes {
+            notes,
+            millicpus: limits.millicpus,
+            memory_mb: limits.memory_mb,
+        }
     }
 }
 
 /// Reads and applies the repository's devcontainer.json to `spec` (image, env,
-/// user, workspace folder), noting what it skips. `None`: there is none, or it
-/// cannot be used (noted); an image, env or user the runner refuses, or host
-/// requirements beyond the runner, are a refusal of the create.
+/// user, workspace folder, limits), noting what it skips. `None`: there is none, or
+/// it cannot be used (noted); an image, env or user the runner refuses, or host
+/// requirements beyond what it allows, are a refusal of the create.
 async fn prepare(
     backend: &Backend,
     docker: &DockerBackend,
     id: &SandboxId,
     spec: &mut SandboxSpec,
+    capacity: RunnerCapacity,
     deadline: Instant,
-    notes: &mut Vec<String>,
+    notes: &mut Notes,
 ) -> Result<Option<Followed>> {
     let Some(repo) = spec.repo.clone() else {
         return Ok(None);
@@ -230,9 +263,8 @@ async fn prepare(
     let workdir = workspace_folder(&dc, &cx, spec, notes);
     cx.workspace = &workdir;
     dc.resolve(&cx);
-    host_requirements(docker, &dc, spec, notes)
-        .await
-        .map_err(|e| from_devcontainer(&path, e))?;
+    let limits =
+        limits::apply(&dc, spec, capacity, notes).map_err(|e| from_devcontainer(&path, e))?;
     session_user(docker, id, &dc, spec, notes)
         .await
         .map_err(|e| from_devcontainer(&path, e))?;
@@ -252,7 +284,11 @@ async fn prepare(
         .check(spec)
         .await
         .map_err(|e| from_devcontainer(&path, e))?;
-    Ok(Some(Followed { dc, workdir }))
+    Ok(Some(Followed {
+        dc,
+        workdir,
+        limits,
+    }))
 }
 
 /// The repository's name: the URL's last part, without `.git` (made plain).
@@ -274,7 +310,7 @@ fn workspace_folder(
     dc: &DevContainer,
     cx: &Context<'_>,
     spec: &mut SandboxSpec,
-    notes: &mut Vec<String>,
+    notes: &mut Notes,
 ) -> String {
     let Some(folder) = dc.workspace_folder(cx) else {
         return WORKSPACE.to_owned();
@@ -309,74 +345,6 @@ fn workspace_folder(
     WORKSPACE.to_owned()
 }
 
-/// `hostRequirements`: more than this runner has at all refuses the create; more
-/// than the sandbox was given is noted with how to ask for it (the gateway placed
-/// the sandbox by its request's limits, so the file cannot raise them).
-async fn host_requirements(
-    docker: &DockerBackend,
-    dc: &DevContainer,
-    spec: &SandboxSpec,
-    notes: &mut Vec<String>,
-) -> Result<()> {
-    let Some(wanted) = &dc.host_requirements else {
-        return Ok(());
-    };
-    let host = docker.host_resources().await;
-    let cpus = wanted.cpus.map(|c| u64::from(c) * 1000);
-    let memory = wanted.memory_mb();
-    if wanted.memory.is_some() && memory.is_none() {
-        notes.push(
-            "devcontainer: hostRequirements.memory ignored: not a size Warren reads (\"4gb\", \
-             \"512mb\")"
-                .to_owned(),
-        );
-    }
-    if let Some(c) = cpus
-        && c > u64::from(host.millicpus)
-    {
-        return Err(Error::refused(
-            "no_capacity",
-            format!(
-                "hostRequirements asks for {} CPUs; this runner has {}",
-                c / 1000,
-                host.millicpus / 1000
-            ),
-        ));
-    }
-    if let Some(m) = memory
-        && m > host.memory_mb
-    {
-        return Err(Error::refused(
-            "no_capacity",
-            format!(
-                "hostRequirements asks for {m} MiB of memory; this runner has {} MiB",
-                host.memory_mb
-            ),
-        ));
-    }
-    if let (Some(c), Some(given)) = (cpus, spec.millicpus)
-        && c > u64::from(given)
-    {
-        notes.push(format!(
-            "devcontainer: hostRequirements asks for {} CPUs, the sandbox has {}: create it \
-             with --cpus {} (the file does not raise a create's limits)",
-            c / 1000,
-            f64::from(given) / 1000.0,
-            c / 1000
-        ));
-    }
-    if let (Some(m), Some(given)) = (memory, spec.memory_mb)
-        && m > given
-    {
-        notes.push(format!(
-            "devcontainer: hostRequirements asks for {m} MiB of memory, the sandbox has \
-             {given} MiB: create it with --memory-mb {m} (the file does not raise a \
-             create's limits)"
-        ));
-    }
-    Ok(())
-}
-
 /// `remoteUser` (else `containerUser`): looked up in the image's own
 /// `/etc/passwd`. Not there refuses the create; uid or gid 0 there is noted as
 /// refused and the default user kept.
@@ -385,7 +353,7 @@ async fn session_user(
     id: &SandboxId,
     dc: &DevContainer,
     spec: &mut SandboxSpec,
-    notes: &mut Vec<String>,
+    notes: &mut Notes,
 ) -> Result<()> {
     let (key, wanted) = match (&dc.remote_user, &dc.container_user) {
         (Some(u), _) => ("remoteUser", u),
@@ -427,7 +395,7 @@ async fn session_user(
 
 /// One note listing the ports to forward (`warren config-ssh` reads it), and one
 /// for those left out.
-fn forwards(dc: &DevContainer, notes: &mut Vec<String>) {
+fn forwards(dc: &DevContainer, notes: &mut Notes) {
     let (kept, skipped) = dc.forwards();
     if !kept.is_empty() {
         let list: Vec<String> = kept
@@ -477,12 +445,7 @@ fn keep(docker: &DockerBackend, id: &SandboxId, dc: &DevContainer, workdir: &str
 }
 
 /// A stopped sandbox was started again: its postStartCommand, if it has one.
-async fn started(
-    docker: &DockerBackend,
-    id: &SandboxId,
-    deadline: Instant,
-    notes: &mut Vec<String>,
-) {
+async fn started(docker: &DockerBackend, id: &SandboxId, deadline: Instant, notes: &mut Notes) {
     let Ok(json) = std::fs::read(docker.devcontainer_state(id)) else {
         return;
     };
@@ -507,14 +470,17 @@ async fn started(
     }
 }
 
-/// Runs `steps` in order, one note each; stops at the first that fails.
+/// Runs `steps` in order, one note each; stops at the first that fails. Where
+/// notes are live each is announced as it starts and its output sent while it
+/// runs, so a success's note leaves the output out; a failure's keeps its last
+/// lines.
 async fn run_steps(
     docker: &DockerBackend,
     id: &SandboxId,
     steps: &[(&str, &Command)],
     workdir: &str,
     deadline: Instant,
-    notes: &mut Vec<String>,
+    notes: &mut Notes,
 ) {
     for (step, command) in steps {
         for (name, argv) in command.argvs() {
@@ -524,8 +490,16 @@ async fn run_steps(
                 format!("{step} ({name})")
             };
             let left = deadline.saturating_duration_since(Instant::now());
-            let ran = tokio::time::timeout(left, docker.run_in(id, &argv, workdir)).await;
+            if notes.is_live() {
+                notes.push(format!("devcontainer: {label} running"));
+            }
+            let mut output = progress::Output::new(&label, notes);
+            let mut feed = |bytes: &[u8]| output.feed(bytes);
+            let ran =
+                tokio::time::timeout(left, docker.run_in(id, &argv, workdir, &mut feed)).await;
+            output.finish();
             let (note, done) = match ran {
+                Ok(Ok((0, _))) if notes.is_live() => (format!("devcontainer: {label} done"), true),
                 Ok(Ok((0, out))) => (format!("devcontainer: {label} done{}", tail(&out)), true),
                 Ok(Ok((code, out))) => (
                     format!(
