@@ -484,6 +484,9 @@ fn bench(d: &DockerStack) -> Result<()> {
         Ok(())
     };
     const RUNS: usize = 5;
+    // The machine is shared: how busy it was goes beside the figures.
+    let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load_before = load();
     // A plain create of the same image, to first `ssh true`.
     let mut plain = Vec::new();
     for _ in 0..RUNS {
@@ -597,6 +600,11 @@ fn bench(d: &DockerStack) -> Result<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     let mib = |b: u64| b as f64 / f64::from(1 << 20);
+    println!(
+        "load average (1, 5, 15 min) before: {}, after: {}",
+        load_before.trim(),
+        load().trim()
+    );
     println!("| measure | target | measured |");
     println!("|---|---|---|");
     println!(
@@ -626,7 +634,12 @@ fn bench(d: &DockerStack) -> Result<()> {
     }
     // Where the runner's time went (its lines with each phase's milliseconds).
     let log = std::fs::read_to_string(&d.runner.log).unwrap_or_default();
-    let phases = ["snapshot taken", "created from a snapshot", "prepared_ms"];
+    let phases = [
+        "snapshot taken",
+        "snapshot image loaded",
+        "created from a snapshot",
+        "prepared_ms",
+    ];
     for line in log.lines().filter(|l| phases.iter().any(|p| l.contains(p))) {
         println!("{line}");
     }

@@ -1,11 +1,12 @@
 //! A snapshot's image without `docker commit`: the staged writable layer, its
 //! overlay whiteouts turned into an image layer's `.wh.` files, archived as one
-//! layer above the source image's and loaded (`docker load`) with the source image's
-//! config. On this machine's storage driver (fuse-overlayfs) the engine's commit
-//! diffs a container against its image by walking both whole trees through FUSE:
-//! 3.4 s for a 10-byte change to warren-base, where a load of the same layer took
-//! 0.15 s (it only unpacks the layer; the image's other layers are the engine's
-//! already and are not sent).
+//! layer above the source image's and loaded (`docker load`) with the source
+//! image's config, while the snapshot's forks are being made (each waits for it
+//! only when it needs the image; its disk is made meanwhile). On this machine's
+//! storage driver (fuse-overlayfs) the engine's commit diffs a container against
+//! its image by walking both whole trees through FUSE: 3.4 s for a 10-byte change
+//! to warren-base, where a load of the same layer took 0.15 s (it only unpacks the
+//! layer; the image's other layers are the engine's already and are not sent).
 
 use std::ffi::{CStr, CString, OsString};
 use std::io::Read;
@@ -35,28 +36,44 @@ const BLOCK: usize = 512;
 /// How much of the layer's archive is read at a time while it is sent.
 const CHUNK: usize = 1 << 20;
 
-/// Where the time of a load went, for whoever tunes it.
+/// Where the time of staging an image went, for whoever tunes it.
 #[derive(Debug, Default)]
-pub(super) struct Loaded {
+pub(super) struct Staging {
     pub(super) whiteouts: Duration,
     pub(super) archive: Duration,
     pub(super) hash: Duration,
-    pub(super) load: Duration,
     pub(super) layer_bytes: u64,
 }
 
+/// A snapshot's image ready to be loaded: the archive's first and last bytes
+/// around the layer's, which are read from its file as they are sent.
+pub(super) struct StagedImage {
+    staged: PathBuf,
+    archive: PathBuf,
+    head: Vec<u8>,
+    tail: Vec<u8>,
+}
+
+/// How a load ended, for the creates that wait for it (`None` while it runs).
+type LoadResult = Option<std::result::Result<(), String>>;
+
+/// The snapshot images being loaded, by snapshot id (unique on every runner): a
+/// create from one waits for its load; one not here is loaded (or gone).
+static LOADING: std::sync::LazyLock<
+    std::sync::Mutex<HashMap<String, tokio::sync::watch::Receiver<LoadResult>>>,
+> = std::sync::LazyLock::new(Default::default);
+
 impl DockerBackend {
-    /// Loads the layer staged in `dir` as the image `image`: `base`'s layers and
-    /// `config`, with the staged layer above them. The staged copy and the archive
-    /// go once it is loaded.
-    pub(super) async fn load_staged(
+    /// Prepares the layer staged in `dir` to be loaded as the image `image`:
+    /// `base`'s layers and `config`, with the staged layer above them.
+    pub(super) async fn stage_image(
         &self,
         image: &str,
         base: &ImageInspect,
         dir: &Path,
         config: ImageConfig,
-    ) -> Result<Loaded> {
-        let mut loaded = Loaded::default();
+    ) -> Result<(StagedImage, Staging)> {
+        let mut staging = Staging::default();
         let staged = dir.join(STAGED);
         let archive = dir.join(LAYER_TAR);
         let began = Instant::now();
@@ -64,18 +81,17 @@ impl DockerBackend {
         tokio::task::spawn_blocking(move || to_image_whiteouts(&walk))
             .await
             .context("converting the staged layer's whiteouts")??;
-        loaded.whiteouts = began.elapsed();
+        staging.whiteouts = began.elapsed();
         let began = Instant::now();
         archive_layer(&staged, &archive).await?;
-        loaded.archive = began.elapsed();
+        staging.archive = began.elapsed();
         let began = Instant::now();
         let hashed = archive.clone();
         let (diff_id, size) = tokio::task::spawn_blocking(move || diff_id(&hashed))
             .await
             .context("hashing the snapshot's layer")??;
-        loaded.hash = began.elapsed();
-        loaded.layer_bytes = size;
-        let began = Instant::now();
+        staging.hash = began.elapsed();
+        staging.layer_bytes = size;
         let mut layers = base
             .root_fs
             .as_ref()
@@ -113,46 +129,114 @@ impl DockerBackend {
         let padding = usize::try_from(size.next_multiple_of(BLOCK as u64) - size).unwrap_or(0);
         // The layer's padding, then the archive's end (two empty blocks).
         let tail = vec![0u8; padding + 2 * BLOCK];
-        let file = tokio::fs::File::open(&archive)
-            .await
-            .context("opening the snapshot's layer")?;
-        let layer = futures_util::stream::unfold(Some(file), |file| async move {
-            let mut file = file?;
-            let mut chunk = vec![0u8; CHUNK];
-            match file.read(&mut chunk).await {
-                Ok(0) => None,
-                Ok(n) => {
-                    chunk.truncate(n);
-                    Some((Ok(bytes::Bytes::from(chunk)), Some(file)))
+        let image = StagedImage {
+            staged,
+            archive,
+            head,
+            tail,
+        };
+        Ok((image, staging))
+    }
+
+    /// Loads `image` for `snapshot` while the caller goes on: the snapshot's
+    /// creates wait for it ([`image_loaded`]), and so does its removal.
+    pub(super) fn load_in_background(&self, snapshot: &SnapshotId, image: StagedImage) {
+        let (done, waiting) = tokio::sync::watch::channel(None);
+        if let Ok(mut loading) = LOADING.lock() {
+            loading.insert(snapshot.as_str().to_owned(), waiting);
+        }
+        let docker = self.docker.clone();
+        let snapshot = snapshot.clone();
+        tokio::spawn(async move {
+            let began = Instant::now();
+            let loaded = load(&docker, image).await;
+            match &loaded {
+                Ok(()) => tracing::info!(
+                    %snapshot,
+                    load_ms = began.elapsed().as_millis(),
+                    "snapshot image loaded"
+                ),
+                Err(e) => {
+                    tracing::warn!(%snapshot, error = %format!("{e:#}"), "loading a snapshot's image");
                 }
-                Err(e) => Some((Err(e), None)),
+            }
+            let _ = done.send(Some(loaded.map_err(|e| format!("{e:#}"))));
+            if let Ok(mut loading) = LOADING.lock() {
+                loading.remove(snapshot.as_str());
             }
         });
-        let body = futures_util::stream::iter([Ok(bytes::Bytes::from(head))])
-            .chain(layer)
-            .chain(futures_util::stream::iter([Ok(bytes::Bytes::from(tail))]));
-        let mut answers = self.docker.import_image_stream(
-            ImportImageOptions {
-                quiet: true,
-                ..Default::default()
-            },
-            body,
-            None,
-        );
-        while let Some(answer) = answers.next().await {
-            answer.context("loading the snapshot's image")?;
-        }
-        loaded.load = began.elapsed();
-        for (what, removed) in [
-            ("the staged layer", fs::remove_dir_all(&staged)),
-            ("the layer's archive", fs::remove_file(&archive)),
-        ] {
-            if let Err(e) = removed {
-                tracing::warn!(error = %e, "removing {what}");
-            }
-        }
-        Ok(loaded)
     }
+}
+
+/// Waits until the image of `snapshot` is loaded, if it is being loaded; fails
+/// if its load did.
+pub(super) async fn image_loaded(snapshot: &SnapshotId) -> Result<()> {
+    let waiting = LOADING
+        .lock()
+        .ok()
+        .and_then(|loading| loading.get(snapshot.as_str()).cloned());
+    let Some(mut waiting) = waiting else {
+        return Ok(());
+    };
+    let ended = waiting
+        .wait_for(Option::is_some)
+        .await
+        .ok()
+        .and_then(|ended| ended.clone());
+    match ended {
+        Some(Ok(())) => Ok(()),
+        Some(Err(message)) => bail!("loading the snapshot's image failed: {message}"),
+        None => bail!("loading the snapshot's image stopped"),
+    }
+}
+
+/// Sends the archive of `image` (its layer read from its file as it goes) to the
+/// engine's load, then removes the staged layer and the archive.
+async fn load(docker: &Docker, image: StagedImage) -> Result<()> {
+    let StagedImage {
+        staged,
+        archive,
+        head,
+        tail,
+    } = image;
+    let file = tokio::fs::File::open(&archive)
+        .await
+        .context("opening the snapshot's layer")?;
+    let layer = futures_util::stream::unfold(Some(file), |file| async move {
+        let mut file = file?;
+        let mut chunk = vec![0u8; CHUNK];
+        match file.read(&mut chunk).await {
+            Ok(0) => None,
+            Ok(n) => {
+                chunk.truncate(n);
+                Some((Ok(bytes::Bytes::from(chunk)), Some(file)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    });
+    let body = futures_util::stream::iter([Ok(bytes::Bytes::from(head))])
+        .chain(layer)
+        .chain(futures_util::stream::iter([Ok(bytes::Bytes::from(tail))]));
+    let mut answers = docker.import_image_stream(
+        ImportImageOptions {
+            quiet: true,
+            ..Default::default()
+        },
+        body,
+        None,
+    );
+    while let Some(answer) = answers.next().await {
+        answer.context("loading the snapshot's image")?;
+    }
+    for (what, removed) in [
+        ("the staged layer", fs::remove_dir_all(&staged)),
+        ("the layer's archive", fs::remove_file(&archive)),
+    ] {
+        if let Err(e) = removed {
+            tracing::warn!(error = %e, "removing {what}");
+        }
+    }
+    Ok(())
 }
 
 /// Turns the overlay whiteouts of a writable layer's copy into an image layer's:

@@ -173,8 +173,9 @@ impl DockerBackend {
     }
 
     /// Captures the running sandbox `id` as `snapshot`: pauses it, freezes its disk,
-    /// copies the disk (sparse) and its writable layer, lets it go on, then loads
-    /// the layer as the snapshot's image (see [`layer`]).
+    /// copies the disk (sparse) and its writable layer, lets it go on, then stages
+    /// the layer as the snapshot's image and loads it while the caller goes on
+    /// (see [`layer`]).
     pub async fn snapshot(
         &self,
         id: &SandboxId,
@@ -238,11 +239,11 @@ impl DockerBackend {
         let captured = async {
             let captured = self.capture(&name, &slot, &dir, upper.as_deref()).await?;
             let config = snapshot_config(&base, snapshot, &self.runner);
-            let loaded = self.load_staged(&image, &base, &dir, config).await?;
-            Ok::<_, anyhow::Error>((captured, loaded))
+            let staged = self.stage_image(&image, &base, &dir, config).await?;
+            Ok::<_, anyhow::Error>((captured, staged))
         }
         .await;
-        let (captured, loaded) = match captured {
+        let (captured, (staged, staging)) = match captured {
             Ok(done) => done,
             Err(e) => {
                 self.remove_snapshot_storage(snapshot).await;
@@ -257,6 +258,7 @@ impl DockerBackend {
             user,
             workdir,
         };
+        self.load_in_background(snapshot, staged);
         let written = serde_json::to_vec(&env)
             .context("a snapshot's env")
             .and_then(|env| write_file(&dir.join(ENV), &env))
@@ -276,17 +278,16 @@ impl DockerBackend {
             pause_ms = ms(captured.pause),
             disk_copy_ms = ms(captured.disk),
             layer_copy_ms = ms(captured.layer),
-            whiteouts_ms = ms(loaded.whiteouts),
-            archive_ms = ms(loaded.archive),
-            hash_ms = ms(loaded.hash),
-            load_ms = ms(loaded.load),
+            whiteouts_ms = ms(staging.whiteouts),
+            archive_ms = ms(staging.archive),
+            hash_ms = ms(staging.hash),
             total_ms = ms(began.elapsed()),
             disk_bytes,
-            layer_bytes = loaded.layer_bytes,
+            layer_bytes = staging.layer_bytes,
             "snapshot taken"
         );
         Ok(SnapshotTaken {
-            size_bytes: disk_bytes + loaded.layer_bytes,
+            size_bytes: disk_bytes + staging.layer_bytes,
             frozen_ms: u64::try_from(frozen.as_millis()).unwrap_or(u64::MAX),
             image,
         })
@@ -372,6 +373,7 @@ impl DockerBackend {
         &self,
         fork: &Fork,
     ) -> crate::Result<bollard::models::ImageInspect> {
+        layer::image_loaded(&fork.snapshot).await?;
         match self.docker.inspect_image(&fork.meta.image).await {
             Ok(info) => Ok(info),
             Err(e) if is_not_found(&e) => Err(crate::Error::refused(
@@ -530,6 +532,8 @@ impl DockerBackend {
     /// Removes a snapshot's image, disk and directory (best effort: what is left is
     /// logged, and tried again at the next delete of a fork).
     async fn remove_snapshot_storage(&self, snapshot: &SnapshotId) {
+        // A load still running would make the image after it is removed.
+        let _ = layer::image_loaded(snapshot).await;
         let dir = self.snapshot_dir(snapshot);
         let lower = dir.join(LOWER);
         if is_mounted(&lower)
