@@ -63,109 +63,134 @@ static LOADING: std::sync::LazyLock<
     std::sync::Mutex<HashMap<String, tokio::sync::watch::Receiver<LoadResult>>>,
 > = std::sync::LazyLock::new(Default::default);
 
-impl DockerBackend {
-    /// Prepares the layer staged in `dir` to be loaded as the image `image`:
-    /// `base`'s layers and `config`, with the staged layer above them.
-    pub(super) async fn stage_image(
-        &self,
-        image: &str,
-        base: &ImageInspect,
-        dir: &Path,
-        config: ImageConfig,
-    ) -> Result<(StagedImage, Staging)> {
-        let mut staging = Staging::default();
-        let staged = dir.join(STAGED);
-        let archive = dir.join(LAYER_TAR);
-        let began = Instant::now();
-        let walk = staged.clone();
-        tokio::task::spawn_blocking(move || to_image_whiteouts(&walk))
-            .await
-            .context("converting the staged layer's whiteouts")??;
-        staging.whiteouts = began.elapsed();
-        let began = Instant::now();
-        archive_layer(&staged, &archive).await?;
-        staging.archive = began.elapsed();
-        let began = Instant::now();
-        let hashed = archive.clone();
-        let (diff_id, size) = tokio::task::spawn_blocking(move || diff_id(&hashed))
-            .await
-            .context("hashing the snapshot's layer")??;
-        staging.hash = began.elapsed();
-        staging.layer_bytes = size;
-        let mut layers = base
-            .root_fs
-            .as_ref()
-            .and_then(|r| r.layers.clone())
-            .unwrap_or_default();
-        // The engine has the base's layers (its image is in use by the source): a
-        // load looks each up by its chain and opens a layer's file only if missing.
-        let mut files: Vec<String> = (0..layers.len()).map(|i| format!("{i}.tar")).collect();
-        files.push(LAYER_TAR.to_owned());
-        layers.push(diff_id);
-        let manifest = serde_json::json!([{
-            "Config": "config.json",
-            "RepoTags": [image],
-            "Layers": files,
-        }]);
-        let mut image_config = serde_json::json!({
-            "architecture": base.architecture.as_deref().unwrap_or("amd64"),
-            "os": base.os.as_deref().unwrap_or("linux"),
-            "config": config,
-            "rootfs": {"type": "layers", "diff_ids": layers},
-        });
-        if let Some(variant) = &base.variant {
-            image_config["variant"] = variant.clone().into();
-        }
-        let mut head = Vec::new();
-        for (name, bytes) in [
-            ("manifest.json", serde_json::to_vec(&manifest)?),
-            ("config.json", serde_json::to_vec(&image_config)?),
-        ] {
-            head.extend_from_slice(&tar_header(name, bytes.len() as u64));
-            head.extend_from_slice(&bytes);
-            head.resize(head.len().next_multiple_of(BLOCK), 0);
-        }
-        head.extend_from_slice(&tar_header(LAYER_TAR, size));
-        let padding = usize::try_from(size.next_multiple_of(BLOCK as u64) - size).unwrap_or(0);
-        // The layer's padding, then the archive's end (two empty blocks).
-        let tail = vec![0u8; padding + 2 * BLOCK];
-        let image = StagedImage {
-            staged,
-            archive,
-            head,
-            tail,
-        };
-        Ok((image, staging))
-    }
+/// A snapshot's image to be made from its writable layer's copy.
+pub(super) struct NewImage {
+    pub(super) snapshot: SnapshotId,
+    /// `warren-snapshot:<snp>`.
+    pub(super) name: String,
+    /// The source's image, whose layers are below the new one.
+    pub(super) base: ImageInspect,
+    pub(super) config: ImageConfig,
+}
 
-    /// Loads `image` for `snapshot` while the caller goes on: the snapshot's
-    /// creates wait for it ([`image_loaded`]), and so does its removal.
-    pub(super) fn load_in_background(&self, snapshot: &SnapshotId, image: StagedImage) {
-        let (done, waiting) = tokio::sync::watch::channel(None);
-        if let Ok(mut loading) = LOADING.lock() {
-            loading.insert(snapshot.as_str().to_owned(), waiting);
-        }
-        let docker = self.docker.clone();
-        let snapshot = snapshot.clone();
-        tokio::spawn(async move {
-            let began = Instant::now();
-            let loaded = load(&docker, image).await;
-            match &loaded {
-                Ok(()) => tracing::info!(
-                    %snapshot,
-                    load_ms = began.elapsed().as_millis(),
-                    "snapshot image loaded"
-                ),
-                Err(e) => {
-                    tracing::warn!(%snapshot, error = %format!("{e:#}"), "loading a snapshot's image");
-                }
-            }
-            let _ = done.send(Some(loaded.map_err(|e| format!("{e:#}"))));
-            if let Ok(mut loading) = LOADING.lock() {
-                loading.remove(snapshot.as_str());
-            }
-        });
+/// Stages `image` from the layer copied into `dir` and starts its load (see
+/// [`image_loaded`]); returns once the load is under way.
+pub(super) async fn stage_and_load(
+    docker: Docker,
+    image: NewImage,
+    dir: PathBuf,
+) -> Result<Staging> {
+    let NewImage {
+        snapshot,
+        name,
+        base,
+        config,
+    } = image;
+    let (staged, staging) = stage_image(&name, &base, &dir, config).await?;
+    load_in_background(&docker, &snapshot, staged);
+    Ok(staging)
+}
+
+/// Prepares the layer staged in `dir` to be loaded as the image `image`: `base`'s
+/// layers and `config`, with the staged layer above them.
+async fn stage_image(
+    image: &str,
+    base: &ImageInspect,
+    dir: &Path,
+    config: ImageConfig,
+) -> Result<(StagedImage, Staging)> {
+    let mut staging = Staging::default();
+    let staged = dir.join(STAGED);
+    let archive = dir.join(LAYER_TAR);
+    let began = Instant::now();
+    let walk = staged.clone();
+    tokio::task::spawn_blocking(move || to_image_whiteouts(&walk))
+        .await
+        .context("converting the staged layer's whiteouts")??;
+    staging.whiteouts = began.elapsed();
+    let began = Instant::now();
+    archive_layer(&staged, &archive).await?;
+    staging.archive = began.elapsed();
+    let began = Instant::now();
+    let hashed = archive.clone();
+    let (diff_id, size) = tokio::task::spawn_blocking(move || diff_id(&hashed))
+        .await
+        .context("hashing the snapshot's layer")??;
+    staging.hash = began.elapsed();
+    staging.layer_bytes = size;
+    let mut layers = base
+        .root_fs
+        .as_ref()
+        .and_then(|r| r.layers.clone())
+        .unwrap_or_default();
+    // The engine has the base's layers (its image is in use by the source): a
+    // load looks each up by its chain and opens a layer's file only if missing.
+    let mut files: Vec<String> = (0..layers.len()).map(|i| format!("{i}.tar")).collect();
+    files.push(LAYER_TAR.to_owned());
+    layers.push(diff_id);
+    let manifest = serde_json::json!([{
+        "Config": "config.json",
+        "RepoTags": [image],
+        "Layers": files,
+    }]);
+    let mut image_config = serde_json::json!({
+        "architecture": base.architecture.as_deref().unwrap_or("amd64"),
+        "os": base.os.as_deref().unwrap_or("linux"),
+        "config": config,
+        "rootfs": {"type": "layers", "diff_ids": layers},
+    });
+    if let Some(variant) = &base.variant {
+        image_config["variant"] = variant.clone().into();
     }
+    let mut head = Vec::new();
+    for (name, bytes) in [
+        ("manifest.json", serde_json::to_vec(&manifest)?),
+        ("config.json", serde_json::to_vec(&image_config)?),
+    ] {
+        head.extend_from_slice(&tar_header(name, bytes.len() as u64));
+        head.extend_from_slice(&bytes);
+        head.resize(head.len().next_multiple_of(BLOCK), 0);
+    }
+    head.extend_from_slice(&tar_header(LAYER_TAR, size));
+    let padding = usize::try_from(size.next_multiple_of(BLOCK as u64) - size).unwrap_or(0);
+    // The layer's padding, then the archive's end (two empty blocks).
+    let tail = vec![0u8; padding + 2 * BLOCK];
+    let image = StagedImage {
+        staged,
+        archive,
+        head,
+        tail,
+    };
+    Ok((image, staging))
+}
+
+/// Loads `image` for `snapshot` while the caller goes on: the snapshot's creates
+/// wait for it ([`image_loaded`]), and so does its removal.
+fn load_in_background(docker: &Docker, snapshot: &SnapshotId, image: StagedImage) {
+    let (done, waiting) = tokio::sync::watch::channel(None);
+    if let Ok(mut loading) = LOADING.lock() {
+        loading.insert(snapshot.as_str().to_owned(), waiting);
+    }
+    let docker = docker.clone();
+    let snapshot = snapshot.clone();
+    tokio::spawn(async move {
+        let began = Instant::now();
+        let loaded = load(&docker, image).await;
+        match &loaded {
+            Ok(()) => tracing::info!(
+                %snapshot,
+                load_ms = began.elapsed().as_millis(),
+                "snapshot image loaded"
+            ),
+            Err(e) => {
+                tracing::warn!(%snapshot, error = %format!("{e:#}"), "loading a snapshot's image");
+            }
+        }
+        let _ = done.send(Some(loaded.map_err(|e| format!("{e:#}"))));
+        if let Ok(mut loading) = LOADING.lock() {
+            loading.remove(snapshot.as_str());
+        }
+    });
 }
 
 /// Waits until the image of `snapshot` is loaded, if it is being loaded; fails

@@ -100,6 +100,8 @@ struct Captured {
     disk: Duration,
     /// Copying its writable layer (beside the disk).
     layer: Duration,
+    /// Staging the image from the layer's copy (beside the disk's).
+    staging: layer::Staging,
 }
 
 /// Freezes a mounted file system (FIFREEZE) until dropped or thawed.
@@ -236,14 +238,16 @@ impl DockerBackend {
             .create(&dir)
             .with_context(|| format!("creating {}", dir.display()))?;
         let image = format!("{SNAPSHOT_REPO}:{}", snapshot.as_str());
-        let captured = async {
-            let captured = self.capture(&name, &slot, &dir, upper.as_deref()).await?;
-            let config = snapshot_config(&base, snapshot, &self.runner);
-            let staged = self.stage_image(&image, &base, &dir, config).await?;
-            Ok::<_, anyhow::Error>((captured, staged))
-        }
-        .await;
-        let (captured, (staged, staging)) = match captured {
+        let new_image = layer::NewImage {
+            snapshot: snapshot.clone(),
+            name: image.clone(),
+            config: snapshot_config(&base, snapshot, &self.runner),
+            base,
+        };
+        let captured = self
+            .capture(&name, &slot, &dir, upper.as_deref(), new_image)
+            .await;
+        let captured = match captured {
             Ok(done) => done,
             Err(e) => {
                 self.remove_snapshot_storage(snapshot).await;
@@ -258,7 +262,6 @@ impl DockerBackend {
             user,
             workdir,
         };
-        self.load_in_background(snapshot, staged);
         let written = serde_json::to_vec(&env)
             .context("a snapshot's env")
             .and_then(|env| write_file(&dir.join(ENV), &env))
@@ -278,16 +281,16 @@ impl DockerBackend {
             pause_ms = ms(captured.pause),
             disk_copy_ms = ms(captured.disk),
             layer_copy_ms = ms(captured.layer),
-            whiteouts_ms = ms(staging.whiteouts),
-            archive_ms = ms(staging.archive),
-            hash_ms = ms(staging.hash),
+            whiteouts_ms = ms(captured.staging.whiteouts),
+            archive_ms = ms(captured.staging.archive),
+            hash_ms = ms(captured.staging.hash),
             total_ms = ms(began.elapsed()),
             disk_bytes,
-            layer_bytes = staging.layer_bytes,
+            layer_bytes = captured.staging.layer_bytes,
             "snapshot taken"
         );
         Ok(SnapshotTaken {
-            size_bytes: disk_bytes + staging.layer_bytes,
+            size_bytes: disk_bytes + captured.staging.layer_bytes,
             frozen_ms: u64::try_from(frozen.as_millis()).unwrap_or(u64::MAX),
             image,
         })
@@ -295,13 +298,16 @@ impl DockerBackend {
 
     /// The capture itself, while the sandbox is paused: its disk (frozen, copied
     /// sparse) and, at the same time, its writable layer (copied as it is:
-    /// whiteouts and all, usually small) into `dir`.
+    /// whiteouts and all, usually small) into `dir`, from which `image` is staged
+    /// and its load started by a task of its own at once: beside the disk's copy,
+    /// which usually takes longer, and never keeping the sandbox paused.
     async fn capture(
         &self,
         name: &str,
         slot: &SandboxId,
         dir: &Path,
         upper: Option<&Path>,
+        image: layer::NewImage,
     ) -> Result<Captured> {
         let mount = self.disk_mount(slot);
         let disk = self.disk_image(slot);
@@ -352,18 +358,33 @@ impl DockerBackend {
                     .await
                     .context("copying the sandbox's writable layer")?;
             }
-            Ok::<_, anyhow::Error>(began.elapsed())
+            let copied = began.elapsed();
+            let staging = tokio::spawn(layer::stage_and_load(
+                self.docker.clone(),
+                image,
+                dir.to_owned(),
+            ));
+            Ok::<_, anyhow::Error>((copied, staging))
         };
-        let copied = tokio::try_join!(disk_copy, layer_copy);
+        // Both run to their end: a staging under way is waited for below, so that
+        // a failed capture's cleanup comes after its load has begun.
+        let (disk, layer) = tokio::join!(disk_copy, layer_copy);
         let unpaused = self.docker.unpause_container(name).await;
         let frozen = began.elapsed();
-        let (disk, layer) = copied?;
+        let (layer, staging) = layer?;
+        let staging = staging
+            .await
+            .context("staging the snapshot's image")
+            .and_then(|staged| staged);
+        let disk = disk?;
         unpaused.context("unpausing the sandbox")?;
+        let staging = staging?;
         Ok(Captured {
             frozen,
             pause,
             disk,
             layer,
+            staging,
         })
     }
 
