@@ -66,10 +66,12 @@ fn expect(reply: &Reply, status: u16, what: &str) -> Result<Value> {
     })
 }
 
-/// What a sandbox's shell sees of the source's preparation, one line each.
+/// What a sandbox's shell sees of the source's preparation, one line each (the
+/// last: what root removed from the image, a file and a directory's old contents,
+/// is gone).
 const LOOK: &str = "warren-hello; cat /workspace/a.txt /workspace/b.txt; \
     git -C /workspace rev-parse --abbrev-ref HEAD; git -C /workspace log --format=%s; \
-    wc -c < /workspace/ten-mib";
+    wc -c < /workspace/ten-mib; test ! -e /etc/issue && ls -A /usr/share/doc/bash";
 
 #[test]
 fn snapshots_and_forks() -> Result<()> {
@@ -118,7 +120,9 @@ fn scenario(d: &DockerStack) -> Result<()> {
         "sh",
         "-c",
         "printf '#!/bin/sh\\necho installed\\n' > /usr/local/bin/warren-hello && \
-         chmod 755 /usr/local/bin/warren-hello",
+         chmod 755 /usr/local/bin/warren-hello && rm /etc/issue && \
+         rm -r /usr/share/doc/bash && mkdir /usr/share/doc/bash && \
+         touch /usr/share/doc/bash/only",
     ])?;
     e.ssh(&source)
         .exec(
@@ -192,7 +196,8 @@ fn scenario(d: &DockerStack) -> Result<()> {
                 && lines.get(2) == Some(&"dirty")
                 && lines.get(3) == Some(&format!("warren/{fork}").as_str())
                 && lines.get(4) == Some(&"first")
-                && lines.get(5).map(|l| l.trim()) == Some("10485760"),
+                && lines.get(5).map(|l| l.trim()) == Some("10485760")
+                && lines.get(6) == Some(&"only"),
             "fork {fork} sees:\n{out}"
         );
         e.ssh(fork)
@@ -479,6 +484,9 @@ fn bench(d: &DockerStack) -> Result<()> {
         Ok(())
     };
     const RUNS: usize = 5;
+    // The machine is shared: how busy it was goes beside the figures.
+    let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load_before = load();
     // A plain create of the same image, to first `ssh true`.
     let mut plain = Vec::new();
     for _ in 0..RUNS {
@@ -592,6 +600,11 @@ fn bench(d: &DockerStack) -> Result<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     let mib = |b: u64| b as f64 / f64::from(1 << 20);
+    println!(
+        "load average (1, 5, 15 min) before: {}, after: {}",
+        load_before.trim(),
+        load().trim()
+    );
     println!("| measure | target | measured |");
     println!("|---|---|---|");
     println!(
@@ -618,6 +631,17 @@ fn bench(d: &DockerStack) -> Result<()> {
     );
     for id in ids.iter().chain([&big]) {
         delete(id)?;
+    }
+    // Where the runner's time went (its lines with each phase's milliseconds).
+    let log = std::fs::read_to_string(&d.runner.log).unwrap_or_default();
+    let phases = [
+        "snapshot taken",
+        "snapshot image loaded",
+        "created from a snapshot",
+        "prepared_ms",
+    ];
+    for line in log.lines().filter(|l| phases.iter().any(|p| l.contains(p))) {
+        println!("{line}");
     }
     Ok(())
 }

@@ -269,6 +269,7 @@ impl Lifecycle {
             }
             None => vec![None; body.count as usize],
         };
+        let began = std::time::Instant::now();
         let source = self.managed(owner, id).await?;
         // Room for all of them, before anything is made. Forks go only where their
         // source is, so a full runner is the request's conflict, not a wait (4xx).
@@ -295,6 +296,7 @@ impl Lifecycle {
                 }
             })?;
         }
+        let checked = began.elapsed();
         let snapshot = {
             let lc = self.clone();
             let owner = owner.clone();
@@ -313,7 +315,9 @@ impl Lifecycle {
                 ..FromSnapshot::default()
             })
             .collect();
+        let snapshotted = began.elapsed();
         let made = self.make_from_snapshot(owner, &snapshot, asks).await;
+        let forked = began.elapsed();
         // The forks keep what they use; nobody else asked for this snapshot.
         if let Err(e) = self.store.delete_snapshot(&snapshot.id).await {
             tracing::warn!(snapshot = %snapshot.id, "deleting a fork's snapshot: {e}");
@@ -321,6 +325,17 @@ impl Lifecycle {
             self.forget_on_runner(&snapshot.runner_id, &snapshot.id)
                 .await;
         }
+        // Where a fork's time goes, for whoever tunes it.
+        tracing::info!(
+            sandbox = %snapshot.source_id,
+            snapshot = %snapshot.id,
+            count = body.count,
+            checks_ms = checked.as_millis(),
+            snapshot_ms = (snapshotted - checked).as_millis(),
+            forks_ms = (forked - snapshotted).as_millis(),
+            forget_ms = (began.elapsed() - forked).as_millis(),
+            "forked"
+        );
         Ok(Forked {
             snapshot,
             forks: made?,
@@ -460,6 +475,7 @@ impl Lifecycle {
         spec: SandboxSpec,
         snapshot: SnapshotId,
     ) -> Result<Sandbox> {
+        let began = std::time::Instant::now();
         let guard = self.lock(&new.id).await;
         let sandbox = self.store.create_sandbox(&new).await?;
         let Some(runner) = sandbox.runner_id.clone() else {
@@ -473,13 +489,24 @@ impl Lifecycle {
             spec,
             branch: sandbox.branch.clone(),
         };
+        let stored = began.elapsed();
         let failure = match self.hub.control(&runner, &request).await {
             Ok(RunnerResponse::Ok) => {
+                let made = began.elapsed();
                 let reason = format!("created from snapshot {snapshot}");
-                return Ok(self
+                let sandbox = self
                     .store
                     .set_sandbox_state(&sandbox.id, SandboxState::Running, &reason)
-                    .await?);
+                    .await?;
+                tracing::info!(
+                    sandbox = %sandbox.id,
+                    %snapshot,
+                    store_ms = stored.as_millis(),
+                    runner_ms = (made - stored).as_millis(),
+                    running_ms = (began.elapsed() - made).as_millis(),
+                    "created from a snapshot"
+                );
+                return Ok(sandbox);
             }
             Ok(RunnerResponse::Refused { code, message }) if code == "snapshot_not_found" => {
                 Error::new(ErrorCode::Conflict, message)

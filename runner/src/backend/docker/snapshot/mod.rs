@@ -5,17 +5,16 @@
 //! A snapshot `<snp>` is two things, both copy-on-write for its forks:
 //!
 //! - **Its root file system**: the source's writable layer, copied (whiteouts and
-//!   all) while it is paused, then put into a never-started container of the
-//!   source's image and `docker commit`ted as the runner-local image
-//!   `warren-snapshot:<snp>` (labelled [`LABEL_SNAPSHOT`]) once the source runs
-//!   again — committing the running source itself would freeze it for seconds (the
-//!   engine walks its whole file system): one layer of what the sandbox changed
-//!   (`apt-get install`, `pip install --user`) above its image's layers, shared by
-//!   every fork.
-//!   The image's config is the source image's, with every variable and label the
-//!   container had beyond it *unset* (a bare `NAME`, which the engine drops from a
-//!   container's environment; an empty label): the create-time env (secrets) and
-//!   Warren's own never reach the image.
+//!   all) while it is paused, then, once the source runs again, archived as an
+//!   image layer and loaded (`docker load`, see [`layer`]) as the runner-local image
+//!   `warren-snapshot:<snp>` (labelled [`LABEL_SNAPSHOT`]) with the source image's
+//!   config: one layer of what the sandbox changed (`apt-get install`, `pip install
+//!   --user`) above its image's layers, shared by every fork. `docker commit` is not
+//!   used: on an engine whose storage driver diffs naively (fuse-overlayfs) it
+//!   walks the image's whole tree, seconds (a commit of the running source froze it
+//!   for 7 s; of a never-started container holding the staged layer, 0.8–3.4 s).
+//!   Nothing of the source container's config reaches the image: the create-time
+//!   env (secrets) and Warren's labels stay out.
 //! - **Its disk** (workspace, `/tmp`, `/var/tmp`, the image's volumes):
 //!   `<run dir>/.snapshots/<snp>/disk.img`, a sparse copy of the source's disk image
 //!   made while its file system is frozen (`fsfreeze`, which also leaves its journal
@@ -35,8 +34,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Instant;
 
-use bollard::models::ContainerConfig;
-use bollard::query_parameters::{CommitContainerOptions, RemoveImageOptions};
+use bollard::models::{ImageConfig, ImageInspect};
+use bollard::query_parameters::RemoveImageOptions;
 use serde::{Deserialize, Serialize};
 
 use super::disk::{is_mounted, private_dir, run};
@@ -44,6 +43,7 @@ use super::*;
 use crate::protocol::{SnapshotId, SnapshotTaken};
 
 mod fork_disk;
+mod layer;
 
 /// Every snapshot image carries this label, valued with the snapshot id.
 pub const LABEL_SNAPSHOT: &str = "org.warren.snapshot";
@@ -65,7 +65,7 @@ const DISK: &str = "disk.img";
 /// In a snapshot's directory: where its disk is mounted (read-only) for forks.
 const LOWER: &str = "lower";
 /// In a snapshot's directory while it is taken: the source's writable layer, copied
-/// while it was paused, until it is committed.
+/// while it was paused, until it is loaded as the snapshot's image.
 const STAGED: &str = "rootfs";
 
 /// What the runner keeps of a snapshot beside its disk.
@@ -76,12 +76,32 @@ pub(super) struct Meta {
     pub(super) image: String,
     /// The image the source was made from.
     pub(super) base_image: String,
+    /// The session user the source was made for (a devcontainer.json's), if
+    /// named: its forks' sessions run as the same user.
+    #[serde(default)]
+    pub(super) user: Option<String>,
+    /// The source's working directory (a devcontainer.json's `workspaceFolder`),
+    /// if not `/workspace`: its forks have the workspace there too.
+    #[serde(default)]
+    pub(super) workdir: Option<String>,
 }
 
 /// A fork being made: its snapshot and the snapshot's image.
 pub(super) struct Fork {
     pub(super) snapshot: SnapshotId,
     pub(super) meta: Meta,
+}
+
+/// How long a capture froze the source, and where that time went.
+struct Captured {
+    frozen: Duration,
+    pause: Duration,
+    /// Freezing, copying and thawing its disk.
+    disk: Duration,
+    /// Copying its writable layer (beside the disk).
+    layer: Duration,
+    /// Staging the image from the layer's copy (beside the disk's).
+    staging: layer::Staging,
 }
 
 /// Freezes a mounted file system (FIFREEZE) until dropped or thawed.
@@ -155,12 +175,15 @@ impl DockerBackend {
     }
 
     /// Captures the running sandbox `id` as `snapshot`: pauses it, freezes its disk,
-    /// copies the disk (sparse) and commits its container, then lets it go on.
+    /// copies the disk (sparse) and its writable layer, lets it go on, then stages
+    /// the layer as the snapshot's image and loads it while the caller goes on
+    /// (see [`layer`]).
     pub async fn snapshot(
         &self,
         id: &SandboxId,
         snapshot: &SnapshotId,
     ) -> crate::Result<SnapshotTaken> {
+        let began = Instant::now();
         let name = container_name(id);
         let info = match self.docker.inspect_container(&name, None).await {
             Ok(info) => info,
@@ -201,9 +224,11 @@ impl DockerBackend {
             .map(PathBuf::from);
         let config = info.config.unwrap_or_default();
         let base_image = config.image.clone().unwrap_or_default();
+        // By its id: the name may have been given to another image since.
+        let base_id = info.image.clone().unwrap_or_else(|| base_image.clone());
         let base = self
             .docker
-            .inspect_image(&base_image)
+            .inspect_image(&base_id)
             .await
             .with_context(|| format!("inspecting the sandbox's image {base_image}"))?;
         let dir = self.snapshot_dir(snapshot);
@@ -213,25 +238,29 @@ impl DockerBackend {
             .create(&dir)
             .with_context(|| format!("creating {}", dir.display()))?;
         let image = format!("{SNAPSHOT_REPO}:{}", snapshot.as_str());
-        let captured = async {
-            let frozen = self.capture(&name, &slot, &dir, upper.as_deref()).await?;
-            let config = snapshot_config(&base, &config, snapshot, &self.runner);
-            self.commit_staged(snapshot, &base_image, &dir, config)
-                .await?;
-            Ok::<_, anyhow::Error>(frozen)
-        }
-        .await;
-        let frozen = match captured {
-            Ok(frozen) => frozen,
+        let new_image = layer::NewImage {
+            snapshot: snapshot.clone(),
+            name: image.clone(),
+            config: snapshot_config(&base, snapshot, &self.runner),
+            base,
+        };
+        let captured = self
+            .capture(&name, &slot, &dir, upper.as_deref(), new_image)
+            .await;
+        let captured = match captured {
+            Ok(done) => done,
             Err(e) => {
                 self.remove_snapshot_storage(snapshot).await;
                 return Err(e.into());
             }
         };
+        let (user, workdir) = source_settings(config.env.as_deref().unwrap_or_default());
         let meta = Meta {
             source: id.as_str().to_owned(),
             image: image.clone(),
             base_image,
+            user,
+            workdir,
         };
         let written = serde_json::to_vec(&env)
             .context("a snapshot's env")
@@ -243,31 +272,43 @@ impl DockerBackend {
             return Err(e.into());
         }
         let disk_bytes = fs::metadata(dir.join(DISK)).map_or(0, |m| m.blocks() * 512);
-        let layer_bytes = match self.docker.inspect_image(&image).await {
-            Ok(i) => {
-                let own = i.size.unwrap_or(0) - base.size.unwrap_or(0);
-                u64::try_from(own).unwrap_or(0)
-            }
-            Err(_) => 0,
-        };
-        tracing::info!(sandbox = %id, %snapshot, frozen_ms = frozen.as_millis(), disk_bytes, layer_bytes, "snapshot taken");
+        let frozen = captured.frozen;
+        let ms = |d: Duration| d.as_millis();
+        tracing::info!(
+            sandbox = %id,
+            %snapshot,
+            frozen_ms = ms(frozen),
+            pause_ms = ms(captured.pause),
+            disk_copy_ms = ms(captured.disk),
+            layer_copy_ms = ms(captured.layer),
+            whiteouts_ms = ms(captured.staging.whiteouts),
+            archive_ms = ms(captured.staging.archive),
+            hash_ms = ms(captured.staging.hash),
+            total_ms = ms(began.elapsed()),
+            disk_bytes,
+            layer_bytes = captured.staging.layer_bytes,
+            "snapshot taken"
+        );
         Ok(SnapshotTaken {
-            size_bytes: disk_bytes + layer_bytes,
+            size_bytes: disk_bytes + captured.staging.layer_bytes,
             frozen_ms: u64::try_from(frozen.as_millis()).unwrap_or(u64::MAX),
             image,
         })
     }
 
     /// The capture itself, while the sandbox is paused: its disk (frozen, copied
-    /// sparse) and its writable layer (copied as it is: whiteouts and all, usually
-    /// small) into `dir`. Returns how long the sandbox was frozen.
+    /// sparse) and, at the same time, its writable layer (copied as it is:
+    /// whiteouts and all, usually small) into `dir`, from which `image` is staged
+    /// and its load started by a task of its own at once: beside the disk's copy,
+    /// which usually takes longer, and never keeping the sandbox paused.
     async fn capture(
         &self,
         name: &str,
         slot: &SandboxId,
         dir: &Path,
         upper: Option<&Path>,
-    ) -> Result<Duration> {
+        image: layer::NewImage,
+    ) -> Result<Captured> {
         let mount = self.disk_mount(slot);
         let disk = self.disk_image(slot);
         let staged = dir.join(STAGED);
@@ -277,7 +318,9 @@ impl DockerBackend {
             .pause_container(name)
             .await
             .context("pausing the sandbox")?;
-        let inner = async {
+        let pause = began.elapsed();
+        let disk_copy = async {
+            let began = Instant::now();
             let frozen = if is_mounted(&mount) {
                 run("fsfreeze", &[OsStr::new("-f"), mount.as_os_str()])
                     .await
@@ -304,6 +347,10 @@ impl DockerBackend {
             if let Some(frozen) = frozen {
                 frozen.thaw().await?;
             }
+            Ok::<_, anyhow::Error>(began.elapsed())
+        };
+        let layer_copy = async {
+            let began = Instant::now();
             if let Some(upper) = upper {
                 let mut from = upper.as_os_str().to_owned();
                 from.push("/.");
@@ -311,105 +358,34 @@ impl DockerBackend {
                     .await
                     .context("copying the sandbox's writable layer")?;
             }
-            Ok::<_, anyhow::Error>(())
-        }
-        .await;
+            let copied = began.elapsed();
+            let staging = tokio::spawn(layer::stage_and_load(
+                self.docker.clone(),
+                image,
+                dir.to_owned(),
+            ));
+            Ok::<_, anyhow::Error>((copied, staging))
+        };
+        // Both run to their end: a staging under way is waited for below, so that
+        // a failed capture's cleanup comes after its load has begun.
+        let (disk, layer) = tokio::join!(disk_copy, layer_copy);
         let unpaused = self.docker.unpause_container(name).await;
         let frozen = began.elapsed();
-        inner?;
-        unpaused.context("unpausing the sandbox")?;
-        Ok(frozen)
-    }
-
-    /// After the sandbox goes on: the snapshot's image, from a container of the
-    /// source's image (never started) holding the staged writable layer, committed
-    /// (a running container's commit walks its whole file system: seconds).
-    async fn commit_staged(
-        &self,
-        snapshot: &SnapshotId,
-        base_image: &str,
-        dir: &Path,
-        config: ContainerConfig,
-    ) -> Result<()> {
-        let name = format!("{SNAPSHOT_REPO}-{}", snapshot.as_str());
-        let labels = HashMap::from([
-            (LABEL_SNAPSHOT.to_owned(), snapshot.as_str().to_owned()),
-            (LABEL_RUNNER.to_owned(), self.runner.clone()),
-        ]);
-        self.docker
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: Some(name.clone()),
-                    ..Default::default()
-                }),
-                ContainerCreateBody {
-                    image: Some(base_image.to_owned()),
-                    labels: Some(labels),
-                    network_disabled: Some(true),
-                    host_config: Some(HostConfig {
-                        network_mode: Some("none".into()),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-            )
+        let (layer, staging) = layer?;
+        let staging = staging
             .await
-            .context("creating the snapshot's image container")?;
-        let committed = async {
-            let info = self
-                .docker
-                .inspect_container(&name, None)
-                .await
-                .context("inspecting the snapshot's image container")?;
-            let upper = info
-                .graph_driver
-                .as_ref()
-                .and_then(|g| g.data.get("UpperDir"))
-                .map(PathBuf::from)
-                .context(
-                    "the engine names no writable layer (a storage driver other than an overlay)",
-                )?;
-            let mut from = dir.join(STAGED).into_os_string();
-            from.push("/.");
-            run("cp", &[OsStr::new("-a"), &from, upper.as_os_str()])
-                .await
-                .context("staging the snapshot's layer")?;
-            self.docker
-                .commit_container(
-                    CommitContainerOptions {
-                        container: Some(name.clone()),
-                        repo: Some(SNAPSHOT_REPO.to_owned()),
-                        tag: Some(snapshot.as_str().to_owned()),
-                        comment: Some(format!("warren snapshot {snapshot}")),
-                        pause: false,
-                        ..Default::default()
-                    },
-                    config,
-                )
-                .await
-                .context("committing the snapshot's root file system")?;
-            Ok::<_, anyhow::Error>(())
-        }
-        .await;
-        let removed = self
-            .docker
-            .remove_container(
-                &name,
-                Some(RemoveContainerOptions {
-                    force: true,
-                    v: true,
-                    ..Default::default()
-                }),
-            )
-            .await;
-        committed?;
-        if let Err(e) = removed {
-            tracing::warn!(%snapshot, error = %e, "removing the snapshot's image container");
-        }
-        if let Err(e) = fs::remove_dir_all(dir.join(STAGED)) {
-            tracing::warn!(%snapshot, error = %e, "removing the staged layer");
-        }
-        Ok(())
+            .context("staging the snapshot's image")
+            .and_then(|staged| staged);
+        let disk = disk?;
+        unpaused.context("unpausing the sandbox")?;
+        let staging = staging?;
+        Ok(Captured {
+            frozen,
+            pause,
+            disk,
+            layer,
+            staging,
+        })
     }
 
     /// The image a fork of `fork` is made from (the snapshot's: it was allowed when
@@ -418,6 +394,7 @@ impl DockerBackend {
         &self,
         fork: &Fork,
     ) -> crate::Result<bollard::models::ImageInspect> {
+        layer::image_loaded(&fork.snapshot).await?;
         match self.docker.inspect_image(&fork.meta.image).await {
             Ok(info) => Ok(info),
             Err(e) if is_not_found(&e) => Err(crate::Error::refused(
@@ -469,6 +446,13 @@ impl DockerBackend {
             snapshot: snapshot.clone(),
             meta: self.snapshot_meta(snapshot)?,
         };
+        // The source's user and workspace folder, unless the create names its own.
+        if spec.user.is_none() {
+            spec.user.clone_from(&fork.meta.user);
+        }
+        if spec.workdir.is_none() {
+            spec.workdir.clone_from(&fork.meta.workdir);
+        }
         // The source's env, with the create's entries over it.
         let mut env = self.snapshot_env(snapshot)?;
         env.append(&mut spec.env);
@@ -482,6 +466,8 @@ impl DockerBackend {
             .with_context(|| format!("creating {}", dir.display()))?;
         super::super::write_authorized_keys(&dir, authorized_keys)?;
         let name = container_name(id);
+        let began = Instant::now();
+        let mut made_at = Duration::ZERO;
         let made = async {
             self.make(
                 id,
@@ -494,6 +480,7 @@ impl DockerBackend {
                 &name,
             )
             .await?;
+            made_at = began.elapsed();
             if let Some(branch) = branch {
                 self.fork_branch(id, branch).await?;
             }
@@ -507,36 +494,32 @@ impl DockerBackend {
             }
             return Err(e);
         }
-        tracing::info!(sandbox = %id, %snapshot, "sandbox created from a snapshot");
+        tracing::info!(
+            sandbox = %id,
+            %snapshot,
+            make_ms = made_at.as_millis(),
+            branch_ms = (began.elapsed() - made_at).as_millis(),
+            "sandbox created from a snapshot"
+        );
         Ok(())
     }
 
     /// Switches the fork's workspace repository (if it has one) to the new branch
-    /// `branch`, its uncommitted changes carried over.
+    /// `branch`, its uncommitted changes carried over: one exec (each is a round
+    /// trip to the engine), in the sandbox as its user, as any git of the workspace.
     async fn fork_branch(&self, id: &SandboxId, branch: &str) -> crate::Result<()> {
         crate::protocol::validate::branch(branch)
             .map_err(|e| crate::Error::refused("invalid_branch", e.to_string()))?;
         let user = self.session_user(id)?;
-        let has_repo = self
-            .exec_as(
-                id,
-                &user,
-                &["git", "-C", WORKSPACE, "rev-parse", "--git-dir"],
-                None,
-            )
+        // No repository (or no git) is nothing to switch; the branch is an
+        // argument, never part of the script.
+        let script = format!(
+            "git -C {WORKSPACE} rev-parse --git-dir >/dev/null 2>&1 || exit 0; \
+             exec git -C {WORKSPACE} checkout --quiet -b \"$1\""
+        );
+        self.exec_as(id, &user, &["sh", "-c", &script, "sh", branch], None)
             .await
-            .is_ok();
-        if !has_repo {
-            return Ok(());
-        }
-        self.exec_as(
-            id,
-            &user,
-            &["git", "-C", WORKSPACE, "checkout", "--quiet", "-b", branch],
-            None,
-        )
-        .await
-        .with_context(|| format!("creating the fork's branch {branch}"))?;
+            .with_context(|| format!("creating the fork's branch {branch}"))?;
         Ok(())
     }
 
@@ -570,6 +553,8 @@ impl DockerBackend {
     /// Removes a snapshot's image, disk and directory (best effort: what is left is
     /// logged, and tried again at the next delete of a fork).
     async fn remove_snapshot_storage(&self, snapshot: &SnapshotId) {
+        // A load still running would make the image after it is removed.
+        let _ = layer::image_loaded(snapshot).await;
         let dir = self.snapshot_dir(snapshot);
         let lower = dir.join(LOWER);
         if is_mounted(&lower)
@@ -600,47 +585,30 @@ impl DockerBackend {
     }
 }
 
-/// The config of a snapshot's image: its source image's, with every variable and
-/// label the container had beyond those *unset* — a bare `NAME` (the engine drops
-/// it from a container's environment) and an empty label — so neither the
-/// create-time env nor Warren's own settings are written into the image (the
-/// engine would otherwise merge the container's in).
-fn snapshot_config(
-    base: &bollard::models::ImageInspect,
-    container: &ContainerConfig,
-    snapshot: &SnapshotId,
-    runner: &str,
-) -> ContainerConfig {
-    let image = base.config.clone().unwrap_or_default();
-    let base_env = image.env.clone().unwrap_or_default();
-    let key = |e: &str| e.split('=').next().unwrap_or_default().to_owned();
-    let base_keys: Vec<String> = base_env.iter().map(|e| key(e)).collect();
-    let mut env = base_env;
-    for entry in container.env.iter().flatten() {
-        let k = key(entry);
-        if !base_keys.contains(&k) && !env.contains(&k) {
-            env.push(k);
-        }
-    }
-    let mut labels = image.labels.clone().unwrap_or_default();
-    for k in container.labels.iter().flatten().map(|(k, _)| k) {
-        labels.entry(k.clone()).or_default();
-    }
+/// The session user and working directory a sandbox's container was made with
+/// (the runner's own variables in its config), unless they are the defaults.
+fn source_settings(env: &[String]) -> (Option<String>, Option<String>) {
+    let value = |name: &str| {
+        env.iter()
+            .filter_map(|e| e.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_owned())
+    };
+    let user = value("WARREN_SANDBOX_USER").filter(|u| !u.is_empty() && u != "auto");
+    let workdir = value("WARREN_WORKDIR").filter(|w| !w.is_empty() && w != WORKSPACE);
+    (user, workdir)
+}
+
+/// The config of a snapshot's image: its source image's, labelled as the
+/// snapshot's. Nothing of the source container's config goes in (the load merges
+/// nothing), so neither the create-time env nor Warren's own labels are written
+/// into the image.
+fn snapshot_config(base: &ImageInspect, snapshot: &SnapshotId, runner: &str) -> ImageConfig {
+    let mut config = base.config.clone().unwrap_or_default();
+    let labels = config.labels.get_or_insert_default();
     labels.insert(LABEL_SNAPSHOT.to_owned(), snapshot.as_str().to_owned());
     labels.insert(LABEL_RUNNER.to_owned(), runner.to_owned());
-    ContainerConfig {
-        user: image.user,
-        env: Some(env),
-        cmd: image.cmd,
-        entrypoint: image.entrypoint,
-        working_dir: image.working_dir,
-        volumes: image.volumes,
-        exposed_ports: image.exposed_ports,
-        stop_signal: image.stop_signal,
-        shell: image.shell,
-        labels: Some(labels),
-        ..Default::default()
-    }
+    config
 }
 
 #[cfg(test)]
@@ -649,40 +617,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_snapshot_image_keeps_no_secret_and_no_warren_label() {
-        let base = bollard::models::ImageInspect {
-            config: Some(bollard::models::ImageConfig {
+    fn a_snapshot_image_has_its_images_config_and_labels() {
+        let base = ImageInspect {
+            config: Some(ImageConfig {
                 env: Some(vec!["PATH=/bin".into(), "LANG=C".into()]),
                 labels: Some(HashMap::from([("maintainer".into(), "x".into())])),
+                user: Some("dev".into()),
                 ..Default::default()
             }),
             ..Default::default()
         };
-        let container = ContainerConfig {
-            env: Some(vec![
-                "PATH=/bin".into(),
-                "LANG=C".into(),
-                "WARREN_TOKEN_KEY=secret-key".into(),
-                "GITHUB_TOKEN=ghp_secret".into(),
-            ]),
-            labels: Some(HashMap::from([
-                (LABEL_SANDBOX.into(), "sbx-a".into()),
-                (LABEL_POOL.into(), "warren-base".into()),
-            ])),
-            ..Default::default()
-        };
         let snapshot = SnapshotId::generate();
-        let config = snapshot_config(&base, &container, &snapshot, "run-1");
-        let env = config.env.unwrap();
-        assert_eq!(
-            env,
-            ["PATH=/bin", "LANG=C", "WARREN_TOKEN_KEY", "GITHUB_TOKEN"]
-        );
-        assert!(!format!("{env:?}").contains("secret"));
+        let config = snapshot_config(&base, &snapshot, "run-1");
+        assert_eq!(config.env.unwrap(), ["PATH=/bin", "LANG=C"]);
+        assert_eq!(config.user.as_deref(), Some("dev"));
         let labels = config.labels.unwrap();
-        assert_eq!(labels[LABEL_POOL], "");
-        assert_eq!(labels[LABEL_SANDBOX], "");
+        assert_eq!(labels.len(), 3, "{labels:?}");
         assert_eq!(labels["maintainer"], "x");
         assert_eq!(labels[LABEL_SNAPSHOT], snapshot.as_str());
+        assert_eq!(labels[LABEL_RUNNER], "run-1");
+    }
+
+    #[test]
+    fn a_forks_user_and_workdir_are_its_sources_unless_default() {
+        let env = |user: &str, workdir: &str| -> Vec<String> {
+            vec![
+                "PATH=/bin".into(),
+                format!("WARREN_SANDBOX_USER={user}"),
+                format!("WARREN_WORKDIR={workdir}"),
+            ]
+        };
+        assert_eq!(
+            source_settings(&env("dev", "/src/app")),
+            (Some("dev".into()), Some("/src/app".into()))
+        );
+        assert_eq!(source_settings(&env("auto", WORKSPACE)), (None, None));
+        assert_eq!(source_settings(&[]), (None, None));
     }
 }
