@@ -86,7 +86,7 @@ fn revocation_crosses(
     );
     let secret = key["api_key"].as_str().context("api_key")?;
     let key_id = key["id"].as_str().context("id")?;
-    let mut session = tier
+    let session = tier
         .relay(held, sandbox)
         .with_password(secret)?
         .exec("echo started; sleep 30; echo survived")
@@ -103,11 +103,8 @@ fn revocation_crosses(
         "revoking through gateway {revoked}: {status} {body}"
     );
     let answered = Instant::now();
-    wait_for("the session to end", Duration::from_secs(10), || {
-        Ok(session.try_wait().is_some())
-    })?;
+    let out = session.wait_timeout(Duration::from_secs(20))?;
     let took = answered.elapsed();
-    let out = session.wait()?;
     ensure!(
         took < WITHIN && !out.stdout_str().contains("survived"),
         "a key revoked through gateway {revoked}: the session through gateway {held} \
@@ -165,6 +162,10 @@ fn postgres_restart_under_load(
         .collect::<Result<Vec<_>>>()?;
     echo_through(&mut live, "before")?;
 
+    // Down for some 6 s: a restart. (Held past the membership's 10 s freshness,
+    // the first gateway to heartbeat again sees the others' rows stale and tells
+    // the runners a set without them; a held session then ends: see
+    // docs/architecture.md, the tier's "Not yet".)
     let stopped = Instant::now();
     pg.stop()?;
     let logins: Vec<Running> = (0..3)
