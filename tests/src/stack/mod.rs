@@ -12,7 +12,8 @@
 //!   API; the gateway can be killed and started again ([`ServedStack`]).
 //! - [`StackBuilder::tier`]: a gateway tier: several `warren-gateway serve`
 //!   processes on one PostgreSQL store and Docker runners with a tunnel to each
-//!   ([`TierStack`]); gateways can be killed, stopped and started again.
+//!   ([`TierStack`]); gateways can be killed, stopped and started again;
+//!   [`StackBuilder::process_tier`]: the same with process-backend runners.
 //! - [`StackBuilder::processes`]: `warren-gateway serve` and `warren-runner run` as
 //!   processes of the release build, with sandboxes already running
 //!   ([`GatewayStack`], for the benches: their memory is the processes' own).
@@ -38,6 +39,7 @@ mod processes;
 mod served;
 mod shared_store;
 mod tier;
+mod tier_runners;
 mod up;
 
 pub use api::{Account, Api, ApiStack, Reply, check_error};
@@ -52,7 +54,8 @@ pub use in_process::{RunnerProc, Stack, console, join_runner, run, sandbox_row};
 pub use processes::{Backend, GatewayStack, StackOptions, docker_agent_and_image};
 pub use served::{ServedStack, ssh_works_within};
 pub use shared_store::{PrivatePostgres, SharedDb, Tier, postgres_schema};
-pub use tier::{TierGateway, TierRunner, TierStack};
+pub use tier::{TierBackend, TierGateway, TierSpec, TierStack};
+pub use tier_runners::TierRunner;
 pub use up::{Up, UpApi, UpStack, home_for};
 use warren_gateway::recordings::RecordingPolicy;
 use warren_gateway::server::Options;
@@ -132,12 +135,38 @@ impl StackBuilder {
     }
 
     /// `gateways` `warren-gateway serve` processes on one PostgreSQL store (a fresh
-    /// schema) sharing a cluster secret, and `runners` Docker runners, the n-th
-    /// joined through gateway n mod `gateways`; returns once every gateway has a
-    /// tunnel from every runner. `None` when PostgreSQL, Docker or root is missing
-    /// outside CI. The gateways' options are those of `serve`.
+    /// schema, in the server [`StackBuilder::on_postgres`] names, else in
+    /// `WARREN_TEST_POSTGRES_URL`'s) sharing a cluster secret, and `runners` Docker
+    /// runners, the n-th joined through gateway n mod `gateways`; returns once
+    /// every gateway has a tunnel from every runner. `None` when PostgreSQL, Docker
+    /// or root is missing outside CI. The gateways' options are those of `serve`;
+    /// the build is the builder's.
     pub fn tier(self, gateways: usize, runners: usize) -> anyhow::Result<Option<TierStack>> {
-        TierStack::start(gateways, runners)
+        TierStack::start(self.tier_spec(gateways, runners, TierBackend::Docker))
+    }
+
+    /// [`StackBuilder::tier`] with process-backend runners (no Docker needed),
+    /// logging warnings only unless `RUST_LOG` says otherwise: the scale bench's.
+    pub fn process_tier(
+        self,
+        gateways: usize,
+        runners: usize,
+    ) -> anyhow::Result<Option<TierStack>> {
+        TierStack::start(TierSpec {
+            log_filter: "warn",
+            ..self.tier_spec(gateways, runners, TierBackend::Process)
+        })
+    }
+
+    fn tier_spec(self, gateways: usize, runners: usize, backend: TierBackend) -> TierSpec {
+        TierSpec {
+            gateways,
+            runners,
+            backend,
+            postgres: self.postgres,
+            profile: self.profile,
+            log_filter: "info",
+        }
     }
 
     /// The gateway and one runner as release processes in `work`, with

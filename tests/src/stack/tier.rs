@@ -1,15 +1,17 @@
 //! A gateway tier as operators run it: several `warren-gateway serve` processes on
 //! one PostgreSQL store (a fresh schema of the test server at
-//! `WARREN_TEST_POSTGRES_URL`), sharing keys through one cluster secret file, and
-//! Docker-backend `warren-runner` processes, each joined through a different
-//! gateway. Gateways can be killed, stopped cleanly and started again on their own
-//! data directory and ports. Set up with the operator's commands, as
+//! `WARREN_TEST_POSTGRES_URL`, or of a server the test owns and may restart),
+//! sharing keys through one cluster secret file, and `warren-runner` processes
+//! (Docker or process backend, [`super::tier_runners`]), each joined through a
+//! different gateway. Gateways can be killed, stopped cleanly and started again on
+//! their own data directory and ports. Set up with the operator's commands, as
 //! [`super::ServedStack`] is.
 
 use std::cell::RefCell;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -17,15 +19,29 @@ use tempfile::TempDir;
 use warren_keys::SandboxId;
 use warren_store::RunnerId;
 
-use super::docker::{docker_available, image, remove_runner_objects, static_agent, unmount_disks};
 use super::in_process::join_runner;
 use super::served::{join_token, output_of};
-use crate::util::{free_port, prerequisite, running_as_root};
-use crate::{ChildGuard, Client, Cmd, Target, bin_path};
+use super::tier_runners::{Binaries, TierRunner, spawn_runner};
+use crate::util::{free_port, prerequisite};
+use crate::{ChildGuard, Client, Cmd, Profile, Target};
+
+pub use super::tier_runners::TierBackend;
 
 const POSTGRES_URL_VAR: &str = "WARREN_TEST_POSTGRES_URL";
-/// The image the tier's runners give sandboxes.
-const IMAGE: &str = "warren-busybox:latest";
+
+/// What [`TierStack::start`] starts.
+pub struct TierSpec {
+    pub gateways: usize,
+    pub runners: usize,
+    pub backend: TierBackend,
+    /// The PostgreSQL server the tier's schema is made in; `WARREN_TEST_POSTGRES_URL`
+    /// when `None`.
+    pub postgres: Option<String>,
+    /// The build of the gateways, runners and agents.
+    pub profile: Profile,
+    /// The processes' log filter when `RUST_LOG` is not set.
+    pub log_filter: &'static str,
+}
 
 /// One gateway of the tier: its own data directory and ports (SSH, runners, HTTP).
 pub struct TierGateway {
@@ -51,15 +67,13 @@ impl TierGateway {
     pub fn is_running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| c.try_wait().is_none())
     }
-}
 
-/// One Docker runner of the tier.
-pub struct TierRunner {
-    child: ChildGuard,
-    pub data: TempDir,
-    listen: TempDir,
-    pub id: RunnerId,
-    pub log: PathBuf,
+    /// The process's id while it runs (for its memory and descriptors in /proc).
+    pub fn pid(&mut self) -> Option<u32> {
+        self.is_running()
+            .then(|| self.child.as_ref().map(ChildGuard::pid))
+            .flatten()
+    }
 }
 
 /// Where the tier's store lives: a schema of its own, dropped at the end.
@@ -103,15 +117,17 @@ fn psql(url: &str, sql: &str) -> Result<()> {
     Ok(())
 }
 
-/// Gateways on one PostgreSQL store and Docker runners with a tunnel to each; a
-/// user `alice` (admin) whose key `client` holds. Removes the runners' Docker
-/// objects and the schema when dropped.
+/// Gateways on one PostgreSQL store and runners with a tunnel to each; a user
+/// `alice` (admin) whose key `client` holds. Removes the runners' sandboxes and the
+/// schema when dropped.
 pub struct TierStack {
     pub rt: tokio::runtime::Runtime,
     pub gateways: Vec<TierGateway>,
     pub runners: Vec<TierRunner>,
     pub client: Client,
     pub api_key: String,
+    spec: TierSpec,
+    bins: Binaries,
     work: TempDir,
     schema: Schema,
     made: RefCell<Vec<SandboxId>>,
@@ -119,22 +135,26 @@ pub struct TierStack {
 }
 
 impl TierStack {
-    /// `Stack::builder().tier(g, r)`: `None` when Docker, root or PostgreSQL is
-    /// missing outside CI (the test is then skipped).
-    pub(super) fn start(gateways: usize, runners: usize) -> Result<Option<TierStack>> {
-        let admin_url = std::env::var(POSTGRES_URL_VAR).unwrap_or_default();
+    /// `Stack::builder().tier(g, r)` and the like: `None` when PostgreSQL (or, for
+    /// Docker runners, Docker or root) is missing outside CI (the test is then
+    /// skipped).
+    pub(super) fn start(spec: TierSpec) -> Result<Option<TierStack>> {
+        let admin_url = match &spec.postgres {
+            Some(url) => url.clone(),
+            None => std::env::var(POSTGRES_URL_VAR).unwrap_or_default(),
+        };
         if !prerequisite(
             !admin_url.is_empty(),
             "a PostgreSQL server (scripts/test-postgres, its URL in WARREN_TEST_POSTGRES_URL)",
-        )? || !prerequisite(docker_available(), "a Docker engine")?
-            || !prerequisite(running_as_root(), "root (the docker backend needs it)")?
-        {
+        )? {
             return Ok(None);
         }
         let t0 = Instant::now();
-        let agent = static_agent()?;
-        image("build-busybox")?;
-        eprintln!("tier: agent and image ready in {:?}", t0.elapsed());
+        let Some(bins) = Binaries::for_tier(spec.backend, spec.profile, spec.runners)? else {
+            return Ok(None);
+        };
+        eprintln!("tier: binaries (and image) ready in {:?}", t0.elapsed());
+        let (gateways, runners) = (spec.gateways, spec.runners);
         let schema = Schema::create(&admin_url)?;
         let work = TempDir::new()?;
         let secret = work.path().join("cluster-secret");
@@ -155,6 +175,8 @@ impl TierStack {
             runners: Vec::new(),
             client,
             api_key: String::new(),
+            spec,
+            bins,
             work,
             schema,
             made: RefCell::default(),
@@ -202,7 +224,7 @@ impl TierStack {
             let listen = TempDir::new()?;
             let name = format!("r{r}");
             let id = join_runner(
-                &bin_path("warren-runner"),
+                &tier.bins.runner,
                 &tier.gateways[through].runner_address(),
                 &token,
                 &fingerprint,
@@ -210,13 +232,21 @@ impl TierStack {
                 data.path(),
             )?;
             let log = data.path().join("runner.log");
-            let child = spawn_runner(&agent, data.path(), listen.path(), r, &log)?;
+            let child = spawn_runner(
+                &tier.bins,
+                tier.log_filter(),
+                data.path(),
+                listen.path(),
+                r,
+                &log,
+            )?;
             tier.runners.push(TierRunner {
                 child,
                 data,
                 listen,
                 id,
                 log,
+                backend: tier.spec.backend,
             });
         }
         eprintln!("tier: gateways and runners started in {:?}", t0.elapsed());
@@ -228,7 +258,7 @@ impl TierStack {
 
     /// `warren-gateway` on gateway `i`'s data directory and the shared store.
     fn operator(&self, i: usize) -> Command {
-        let mut cmd = Command::new(bin_path("warren-gateway"));
+        let mut cmd = Command::new(&self.bins.gateway);
         cmd.arg("--data-dir")
             .arg(self.gateways[i].data.path())
             .arg("--database-url")
@@ -237,6 +267,11 @@ impl TierStack {
             .arg(self.secret_file())
             .stdin(Stdio::null());
         cmd
+    }
+
+    /// `RUST_LOG` if set, else the spec's filter.
+    fn log_filter(&self) -> String {
+        std::env::var("RUST_LOG").unwrap_or_else(|_| self.spec.log_filter.to_owned())
     }
 
     pub fn secret_file(&self) -> PathBuf {
@@ -264,10 +299,7 @@ impl TierStack {
         ])
         .args(["--runner-listen", &g.runner_address()])
         .args(["--http-listen", &format!("127.0.0.1:{}", g.ports[2])])
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-        )
+        .env("RUST_LOG", self.log_filter())
         .stdout(Stdio::null())
         .stderr(log);
         let child = ChildGuard::spawn(&mut cmd)?;
@@ -433,6 +465,59 @@ impl TierStack {
         Ok((id, runner, token))
     }
 
+    /// Creates `n` sandboxes through the gateways in turn, `at_once` in flight at
+    /// once: each one's id and runner.
+    pub fn create_many(&self, n: usize, at_once: usize) -> Result<Vec<(SandboxId, RunnerId)>> {
+        let urls: Vec<String> = self
+            .gateways
+            .iter()
+            .map(|g| format!("{}/v1/sandboxes", g.http_url()))
+            .collect();
+        let made = self.rt.block_on(async {
+            let permits = Arc::new(tokio::sync::Semaphore::new(at_once.max(1)));
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0..n {
+                let permit = permits.clone().acquire_owned().await?;
+                let request = self
+                    .http
+                    .post(&urls[i % urls.len()])
+                    .bearer_auth(&self.api_key)
+                    .json(&serde_json::json!({}))
+                    .timeout(Duration::from_secs(120));
+                tasks.spawn(async move {
+                    let _permit = permit;
+                    let reply = request.send().await?;
+                    let status = reply.status().as_u16();
+                    let body: serde_json::Value = reply.json().await?;
+                    ensure!(status == 201, "create {i}: {status} {body}");
+                    let id = SandboxId::parse(body["id"].as_str().context("no id")?)?;
+                    let runner =
+                        RunnerId::parse(body["runner_id"].as_str().context("no runner_id")?)?;
+                    anyhow::Ok((id, runner))
+                });
+            }
+            let mut made = Vec::with_capacity(n);
+            let mut failed = Vec::new();
+            while let Some(done) = tasks.join_next().await {
+                match done? {
+                    Ok(one) => made.push(one),
+                    Err(e) => failed.push(format!("{e:#}")),
+                }
+            }
+            anyhow::Ok((made, failed))
+        });
+        let (made, failed) = made?;
+        self.made
+            .borrow_mut()
+            .extend(made.iter().map(|(id, _)| id.clone()));
+        ensure!(
+            failed.is_empty(),
+            "{} of {n} creates failed: {failed:#?}",
+            failed.len()
+        );
+        Ok(made)
+    }
+
     /// The sandbox ids gateway `i` lists for alice.
     pub fn listed(&self, i: usize) -> Result<Vec<String>> {
         let (status, body) = self.call(i, "GET", "/v1/sandboxes", None)?;
@@ -471,46 +556,13 @@ impl TierStack {
     }
 }
 
-fn spawn_runner(
-    agent: &Path,
-    data: &Path,
-    listen: &Path,
-    n: usize,
-    log: &Path,
-) -> Result<ChildGuard> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)?;
-    // Each runner its own network block, so two runners never race for a subnet.
-    let pool = format!("10.231.{}.0/20", n * 16);
-    ChildGuard::spawn(
-        Command::new(bin_path("warren-runner"))
-            .args(["run", "--backend", "docker", "--data-dir"])
-            .arg(data)
-            .arg("--listen-dir")
-            .arg(listen)
-            .arg("--agent-bin")
-            .arg(agent)
-            .args(["--default-image", IMAGE, "--network-pool", &pool])
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log),
-    )
-}
-
 impl Drop for TierStack {
     fn drop(&mut self) {
         for r in &mut self.runners {
-            r.child.kill(Duration::ZERO);
+            r.stop();
         }
         for r in &self.runners {
-            remove_runner_objects(&self.rt, &r.id, &self.made.borrow());
-            unmount_disks(r.listen.path());
+            r.remove_objects(&self.rt, &self.made.borrow());
         }
         for i in 0..self.gateways.len() {
             self.kill_gateway(i);
