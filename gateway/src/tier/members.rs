@@ -77,6 +77,11 @@ async fn keep(store: Store, hub: Arc<RunnerHub>, mut me: GatewayMember) {
     // Per runner: the tunnel and the set version it was told.
     let mut told: HashMap<RunnerId, (u64, u64)> = HashMap::new();
     let mut store_ok = true;
+    // When the store came back after an outage: every gateway's heartbeat stopped
+    // with it, so for one freshness period a silent row proves nothing, and the set
+    // only grows (telling runners a set without the others would close their
+    // tunnels, and the sessions in them).
+    let mut store_back: Option<tokio::time::Instant> = None;
     let mut last_beat = tokio::time::Instant::now();
     let mut first = true;
     let mut tick = tokio::time::interval(PUSH_EVERY);
@@ -94,11 +99,19 @@ async fn keep(store: Store, hub: Arc<RunnerHub>, mut me: GatewayMember) {
                 Ok(members) => {
                     if !store_ok {
                         tracing::info!("the store answers again: heartbeats resume");
+                        store_back = Some(tokio::time::Instant::now());
                     }
                     store_ok = true;
                     let mut gateways: Vec<GatewayEntry> = members.iter().map(entry).collect();
                     if !gateways.iter().any(|g| g.id == me.id) {
                         gateways.push(entry(&me));
+                    }
+                    if store_back.is_some_and(|at| at.elapsed() < FRESH) {
+                        for known in &set.gateways {
+                            if !gateways.iter().any(|g| g.id == known.id) {
+                                gateways.push(known.clone());
+                            }
+                        }
                     }
                     gateways.sort();
                     if gateways != set.gateways {
