@@ -321,6 +321,54 @@ fn users_folders_requirements_and_forwarded_ports() -> Result<()> {
                 .contains("hostRequirements asks for 4096 CPUs; this runner allows"),
         "{made:?}"
     );
+    // hostRequirements within what one sandbox may have but more than the runner
+    // has free (the sandboxes above take some of it) is refused like a create that
+    // names it, and nothing of it is left.
+    let capacity = match d.control(warren_runner::protocol::Request::Capacity)? {
+        warren_runner::protocol::Response::Capacity(capacity) => capacity,
+        other => anyhow::bail!("capacity: {other:?}"),
+    };
+    git.repository(
+        "greedy",
+        &[(
+            ".devcontainer.json",
+            &format!(
+                r#"{{"image": "warren-base:latest", "hostRequirements": {{"memory": "{}mb"}}}}"#,
+                capacity.memory_mb
+            ),
+        )],
+    )?;
+    let listed = || -> Result<Vec<Value>> {
+        let all = call("GET", "/v1/sandboxes?include_deleted=true", None)?;
+        Ok(all.json()["sandboxes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    };
+    let before = listed()?.len();
+    let made = call(
+        "POST",
+        "/v1/sandboxes",
+        Some(json!({"repo": git.url("greedy")})),
+    )?;
+    ensure!(
+        made.status == 503 && made.text.contains("no_capacity"),
+        "{made:?}"
+    );
+    let all = listed()?;
+    ensure!(all.len() == before + 1, "{all:#?}");
+    let greedy = all
+        .iter()
+        .find(|s| {
+            s["repo"]
+                .as_str()
+                .is_some_and(|r| r.ends_with("/greedy.git"))
+        })
+        .with_context(|| format!("the refused create's row in {all:#?}"))?;
+    ensure!(greedy["state"] == "deleted", "{greedy:#?}");
+    let id = greedy["id"].as_str().context("id")?;
+    let left = docker_ok(&["ps", "-aq", "--filter", &format!("name=warren-{id}")])?;
+    ensure!(left.trim().is_empty(), "its container is left: {left}");
     Ok(())
 }
 
