@@ -369,6 +369,49 @@ fn users_folders_requirements_and_forwarded_ports() -> Result<()> {
     let id = greedy["id"].as_str().context("id")?;
     let left = docker_ok(&["ps", "-aq", "--filter", &format!("name=warren-{id}")])?;
     ensure!(left.trim().is_empty(), "its container is left: {left}");
+
+    // A gateway that stops mid-create (a restart during a `wait: false` create)
+    // leaves the row `creating` and the runner's container: the reconciler fails
+    // it, saying so, and removes the container, once no create can still be under
+    // way; until then a delete is refused.
+    let orphan = warren_keys::SandboxId::generate();
+    let row = warren_tests::stack::sandbox_row(&orphan, &d.runner, &d.owner);
+    d.stack.rt.block_on(d.stack.store.create_sandbox(&row))?;
+    let made = d.control(warren_runner::protocol::Request::Create {
+        sandbox: orphan.clone(),
+        token_key: d.stack.verifier.clone(),
+        authorized_keys: vec![],
+        spec: warren_runner::protocol::SandboxSpec {
+            image: Some("warren-busybox:latest".into()),
+            ..Default::default()
+        },
+    })?;
+    ensure!(made == warren_runner::protocol::Response::Ok, "{made:?}");
+    let container = format!("name=warren-{orphan}");
+    ensure!(!docker_ok(&["ps", "-aq", "--filter", &container])?.is_empty());
+    let path = format!("/v1/sandboxes/{orphan}");
+    let refused = call("DELETE", &path, None)?;
+    ensure!(refused.status == 409, "{refused:?}");
+    let lifecycle = &api.state.lifecycle;
+    lifecycle.set_abandoned_create_after(Duration::ZERO);
+    std::thread::sleep(Duration::from_millis(2100));
+    d.stack
+        .rt
+        .block_on(warren_gateway::lifecycle::reconcile_once(lifecycle));
+    let shown = call("GET", &path, None)?;
+    ensure!(shown.json()["state"] == "deleted", "{shown:?}");
+    let reasons = events(&d, &api, &key, orphan.as_str())?;
+    ensure!(
+        reasons
+            .iter()
+            .any(|r| r == "create failed: it never finished (the gateway running it stopped)"),
+        "{reasons:#?}"
+    );
+    let left = docker_ok(&["ps", "-aq", "--filter", &container])?;
+    ensure!(
+        left.is_empty(),
+        "the abandoned create's container is left: {left}"
+    );
     Ok(())
 }
 
