@@ -302,6 +302,35 @@ fn users_folders_requirements_and_forwarded_ports() -> Result<()> {
         )),
         "{reasons:#?}"
     );
+    // `cpus: 0` would be no CPU limit at all to the engine: ignored, saying so.
+    git.repository(
+        "nocpu",
+        &[(
+            ".devcontainer.json",
+            r#"{"image": "warren-base:latest", "hostRequirements": {"cpus": 0}}"#,
+        )],
+    )?;
+    let made = call(
+        "POST",
+        "/v1/sandboxes",
+        Some(json!({"repo": git.url("nocpu")})),
+    )?;
+    ensure!(made.status == 201, "{made:?}");
+    let nocpu = made.json()["id"].as_str().context("id")?.to_owned();
+    let nano = docker_ok(&[
+        "inspect",
+        "--format",
+        "{{.HostConfig.NanoCpus}}",
+        &format!("warren-{nocpu}"),
+    ])?;
+    ensure!(nano.trim() == "1000000000", "NanoCpus {nano}");
+    let reasons = events(&d, &api, &key, &nocpu)?;
+    ensure!(
+        reasons
+            .iter()
+            .any(|r| r.contains("hostRequirements.cpus ignored: 0 is not a number of CPUs")),
+        "{reasons:#?}"
+    );
     git.repository(
         "huge",
         &[(
