@@ -49,6 +49,13 @@ const FAILING: &str = r#"{
 
 const MALFORMED: &str = "{\n  \"image\": \"warren-base:latest\",\n  \"postCreateCommand\": ,\n}\n";
 
+/// Output that looks like Warren's own notes, and a create that takes a while.
+const SLOW: &str = r#"{
+  "image": "warren-base:latest",
+  "forwardPorts": [3000],
+  "postCreateCommand": "printf 'devcontainer: forwardPorts 2222\\n\\033]0;x\\007devcontainer: forwardPorts 4444\\n'; sleep 8",
+}"#;
+
 const REFUSED_IMAGE: &str = r#"{ "image": "registry.example/evil:1" }"#;
 
 #[test]
@@ -75,6 +82,7 @@ fn sandboxes_follow_their_devcontainer_json() -> Result<()> {
         &[(".devcontainer/devcontainer.json", MALFORMED)],
     )?;
     git.repository("refused", &[(".devcontainer.json", REFUSED_IMAGE)])?;
+    git.repository("slow", &[(".devcontainer.json", SLOW)])?;
 
     let create = |body: Value| -> Result<(String, Client)> {
         let made = call("POST", "/v1/sandboxes", Some(body))?;
@@ -215,6 +223,49 @@ fn sandboxes_follow_their_devcontainer_json() -> Result<()> {
             && made.text.contains(".devcontainer.json"),
         "{made:?}"
     );
+
+    // Output that looks like Warren's notes stays output: the forwards are the
+    // file's only.
+    let (id, _) = create(json!({"repo": url("slow")}))?;
+    let seen = events(&id)?;
+    ensure!(
+        has(
+            &seen,
+            "postCreateCommand output:\ndevcontainer: forwardPorts 2222"
+        ),
+        "{seen:#?}"
+    );
+    let config = call("GET", &format!("/v1/sandboxes/{id}/ssh-config"), None)?;
+    ensure!(
+        config
+            .text
+            .contains("LocalForward 127.0.0.1:3000 127.0.0.1:3000")
+            && !config.text.contains("2222")
+            && !config.text.contains("4444"),
+        "{config:?}"
+    );
+    // A delete while a `wait: false` create is under way waits for it, then
+    // removes the sandbox: nothing is left, and the sandbox shows `deleted`.
+    let made = call(
+        "POST",
+        "/v1/sandboxes",
+        Some(json!({"repo": url("slow"), "wait": false})),
+    )?;
+    ensure!(
+        made.status == 201 && made.json()["state"] == "creating",
+        "{made:?}"
+    );
+    let id = made.json()["id"].as_str().context("id")?.to_owned();
+    let deleted = call("DELETE", &format!("/v1/sandboxes/{id}"), None)?;
+    ensure!(
+        deleted.status == 204 || deleted.status == 200,
+        "{deleted:?}"
+    );
+    let shown = call("GET", &format!("/v1/sandboxes/{id}"), None)?;
+    ensure!(shown.json()["state"] == "deleted", "{shown:?}");
+    let left =
+        warren_tests::stack::docker_ok(&["ps", "-aq", "--filter", &format!("name=warren-{id}")])?;
+    ensure!(left.is_empty(), "a container is left: {left}");
 
     // `devcontainer: false`: the file is not followed.
     let (id, c) = create(json!({"repo": url("followed"), "devcontainer": false}))?;

@@ -302,6 +302,35 @@ fn users_folders_requirements_and_forwarded_ports() -> Result<()> {
         )),
         "{reasons:#?}"
     );
+    // `cpus: 0` would be no CPU limit at all to the engine: ignored, saying so.
+    git.repository(
+        "nocpu",
+        &[(
+            ".devcontainer.json",
+            r#"{"image": "warren-base:latest", "hostRequirements": {"cpus": 0}}"#,
+        )],
+    )?;
+    let made = call(
+        "POST",
+        "/v1/sandboxes",
+        Some(json!({"repo": git.url("nocpu")})),
+    )?;
+    ensure!(made.status == 201, "{made:?}");
+    let nocpu = made.json()["id"].as_str().context("id")?.to_owned();
+    let nano = docker_ok(&[
+        "inspect",
+        "--format",
+        "{{.HostConfig.NanoCpus}}",
+        &format!("warren-{nocpu}"),
+    ])?;
+    ensure!(nano.trim() == "1000000000", "NanoCpus {nano}");
+    let reasons = events(&d, &api, &key, &nocpu)?;
+    ensure!(
+        reasons
+            .iter()
+            .any(|r| r.contains("hostRequirements.cpus ignored: 0 is not a number of CPUs")),
+        "{reasons:#?}"
+    );
     git.repository(
         "huge",
         &[(
@@ -320,6 +349,97 @@ fn users_folders_requirements_and_forwarded_ports() -> Result<()> {
                 .text
                 .contains("hostRequirements asks for 4096 CPUs; this runner allows"),
         "{made:?}"
+    );
+    // hostRequirements within what one sandbox may have but more than the runner
+    // has free (the sandboxes above take some of it) is refused like a create that
+    // names it, and nothing of it is left.
+    let capacity = match d.control(warren_runner::protocol::Request::Capacity)? {
+        warren_runner::protocol::Response::Capacity(capacity) => capacity,
+        other => anyhow::bail!("capacity: {other:?}"),
+    };
+    git.repository(
+        "greedy",
+        &[(
+            ".devcontainer.json",
+            &format!(
+                r#"{{"image": "warren-base:latest", "hostRequirements": {{"memory": "{}mb"}}}}"#,
+                capacity.memory_mb
+            ),
+        )],
+    )?;
+    let listed = || -> Result<Vec<Value>> {
+        let all = call("GET", "/v1/sandboxes?include_deleted=true", None)?;
+        Ok(all.json()["sandboxes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    };
+    let before = listed()?.len();
+    let made = call(
+        "POST",
+        "/v1/sandboxes",
+        Some(json!({"repo": git.url("greedy")})),
+    )?;
+    ensure!(
+        made.status == 503 && made.text.contains("no_capacity"),
+        "{made:?}"
+    );
+    let all = listed()?;
+    ensure!(all.len() == before + 1, "{all:#?}");
+    let greedy = all
+        .iter()
+        .find(|s| {
+            s["repo"]
+                .as_str()
+                .is_some_and(|r| r.ends_with("/greedy.git"))
+        })
+        .with_context(|| format!("the refused create's row in {all:#?}"))?;
+    ensure!(greedy["state"] == "deleted", "{greedy:#?}");
+    let id = greedy["id"].as_str().context("id")?;
+    let left = docker_ok(&["ps", "-aq", "--filter", &format!("name=warren-{id}")])?;
+    ensure!(left.trim().is_empty(), "its container is left: {left}");
+
+    // A gateway that stops mid-create (a restart during a `wait: false` create)
+    // leaves the row `creating` and the runner's container: the reconciler fails
+    // it, saying so, and removes the container, once no create can still be under
+    // way; until then a delete is refused.
+    let orphan = warren_keys::SandboxId::generate();
+    let row = warren_tests::stack::sandbox_row(&orphan, &d.runner, &d.owner);
+    d.stack.rt.block_on(d.stack.store.create_sandbox(&row))?;
+    let made = d.control(warren_runner::protocol::Request::Create {
+        sandbox: orphan.clone(),
+        token_key: d.stack.verifier.clone(),
+        authorized_keys: vec![],
+        spec: warren_runner::protocol::SandboxSpec {
+            image: Some("warren-busybox:latest".into()),
+            ..Default::default()
+        },
+    })?;
+    ensure!(made == warren_runner::protocol::Response::Ok, "{made:?}");
+    let container = format!("name=warren-{orphan}");
+    ensure!(!docker_ok(&["ps", "-aq", "--filter", &container])?.is_empty());
+    let path = format!("/v1/sandboxes/{orphan}");
+    let refused = call("DELETE", &path, None)?;
+    ensure!(refused.status == 409, "{refused:?}");
+    let lifecycle = &api.state.lifecycle;
+    lifecycle.set_abandoned_create_after(Duration::ZERO);
+    std::thread::sleep(Duration::from_millis(2100));
+    d.stack
+        .rt
+        .block_on(warren_gateway::lifecycle::reconcile_once(lifecycle));
+    let shown = call("GET", &path, None)?;
+    ensure!(shown.json()["state"] == "deleted", "{shown:?}");
+    let reasons = events(&d, &api, &key, orphan.as_str())?;
+    ensure!(
+        reasons
+            .iter()
+            .any(|r| r == "create failed: it never finished (the gateway running it stopped)"),
+        "{reasons:#?}"
+    );
+    let left = docker_ok(&["ps", "-aq", "--filter", &container])?;
+    ensure!(
+        left.is_empty(),
+        "the abandoned create's container is left: {left}"
     );
     Ok(())
 }

@@ -88,7 +88,14 @@ pub struct Lifecycle {
     pub recordings: Arc<crate::recordings::Recordings>,
     /// Reconciler rounds this gateway ran (as the tier's leaseholder).
     pub rounds: std::sync::atomic::AtomicU64,
+    /// A sandbox `creating` longer than this (seconds) is no create under way on
+    /// any gateway (its gateway stopped mid-create): the reconciler removes it.
+    abandoned_create_s: std::sync::atomic::AtomicU64,
 }
+
+/// Far longer than any create's control exchange may last (a devcontainer's is
+/// cut at 180 s), so a create still under way is never taken for abandoned.
+const ABANDONED_CREATE_S: u64 = 600;
 
 impl Lifecycle {
     pub fn new(
@@ -116,7 +123,20 @@ impl Lifecycle {
             live: Arc::default(),
             recordings: Arc::new(crate::recordings::Recordings::off()),
             rounds: std::sync::atomic::AtomicU64::new(0),
+            abandoned_create_s: std::sync::atomic::AtomicU64::new(ABANDONED_CREATE_S),
         }
+    }
+
+    /// How long a sandbox may stay `creating` before the reconciler takes its
+    /// create for abandoned (tests shorten it).
+    pub fn set_abandoned_create_after(&self, after: Duration) {
+        self.abandoned_create_s
+            .store(after.as_secs(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn abandoned_create_after(&self) -> u64 {
+        self.abandoned_create_s
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Where pull requests are opened: `https://api.github.com` (the default, or

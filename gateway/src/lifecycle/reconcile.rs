@@ -4,7 +4,9 @@
 //! store has `running` that the runner reports stopped becomes `stopped`, with the
 //! runner's reason (`idle`, `oom`, `exited`) as the event's reason (`lost` if the
 //! runner no longer has it at all). A sandbox changed since the list was asked for
-//! is left for the next round, so a start racing the list is never undone. Then
+//! is left for the next round, so a start racing the list is never undone. A
+//! sandbox `creating` far longer than any create takes (its gateway stopped
+//! mid-create) fails and is removed. Then
 //! every sandbox past its `ttl_s` is deleted (reason `ttl`). Each round also sends
 //! runners the authorized keys that changed ([`super::agent_keys`]). Of several
 //! gateways on one database only the lease's holder runs rounds, and it reconciles
@@ -85,6 +87,13 @@ async fn reconcile_runner(lc: &Lifecycle, runner: &RunnerId) -> anyhow::Result<(
         .map(|s| (s.sandbox.clone(), s))
         .collect();
     for sandbox in lc.store.list_runner_sandboxes(runner).await? {
+        if sandbox.state == SandboxState::Creating {
+            let age = asked_at.unix_seconds() - sandbox.created_at.unix_seconds();
+            if u64::try_from(age).is_ok_and(|age| age > lc.abandoned_create_after()) {
+                abandon_create(lc, &sandbox).await?;
+            }
+            continue;
+        }
         if sandbox.state != SandboxState::Running || sandbox.updated_at >= asked_at {
             continue;
         }
@@ -107,6 +116,28 @@ async fn reconcile_runner(lc: &Lifecycle, runner: &RunnerId) -> anyhow::Result<(
             .await?;
         tracing::info!(sandbox = %sandbox.id, %reason, "sandbox stopped by its runner");
     }
+    Ok(())
+}
+
+/// A create whose gateway stopped before the runner answered (a restart during a
+/// `wait: false` create, say) would stay `creating` for good, holding its room,
+/// and could not be deleted: it fails, saying so, and whatever the runner made of
+/// it is removed, as for any failed create.
+async fn abandon_create(lc: &Lifecycle, sandbox: &warren_store::Sandbox) -> anyhow::Result<()> {
+    let guard = lc.lock(&sandbox.id).await;
+    let now = lc.store.get_sandbox(&sandbox.id).await?;
+    if now.state != SandboxState::Creating {
+        return Ok(());
+    }
+    let reason = "create failed: it never finished (the gateway running it stopped)";
+    let failed = lc
+        .store
+        .set_sandbox_state(&sandbox.id, SandboxState::Failed, reason)
+        .await?;
+    lc.discard_failed_create(&failed).await;
+    drop(guard);
+    lc.forget(&sandbox.id);
+    tracing::info!(sandbox = %sandbox.id, "an abandoned create removed");
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 use warren_protocol::{Request, Response as RunnerResponse, SandboxSpec};
 use warren_store::{RunnerId, Sandbox, SandboxState};
 
+use super::placement::{Demand, Disk, room_on};
 use super::{Error, ErrorCode, Lifecycle, Result};
 
 /// At most this many notes of one create or start become events.
@@ -75,7 +76,10 @@ pub(super) async fn run_on_runner(
             notes,
             millicpus,
             memory_mb,
-        }) => {
+        }) => 'made: {
+            if let Err(no_room) = room_for_requirements(lc, runner, sandbox, memory_mb).await {
+                break 'made no_room;
+            }
             if (millicpus.is_some() || memory_mb.is_some())
                 && let Err(e) = record_limits(lc, sandbox, millicpus, memory_mb).await
             {
@@ -145,6 +149,42 @@ fn note_progress(
         }
     });
     (sink, writer)
+}
+
+/// A create admitted with the default memory that its devcontainer.json's
+/// `hostRequirements` raised must still fit what its runner has free (the runner
+/// checks only what one sandbox may have); if not, the create fails as one that
+/// named that memory would have.
+async fn room_for_requirements(
+    lc: &Lifecycle,
+    runner: &RunnerId,
+    sandbox: &Sandbox,
+    memory_mb: Option<u64>,
+) -> Result<(), Error> {
+    let Some(wanted) = memory_mb else {
+        return Ok(());
+    };
+    let extra = wanted.saturating_sub(u64::from(sandbox.memory_mb));
+    if sandbox.state != SandboxState::Creating || extra == 0 {
+        return Ok(());
+    }
+    let demand = Demand {
+        // This one is counted already, with the memory it was admitted with.
+        sandboxes: 0,
+        memory_mb: extra,
+        millicpus: 0,
+        disk: Disk::Held,
+    };
+    room_on(lc, runner, demand).await.map_err(|e| {
+        Error::new(
+            ErrorCode::NoCapacity,
+            format!(
+                "its devcontainer.json's hostRequirements ask for {wanted} MiB of memory, \
+                 {extra} MiB more than the default: {}",
+                e.message
+            ),
+        )
+    })
 }
 
 /// The limits a runner gave `sandbox` from its devcontainer.json's

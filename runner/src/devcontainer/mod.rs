@@ -355,12 +355,23 @@ impl Report {
         let refused = self
             .refused
             .iter()
-            .map(|s| format!("devcontainer: {} refused: {}", s.key, s.reason));
+            .map(|s| format!("devcontainer: {} refused: {}", shown_key(&s.key), s.reason));
         let ignored = self
             .ignored
             .iter()
-            .map(|s| format!("devcontainer: {} ignored: {}", s.key, s.reason));
+            .map(|s| format!("devcontainer: {} ignored: {}", shown_key(&s.key), s.reason));
         refused.chain(ignored).collect()
+    }
+}
+
+/// A key as an event shows it: a name as it is, anything else (the file's
+/// author chose it) quoted and escaped, so that it cannot pass for another note
+/// (`forwardPorts 22, …` read back as forwards) or carry lines of its own.
+fn shown_key(key: &str) -> String {
+    if !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        key.to_owned()
+    } else {
+        format!("{key:?}")
     }
 }
 

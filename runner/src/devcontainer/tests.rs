@@ -130,6 +130,23 @@ fn keys_are_classified() {
 }
 
 #[test]
+fn a_made_up_key_cannot_pass_for_another_note() {
+    let text = r#"{ "image": "i", "forwardPorts 2222, 3000": 1, "x
+forwardPorts 22": 2 }"#;
+    let (_, report) = parse_with(text, &BTreeMap::new()).unwrap();
+    let lines = report.lines();
+    assert_eq!(
+        lines,
+        [
+            r#"devcontainer: "forwardPorts 2222, 3000" ignored: not a key Warren knows"#,
+            r#"devcontainer: "x\nforwardPorts 22" ignored: not a key Warren knows"#,
+        ]
+    );
+    let forwards = crate::protocol::forwards::forward_ports(lines.iter().map(String::as_str));
+    assert!(forwards.is_empty(), "{forwards:?}");
+}
+
+#[test]
 fn root_users_are_refused() {
     for user in ["root", "0", "0:0", "root:staff", " 0 "] {
         let text = format!(r#"{{"remoteUser": "{user}", "containerUser": "dev"}}"#);

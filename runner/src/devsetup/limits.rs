@@ -10,6 +10,9 @@ use crate::devcontainer::DevContainer;
 use crate::protocol::{RunnerCapacity, SandboxSpec};
 use crate::{Error, Result};
 
+/// The least memory a sandbox gets (the API's floor for a create's `memory_mb`).
+const MIN_MEMORY_MB: u64 = 128;
+
 /// The limits the file set (to report to the gateway), if it set any.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Chosen {
@@ -28,7 +31,16 @@ pub fn apply(
     let Some(wanted) = &dc.host_requirements else {
         return Ok(chosen);
     };
-    let cpus = wanted.cpus.map(|c| c.saturating_mul(1000));
+    // 0 CPUs would be no CPU limit at all to the engine.
+    let cpus = wanted
+        .cpus
+        .filter(|&c| c > 0)
+        .map(|c| c.saturating_mul(1000));
+    if wanted.cpus == Some(0) {
+        notes.push(
+            "devcontainer: hostRequirements.cpus ignored: 0 is not a number of CPUs".to_owned(),
+        );
+    }
     let memory = wanted.memory_mb();
     if wanted.memory.is_some() && memory.is_none() {
         notes.push(
@@ -37,6 +49,16 @@ pub fn apply(
                 .to_owned(),
         );
     }
+    // As little as a create may name (less would not start the sandbox).
+    let memory = match memory {
+        Some(m) if m < MIN_MEMORY_MB => {
+            notes.push(format!(
+                "devcontainer: hostRequirements.memory ignored: less than {MIN_MEMORY_MB} MiB"
+            ));
+            None
+        }
+        other => other,
+    };
     if let Some(c) = cpus
         && c > allowed.millicpus
     {
@@ -171,6 +193,22 @@ mod tests {
         assert_eq!(chosen.ok(), Some(Chosen::default()));
         assert_eq!(spec.memory_mb, Some(1024));
         assert!(notes[0].contains("--memory-mb 2048"), "{notes:?}");
+    }
+
+    #[test]
+    fn no_cpus_and_too_little_memory_are_ignored() {
+        let mut notes = Notes::new(None);
+        let mut spec = defaults();
+        let chosen = apply(&file(Some(0), Some("1mb")), &mut spec, ALLOWED, &mut notes);
+        assert_eq!(chosen.ok(), Some(Chosen::default()));
+        assert_eq!((spec.millicpus, spec.memory_mb), (Some(1000), Some(1024)));
+        let notes = notes.into_kept();
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].contains("cpus ignored: 0"), "{notes:?}");
+        assert!(
+            notes[1].contains("memory ignored: less than 128 MiB"),
+            "{notes:?}"
+        );
     }
 
     #[test]

@@ -69,6 +69,8 @@ pub struct Output {
     sink: Option<UnboundedSender<String>>,
     partial: Vec<u8>,
     lines: Vec<String>,
+    /// Lines of this batch dropped already (a burst: only the last lines are sent).
+    skipped: usize,
     last_sent: Instant,
     batches: usize,
 }
@@ -80,6 +82,7 @@ impl Output {
             sink: notes.live.clone(),
             partial: Vec::new(),
             lines: Vec::new(),
+            skipped: 0,
             last_sent: Instant::now(),
             batches: 0,
         }
@@ -95,16 +98,28 @@ impl Output {
             let line: Vec<u8> = self.partial.drain(..=end).collect();
             let line = String::from_utf8_lossy(&line).trim_end().to_owned();
             if !line.trim().is_empty() {
-                self.lines.push(line);
+                self.keep(line);
             }
         }
         if self.partial.len() > MAX_PARTIAL {
             let line = String::from_utf8_lossy(&self.partial).into_owned();
-            self.lines.push(line);
+            self.keep(line);
             self.partial.clear();
         }
         if self.last_sent.elapsed() >= BATCH_EVERY {
             self.send();
+        }
+    }
+
+    /// Keeps `line` for the batch, and only the batch's last lines: a command
+    /// that floods its output within a batch's time must not fill the runner's
+    /// memory.
+    fn keep(&mut self, line: String) {
+        self.lines.push(line);
+        if self.lines.len() >= 2 * BATCH_LINES {
+            let dropped = self.lines.len() - BATCH_LINES;
+            self.lines.drain(..dropped);
+            self.skipped += dropped;
         }
     }
 
@@ -127,8 +142,10 @@ impl Output {
         if self.lines.is_empty() || self.batches >= MAX_BATCHES {
             return;
         }
-        let skipped = self.lines.len().saturating_sub(BATCH_LINES);
-        let mut text = self.lines[skipped..].join("\n");
+        let over = self.lines.len().saturating_sub(BATCH_LINES);
+        let mut text = self.lines[over..].join("\n");
+        let skipped = self.skipped + over;
+        self.skipped = 0;
         if text.len() > BATCH_CHARS {
             let start = text
                 .char_indices()
@@ -181,5 +198,24 @@ mod tests {
                 "devcontainer: postCreateCommand output:\none\ntwo\u{fffd}[2J\nthree"
             ]
         );
+    }
+
+    #[test]
+    fn a_flood_keeps_only_a_batch_of_lines() {
+        let (sink, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        let live = Notes::new(Some(sink));
+        let mut out = Output::new("postCreateCommand", &live);
+        for _ in 0..10_000 {
+            out.feed(b"y\ny\ny\ny\ny\ny\ny\ny\ny\ny\n");
+        }
+        assert!(out.lines.len() < 2 * BATCH_LINES, "{}", out.lines.len());
+        out.finish();
+        let got: Vec<String> = std::iter::from_fn(|| seen.try_recv().ok()).collect();
+        let expected = format!(
+            "devcontainer: postCreateCommand output ({} lines skipped):\n{}",
+            100_000 - BATCH_LINES,
+            vec!["y"; BATCH_LINES].join("\n")
+        );
+        assert_eq!(got, [expected]);
     }
 }

@@ -223,6 +223,10 @@ impl DockerBackend {
         }
         let mut removed = Vec::new();
         for tag in due {
+            // A create that reused it since the list was made (touch) keeps it.
+            if !unused_since().contains_key(&tag) {
+                continue;
+            }
             match self
                 .docker
                 .remove_image(
