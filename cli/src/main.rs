@@ -71,7 +71,7 @@ enum Command {
         reap_interval_s: u64,
         /// Started sandboxes of the default image kept waiting, so a create is a
         /// claim (0: none). Docker only; counted against the capacity.
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = 4)]
         pool_size: usize,
         /// What the pool may grow to while creates come in bursts (`--pool-size`
         /// plus one waiting sandbox per create in the last minute); it shrinks back to

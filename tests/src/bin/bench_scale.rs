@@ -410,7 +410,7 @@ fn bursts(opts: &Options, client: &Client) -> Result<()> {
         ..Up::new(home.path(), data.path())?
     })?;
     // The pool `up` keeps by default.
-    const POOL: usize = 2;
+    const POOL: usize = 4;
     pool_ready(&up, POOL)?;
     let pool_serial = up.pool_waiting()?;
     eprintln!(
