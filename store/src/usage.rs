@@ -12,15 +12,16 @@ pub struct RunnerUsage {
     pub sandboxes: u64,
     /// The sum of their memory limits.
     pub memory_mb: u64,
-    /// The sum of the disk quotas of its sandboxes that hold a disk: the live ones
-    /// and the stopped ones (a stopped sandbox keeps its workspace).
+    /// The sum of the disk quotas of its sandboxes that hold a disk (the live ones
+    /// and the stopped ones: a stopped sandbox keeps its workspace), and the size of
+    /// the snapshots it keeps.
     pub disk_mb: u64,
 }
 
 impl Store {
     /// What the live (creating or running) sandboxes of each runner take; stopped
-    /// ones take only their disk, failed and deleted ones nothing (runners with none
-    /// are absent).
+    /// ones take only their disk, failed and deleted ones nothing, snapshots their
+    /// size on disk (runners with none of these are absent).
     pub async fn runner_usage(&self) -> Result<Vec<(RunnerId, RunnerUsage)>, StoreError> {
         let rows = sqlx::query(
             "SELECT runner_id, \
@@ -34,7 +35,8 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
+        let mut usage = rows
+            .iter()
             .map(|r| {
                 Ok((
                     row::parsed(r, "runner_id")?,
@@ -45,8 +47,30 @@ impl Store {
                     },
                 ))
             })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
+            .collect::<Result<Vec<(RunnerId, RunnerUsage)>, sqlx::Error>>()?;
+        // A snapshot's copy of its source's disk and its root layer stay on the
+        // runner (forks share them): they take its disk as a sandbox's quota does.
+        let snapshots = sqlx::query(
+            "SELECT runner_id, CAST(COALESCE(SUM(size_bytes), 0) AS BIGINT) AS bytes \
+             FROM snapshots GROUP BY runner_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for r in &snapshots {
+            let runner: RunnerId = row::parsed(r, "runner_id")?;
+            let mb = row::unsigned::<u64>(r, "bytes")?.div_ceil(1 << 20);
+            match usage.iter_mut().find(|(id, _)| *id == runner) {
+                Some((_, used)) => used.disk_mb = used.disk_mb.saturating_add(mb),
+                None => usage.push((
+                    runner,
+                    RunnerUsage {
+                        disk_mb: mb,
+                        ..RunnerUsage::default()
+                    },
+                )),
+            }
+        }
+        Ok(usage)
     }
 
     /// How many sandboxes that are not deleted each runner holds (runners with none

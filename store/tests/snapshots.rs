@@ -78,8 +78,20 @@ async fn snapshots_are_per_owner_and_deletable(store: &Store) {
         Err(StoreError::Invalid(_))
     ));
 
+    // Three snapshots of 10 MiB take 30 MiB of the runner's disk, as quotas do.
+    let disk = |mb: u64| {
+        vec![(
+            runner.id.clone(),
+            warren_store::RunnerUsage {
+                disk_mb: mb,
+                ..Default::default()
+            },
+        )]
+    };
+    assert_eq!(store.runner_usage().await.unwrap(), disk(30));
     assert!(store.delete_snapshot(&first.id).await.unwrap());
     assert!(!store.delete_snapshot(&first.id).await.unwrap());
+    assert_eq!(store.runner_usage().await.unwrap(), disk(20));
     assert!(matches!(
         store.get_snapshot(&first.id).await,
         Err(StoreError::NotFound("snapshot"))
