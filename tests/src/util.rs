@@ -593,3 +593,36 @@ pub fn raise_nofile() -> Result<u64> {
     anyhow::ensure!(rc == 0, "setrlimit: {}", std::io::Error::last_os_error());
     Ok(lim.rlim_cur)
 }
+
+/// Waits for every one of `sessions` (logins started at once at `started`); each
+/// successful one's index and milliseconds, or an error listing every failed one,
+/// named by `name(index)`.
+pub fn logins_succeeded(
+    sessions: Vec<crate::Running>,
+    name: impl Fn(usize) -> String,
+    started: Instant,
+) -> Result<Vec<(usize, f64)>> {
+    let total = sessions.len();
+    let mut times = Vec::with_capacity(total);
+    let mut failures = Vec::new();
+    for (i, session) in sessions.into_iter().enumerate() {
+        let out = session.wait()?;
+        if out.status.success() {
+            times.push((i, out.elapsed.as_secs_f64() * 1000.0));
+        } else {
+            failures.push(format!("{}: {out}", name(i)));
+        }
+    }
+    anyhow::ensure!(
+        failures.is_empty(),
+        "{} of {total} logins failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    eprintln!(
+        "  {} logins in {:.1} s",
+        times.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(times)
+}

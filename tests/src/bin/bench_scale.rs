@@ -165,29 +165,8 @@ fn storm(stack: &GatewayStack, client: &Client, one_address: bool) -> Result<Vec
                 .spawn()
         })
         .collect::<Result<_>>()?;
-    let mut times = Vec::with_capacity(sessions.len());
-    let mut failures = Vec::new();
-    for (i, session) in sessions.into_iter().enumerate() {
-        let out = session.wait()?;
-        if out.status.success() {
-            times.push(out.elapsed.as_secs_f64() * 1000.0);
-        } else {
-            failures.push(format!("{}: {out}", stack.sandboxes[i]));
-        }
-    }
-    ensure!(
-        failures.is_empty(),
-        "{} of {} logins failed:\n{}",
-        failures.len(),
-        stack.sandboxes.len(),
-        failures.join("\n")
-    );
-    eprintln!(
-        "  {} logins in {:.1} s",
-        times.len(),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(times)
+    let times = util::logins_succeeded(sessions, |i| stack.sandboxes[i].to_string(), started)?;
+    Ok(times.into_iter().map(|(_, ms)| ms).collect())
 }
 
 /// Every container's cgroup memory (usage, anonymous), in KiB.

@@ -26,7 +26,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result};
 use warren_keys::SandboxId;
 use warren_tests::bench::bench_client;
 use warren_tests::stack::{PrivatePostgres, Stack, TierStack};
@@ -141,33 +141,15 @@ fn storm(tier: &TierStack, sandboxes: &[SandboxId]) -> Result<Vec<(usize, f64)>>
         sessions.len(),
         started.elapsed().as_secs_f64()
     );
-    let mut times = Vec::with_capacity(sessions.len());
-    let mut failures = Vec::new();
-    for (n, session) in sessions.into_iter().enumerate() {
-        let out = session.wait()?;
-        if out.status.success() {
-            times.push((n % gateways, out.elapsed.as_secs_f64() * 1000.0));
-        } else {
-            failures.push(format!(
-                "{} via gateway {}: {out}",
-                sandboxes[n],
-                n % gateways
-            ));
-        }
-    }
-    ensure!(
-        failures.is_empty(),
-        "{} of {} logins failed:\n{}",
-        failures.len(),
-        sandboxes.len(),
-        failures.join("\n")
-    );
-    eprintln!(
-        "  {} logins in {:.1} s",
-        times.len(),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(times)
+    let times = util::logins_succeeded(
+        sessions,
+        |n| format!("{} via gateway {}", sandboxes[n], n % gateways),
+        started,
+    )?;
+    Ok(times
+        .into_iter()
+        .map(|(n, ms)| (n % gateways, ms))
+        .collect())
 }
 
 /// The floor beside the storm: `ssh <id>@gateway true` alone, `per_gateway` times
