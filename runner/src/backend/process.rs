@@ -429,10 +429,16 @@ async fn stop_child(mut child: Child) {
 }
 
 /// The agent binary: `explicit` (from --agent-bin / WARREN_AGENT_BIN) or
-/// `warren-agent` next to this executable.
+/// `warren-agent` next to this executable. Always absolute: the Docker backend
+/// mounts it, and the engine takes a relative path for a volume's name.
 pub fn find_agent_bin(explicit: Option<&Path>) -> Result<PathBuf> {
     if let Some(path) = explicit {
-        return Ok(path.to_owned());
+        let path = std::path::absolute(path)
+            .with_context(|| format!("finding the agent binary {}", path.display()))?;
+        if !path.is_file() {
+            bail!("no agent binary at {} (--agent-bin)", path.display());
+        }
+        return Ok(path);
     }
     let exe = std::env::current_exe().context("finding this executable")?;
     let path = exe.with_file_name("warren-agent");
@@ -443,4 +449,37 @@ pub fn find_agent_bin(explicit: Option<&Path>) -> Result<PathBuf> {
         );
     }
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn an_explicit_agent_binary_is_made_absolute_and_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("warren-agent"), b"").unwrap();
+        let relative = pathdiff(dir.path().join("warren-agent"));
+        let found = find_agent_bin(Some(&relative)).unwrap();
+        assert!(found.is_absolute(), "{}", found.display());
+        assert!(found.is_file());
+        let missing = find_agent_bin(Some(Path::new("no/such/warren-agent"))).unwrap_err();
+        assert!(
+            format!("{missing:#}").contains("no agent binary at /"),
+            "{missing:#}"
+        );
+    }
+
+    /// `path` relative to the working directory (through `..` as needed).
+    fn pathdiff(path: PathBuf) -> PathBuf {
+        let cwd = std::env::current_dir().unwrap();
+        let up = cwd.components().count() - 1;
+        let mut relative = PathBuf::new();
+        for _ in 0..up {
+            relative.push("..");
+        }
+        relative.join(path.strip_prefix("/").unwrap())
+    }
 }

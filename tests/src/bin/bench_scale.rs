@@ -18,7 +18,8 @@
 //!
 //! Then the bursts, against the release `warren up` on Docker (its default image and
 //! warm pool, the gateway reaching the local agents in process), beside `docker run
-//! --rm IMAGE true` timed in the same run (the floor of a cold start): with the pool
+//! --rm IMAGE true` timed in the same run, one after another and `--burst-concurrent`
+//! at once (the floors of a cold start and of a burst of them): with the pool
 //! ready, `--burst-creates` creates through the API one after another, each timed to
 //! its first successful `ssh <id>@gateway true`; then, the pool ready again,
 //! `--burst-concurrent` creates at once, each timed the same way (all must answer).
@@ -36,7 +37,7 @@ use warren_runner::protocol::{NetworkPolicy, SandboxSpec};
 use warren_tests::bench::bench_client;
 use warren_tests::stack::{
     Backend, GatewayStack, Stack, StackOptions, Up, UpStack, docker_agent_and_image,
-    docker_run_floor, home_for,
+    docker_run_floor, docker_run_floor_at_once, home_for,
 };
 use warren_tests::util::{self, container_memory_kib};
 use warren_tests::{Client, Cmd, Running, Target};
@@ -379,6 +380,14 @@ fn bursts(opts: &Options, client: &Client) -> Result<()> {
         .iter()
         .map(|d| d.as_secs_f64() * 1000.0)
         .collect();
+    eprintln!(
+        "`docker run --rm {UP_IMAGE} true`, {} at once…",
+        opts.burst_concurrent
+    );
+    let floor_at_once: Vec<f64> = docker_run_floor_at_once(UP_IMAGE, opts.burst_concurrent)?
+        .iter()
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .collect();
     eprintln!("starting `warren up` (release, Docker)…");
     let home = home_for(client)?;
     let data = tempfile::TempDir::new()?;
@@ -453,8 +462,8 @@ fn bursts(opts: &Options, client: &Client) -> Result<()> {
     );
     println!(
         "{} cores, load average {}; each create is `POST /v1/sandboxes` then `ssh <id>@gateway \
-         true` retried until it works, all from one address; the floor is `docker run --rm \
-         {UP_IMAGE} true` in the same run. Waiting in the pool when each burst began: \
+         true` retried until it works, all from one address; the floors are `docker run --rm \
+         {UP_IMAGE} true` in the same run, one after another and all at once. Waiting in the pool when each burst began: \
          {pool_serial} and {pool_at_once}.\n",
         std::thread::available_parallelism().map_or(0, |c| c.get()),
         load_average()
@@ -474,6 +483,12 @@ fn bursts(opts: &Options, client: &Client) -> Result<()> {
         ms(&serial, 0.95),
         serial.len(),
         opts.burst_creates
+    );
+    println!(
+        "| floor: `docker run --rm {UP_IMAGE} true`, {} at once | {} ms | {} ms | | |",
+        floor_at_once.len(),
+        ms(&floor_at_once, 0.5),
+        ms(&floor_at_once, 0.95)
     );
     println!(
         "| {} creates at once → each answers `ssh true` | {} ms | {} ms | {} of {} | all, p95 < 2 s |",

@@ -49,7 +49,7 @@ pub use docker::{
     DockerStack, POOL_LABEL, docker, docker_available, docker_host_ip, docker_ok, image,
     network_of, static_agent, unmount_disks,
 };
-pub use floor::docker_run_floor;
+pub use floor::{docker_run_floor, docker_run_floor_at_once};
 pub use in_process::{RunnerProc, Stack, console, join_runner, run, sandbox_row};
 pub use processes::{Backend, GatewayStack, StackOptions, docker_agent_and_image};
 pub use served::{ServedStack, ssh_works_within};

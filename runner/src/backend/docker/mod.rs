@@ -393,9 +393,11 @@ impl DockerBackend {
                     .into());
             }
         }
-        if self.claim(id, token_key, authorized_keys, spec).await? {
-            return Ok(());
-        }
+        // Held while the sandbox is made cold (see `pool::burst`).
+        let _cold = match self.claim(id, token_key, authorized_keys, spec).await? {
+            pool::Claim::Claimed => return Ok(()),
+            pool::Claim::Cold(counted) => counted,
+        };
 
         let dir = self.sandbox_run_dir(id);
         fs::DirBuilder::new()
@@ -643,7 +645,9 @@ impl DockerBackend {
                 return Ok(());
             }
             checks += 1;
-            if checks.is_multiple_of(10) {
+            // Whether it died, every half second or so: asked every few checks, a
+            // burst of creates would keep the engine busy answering.
+            if checks.is_multiple_of(100) {
                 let state = self
                     .docker
                     .inspect_container(&container_name(id), None)

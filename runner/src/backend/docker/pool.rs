@@ -110,6 +110,14 @@ struct Identity {
     env: BTreeMap<String, Secret>,
 }
 
+/// What a create got from the pool.
+pub(super) enum Claim<'a> {
+    /// The sandbox is made, from a member.
+    Claimed,
+    /// None fits: the caller creates it cold, holding this (if counted) meanwhile.
+    Cold(Option<burst::Counted<'a>>),
+}
+
 /// A started member, ready to be claimed.
 struct Member {
     slot: SandboxId,
@@ -137,6 +145,8 @@ pub(super) struct Pool {
     wanted: std::sync::Mutex<HashMap<String, usize>>,
     /// Wakes the filler after a claim.
     wake: tokio::sync::Notify,
+    /// Members in the making, creates waiting for them, cold creates.
+    burst: burst::Burst,
     closed: AtomicBool,
 }
 
@@ -148,6 +158,7 @@ impl Pool {
             demand: std::sync::Mutex::default(),
             wanted: std::sync::Mutex::new(sizes.iter().map(|s| (s.image.clone(), s.min)).collect()),
             wake: tokio::sync::Notify::new(),
+            burst: burst::Burst::default(),
             closed: AtomicBool::new(false),
         }
     }
@@ -311,8 +322,9 @@ impl DockerBackend {
                 .is_none_or(|s| s == self.defaults.idle_timeout.as_secs())
     }
 
-    /// Makes `id` from a pool member if one fits; `false` when none does (the
-    /// caller then creates it cold). A claim that fails part-way removes the member
+    /// Makes `id` from a pool member if one fits: one ready, or one in the making
+    /// (see [`burst`]); else the caller creates it cold, holding the returned
+    /// [`Claim::Cold`] meanwhile. A claim that fails part-way removes the member
     /// and leaves the create to the cold path.
     pub(super) async fn claim(
         &self,
@@ -320,17 +332,23 @@ impl DockerBackend {
         token_key: &str,
         authorized_keys: &[String],
         spec: &SandboxSpec,
-    ) -> crate::Result<bool> {
+    ) -> crate::Result<Claim<'_>> {
         if !self.poolable(spec) {
-            return Ok(false);
+            return Ok(Claim::Cold(None));
         }
         let Some(image_id) = self.image_info(spec).await?.id else {
-            return Ok(false);
+            return Ok(Claim::Cold(None));
         };
         self.pool.note_demand(&image_id);
-        let Some(member) = self.pool.take(&image_id) else {
-            self.pool.wake.notify_one();
-            return Ok(false);
+        let member = match self.pool.take(&image_id) {
+            Some(member) => member,
+            None => {
+                self.pool.wake.notify_one();
+                match self.pool.await_member(&image_id).await {
+                    Some(member) => member,
+                    None => return Ok(Claim::Cold(Some(self.pool.cold_create(&image_id)))),
+                }
+            }
         };
         let handed = self
             .hand_over(id, &member, token_key, authorized_keys, spec)
@@ -340,7 +358,7 @@ impl DockerBackend {
             tracing::warn!(sandbox = %id, error = %format!("{e:#}"), "a pool claim failed; creating it cold");
             self.remove_all(id).await?;
             self.remove_all(&member.slot).await?;
-            return Ok(false);
+            return Ok(Claim::Cold(Some(self.pool.cold_create(&image_id))));
         }
         tracing::info!(sandbox = %id, slot = %member.slot, "sandbox claimed from the pool");
         // As in a cold create: a clone that fails fails the create.
@@ -350,7 +368,7 @@ impl DockerBackend {
             self.remove_all(id).await?;
             return Err(e.into());
         }
-        Ok(true)
+        Ok(Claim::Claimed)
     }
 
     /// Turns `member` into sandbox `id`.
@@ -586,9 +604,16 @@ impl DockerBackend {
             while ok
                 && making.len() < parallel
                 && self.pool.count(&size.image) + making.len() < want
+                && !self.pool.burst.cold_running(image_id)
                 && !self.pool.closed.load(Ordering::SeqCst)
             {
-                making.push(self.fill_and_add(&size.image));
+                // Counted from now, so that creates can wait for it.
+                let counted = self.pool.making(image_id);
+                making.push(async move {
+                    let filled = self.fill_and_add(&size.image).await;
+                    drop(counted);
+                    filled
+                });
             }
             let Some(filled) = making.next().await else {
                 return (ok, want);
@@ -646,6 +671,9 @@ impl DockerBackend {
         }
     }
 }
+
+#[path = "pool_burst.rs"]
+mod burst;
 
 #[cfg(test)]
 #[path = "pool_tests.rs"]
