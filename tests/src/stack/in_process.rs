@@ -332,15 +332,7 @@ impl Stack {
         args: &[&str],
         log: &Path,
     ) -> Result<ChildGuard> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)?;
-        let mut cmd = Command::new(self.runner_bin()?);
-        cmd.args(["run", "--data-dir"])
-            .arg(data)
-            .arg("--listen-dir")
-            .arg(listen);
+        let (mut cmd, log) = runner_run(&self.runner_bin()?, data, listen, log)?;
         if std::env::var_os("WARREN_AGENT_BIN").is_none() {
             let agent = match self.profile {
                 Profile::Debug => bin_path("warren-agent"),
@@ -361,6 +353,26 @@ impl Stack {
             .stderr(log);
         ChildGuard::spawn(&mut cmd)
     }
+}
+
+/// `warren-runner run` of `bin` with its data and listen directories, and `log`
+/// opened for appending (for its stderr).
+pub(super) fn runner_run(
+    bin: &Path,
+    data: &Path,
+    listen: &Path,
+    log: &Path,
+) -> Result<(Command, std::fs::File)> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let mut cmd = Command::new(bin);
+    cmd.args(["run", "--data-dir"])
+        .arg(data)
+        .arg("--listen-dir")
+        .arg(listen);
+    Ok((cmd, log))
 }
 
 /// `warren-runner join` with a join token; returns the runner's id (from its

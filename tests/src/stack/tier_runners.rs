@@ -4,7 +4,7 @@
 //! scale benchmark runs fifty of them; and the binaries of the build they use.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -112,15 +112,7 @@ pub(super) fn spawn_runner(
     n: usize,
     log: &Path,
 ) -> Result<ChildGuard> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)?;
-    let mut cmd = Command::new(&bins.runner);
-    cmd.args(["run", "--data-dir"])
-        .arg(data)
-        .arg("--listen-dir")
-        .arg(listen);
+    let (mut cmd, log) = super::in_process::runner_run(&bins.runner, data, listen, log)?;
     match bins.backend {
         TierBackend::Docker => {
             // Each runner its own network block, so two runners never race for a
