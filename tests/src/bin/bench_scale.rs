@@ -412,6 +412,11 @@ fn bursts(opts: &Options, client: &Client) -> Result<()> {
         first_ssh_true(&up.client(client, &id), started)?;
         serial.push(started.elapsed().as_secs_f64() * 1000.0);
     }
+    let in_order = serial
+        .iter()
+        .map(|ms| format!("{ms:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     serial.sort_by(f64::total_cmp);
     up.rt.block_on(up.api.delete_all())?;
     pool_ready(&up, POOL)?;
@@ -498,6 +503,7 @@ fn bursts(opts: &Options, client: &Client) -> Result<()> {
         at_once.len(),
         opts.burst_concurrent
     );
+    println!("\nThe creates back to back, in order (ms): {in_order}.");
     if !failures.is_empty() {
         println!("\nFailed creates:\n\n{}", failures.join("\n"));
     }
