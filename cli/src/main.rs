@@ -91,6 +91,10 @@ enum Command {
         /// local images only). Off by default.
         #[arg(long)]
         allow_builds: bool,
+        /// Docker: remove a built image once no sandbox has used it for this many
+        /// seconds (it is built again from the same inputs when needed).
+        #[arg(long, default_value_t = 3600)]
+        keep_unused_builds_s: u64,
         #[command(flatten)]
         recording: warren_gateway::recordings::RecordingArgs,
         #[command(flatten)]
@@ -276,6 +280,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             disk_mb,
             capacity_disk_mb,
             allow_builds,
+            keep_unused_builds_s,
             recording,
             admission,
         } => {
@@ -300,6 +305,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 disk_mb,
                 capacity_disk_mb,
                 allow_builds,
+                keep_unused_builds: std::time::Duration::from_secs(keep_unused_builds_s),
             })
             .await
         }

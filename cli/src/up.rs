@@ -40,6 +40,8 @@ pub struct UpOptions {
     pub capacity_disk_mb: Option<u64>,
     /// Whether devcontainer.json builds are built (`--allow-builds`).
     pub allow_builds: bool,
+    /// How long a built image nobody used is kept (`--keep-unused-builds-s`).
+    pub keep_unused_builds: Duration,
     /// What the gateway records (`<data-dir>/recordings`).
     pub recording: RecordingPolicy,
     /// The SSH front door's bounds: logins per address, and what logged-in
@@ -264,6 +266,7 @@ async fn local_runner(opts: &UpOptions, data: &DataDir) -> anyhow::Result<Runner
             }],
             disk_mb: opts.disk_mb,
             allow_builds: opts.allow_builds,
+            keep_unused_builds: opts.keep_unused_builds,
             ..DockerDefaults::default()
         },
         reap_interval: opts.reap_interval,
