@@ -393,8 +393,8 @@ impl DockerBackend {
                     .into());
             }
         }
-        // Held while the sandbox is made cold (see `pool::burst`).
-        let _cold = match self.claim(id, token_key, authorized_keys, spec).await? {
+        // Held while the sandbox's container is made cold (see `pool::burst`).
+        let cold = match self.claim(id, token_key, authorized_keys, spec).await? {
             pool::Claim::Claimed => return Ok(()),
             pool::Claim::Cold(counted) => counted,
         };
@@ -409,10 +409,18 @@ impl DockerBackend {
         let image = spec.image.as_deref().unwrap_or(&self.defaults.image);
         // Whatever fails from here on leaves nothing behind: a half-made sandbox
         // would hold a network, a disk and the runner's capacity for nothing.
-        let made = self
+        let mut made = self
             .make(id, Serves::Sandbox { token_key }, image, spec, &name)
             .await;
+        // Its container is up: the pool may start members again while the
+        // repository (of any size) is cloned.
+        drop(cold);
         self.refill_spares();
+        if made.is_ok()
+            && let Some(repo) = &spec.repo
+        {
+            made = self.clone_repo(id, repo).await.map_err(Into::into);
+        }
         if let Err(e) = made {
             if let Err(cleanup) = self.remove_all(id).await {
                 tracing::warn!(sandbox = %id, error = %format!("{cleanup:#}"), "cleaning up a failed create");
@@ -425,7 +433,7 @@ impl DockerBackend {
 
     /// Makes and starts a new sandbox's (or pool member's) disk, network,
     /// firewall rules and container, and waits for its agent: for a sandbox until it
-    /// accepts connections (then its repository is cloned), for a pool member until
+    /// accepts connections (its create then clones its repository), for a pool member until
     /// it has set up its user and waits to be claimed. What does not depend on
     /// each other is made at once: the image lookup with the disk, then the
     /// network, its rules and the container.
@@ -555,12 +563,8 @@ impl DockerBackend {
             .with_context(|| format!("starting {name}"))?;
         let started = began.elapsed();
         match serves {
-            Serves::Sandbox { .. } => {
-                self.wait_for_agent(id).await?;
-                if let Some(repo) = &spec.repo {
-                    self.clone_repo(id, repo).await?;
-                }
-            }
+            // (A sandbox's repository is cloned by its create, after this.)
+            Serves::Sandbox { .. } => self.wait_for_agent(id).await?,
             Serves::Pool => self.wait_for_setup(id).await?,
             Serves::Fork { .. } => self.wait_for_agent(id).await?,
         }
