@@ -210,7 +210,7 @@ impl Exit {
 }
 
 /// Copies `from` (read side of one channel) into `to` (write side of the other),
-/// granting `from`'s window as bytes are written. EOF and CLOSE are passed on;
+/// granting `from`'s window (in batches) as bytes are written. EOF and CLOSE are passed on;
 /// exit-status and exit-signal too, the latter through `exit_signal` because only
 /// a connection handle can send it. `tap` sees every data byte on the way (a
 /// session's recording); if it says stop, the channel is closed. Returns the bytes

@@ -235,7 +235,10 @@ fn main() -> Result<()> {
         for s in &servers {
             println!("{}: {}", s.name, s.client.ssh_command_line());
         }
-        println!("(scratch: {}) close stdin to stop", load.work.path().display());
+        println!(
+            "(scratch: {}) close stdin to stop",
+            load.work.path().display()
+        );
         std::io::copy(&mut std::io::stdin(), &mut std::io::sink())?;
         return Ok(());
     }
