@@ -8,14 +8,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use warren_gateway::dial::TunnelDialer;
-use warren_gateway::ssh::{AgentDialer, AgentStream, DialError, Dialing};
+use warren_gateway::ssh::{AgentDialer, AgentStream, DialError, Dialing, WriteBehind};
 use warren_runner::backend::Backend;
 use warren_store::{RunnerId, Sandbox};
 
-/// What each direction between the gateway and a local agent may hold in flight.
+/// What the gateway may hold back towards a local agent while that agent's socket
+/// is full (as the in-memory pipe this replaced held at most).
 const DECOUPLING: usize = 4 << 20;
-/// The copy's buffers, as the runner's tunnel uses.
-const COPY_BUFFER: usize = 64 << 10;
 
 /// Set up in two steps: the gateway needs its dialer before the local runner
 /// exists, and the runner needs the gateway's endpoint to join.
@@ -43,25 +42,15 @@ impl AgentDialer for LocalDialer {
             if let Some((runner, backend)) = self.local.get()
                 && sandbox.runner_id.as_ref() == Some(runner)
             {
-                let Some(mut agent) = backend.connect_agent(&sandbox.id).await else {
+                let Some(agent) = backend.connect_agent(&sandbox.id).await else {
                     return Err(DialError::NotRunning);
                 };
-                // Decoupled as the tunnel decouples them: the gateway's SSH session
-                // and the agent's each stop reading while they write, so straight
-                // over one socket pair a full buffer each way (`cat` of a large
-                // stdin) would hold both. Here each direction has its own buffer
-                // and a task that keeps both moving.
-                let (ours, mut theirs) = tokio::io::duplex(DECOUPLING);
-                tokio::spawn(async move {
-                    let _ = tokio::io::copy_bidirectional_with_sizes(
-                        &mut theirs,
-                        &mut agent,
-                        COPY_BUFFER,
-                        COPY_BUFFER,
-                    )
-                    .await;
-                });
-                return Ok(Box::new(ours) as Box<dyn AgentStream>);
+                // The gateway's SSH session and the agent's each stop reading while
+                // they write, so straight over one socket pair a full buffer each way
+                // (`cat` of a large stdin) would hold both. The gateway's side never
+                // waits on its writes (up to DECOUPLING), so it always reads and the
+                // agent's writes always finish.
+                return Ok(Box::new(WriteBehind::new(agent, DECOUPLING)) as Box<dyn AgentStream>);
             }
             match self.tunnel.get() {
                 Some(tunnel) => tunnel.dial(sandbox, originator).await,

@@ -26,7 +26,7 @@ pub use crate::guard::{
     AdmissionArgs, FailureLimiter, PreauthLimits, SessionBounds, SessionLimits,
     limiter_failures_total,
 };
-pub use upstream::{AgentDialer, AgentStream, DialError, Dialing};
+pub use upstream::{AgentDialer, AgentStream, DialError, Dialing, WriteBehind};
 
 /// The live logins, where they used to be.
 pub use crate::lifecycle::live;

@@ -6,6 +6,8 @@
 //! the other side. A slow user therefore slows the agent's output down to its pace,
 //! and the gateway holds at most one window per direction per channel.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -24,6 +26,11 @@ pub type Replies = mpsc::UnboundedReceiver<bool>;
 
 /// Bytes read from a stream in one go.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// Consumed bytes are granted back in batches of this size: every window here is
+/// 2 MiB (ours, the user's and the agent's), so the peer always has most of it
+/// open, and a 32 KiB packet no longer costs a window-adjust packet of its own.
+const GRANT_BATCH: u32 = 256 * 1024;
 
 /// Reads a channel's messages as they come, so the connection's read loop never
 /// waits on us: replies to requests go to `replies`, everything else (in order) to
@@ -62,6 +69,122 @@ pub fn drain(
     rx
 }
 
+/// A channel's incoming messages for one consumer, without a task between: the
+/// consumer reads the channel itself, and keeps reading it (into a queue bounded by
+/// the channel's window) while it waits on anything else, so the connection's read
+/// loop never waits on us. Replies to requests go to `replies` as they come, ahead
+/// of data still queued.
+pub struct Inbox {
+    read: ChannelReadHalf,
+    replies: Option<mpsc::UnboundedSender<bool>>,
+    queue: VecDeque<ChannelMsg>,
+    /// False once CLOSE came (or the channel ended): nothing more to read.
+    open: bool,
+}
+
+impl Inbox {
+    pub fn new(read: ChannelReadHalf, replies: Option<mpsc::UnboundedSender<bool>>) -> Inbox {
+        Inbox {
+            read,
+            replies,
+            queue: VecDeque::new(),
+            open: true,
+        }
+    }
+
+    /// Routes a message: replies and window news are taken here; what is left is
+    /// for the consumer, in order.
+    fn sort(&mut self, msg: Option<ChannelMsg>) -> Option<ChannelMsg> {
+        match msg {
+            Some(ChannelMsg::Success) => {
+                if let Some(r) = &self.replies {
+                    let _ = r.send(true);
+                }
+                None
+            }
+            Some(ChannelMsg::Failure) => {
+                if let Some(r) = &self.replies {
+                    let _ = r.send(false);
+                }
+                None
+            }
+            Some(ChannelMsg::WindowAdjusted { .. }) => None,
+            Some(ChannelMsg::Close) | None => {
+                self.open = false;
+                Some(ChannelMsg::Close)
+            }
+            Some(other) => Some(other),
+        }
+    }
+}
+
+/// Where [`channel_to_channel`] takes a channel's messages from: a queue a [`drain`]
+/// task fills, or an [`Inbox`].
+pub trait Incoming: Send {
+    /// The next message for the consumer; `None` once there is none.
+    fn next(&mut self) -> impl Future<Output = Option<ChannelMsg>> + Send;
+    /// Runs `work` while the channel goes on being read.
+    fn meanwhile<F: Future + Send>(&mut self, work: F) -> impl Future<Output = F::Output> + Send;
+}
+
+impl Incoming for mpsc::UnboundedReceiver<ChannelMsg> {
+    async fn next(&mut self) -> Option<ChannelMsg> {
+        self.recv().await
+    }
+
+    /// The drain task reads the channel.
+    async fn meanwhile<F: Future + Send>(&mut self, work: F) -> F::Output {
+        work.await
+    }
+}
+
+impl Incoming for Inbox {
+    async fn next(&mut self) -> Option<ChannelMsg> {
+        if let Some(msg) = self.queue.pop_front() {
+            return Some(msg);
+        }
+        while self.open {
+            let msg = self.read.wait().await;
+            if let Some(msg) = self.sort(msg) {
+                return Some(msg);
+            }
+        }
+        None
+    }
+
+    async fn meanwhile<F: Future + Send>(&mut self, work: F) -> F::Output {
+        let mut work = std::pin::pin!(work);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut work => return out,
+                msg = self.read.wait(), if self.open => {
+                    if let Some(msg) = self.sort(msg) {
+                        self.queue.push_back(msg);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Window re-opened in batches (see [`GRANT_BATCH`]).
+struct Owed {
+    grant: Grant,
+    id: ChannelId,
+    bytes: u32,
+}
+
+impl Owed {
+    fn consumed(&mut self, n: u32) {
+        self.bytes = self.bytes.saturating_add(n);
+        if self.bytes >= GRANT_BATCH {
+            (self.grant)(self.id, self.bytes);
+            self.bytes = 0;
+        }
+    }
+}
+
 fn len_u32(data: &Bytes) -> u32 {
     u32::try_from(data.len()).unwrap_or(u32::MAX)
 }
@@ -87,17 +210,17 @@ impl Exit {
 }
 
 /// Copies `from` (read side of one channel) into `to` (write side of the other),
-/// granting `from`'s window as bytes are written. EOF and CLOSE are passed on;
+/// granting `from`'s window (in batches) as bytes are written. EOF and CLOSE are passed on;
 /// exit-status and exit-signal too, the latter through `exit_signal` because only
 /// a connection handle can send it. `tap` sees every data byte on the way (a
 /// session's recording); if it says stop, the channel is closed. Returns the bytes
 /// copied and the exit seen.
 pub async fn channel_to_channel<S>(
-    mut from: mpsc::UnboundedReceiver<ChannelMsg>,
+    mut from: impl Incoming,
     from_id: ChannelId,
     grant: Grant,
     to: &ChannelWriteHalf<S>,
-    exit_signal: impl Fn(ChannelMsg) -> Option<tokio::task::JoinHandle<()>>,
+    exit_signal: impl Fn(ChannelMsg) -> Option<tokio::task::JoinHandle<()>> + Send,
     tap: Option<&Tap>,
 ) -> (u64, Exit)
 where
@@ -105,33 +228,46 @@ where
 {
     let mut bytes = 0u64;
     let mut exit = Exit::default();
-    while let Some(msg) = from.recv().await {
+    let mut owed = Owed {
+        grant,
+        id: from_id,
+        bytes: 0,
+    };
+    while let Some(msg) = from.next().await {
         let ok = match msg {
             ChannelMsg::Data { data } => {
                 let n = len_u32(&data);
                 bytes += u64::from(n);
-                let kept = observe(tap, &data, to).await;
-                let sent = to.data_bytes(data).await.is_ok();
-                grant(from_id, n);
+                let (kept, sent) = from
+                    .meanwhile(async {
+                        let kept = observe(tap, &data, to).await;
+                        (kept, to.data_bytes(data).await.is_ok())
+                    })
+                    .await;
+                owed.consumed(n);
                 sent && kept
             }
             ChannelMsg::ExtendedData { data, ext } => {
                 let n = len_u32(&data);
                 bytes += u64::from(n);
-                let kept = observe(tap, &data, to).await;
-                let sent = to.extended_data_bytes(ext, data).await.is_ok();
-                grant(from_id, n);
+                let (kept, sent) = from
+                    .meanwhile(async {
+                        let kept = observe(tap, &data, to).await;
+                        (kept, to.extended_data_bytes(ext, data).await.is_ok())
+                    })
+                    .await;
+                owed.consumed(n);
                 sent && kept
             }
-            ChannelMsg::Eof => to.eof().await.is_ok(),
+            ChannelMsg::Eof => from.meanwhile(to.eof()).await.is_ok(),
             ChannelMsg::ExitStatus { exit_status } => {
                 exit.status = Some(exit_status);
-                to.exit_status(exit_status).await.is_ok()
+                from.meanwhile(to.exit_status(exit_status)).await.is_ok()
             }
             msg @ ChannelMsg::ExitSignal { .. } => {
                 exit.signal = true;
                 if let Some(task) = exit_signal(msg) {
-                    let _ = task.await;
+                    let _ = from.meanwhile(task).await;
                 }
                 true
             }

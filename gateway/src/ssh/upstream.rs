@@ -6,14 +6,17 @@
 //! requests) arrive here and are relayed to the user's connection.
 
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use bytes::{Buf, BytesMut};
 use russh::client::{self, Msg};
 use russh::{Channel, ChannelId};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use warren_keys::SandboxToken;
 use warren_store::Sandbox;
 
@@ -22,6 +25,107 @@ use super::pipe::{self, Grant};
 /// A byte stream to an agent.
 pub trait AgentStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> AgentStream for T {}
+
+/// A stream to a local agent whose writes never hold up its reads: what the socket
+/// cannot take at once is kept here (up to `limit`) and written while the stream is
+/// next read or written. An SSH session stops reading while it writes, and so does
+/// the agent's; straight over one socket pair a full buffer each way (`cat` of a
+/// large stdin) would hold both. The bytes go to the socket with no copy and no task
+/// between as long as it has room, unlike a copy task behind an in-memory pipe.
+pub struct WriteBehind<S> {
+    inner: S,
+    spill: BytesMut,
+    limit: usize,
+    /// A write error met while reading, reported by the next write.
+    failed: Option<io::ErrorKind>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WriteBehind<S> {
+    /// `limit`: the bytes kept back at most; past it, writes wait for the socket.
+    pub fn new(inner: S, limit: usize) -> WriteBehind<S> {
+        WriteBehind {
+            inner,
+            spill: BytesMut::new(),
+            limit,
+            failed: None,
+        }
+    }
+
+    /// Writes what was kept back, as far as the socket takes it now. Pending (the
+    /// caller's task woken when the socket has room) while some is left.
+    fn write_spill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.spill.is_empty() {
+            match ready!(Pin::new(&mut self.inner).poll_write(cx, &self.spill)) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => self.spill.advance(n),
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        // A burst's buffer is not kept for an idle connection.
+        if self.spill.capacity() > SPILL_KEPT {
+            self.spill = BytesMut::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// What an emptied spill buffer may keep of its capacity.
+const SPILL_KEPT: usize = 256 << 10;
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WriteBehind<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        // The session waits here most of the time: kept-back bytes move on as the
+        // socket drains (its readiness wakes this same task).
+        if let Poll::Ready(Err(e)) = this.write_spill(cx) {
+            this.failed = Some(e.kind());
+            this.spill = BytesMut::new();
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WriteBehind<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if let Some(kind) = this.failed {
+            return Poll::Ready(Err(kind.into()));
+        }
+        if this.write_spill(cx)?.is_ready()
+            && let Poll::Ready(written) = Pin::new(&mut this.inner).poll_write(cx, buf)
+        {
+            return Poll::Ready(written);
+        }
+        // The socket is full (and this task will be woken when it is not).
+        let room = this.limit.saturating_sub(this.spill.len()).min(buf.len());
+        if room == 0 {
+            return Poll::Pending;
+        }
+        this.spill.extend_from_slice(&buf[..room]);
+        Poll::Ready(Ok(room))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        // Not waiting for the kept-back bytes is the point: they go on while reading.
+        let _ = this.write_spill(cx)?;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.write_spill(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
 
 /// Why no stream to a sandbox's agent could be had; the text is shown to the user.
 #[derive(Debug, thiserror::Error)]

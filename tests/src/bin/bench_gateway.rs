@@ -43,6 +43,11 @@ struct Options {
     only: Vec<String>,
     /// Also measure the sandbox agent directly (`--with-agent`).
     with_agent: bool,
+    /// Leave out the gateway + runner stack (`--without-tunnel`): sshd and `warren up`.
+    without_tunnel: bool,
+    /// Measure nothing: print each server's ssh command line and wait for stdin to
+    /// close (`--serve`), to profile a transfer by hand.
+    serve: bool,
 }
 
 impl Options {
@@ -54,6 +59,8 @@ impl Options {
             dir: PathBuf::from("/dev/shm"),
             only: Vec::new(),
             with_agent: false,
+            without_tunnel: false,
+            serve: false,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -73,10 +80,13 @@ impl Options {
                     }
                 }
                 "--with-agent" => o.with_agent = true,
+                "--without-tunnel" => o.without_tunnel = true,
+                "--serve" => o.serve = true,
                 "-h" | "--help" => {
                     println!(
                         "bench-gateway [--size-mib N (1024)] [--sessions N (1000)] [--runs N (20)] \
-                         [--dir DIR (/dev/shm)] [--only {} (all)] [--with-agent]",
+                         [--dir DIR (/dev/shm)] [--only {} (all)] [--with-agent] \
+                         [--without-tunnel] [--serve]",
                         MEASUREMENTS.join(",")
                     );
                     std::process::exit(0);
@@ -136,19 +146,24 @@ fn main() -> Result<()> {
         .quiet()
         .start()?;
     let agent_client = bench_client(agent.client()?);
-    eprintln!("starting the gateway stack…");
-    let stack = Stack::builder().processes(
-        load.work.path(),
-        &agent_client,
-        StackOptions {
-            backend: Backend::Process,
-            sandboxes: 1,
-            spec: Default::default(),
-            create_concurrency: 1,
-        },
-    )?;
-    let gateway_client = stack.client(&agent_client, 0);
-    let (gateway_pid, runner_pid) = (stack.gateway.pid(), stack.runner.pid());
+    let stack = if opts.without_tunnel {
+        None
+    } else {
+        eprintln!("starting the gateway stack…");
+        Some(Stack::builder().processes(
+            load.work.path(),
+            &agent_client,
+            StackOptions {
+                backend: Backend::Process,
+                sandboxes: 1,
+                spec: Default::default(),
+                create_concurrency: 1,
+            },
+        )?)
+    };
+    let (gateway_pid, runner_pid) = stack
+        .as_ref()
+        .map_or((0, 0), |s| (s.gateway.pid(), s.runner.pid()));
     eprintln!("starting `warren up --process-backend`…");
     let up_home = home_for(&agent_client)?;
     let up_data = tempfile::TempDir::new()?;
@@ -160,11 +175,11 @@ fn main() -> Result<()> {
     let up_client = up.client(&agent_client, &up_sandbox);
     let up_pid = up.pid();
 
-    let mut contenders = vec![
-        ("sshd", sshd_client),
-        ("gateway", gateway_client),
-        ("warren up", up_client),
-    ];
+    let mut contenders = vec![("sshd", sshd_client)];
+    if let Some(stack) = &stack {
+        contenders.push(("gateway", stack.client(&agent_client, 0)));
+    }
+    contenders.push(("warren up", up_client));
     if opts.with_agent {
         contenders.push(("warren-agent", agent_client));
     }
@@ -216,9 +231,24 @@ fn main() -> Result<()> {
         });
     }
 
-    let scores = measure(&servers, &load, opts.runs, opts.sessions, |m| opts.wants(m));
+    if opts.serve {
+        for s in &servers {
+            println!("{}: {}", s.name, s.client.ssh_command_line());
+        }
+        println!(
+            "(scratch: {}) close stdin to stop",
+            load.work.path().display()
+        );
+        std::io::copy(&mut std::io::stdin(), &mut std::io::sink())?;
+        return Ok(());
+    }
+    let mut scores = measure(&servers, &load, opts.runs, opts.sessions, |m| opts.wants(m));
+    if stack.is_none() {
+        // The table's gateway column stays empty (n/a).
+        scores.insert(1, Scores::default());
+    }
     print_table(&opts, &scores);
-    if opts.wants("sessions") {
+    if stack.is_some() && opts.wants("sessions") {
         print_persistent(&servers[1], scores[1].key_p50_ms);
     }
     drop(servers);

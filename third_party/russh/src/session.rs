@@ -78,6 +78,9 @@ pub(crate) struct CommonSession<Config> {
     pub strict_kex: bool,
     pub alive_timeouts: usize,
     pub received_data: bool,
+    /// Warren patch: the packet being processed, for channel data to slice (see
+    /// `sshbuffer::channel_data`).
+    pub incoming: Option<bytes::Bytes>,
 }
 
 impl<C> Debug for CommonSession<C> {

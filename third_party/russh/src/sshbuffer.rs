@@ -324,6 +324,8 @@ fn packet_bytes_compressed_matches_packet_output() {
 #[derive(Debug, Default)]
 pub struct SSHBuffer {
     pub buffer: Vec<u8>,
+    /// Warren patch: bytes read past the last packet (see `cipher::read`).
+    pub ahead: Vec<u8>,
     pub len: usize,   // next packet length.
     pub bytes: usize, // total payload bytes read/written since the last rekey
     // Sequence numbers are on 32 bits and wrap.
@@ -335,6 +337,7 @@ impl SSHBuffer {
     pub fn new() -> Self {
         SSHBuffer {
             buffer: Vec::new(),
+            ahead: Vec::new(),
             len: 0,
             bytes: 0,
             seqn: Wrapping(0),
@@ -387,8 +390,56 @@ impl PacketBytesWriter {
 /// Uses Vec<u8> (not CryptoVec/mlocked) because incoming network data is not secret.
 #[derive(Debug)]
 pub(crate) struct IncomingSshPacket {
-    pub buffer: Vec<u8>,
+    /// Warren patch: `Bytes`, so channel data can be handed on as a slice of it.
+    pub buffer: Bytes,
     pub seqn: Wrapping<u32>,
+}
+
+impl IncomingSshPacket {
+    /// Warren patch: the packet in `buffer` (past its length and padding length),
+    /// decompressed by `decompress`; without compression, the buffer itself is
+    /// taken (no copy; the next packet is read into a new one).
+    pub(crate) fn take(
+        buffer: &mut SSHBuffer,
+        decompress: Option<&mut crate::compression::Decompress>,
+    ) -> Result<IncomingSshPacket, crate::Error> {
+        let seqn = buffer.seqn;
+        if buffer.buffer.len() < 5 {
+            return Err(crate::Error::IndexOutOfBounds);
+        }
+        let buffer = match decompress {
+            Some(d) if !matches!(d, crate::compression::Decompress::None) => {
+                let mut decomp = Vec::new();
+                #[allow(clippy::indexing_slicing)] // length checked
+                Bytes::copy_from_slice(d.decompress(&buffer.buffer[5..], &mut decomp)?)
+            }
+            _ => Bytes::from(std::mem::take(&mut buffer.buffer)).slice(5..),
+        };
+        Ok(IncomingSshPacket { buffer, seqn })
+    }
+}
+
+/// Warren patch: decodes a channel data string. When it ends `packet` (the packet
+/// the reader is reading, positioned in it), it is a slice of the packet, not a copy.
+pub(crate) fn channel_data(
+    r: &mut &[u8],
+    packet: Option<&Bytes>,
+) -> Result<Bytes, ssh_encoding::Error> {
+    use ssh_encoding::Decode;
+    let left = r.len();
+    if let Some(packet) = packet
+        && left >= 4
+        && left <= packet.len()
+        && packet.as_ptr().wrapping_add(packet.len()) == r.as_ptr().wrapping_add(left)
+    {
+        #[allow(clippy::indexing_slicing)] // length checked
+        let len = u32::from_be_bytes([r[0], r[1], r[2], r[3]]) as usize;
+        if len == left - 4 {
+            *r = &[];
+            return Ok(packet.slice(packet.len() - len..));
+        }
+    }
+    Bytes::decode(r)
 }
 
 /// Packet writer for constructing and encrypting outgoing SSH packets.

@@ -58,8 +58,8 @@ impl Connection {
         let (up_read, up_write) = up_channel.split();
         let up_write = Arc::new(up_write);
         let (replies_tx, replies) = mpsc::unbounded_channel();
-        let from_user = pipe::drain(user_read, None);
-        let from_agent = pipe::drain(up_read, Some(replies_tx));
+        let from_user = pipe::Inbox::new(user_read, None);
+        let from_agent = pipe::Inbox::new(up_read, Some(replies_tx));
         let (user_g, up_g) = (user_grant(session), up.grant());
         let handle = session.handle();
         let tally = self.tally.clone();

@@ -292,22 +292,60 @@ pub(crate) trait SealingKey {
     }
 }
 
+/// Warren patch: bytes read past a packet, up to the start of the next one's length
+/// field: one read per packet instead of two when the next is already waiting.
+const READ_AHEAD: usize = 16;
+
+/// Warren patch: appends `want` more bytes to `buffer.buffer`, taking what was read
+/// ahead first; reads up to `ahead` bytes more if the stream has them at once (kept
+/// for the next call). No zero-fill: the stream writes into spare capacity.
+async fn read_into<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    buffer: &mut SSHBuffer,
+    want: usize,
+    ahead: usize,
+) -> Result<(), Error> {
+    use bytes::BufMut;
+    let target = buffer.buffer.len() + want;
+    let kept = buffer.ahead.len().min(want);
+    buffer.buffer.extend_from_slice(buffer.ahead.get(..kept).unwrap_or_default());
+    buffer.ahead.drain(..kept);
+    if buffer.buffer.len() >= target {
+        return Ok(());
+    }
+    buffer.buffer.reserve(target + ahead - buffer.buffer.len());
+    while buffer.buffer.len() < target {
+        let room = target + ahead - buffer.buffer.len();
+        let n = stream
+            .read_buf(&mut (&mut buffer.buffer).limit(room))
+            .await?;
+        if n == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+    }
+    if let Some(next) = buffer.buffer.get(target..) {
+        buffer.ahead.extend_from_slice(next);
+    }
+    buffer.buffer.truncate(target);
+    Ok(())
+}
+
 pub(crate) async fn read<R: AsyncRead + Unpin>(
     stream: &mut R,
     buffer: &mut SSHBuffer,
     cipher: &mut (dyn OpeningKey + Send),
 ) -> Result<usize, Error> {
+    let l = cipher.packet_length_to_read_for_block_length();
     if buffer.len == 0 {
-        let mut len = vec![0; cipher.packet_length_to_read_for_block_length()];
-
-        stream.read_exact(&mut len).await?;
+        buffer.buffer.clear();
+        read_into(stream, buffer, l, 0).await?;
+        #[allow(clippy::indexing_slicing)] // length checked
+        let len = &buffer.buffer[..l];
         trace!("reading, len = {len:?}");
         {
             let seqn = buffer.seqn.0;
-            buffer.buffer.clear();
-            buffer.buffer.extend_from_slice(&len);
             trace!("reading, seqn = {seqn:?}");
-            let len = cipher.decrypt_packet_length(seqn, &len);
+            let len = cipher.decrypt_packet_length(seqn, len);
             let len = BigEndian::read_u32(&len) as usize;
 
             if len > MAXIMUM_PACKET_LEN {
@@ -331,13 +369,9 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
         }
     }
 
-    buffer.buffer.resize(buffer.len + 4, 0);
     trace!("read_exact {:?}", buffer.len + 4);
-
-    let l = cipher.packet_length_to_read_for_block_length();
-
-    #[allow(clippy::indexing_slicing)] // length checked
-    stream.read_exact(&mut buffer.buffer[l..]).await?;
+    let rest = (buffer.len + 4).saturating_sub(buffer.buffer.len());
+    read_into(stream, buffer, rest, READ_AHEAD).await?;
 
     trace!("read_exact done");
     let seqn = buffer.seqn.0;

@@ -71,7 +71,11 @@ impl Session {
             pkt.buffer.len()
         );
 
-        self.process_packet(client, &pkt.buffer).await
+        // Warren patch: channel data is sliced out of the packet, not copied.
+        self.common.incoming = Some(pkt.buffer.clone());
+        let processed = self.process_packet(client, &pkt.buffer).await;
+        self.common.incoming = None;
+        processed
     }
 
     pub(crate) async fn process_packet<H: Handler>(
@@ -608,7 +612,11 @@ impl Session {
             Some((&msg::CHANNEL_DATA, mut r)) => {
                 trace!("channel_data");
                 let channel_num = map_err!(ChannelId::decode(&mut r))?;
-                let data = map_err!(Bytes::decode(&mut r))?;
+                // Warren patch: a slice of the packet, not a copy.
+                let data = map_err!(crate::sshbuffer::channel_data(
+                    &mut r,
+                    self.common.incoming.as_ref()
+                ))?;
                 map_err!(ensure_end(&r))?;
                 if !self.common.is_established_channel(channel_num) {
                     return Ok(());
@@ -642,7 +650,11 @@ impl Session {
                 debug!("channel_extended_data");
                 let channel_num = map_err!(ChannelId::decode(&mut r))?;
                 let extended_code = map_err!(u32::decode(&mut r))?;
-                let data = map_err!(Bytes::decode(&mut r))?;
+                // Warren patch: a slice of the packet, not a copy.
+                let data = map_err!(crate::sshbuffer::channel_data(
+                    &mut r,
+                    self.common.incoming.as_ref()
+                ))?;
                 map_err!(ensure_end(&r))?;
                 if !self.common.is_established_channel(channel_num) {
                     return Ok(());

@@ -39,7 +39,11 @@ impl Session {
         handler: &mut H,
         pkt: &mut IncomingSshPacket,
     ) -> Result<(), H::Error> {
-        self.process_packet(handler, &pkt.buffer).await
+        // Warren patch: channel data is sliced out of the packet, not copied.
+        self.common.incoming = Some(pkt.buffer.clone());
+        let processed = self.process_packet(handler, &pkt.buffer).await;
+        self.common.incoming = None;
+        processed
     }
 
     pub(crate) async fn process_packet<H: Handler + Send>(
@@ -851,6 +855,7 @@ mod tests {
                 strict_kex: false,
                 alive_timeouts: 0,
                 received_data: false,
+                incoming: None,
                 remote_sshid: Vec::new(),
             },
             priority_receiver,
@@ -1435,11 +1440,12 @@ async fn reply_userauth_info_response(
 }
 
 impl Session {
-    async fn server_read_authenticated<H: Handler + Send, R: Reader>(
+    // Warren patch: a byte slice, not any `Reader`, so channel data can be sliced.
+    async fn server_read_authenticated<H: Handler + Send>(
         &mut self,
         handler: &mut H,
         msg: u8,
-        r: &mut R,
+        r: &mut &[u8],
     ) -> Result<(), H::Error> {
         match msg {
             msg::CHANNEL_OPEN => self.server_handle_channel_open(handler, r).await,
@@ -1505,7 +1511,11 @@ impl Session {
                     Some(map_err!(u32::decode(r))?)
                 };
                 trace!("handler.data {ext:?} {channel_num:?}");
-                let data = map_err!(Bytes::decode(r))?;
+                // Warren patch: a slice of the packet, not a copy.
+                let data = map_err!(crate::sshbuffer::channel_data(
+                    r,
+                    self.common.incoming.as_ref()
+                ))?;
                 map_err!(ensure_end(r))?;
                 let target = self.target_window_size;
 

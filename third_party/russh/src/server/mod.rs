@@ -1168,6 +1168,7 @@ async fn read_ssh_id<R: AsyncRead + Unpin>(
         strict_kex: false,
         alive_timeouts: 0,
         received_data: false,
+        incoming: None,
         remote_sshid: sshid.into(),
     };
     Ok(session)
