@@ -7,9 +7,16 @@
 //!
 //! A gateway that is no tier's member never sends a set, so the runner keeps its
 //! one tunnel, as before.
+//!
+//! Every gateway sends the set it last read, so sets arrive out of date: one read
+//! before another gateway registered lacks that gateway. A tunnel therefore closes
+//! only once its gateway has been missing from the sets for [`LEAVE_GRACE`]; a
+//! live gateway is back in the next set (each comes every 2 s), and closing its
+//! tunnel on one stale set would cut the sessions and requests it carries.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use tokio::sync::{mpsc, watch};
@@ -19,6 +26,10 @@ use crate::backend::Backend;
 use crate::protocol::RunnerCapacity;
 use crate::state::DataDir;
 use crate::tunnel::{self, LinkConfig};
+
+/// How long a gateway must be missing from the sets before its tunnel closes
+/// (three of its heartbeats).
+const LEAVE_GRACE: Duration = Duration::from_secs(6);
 
 /// One gateway's link: its task and how to stop it.
 struct Link {
@@ -46,6 +57,41 @@ async fn stop(address: &str, link: Link) {
     }
 }
 
+/// Since when each linked gateway has been missing from the sets received.
+#[derive(Default)]
+struct Missing(HashMap<String, Instant>);
+
+impl Missing {
+    /// After a set naming `wanted` (the seed included): the linked gateways missing
+    /// from the sets for [`LEAVE_GRACE`] by `now`, whose tunnels close (forgotten
+    /// here); one that is back is forgiven.
+    fn update(
+        &mut self,
+        linked: &[&String],
+        wanted: &BTreeSet<String>,
+        now: Instant,
+    ) -> Vec<String> {
+        self.0
+            .retain(|a, _| linked.contains(&a) && !wanted.contains(a));
+        for address in linked.iter().filter(|a| !wanted.contains(**a)) {
+            self.0.entry((*address).clone()).or_insert_with(|| {
+                tracing::info!(gateway = %address, "gateway left the set; its tunnel closes in {LEAVE_GRACE:?} unless it returns");
+                now
+            });
+        }
+        let gone: Vec<String> = self
+            .0
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= LEAVE_GRACE)
+            .map(|(a, _)| a.clone())
+            .collect();
+        for address in &gone {
+            self.0.remove(address);
+        }
+        gone
+    }
+}
+
 /// Keeps a tunnel to every gateway of the set (and to the seed) until `shutdown`
 /// fires; then closes them all and shuts the backend down. Started through
 /// [`crate::service::Runner::run`].
@@ -68,6 +114,7 @@ pub(crate) async fn run(
     });
     let mut links: HashMap<String, Link> = HashMap::new();
     links.insert(seed.clone(), start(&seed, &config));
+    let mut missing = Missing::default();
     loop {
         tokio::select! {
             Some(set) = set_rx.recv() => {
@@ -77,14 +124,11 @@ pub(crate) async fn run(
                     .map(|g| g.runner_address.clone())
                     .collect();
                 wanted.insert(seed.clone());
-                let gone: Vec<String> = links
-                    .keys()
-                    .filter(|a| !wanted.contains(*a))
-                    .cloned()
-                    .collect();
+                let linked: Vec<&String> = links.keys().collect();
+                let gone = missing.update(&linked, &wanted, Instant::now());
                 for address in gone {
                     if let Some(link) = links.remove(&address) {
-                        tracing::info!(gateway = %address, "gateway left the set; closing its tunnel");
+                        tracing::info!(gateway = %address, "gateway still not in the set; closing its tunnel");
                         stop(&address, link).await;
                     }
                 }
@@ -104,4 +148,44 @@ pub(crate) async fn run(
     }
     backend.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(addresses: &[&str]) -> BTreeSet<String> {
+        addresses.iter().map(|a| (*a).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_gateway_missing_from_one_stale_set_keeps_its_tunnel_and_one_gone_for_good_loses_it() {
+        let (a, b, c) = ("a".to_owned(), "b".to_owned(), "c".to_owned());
+        let linked = [&a, &b, &c];
+        let mut missing = Missing::default();
+        let t0 = Instant::now();
+        // A stale set without c, then c is back: nothing closes.
+        assert!(missing.update(&linked, &set(&["a", "b"]), t0).is_empty());
+        assert!(
+            missing
+                .update(&linked, &set(&["a", "b", "c"]), t0 + Duration::from_secs(2))
+                .is_empty()
+        );
+        assert!(
+            missing
+                .update(&linked, &set(&["a", "b"]), t0 + Duration::from_secs(7))
+                .is_empty()
+        );
+        // c stays away past the grace (counted from the set that dropped it again).
+        assert!(
+            missing
+                .update(&linked, &set(&["a", "b"]), t0 + Duration::from_secs(10))
+                .is_empty()
+        );
+        assert_eq!(
+            missing.update(&linked, &set(&["a", "b"]), t0 + Duration::from_secs(13)),
+            vec!["c".to_owned()]
+        );
+        assert!(missing.0.is_empty());
+    }
 }
