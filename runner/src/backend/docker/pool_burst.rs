@@ -5,7 +5,8 @@
 //! the making; the others start cold at once, in parallel. While cold creates of an
 //! image run, its pool starts no new members: on a small host they would only slow
 //! down the creates somebody is waiting for, and the pool refills once the burst is
-//! served (the last cold create wakes the filler).
+//! served (each cold create that ends wakes the filler, which starts members again
+//! once none runs).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -73,7 +74,7 @@ impl Kind {
 }
 
 /// Counted under its image id until dropped. A member in the making that ends
-/// wakes the creates waiting; the last cold create to end wakes the filler.
+/// wakes the creates waiting; a cold create that ends wakes the filler.
 pub(in crate::backend::docker) struct Counted<'a> {
     pool: &'a Pool,
     image_id: String,
