@@ -187,6 +187,14 @@ pub use warren_keys::Secret;
 
 /// How a sandbox is made. Every field is optional; the runner fills in defaults.
 /// `env` values and the repository token are [`Secret`]s: `Debug` never shows them.
+/// The CPU limit of a sandbox whose create names none, in thousandths of a CPU.
+/// The gateway sends it, and a runner makes its warm pool's members with it, so a
+/// claim of a default create changes no limits.
+pub const DEFAULT_MILLICPUS: u32 = 1000;
+/// The memory limit of a sandbox whose create names none, in MiB (as
+/// [`DEFAULT_MILLICPUS`]).
+pub const DEFAULT_MEMORY_MB: u32 = 1024;
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SandboxSpec {

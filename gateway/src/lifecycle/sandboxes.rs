@@ -20,8 +20,6 @@ use super::{Error, Lifecycle, Result, SANDBOX_TOKEN_TTL, detached, validate};
 /// What the store records as the image when the request names none: the runner's
 /// default image.
 pub const DEFAULT_IMAGE: &str = "default";
-const DEFAULT_CPUS: f64 = 1.0;
-const DEFAULT_MEMORY_MB: u32 = 1024;
 /// The env variable whose value, if given, is offered to git when cloning `repo`.
 const REPO_TOKEN_ENV: &str = "GITHUB_TOKEN";
 
@@ -106,8 +104,10 @@ impl Lifecycle {
             ));
         }
         let id = SandboxId::generate();
-        let cpus = body.cpus.unwrap_or(DEFAULT_CPUS);
-        let memory_mb = body.memory_mb.unwrap_or(DEFAULT_MEMORY_MB);
+        let cpus = body
+            .cpus
+            .unwrap_or(f64::from(warren_protocol::DEFAULT_MILLICPUS) / 1000.0);
+        let memory_mb = body.memory_mb.unwrap_or(warren_protocol::DEFAULT_MEMORY_MB);
         let demand = Demand {
             sandboxes: 1,
             memory_mb: u64::from(memory_mb),

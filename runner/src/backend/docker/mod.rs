@@ -152,8 +152,8 @@ impl Default for DockerDefaults {
     fn default() -> Self {
         DockerDefaults {
             image: "warren-base:latest".into(),
-            memory_mb: 2048,
-            millicpus: 2000,
+            memory_mb: u64::from(warren_protocol::DEFAULT_MEMORY_MB),
+            millicpus: warren_protocol::DEFAULT_MILLICPUS,
             pids_limit: 1024,
             open_files: 8192,
             runtime: None,
