@@ -11,9 +11,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
-/// How often a waiting agent looks for its identity: the claim's latency is at most
-/// this much more than a cold start's handoff.
+/// How often a waiting agent looks for its identity when it cannot be told (no
+/// inotify): the claim's latency is at most this much more than a cold start's.
 const POLL: Duration = Duration::from_millis(3);
+/// With inotify, it looks this often anyway, in case an event was lost (a queue
+/// overflow): an idle pool member wakes rarely instead of 300 times a second.
+const RECHECK: Duration = Duration::from_secs(1);
 /// The largest identity file read (the env is bounded by the API's body limit).
 const MAX_BYTES: u64 = 4 << 20;
 
@@ -36,9 +39,20 @@ impl std::fmt::Debug for Identity {
     }
 }
 
-/// Waits for `path`, reads it once and removes it (its env holds secrets).
+/// Waits for `path`, reads it once and removes it (its env holds secrets). It
+/// sleeps on inotify for the file's directory (the runner's rename into it wakes
+/// it); where inotify is not to be had, it polls.
 pub async fn wait_for(path: &Path) -> Result<Identity> {
     tracing::info!(path = %path.display(), "pooled: waiting for an identity");
+    // Watching starts before the first look, so a file that comes in between is
+    // seen either way.
+    let mut watch = path.parent().and_then(|dir| match DirWatch::new(dir) {
+        Ok(watch) => Some(watch),
+        Err(e) => {
+            tracing::warn!(error = %e, "no inotify: polling for the identity");
+            None
+        }
+    });
     loop {
         match read(path) {
             Ok(Some(identity)) => {
@@ -46,11 +60,71 @@ pub async fn wait_for(path: &Path) -> Result<Identity> {
                 tracing::info!(sandbox = %identity.sandbox_id, "claimed");
                 return Ok(identity);
             }
-            Ok(None) => tokio::time::sleep(POLL).await,
+            Ok(None) => match &mut watch {
+                Some(watch) => {
+                    let _ = tokio::time::timeout(RECHECK, watch.changed()).await;
+                }
+                None => tokio::time::sleep(POLL).await,
+            },
             Err(e) => {
                 let _ = std::fs::remove_file(path);
                 return Err(e);
             }
+        }
+    }
+}
+
+/// An inotify watch on a directory for files written or moved into it.
+struct DirWatch {
+    fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+}
+
+impl DirWatch {
+    fn new(dir: &Path) -> std::io::Result<DirWatch> {
+        use std::os::fd::FromRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        // SAFETY: plain syscall; the fd returned is checked and then owned.
+        let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a new descriptor nothing else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        let dir = std::ffi::CString::new(dir.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        let mask = libc::IN_MOVED_TO | libc::IN_CLOSE_WRITE | libc::IN_CREATE;
+        // SAFETY: `fd` is an inotify descriptor and `dir` a NUL-terminated path.
+        if unsafe { libc::inotify_add_watch(raw, dir.as_ptr(), mask) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is owned here and stays open as long as the AsyncFd.
+        let fd = unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(std::io::Error::from)?;
+        Ok(DirWatch { fd })
+    }
+
+    /// Returns once something changed in the directory (its events read and
+    /// dropped: the caller looks for itself).
+    async fn changed(&mut self) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        loop {
+            let mut ready = self.fd.readable().await?;
+            let mut events = [0u8; 4096];
+            // SAFETY: reads into a buffer of the length given.
+            let n = unsafe {
+                libc::read(
+                    self.fd.get_ref().as_raw_fd(),
+                    events.as_mut_ptr().cast(),
+                    events.len(),
+                )
+            };
+            if n > 0 {
+                return Ok(());
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::WouldBlock {
+                return Err(e);
+            }
+            ready.clear_ready();
         }
     }
 }
@@ -103,6 +177,24 @@ mod tests {
         assert_eq!(identity.env.get("A").map(String::as_str), Some("b"));
         assert!(!path.exists(), "removed after reading");
         assert!(!format!("{identity:?}").contains("token_key"));
+    }
+
+    #[tokio::test]
+    async fn a_file_renamed_into_the_directory_wakes_the_watch() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut watch = DirWatch::new(dir.path()).unwrap();
+        let quiet = tokio::time::timeout(Duration::from_millis(50), watch.changed()).await;
+        assert!(quiet.is_err(), "nothing happened yet");
+        // As the runner writes it: a temporary file elsewhere, renamed in.
+        let elsewhere = tempfile::tempdir_in(dir.path().parent().unwrap()).unwrap();
+        let tmp = elsewhere.path().join("identity.tmp");
+        std::fs::write(&tmp, "{}").unwrap();
+        std::fs::rename(&tmp, dir.path().join("identity")).unwrap();
+        let woken = tokio::time::timeout(Duration::from_secs(10), watch.changed()).await;
+        assert!(
+            matches!(woken, Ok(Ok(()))),
+            "woken by the rename: {woken:?}"
+        );
     }
 
     #[tokio::test]
