@@ -71,13 +71,16 @@ enum Command {
         reap_interval_s: u64,
         /// Started sandboxes of the default image kept waiting, so a create is a
         /// claim (0: none). Docker only; counted against the capacity.
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 6)]
         pool_size: usize,
         /// What the pool may grow to while creates come in bursts (`--pool-size`
         /// plus one waiting sandbox per create in the last minute); it shrinks back to
         /// `--pool-size` a minute after they stop.
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, default_value_t = 12)]
         pool_max: usize,
+        /// How many pool members (and spare networks) are started at once.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+        pool_fill_parallel: u16,
         /// Docker: the disk quota of sandboxes whose create request names none, in
         /// MiB (their workspace, /tmp, /var/tmp and writable layer).
         #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(64..=16 << 20))]
@@ -277,6 +280,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             reap_interval_s,
             pool_size,
             pool_max,
+            pool_fill_parallel,
             disk_mb,
             capacity_disk_mb,
             allow_builds,
@@ -302,6 +306,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 reap_interval: std::time::Duration::from_secs(reap_interval_s),
                 pool_size,
                 pool_max,
+                pool_fill_parallel: usize::from(pool_fill_parallel),
                 disk_mb,
                 capacity_disk_mb,
                 allow_builds,

@@ -34,6 +34,8 @@ pub struct UpOptions {
     pub pool_size: usize,
     /// What the pool may grow to while creates come in bursts.
     pub pool_max: usize,
+    /// How many pool members (and spare networks) are started at once.
+    pub pool_fill_parallel: usize,
     /// The disk quota of sandboxes whose create names none, in MiB (Docker).
     pub disk_mb: u64,
     /// What all sandboxes' disk quotas may add up to (default: the free disk).
@@ -264,6 +266,7 @@ async fn local_runner(opts: &UpOptions, data: &DataDir) -> anyhow::Result<Runner
                 min: opts.pool_size,
                 max: opts.pool_max.max(opts.pool_size),
             }],
+            pool_fill_parallel: opts.pool_fill_parallel.max(1),
             disk_mb: opts.disk_mb,
             allow_builds: opts.allow_builds,
             keep_unused_builds: opts.keep_unused_builds,

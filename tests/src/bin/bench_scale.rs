@@ -46,6 +46,8 @@ use warren_tests::{Client, Cmd, Running, Target};
 const UP_IMAGE: &str = "warren-base:latest";
 /// The bursts' sandboxes' disk quota (`warren up --disk-mb`).
 const BURST_DISK_MB: u64 = 256;
+/// `warren up --pool-size`'s default.
+const UP_POOL_SIZE: usize = 6;
 
 struct Options {
     sandboxes: usize,
@@ -58,6 +60,10 @@ struct Options {
     agent_bin: Option<std::path::PathBuf>,
     burst_creates: usize,
     burst_concurrent: usize,
+    /// `warren up --pool-size` (its default when not given).
+    pool_size: Option<usize>,
+    /// More arguments for `warren up` (`--up-arg=--pool-max=12`).
+    up_args: Vec<String>,
     scale: bool,
     bursts: bool,
 }
@@ -74,6 +80,8 @@ impl Options {
             agent_bin: None,
             burst_creates: 12,
             burst_concurrent: 16,
+            pool_size: None,
+            up_args: Vec::new(),
             scale: true,
             bursts: true,
         };
@@ -89,6 +97,8 @@ impl Options {
                 "--agent-bin" => o.agent_bin = Some(value()?.into()),
                 "--burst-creates" => o.burst_creates = value()?.parse()?,
                 "--burst-concurrent" => o.burst_concurrent = value()?.parse()?,
+                "--pool-size" => o.pool_size = Some(value()?.parse()?),
+                "--up-arg" => o.up_args.push(value()?),
                 "--scale-only" => o.bursts = false,
                 "--bursts-only" => o.scale = false,
                 "--network" => match value()?.as_str() {
@@ -102,6 +112,7 @@ impl Options {
                          [--image IMAGE (warren-busybox:latest)] [--network all|none (all)] \
                          [--create-concurrency N (4)] [--agent-bin STATIC_AGENT] \
                          [--burst-creates N (12)] [--burst-concurrent N (16)] \
+                         [--pool-size N (warren up's)] [--up-arg ARG]... \
                          [--scale-only | --bursts-only]"
                     );
                     std::process::exit(0);
@@ -393,13 +404,17 @@ fn bursts(opts: &Options, client: &Client) -> Result<()> {
     let data = tempfile::TempDir::new()?;
     // Small disk quotas, so that the bursts' sandboxes fit in the disk `up` counts
     // its capacity against (4 GiB each by default).
+    let mut args = vec!["--disk-mb".to_owned(), BURST_DISK_MB.to_string()];
+    if let Some(n) = opts.pool_size {
+        args.extend(["--pool-size".to_owned(), n.to_string()]);
+    }
+    args.extend(opts.up_args.iter().cloned());
     let up = Stack::builder().up(Up {
-        args: vec!["--disk-mb".into(), BURST_DISK_MB.to_string()],
+        args,
         ..Up::new(home.path(), data.path())?
     })?;
-    // The pool `up` keeps by default.
-    const POOL: usize = 4;
-    pool_ready(&up, POOL)?;
+    let pool = opts.pool_size.unwrap_or(UP_POOL_SIZE);
+    pool_ready(&up, pool)?;
     let pool_serial = up.pool_waiting()?;
     eprintln!(
         "{} creates back to back ({pool_serial} waiting in the pool)…",
@@ -419,7 +434,7 @@ fn bursts(opts: &Options, client: &Client) -> Result<()> {
         .join(", ");
     serial.sort_by(f64::total_cmp);
     up.rt.block_on(up.api.delete_all())?;
-    pool_ready(&up, POOL)?;
+    pool_ready(&up, pool)?;
     let pool_at_once = up.pool_waiting()?;
     eprintln!(
         "{} creates at once ({pool_at_once} waiting in the pool)…",
@@ -462,8 +477,12 @@ fn bursts(opts: &Options, client: &Client) -> Result<()> {
         }
     };
     println!(
-        "\n## bench-scale: bursts through `warren up` (Docker, {UP_IMAGE}, pool of {POOL}, \
-         --disk-mb {BURST_DISK_MB})\n"
+        "\n## bench-scale: bursts through `warren up` (Docker, {UP_IMAGE}, pool of {pool}, \
+         --disk-mb {BURST_DISK_MB}{})\n",
+        opts.up_args
+            .iter()
+            .map(|a| format!(" {a}"))
+            .collect::<String>()
     );
     println!(
         "{} cores, load average {}; each create is `POST /v1/sandboxes` then `ssh <id>@gateway \
