@@ -72,7 +72,8 @@ pub fn check_file(path: &Path, want_sum: &str, what: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn connect_times(s: &impl Endpoint, runs: usize) -> Result<(f64, f64)> {
+/// The mean, p50 and p90 of `runs` connections running `true`, in ms.
+pub fn connect_times(s: &impl Endpoint, runs: usize) -> Result<(f64, f64, f64)> {
     // One warm-up connection (page cache, key loading) that does not count.
     s.client().exec("true").run()?.success()?;
     let mut times = Vec::with_capacity(runs);
@@ -83,7 +84,8 @@ pub fn connect_times(s: &impl Endpoint, runs: usize) -> Result<(f64, f64)> {
     times.sort_by(f64::total_cmp);
     let mean = times.iter().sum::<f64>() / times.len() as f64;
     let p50 = times[times.len() / 2];
-    Ok((mean, p50))
+    let p90 = times[(times.len() * 9 / 10).min(times.len() - 1)];
+    Ok((mean, p50, p90))
 }
 
 /// Median time from typing a key to seeing its echo, on `ssh -tt host cat`.
@@ -362,6 +364,7 @@ pub struct Scores {
     pub cat_down_cost: Cost,
     pub true_mean_ms: f64,
     pub true_p50_ms: f64,
+    pub true_p90_ms: f64,
     pub key_p50_ms: f64,
     pub idle: Memory,
     pub one: Option<Memory>,
@@ -381,6 +384,7 @@ impl Default for Scores {
             cat_down_cost: Cost::default(),
             true_mean_ms: f64::NAN,
             true_p50_ms: f64::NAN,
+            true_p90_ms: f64::NAN,
             key_p50_ms: f64::NAN,
             idle: Memory::default(),
             one: None,
@@ -463,9 +467,12 @@ pub fn measure(
     if wants("true") {
         for (s, score) in servers.iter().zip(&mut scores) {
             eprintln!("{}: ssh host true × {runs}", s.name);
-            (score.true_mean_ms, score.true_p50_ms) =
-                attempt(s, "ssh host true", || connect_times(s, runs))
-                    .unwrap_or((f64::NAN, f64::NAN));
+            (score.true_mean_ms, score.true_p50_ms, score.true_p90_ms) = attempt(
+                s,
+                "ssh host true",
+                || connect_times(s, runs),
+            )
+            .unwrap_or((f64::NAN, f64::NAN, f64::NAN));
         }
     }
     if wants("keys") {
@@ -667,12 +674,13 @@ pub fn cost_rows() -> [(&'static str, &'static str, usize, Figure); 4] {
 }
 
 /// The connection-time rows, in ms, of `runs` connections.
-pub fn connect_rows(runs: usize) -> [(String, Figure); 2] {
+pub fn connect_rows(runs: usize) -> [(String, Figure); 3] {
     [
         (format!("`ssh host true`, mean of {runs}"), |s| {
             s.true_mean_ms
         }),
         (format!("`ssh host true`, p50 of {runs}"), |s| s.true_p50_ms),
+        (format!("`ssh host true`, p90 of {runs}"), |s| s.true_p90_ms),
     ]
 }
 
