@@ -64,6 +64,9 @@ struct Options {
     pool_size: Option<usize>,
     /// More arguments for `warren up` (`--up-arg=--pool-max=12`).
     up_args: Vec<String>,
+    /// The creates at once only once the pool shrank back to its minimum (about a
+    /// minute after the creates back to back), not as soon as it has that many.
+    at_once_from_minimum: bool,
     scale: bool,
     bursts: bool,
 }
@@ -82,6 +85,7 @@ impl Options {
             burst_concurrent: 16,
             pool_size: None,
             up_args: Vec::new(),
+            at_once_from_minimum: false,
             scale: true,
             bursts: true,
         };
@@ -99,6 +103,7 @@ impl Options {
                 "--burst-concurrent" => o.burst_concurrent = value()?.parse()?,
                 "--pool-size" => o.pool_size = Some(value()?.parse()?),
                 "--up-arg" => o.up_args.push(value()?),
+                "--at-once-from-minimum" => o.at_once_from_minimum = true,
                 "--scale-only" => o.bursts = false,
                 "--bursts-only" => o.scale = false,
                 "--network" => match value()?.as_str() {
@@ -113,6 +118,7 @@ impl Options {
                          [--create-concurrency N (4)] [--agent-bin STATIC_AGENT] \
                          [--burst-creates N (12)] [--burst-concurrent N (16)] \
                          [--pool-size N (warren up's)] [--up-arg ARG]... \
+                         [--at-once-from-minimum] \
                          [--scale-only | --bursts-only]"
                     );
                     std::process::exit(0);
@@ -435,6 +441,16 @@ fn bursts(opts: &Options, client: &Client) -> Result<()> {
     serial.sort_by(f64::total_cmp);
     up.rt.block_on(up.api.delete_all())?;
     pool_ready(&up, pool)?;
+    if opts.at_once_from_minimum {
+        // `warren up` remembers creates for a minute; on the way up the pool
+        // passes through its minimum too.
+        eprintln!("waiting for the pool to shrink back to {pool}…");
+        let demand_forgotten = Instant::now() + Duration::from_secs(65);
+        let shrunk = util::wait_until(Duration::from_secs(240), || {
+            Instant::now() > demand_forgotten && up.pool_waiting().is_ok_and(|n| n == pool)
+        });
+        ensure!(shrunk, "the pool did not shrink back to {pool}");
+    }
     let pool_at_once = up.pool_waiting()?;
     eprintln!(
         "{} creates at once ({pool_at_once} waiting in the pool)…",
