@@ -42,31 +42,31 @@ pub fn drain(
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(msg) = read.wait().await {
-            match msg {
-                ChannelMsg::Success => {
-                    if let Some(r) = &replies {
-                        let _ = r.send(true);
-                    }
-                }
-                ChannelMsg::Failure => {
-                    if let Some(r) = &replies {
-                        let _ = r.send(false);
-                    }
-                }
-                ChannelMsg::WindowAdjusted { .. } => {}
-                ChannelMsg::Close => {
-                    let _ = tx.send(ChannelMsg::Close);
-                    break;
-                }
-                other => {
-                    if tx.send(other).is_err() {
-                        break;
-                    }
-                }
+            let Some(msg) = route(msg, replies.as_ref()) else {
+                continue;
+            };
+            let close = matches!(msg, ChannelMsg::Close);
+            if tx.send(msg).is_err() || close {
+                break;
             }
         }
     });
     rx
+}
+
+/// Takes what the consumer of a channel's messages does not see: replies to
+/// requests (sent to `replies`) and window news. The rest is returned, in order.
+fn route(msg: ChannelMsg, replies: Option<&mpsc::UnboundedSender<bool>>) -> Option<ChannelMsg> {
+    let reply = match msg {
+        ChannelMsg::Success => true,
+        ChannelMsg::Failure => false,
+        ChannelMsg::WindowAdjusted { .. } => return None,
+        other => return Some(other),
+    };
+    if let Some(r) = replies {
+        let _ = r.send(reply);
+    }
+    None
 }
 
 /// A channel's incoming messages for one consumer, without a task between: the
@@ -92,29 +92,13 @@ impl Inbox {
         }
     }
 
-    /// Routes a message: replies and window news are taken here; what is left is
-    /// for the consumer, in order.
+    /// Routes a message (see [`route`]); the channel's end reads as CLOSE.
     fn sort(&mut self, msg: Option<ChannelMsg>) -> Option<ChannelMsg> {
-        match msg {
-            Some(ChannelMsg::Success) => {
-                if let Some(r) = &self.replies {
-                    let _ = r.send(true);
-                }
-                None
-            }
-            Some(ChannelMsg::Failure) => {
-                if let Some(r) = &self.replies {
-                    let _ = r.send(false);
-                }
-                None
-            }
-            Some(ChannelMsg::WindowAdjusted { .. }) => None,
-            Some(ChannelMsg::Close) | None => {
-                self.open = false;
-                Some(ChannelMsg::Close)
-            }
-            Some(other) => Some(other),
+        let msg = route(msg.unwrap_or(ChannelMsg::Close), self.replies.as_ref())?;
+        if matches!(msg, ChannelMsg::Close) {
+            self.open = false;
         }
+        Some(msg)
     }
 }
 
