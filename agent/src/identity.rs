@@ -60,12 +60,20 @@ pub async fn wait_for(path: &Path) -> Result<Identity> {
                 tracing::info!(sandbox = %identity.sandbox_id, "claimed");
                 return Ok(identity);
             }
-            Ok(None) => match &mut watch {
-                Some(watch) => {
-                    let _ = tokio::time::timeout(RECHECK, watch.changed()).await;
+            Ok(None) => {
+                let woken = match &mut watch {
+                    Some(watch) => tokio::time::timeout(RECHECK, watch.changed()).await,
+                    None => {
+                        tokio::time::sleep(POLL).await;
+                        Ok(Ok(()))
+                    }
+                };
+                // A watch that fails would wake at once every time: poll instead.
+                if let Ok(Err(e)) = woken {
+                    tracing::warn!(error = %e, "inotify failed: polling for the identity");
+                    watch = None;
                 }
-                None => tokio::time::sleep(POLL).await,
-            },
+            }
             Err(e) => {
                 let _ = std::fs::remove_file(path);
                 return Err(e);
