@@ -266,7 +266,7 @@ async fn local_runner(opts: &UpOptions, data: &DataDir) -> anyhow::Result<Runner
                 min: opts.pool_size,
                 max: opts.pool_max.max(opts.pool_size),
             }],
-            pool_fill_parallel: opts.pool_fill_parallel.max(1),
+            pool_fill_parallel: opts.pool_fill_parallel,
             disk_mb: opts.disk_mb,
             allow_builds: opts.allow_builds,
             keep_unused_builds: opts.keep_unused_builds,
